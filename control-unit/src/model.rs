@@ -1,0 +1,200 @@
+//! Domain types shared by the spec compiler, the scheduler core and the services:
+//! identifiers, priorities and statuses. Generated protobuf types never reach past the
+//! gRPC edge; `service::convert` maps between them and these.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+/// A workflow instance id: a UUIDv7-shaped 128-bit value (time-ordered, unique across
+/// control units without coordination), printed as 8-4-4-4-12 hex.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WorkflowId(pub u128);
+
+impl WorkflowId {
+    /// A new id from the wall clock (unix ms) and 74 random bits.
+    pub fn generate(now_ms: u64) -> Self {
+        let random: u128 = (u128::from(fastrand::u64(..)) << 64) | u128::from(fastrand::u64(..));
+        let ts = u128::from(now_ms & 0xFFFF_FFFF_FFFF) << 80;
+        let version = 0x7u128 << 76;
+        let rand_a = (random >> 64) & 0x0FFF;
+        let variant = 0b10u128 << 62;
+        let rand_b = random & 0x3FFF_FFFF_FFFF_FFFF;
+        Self(ts | version | (rand_a << 64) | variant | rand_b)
+    }
+}
+
+impl fmt::Display for WorkflowId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hex = format!("{:032x}", self.0);
+        write!(
+            f,
+            "{}-{}-{}-{}-{}",
+            &hex[0..8],
+            &hex[8..12],
+            &hex[12..16],
+            &hex[16..20],
+            &hex[20..32]
+        )
+    }
+}
+
+impl FromStr for WorkflowId {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let hex: String = text.chars().filter(|c| *c != '-').collect();
+        if hex.len() != 32 {
+            return Err(format!("`{text}` is not a workflow id (expected a UUID)"));
+        }
+        u128::from_str_radix(&hex, 16)
+            .map(Self)
+            .map_err(|_| format!("`{text}` is not a workflow id (expected a UUID)"))
+    }
+}
+
+/// A registered agent's id, `NAME-N`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AgentId(pub Arc<str>);
+
+impl fmt::Display for AgentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Priority classes, most urgent first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Priority {
+    Critical = 0,
+    High = 1,
+    Normal = 2,
+    Low = 3,
+}
+
+impl Priority {
+    pub const ALL: [Priority; 4] = [Self::Critical, Self::High, Self::Normal, Self::Low];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Critical => "critical",
+            Self::High => "high",
+            Self::Normal => "normal",
+            Self::Low => "low",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl FromStr for Priority {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "critical" => Ok(Self::Critical),
+            "high" => Ok(Self::High),
+            "normal" => Ok(Self::Normal),
+            "low" => Ok(Self::Low),
+            other => Err(format!(
+                "unknown priority `{other}`: use critical, high, normal or low"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `pending → running → succeeded | failed | compensating → compensated | cancelled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WorkflowStatus {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Compensating,
+    Compensated,
+    Cancelled,
+}
+
+impl WorkflowStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Compensated | Self::Cancelled
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Compensating => "compensating",
+            Self::Compensated => "compensated",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Per-task state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TaskStatus {
+    Blocked,
+    Ready,
+    /// Waiting for its retry backoff.
+    Backoff,
+    Dispatched,
+    Running,
+    Succeeded,
+    Failed,
+    Skipped,
+    Compensated,
+    Cancelled,
+}
+
+impl TaskStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Skipped | Self::Compensated | Self::Cancelled
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Blocked => "blocked",
+            Self::Ready => "ready",
+            Self::Backoff => "backoff",
+            Self::Dispatched => "dispatched",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Skipped => "skipped",
+            Self::Compensated => "compensated",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workflow_ids_round_trip_and_sort_by_time() {
+        let early = WorkflowId::generate(1_000);
+        let late = WorkflowId::generate(2_000);
+        assert!(early < late);
+        let text = early.to_string();
+        assert_eq!(text.len(), 36);
+        assert_eq!(&text[14..15], "7", "version nibble");
+        assert_eq!(text.parse::<WorkflowId>(), Ok(early));
+        assert!("nope".parse::<WorkflowId>().is_err());
+    }
+}

@@ -1,0 +1,230 @@
+//! Dispatch: which ready task goes next, and to which agent.
+//!
+//! Per skill, one FIFO per priority class. The next task is the queue head with the
+//! earliest `ready_at + aging[class]`: strict priority over short waits, FIFO over long
+//! ones, so nothing starves. The agent is the eligible one (skill, free credit, not
+//! draining, route labels) that the route policy ranks first: most free slots, or lowest
+//! `cost_bps` then most free slots.
+
+use std::cmp::Reverse;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::{Assignment, Change, Command, ReadyEntry, Scheduler, Slot, Timer, TimerKind, record};
+use crate::model::{AgentId, TaskStatus, WorkflowStatus};
+use crate::spec::{RoutePolicy, Scope};
+
+/// Resolves template references against a workflow's input and task outputs.
+pub(super) struct WorkflowScope<'a>(pub &'a super::Workflow);
+
+impl Scope for WorkflowScope<'_> {
+    fn input(&self, name: &str) -> Option<Value> {
+        self.0.input.get(name).cloned()
+    }
+    fn task_output(&self, task: &str) -> Option<Value> {
+        let index = self.0.spec.task_index(task)?;
+        let output = self.0.tasks[index as usize].run.output.as_ref()?;
+        serde_json::from_str(output).ok()
+    }
+    fn workflow_id(&self) -> String {
+        self.0.id.to_string()
+    }
+    fn workflow_name(&self) -> String {
+        self.0.spec.name.clone()
+    }
+}
+
+impl Scheduler {
+    pub(super) fn dispatch_skill(&mut self, skill: &Arc<str>, out: &mut Vec<Command>) {
+        let mut parked: Vec<(usize, ReadyEntry)> = Vec::new();
+        loop {
+            if !self.skill_has_credit(skill) || parked.len() >= self.config.parked_scan_max {
+                break;
+            }
+            let Some((class, entry)) = self.pop_next(skill) else { break };
+            if !self.entry_is_current(&entry) {
+                continue;
+            }
+            match self.choose_agent(skill, entry.slot) {
+                Ok(Some(agent)) => self.assign(skill, agent, entry, out),
+                Ok(None) => parked.push((class, entry)),
+                Err(error) => self.fail_task(entry.slot, error, out),
+            }
+        }
+        if let Some(queue) = self.skills.get_mut(skill) {
+            for (class, entry) in parked.into_iter().rev() {
+                queue.ready[class].push_front(entry);
+            }
+        }
+    }
+
+    fn skill_has_credit(&self, skill: &Arc<str>) -> bool {
+        self.skills.get(skill).is_some_and(|queue| {
+            queue.agents.iter().any(|id| {
+                self.agents.get(id).is_some_and(|a| a.credits > 0 && !a.draining)
+            })
+        })
+    }
+
+    /// Pops the queue head with the earliest `ready_at + aging[class]`.
+    fn pop_next(&mut self, skill: &Arc<str>) -> Option<(usize, ReadyEntry)> {
+        let aging = self.config.priority_aging;
+        let queue = self.skills.get_mut(skill)?;
+        let class = (0..4)
+            .filter_map(|class| {
+                queue.ready[class]
+                    .front()
+                    .map(|e| (e.ready_at + aging[class].as_millis() as u64, class))
+            })
+            .min()?
+            .1;
+        queue.ready[class].pop_front().map(|entry| (class, entry))
+    }
+
+    fn entry_is_current(&self, entry: &ReadyEntry) -> bool {
+        self.workflows.get(&entry.slot.workflow).is_some_and(|workflow| {
+            let running = workflow.status == WorkflowStatus::Running
+                || (entry.slot.compensation && workflow.status == WorkflowStatus::Compensating);
+            running
+                && workflow
+                    .execution(entry.slot)
+                    .is_some_and(|e| e.status == TaskStatus::Ready && e.attempt == entry.attempt)
+        })
+    }
+
+    /// The agent a slot should go to now; `Ok(None)` when every eligible agent is busy.
+    fn choose_agent(&self, skill: &Arc<str>, slot: Slot) -> Result<Option<AgentId>, String> {
+        let workflow = &self.workflows[&slot.workflow];
+        let compiled = &workflow.spec.tasks[slot.task as usize];
+        let route = if slot.compensation { None } else { compiled.route.as_ref() };
+        let mut wanted: Vec<(String, String)> = Vec::new();
+        if let Some(route) = route {
+            let scope = WorkflowScope(workflow);
+            for (key, template) in &route.labels {
+                let value = template
+                    .resolve(&scope)
+                    .map_err(|error| format!("route label `{key}`: {error}"))?;
+                let value = match value {
+                    Value::String(text) => text,
+                    other => other.to_string(),
+                };
+                wanted.push((key.clone(), value));
+            }
+        }
+        let Some(queue) = self.skills.get(skill) else { return Ok(None) };
+        let matches_labels = |id: &AgentId| {
+            self.agents.get(id).is_some_and(|a| {
+                wanted.iter().all(|(k, v)| a.labels.get(k) == Some(v))
+            })
+        };
+        let fallback = route.is_some_and(|r| r.fallback) && !queue.agents.iter().any(matches_labels);
+        let policy = route.map_or(RoutePolicy::LeastLoaded, |r| r.policy);
+        let now = self.now;
+        let candidates = queue.agents.iter().filter_map(|id| self.agents.get(id)).filter(|agent| {
+            agent.credits > 0 && !agent.draining && (fallback || matches_labels(&agent.id))
+        });
+        let chosen = match policy {
+            RoutePolicy::LeastLoaded => candidates.max_by_key(|a| (a.credits, Reverse(a.id.clone()))),
+            RoutePolicy::Cheapest => candidates.min_by_key(|a| (a.cost_bps, Reverse(a.credits), a.id.clone())),
+            RoutePolicy::CheapestHealthy => {
+                let all: Vec<_> = candidates.collect();
+                let healthy: Vec<_> = all.iter().filter(|a| a.unhealthy_until <= now).copied().collect();
+                let pool = if healthy.is_empty() { all } else { healthy };
+                pool.into_iter().min_by_key(|a| (a.cost_bps, Reverse(a.credits), a.id.clone()))
+            }
+        };
+        Ok(chosen.map(|a| a.id.clone()))
+    }
+
+    fn assign(&mut self, skill: &Arc<str>, agent: AgentId, entry: ReadyEntry, out: &mut Vec<Command>) {
+        let now = self.now;
+        let slot = entry.slot;
+        let workflow = &self.workflows[&slot.workflow];
+        let compiled = &workflow.spec.tasks[slot.task as usize];
+        let (template, timeout) = match (&compiled.compensate, slot.compensation) {
+            (Some(compensation), true) => (&compensation.input, compensation.timeout),
+            _ => (&compiled.input, compiled.timeout),
+        };
+        let mut input = match template.resolve(&WorkflowScope(workflow)) {
+            Ok(input) => input,
+            Err(error) => {
+                self.fail_task(slot, format!("input: {error}"), out);
+                return;
+            }
+        };
+        if compiled.is_checkpoint() && !slot.compensation {
+            input = checkpoint_input(workflow, input);
+        }
+        let input_json = serde_json::to_vec(&input).unwrap_or_default();
+        let idempotency_key = if slot.compensation {
+            format!("{}:{}:compensate", slot.workflow, compiled.id)
+        } else {
+            format!("{}:{}", slot.workflow, compiled.id)
+        };
+        let task_id = compiled.id.clone();
+        let workflow_name = workflow.spec.name.clone();
+        let traceparent = workflow.traceparent.clone();
+        let deadline = now + timeout.as_millis() as u64;
+        let lease_until = now + self.config.lease_ttl.as_millis() as u64;
+        let Some(workflow) = self.workflows.get_mut(&slot.workflow) else { return };
+        let Some(execution) = workflow.execution_mut(slot) else { return };
+        execution.attempt += 1;
+        execution.attempt_open = true;
+        execution.status = TaskStatus::Dispatched;
+        execution.agent = Some(agent.clone());
+        execution.attempt_started_at = now;
+        execution.deadline = deadline;
+        execution.lease_until = lease_until;
+        if execution.started_at == 0 {
+            execution.started_at = now;
+        }
+        let attempt = execution.attempt;
+        workflow.updated_at = now;
+        if let Some(agent_slot) = self.agents.get_mut(&agent) {
+            agent_slot.credits -= 1;
+            agent_slot.assigned.insert(slot, attempt);
+        }
+        self.timers.push(Reverse(Timer { at: deadline, slot, attempt, kind: TimerKind::Timeout }));
+        self.timers.push(Reverse(Timer { at: lease_until, slot, attempt, kind: TimerKind::Lease }));
+        record(out, slot.workflow, now, Change::Task {
+            task: slot.task,
+            compensation: slot.compensation,
+            status: TaskStatus::Dispatched,
+            attempt,
+            agent: Some(agent.clone()),
+            detail: None,
+        });
+        out.push(Command::Dispatch {
+            agent,
+            assignment: Box::new(Assignment {
+                slot,
+                attempt,
+                task_id,
+                skill: skill.clone(),
+                input_json,
+                deadline,
+                idempotency_key,
+                traceparent,
+                workflow_name,
+            }),
+        });
+    }
+}
+
+/// A checkpoint's verification sees the workflow input and every finished output.
+fn checkpoint_input(workflow: &super::Workflow, with: Value) -> Value {
+    let mut outputs = serde_json::Map::new();
+    for (index, task) in workflow.tasks.iter().enumerate() {
+        if let Some(output) = &task.run.output {
+            let value = serde_json::from_str(output).unwrap_or(Value::Null);
+            outputs.insert(workflow.task_id(index as u32).to_owned(), value);
+        }
+    }
+    serde_json::json!({
+        "workflow_id": workflow.id.to_string(),
+        "inputs": *workflow.input,
+        "outputs": outputs,
+        "with": with,
+    })
+}

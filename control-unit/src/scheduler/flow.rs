@@ -1,0 +1,478 @@
+//! Task and workflow transitions: readiness and `when`, results, retries with backoff,
+//! abandoned attempts, failure, cancellation and compensation in reverse order.
+
+use std::cmp::Reverse;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use serde_json::{Map, Value};
+
+use super::{
+    AttemptOutcome, AttemptRecord, Change, Command, Execution, Outcome, ReadyEntry, Scheduler,
+    Slot, Timer, TimerKind, record,
+};
+use crate::model::{AgentId, TaskStatus, WorkflowId, WorkflowStatus};
+use crate::spec::{RetryPolicy, TaskKind};
+
+impl Scheduler {
+    /// All needs of a task finished: skip it, pass it (checkpoint) or make it ready.
+    pub(super) fn task_unblocked(&mut self, id: WorkflowId, task: u32, out: &mut Vec<Command>) {
+        let now = self.now;
+        let Some(workflow) = self.workflows.get(&id) else { return };
+        if workflow.status != WorkflowStatus::Running {
+            return;
+        }
+        let spec = workflow.spec.clone();
+        let compiled = &spec.tasks[task as usize];
+        let upstream_skipped = compiled
+            .needs
+            .iter()
+            .any(|n| workflow.tasks[*n as usize].run.status == TaskStatus::Skipped);
+        if upstream_skipped {
+            self.finish_task(id, task, TaskStatus::Skipped, None, Some("an upstream task was skipped".into()), out);
+            return;
+        }
+        if let Some(condition) = &compiled.when {
+            let (inputs, tasks, meta) = condition_context(workflow);
+            match condition.evaluate(&inputs, &tasks, &meta) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let detail = format!("when `{}` is false", condition.source());
+                    self.finish_task(id, task, TaskStatus::Skipped, None, Some(detail), out);
+                    return;
+                }
+                Err(error) => {
+                    self.fail_task(Slot { workflow: id, task, compensation: false }, error, out);
+                    return;
+                }
+            }
+        }
+        if matches!(compiled.kind, TaskKind::Checkpoint { verify: None }) {
+            self.finish_task(id, task, TaskStatus::Succeeded, None, Some("checkpoint passed".into()), out);
+            return;
+        }
+        if let Some(workflow) = self.workflows.get_mut(&id) {
+            workflow.tasks[task as usize].run.started_at = now;
+        }
+        self.make_ready(Slot { workflow: id, task, compensation: false }, out);
+    }
+
+    /// Puts a slot in its skill's ready queue.
+    pub(super) fn make_ready(&mut self, slot: Slot, out: &mut Vec<Command>) {
+        let now = self.now;
+        let Some(workflow) = self.workflows.get_mut(&slot.workflow) else { return };
+        let priority = workflow.priority;
+        let spec = workflow.spec.clone();
+        let compiled = &spec.tasks[slot.task as usize];
+        let skill: Arc<str> = if slot.compensation {
+            compiled.compensate.as_ref().map_or("", |c| c.skill.as_str()).into()
+        } else {
+            compiled.skill().unwrap_or_default().into()
+        };
+        let Some(execution) = workflow.execution_mut(slot) else { return };
+        execution.status = TaskStatus::Ready;
+        let attempt = execution.attempt;
+        workflow.updated_at = now;
+        record(out, slot.workflow, now, Change::Task {
+            task: slot.task,
+            compensation: slot.compensation,
+            status: TaskStatus::Ready,
+            attempt,
+            agent: None,
+            detail: None,
+        });
+        self.mark_dirty(&skill);
+        if let Some(queue) = self.skills.get_mut(&skill) {
+            queue.ready[priority.index()].push_back(ReadyEntry { slot, attempt, ready_at: now });
+        }
+    }
+
+    /// A result from an agent.
+    pub(super) fn result(&mut self, agent: &AgentId, slot: Slot, attempt: u32, outcome: Outcome, out: &mut Vec<Command>) {
+        let now = self.now;
+        if let Some(agent_slot) = self.agents.get_mut(agent) {
+            agent_slot.assigned.remove(&slot);
+            match &outcome {
+                Outcome::Retryable { .. } => {
+                    agent_slot.consecutive_failures += 1;
+                    if agent_slot.consecutive_failures >= self.config.unhealthy_failures {
+                        agent_slot.unhealthy_until = now + self.config.unhealthy_cooldown.as_millis() as u64;
+                    }
+                }
+                Outcome::Succeeded { .. } | Outcome::Permanent { .. } => {
+                    agent_slot.consecutive_failures = 0;
+                    agent_slot.completed += 1;
+                }
+                Outcome::Cancelled => {}
+            }
+        }
+        let Some(workflow) = self.workflows.get_mut(&slot.workflow) else { return };
+        let Some(execution) = workflow.execution_mut(slot) else { return };
+        if execution.attempt != attempt || !execution.attempt_open {
+            return; // stale: that attempt was abandoned or already answered
+        }
+        execution.attempt_open = false;
+        let started_at = execution.attempt_started_at;
+        let mut history = AttemptRecord {
+            attempt,
+            agent: Some(agent.clone()),
+            started_at,
+            finished_at: now,
+            outcome: AttemptOutcome::Succeeded,
+            error: None,
+        };
+        match outcome {
+            Outcome::Succeeded { output } => {
+                execution.history.push(history);
+                execution.agent = Some(agent.clone());
+                if slot.compensation {
+                    self.compensation_finished(slot, TaskStatus::Compensated, None, Some(output), out);
+                } else {
+                    self.finish_task(slot.workflow, slot.task, TaskStatus::Succeeded, Some(output), None, out);
+                }
+            }
+            Outcome::Retryable { error } => {
+                history.outcome = AttemptOutcome::Retryable;
+                history.error = Some(error.clone());
+                execution.history.push(history);
+                self.retry_or_fail(slot, error, out);
+            }
+            Outcome::Permanent { error } => {
+                history.outcome = AttemptOutcome::Permanent;
+                history.error = Some(error.clone());
+                execution.history.push(history);
+                self.fail_task(slot, error, out);
+            }
+            Outcome::Cancelled => {
+                history.outcome = AttemptOutcome::Cancelled;
+                history.error = Some("cancelled by the agent".into());
+                execution.history.push(history);
+                self.retry_or_fail(slot, "cancelled by the agent".into(), out);
+            }
+        }
+    }
+
+    /// Gives up on an in-flight attempt (timeout, lease expiry): cancel it on its agent,
+    /// ignore its result from now on, and retry or fail.
+    pub(super) fn abandon_attempt(&mut self, slot: Slot, outcome: AttemptOutcome, error: String, out: &mut Vec<Command>) {
+        let now = self.now;
+        let Some(workflow) = self.workflows.get_mut(&slot.workflow) else { return };
+        let Some(execution) = workflow.execution_mut(slot) else { return };
+        execution.attempt_open = false;
+        let attempt = execution.attempt;
+        let agent = execution.agent.clone();
+        execution.history.push(AttemptRecord {
+            attempt,
+            agent: agent.clone(),
+            started_at: execution.attempt_started_at,
+            finished_at: now,
+            outcome,
+            error: Some(error.clone()),
+        });
+        if let Some(agent) = agent {
+            if let Some(agent_slot) = self.agents.get_mut(&agent) {
+                if agent_slot.assigned.get(&slot) == Some(&attempt) {
+                    out.push(Command::Cancel { agent: agent.clone(), slot, attempt });
+                }
+            }
+        }
+        self.retry_or_fail(slot, error, out);
+    }
+
+    /// The agent holding an attempt went away: dispatch again at once, without backoff.
+    pub(super) fn requeue_lost(&mut self, slot: Slot, attempt: u32, outcome: AttemptOutcome, error: &str, out: &mut Vec<Command>) {
+        let now = self.now;
+        let Some(workflow) = self.workflows.get_mut(&slot.workflow) else { return };
+        let Some(execution) = workflow.execution_mut(slot) else { return };
+        if execution.attempt != attempt || !execution.attempt_open || !execution.is_in_flight() {
+            return;
+        }
+        let stopping = !slot.compensation && workflow.status != WorkflowStatus::Running;
+        let Some(execution) = workflow.execution_mut(slot) else { return };
+        execution.history.push(AttemptRecord {
+            attempt,
+            agent: execution.agent.clone(),
+            started_at: execution.attempt_started_at,
+            finished_at: now,
+            outcome,
+            error: Some(error.to_owned()),
+        });
+        if stopping {
+            execution.status = TaskStatus::Cancelled;
+            execution.attempt_open = false;
+            self.continue_compensation(slot.workflow, out);
+            return;
+        }
+        self.make_ready(slot, out);
+    }
+
+    fn retry_or_fail(&mut self, slot: Slot, error: String, out: &mut Vec<Command>) {
+        let now = self.now;
+        let Some(workflow) = self.workflows.get_mut(&slot.workflow) else { return };
+        let spec = workflow.spec.clone();
+        let compiled = &spec.tasks[slot.task as usize];
+        let policy = match (&compiled.compensate, slot.compensation) {
+            (Some(compensation), true) => compensation.retry,
+            _ => compiled.retry,
+        };
+        let stopping = !slot.compensation && workflow.status != WorkflowStatus::Running;
+        let Some(execution) = workflow.execution_mut(slot) else { return };
+        if stopping {
+            // The workflow is failing or cancelled: this task will not run again.
+            execution.status = TaskStatus::Cancelled;
+            execution.attempt_open = false;
+            self.continue_compensation(slot.workflow, out);
+            return;
+        }
+        if execution.attempt >= policy.max_attempts {
+            let error = format!("{error} (after {} attempts)", execution.attempt);
+            self.fail_task(slot, error, out);
+            return;
+        }
+        let seed = (slot.workflow.0 as u64) ^ (u64::from(slot.task) << 32) ^ u64::from(execution.attempt);
+        let delay = backoff_delay(&policy, execution.attempt, seed);
+        let at = now + delay.as_millis() as u64;
+        execution.status = TaskStatus::Backoff;
+        execution.retry_at = at;
+        execution.error = Some(error.clone());
+        let attempt = execution.attempt;
+        workflow.updated_at = now;
+        record(out, slot.workflow, now, Change::Task {
+            task: slot.task,
+            compensation: slot.compensation,
+            status: TaskStatus::Backoff,
+            attempt,
+            agent: None,
+            detail: Some(format!("retry in {}ms: {error}", delay.as_millis())),
+        });
+        self.timers.push(Reverse(Timer { at, slot, attempt, kind: TimerKind::Backoff }));
+    }
+
+    /// A task failed for good: the workflow fails (or a compensation failed).
+    pub(super) fn fail_task(&mut self, slot: Slot, error: String, out: &mut Vec<Command>) {
+        if slot.compensation {
+            self.compensation_finished(slot, TaskStatus::Failed, Some(error), None, out);
+            return;
+        }
+        let now = self.now;
+        let Some(workflow) = self.workflows.get_mut(&slot.workflow) else { return };
+        let task_id = workflow.task_id(slot.task).to_owned();
+        let task = &mut workflow.tasks[slot.task as usize];
+        let was_terminal = task.run.status.is_terminal();
+        task.run.status = TaskStatus::Failed;
+        task.run.error = Some(error.clone());
+        task.run.finished_at = now;
+        let attempt = task.run.attempt;
+        if !was_terminal {
+            workflow.tasks_remaining -= 1;
+        }
+        record(out, slot.workflow, now, Change::Task {
+            task: slot.task,
+            compensation: false,
+            status: TaskStatus::Failed,
+            attempt,
+            agent: None,
+            detail: Some(error.clone()),
+        });
+        if workflow.status == WorkflowStatus::Running {
+            self.stop_workflow(slot.workflow, format!("task `{task_id}` failed: {error}"), out);
+        } else {
+            self.continue_compensation(slot.workflow, out);
+        }
+    }
+
+    /// Marks a task terminal and releases its dependents.
+    pub(super) fn finish_task(
+        &mut self,
+        id: WorkflowId,
+        task: u32,
+        status: TaskStatus,
+        output: Option<Arc<str>>,
+        detail: Option<String>,
+        out: &mut Vec<Command>,
+    ) {
+        let now = self.now;
+        let Some(workflow) = self.workflows.get_mut(&id) else { return };
+        let spec = workflow.spec.clone();
+        let compiled = &spec.tasks[task as usize];
+        let state = &mut workflow.tasks[task as usize];
+        state.run.status = status;
+        state.run.finished_at = now;
+        if state.run.started_at == 0 {
+            state.run.started_at = now;
+        }
+        state.run.output = output;
+        let attempt = state.run.attempt;
+        let agent = state.run.agent.clone();
+        workflow.tasks_remaining -= 1;
+        workflow.updated_at = now;
+        if status == TaskStatus::Succeeded && compiled.compensate.is_some() {
+            workflow.compensation_stack.push(task);
+        }
+        record(out, id, now, Change::Task {
+            task,
+            compensation: false,
+            status,
+            attempt,
+            agent,
+            detail,
+        });
+        if workflow.status != WorkflowStatus::Running {
+            // A late answer after the workflow began failing: a success is compensated.
+            self.continue_compensation(id, out);
+            return;
+        }
+        if workflow.tasks_remaining == 0 {
+            self.finish_workflow(id, WorkflowStatus::Succeeded, None, out);
+            return;
+        }
+        for &dependent in &compiled.dependents {
+            let Some(workflow) = self.workflows.get_mut(&id) else { return };
+            let state = &mut workflow.tasks[dependent as usize];
+            state.pending_needs -= 1;
+            if state.pending_needs == 0 {
+                self.task_unblocked(id, dependent, out);
+            }
+        }
+    }
+
+    /// Failure or cancellation: stop everything not finished, then compensate.
+    pub(super) fn stop_workflow(&mut self, id: WorkflowId, reason: String, out: &mut Vec<Command>) {
+        let now = self.now;
+        let Some(workflow) = self.workflows.get_mut(&id) else { return };
+        workflow.error = Some(reason.clone());
+        workflow.status = WorkflowStatus::Compensating;
+        workflow.updated_at = now;
+        let mut cancels = Vec::new();
+        for (index, task) in workflow.tasks.iter_mut().enumerate() {
+            if task.run.status.is_terminal() {
+                continue;
+            }
+            if task.run.is_in_flight() && task.run.attempt_open {
+                // Stays in flight until its agent answers or it times out; a late
+                // success is then compensated like any other.
+                if let Some(agent) = &task.run.agent {
+                    let slot = Slot { workflow: id, task: index as u32, compensation: false };
+                    cancels.push((agent.clone(), slot, task.run.attempt));
+                }
+                continue;
+            }
+            task.run.status = TaskStatus::Cancelled;
+            task.run.attempt_open = false;
+        }
+        for (agent, slot, attempt) in cancels {
+            out.push(Command::Cancel { agent, slot, attempt });
+        }
+        self.continue_compensation(id, out);
+    }
+
+    /// Starts the next compensation (latest completed task first), or ends the workflow.
+    pub(super) fn continue_compensation(&mut self, id: WorkflowId, out: &mut Vec<Command>) {
+        let now = self.now;
+        let Some(workflow) = self.workflows.get_mut(&id) else { return };
+        if workflow.status.is_terminal() || workflow.compensating.is_some() {
+            return;
+        }
+        let Some(task) = workflow.compensation_stack.pop() else {
+            if workflow.tasks.iter().any(|t| t.run.is_in_flight() && t.run.attempt_open) {
+                return; // wait for in-flight attempts to answer, be cancelled or time out
+            }
+            let status = if workflow.cancel_requested {
+                WorkflowStatus::Cancelled
+            } else if workflow.compensation_failures > 0 || !workflow.tasks.iter().any(|t| t.compensation.is_some()) {
+                WorkflowStatus::Failed
+            } else {
+                WorkflowStatus::Compensated
+            };
+            let error = workflow.error.clone();
+            self.finish_workflow(id, status, error, out);
+            return;
+        };
+        workflow.status = WorkflowStatus::Compensating;
+        workflow.compensating = Some(task);
+        let mut execution = Execution::new(TaskStatus::Blocked);
+        execution.started_at = now;
+        workflow.tasks[task as usize].compensation = Some(execution);
+        record(out, id, now, Change::Workflow { status: WorkflowStatus::Compensating, detail: workflow.error.clone() });
+        self.make_ready(Slot { workflow: id, task, compensation: true }, out);
+    }
+
+    fn compensation_finished(&mut self, slot: Slot, status: TaskStatus, error: Option<String>, output: Option<Arc<str>>, out: &mut Vec<Command>) {
+        let now = self.now;
+        let Some(workflow) = self.workflows.get_mut(&slot.workflow) else { return };
+        let Some(execution) = workflow.tasks[slot.task as usize].compensation.as_mut() else { return };
+        execution.status = status;
+        execution.finished_at = now;
+        execution.error = error.clone();
+        execution.output = output;
+        let attempt = execution.attempt;
+        let agent = execution.agent.clone();
+        if status == TaskStatus::Compensated {
+            workflow.tasks[slot.task as usize].run.status = TaskStatus::Compensated;
+        } else {
+            workflow.compensation_failures += 1;
+        }
+        workflow.compensating = None;
+        workflow.updated_at = now;
+        record(out, slot.workflow, now, Change::Task {
+            task: slot.task,
+            compensation: true,
+            status,
+            attempt,
+            agent,
+            detail: error,
+        });
+        self.continue_compensation(slot.workflow, out);
+    }
+
+    pub(super) fn finish_workflow(&mut self, id: WorkflowId, status: WorkflowStatus, detail: Option<String>, out: &mut Vec<Command>) {
+        let now = self.now;
+        let Some(workflow) = self.workflows.get_mut(&id) else { return };
+        if workflow.status.is_terminal() {
+            return;
+        }
+        workflow.status = status;
+        workflow.updated_at = now;
+        if status == WorkflowStatus::Compensated || status == WorkflowStatus::Cancelled {
+            workflow.error = detail.clone().or(workflow.error.take());
+        }
+        record(out, id, now, Change::Workflow { status, detail });
+        self.active -= 1;
+        self.retained.push_back(id);
+        while self.retained.len() > self.config.workflows_retained_max {
+            if let Some(old) = self.retained.pop_front() {
+                self.workflows.remove(&old);
+            }
+        }
+    }
+}
+
+/// The `inputs`, `tasks` and `workflow` variables a `when` expression sees.
+fn condition_context(workflow: &super::Workflow) -> (Value, Value, Value) {
+    let mut tasks = Map::new();
+    for (index, task) in workflow.tasks.iter().enumerate() {
+        let mut entry = Map::new();
+        entry.insert("status".into(), Value::String(task.run.status.as_str().into()));
+        if let Some(output) = &task.run.output {
+            entry.insert("output".into(), serde_json::from_str(output).unwrap_or(Value::Null));
+        }
+        tasks.insert(workflow.task_id(index as u32).to_owned(), Value::Object(entry));
+    }
+    let meta = serde_json::json!({"id": workflow.id.to_string(), "name": workflow.spec.name});
+    ((*workflow.input).clone(), Value::Object(tasks), meta)
+}
+
+/// The delay before retry number `attempt` (1-based): exponential with jitter, by backon,
+/// seeded so the core stays deterministic.
+pub fn backoff_delay(policy: &RetryPolicy, attempt: u32, seed: u64) -> Duration {
+    let mut delays = ExponentialBuilder::new()
+        .with_min_delay(policy.initial)
+        .with_max_delay(policy.max)
+        .with_factor(policy.multiplier)
+        .with_jitter()
+        .with_jitter_seed(seed)
+        .with_max_times(attempt.max(1) as usize)
+        .build();
+    delays.nth(attempt.saturating_sub(1) as usize).unwrap_or(policy.max)
+}

@@ -1,0 +1,498 @@
+//! The scheduler core: a pure, synchronous state machine.
+//!
+//! Events go in ([`Scheduler::submit`], [`Scheduler::handle`], [`Scheduler::cancel`],
+//! [`Scheduler::tick`]); commands come out ([`Command`]): dispatch a task to an agent,
+//! cancel a task on an agent, record a state change. No I/O and no clock reads: time is
+//! an argument, so property tests and seeded simulations drive it exactly.
+//!
+//! - [`state`]: workflows, tasks, agents, ready queues, timers.
+//! - `flow`: task and workflow transitions (readiness, retries, compensation).
+//! - `dispatch`: priority with aging, agent choice by route and load.
+
+mod dispatch;
+mod flow;
+pub mod state;
+
+#[cfg(test)]
+mod tests;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::model::{AgentId, Priority, TaskStatus, WorkflowId, WorkflowStatus};
+use crate::spec::CompiledSpec;
+pub use state::{
+    AgentSlot, AttemptOutcome, AttemptRecord, Execution, Millis, ReadyEntry, SkillQueue, Slot,
+    TaskState, Timer, TimerKind, Workflow,
+};
+
+/// Scheduler tuning. Every queue the core keeps has a limit here.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// A dispatched task whose agent sends no heartbeat for this long is re-dispatched.
+    pub lease_ttl: Duration,
+    /// Added to a ready task's wait per priority class (critical, high, normal, low):
+    /// the task with the earliest `ready_at + aging` goes first, so a low task waits at
+    /// most `aging[low]` behind a stream of critical work and is never starved.
+    pub priority_aging: [Duration; 4],
+    /// Workflows not yet terminal; `submit` refuses more.
+    pub workflows_active_max: usize,
+    /// Terminal workflows kept for `Get` and `List` (oldest evicted first).
+    pub workflows_retained_max: usize,
+    /// Ready entries set aside in one dispatch pass because no eligible agent had a slot.
+    pub parked_scan_max: usize,
+    /// Consecutive retryable failures after which an agent is skipped by
+    /// `cheapest-healthy` routes for `unhealthy_cooldown`.
+    pub unhealthy_failures: u32,
+    pub unhealthy_cooldown: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            lease_ttl: Duration::from_secs(10),
+            priority_aging: [
+                Duration::ZERO,
+                Duration::from_millis(500),
+                Duration::from_secs(2),
+                Duration::from_secs(8),
+            ],
+            workflows_active_max: 200_000,
+            workflows_retained_max: 100_000,
+            parked_scan_max: 256,
+            unhealthy_failures: 3,
+            unhealthy_cooldown: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A workflow to start.
+#[derive(Debug, Clone)]
+pub struct NewWorkflow {
+    pub id: WorkflowId,
+    pub spec: Arc<CompiledSpec>,
+    /// Already checked against the spec's inputs, defaults filled.
+    pub input: Value,
+    pub priority: Priority,
+    pub labels: BTreeMap<String, String>,
+    pub idempotency_key: Option<String>,
+    pub traceparent: String,
+}
+
+/// What an agent reported for one attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Succeeded { output: Arc<str> },
+    Retryable { error: String },
+    Permanent { error: String },
+    Cancelled,
+}
+
+/// Events from agents and their sessions.
+#[derive(Debug, Clone)]
+pub enum AgentEvent {
+    Joined {
+        agent: AgentId,
+        skills: Vec<Arc<str>>,
+        labels: BTreeMap<String, String>,
+        max_concurrency: u32,
+    },
+    Left { agent: AgentId },
+    Credits { agent: AgentId, credits: u32 },
+    Draining { agent: AgentId },
+    Result { agent: AgentId, slot: Slot, attempt: u32, outcome: Outcome },
+    Heartbeat { agent: AgentId, running: Vec<(Slot, u32)> },
+}
+
+/// A task handed to an agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assignment {
+    pub slot: Slot,
+    pub attempt: u32,
+    pub task_id: String,
+    pub skill: Arc<str>,
+    pub input_json: Vec<u8>,
+    pub deadline: Millis,
+    pub idempotency_key: String,
+    pub traceparent: String,
+    pub workflow_name: String,
+}
+
+/// A state change, in the order it happened: streamed by `Watch`, and what a durable
+/// store appends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub workflow: WorkflowId,
+    pub at: Millis,
+    pub change: Change,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    Created,
+    Workflow { status: WorkflowStatus, detail: Option<String> },
+    Task {
+        task: u32,
+        compensation: bool,
+        status: TaskStatus,
+        attempt: u32,
+        agent: Option<AgentId>,
+        detail: Option<String>,
+    },
+}
+
+/// What the core asks its driver to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Dispatch { agent: AgentId, assignment: Box<Assignment> },
+    Cancel { agent: AgentId, slot: Slot, attempt: u32 },
+    Record(Record),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    #[error("workflow {0} exists already")]
+    Duplicate(WorkflowId),
+    #[error("{active} workflows are running, the limit is {limit}: retry later")]
+    Overloaded { active: usize, limit: usize },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CancelError {
+    #[error("workflow {0} not found")]
+    NotFound(WorkflowId),
+}
+
+/// The scheduler core.
+#[derive(Debug)]
+pub struct Scheduler {
+    config: SchedulerConfig,
+    workflows: BTreeMap<WorkflowId, Workflow>,
+    active: usize,
+    retained: std::collections::VecDeque<WorkflowId>,
+    agents: HashMap<AgentId, AgentSlot>,
+    skills: HashMap<Arc<str>, SkillQueue>,
+    dirty_skills: Vec<Arc<str>>,
+    timers: BinaryHeap<Reverse<Timer>>,
+    now: Millis,
+}
+
+impl Scheduler {
+    pub fn new(config: SchedulerConfig) -> Self {
+        Self {
+            config,
+            workflows: BTreeMap::new(),
+            active: 0,
+            retained: std::collections::VecDeque::new(),
+            agents: HashMap::new(),
+            skills: HashMap::new(),
+            dirty_skills: Vec::new(),
+            timers: BinaryHeap::new(),
+            now: 0,
+        }
+    }
+
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.config
+    }
+
+    pub fn workflow(&self, id: WorkflowId) -> Option<&Workflow> {
+        self.workflows.get(&id)
+    }
+
+    /// Every workflow kept (active and retained terminal ones), oldest id first.
+    pub fn workflows(&self) -> impl DoubleEndedIterator<Item = &Workflow> {
+        self.workflows.values()
+    }
+
+    /// Workflows after `after` in id order.
+    pub fn workflows_after(&self, after: Option<WorkflowId>) -> impl Iterator<Item = &Workflow> {
+        use std::ops::Bound;
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.workflows.range((start, Bound::Unbounded)).map(|(_, w)| w)
+    }
+
+    pub fn active_workflows(&self) -> usize {
+        self.active
+    }
+
+    pub fn agents(&self) -> impl Iterator<Item = &AgentSlot> {
+        self.agents.values()
+    }
+
+    pub fn agent(&self, id: &AgentId) -> Option<&AgentSlot> {
+        self.agents.get(id)
+    }
+
+    /// Ready tasks per priority class, over every skill.
+    pub fn ready_depth(&self) -> [usize; 4] {
+        let mut depth = [0; 4];
+        for queue in self.skills.values() {
+            for (class, entries) in queue.ready.iter().enumerate() {
+                depth[class] += entries.len();
+            }
+        }
+        depth
+    }
+
+    /// Why a ready task has not been dispatched, for status output.
+    pub fn waiting_reason(&self, skill: &str) -> String {
+        match self.skills.get(skill) {
+            Some(queue) if !queue.agents.is_empty() => {
+                format!("waiting for a free slot on one of {} agents offering {skill}", queue.agents.len())
+            }
+            _ => format!("no connected agent offers skill {skill}"),
+        }
+    }
+
+    /// The earliest timer, so the driver knows when to call [`Scheduler::tick`].
+    pub fn next_deadline(&self) -> Option<Millis> {
+        self.timers.peek().map(|Reverse(timer)| timer.at)
+    }
+
+    /// Starts a workflow: its root tasks become ready.
+    pub fn submit(&mut self, now: Millis, new: NewWorkflow, out: &mut Vec<Command>) -> Result<(), SubmitError> {
+        self.advance(now);
+        if self.workflows.contains_key(&new.id) {
+            return Err(SubmitError::Duplicate(new.id));
+        }
+        if self.active >= self.config.workflows_active_max {
+            return Err(SubmitError::Overloaded {
+                active: self.active,
+                limit: self.config.workflows_active_max,
+            });
+        }
+        let tasks = new
+            .spec
+            .tasks
+            .iter()
+            .map(|task| TaskState {
+                run: Execution::new(TaskStatus::Blocked),
+                pending_needs: task.needs.len() as u32,
+                compensation: None,
+            })
+            .collect();
+        let id = new.id;
+        let workflow = Workflow {
+            id,
+            tasks_remaining: new.spec.tasks.len() as u32,
+            spec: new.spec,
+            input: Arc::new(new.input),
+            priority: new.priority,
+            labels: new.labels,
+            idempotency_key: new.idempotency_key,
+            traceparent: new.traceparent,
+            status: WorkflowStatus::Running,
+            tasks,
+            error: None,
+            created_at: now,
+            updated_at: now,
+            compensation_stack: Vec::new(),
+            compensating: None,
+            compensation_failures: 0,
+            cancel_requested: false,
+        };
+        let roots: Vec<u32> = workflow
+            .spec
+            .tasks
+            .iter()
+            .filter(|t| t.needs.is_empty())
+            .map(|t| t.index)
+            .collect();
+        self.workflows.insert(id, workflow);
+        self.active += 1;
+        record(out, id, now, Change::Created);
+        record(out, id, now, Change::Workflow { status: WorkflowStatus::Running, detail: None });
+        for task in roots {
+            self.task_unblocked(id, task, out);
+        }
+        Ok(())
+    }
+
+    /// Cancels a workflow: in-flight tasks are cancelled on their agents and completed
+    /// tasks are compensated. Returns the status after the request.
+    pub fn cancel(&mut self, now: Millis, id: WorkflowId, reason: &str, out: &mut Vec<Command>) -> Result<WorkflowStatus, CancelError> {
+        self.advance(now);
+        let workflow = self.workflows.get_mut(&id).ok_or(CancelError::NotFound(id))?;
+        if workflow.status.is_terminal() || workflow.cancel_requested {
+            return Ok(workflow.status);
+        }
+        workflow.cancel_requested = true;
+        self.stop_workflow(id, format!("cancelled: {reason}"), out);
+        Ok(self.workflows.get(&id).map_or(WorkflowStatus::Cancelled, |w| w.status))
+    }
+
+    /// Applies one agent event.
+    pub fn handle(&mut self, now: Millis, event: AgentEvent, out: &mut Vec<Command>) {
+        self.advance(now);
+        match event {
+            AgentEvent::Joined { agent, skills, labels, max_concurrency } => {
+                self.agent_joined(agent, skills, labels, max_concurrency);
+            }
+            AgentEvent::Left { agent } => self.agent_left(&agent, out),
+            AgentEvent::Credits { agent, credits } => {
+                if let Some(slot) = self.agents.get_mut(&agent) {
+                    slot.credits = slot.credits.saturating_add(credits).min(slot.max_concurrency);
+                    let skills = slot.skills.clone();
+                    for skill in skills {
+                        self.mark_dirty(&skill);
+                    }
+                }
+            }
+            AgentEvent::Draining { agent } => {
+                if let Some(slot) = self.agents.get_mut(&agent) {
+                    slot.draining = true;
+                }
+            }
+            AgentEvent::Result { agent, slot, attempt, outcome } => {
+                self.result(&agent, slot, attempt, outcome, out);
+            }
+            AgentEvent::Heartbeat { agent, running } => self.heartbeat(&agent, &running, out),
+        }
+    }
+
+    /// Fires every timer due at `now`.
+    pub fn tick(&mut self, now: Millis, out: &mut Vec<Command>) {
+        self.advance(now);
+        while let Some(Reverse(timer)) = self.timers.peek().copied() {
+            if timer.at > self.now {
+                break;
+            }
+            self.timers.pop();
+            self.fire(timer, out);
+        }
+    }
+
+    /// Hands ready tasks to agents with free slots; call after a batch of events.
+    pub fn dispatch(&mut self, now: Millis, out: &mut Vec<Command>) {
+        self.advance(now);
+        let dirty = std::mem::take(&mut self.dirty_skills);
+        for skill in &dirty {
+            if let Some(queue) = self.skills.get_mut(skill) {
+                queue.dirty = false;
+            }
+            self.dispatch_skill(skill, out);
+        }
+        let mut dirty = dirty;
+        dirty.clear();
+        if self.dirty_skills.is_empty() {
+            self.dirty_skills = dirty;
+        }
+    }
+
+    /// Time only moves forward, whatever the caller's clock does.
+    fn advance(&mut self, now: Millis) {
+        self.now = self.now.max(now);
+    }
+
+    fn agent_joined(&mut self, agent: AgentId, skills: Vec<Arc<str>>, labels: BTreeMap<String, String>, max_concurrency: u32) {
+        let cost_bps = labels.get("cost_bps").and_then(|v| v.parse().ok()).unwrap_or(u32::MAX);
+        for skill in &skills {
+            let queue = self.skills.entry(skill.clone()).or_default();
+            if !queue.agents.contains(&agent) {
+                queue.agents.push(agent.clone());
+                queue.agents.sort();
+            }
+        }
+        self.agents.insert(
+            agent.clone(),
+            AgentSlot {
+                id: agent,
+                skills,
+                labels,
+                cost_bps,
+                max_concurrency,
+                credits: 0,
+                draining: false,
+                assigned: HashMap::new(),
+                consecutive_failures: 0,
+                unhealthy_until: 0,
+                completed: 0,
+            },
+        );
+    }
+
+    /// Every task on the agent goes back to the ready queue at once; a late result for
+    /// the same attempt (the agent reconnected) is still accepted until re-dispatch.
+    fn agent_left(&mut self, agent: &AgentId, out: &mut Vec<Command>) {
+        let Some(slot) = self.agents.remove(agent) else { return };
+        for skill in &slot.skills {
+            if let Some(queue) = self.skills.get_mut(skill) {
+                queue.agents.retain(|a| a != agent);
+            }
+        }
+        let mut lost: Vec<(Slot, u32)> = slot.assigned.into_iter().collect();
+        lost.sort();
+        for (task_slot, attempt) in lost {
+            self.requeue_lost(task_slot, attempt, AttemptOutcome::AgentLost, "agent disconnected", out);
+        }
+    }
+
+    fn heartbeat(&mut self, agent: &AgentId, running: &[(Slot, u32)], out: &mut Vec<Command>) {
+        let lease_until = self.now + self.config.lease_ttl.as_millis() as u64;
+        for &(slot, attempt) in running {
+            let now = self.now;
+            let Some(workflow) = self.workflows.get_mut(&slot.workflow) else { continue };
+            let Some(execution) = workflow.execution_mut(slot) else { continue };
+            if execution.attempt != attempt || !execution.attempt_open || !execution.is_in_flight() {
+                continue;
+            }
+            execution.lease_until = lease_until;
+            if execution.status == TaskStatus::Dispatched {
+                execution.status = TaskStatus::Running;
+                workflow.updated_at = now;
+                record(out, slot.workflow, now, Change::Task {
+                    task: slot.task,
+                    compensation: slot.compensation,
+                    status: TaskStatus::Running,
+                    attempt,
+                    agent: Some(agent.clone()),
+                    detail: None,
+                });
+            }
+        }
+    }
+
+    fn fire(&mut self, timer: Timer, out: &mut Vec<Command>) {
+        let Some(workflow) = self.workflows.get(&timer.slot.workflow) else { return };
+        let Some(execution) = workflow.execution(timer.slot) else { return };
+        if execution.attempt != timer.attempt {
+            return;
+        }
+        match timer.kind {
+            TimerKind::Backoff if execution.status == TaskStatus::Backoff => {
+                self.make_ready(timer.slot, out);
+            }
+            TimerKind::Timeout if execution.is_in_flight() && execution.attempt_open => {
+                let error = format!("attempt {} timed out", timer.attempt);
+                self.abandon_attempt(timer.slot, AttemptOutcome::Timeout, error, out);
+            }
+            TimerKind::Lease if execution.is_in_flight() && execution.attempt_open => {
+                if execution.lease_until > self.now {
+                    let at = execution.lease_until;
+                    self.timers.push(Reverse(Timer { at, ..timer }));
+                } else {
+                    let error = format!("lease of attempt {} expired: no heartbeat", timer.attempt);
+                    self.abandon_attempt(timer.slot, AttemptOutcome::LeaseExpired, error, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn mark_dirty(&mut self, skill: &Arc<str>) {
+        let queue = self.skills.entry(skill.clone()).or_default();
+        if !queue.dirty {
+            queue.dirty = true;
+            self.dirty_skills.push(skill.clone());
+        }
+    }
+}
+
+fn record(out: &mut Vec<Command>, workflow: WorkflowId, at: Millis, change: Change) {
+    out.push(Command::Record(Record { workflow, at, change }));
+}

@@ -1,0 +1,231 @@
+//! The state the scheduler core keeps per workflow, task and agent.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::model::{AgentId, Priority, TaskStatus, WorkflowId, WorkflowStatus};
+use crate::spec::CompiledSpec;
+
+/// Unix time in milliseconds: the core's only notion of time, always passed in.
+pub type Millis = u64;
+
+/// One schedulable unit: a task of a workflow, or that task's compensation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Slot {
+    pub workflow: WorkflowId,
+    pub task: u32,
+    pub compensation: bool,
+}
+
+impl Slot {
+    /// Bit 31 of the wire `task_index` marks a compensation.
+    pub const COMPENSATION_BIT: u32 = 1 << 31;
+
+    pub fn wire_index(self) -> u32 {
+        if self.compensation { self.task | Self::COMPENSATION_BIT } else { self.task }
+    }
+
+    pub fn from_wire(workflow: WorkflowId, index: u32) -> Self {
+        Self {
+            workflow,
+            task: index & !Self::COMPENSATION_BIT,
+            compensation: index & Self::COMPENSATION_BIT != 0,
+        }
+    }
+}
+
+/// One finished (or abandoned) attempt, for status and history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    pub agent: Option<AgentId>,
+    pub started_at: Millis,
+    pub finished_at: Millis,
+    pub outcome: AttemptOutcome,
+    pub error: Option<String>,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    Succeeded,
+    Retryable,
+    Permanent,
+    Timeout,
+    LeaseExpired,
+    AgentLost,
+    Cancelled,
+}
+
+impl AttemptOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Retryable => "retryable",
+            Self::Permanent => "permanent",
+            Self::Timeout => "timeout",
+            Self::LeaseExpired => "lease_expired",
+            Self::AgentLost => "agent_lost",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// The running state of a task or of a compensation.
+#[derive(Debug, Clone)]
+pub struct Execution {
+    pub status: TaskStatus,
+    /// Attempts started so far.
+    pub attempt: u32,
+    /// A result for `attempt` is still expected and will be accepted.
+    pub attempt_open: bool,
+    pub agent: Option<AgentId>,
+    pub started_at: Millis,
+    pub finished_at: Millis,
+    pub attempt_started_at: Millis,
+    pub deadline: Millis,
+    pub lease_until: Millis,
+    pub retry_at: Millis,
+    /// Raw JSON output on success.
+    pub output: Option<Arc<str>>,
+    pub error: Option<String>,
+    pub history: Vec<AttemptRecord>,
+}
+
+impl Execution {
+    pub fn new(status: TaskStatus) -> Self {
+        Self {
+            status,
+            attempt: 0,
+            attempt_open: false,
+            agent: None,
+            started_at: 0,
+            finished_at: 0,
+            attempt_started_at: 0,
+            deadline: 0,
+            lease_until: 0,
+            retry_at: 0,
+            output: None,
+            error: None,
+            history: Vec::new(),
+        }
+    }
+
+    /// Dispatched or running, with a result still expected.
+    pub fn is_in_flight(&self) -> bool {
+        matches!(self.status, TaskStatus::Dispatched | TaskStatus::Running)
+    }
+}
+
+/// Per-task state of a workflow.
+#[derive(Debug, Clone)]
+pub struct TaskState {
+    pub run: Execution,
+    /// Needs not yet finished.
+    pub pending_needs: u32,
+    /// The compensation, once the task succeeded and has one.
+    pub compensation: Option<Execution>,
+}
+
+/// A workflow instance.
+#[derive(Debug, Clone)]
+pub struct Workflow {
+    pub id: WorkflowId,
+    pub spec: Arc<CompiledSpec>,
+    pub input: Arc<Value>,
+    pub priority: Priority,
+    pub labels: BTreeMap<String, String>,
+    pub idempotency_key: Option<String>,
+    pub traceparent: String,
+    pub status: WorkflowStatus,
+    pub tasks: Vec<TaskState>,
+    pub error: Option<String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    /// Tasks not yet in a terminal state.
+    pub tasks_remaining: u32,
+    /// Succeeded tasks with a compensation, in completion order; compensated from the back.
+    pub compensation_stack: Vec<u32>,
+    /// The compensation running now.
+    pub compensating: Option<u32>,
+    pub compensation_failures: u32,
+    pub cancel_requested: bool,
+}
+
+impl Workflow {
+    pub fn task_id(&self, index: u32) -> &str {
+        &self.spec.tasks[index as usize].id
+    }
+
+    pub fn execution(&self, slot: Slot) -> Option<&Execution> {
+        let task = self.tasks.get(slot.task as usize)?;
+        if slot.compensation { task.compensation.as_ref() } else { Some(&task.run) }
+    }
+
+    pub fn execution_mut(&mut self, slot: Slot) -> Option<&mut Execution> {
+        let task = self.tasks.get_mut(slot.task as usize)?;
+        if slot.compensation { task.compensation.as_mut() } else { Some(&mut task.run) }
+    }
+}
+
+/// A connected agent as the core sees it.
+#[derive(Debug, Clone)]
+pub struct AgentSlot {
+    pub id: AgentId,
+    pub skills: Vec<Arc<str>>,
+    pub labels: BTreeMap<String, String>,
+    /// Parsed `cost_bps` label; `u32::MAX` when absent.
+    pub cost_bps: u32,
+    pub max_concurrency: u32,
+    /// Free slots the agent granted and the core has not used yet.
+    pub credits: u32,
+    pub draining: bool,
+    /// Slot → attempt of every assignment without a result yet.
+    pub assigned: HashMap<Slot, u32>,
+    pub consecutive_failures: u32,
+    pub unhealthy_until: Millis,
+    pub completed: u64,
+}
+
+/// A task waiting for an agent.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadyEntry {
+    pub slot: Slot,
+    /// The task's `attempt` when it became ready; a mismatch means the entry is stale.
+    pub attempt: u32,
+    pub ready_at: Millis,
+}
+
+/// Ready tasks and agents of one skill.
+#[derive(Debug, Default)]
+pub struct SkillQueue {
+    pub agents: Vec<AgentId>,
+    /// One FIFO per priority class.
+    pub ready: [VecDeque<ReadyEntry>; 4],
+    pub dirty: bool,
+}
+
+impl SkillQueue {
+    pub fn ready_len(&self) -> usize {
+        self.ready.iter().map(VecDeque::len).sum()
+    }
+}
+
+/// What a timer does when it fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TimerKind {
+    Backoff,
+    Timeout,
+    Lease,
+}
+
+/// A deadline; stale timers are ignored when they fire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Timer {
+    pub at: Millis,
+    pub slot: Slot,
+    pub attempt: u32,
+    pub kind: TimerKind,
+}

@@ -1,0 +1,19 @@
+//! The `paygrid.v1` protocol: message types and tonic clients/servers generated at build
+//! time by `tonic-prost-build` from `paygrid/v1/*.proto` (compiled by protox, so no protoc
+//! binary is needed), and the encoded file descriptor set that gRPC reflection serves.
+//!
+//! Generated types stop at the gRPC edge: the control unit and the execution unit convert
+//! them to domain types with `TryFrom`.
+
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("paygrid.v1");
+}
+
+/// The encoded `FileDescriptorSet` of every `paygrid.v1` file, for `tonic-reflection`.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/paygrid_descriptor.bin"));
+
+/// gRPC metadata key carrying the agent id on a `Session` call.
+pub const AGENT_ID_METADATA: &str = "paygrid-agent-id";
+/// gRPC metadata key carrying the session token on a `Session` call.
+pub const SESSION_TOKEN_METADATA: &str = "paygrid-session-token";
