@@ -97,7 +97,11 @@ impl Scheduler {
     fn choose_agent(&self, skill: &Arc<str>, slot: Slot) -> Result<Option<AgentId>, String> {
         let workflow = &self.workflows[&slot.workflow];
         let compiled = &workflow.spec.tasks[slot.task as usize];
-        let route = if slot.compensation { None } else { compiled.route.as_ref() };
+        let route = if slot.compensation {
+            compiled.compensate.as_ref().and_then(|c| c.route.as_ref())
+        } else {
+            compiled.route.as_ref()
+        };
         let mut wanted: Vec<(String, String)> = Vec::new();
         if let Some(route) = route {
             let scope = WorkflowScope(workflow);

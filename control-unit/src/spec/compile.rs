@@ -375,7 +375,42 @@ impl Checker<'_> {
             None => default_timeout,
             Some(text) => self.duration(Some(id), "timeout", text).unwrap_or(default_timeout),
         };
-        let route = raw.route.as_ref().map(|route| {
+        let route = raw.route.as_ref().map(|route| self.route(id, route));
+        let compensate = raw.compensate.as_ref().map(|compensate| {
+            self.name("compensation skill", &compensate.skill, Some(id));
+            let input = self.template(id, "compensate", compensate.with_input.as_ref());
+            let retry = self.retry(Some(id), RetryPolicy { max_attempts: 10, ..default_retry }, compensate.retry.as_ref());
+            let timeout = match compensate.timeout.as_deref() {
+                None => timeout,
+                Some(text) => self.duration(Some(id), "compensate", text).unwrap_or(timeout),
+            };
+            let route = compensate.route.as_ref().map(|route| self.route(id, route));
+            Compensation { skill: compensate.skill.clone(), route, input, retry, timeout }
+        });
+        let when = raw.when.as_deref().and_then(|text| match Condition::compile(text) {
+            Ok(condition) => Some(condition),
+            Err(message) => {
+                self.task_error(id, Some("when"), message);
+                None
+            }
+        });
+        CompiledTask {
+            id: raw.id.clone(),
+            index,
+            kind,
+            needs,
+            dependents: Vec::new(),
+            input,
+            retry,
+            timeout,
+            route,
+            compensate,
+            when,
+            position: self.source.task(id),
+        }
+    }
+
+    fn route(&mut self, id: &str, route: &super::raw::RawRoute) -> Route {
             let policy = match route.policy.as_deref() {
                 None | Some("least-loaded") => RoutePolicy::LeastLoaded,
                 Some("cheapest") => RoutePolicy::Cheapest,
@@ -399,38 +434,6 @@ impl Checker<'_> {
                 })
                 .collect();
             Route { policy, labels, fallback: route.fallback }
-        });
-        let compensate = raw.compensate.as_ref().map(|compensate| {
-            self.name("compensation skill", &compensate.skill, Some(id));
-            let input = self.template(id, "compensate", compensate.with_input.as_ref());
-            let retry = self.retry(Some(id), RetryPolicy { max_attempts: 10, ..default_retry }, compensate.retry.as_ref());
-            let timeout = match compensate.timeout.as_deref() {
-                None => timeout,
-                Some(text) => self.duration(Some(id), "compensate", text).unwrap_or(timeout),
-            };
-            Compensation { skill: compensate.skill.clone(), input, retry, timeout }
-        });
-        let when = raw.when.as_deref().and_then(|text| match Condition::compile(text) {
-            Ok(condition) => Some(condition),
-            Err(message) => {
-                self.task_error(id, Some("when"), message);
-                None
-            }
-        });
-        CompiledTask {
-            id: raw.id.clone(),
-            index,
-            kind,
-            needs,
-            dependents: Vec::new(),
-            input,
-            retry,
-            timeout,
-            route,
-            compensate,
-            when,
-            position: self.source.task(id),
-        }
     }
 
     fn template(&mut self, task: &str, key: &str, value: Option<&Map<String, Value>>) -> Template {
@@ -520,6 +523,9 @@ impl Checker<'_> {
             }
             if let Some(compensate) = &task.compensate {
                 checks.extend(compensate.input.references().into_iter().map(|r| (r, "compensate", true)));
+                for (_, template) in compensate.route.iter().flat_map(|r| &r.labels) {
+                    checks.extend(template.references().into_iter().map(|r| (r, "compensate", true)));
+                }
             }
             for (reference, key, may_reference_self) in checks {
                 match reference {

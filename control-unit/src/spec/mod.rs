@@ -152,6 +152,8 @@ pub struct Route {
 #[derive(Debug, Clone)]
 pub struct Compensation {
     pub skill: String,
+    /// Where the compensation runs, e.g. the gateway that authorized.
+    pub route: Option<Route>,
     pub input: Template,
     pub retry: RetryPolicy,
     pub timeout: Duration,

@@ -118,6 +118,8 @@ pub struct RawRoute {
 #[serde(deny_unknown_fields)]
 pub struct RawCompensate {
     pub skill: String,
+    #[serde(default)]
+    pub route: Option<RawRoute>,
     #[serde(default, rename = "with")]
     pub with_input: Option<Map<String, Value>>,
     #[serde(default)]
