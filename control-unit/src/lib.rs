@@ -4,6 +4,12 @@
 //! - [`model`]: ids, priorities, statuses.
 //! - [`spec`]: parsing, validation and compilation of workflow specs.
 //! - [`scheduler`]: the pure scheduler core (events in, commands out, time as an input).
+//! - [`runtime`]: the actor that owns the core and talks to the services.
+//! - [`service`]: the `Workflows` and `AgentHub` gRPC services.
+//! - [`server`]: serving both, with gRPC health and reflection.
 pub mod model;
 pub mod spec;
 pub mod scheduler;
+pub mod runtime;
+pub mod service;
+pub mod server;

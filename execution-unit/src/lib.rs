@@ -1,1 +1,17 @@
-//! placeholder
+//! The agent SDK and runtime.
+//!
+//! An agent implements [`Agent`]: it describes itself with an [`AgentCard`] and handles
+//! one [`Task`] at a time per slot, answering with a [`TaskOutcome`]. An
+//! [`ExecutionUnit`] hosts agents: for each it registers with the control unit, keeps one
+//! session stream open, grants credits up to the agent's `max_concurrency`, heartbeats
+//! running tasks, honours cancellations, reconnects with backoff when the control unit
+//! goes away, and drains in-flight work on shutdown.
+//!
+//! - [`agent`]: the `Agent` trait and the types it sees.
+//! - [`runtime`]: sessions, credits, heartbeats, drain.
+
+pub mod agent;
+pub mod runtime;
+
+pub use agent::{Agent, AgentCard, Role, SkillSpec, Task, TaskOutcome};
+pub use runtime::{ExecutionUnit, ExecutionUnitConfig};

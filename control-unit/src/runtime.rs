@@ -1,0 +1,481 @@
+//! The actor that owns the scheduler core. gRPC handlers talk to it over one bounded
+//! channel; it drains inputs in batches, runs the core, then flushes one frame per agent
+//! and the state changes to watchers. Nothing here holds a lock across an await.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use paygrid_proto::v1 as pb;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tonic::Status;
+
+use crate::model::{AgentId, WorkflowId, WorkflowStatus};
+use crate::scheduler::{AgentEvent, CancelError, Command, NewWorkflow, Scheduler, SchedulerConfig, SubmitError};
+use crate::service::convert;
+
+/// Wall-clock unix milliseconds: the only clock the control unit reads.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Runtime limits.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub scheduler: SchedulerConfig,
+    /// Capacity of the actor's input channel.
+    pub inputs_max: usize,
+    /// Inputs drained per wake-up.
+    pub batch_max: usize,
+    /// Events buffered per watcher before it is dropped as too slow.
+    pub watch_buffer: usize,
+    /// Watchers per workflow.
+    pub watchers_per_workflow_max: usize,
+    /// Frames buffered per agent session beyond its concurrency.
+    pub session_buffer: usize,
+    pub heartbeat_interval: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            scheduler: SchedulerConfig::default(),
+            inputs_max: 16_384,
+            batch_max: 1_024,
+            watch_buffer: 1_024,
+            watchers_per_workflow_max: 64,
+            session_buffer: 256,
+            heartbeat_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+pub type SessionSender = mpsc::Sender<Result<pb::ControlMessage, Status>>;
+pub type WatchSender = mpsc::Sender<Result<pb::WorkflowEvent, Status>>;
+
+/// A submission after validation.
+pub struct Submission {
+    pub new: NewWorkflow,
+    /// Fingerprint of spec + input + priority, for idempotency-key reuse checks.
+    pub fingerprint: u64,
+}
+
+/// What a successful submit returns.
+pub struct Submitted {
+    pub id: WorkflowId,
+    pub created: bool,
+    pub status: WorkflowStatus,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitRejection {
+    #[error(transparent)]
+    Scheduler(#[from] SubmitError),
+    #[error("idempotency key `{key}` was used for workflow {existing} with a different spec or input")]
+    KeyReused { key: String, existing: WorkflowId },
+}
+
+/// Filters of a `List` call.
+pub struct ListQuery {
+    pub status: Option<WorkflowStatus>,
+    pub name: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub page_size: usize,
+    pub after: Option<WorkflowId>,
+}
+
+pub enum Input {
+    Submit { submission: Box<Submission>, reply: oneshot::Sender<Result<Submitted, SubmitRejection>> },
+    Cancel { id: WorkflowId, reason: String, reply: oneshot::Sender<Result<WorkflowStatus, CancelError>> },
+    Get { id: WorkflowId, reply: oneshot::Sender<Option<pb::Workflow>> },
+    List { query: ListQuery, reply: oneshot::Sender<pb::ListWorkflowsResponse> },
+    Watch { id: WorkflowId, sender: WatchSender, reply: oneshot::Sender<Result<(), Status>> },
+    Register { card: pb::AgentCard, execution_unit: String, reply: oneshot::Sender<pb::RegisterResponse> },
+    OpenSession { agent: AgentId, token: String, sender: SessionSender, reply: oneshot::Sender<Result<u64, Status>> },
+    CloseSession { agent: AgentId, session: u64 },
+    Agent(Vec<AgentEvent>),
+    ListAgents { skill: Option<String>, reply: oneshot::Sender<Vec<pb::AgentInfo>> },
+}
+
+/// A cheap handle to the actor.
+#[derive(Clone)]
+pub struct Handle {
+    inputs: mpsc::Sender<Input>,
+}
+
+impl Handle {
+    /// Sends an input; `UNAVAILABLE` once the control unit is shutting down.
+    pub async fn send(&self, input: Input) -> Result<(), Status> {
+        self.inputs
+            .send(input)
+            .await
+            .map_err(|_| Status::unavailable("control unit is shutting down"))
+    }
+
+    pub async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Input) -> Result<T, Status> {
+        let (reply, answer) = oneshot::channel();
+        self.send(make(reply)).await?;
+        answer.await.map_err(|_| Status::unavailable("control unit is shutting down"))
+    }
+}
+
+struct AgentRecord {
+    card: pb::AgentCard,
+    execution_unit: String,
+    token: String,
+    registered_at: u64,
+    session: Option<(u64, SessionSender)>,
+}
+
+struct Actor {
+    core: Scheduler,
+    config: RuntimeConfig,
+    agents: HashMap<AgentId, AgentRecord>,
+    agent_counter: u64,
+    session_counter: u64,
+    watchers: HashMap<WorkflowId, Vec<WatchSender>>,
+    idempotency: HashMap<String, (WorkflowId, u64)>,
+    sequence: u64,
+    out: Vec<Command>,
+}
+
+/// Starts the actor; it stops when every [`Handle`] is dropped or `shutdown` fires.
+pub fn spawn(config: RuntimeConfig, shutdown: tokio_util_shim::Shutdown) -> (Handle, tokio::task::JoinHandle<()>) {
+    let (inputs, receiver) = mpsc::channel(config.inputs_max);
+    let actor = Actor {
+        core: Scheduler::new(config.scheduler.clone()),
+        config,
+        agents: HashMap::new(),
+        agent_counter: 0,
+        session_counter: 0,
+        watchers: HashMap::new(),
+        idempotency: HashMap::new(),
+        sequence: 0,
+        out: Vec::with_capacity(1024),
+    };
+    let task = tokio::spawn(actor.run(receiver, shutdown));
+    (Handle { inputs }, task)
+}
+
+/// A minimal shutdown signal (a watch channel), so this crate needs no tokio-util.
+pub mod tokio_util_shim {
+    use tokio::sync::watch;
+
+    #[derive(Clone)]
+    pub struct Shutdown(watch::Receiver<bool>);
+
+    pub struct Trigger(watch::Sender<bool>);
+
+    pub fn shutdown() -> (Trigger, Shutdown) {
+        let (sender, receiver) = watch::channel(false);
+        (Trigger(sender), Shutdown(receiver))
+    }
+
+    impl Trigger {
+        pub fn fire(&self) {
+            let _ = self.0.send(true);
+        }
+    }
+
+    impl Shutdown {
+        pub async fn wait(&mut self) {
+            let _ = self.0.wait_for(|fired| *fired).await;
+        }
+    }
+}
+
+impl Actor {
+    async fn run(mut self, mut receiver: mpsc::Receiver<Input>, mut shutdown: tokio_util_shim::Shutdown) {
+        let mut batch = Vec::with_capacity(self.config.batch_max);
+        loop {
+            let deadline = self.core.next_deadline().map(|at| {
+                Instant::now() + Duration::from_millis(at.saturating_sub(now_ms()))
+            });
+            tokio::select! {
+                received = receiver.recv_many(&mut batch, self.config.batch_max) => {
+                    if received == 0 {
+                        break;
+                    }
+                    for input in batch.drain(..) {
+                        self.input(input);
+                    }
+                }
+                () = sleep_until(deadline) => {
+                    let mut out = std::mem::take(&mut self.out);
+                    self.core.tick(now_ms(), &mut out);
+                    self.out = out;
+                }
+                () = shutdown.wait() => break,
+            }
+            self.flush();
+        }
+        tracing::info!("scheduler stopped");
+    }
+
+    fn input(&mut self, input: Input) {
+        let now = now_ms();
+        let mut out = std::mem::take(&mut self.out);
+        match input {
+            Input::Submit { submission, reply } => {
+                let result = self.submit(now, *submission, &mut out);
+                let _ = reply.send(result);
+            }
+            Input::Cancel { id, reason, reply } => {
+                let _ = reply.send(self.core.cancel(now, id, &reason, &mut out));
+            }
+            Input::Get { id, reply } => {
+                let _ = reply.send(self.core.workflow(id).map(|w| convert::workflow_to_pb(w, &self.core)));
+            }
+            Input::List { query, reply } => {
+                let _ = reply.send(self.list(&query));
+            }
+            Input::Watch { id, sender, reply } => {
+                let _ = reply.send(self.watch(id, sender));
+            }
+            Input::Register { card, execution_unit, reply } => {
+                let _ = reply.send(self.register(now, card, execution_unit));
+            }
+            Input::OpenSession { agent, token, sender, reply } => {
+                let _ = reply.send(self.open_session(now, agent, &token, sender, &mut out));
+            }
+            Input::CloseSession { agent, session } => {
+                let current = self.agents.get(&agent).and_then(|a| a.session.as_ref()).map(|(s, _)| *s);
+                if current == Some(session) {
+                    self.agents.remove(&agent);
+                    self.core.handle(now, AgentEvent::Left { agent: agent.clone() }, &mut out);
+                    tracing::info!(agent = %agent, "agent session closed");
+                }
+            }
+            Input::Agent(events) => {
+                for event in events {
+                    self.core.handle(now, event, &mut out);
+                }
+            }
+            Input::ListAgents { skill, reply } => {
+                let _ = reply.send(self.list_agents(skill.as_deref()));
+            }
+        }
+        self.out = out;
+    }
+
+    fn submit(&mut self, now: u64, submission: Submission, out: &mut Vec<crate::scheduler::Command>) -> Result<Submitted, SubmitRejection> {
+        let key = submission.new.idempotency_key.clone();
+        if let Some(key) = &key {
+            if let Some((existing, fingerprint)) = self.idempotency.get(key) {
+                if *fingerprint != submission.fingerprint {
+                    return Err(SubmitRejection::KeyReused { key: key.clone(), existing: *existing });
+                }
+                let status = self.core.workflow(*existing).map_or(WorkflowStatus::Succeeded, |w| w.status);
+                return Ok(Submitted { id: *existing, created: false, status });
+            }
+        }
+        let id = submission.new.id;
+        self.core.submit(now, submission.new, out)?;
+        if let Some(key) = key {
+            self.idempotency.insert(key, (id, submission.fingerprint));
+        }
+        tracing::debug!(workflow = %id, "workflow submitted");
+        Ok(Submitted { id, created: true, status: WorkflowStatus::Running })
+    }
+
+    fn list(&self, query: &ListQuery) -> pb::ListWorkflowsResponse {
+        let mut workflows = Vec::new();
+        let mut last = None;
+        for workflow in self.core.workflows_after(query.after) {
+            if query.status.is_some_and(|s| s != workflow.status)
+                || query.name.as_ref().is_some_and(|n| *n != workflow.spec.name)
+                || !query.labels.iter().all(|(k, v)| workflow.labels.get(k) == Some(v))
+            {
+                continue;
+            }
+            if workflows.len() == query.page_size {
+                break;
+            }
+            workflows.push(convert::summary_to_pb(workflow));
+            last = Some(workflow.id);
+        }
+        let next_page_token = if workflows.len() == query.page_size {
+            last.map(|id| id.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        pb::ListWorkflowsResponse { workflows, next_page_token }
+    }
+
+    fn watch(&mut self, id: WorkflowId, sender: WatchSender) -> Result<(), Status> {
+        let workflow = self.core.workflow(id).ok_or_else(|| Status::not_found(format!("workflow {id} not found")))?;
+        self.sequence += 1;
+        let snapshot = pb::WorkflowEvent {
+            workflow_id: id.to_string(),
+            sequence: self.sequence,
+            at_ms: now_ms() as i64,
+            body: Some(pb::workflow_event::Body::Snapshot(convert::workflow_to_pb(workflow, &self.core))),
+        };
+        let terminal = workflow.status.is_terminal();
+        sender
+            .try_send(Ok(snapshot))
+            .map_err(|_| Status::resource_exhausted("watch stream closed"))?;
+        if terminal {
+            return Ok(()); // the snapshot is the whole story; dropping the sender ends the stream
+        }
+        let watchers = self.watchers.entry(id).or_default();
+        watchers.retain(|w| !w.is_closed());
+        if watchers.len() >= self.config.watchers_per_workflow_max {
+            return Err(Status::resource_exhausted(format!(
+                "workflow {id} has {} watchers, the limit",
+                watchers.len()
+            )));
+        }
+        watchers.push(sender);
+        Ok(())
+    }
+
+    fn register(&mut self, now: u64, card: pb::AgentCard, execution_unit: String) -> pb::RegisterResponse {
+        self.agent_counter += 1;
+        let agent = AgentId(format!("{}-{}", card.name, self.agent_counter).into());
+        let token = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        tracing::info!(agent = %agent, execution_unit, skills = card.skills.len(), "agent registered");
+        self.agents.insert(agent.clone(), AgentRecord {
+            card,
+            execution_unit,
+            token: token.clone(),
+            registered_at: now,
+            session: None,
+        });
+        pb::RegisterResponse {
+            agent_id: agent.to_string(),
+            session_token: token,
+            heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u32,
+            lease_ttl_ms: self.config.scheduler.lease_ttl.as_millis() as u32,
+        }
+    }
+
+    fn open_session(&mut self, now: u64, agent: AgentId, token: &str, sender: SessionSender, out: &mut Vec<Command>) -> Result<u64, Status> {
+        let record = self
+            .agents
+            .get_mut(&agent)
+            .ok_or_else(|| Status::not_found(format!("agent {agent} is not registered: call Register first")))?;
+        if record.token != token {
+            return Err(Status::unauthenticated(format!("wrong session token for agent {agent}")));
+        }
+        if record.session.is_some() {
+            return Err(Status::already_exists(format!("agent {agent} already has a session")));
+        }
+        self.session_counter += 1;
+        let session = self.session_counter;
+        record.session = Some((session, sender));
+        let card = &record.card;
+        self.core.handle(now, AgentEvent::Joined {
+            agent: agent.clone(),
+            skills: card.skills.iter().map(|s| Arc::from(s.name.as_str())).collect(),
+            labels: card.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            max_concurrency: card.max_concurrency.max(1),
+        }, out);
+        tracing::info!(agent = %agent, "agent session opened");
+        Ok(session)
+    }
+
+    fn list_agents(&self, skill: Option<&str>) -> Vec<pb::AgentInfo> {
+        let mut agents: Vec<pb::AgentInfo> = self
+            .agents
+            .iter()
+            .filter(|(_, r)| skill.is_none_or(|s| r.card.skills.iter().any(|k| k.name == s)))
+            .map(|(id, record)| {
+                let slot = self.core.agent(id);
+                pb::AgentInfo {
+                    agent_id: id.to_string(),
+                    card: Some(record.card.clone()),
+                    execution_unit: record.execution_unit.clone(),
+                    connected: record.session.is_some(),
+                    inflight: slot.map_or(0, |s| s.assigned.len() as u32),
+                    credits: slot.map_or(0, |s| s.credits),
+                    draining: slot.is_some_and(|s| s.draining),
+                    registered_at_ms: record.registered_at as i64,
+                    tasks_completed: slot.map_or(0, |s| s.completed),
+                }
+            })
+            .collect();
+        agents.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        agents
+    }
+
+    /// Sends what the core asked for: one frame per agent, events to watchers.
+    fn flush(&mut self) {
+        let mut out = std::mem::take(&mut self.out);
+        self.core.dispatch(now_ms(), &mut out);
+        let mut frames: HashMap<AgentId, pb::ControlMessage> = HashMap::new();
+        for command in out.drain(..) {
+            match command {
+                Command::Dispatch { agent, assignment } => {
+                    frames.entry(agent).or_default().assignments.push(pb::Assignment {
+                        task: Some(pb::TaskRef {
+                            workflow_id: assignment.slot.workflow.to_string(),
+                            task_index: assignment.slot.wire_index(),
+                            attempt: assignment.attempt,
+                        }),
+                        task_id: assignment.task_id,
+                        skill: assignment.skill.to_string(),
+                        input_json: assignment.input_json.into(),
+                        deadline_unix_ms: assignment.deadline as i64,
+                        idempotency_key: assignment.idempotency_key,
+                        traceparent: assignment.traceparent,
+                        workflow_name: assignment.workflow_name,
+                    });
+                }
+                Command::Cancel { agent, slot, attempt } => {
+                    frames.entry(agent).or_default().cancellations.push(pb::TaskRef {
+                        workflow_id: slot.workflow.to_string(),
+                        task_index: slot.wire_index(),
+                        attempt,
+                    });
+                }
+                Command::Record(record) => self.notify(&record),
+            }
+        }
+        self.out = out;
+        let mut broken = Vec::new();
+        for (agent, frame) in frames {
+            let sender = self.agents.get(&agent).and_then(|r| r.session.as_ref()).map(|(_, s)| s);
+            let delivered = sender.is_some_and(|s| s.try_send(Ok(frame)).is_ok());
+            if !delivered {
+                broken.push(agent);
+            }
+        }
+        if !broken.is_empty() {
+            let mut out = std::mem::take(&mut self.out);
+            for agent in broken {
+                tracing::warn!(agent = %agent, "agent session full or gone; its tasks go to other agents");
+                if let Some(record) = self.agents.get_mut(&agent) {
+                    if let Some((_, sender)) = record.session.take() {
+                        let _ = sender.try_send(Err(Status::resource_exhausted("session buffer full")));
+                    }
+                }
+                self.agents.remove(&agent);
+                self.core.handle(now_ms(), AgentEvent::Left { agent }, &mut out);
+            }
+            self.out = out;
+            self.flush();
+        }
+    }
+
+    fn notify(&mut self, record: &crate::scheduler::Record) {
+        let Some(watchers) = self.watchers.get_mut(&record.workflow) else { return };
+        let Some(workflow) = self.core.workflow(record.workflow) else { return };
+        self.sequence += 1;
+        if let Some(event) = convert::record_to_event(record, workflow, self.sequence) {
+            watchers.retain(|w| w.try_send(Ok(event.clone())).is_ok());
+        }
+        let done = matches!(record.change, crate::scheduler::Change::Workflow { status, .. } if status.is_terminal());
+        if done || watchers.is_empty() {
+            self.watchers.remove(&record.workflow);
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,65 @@
+//! Serving the control unit: the actor plus both gRPC services, health and reflection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use paygrid_proto::v1::agent_hub_server::AgentHubServer;
+use paygrid_proto::v1::workflows_server::WorkflowsServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::runtime::{self, RuntimeConfig, tokio_util_shim};
+use crate::service::{AgentHubService, SpecRegistry, WorkflowsService};
+use crate::spec::SpecLimits;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Control unit settings.
+#[derive(Debug, Clone, Default)]
+pub struct ControlConfig {
+    pub runtime: RuntimeConfig,
+    pub limits: SpecLimits,
+}
+
+/// Serves on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    config: ControlConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let (trigger, stop) = tokio_util_shim::shutdown();
+    let (handle, actor) = runtime::spawn(config.runtime.clone(), stop);
+    let registry = Arc::new(SpecRegistry::new(config.limits.clone()));
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<WorkflowsServer<WorkflowsService>>().await;
+    health_reporter.set_serving::<AgentHubServer<AgentHubService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(paygrid_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let result = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(WorkflowsServer::new(WorkflowsService::new(handle.clone(), registry.clone())))
+        .add_service(AgentHubServer::new(AgentHubService::new(handle, registry, config.runtime)))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+    trigger.fire();
+    let _ = actor.await;
+    Ok(result?)
+}
+
+/// Binds `addr` (port 0 picks a free one) and returns the listener and its address.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}

@@ -1,0 +1,13 @@
+//! The gRPC edge: the `Workflows` service for operators, the `AgentHub` service for
+//! agents, errors turned into status codes here and nowhere else.
+//!
+//! - [`convert`]: domain ⇄ protobuf.
+//! - `workflows`: Submit, Get, List, Cancel, Watch, Validate.
+//! - `agents`: Register, Session, ListAgents.
+
+pub mod convert;
+mod agents;
+mod workflows;
+
+pub use agents::AgentHubService;
+pub use workflows::{SpecRegistry, WorkflowsService};

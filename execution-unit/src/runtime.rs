@@ -1,0 +1,347 @@
+//! Hosting agents: one session per agent, credits, heartbeats, cancellation, reconnect
+//! with backoff (backon) and drain on shutdown.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use paygrid_proto::v1 as pb;
+use paygrid_proto::v1::agent_hub_client::AgentHubClient;
+use paygrid_proto::{AGENT_ID_METADATA, SESSION_TOKEN_METADATA};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+
+use crate::agent::{Agent, AgentCard, Task, TaskOutcome};
+
+/// Execution unit settings.
+#[derive(Debug, Clone)]
+pub struct ExecutionUnitConfig {
+    /// Shown in `paygrid agents`; defaults to the host name and process id.
+    pub name: String,
+    /// The control unit, e.g. `http://127.0.0.1:50051`.
+    pub control_endpoint: String,
+    /// How long shutdown waits for in-flight tasks before abandoning them.
+    pub drain_timeout: Duration,
+    pub reconnect_delay_min: Duration,
+    pub reconnect_delay_max: Duration,
+}
+
+impl ExecutionUnitConfig {
+    pub fn new(name: impl Into<String>, control_endpoint: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            control_endpoint: control_endpoint.into(),
+            drain_timeout: Duration::from_secs(30),
+            reconnect_delay_min: Duration::from_millis(100),
+            reconnect_delay_max: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("invalid control endpoint `{endpoint}`: {source}")]
+    Endpoint { endpoint: String, source: tonic::transport::Error },
+    #[error("connect to {endpoint}: {source}")]
+    Connect { endpoint: String, source: tonic::transport::Error },
+    #[error("{call}: {status}")]
+    Call { call: &'static str, status: tonic::Status },
+    #[error("session metadata: {0}")]
+    Metadata(String),
+    #[error("the control unit closed the session")]
+    Closed,
+}
+
+/// Hosts agents until shutdown.
+pub struct ExecutionUnit {
+    config: ExecutionUnitConfig,
+    agents: Vec<Arc<dyn Agent>>,
+}
+
+impl ExecutionUnit {
+    pub fn new(config: ExecutionUnitConfig) -> Self {
+        Self { config, agents: Vec::new() }
+    }
+
+    pub fn host(mut self, agent: Arc<dyn Agent>) -> Self {
+        self.agents.push(agent);
+        self
+    }
+
+    /// Runs every agent until `shutdown` fires and in-flight work drained.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut loops = JoinSet::new();
+        for agent in self.agents {
+            let runner = AgentRunner::new(agent, self.config.clone());
+            loops.spawn(runner.run(shutdown.clone()));
+        }
+        while loops.join_next().await.is_some() {}
+    }
+}
+
+type TaskKey = (String, u32);
+
+struct AgentRunner {
+    agent: Arc<dyn Agent>,
+    card: AgentCard,
+    config: ExecutionUnitConfig,
+    tasks: JoinSet<()>,
+    running: HashMap<TaskKey, (u32, CancellationToken)>,
+    results: mpsc::Receiver<pb::TaskResult>,
+    results_sender: mpsc::Sender<pb::TaskResult>,
+    /// Results taken off the channel but not delivered (the session broke).
+    undelivered: Vec<pb::TaskResult>,
+    /// Slots freed but not yet granted back as credits.
+    credits_owed: u32,
+}
+
+impl AgentRunner {
+    fn new(agent: Arc<dyn Agent>, config: ExecutionUnitConfig) -> Self {
+        let card = agent.card();
+        // One result per slot at most is ever waiting: the channel never blocks a task long.
+        let (results_sender, results) = mpsc::channel(card.max_concurrency as usize + 16);
+        Self {
+            agent,
+            card,
+            config,
+            tasks: JoinSet::new(),
+            running: HashMap::new(),
+            results,
+            results_sender,
+            undelivered: Vec::new(),
+            credits_owed: 0,
+        }
+    }
+
+    async fn run(mut self, shutdown: CancellationToken) {
+        let mut delays = self.backoff();
+        loop {
+            match self.session(&shutdown).await {
+                Ok(()) => return,
+                Err(error) => {
+                    if shutdown.is_cancelled() && self.running.is_empty() {
+                        return;
+                    }
+                    let delay = delays.next().unwrap_or(self.config.reconnect_delay_max);
+                    tracing::warn!(agent = %self.card.name, %error, retry_in_ms = delay.as_millis() as u64, "session lost");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = shutdown.cancelled() => {
+                            // Disconnected and asked to stop: finish what runs, then leave.
+                            let drain = tokio::time::timeout(self.config.drain_timeout, async {
+                                while self.tasks.join_next().await.is_some() {}
+                            });
+                            let _ = drain.await;
+                            return;
+                        }
+                    }
+                }
+            }
+            if self.undelivered.is_empty() {
+                delays = self.backoff();
+            }
+        }
+    }
+
+    fn backoff(&self) -> backon::ExponentialBackoff {
+        ExponentialBuilder::new()
+            .with_min_delay(self.config.reconnect_delay_min)
+            .with_max_delay(self.config.reconnect_delay_max)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+
+    /// One session: register, stream, until it breaks (error) or drains (Ok).
+    async fn session(&mut self, shutdown: &CancellationToken) -> Result<(), SessionError> {
+        let endpoint = self.config.control_endpoint.clone();
+        let channel = Endpoint::from_shared(endpoint.clone())
+            .map_err(|source| SessionError::Endpoint { endpoint: endpoint.clone(), source })?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .map_err(|source| SessionError::Connect { endpoint, source })?;
+        let mut client = AgentHubClient::new(channel);
+        let registration = client
+            .register(pb::RegisterRequest { card: Some(self.card.to_pb()), execution_unit: self.config.name.clone() })
+            .await
+            .map_err(|status| SessionError::Call { call: "register", status })?
+            .into_inner();
+        let (frames, outbound) = mpsc::channel::<pb::AgentMessage>(64);
+        let mut request = tonic::Request::new(ReceiverStream::new(outbound));
+        for (key, value) in [(AGENT_ID_METADATA, &registration.agent_id), (SESSION_TOKEN_METADATA, &registration.session_token)] {
+            let value = value.parse().map_err(|_| SessionError::Metadata(format!("{key} is not ASCII")))?;
+            request.metadata_mut().insert(key, value);
+        }
+        // The opening frame: free slots, anything not yet delivered, what still runs.
+        let free = self.card.max_concurrency.saturating_sub(self.running.len() as u32);
+        self.credits_owed = 0;
+        let opening = pb::AgentMessage {
+            credits: if shutdown.is_cancelled() { 0 } else { free },
+            results: std::mem::take(&mut self.undelivered),
+            running: self.running_refs(),
+            draining: shutdown.is_cancelled(),
+        };
+        let _ = frames.send(opening).await;
+        let mut inbound = client
+            .session(request)
+            .await
+            .map_err(|status| SessionError::Call { call: "session", status })?
+            .into_inner();
+        tracing::info!(agent = %self.card.name, agent_id = %registration.agent_id, "session open");
+        let heartbeat_ms = u64::from(registration.heartbeat_interval_ms.max(100));
+        let mut heartbeat = tokio::time::interval(Duration::from_millis(heartbeat_ms));
+        let mut draining = shutdown.is_cancelled();
+        let mut batch = Vec::with_capacity(64);
+        loop {
+            if draining && self.running.is_empty() {
+                return Ok(()); // dropping `frames` ends the stream
+            }
+            tokio::select! {
+                message = inbound.message() => match message {
+                    Ok(Some(message)) => self.on_control(message, draining, &frames).await,
+                    Ok(None) => return Err(SessionError::Closed),
+                    Err(status) => return Err(SessionError::Call { call: "session stream", status }),
+                },
+                received = self.results.recv_many(&mut batch, 256) => {
+                    if received == 0 {
+                        return Err(SessionError::Closed);
+                    }
+                    for result in &batch {
+                        if let Some(task) = &result.task {
+                            self.running.remove(&(task.workflow_id.clone(), task.task_index));
+                        }
+                    }
+                    self.credits_owed += received as u32;
+                    let frame = pb::AgentMessage {
+                        credits: if draining { 0 } else { std::mem::take(&mut self.credits_owed) },
+                        results: std::mem::take(&mut batch),
+                        running: Vec::new(),
+                        draining,
+                    };
+                    if let Err(failed) = frames.send(frame).await {
+                        self.undelivered.extend(failed.0.results);
+                        return Err(SessionError::Closed);
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if !self.running.is_empty() {
+                        let frame = pb::AgentMessage { running: self.running_refs(), draining, ..Default::default() };
+                        if frames.send(frame).await.is_err() {
+                            return Err(SessionError::Closed);
+                        }
+                    }
+                }
+                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+                () = shutdown.cancelled(), if !draining => {
+                    draining = true;
+                    tracing::info!(agent = %self.card.name, running = self.running.len(), "draining");
+                    let _ = frames.send(pb::AgentMessage { draining: true, ..Default::default() }).await;
+                }
+            }
+        }
+    }
+
+    fn running_refs(&self) -> Vec<pb::TaskRef> {
+        self.running
+            .iter()
+            .map(|((workflow_id, task_index), (attempt, _))| pb::TaskRef {
+                workflow_id: workflow_id.clone(),
+                task_index: *task_index,
+                attempt: *attempt,
+            })
+            .collect()
+    }
+
+    async fn on_control(&mut self, message: pb::ControlMessage, draining: bool, frames: &mpsc::Sender<pb::AgentMessage>) {
+        for cancellation in message.cancellations {
+            let key = (cancellation.workflow_id, cancellation.task_index);
+            if let Some((attempt, token)) = self.running.get(&key) {
+                if *attempt == cancellation.attempt {
+                    token.cancel();
+                }
+            }
+        }
+        let mut refused = Vec::new();
+        for assignment in message.assignments {
+            let Some(task_ref) = assignment.task.clone() else { continue };
+            let over_capacity = self.running.len() as u32 >= self.card.max_concurrency;
+            if draining || over_capacity {
+                refused.push(pb::TaskResult {
+                    task: Some(task_ref),
+                    outcome: pb::Outcome::Retryable.into(),
+                    error_code: if draining { "draining" } else { "no_capacity" }.into(),
+                    error_message: "the agent cannot take this task now".into(),
+                    ..Default::default()
+                });
+                continue;
+            }
+            self.start(assignment, task_ref);
+        }
+        if !refused.is_empty() {
+            let _ = frames.send(pb::AgentMessage { results: refused, draining, ..Default::default() }).await;
+        }
+    }
+
+    fn start(&mut self, assignment: pb::Assignment, task_ref: pb::TaskRef) {
+        let cancel = CancellationToken::new();
+        self.running.insert((task_ref.workflow_id.clone(), task_ref.task_index), (task_ref.attempt, cancel.clone()));
+        let agent = self.agent.clone();
+        let results = self.results_sender.clone();
+        self.tasks.spawn(async move {
+            let input = serde_json::from_slice(&assignment.input_json);
+            let result = match input {
+                Err(error) => outcome_to_pb(task_ref, Some(TaskOutcome::invalid_input(format!("input is not JSON: {error}")))),
+                Ok(input) => {
+                    let task = Task {
+                        workflow_id: task_ref.workflow_id.clone(),
+                        workflow_name: assignment.workflow_name,
+                        task_id: assignment.task_id,
+                        skill: assignment.skill,
+                        attempt: task_ref.attempt,
+                        input,
+                        idempotency_key: assignment.idempotency_key,
+                        deadline_unix_ms: assignment.deadline_unix_ms,
+                        traceparent: assignment.traceparent,
+                        cancel: cancel.clone(),
+                    };
+                    let outcome = tokio::select! {
+                        outcome = agent.handle(task) => Some(outcome),
+                        () = cancel.cancelled() => None,
+                    };
+                    outcome_to_pb(task_ref, outcome)
+                }
+            };
+            let _ = results.send(result).await;
+        });
+    }
+}
+
+fn outcome_to_pb(task: pb::TaskRef, outcome: Option<TaskOutcome>) -> pb::TaskResult {
+    let mut result = pb::TaskResult { task: Some(task), ..Default::default() };
+    match outcome {
+        Some(TaskOutcome::Succeeded(output)) => {
+            result.outcome = pb::Outcome::Succeeded.into();
+            result.output_json = serde_json::to_vec(&output).unwrap_or_default().into();
+        }
+        Some(TaskOutcome::Retryable { code, message }) => {
+            result.outcome = pb::Outcome::Retryable.into();
+            result.error_code = code;
+            result.error_message = message;
+        }
+        Some(TaskOutcome::Permanent { code, message }) => {
+            result.outcome = pb::Outcome::Permanent.into();
+            result.error_code = code;
+            result.error_message = message;
+        }
+        None => result.outcome = pb::Outcome::Cancelled.into(),
+    }
+    result
+}
