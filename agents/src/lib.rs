@@ -1,1 +1,13 @@
-//! placeholder
+//! The agents Paygrid ships, and the gateway simulator they talk to.
+//!
+//! - [`gateway`]: the gateway worker agent (authorize, capture, void, refund, payout).
+//! - [`risk`]: the risk agent (`risk.score`).
+//! - [`ledger`]: the double-entry ledger service agent (`ledger.post`).
+//! - [`service`]: checkpoint verification, receipts, and the benchmark sleep agent.
+//! - [`gateway_sim`]: a Stripe-like HTTP gateway with idempotency keys and faults.
+
+pub mod gateway;
+pub mod gateway_sim;
+pub mod ledger;
+pub mod risk;
+pub mod service;
