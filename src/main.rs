@@ -1,1 +1,26 @@
-fn main() {}
+//! `paygrid`: the one binary. Parses the command line, starts telemetry, runs the part.
+
+mod cli;
+mod operator;
+mod output;
+mod parts;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let service = cli.command.service_name();
+    let format = if cli.log_json { paygrid_telemetry::LogFormat::Json } else { paygrid_telemetry::LogFormat::Human };
+    paygrid_telemetry::init(service, format, cli.command.default_log_filter());
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = runtime.block_on(cli::run(cli));
+    ExitCode::from(code)
+}

@@ -1,0 +1,129 @@
+//! Command-line definitions and dispatch. Exit codes: 0 success, 1 a workflow failed (or
+//! the command could not complete), 2 usage or validation error.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::{operator, parts};
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_FAILED: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(name = "paygrid", version, about = "Durable payment workflows scheduled across agents over gRPC")]
+pub struct Cli {
+    /// Control unit endpoint for operator commands.
+    #[arg(long, global = true, env = "PAYGRID_CONTROL", default_value = "http://127.0.0.1:50051")]
+    pub control: String,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Logs on stderr as JSON lines.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Control unit + execution unit with every agent + two simulated gateways, on
+    /// loopback; submits the example workflows and shows their progress.
+    Dev(parts::DevArgs),
+    /// Run a control unit.
+    Control(parts::ControlArgs),
+    /// Run an execution unit hosting agents.
+    Exec(parts::ExecArgs),
+    /// Run a simulated payment gateway (HTTP).
+    GatewaySim(parts::GatewaySimArgs),
+    /// Submit a workflow spec.
+    Submit(operator::SubmitArgs),
+    /// Show a workflow and its tasks.
+    Status { workflow_id: String },
+    /// List workflows.
+    List(operator::ListArgs),
+    /// Follow a workflow until it ends.
+    Watch { workflow_id: String },
+    /// Cancel a workflow (running tasks are cancelled, finished ones compensated).
+    Cancel {
+        workflow_id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// List connected agents.
+    Agents {
+        /// Only agents offering this skill.
+        #[arg(long)]
+        skill: Option<String>,
+    },
+    /// Validate a spec file (and optionally an input) without a control unit.
+    Validate(operator::ValidateArgs),
+    /// Print a spec's task graph as Graphviz DOT or Mermaid.
+    Graph {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "dot")]
+        format: operator::GraphFormat,
+    },
+}
+
+impl Command {
+    pub fn service_name(&self) -> &'static str {
+        match self {
+            Self::Dev(_) => "paygrid-dev",
+            Self::Control(_) => "paygrid-control",
+            Self::Exec(_) => "paygrid-exec",
+            Self::GatewaySim(_) => "paygrid-gateway-sim",
+            _ => "paygrid-cli",
+        }
+    }
+
+    pub fn default_log_filter(&self) -> &'static str {
+        match self {
+            Self::Dev(_) => "warn",
+            Self::Control(_) | Self::Exec(_) | Self::GatewaySim(_) => "info",
+            _ => "warn",
+        }
+    }
+}
+
+pub async fn run(cli: Cli) -> u8 {
+    let json = cli.json;
+    let control = cli.control;
+    let result = match cli.command {
+        Command::Dev(args) => parts::dev(args).await,
+        Command::Control(args) => parts::control(args).await,
+        Command::Exec(args) => parts::exec(args, &control).await,
+        Command::GatewaySim(args) => parts::gateway_sim(args).await,
+        Command::Submit(args) => operator::submit(&control, args, json).await,
+        Command::Status { workflow_id } => operator::status(&control, &workflow_id, json).await,
+        Command::List(args) => operator::list(&control, args, json).await,
+        Command::Watch { workflow_id } => operator::watch_command(&control, &workflow_id, json).await,
+        Command::Cancel { workflow_id, reason } => operator::cancel(&control, &workflow_id, &reason, json).await,
+        Command::Agents { skill } => operator::agents(&control, skill, json).await,
+        Command::Validate(args) => operator::validate(args, json),
+        Command::Graph { file, format } => operator::graph(&file, format),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            if error.downcast_ref::<operator::UsageError>().is_some() {
+                return EXIT_USAGE;
+            }
+            if let Some(status) = error.downcast_ref::<tonic::Status>() {
+                if matches!(status.code(), tonic::Code::InvalidArgument | tonic::Code::AlreadyExists | tonic::Code::NotFound) {
+                    return EXIT_USAGE;
+                }
+            }
+            EXIT_FAILED
+        }
+    }
+}
+
+/// Parses `127.0.0.1:50051`.
+pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse().map_err(|e| format!("`{text}` is not an address like 127.0.0.1:50051: {e}"))
+}

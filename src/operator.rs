@@ -1,0 +1,372 @@
+//! Operator commands over the `Workflows` and `AgentHub` gRPC services.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+use paygrid_control_unit::spec::{SpecLimits, compile};
+use paygrid_proto::v1 as pb;
+use paygrid_proto::v1::agent_hub_client::AgentHubClient;
+use paygrid_proto::v1::workflows_client::WorkflowsClient;
+use serde_json::Value;
+use tonic::transport::Channel;
+
+use crate::cli::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+use crate::output::{self, Progress};
+
+/// A mistake in how the command was called: exit code 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// Spec file (YAML or JSON).
+    pub file: PathBuf,
+    /// An input value, KEY=VALUE; VALUE is read as JSON when it parses (1250, true), else as a string.
+    #[arg(long = "input", value_name = "KEY=VALUE")]
+    pub inputs: Vec<String>,
+    /// A JSON file with the input object (merged under --input values).
+    #[arg(long)]
+    pub input_file: Option<PathBuf>,
+    /// critical, high, normal or low (default: the spec's).
+    #[arg(long)]
+    pub priority: Option<String>,
+    /// A label, KEY=VALUE.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Submitting again with the same key returns the same workflow.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Follow the workflow until it ends; exit 0 if it succeeded, 1 otherwise.
+    #[arg(long)]
+    pub watch: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only this status (running, succeeded, failed, compensated, cancelled, ...).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only this spec name.
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    pub file: PathBuf,
+    #[arg(long = "input", value_name = "KEY=VALUE")]
+    pub inputs: Vec<String>,
+    #[arg(long)]
+    pub input_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum GraphFormat {
+    Dot,
+    Mermaid,
+}
+
+pub async fn connect(endpoint: &str) -> anyhow::Result<Channel> {
+    Channel::from_shared(endpoint.to_owned())
+        .map_err(|e| UsageError(format!("`{endpoint}` is not an endpoint URL: {e}")))?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the control unit at {endpoint} (is `paygrid control` or `paygrid dev` running?)"))
+}
+
+fn read(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).map_err(|e| UsageError(format!("cannot read {}: {e}", path.display())).into())
+}
+
+/// Builds the input object from `--input-file` and `--input` pairs.
+pub fn build_input(pairs: &[String], file: Option<&Path>) -> anyhow::Result<Value> {
+    let mut input = match file {
+        Some(path) => serde_json::from_str(&read(path)?).map_err(|e| UsageError(format!("{}: not JSON: {e}", path.display())))?,
+        None => Value::Object(serde_json::Map::new()),
+    };
+    let Some(object) = input.as_object_mut() else {
+        anyhow::bail!(UsageError("the input file must hold a JSON object".into()));
+    };
+    for pair in pairs {
+        let (key, value) = pair.split_once('=').ok_or_else(|| UsageError(format!("--input `{pair}`: expected KEY=VALUE")))?;
+        let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
+        object.insert(key.to_owned(), value);
+    }
+    Ok(input)
+}
+
+fn key_values(pairs: &[String], what: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    pairs
+        .iter()
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| UsageError(format!("--{what} `{pair}`: expected KEY=VALUE")).into())
+        })
+        .collect()
+}
+
+fn priority(text: Option<&str>) -> anyhow::Result<pb::Priority> {
+    Ok(match text {
+        None => pb::Priority::Unspecified,
+        Some("critical") => pb::Priority::Critical,
+        Some("high") => pb::Priority::High,
+        Some("normal") => pb::Priority::Normal,
+        Some("low") => pb::Priority::Low,
+        Some(other) => anyhow::bail!(UsageError(format!("unknown priority `{other}`: use critical, high, normal or low"))),
+    })
+}
+
+pub async fn submit(endpoint: &str, args: SubmitArgs, json: bool) -> anyhow::Result<u8> {
+    let text = read(&args.file)?;
+    let input = build_input(&args.inputs, args.input_file.as_deref())?;
+    let request = pb::SubmitRequest {
+        spec: Some(pb::submit_request::Spec::SpecText(text)),
+        input_json: input.to_string(),
+        priority: priority(args.priority.as_deref())?.into(),
+        labels: key_values(&args.labels, "label")?.into_iter().collect(),
+        idempotency_key: args.idempotency_key.unwrap_or_default(),
+    };
+    let mut client = WorkflowsClient::new(connect(endpoint).await?);
+    let response = client.submit(request).await.map_err(anyhow::Error::new)?.into_inner();
+    if json {
+        println!("{}", serde_json::json!({"workflow_id": response.workflow_id, "created": response.created}));
+    } else {
+        let verb = if response.created { "submitted" } else { "already submitted (same idempotency key)" };
+        println!("workflow {} {verb}", response.workflow_id);
+    }
+    if !args.watch {
+        return Ok(EXIT_OK);
+    }
+    follow(&mut client, &response.workflow_id, json).await
+}
+
+/// Streams a workflow's events until it ends; exit code by final status.
+pub async fn follow(client: &mut WorkflowsClient<Channel>, id: &str, json: bool) -> anyhow::Result<u8> {
+    let mut stream = client
+        .watch(pb::WatchWorkflowRequest { workflow_id: id.to_owned() })
+        .await
+        .map_err(anyhow::Error::new)?
+        .into_inner();
+    let mut progress = Progress::new(json);
+    let mut last_status = pb::WorkflowStatus::Unspecified;
+    while let Some(event) = stream.message().await.map_err(anyhow::Error::new)? {
+        if let Some(status) = progress.event(&event) {
+            last_status = status;
+        }
+    }
+    // The stream ends at the terminal event; confirm from the source of truth.
+    let workflow = client.get(pb::GetWorkflowRequest { workflow_id: id.to_owned() }).await.map_err(anyhow::Error::new)?.into_inner();
+    let status = pb::WorkflowStatus::try_from(workflow.status).unwrap_or(last_status);
+    progress.finish(&workflow);
+    Ok(if status == pb::WorkflowStatus::Succeeded { EXIT_OK } else { EXIT_FAILED })
+}
+
+pub async fn watch_command(endpoint: &str, id: &str, json: bool) -> anyhow::Result<u8> {
+    let mut client = WorkflowsClient::new(connect(endpoint).await?);
+    follow(&mut client, id, json).await
+}
+
+pub async fn status(endpoint: &str, id: &str, json: bool) -> anyhow::Result<u8> {
+    let mut client = WorkflowsClient::new(connect(endpoint).await?);
+    let workflow = client.get(pb::GetWorkflowRequest { workflow_id: id.to_owned() }).await.map_err(anyhow::Error::new)?.into_inner();
+    if json {
+        println!("{}", output::workflow_json(&workflow));
+    } else {
+        print!("{}", output::workflow_text(&workflow));
+    }
+    Ok(EXIT_OK)
+}
+
+pub async fn list(endpoint: &str, args: ListArgs, json: bool) -> anyhow::Result<u8> {
+    let status = match args.status.as_deref() {
+        None => pb::WorkflowStatus::Unspecified,
+        Some(text) => pb::WorkflowStatus::from_str_name(&format!("WORKFLOW_STATUS_{}", text.to_uppercase()))
+            .ok_or_else(|| UsageError(format!("unknown status `{text}`")))?,
+    };
+    let mut client = WorkflowsClient::new(connect(endpoint).await?);
+    let response = client
+        .list(pb::ListWorkflowsRequest { status: status.into(), name: args.name.unwrap_or_default(), page_size: args.limit, ..Default::default() })
+        .await
+        .map_err(anyhow::Error::new)?
+        .into_inner();
+    if json {
+        let items: Vec<Value> = response.workflows.iter().map(output::summary_json).collect();
+        println!("{}", Value::Array(items));
+    } else {
+        println!("{:<36}  {:<20}  {:<12}  {:<8}  tasks", "WORKFLOW", "NAME", "STATUS", "PRIORITY");
+        for w in &response.workflows {
+            println!(
+                "{:<36}  {:<20}  {:<12}  {:<8}  {}/{}",
+                w.workflow_id,
+                format!("{}@{}", w.name, w.version),
+                output::status_name(w.status),
+                output::priority_name(w.priority),
+                w.tasks_done,
+                w.tasks_total
+            );
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+pub async fn cancel(endpoint: &str, id: &str, reason: &str, json: bool) -> anyhow::Result<u8> {
+    let mut client = WorkflowsClient::new(connect(endpoint).await?);
+    let response = client
+        .cancel(pb::CancelWorkflowRequest { workflow_id: id.to_owned(), reason: reason.to_owned() })
+        .await
+        .map_err(anyhow::Error::new)?
+        .into_inner();
+    let status = output::status_name(response.status);
+    if json {
+        println!("{}", serde_json::json!({"workflow_id": id, "status": status}));
+    } else {
+        println!("workflow {id}: {status}");
+    }
+    Ok(EXIT_OK)
+}
+
+pub async fn agents(endpoint: &str, skill: Option<String>, json: bool) -> anyhow::Result<u8> {
+    let mut client = AgentHubClient::new(connect(endpoint).await?);
+    let response = client
+        .list_agents(pb::ListAgentsRequest { skill: skill.unwrap_or_default() })
+        .await
+        .map_err(anyhow::Error::new)?
+        .into_inner();
+    if json {
+        let items: Vec<Value> = response.agents.iter().map(output::agent_json).collect();
+        println!("{}", Value::Array(items));
+        return Ok(EXIT_OK);
+    }
+    println!("{:<22}  {:<14}  {:<9}  {:>8}  {:>7}  {:>9}  skills / labels", "AGENT", "EXEC UNIT", "STATE", "INFLIGHT", "CREDITS", "COMPLETED");
+    for agent in &response.agents {
+        let card = agent.card.clone().unwrap_or_default();
+        let skills: Vec<&str> = card.skills.iter().map(|s| s.name.as_str()).collect();
+        let labels: Vec<String> = card.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let state = if agent.draining { "draining" } else if agent.connected { "connected" } else { "idle" };
+        println!(
+            "{:<22}  {:<14}  {:<9}  {:>8}  {:>7}  {:>9}  {} {}",
+            agent.agent_id, agent.execution_unit, state, agent.inflight, agent.credits, agent.tasks_completed, skills.join(","), labels.join(",")
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+pub fn validate(args: ValidateArgs, json: bool) -> anyhow::Result<u8> {
+    let text = read(&args.file)?;
+    let limits = SpecLimits::default();
+    let result = compile(&text, &limits).and_then(|spec| {
+        if args.inputs.is_empty() && args.input_file.is_none() {
+            return Ok(spec);
+        }
+        let input = build_input(&args.inputs, args.input_file.as_deref()).map_err(|e| {
+            paygrid_control_unit::spec::SpecErrors(vec![paygrid_control_unit::spec::SpecError::new(e.to_string())])
+        })?;
+        spec.check_input(&input, &limits).map(|_| spec)
+    });
+    match result {
+        Ok(spec) => {
+            if json {
+                println!("{}", serde_json::json!({"valid": true, "name": spec.name, "version": spec.version, "tasks": spec.tasks.len()}));
+            } else {
+                println!("{}: valid ({}@{}, {} tasks)", args.file.display(), spec.name, spec.version, spec.tasks.len());
+            }
+            Ok(EXIT_OK)
+        }
+        Err(errors) => {
+            if json {
+                let items: Vec<Value> = errors
+                    .0
+                    .iter()
+                    .map(|e| serde_json::json!({"message": e.message, "task": e.task, "line": e.position.map(|p| p.line), "column": e.position.map(|p| p.column)}))
+                    .collect();
+                println!("{}", serde_json::json!({"valid": false, "errors": items}));
+            } else {
+                for error in &errors.0 {
+                    eprintln!("{}:{error}", args.file.display());
+                }
+            }
+            Ok(EXIT_USAGE)
+        }
+    }
+}
+
+pub fn graph(file: &Path, format: GraphFormat) -> anyhow::Result<u8> {
+    let text = read(file)?;
+    let spec = match compile(&text, &SpecLimits::default()) {
+        Ok(spec) => spec,
+        Err(errors) => {
+            for error in &errors.0 {
+                eprintln!("{}:{error}", file.display());
+            }
+            return Ok(EXIT_USAGE);
+        }
+    };
+    print!("{}", output::graph(&spec, matches!(format, GraphFormat::Mermaid)));
+    Ok(EXIT_OK)
+}
+
+const CARD_PAYMENT: &str = include_str!("../examples/specs/card-payment.yaml");
+const REFUND: &str = include_str!("../examples/specs/refund.yaml");
+const MARKETPLACE: &str = include_str!("../examples/specs/marketplace-split.yaml");
+
+/// `paygrid dev`: submits the examples and shows their progress; true when all succeeded.
+pub async fn run_examples(endpoint: &str, payments: u32) -> anyhow::Result<bool> {
+    let channel = connect(endpoint).await?;
+    let mut client = WorkflowsClient::new(channel);
+    let submit = |spec: &str, input: Value| pb::SubmitRequest {
+        spec: Some(pb::submit_request::Spec::SpecText(spec.to_owned())),
+        input_json: input.to_string(),
+        ..Default::default()
+    };
+    let mut ids = Vec::new();
+    for n in 0..payments {
+        let input = serde_json::json!({"amount_minor": 1250 + i64::from(n) * 100, "currency": "EUR", "card_token": "tok_visa"});
+        ids.push(client.submit(submit(CARD_PAYMENT, input)).await.map_err(anyhow::Error::new)?.into_inner().workflow_id);
+    }
+    let input = serde_json::json!({"amount_minor": 9000, "currency": "EUR", "card_token": "tok_visa", "seller_a_minor": 3000, "seller_b_minor": 2500, "seller_c_minor": 2500});
+    ids.push(client.submit(submit(MARKETPLACE, input)).await.map_err(anyhow::Error::new)?.into_inner().workflow_id);
+    let mut all_ok = true;
+    let mut refund_source = None;
+    let mut watchers = Vec::new();
+    for id in &ids {
+        let mut client = client.clone();
+        let id = id.clone();
+        watchers.push(tokio::spawn(async move { follow(&mut client, &id, false).await.map(|code| (id, code)) }));
+    }
+    for watcher in watchers {
+        let (id, code) = watcher.await??;
+        all_ok &= code == EXIT_OK;
+        if code == EXIT_OK && refund_source.is_none() {
+            refund_source = Some(id);
+        }
+    }
+    // Refund the first successful card payment's capture.
+    if let Some(id) = refund_source.filter(|_| payments > 0) {
+        let workflow = client.get(pb::GetWorkflowRequest { workflow_id: id.clone() }).await.map_err(anyhow::Error::new)?.into_inner();
+        if let Some(capture) = workflow.tasks.iter().find(|t| t.task_id == "capture") {
+            let output: Value = serde_json::from_str(&capture.output_json).unwrap_or(Value::Null);
+            let input = serde_json::json!({
+                "capture_id": output["capture_id"], "gateway": output["gateway"], "payment_id": id,
+                "amount_minor": output["amount_minor"], "currency": output["currency"],
+            });
+            let refund = client.submit(submit(REFUND, input)).await.map_err(anyhow::Error::new)?.into_inner().workflow_id;
+            all_ok &= follow(&mut client, &refund, false).await? == EXIT_OK;
+        }
+    }
+    println!("paygrid dev: {} example workflows {}", ids.len() + 1, if all_ok { "succeeded" } else { "finished, some failed" });
+    Ok(all_ok)
+}

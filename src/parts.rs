@@ -1,0 +1,247 @@
+//! The parts as processes: `control`, `exec`, `gateway-sim`, and `dev` (all of them).
+//!
+//! Every server prints one line `paygrid <part> listening on http://ADDR` on stdout once
+//! it is bound, so scripts and tests can start it on port 0 and read the address.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use paygrid_agents::gateway::GatewayAgent;
+use paygrid_agents::gateway_sim::{self, Faults, SimConfig};
+use paygrid_agents::ledger::LedgerAgent;
+use paygrid_agents::risk::{RiskAgent, RiskRules};
+use paygrid_agents::service::{NotifyAgent, SleepAgent, VerifyAgent};
+use paygrid_control_unit::server::{self, ControlConfig};
+use paygrid_execution_unit::{Agent, ExecutionUnit, ExecutionUnitConfig};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{EXIT_FAILED, EXIT_OK, parse_addr};
+
+#[derive(Debug, Args)]
+pub struct ControlArgs {
+    /// Address to serve gRPC on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:50051", value_parser = parse_addr)]
+    pub listen: SocketAddr,
+    /// Lease of a dispatched task without heartbeats, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub lease_ttl_ms: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Name shown in `paygrid agents` (default: exec-PID).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// A gateway to host an agent for, as NAME=URL or NAME=URL@COST_BPS.
+    #[arg(long = "gateway", value_parser = parse_gateway)]
+    pub gateways: Vec<GatewayArg>,
+    /// Agents to host, comma-separated: gateway, risk, ledger, verify, notify, sleep.
+    #[arg(long, value_delimiter = ',', default_value = "gateway,risk,ledger,verify,notify")]
+    pub agents: Vec<String>,
+    /// Concurrent tasks per gateway agent.
+    #[arg(long, default_value_t = 64)]
+    pub gateway_concurrency: u32,
+    /// Concurrent tasks of the sleep (benchmark) agent.
+    #[arg(long, default_value_t = 64)]
+    pub sleep_concurrency: u32,
+    /// Default sleep of the sleep agent, in milliseconds.
+    #[arg(long, default_value_t = 1)]
+    pub sleep_ms: u64,
+    /// How long SIGTERM waits for in-flight tasks, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    pub drain_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayArg {
+    pub name: String,
+    pub url: String,
+    pub cost_bps: u32,
+}
+
+fn parse_gateway(text: &str) -> Result<GatewayArg, String> {
+    let (name, rest) = text.split_once('=').ok_or_else(|| format!("`{text}`: expected NAME=URL[@COST_BPS]"))?;
+    let (url, cost) = match rest.rsplit_once('@') {
+        Some((url, cost)) => (url, cost.parse().map_err(|_| format!("`{text}`: cost `{cost}` is not a number of basis points"))?),
+        None => (rest, 0),
+    };
+    if !url.starts_with("http://") {
+        return Err(format!("`{text}`: the URL must start with http://"));
+    }
+    Ok(GatewayArg { name: name.to_owned(), url: url.to_owned(), cost_bps: cost })
+}
+
+#[derive(Debug, Args)]
+pub struct GatewaySimArgs {
+    #[arg(long, default_value = "127.0.0.1:0", value_parser = parse_addr)]
+    pub listen: SocketAddr,
+    #[arg(long, default_value = "alpha")]
+    pub name: String,
+    #[arg(long, default_value_t = 25)]
+    pub cost_bps: u32,
+    /// Latency added to every request, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Extra latency of captures, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub capture_latency_ms: u64,
+    /// Share of requests failing with 503 before their effect (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_rate: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    #[arg(long, default_value = "127.0.0.1:50051", value_parser = parse_addr)]
+    pub listen: SocketAddr,
+    /// Exit when the example workflows finish instead of staying up until Ctrl-C.
+    #[arg(long)]
+    pub exit: bool,
+    /// Card payments to submit.
+    #[arg(long, default_value_t = 3)]
+    pub payments: u32,
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
+
+fn announce(part: &str, addr: SocketAddr) {
+    println!("paygrid {part} listening on http://{addr}");
+}
+
+pub async fn control(args: ControlArgs) -> anyhow::Result<u8> {
+    let (listener, addr) = server::bind(args.listen).await.with_context(|| format!("bind {}", args.listen))?;
+    announce("control", addr);
+    let mut config = ControlConfig::default();
+    config.runtime.scheduler.lease_ttl = Duration::from_millis(args.lease_ttl_ms);
+    server::serve(listener, config, shutdown_signal()).await?;
+    Ok(EXIT_OK)
+}
+
+pub async fn gateway_sim(args: GatewaySimArgs) -> anyhow::Result<u8> {
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("bind {}", args.listen))?;
+    announce("gateway-sim", listener.local_addr()?);
+    let config = SimConfig {
+        name: args.name,
+        cost_bps: args.cost_bps,
+        faults: Faults { latency_ms: args.latency_ms, capture_latency_ms: args.capture_latency_ms, fail_rate: args.fail_rate, ..Faults::default() },
+    };
+    gateway_sim::serve(listener, config, shutdown_signal()).await?;
+    Ok(EXIT_OK)
+}
+
+/// The agents an execution unit hosts.
+pub fn build_agents(args: &ExecArgs) -> anyhow::Result<Vec<Arc<dyn Agent>>> {
+    let mut agents: Vec<Arc<dyn Agent>> = Vec::new();
+    for name in &args.agents {
+        match name.as_str() {
+            "gateway" => {
+                if args.gateways.is_empty() {
+                    anyhow::bail!(crate::operator::UsageError("the gateway agent needs at least one --gateway NAME=URL".into()));
+                }
+                for gateway in &args.gateways {
+                    agents.push(Arc::new(GatewayAgent::new(&gateway.name, &gateway.url, gateway.cost_bps, args.gateway_concurrency)));
+                }
+            }
+            "risk" => agents.push(Arc::new(RiskAgent::new(RiskRules::default()))),
+            "ledger" => agents.push(Arc::new(LedgerAgent::new())),
+            "verify" => agents.push(Arc::new(VerifyAgent)),
+            "notify" => agents.push(Arc::new(NotifyAgent)),
+            "sleep" => agents.push(Arc::new(SleepAgent { default_sleep_ms: args.sleep_ms, max_concurrency: args.sleep_concurrency })),
+            other => anyhow::bail!(crate::operator::UsageError(format!(
+                "unknown agent `{other}`: use gateway, risk, ledger, verify, notify or sleep"
+            ))),
+        }
+    }
+    Ok(agents)
+}
+
+pub async fn exec(args: ExecArgs, control: &str) -> anyhow::Result<u8> {
+    let agents = build_agents(&args)?;
+    let name = args.name.clone().unwrap_or_else(|| format!("exec-{}", std::process::id()));
+    let mut config = ExecutionUnitConfig::new(name.clone(), control);
+    config.drain_timeout = Duration::from_millis(args.drain_timeout_ms);
+    let mut unit = ExecutionUnit::new(config);
+    for agent in agents {
+        unit = unit.host(agent);
+    }
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        trigger.cancel();
+    });
+    println!("paygrid exec {name} started");
+    unit.run(shutdown).await;
+    Ok(EXIT_OK)
+}
+
+/// Everything on loopback: control unit, two gateways, one execution unit, examples.
+pub async fn dev(args: DevArgs) -> anyhow::Result<u8> {
+    let stop = CancellationToken::new();
+    let (listener, addr) = server::bind(args.listen).await.with_context(|| {
+        format!("bind {} (is another paygrid running? use --listen 127.0.0.1:0)", args.listen)
+    })?;
+    let control_stop = stop.clone();
+    let control = tokio::spawn(server::serve(listener, ControlConfig::default(), async move { control_stop.cancelled().await }));
+    let endpoint = format!("http://{addr}");
+    let mut gateways = Vec::new();
+    for (name, cost_bps) in [("alpha", 25), ("beta", 30)] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let sim_stop = stop.clone();
+        let config = SimConfig { name: name.into(), cost_bps, faults: Faults { latency_ms: 20, ..Faults::default() } };
+        tokio::spawn(gateway_sim::serve(listener, config, async move { sim_stop.cancelled().await }));
+        gateways.push(GatewayArg { name: name.into(), url, cost_bps });
+    }
+    println!("paygrid dev: control unit on {endpoint}; gateways {}", gateways.iter().map(|g| format!("{}={} ({} bps)", g.name, g.url, g.cost_bps)).collect::<Vec<_>>().join(", "));
+    println!("             try: paygrid --control {endpoint} list    (Ctrl-C to stop)");
+    let exec_args = ExecArgs {
+        name: Some("dev-exec".into()),
+        gateways,
+        agents: ["gateway", "risk", "ledger", "verify", "notify"].map(String::from).to_vec(),
+        gateway_concurrency: 64,
+        sleep_concurrency: 64,
+        sleep_ms: 1,
+        drain_timeout_ms: 10_000,
+    };
+    let mut unit = ExecutionUnit::new(ExecutionUnitConfig::new("dev-exec", endpoint.clone()));
+    for agent in build_agents(&exec_args)? {
+        unit = unit.host(agent);
+    }
+    let exec_stop = stop.clone();
+    let exec = tokio::spawn(async move { unit.run(exec_stop).await });
+    let outcome = crate::operator::run_examples(&endpoint, args.payments).await;
+    let code = match &outcome {
+        Ok(true) => EXIT_OK,
+        Ok(false) => EXIT_FAILED,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            EXIT_FAILED
+        }
+    };
+    if !args.exit {
+        println!("paygrid dev: examples done; still serving on {endpoint} until Ctrl-C");
+        shutdown_signal().await;
+    }
+    stop.cancel();
+    let _ = exec.await;
+    let _ = control.await;
+    Ok(code)
+}
