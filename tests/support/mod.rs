@@ -1,0 +1,184 @@
+//! Test support: start the real `paygrid` binary's parts on loopback port 0, read their
+//! addresses, talk to them over gRPC and HTTP, and kill them on drop.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use paygrid_proto::v1 as pb;
+use paygrid_proto::v1::agent_hub_client::AgentHubClient;
+use paygrid_proto::v1::workflows_client::WorkflowsClient;
+use tonic::transport::Channel;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_paygrid");
+
+/// A running part; killed (SIGKILL) when dropped.
+pub struct Part {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Part {
+    /// Starts `paygrid ARGS` and waits for its `listening on URL` (or `started`) line.
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start paygrid");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("read the first line");
+        assert!(!line.is_empty(), "paygrid {args:?} exited before it was ready");
+        let url = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap_or_default().to_owned();
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            let _ = reader.read_to_string(&mut sink);
+        });
+        Self { child, url }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Part {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A control unit, one gateway simulator and one execution unit, each its own process.
+pub struct Fleet {
+    // Dropped in this order: execution units first, so they do not log a lost session.
+    pub execs: Vec<Part>,
+    pub control: Part,
+    pub gateway: Part,
+}
+
+impl Fleet {
+    pub fn start(gateway_args: &[&str], execs: usize) -> Self {
+        let mut args = vec!["gateway-sim", "--listen", "127.0.0.1:0", "--name", "alpha", "--cost-bps", "25"];
+        args.extend_from_slice(gateway_args);
+        let gateway = Part::start(&args);
+        let control = Part::start(&["control", "--listen", "127.0.0.1:0", "--lease-ttl-ms", "5000"]);
+        let mut fleet = Self { execs: Vec::new(), control, gateway };
+        for n in 0..execs {
+            fleet.add_exec(&format!("exec-{n}"), &[]);
+        }
+        fleet
+    }
+
+    pub fn add_exec(&mut self, name: &str, extra: &[&str]) {
+        let gateway = format!("alpha={}@25", self.gateway.url);
+        let mut args = vec!["--control", &self.control.url, "exec", "--name", name, "--gateway", &gateway];
+        args.extend_from_slice(extra);
+        self.execs.push(Part::start(&args));
+    }
+
+    pub async fn workflows(&self) -> WorkflowsClient<Channel> {
+        WorkflowsClient::new(channel(&self.control.url).await)
+    }
+
+    pub async fn agents(&self) -> AgentHubClient<Channel> {
+        AgentHubClient::new(channel(&self.control.url).await)
+    }
+
+    /// Waits until agents offering every skill are connected.
+    pub async fn wait_for_skills(&self, skills: &[&str]) {
+        let mut client = self.agents().await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let agents = client.list_agents(pb::ListAgentsRequest::default()).await.expect("list agents").into_inner().agents;
+            let offered = |skill: &&str| agents.iter().any(|a| a.connected && a.card.as_ref().is_some_and(|c| c.skills.iter().any(|s| s.name == *skill)));
+            if skills.iter().all(offered) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "agents for {skills:?} never connected");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+pub async fn channel(url: &str) -> Channel {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match Channel::from_shared(url.to_owned()).expect("url").connect().await {
+            Ok(channel) => return channel,
+            Err(error) => {
+                assert!(Instant::now() < deadline, "cannot connect to {url}: {error}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+pub fn spec(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/examples/specs/{name}.yaml", env!("CARGO_MANIFEST_DIR"))).expect("example spec")
+}
+
+pub async fn submit(client: &mut WorkflowsClient<Channel>, spec: &str, input: serde_json::Value, priority: pb::Priority) -> String {
+    client
+        .submit(pb::SubmitRequest {
+            spec: Some(pb::submit_request::Spec::SpecText(spec.to_owned())),
+            input_json: input.to_string(),
+            priority: priority.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("submit")
+        .into_inner()
+        .workflow_id
+}
+
+pub fn is_terminal(status: i32) -> bool {
+    matches!(
+        pb::WorkflowStatus::try_from(status),
+        Ok(pb::WorkflowStatus::Succeeded | pb::WorkflowStatus::Failed | pb::WorkflowStatus::Compensated | pb::WorkflowStatus::Cancelled)
+    )
+}
+
+/// Follows `Watch` until the workflow ends, then returns its final state.
+pub async fn wait_terminal(client: &mut WorkflowsClient<Channel>, id: &str) -> pb::Workflow {
+    let watch = async {
+        let mut stream = client.watch(pb::WatchWorkflowRequest { workflow_id: id.to_owned() }).await.expect("watch").into_inner();
+        while let Ok(Some(_)) = stream.message().await {}
+    };
+    tokio::time::timeout(Duration::from_secs(60), watch).await.expect("workflow did not finish within 60s");
+    let workflow = get(client, id).await;
+    assert!(is_terminal(workflow.status), "watch ended before the workflow did: {workflow:?}");
+    workflow
+}
+
+pub async fn get(client: &mut WorkflowsClient<Channel>, id: &str) -> pb::Workflow {
+    client.get(pb::GetWorkflowRequest { workflow_id: id.to_owned() }).await.expect("get").into_inner()
+}
+
+pub fn task<'a>(workflow: &'a pb::Workflow, id: &str) -> &'a pb::TaskState {
+    workflow.tasks.iter().find(|t| t.task_id == id).unwrap_or_else(|| panic!("no task {id}"))
+}
+
+/// A minimal HTTP/1.1 call to the gateway simulator; returns the JSON body.
+pub fn http(base: &str, method: &str, path: &str, body: Option<&str>) -> serde_json::Value {
+    let host = base.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(host).expect("connect to gateway");
+    let body = body.unwrap_or("");
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let (_, body) = response.split_once("\r\n\r\n").expect("http response");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("gateway answered {response}: {e}"))
+}
+
+pub fn gateway_stats(gateway: &Part) -> serde_json::Value {
+    http(&gateway.url, "GET", "/v1/stats", None)
+}
