@@ -13,10 +13,19 @@ pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 
 #[derive(Debug, Parser)]
-#[command(name = "paygrid", version, about = "Durable payment workflows scheduled across agents over gRPC")]
+#[command(
+    name = "paygrid",
+    version,
+    about = "Durable payment workflows scheduled across agents over gRPC"
+)]
 pub struct Cli {
     /// Control unit endpoint for operator commands.
-    #[arg(long, global = true, env = "PAYGRID_CONTROL", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        global = true,
+        env = "PAYGRID_CONTROL",
+        default_value = "http://127.0.0.1:50051"
+    )]
     pub control: String,
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
@@ -100,8 +109,13 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Submit(args) => operator::submit(&control, args, json).await,
         Command::Status { workflow_id } => operator::status(&control, &workflow_id, json).await,
         Command::List(args) => operator::list(&control, args, json).await,
-        Command::Watch { workflow_id } => operator::watch_command(&control, &workflow_id, json).await,
-        Command::Cancel { workflow_id, reason } => operator::cancel(&control, &workflow_id, &reason, json).await,
+        Command::Watch { workflow_id } => {
+            operator::watch_command(&control, &workflow_id, json).await
+        }
+        Command::Cancel {
+            workflow_id,
+            reason,
+        } => operator::cancel(&control, &workflow_id, &reason, json).await,
         Command::Agents { skill } => operator::agents(&control, skill, json).await,
         Command::Validate(args) => operator::validate(args, json),
         Command::Graph { file, format } => operator::graph(&file, format),
@@ -113,10 +127,15 @@ pub async fn run(cli: Cli) -> u8 {
             if error.downcast_ref::<operator::UsageError>().is_some() {
                 return EXIT_USAGE;
             }
-            if let Some(status) = error.downcast_ref::<tonic::Status>() {
-                if matches!(status.code(), tonic::Code::InvalidArgument | tonic::Code::AlreadyExists | tonic::Code::NotFound) {
-                    return EXIT_USAGE;
-                }
+            if let Some(status) = error.downcast_ref::<tonic::Status>()
+                && matches!(
+                    status.code(),
+                    tonic::Code::InvalidArgument
+                        | tonic::Code::AlreadyExists
+                        | tonic::Code::NotFound
+                )
+            {
+                return EXIT_USAGE;
             }
             EXIT_FAILED
         }
@@ -125,5 +144,6 @@ pub async fn run(cli: Cli) -> u8 {
 
 /// Parses `127.0.0.1:50051`.
 pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
-    text.parse().map_err(|e| format!("`{text}` is not an address like 127.0.0.1:50051: {e}"))
+    text.parse()
+        .map_err(|e| format!("`{text}` is not an address like 127.0.0.1:50051: {e}"))
 }

@@ -12,9 +12,16 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let service = cli.command.service_name();
-    let format = if cli.log_json { paygrid_telemetry::LogFormat::Json } else { paygrid_telemetry::LogFormat::Human };
+    let format = if cli.log_json {
+        paygrid_telemetry::LogFormat::Json
+    } else {
+        paygrid_telemetry::LogFormat::Human
+    };
     paygrid_telemetry::init(service, format, cli.command.default_log_filter());
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");

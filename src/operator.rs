@@ -88,20 +88,24 @@ pub async fn connect(endpoint: &str) -> anyhow::Result<Channel> {
 }
 
 fn read(path: &Path) -> anyhow::Result<String> {
-    std::fs::read_to_string(path).map_err(|e| UsageError(format!("cannot read {}: {e}", path.display())).into())
+    std::fs::read_to_string(path)
+        .map_err(|e| UsageError(format!("cannot read {}: {e}", path.display())).into())
 }
 
 /// Builds the input object from `--input-file` and `--input` pairs.
 pub fn build_input(pairs: &[String], file: Option<&Path>) -> anyhow::Result<Value> {
     let mut input = match file {
-        Some(path) => serde_json::from_str(&read(path)?).map_err(|e| UsageError(format!("{}: not JSON: {e}", path.display())))?,
+        Some(path) => serde_json::from_str(&read(path)?)
+            .map_err(|e| UsageError(format!("{}: not JSON: {e}", path.display())))?,
         None => Value::Object(serde_json::Map::new()),
     };
     let Some(object) = input.as_object_mut() else {
         anyhow::bail!(UsageError("the input file must hold a JSON object".into()));
     };
     for pair in pairs {
-        let (key, value) = pair.split_once('=').ok_or_else(|| UsageError(format!("--input `{pair}`: expected KEY=VALUE")))?;
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| UsageError(format!("--input `{pair}`: expected KEY=VALUE")))?;
         let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
         object.insert(key.to_owned(), value);
     }
@@ -126,7 +130,9 @@ fn priority(text: Option<&str>) -> anyhow::Result<pb::Priority> {
         Some("high") => pb::Priority::High,
         Some("normal") => pb::Priority::Normal,
         Some("low") => pb::Priority::Low,
-        Some(other) => anyhow::bail!(UsageError(format!("unknown priority `{other}`: use critical, high, normal or low"))),
+        Some(other) => anyhow::bail!(UsageError(format!(
+            "unknown priority `{other}`: use critical, high, normal or low"
+        ))),
     })
 }
 
@@ -141,11 +147,22 @@ pub async fn submit(endpoint: &str, args: SubmitArgs, json: bool) -> anyhow::Res
         idempotency_key: args.idempotency_key.unwrap_or_default(),
     };
     let mut client = WorkflowsClient::new(connect(endpoint).await?);
-    let response = client.submit(request).await.map_err(anyhow::Error::new)?.into_inner();
+    let response = client
+        .submit(request)
+        .await
+        .map_err(anyhow::Error::new)?
+        .into_inner();
     if json {
-        println!("{}", serde_json::json!({"workflow_id": response.workflow_id, "created": response.created}));
+        println!(
+            "{}",
+            serde_json::json!({"workflow_id": response.workflow_id, "created": response.created})
+        );
     } else {
-        let verb = if response.created { "submitted" } else { "already submitted (same idempotency key)" };
+        let verb = if response.created {
+            "submitted"
+        } else {
+            "already submitted (same idempotency key)"
+        };
         println!("workflow {} {verb}", response.workflow_id);
     }
     if !args.watch {
@@ -155,9 +172,15 @@ pub async fn submit(endpoint: &str, args: SubmitArgs, json: bool) -> anyhow::Res
 }
 
 /// Streams a workflow's events until it ends; exit code by final status.
-pub async fn follow(client: &mut WorkflowsClient<Channel>, id: &str, json: bool) -> anyhow::Result<u8> {
+pub async fn follow(
+    client: &mut WorkflowsClient<Channel>,
+    id: &str,
+    json: bool,
+) -> anyhow::Result<u8> {
     let mut stream = client
-        .watch(pb::WatchWorkflowRequest { workflow_id: id.to_owned() })
+        .watch(pb::WatchWorkflowRequest {
+            workflow_id: id.to_owned(),
+        })
         .await
         .map_err(anyhow::Error::new)?
         .into_inner();
@@ -169,10 +192,20 @@ pub async fn follow(client: &mut WorkflowsClient<Channel>, id: &str, json: bool)
         }
     }
     // The stream ends at the terminal event; confirm from the source of truth.
-    let workflow = client.get(pb::GetWorkflowRequest { workflow_id: id.to_owned() }).await.map_err(anyhow::Error::new)?.into_inner();
+    let workflow = client
+        .get(pb::GetWorkflowRequest {
+            workflow_id: id.to_owned(),
+        })
+        .await
+        .map_err(anyhow::Error::new)?
+        .into_inner();
     let status = pb::WorkflowStatus::try_from(workflow.status).unwrap_or(last_status);
     progress.finish(&workflow);
-    Ok(if status == pb::WorkflowStatus::Succeeded { EXIT_OK } else { EXIT_FAILED })
+    Ok(if status == pb::WorkflowStatus::Succeeded {
+        EXIT_OK
+    } else {
+        EXIT_FAILED
+    })
 }
 
 pub async fn watch_command(endpoint: &str, id: &str, json: bool) -> anyhow::Result<u8> {
@@ -182,7 +215,13 @@ pub async fn watch_command(endpoint: &str, id: &str, json: bool) -> anyhow::Resu
 
 pub async fn status(endpoint: &str, id: &str, json: bool) -> anyhow::Result<u8> {
     let mut client = WorkflowsClient::new(connect(endpoint).await?);
-    let workflow = client.get(pb::GetWorkflowRequest { workflow_id: id.to_owned() }).await.map_err(anyhow::Error::new)?.into_inner();
+    let workflow = client
+        .get(pb::GetWorkflowRequest {
+            workflow_id: id.to_owned(),
+        })
+        .await
+        .map_err(anyhow::Error::new)?
+        .into_inner();
     if json {
         println!("{}", output::workflow_json(&workflow));
     } else {
@@ -194,20 +233,34 @@ pub async fn status(endpoint: &str, id: &str, json: bool) -> anyhow::Result<u8> 
 pub async fn list(endpoint: &str, args: ListArgs, json: bool) -> anyhow::Result<u8> {
     let status = match args.status.as_deref() {
         None => pb::WorkflowStatus::Unspecified,
-        Some(text) => pb::WorkflowStatus::from_str_name(&format!("WORKFLOW_STATUS_{}", text.to_uppercase()))
-            .ok_or_else(|| UsageError(format!("unknown status `{text}`")))?,
+        Some(text) => {
+            pb::WorkflowStatus::from_str_name(&format!("WORKFLOW_STATUS_{}", text.to_uppercase()))
+                .ok_or_else(|| UsageError(format!("unknown status `{text}`")))?
+        }
     };
     let mut client = WorkflowsClient::new(connect(endpoint).await?);
     let response = client
-        .list(pb::ListWorkflowsRequest { status: status.into(), name: args.name.unwrap_or_default(), page_size: args.limit, ..Default::default() })
+        .list(pb::ListWorkflowsRequest {
+            status: status.into(),
+            name: args.name.unwrap_or_default(),
+            page_size: args.limit,
+            ..Default::default()
+        })
         .await
         .map_err(anyhow::Error::new)?
         .into_inner();
     if json {
-        let items: Vec<Value> = response.workflows.iter().map(output::summary_json).collect();
+        let items: Vec<Value> = response
+            .workflows
+            .iter()
+            .map(output::summary_json)
+            .collect();
         println!("{}", Value::Array(items));
     } else {
-        println!("{:<36}  {:<20}  {:<12}  {:<8}  tasks", "WORKFLOW", "NAME", "STATUS", "PRIORITY");
+        println!(
+            "{:<36}  {:<20}  {:<12}  {:<8}  tasks",
+            "WORKFLOW", "NAME", "STATUS", "PRIORITY"
+        );
         for w in &response.workflows {
             println!(
                 "{:<36}  {:<20}  {:<12}  {:<8}  {}/{}",
@@ -226,13 +279,19 @@ pub async fn list(endpoint: &str, args: ListArgs, json: bool) -> anyhow::Result<
 pub async fn cancel(endpoint: &str, id: &str, reason: &str, json: bool) -> anyhow::Result<u8> {
     let mut client = WorkflowsClient::new(connect(endpoint).await?);
     let response = client
-        .cancel(pb::CancelWorkflowRequest { workflow_id: id.to_owned(), reason: reason.to_owned() })
+        .cancel(pb::CancelWorkflowRequest {
+            workflow_id: id.to_owned(),
+            reason: reason.to_owned(),
+        })
         .await
         .map_err(anyhow::Error::new)?
         .into_inner();
     let status = output::status_name(response.status);
     if json {
-        println!("{}", serde_json::json!({"workflow_id": id, "status": status}));
+        println!(
+            "{}",
+            serde_json::json!({"workflow_id": id, "status": status})
+        );
     } else {
         println!("workflow {id}: {status}");
     }
@@ -242,7 +301,9 @@ pub async fn cancel(endpoint: &str, id: &str, reason: &str, json: bool) -> anyho
 pub async fn agents(endpoint: &str, skill: Option<String>, json: bool) -> anyhow::Result<u8> {
     let mut client = AgentHubClient::new(connect(endpoint).await?);
     let response = client
-        .list_agents(pb::ListAgentsRequest { skill: skill.unwrap_or_default() })
+        .list_agents(pb::ListAgentsRequest {
+            skill: skill.unwrap_or_default(),
+        })
         .await
         .map_err(anyhow::Error::new)?
         .into_inner();
@@ -251,15 +312,35 @@ pub async fn agents(endpoint: &str, skill: Option<String>, json: bool) -> anyhow
         println!("{}", Value::Array(items));
         return Ok(EXIT_OK);
     }
-    println!("{:<22}  {:<14}  {:<9}  {:>8}  {:>7}  {:>9}  skills / labels", "AGENT", "EXEC UNIT", "STATE", "INFLIGHT", "CREDITS", "COMPLETED");
+    println!(
+        "{:<22}  {:<14}  {:<9}  {:>8}  {:>7}  {:>9}  skills / labels",
+        "AGENT", "EXEC UNIT", "STATE", "INFLIGHT", "CREDITS", "COMPLETED"
+    );
     for agent in &response.agents {
         let card = agent.card.clone().unwrap_or_default();
         let skills: Vec<&str> = card.skills.iter().map(|s| s.name.as_str()).collect();
-        let labels: Vec<String> = card.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let state = if agent.draining { "draining" } else if agent.connected { "connected" } else { "idle" };
+        let labels: Vec<String> = card
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let state = if agent.draining {
+            "draining"
+        } else if agent.connected {
+            "connected"
+        } else {
+            "idle"
+        };
         println!(
             "{:<22}  {:<14}  {:<9}  {:>8}  {:>7}  {:>9}  {} {}",
-            agent.agent_id, agent.execution_unit, state, agent.inflight, agent.credits, agent.tasks_completed, skills.join(","), labels.join(",")
+            agent.agent_id,
+            agent.execution_unit,
+            state,
+            agent.inflight,
+            agent.credits,
+            agent.tasks_completed,
+            skills.join(","),
+            labels.join(",")
         );
     }
     Ok(EXIT_OK)
@@ -273,16 +354,27 @@ pub fn validate(args: ValidateArgs, json: bool) -> anyhow::Result<u8> {
             return Ok(spec);
         }
         let input = build_input(&args.inputs, args.input_file.as_deref()).map_err(|e| {
-            paygrid_control_unit::spec::SpecErrors(vec![paygrid_control_unit::spec::SpecError::new(e.to_string())])
+            paygrid_control_unit::spec::SpecErrors(vec![
+                paygrid_control_unit::spec::SpecError::new(e.to_string()),
+            ])
         })?;
         spec.check_input(&input, &limits).map(|_| spec)
     });
     match result {
         Ok(spec) => {
             if json {
-                println!("{}", serde_json::json!({"valid": true, "name": spec.name, "version": spec.version, "tasks": spec.tasks.len()}));
+                println!(
+                    "{}",
+                    serde_json::json!({"valid": true, "name": spec.name, "version": spec.version, "tasks": spec.tasks.len()})
+                );
             } else {
-                println!("{}: valid ({}@{}, {} tasks)", args.file.display(), spec.name, spec.version, spec.tasks.len());
+                println!(
+                    "{}: valid ({}@{}, {} tasks)",
+                    args.file.display(),
+                    spec.name,
+                    spec.version,
+                    spec.tasks.len()
+                );
             }
             Ok(EXIT_OK)
         }
@@ -315,13 +407,14 @@ pub fn graph(file: &Path, format: GraphFormat) -> anyhow::Result<u8> {
             return Ok(EXIT_USAGE);
         }
     };
-    print!("{}", output::graph(&spec, matches!(format, GraphFormat::Mermaid)));
+    print!(
+        "{}",
+        output::graph(&spec, matches!(format, GraphFormat::Mermaid))
+    );
     Ok(EXIT_OK)
 }
 
-const CARD_PAYMENT: &str = include_str!("../examples/specs/card-payment.yaml");
-const REFUND: &str = include_str!("../examples/specs/refund.yaml");
-const MARKETPLACE: &str = include_str!("../examples/specs/marketplace-split.yaml");
+use paygrid_examples::{CARD_PAYMENT, MARKETPLACE_SPLIT as MARKETPLACE, REFUND};
 
 /// `paygrid dev`: submits the examples and shows their progress; true when all succeeded.
 pub async fn run_examples(endpoint: &str, payments: u32) -> anyhow::Result<bool> {
@@ -335,17 +428,33 @@ pub async fn run_examples(endpoint: &str, payments: u32) -> anyhow::Result<bool>
     let mut ids = Vec::new();
     for n in 0..payments {
         let input = serde_json::json!({"amount_minor": 1250 + i64::from(n) * 100, "currency": "EUR", "card_token": "tok_visa"});
-        ids.push(client.submit(submit(CARD_PAYMENT, input)).await.map_err(anyhow::Error::new)?.into_inner().workflow_id);
+        ids.push(
+            client
+                .submit(submit(CARD_PAYMENT, input))
+                .await
+                .map_err(anyhow::Error::new)?
+                .into_inner()
+                .workflow_id,
+        );
     }
     let input = serde_json::json!({"amount_minor": 9000, "currency": "EUR", "card_token": "tok_visa", "seller_a_minor": 3000, "seller_b_minor": 2500, "seller_c_minor": 2500});
-    ids.push(client.submit(submit(MARKETPLACE, input)).await.map_err(anyhow::Error::new)?.into_inner().workflow_id);
+    ids.push(
+        client
+            .submit(submit(MARKETPLACE, input))
+            .await
+            .map_err(anyhow::Error::new)?
+            .into_inner()
+            .workflow_id,
+    );
     let mut all_ok = true;
     let mut refund_source = None;
     let mut watchers = Vec::new();
     for id in &ids {
         let mut client = client.clone();
         let id = id.clone();
-        watchers.push(tokio::spawn(async move { follow(&mut client, &id, false).await.map(|code| (id, code)) }));
+        watchers.push(tokio::spawn(async move {
+            follow(&mut client, &id, false).await.map(|code| (id, code))
+        }));
     }
     for watcher in watchers {
         let (id, code) = watcher.await??;
@@ -356,17 +465,36 @@ pub async fn run_examples(endpoint: &str, payments: u32) -> anyhow::Result<bool>
     }
     // Refund the first successful card payment's capture.
     if let Some(id) = refund_source.filter(|_| payments > 0) {
-        let workflow = client.get(pb::GetWorkflowRequest { workflow_id: id.clone() }).await.map_err(anyhow::Error::new)?.into_inner();
+        let workflow = client
+            .get(pb::GetWorkflowRequest {
+                workflow_id: id.clone(),
+            })
+            .await
+            .map_err(anyhow::Error::new)?
+            .into_inner();
         if let Some(capture) = workflow.tasks.iter().find(|t| t.task_id == "capture") {
             let output: Value = serde_json::from_str(&capture.output_json).unwrap_or(Value::Null);
             let input = serde_json::json!({
                 "capture_id": output["capture_id"], "gateway": output["gateway"], "payment_id": id,
                 "amount_minor": output["amount_minor"], "currency": output["currency"],
             });
-            let refund = client.submit(submit(REFUND, input)).await.map_err(anyhow::Error::new)?.into_inner().workflow_id;
+            let refund = client
+                .submit(submit(REFUND, input))
+                .await
+                .map_err(anyhow::Error::new)?
+                .into_inner()
+                .workflow_id;
             all_ok &= follow(&mut client, &refund, false).await? == EXIT_OK;
         }
     }
-    println!("paygrid dev: {} example workflows {}", ids.len() + 1, if all_ok { "succeeded" } else { "finished, some failed" });
+    println!(
+        "paygrid dev: {} example workflows {}",
+        ids.len() + 1,
+        if all_ok {
+            "succeeded"
+        } else {
+            "finished, some failed"
+        }
+    );
     Ok(all_ok)
 }

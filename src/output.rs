@@ -25,13 +25,21 @@ pub fn status_name(value: i32) -> &'static str {
 
 pub fn task_status_name(value: i32) -> String {
     pb::TaskStatus::try_from(value)
-        .map(|s| s.as_str_name().trim_start_matches("TASK_STATUS_").to_lowercase())
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("TASK_STATUS_")
+                .to_lowercase()
+        })
         .unwrap_or_else(|_| "unknown".into())
 }
 
 pub fn priority_name(value: i32) -> String {
     pb::Priority::try_from(value)
-        .map(|s| s.as_str_name().trim_start_matches("PRIORITY_").to_lowercase())
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("PRIORITY_")
+                .to_lowercase()
+        })
         .unwrap_or_else(|_| "unknown".into())
 }
 
@@ -96,13 +104,26 @@ pub fn workflow_text(w: &pb::Workflow) -> String {
         out.push_str(&format!("  error: {}\n", mask_pans(&w.error)));
     }
     for t in &w.tasks {
-        let kind = if t.checkpoint { "checkpoint" } else { t.skill.as_str() };
-        out.push_str(&format!("  {:<14} {:<12} {:<20} attempts {}", t.task_id, task_status_name(t.status), kind, t.attempts));
+        let kind = if t.checkpoint {
+            "checkpoint"
+        } else {
+            t.skill.as_str()
+        };
+        out.push_str(&format!(
+            "  {:<14} {:<12} {:<20} attempts {}",
+            t.task_id,
+            task_status_name(t.status),
+            kind,
+            t.attempts
+        ));
         if !t.agent_id.is_empty() {
             out.push_str(&format!("  on {}", t.agent_id));
         }
         if t.compensation_status != 0 {
-            out.push_str(&format!("  compensation {}", task_status_name(t.compensation_status)));
+            out.push_str(&format!(
+                "  compensation {}",
+                task_status_name(t.compensation_status)
+            ));
         }
         out.push('\n');
         if !t.waiting_reason.is_empty() {
@@ -131,12 +152,20 @@ impl Progress {
     pub fn new(json: bool) -> Self {
         let bar = (!json && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::with_draw_target(Some(1), ProgressDrawTarget::stderr());
-            if let Ok(style) = ProgressStyle::with_template("{prefix:.bold} [{bar:20}] {pos}/{len} {msg}") {
+            if let Ok(style) =
+                ProgressStyle::with_template("{prefix:.bold} [{bar:20}] {pos}/{len} {msg}")
+            {
                 bar.set_style(style.progress_chars("=> "));
             }
             bar
         });
-        Self { json, bar, names: HashMap::new(), total: 0, done: 0 }
+        Self {
+            json,
+            bar,
+            names: HashMap::new(),
+            total: 0,
+            done: 0,
+        }
     }
 
     fn line(&self, text: String) {
@@ -148,7 +177,11 @@ impl Progress {
 
     /// Shows one event; returns the workflow status when it changed.
     pub fn event(&mut self, event: &pb::WorkflowEvent) -> Option<pb::WorkflowStatus> {
-        let short = event.workflow_id.get(28..).unwrap_or(&event.workflow_id).to_owned();
+        let short = event
+            .workflow_id
+            .get(28..)
+            .unwrap_or(&event.workflow_id)
+            .to_owned();
         match &event.body {
             Some(pb::workflow_event::Body::Snapshot(w)) => {
                 self.total = w.tasks.len() as u64;
@@ -160,7 +193,10 @@ impl Progress {
                     bar.set_prefix(format!("{} {short}", w.name));
                 }
                 if self.json {
-                    println!("{}", json!({"workflow_id": event.workflow_id, "event": "snapshot", "status": status_name(w.status)}));
+                    println!(
+                        "{}",
+                        json!({"workflow_id": event.workflow_id, "event": "snapshot", "status": status_name(w.status)})
+                    );
                 } else if self.bar.is_none() {
                     self.line(format!("{short} {} {}", w.name, status_name(w.status)));
                 }
@@ -172,11 +208,22 @@ impl Progress {
                     self.done += 1;
                 }
                 if self.json {
-                    println!("{}", json!({"workflow_id": event.workflow_id, "event": "task", "task_id": t.task_id, "status": status, "attempt": t.attempt, "agent_id": t.agent_id, "detail": mask_pans(&t.detail), "compensation": t.compensation}));
+                    println!(
+                        "{}",
+                        json!({"workflow_id": event.workflow_id, "event": "task", "task_id": t.task_id, "status": status, "attempt": t.attempt, "agent_id": t.agent_id, "detail": mask_pans(&t.detail), "compensation": t.compensation})
+                    );
                     return None;
                 }
-                let what = if t.compensation { format!("{} (compensation)", t.task_id) } else { t.task_id.clone() };
-                let detail = if t.detail.is_empty() { String::new() } else { format!(": {}", mask_pans(&t.detail)) };
+                let what = if t.compensation {
+                    format!("{} (compensation)", t.task_id)
+                } else {
+                    t.task_id.clone()
+                };
+                let detail = if t.detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", mask_pans(&t.detail))
+                };
                 match &self.bar {
                     Some(bar) => {
                         bar.set_position(self.done);
@@ -185,16 +232,28 @@ impl Progress {
                             bar.println(format!("{short} {what} {status}{detail}"));
                         }
                     }
-                    None => self.line(format!("{short} {what} {status} (attempt {}){detail}", t.attempt)),
+                    None => self.line(format!(
+                        "{short} {what} {status} (attempt {}){detail}",
+                        t.attempt
+                    )),
                 }
                 None
             }
             Some(pb::workflow_event::Body::Workflow(w)) => {
                 let status = status_name(w.status);
                 if self.json {
-                    println!("{}", json!({"workflow_id": event.workflow_id, "event": "workflow", "status": status, "detail": mask_pans(&w.detail)}));
-                } else if self.bar.is_none() || pb::WorkflowStatus::try_from(w.status).is_ok_and(is_terminal) {
-                    let detail = if w.detail.is_empty() { String::new() } else { format!(": {}", mask_pans(&w.detail)) };
+                    println!(
+                        "{}",
+                        json!({"workflow_id": event.workflow_id, "event": "workflow", "status": status, "detail": mask_pans(&w.detail)})
+                    );
+                } else if self.bar.is_none()
+                    || pb::WorkflowStatus::try_from(w.status).is_ok_and(is_terminal)
+                {
+                    let detail = if w.detail.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", mask_pans(&w.detail))
+                    };
                     self.line(format!("{short} workflow {status}{detail}"));
                 }
                 pb::WorkflowStatus::try_from(w.status).ok()
@@ -213,14 +272,20 @@ impl Progress {
 fn is_done(status: i32) -> bool {
     matches!(
         pb::TaskStatus::try_from(status),
-        Ok(pb::TaskStatus::Succeeded | pb::TaskStatus::Skipped | pb::TaskStatus::Failed | pb::TaskStatus::Cancelled)
+        Ok(pb::TaskStatus::Succeeded
+            | pb::TaskStatus::Skipped
+            | pb::TaskStatus::Failed
+            | pb::TaskStatus::Cancelled)
     )
 }
 
 fn is_terminal(status: pb::WorkflowStatus) -> bool {
     matches!(
         status,
-        pb::WorkflowStatus::Succeeded | pb::WorkflowStatus::Failed | pb::WorkflowStatus::Compensated | pb::WorkflowStatus::Cancelled
+        pb::WorkflowStatus::Succeeded
+            | pb::WorkflowStatus::Failed
+            | pb::WorkflowStatus::Compensated
+            | pb::WorkflowStatus::Cancelled
     )
 }
 
@@ -247,18 +312,32 @@ pub fn graph(spec: &CompiledSpec, mermaid: bool) -> String {
         }
         for task in &spec.tasks {
             for need in &task.needs {
-                out.push_str(&format!("  {} --> {}\n", spec.tasks[*need as usize].id, task.id));
+                out.push_str(&format!(
+                    "  {} --> {}\n",
+                    spec.tasks[*need as usize].id, task.id
+                ));
             }
         }
     } else {
         out.push_str(&format!("digraph \"{}\" {{\n  rankdir=LR;\n", spec.name));
         for task in &spec.tasks {
-            let shape = if task.is_checkpoint() { "hexagon" } else { "box" };
-            out.push_str(&format!("  \"{}\" [shape={shape}, label=\"{}\"];\n", task.id, label(task.index)));
+            let shape = if task.is_checkpoint() {
+                "hexagon"
+            } else {
+                "box"
+            };
+            out.push_str(&format!(
+                "  \"{}\" [shape={shape}, label=\"{}\"];\n",
+                task.id,
+                label(task.index)
+            ));
         }
         for task in &spec.tasks {
             for need in &task.needs {
-                out.push_str(&format!("  \"{}\" -> \"{}\";\n", spec.tasks[*need as usize].id, task.id));
+                out.push_str(&format!(
+                    "  \"{}\" -> \"{}\";\n",
+                    spec.tasks[*need as usize].id, task.id
+                ));
             }
         }
         out.push_str("}\n");

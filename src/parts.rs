@@ -39,7 +39,11 @@ pub struct ExecArgs {
     #[arg(long = "gateway", value_parser = parse_gateway)]
     pub gateways: Vec<GatewayArg>,
     /// Agents to host, comma-separated: gateway, risk, ledger, verify, notify, sleep.
-    #[arg(long, value_delimiter = ',', default_value = "gateway,risk,ledger,verify,notify")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "gateway,risk,ledger,verify,notify"
+    )]
     pub agents: Vec<String>,
     /// Concurrent tasks per gateway agent.
     #[arg(long, default_value_t = 64)]
@@ -63,15 +67,25 @@ pub struct GatewayArg {
 }
 
 fn parse_gateway(text: &str) -> Result<GatewayArg, String> {
-    let (name, rest) = text.split_once('=').ok_or_else(|| format!("`{text}`: expected NAME=URL[@COST_BPS]"))?;
+    let (name, rest) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}`: expected NAME=URL[@COST_BPS]"))?;
     let (url, cost) = match rest.rsplit_once('@') {
-        Some((url, cost)) => (url, cost.parse().map_err(|_| format!("`{text}`: cost `{cost}` is not a number of basis points"))?),
+        Some((url, cost)) => (
+            url,
+            cost.parse()
+                .map_err(|_| format!("`{text}`: cost `{cost}` is not a number of basis points"))?,
+        ),
         None => (rest, 0),
     };
     if !url.starts_with("http://") {
         return Err(format!("`{text}`: the URL must start with http://"));
     }
-    Ok(GatewayArg { name: name.to_owned(), url: url.to_owned(), cost_bps: cost })
+    Ok(GatewayArg {
+        name: name.to_owned(),
+        url: url.to_owned(),
+        cost_bps: cost,
+    })
 }
 
 #[derive(Debug, Args)]
@@ -126,7 +140,9 @@ fn announce(part: &str, addr: SocketAddr) {
 }
 
 pub async fn control(args: ControlArgs) -> anyhow::Result<u8> {
-    let (listener, addr) = server::bind(args.listen).await.with_context(|| format!("bind {}", args.listen))?;
+    let (listener, addr) = server::bind(args.listen)
+        .await
+        .with_context(|| format!("bind {}", args.listen))?;
     announce("control", addr);
     let mut config = ControlConfig::default();
     config.runtime.scheduler.lease_ttl = Duration::from_millis(args.lease_ttl_ms);
@@ -135,12 +151,19 @@ pub async fn control(args: ControlArgs) -> anyhow::Result<u8> {
 }
 
 pub async fn gateway_sim(args: GatewaySimArgs) -> anyhow::Result<u8> {
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("bind {}", args.listen))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("bind {}", args.listen))?;
     announce("gateway-sim", listener.local_addr()?);
     let config = SimConfig {
         name: args.name,
         cost_bps: args.cost_bps,
-        faults: Faults { latency_ms: args.latency_ms, capture_latency_ms: args.capture_latency_ms, fail_rate: args.fail_rate, ..Faults::default() },
+        faults: Faults {
+            latency_ms: args.latency_ms,
+            capture_latency_ms: args.capture_latency_ms,
+            fail_rate: args.fail_rate,
+            ..Faults::default()
+        },
     };
     gateway_sim::serve(listener, config, shutdown_signal()).await?;
     Ok(EXIT_OK)
@@ -153,17 +176,27 @@ pub fn build_agents(args: &ExecArgs) -> anyhow::Result<Vec<Arc<dyn Agent>>> {
         match name.as_str() {
             "gateway" => {
                 if args.gateways.is_empty() {
-                    anyhow::bail!(crate::operator::UsageError("the gateway agent needs at least one --gateway NAME=URL".into()));
+                    anyhow::bail!(crate::operator::UsageError(
+                        "the gateway agent needs at least one --gateway NAME=URL".into()
+                    ));
                 }
                 for gateway in &args.gateways {
-                    agents.push(Arc::new(GatewayAgent::new(&gateway.name, &gateway.url, gateway.cost_bps, args.gateway_concurrency)));
+                    agents.push(Arc::new(GatewayAgent::new(
+                        &gateway.name,
+                        &gateway.url,
+                        gateway.cost_bps,
+                        args.gateway_concurrency,
+                    )));
                 }
             }
             "risk" => agents.push(Arc::new(RiskAgent::new(RiskRules::default()))),
             "ledger" => agents.push(Arc::new(LedgerAgent::new())),
             "verify" => agents.push(Arc::new(VerifyAgent)),
             "notify" => agents.push(Arc::new(NotifyAgent)),
-            "sleep" => agents.push(Arc::new(SleepAgent { default_sleep_ms: args.sleep_ms, max_concurrency: args.sleep_concurrency })),
+            "sleep" => agents.push(Arc::new(SleepAgent {
+                default_sleep_ms: args.sleep_ms,
+                max_concurrency: args.sleep_concurrency,
+            })),
             other => anyhow::bail!(crate::operator::UsageError(format!(
                 "unknown agent `{other}`: use gateway, risk, ledger, verify, notify or sleep"
             ))),
@@ -174,7 +207,10 @@ pub fn build_agents(args: &ExecArgs) -> anyhow::Result<Vec<Arc<dyn Agent>>> {
 
 pub async fn exec(args: ExecArgs, control: &str) -> anyhow::Result<u8> {
     let agents = build_agents(&args)?;
-    let name = args.name.clone().unwrap_or_else(|| format!("exec-{}", std::process::id()));
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("exec-{}", std::process::id()));
     let mut config = ExecutionUnitConfig::new(name.clone(), control);
     config.drain_timeout = Duration::from_millis(args.drain_timeout_ms);
     let mut unit = ExecutionUnit::new(config);
@@ -196,26 +232,55 @@ pub async fn exec(args: ExecArgs, control: &str) -> anyhow::Result<u8> {
 pub async fn dev(args: DevArgs) -> anyhow::Result<u8> {
     let stop = CancellationToken::new();
     let (listener, addr) = server::bind(args.listen).await.with_context(|| {
-        format!("bind {} (is another paygrid running? use --listen 127.0.0.1:0)", args.listen)
+        format!(
+            "bind {} (is another paygrid running? use --listen 127.0.0.1:0)",
+            args.listen
+        )
     })?;
     let control_stop = stop.clone();
-    let control = tokio::spawn(server::serve(listener, ControlConfig::default(), async move { control_stop.cancelled().await }));
+    let control = tokio::spawn(server::serve(
+        listener,
+        ControlConfig::default(),
+        async move { control_stop.cancelled().await },
+    ));
     let endpoint = format!("http://{addr}");
     let mut gateways = Vec::new();
     for (name, cost_bps) in [("alpha", 25), ("beta", 30)] {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
         let sim_stop = stop.clone();
-        let config = SimConfig { name: name.into(), cost_bps, faults: Faults { latency_ms: 20, ..Faults::default() } };
-        tokio::spawn(gateway_sim::serve(listener, config, async move { sim_stop.cancelled().await }));
-        gateways.push(GatewayArg { name: name.into(), url, cost_bps });
+        let config = SimConfig {
+            name: name.into(),
+            cost_bps,
+            faults: Faults {
+                latency_ms: 20,
+                ..Faults::default()
+            },
+        };
+        tokio::spawn(gateway_sim::serve(listener, config, async move {
+            sim_stop.cancelled().await
+        }));
+        gateways.push(GatewayArg {
+            name: name.into(),
+            url,
+            cost_bps,
+        });
     }
-    println!("paygrid dev: control unit on {endpoint}; gateways {}", gateways.iter().map(|g| format!("{}={} ({} bps)", g.name, g.url, g.cost_bps)).collect::<Vec<_>>().join(", "));
+    println!(
+        "paygrid dev: control unit on {endpoint}; gateways {}",
+        gateways
+            .iter()
+            .map(|g| format!("{}={} ({} bps)", g.name, g.url, g.cost_bps))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     println!("             try: paygrid --control {endpoint} list    (Ctrl-C to stop)");
     let exec_args = ExecArgs {
         name: Some("dev-exec".into()),
         gateways,
-        agents: ["gateway", "risk", "ledger", "verify", "notify"].map(String::from).to_vec(),
+        agents: ["gateway", "risk", "ledger", "verify", "notify"]
+            .map(String::from)
+            .to_vec(),
         gateway_concurrency: 64,
         sleep_concurrency: 64,
         sleep_ms: 1,

@@ -1,4 +1,5 @@
 //! The platform end to end: control unit, execution units and gateway simulator as
+#![allow(clippy::unwrap_used)]
 //! separate processes on loopback ports chosen at run time.
 
 mod support;
@@ -18,24 +19,59 @@ fn card(token: &str) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn card_payment_succeeds_across_processes() {
     let fleet = Fleet::start(&[], 1);
-    fleet.wait_for_skills(&["gateway.authorize", "risk.score", "ledger.post", "verify.amounts", "notify.receipt"]).await;
-    let spec_path = format!("{}/examples/specs/card-payment.yaml", env!("CARGO_MANIFEST_DIR"));
+    fleet
+        .wait_for_skills(&[
+            "gateway.authorize",
+            "risk.score",
+            "ledger.post",
+            "verify.amounts",
+            "notify.receipt",
+        ])
+        .await;
+    let spec_path = format!(
+        "{}/examples/specs/card-payment.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    );
     let output = tokio::process::Command::new(BIN)
-        .args(["--control", &fleet.control.url, "--json", "submit", &spec_path, "--input", "amount_minor=1250", "--input", "currency=EUR", "--input", "card_token=tok_visa", "--watch"])
+        .args([
+            "--control",
+            &fleet.control.url,
+            "--json",
+            "submit",
+            &spec_path,
+            "--input",
+            "amount_minor=1250",
+            "--input",
+            "currency=EUR",
+            "--input",
+            "card_token=tok_visa",
+            "--watch",
+        ])
         .output()
         .await
         .expect("run paygrid submit");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(output.status.code(), Some(0), "submit --watch: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "submit --watch: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let first: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
     let id = first["workflow_id"].as_str().unwrap().to_owned();
     let mut client = fleet.workflows().await;
     let workflow = get(&mut client, &id).await;
     assert_eq!(workflow.status, pb::WorkflowStatus::Succeeded as i32);
     for task in &workflow.tasks {
-        assert_eq!(task.status, pb::TaskStatus::Succeeded as i32, "{}", task.task_id);
+        assert_eq!(
+            task.status,
+            pb::TaskStatus::Succeeded as i32,
+            "{}",
+            task.task_id
+        );
     }
-    let capture: serde_json::Value = serde_json::from_str(&task(&workflow, "capture").output_json).unwrap();
+    let capture: serde_json::Value =
+        serde_json::from_str(&task(&workflow, "capture").output_json).unwrap();
     assert_eq!(capture["amount_minor"], 1250);
     assert_eq!(capture["gateway"], "alpha");
     let stats = gateway_stats(&fleet.gateway);
@@ -48,25 +84,65 @@ async fn card_payment_succeeds_across_processes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn transient_failures_retry_and_declines_do_not() {
     let fleet = Fleet::start(&[], 1);
-    fleet.wait_for_skills(&["gateway.authorize", "risk.score", "ledger.post", "verify.amounts", "notify.receipt"]).await;
+    fleet
+        .wait_for_skills(&[
+            "gateway.authorize",
+            "risk.score",
+            "ledger.post",
+            "verify.amounts",
+            "notify.receipt",
+        ])
+        .await;
     let mut client = fleet.workflows().await;
 
-    http(&fleet.gateway.url, "PUT", "/v1/admin/faults", Some(r#"{"fail_next": 2}"#));
-    let id = submit(&mut client, &spec("card-payment"), card("tok_visa"), pb::Priority::Unspecified).await;
+    http(
+        &fleet.gateway.url,
+        "PUT",
+        "/v1/admin/faults",
+        Some(r#"{"fail_next": 2}"#),
+    );
+    let id = submit(
+        &mut client,
+        &spec("card-payment"),
+        card("tok_visa"),
+        pb::Priority::Unspecified,
+    )
+    .await;
     let workflow = wait_terminal(&mut client, &id).await;
-    assert_eq!(workflow.status, pb::WorkflowStatus::Succeeded as i32, "{workflow:#?}");
+    assert_eq!(
+        workflow.status,
+        pb::WorkflowStatus::Succeeded as i32,
+        "{workflow:#?}"
+    );
     let authorize = task(&workflow, "authorize");
     assert_eq!(authorize.attempts, 3, "two injected 503s, then success");
     assert_eq!(authorize.history[0].outcome, "retryable");
     assert_eq!(gateway_stats(&fleet.gateway)["injected_failures"], 2);
 
-    let id = submit(&mut client, &spec("card-payment"), card("tok_decline"), pb::Priority::Unspecified).await;
+    let id = submit(
+        &mut client,
+        &spec("card-payment"),
+        card("tok_decline"),
+        pb::Priority::Unspecified,
+    )
+    .await;
     let workflow = wait_terminal(&mut client, &id).await;
-    assert_eq!(workflow.status, pb::WorkflowStatus::Failed as i32, "{workflow:#?}");
+    assert_eq!(
+        workflow.status,
+        pb::WorkflowStatus::Failed as i32,
+        "{workflow:#?}"
+    );
     let authorize = task(&workflow, "authorize");
     assert_eq!(authorize.attempts, 1, "a decline is not retried");
-    assert!(authorize.error.contains("card_declined"), "{}", authorize.error);
-    assert_eq!(task(&workflow, "capture").status, pb::TaskStatus::Cancelled as i32);
+    assert!(
+        authorize.error.contains("card_declined"),
+        "{}",
+        authorize.error
+    );
+    assert_eq!(
+        task(&workflow, "capture").status,
+        pb::TaskStatus::Cancelled as i32
+    );
     assert_eq!(gateway_stats(&fleet.gateway)["declines"], 1);
 }
 
@@ -75,23 +151,59 @@ async fn transient_failures_retry_and_declines_do_not() {
 #[tokio::test(flavor = "multi_thread")]
 async fn failed_capture_voids_the_authorization() {
     let fleet = Fleet::start(&[], 1);
-    fleet.wait_for_skills(&["gateway.authorize", "risk.score", "ledger.post", "verify.amounts", "notify.receipt"]).await;
+    fleet
+        .wait_for_skills(&[
+            "gateway.authorize",
+            "risk.score",
+            "ledger.post",
+            "verify.amounts",
+            "notify.receipt",
+        ])
+        .await;
     let mut client = fleet.workflows().await;
-    let id = submit(&mut client, &spec("card-payment"), card("tok_capture_decline"), pb::Priority::Unspecified).await;
+    let id = submit(
+        &mut client,
+        &spec("card-payment"),
+        card("tok_capture_decline"),
+        pb::Priority::Unspecified,
+    )
+    .await;
     let workflow = wait_terminal(&mut client, &id).await;
-    assert_eq!(workflow.status, pb::WorkflowStatus::Compensated as i32, "{workflow:#?}");
-    assert!(workflow.error.contains("capture_declined"), "{}", workflow.error);
+    assert_eq!(
+        workflow.status,
+        pb::WorkflowStatus::Compensated as i32,
+        "{workflow:#?}"
+    );
+    assert!(
+        workflow.error.contains("capture_declined"),
+        "{}",
+        workflow.error
+    );
     let authorize = task(&workflow, "authorize");
-    assert_eq!(authorize.compensation_status, pb::TaskStatus::Compensated as i32);
+    assert_eq!(
+        authorize.compensation_status,
+        pb::TaskStatus::Compensated as i32
+    );
     assert_eq!(authorize.status, pb::TaskStatus::Compensated as i32);
     let authorization: serde_json::Value = serde_json::from_str(&authorize.output_json).unwrap();
-    let payment = http(&fleet.gateway.url, "GET", &format!("/v1/payments/{}", authorization["authorization_id"].as_str().unwrap()), None);
+    let payment = http(
+        &fleet.gateway.url,
+        "GET",
+        &format!(
+            "/v1/payments/{}",
+            authorization["authorization_id"].as_str().unwrap()
+        ),
+        None,
+    );
     assert_eq!(payment["status"], "voided");
     let stats = gateway_stats(&fleet.gateway);
     assert_eq!(stats["voids"], 1);
     assert_eq!(stats["captures"], 0);
     // The ledger's pending hold was voided too (its compensation ran).
-    assert_eq!(task(&workflow, "book").compensation_status, pb::TaskStatus::Compensated as i32);
+    assert_eq!(
+        task(&workflow, "book").compensation_status,
+        pb::TaskStatus::Compensated as i32
+    );
 }
 
 /// Killing an execution unit (SIGKILL) in the middle of a capture re-dispatches it to
@@ -99,35 +211,76 @@ async fn failed_capture_voids_the_authorization() {
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_execution_unit_task_is_redispatched_without_double_capture() {
     let mut fleet = Fleet::start(&["--capture-latency-ms", "1000"], 2);
-    fleet.wait_for_skills(&["gateway.authorize", "risk.score", "ledger.post", "verify.amounts", "notify.receipt"]).await;
+    fleet
+        .wait_for_skills(&[
+            "gateway.authorize",
+            "risk.score",
+            "ledger.post",
+            "verify.amounts",
+            "notify.receipt",
+        ])
+        .await;
     let mut client = fleet.workflows().await;
     // Retries generous enough to outlast the in-flight first capture (409 conflicts).
-    let spec = spec("card-payment").replace("max_attempts: 4, initial: 100ms, max: 5s", "max_attempts: 12, initial: 100ms, max: 1s");
-    let id = submit(&mut client, &spec, card("tok_visa"), pb::Priority::Unspecified).await;
+    let spec = spec("card-payment").replace(
+        "max_attempts: 4, initial: 100ms, max: 5s",
+        "max_attempts: 12, initial: 100ms, max: 1s",
+    );
+    let id = submit(
+        &mut client,
+        &spec,
+        card("tok_visa"),
+        pb::Priority::Unspecified,
+    )
+    .await;
 
     // Wait until the capture is in flight at the gateway, then kill the unit running it.
     let deadline = Instant::now() + Duration::from_secs(30);
     let agent_id = loop {
         let workflow = get(&mut client, &id).await;
         let capture = task(&workflow, "capture");
-        let in_flight = gateway_stats(&fleet.gateway)["requests_in_flight"].as_u64().unwrap_or(0);
+        let in_flight = gateway_stats(&fleet.gateway)["requests_in_flight"]
+            .as_u64()
+            .unwrap_or(0);
         if in_flight > 0 && !capture.agent_id.is_empty() && capture.attempts == 1 {
             break capture.agent_id.clone();
         }
-        assert!(Instant::now() < deadline, "capture never went in flight: {workflow:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "capture never went in flight: {workflow:#?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    let agents = fleet.agents().await.list_agents(pb::ListAgentsRequest::default()).await.unwrap().into_inner().agents;
-    let unit = agents.iter().find(|a| a.agent_id == agent_id).expect("capturing agent").execution_unit.clone();
+    let agents = fleet
+        .agents()
+        .await
+        .list_agents(pb::ListAgentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .agents;
+    let unit = agents
+        .iter()
+        .find(|a| a.agent_id == agent_id)
+        .expect("capturing agent")
+        .execution_unit
+        .clone();
     let victim = if unit == "exec-0" { 0 } else { 1 };
     fleet.execs[victim].kill();
 
     let workflow = wait_terminal(&mut client, &id).await;
-    assert_eq!(workflow.status, pb::WorkflowStatus::Succeeded as i32, "{workflow:#?}");
+    assert_eq!(
+        workflow.status,
+        pb::WorkflowStatus::Succeeded as i32,
+        "{workflow:#?}"
+    );
     let capture = task(&workflow, "capture");
     assert!(capture.attempts >= 2, "re-dispatched: {capture:#?}");
     assert_eq!(capture.history[0].outcome, "agent_lost");
-    assert_ne!(capture.agent_id, agent_id, "finished on another execution unit");
+    assert_ne!(
+        capture.agent_id, agent_id,
+        "finished on another execution unit"
+    );
     let stats = gateway_stats(&fleet.gateway);
     assert_eq!(stats["captures"], 1, "exactly one capture: {stats}");
 }
@@ -137,7 +290,17 @@ async fn killed_execution_unit_task_is_redispatched_without_double_capture() {
 #[tokio::test(flavor = "multi_thread")]
 async fn critical_work_overtakes_low_work() {
     let mut fleet = Fleet::start(&[], 0);
-    fleet.add_exec("sleepers", &["--agents", "sleep", "--sleep-concurrency", "1", "--sleep-ms", "150"]);
+    fleet.add_exec(
+        "sleepers",
+        &[
+            "--agents",
+            "sleep",
+            "--sleep-concurrency",
+            "1",
+            "--sleep-ms",
+            "150",
+        ],
+    );
     fleet.wait_for_skills(&["bench.sleep"]).await;
     let spec = "apiVersion: paygrid/v1\nkind: Workflow\nname: two-steps\nversion: 1\ntasks:\n  - id: one\n    skill: bench.sleep\n  - id: two\n    skill: bench.sleep\n    needs: [one]\n";
     let mut client = fleet.workflows().await;
@@ -150,10 +313,13 @@ async fn critical_work_overtakes_low_work() {
         criticals.push(submit(&mut client, spec, json!({}), pb::Priority::Critical).await);
     }
     let finished = |workflows: Vec<pb::Workflow>| {
-        workflows.iter().map(|w| {
-            assert_eq!(w.status, pb::WorkflowStatus::Succeeded as i32);
-            w.tasks.iter().map(|t| t.finished_at_ms).max().unwrap()
-        }).collect::<Vec<_>>()
+        workflows
+            .iter()
+            .map(|w| {
+                assert_eq!(w.status, pb::WorkflowStatus::Succeeded as i32);
+                w.tasks.iter().map(|t| t.finished_at_ms).max().unwrap()
+            })
+            .collect::<Vec<_>>()
     };
     let mut low_states = Vec::new();
     for id in &lows {
@@ -167,7 +333,10 @@ async fn critical_work_overtakes_low_work() {
     let critical_done = finished(critical_states);
     let last_critical = critical_done.iter().max().unwrap();
     let first_low = low_done.iter().min().unwrap();
-    assert!(last_critical < first_low, "criticals {critical_done:?} should finish before lows {low_done:?}");
+    assert!(
+        last_critical < first_low,
+        "criticals {critical_done:?} should finish before lows {low_done:?}"
+    );
 }
 
 /// `paygrid validate` rejects a bad spec with exit code 2, naming task and line.
@@ -177,11 +346,27 @@ fn cli_validate_names_task_and_line() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("bad.yaml");
     std::fs::write(&path, "apiVersion: paygrid/v1\nkind: Workflow\nname: bad\nversion: 1\ntasks:\n  - id: a\n    skill: s\n    needs: [b]\n  - id: b\n    skill: s\n    needs: [a]\n").unwrap();
-    let output = std::process::Command::new(BIN).args(["validate", path.to_str().unwrap()]).output().unwrap();
+    let output = std::process::Command::new(BIN)
+        .args(["validate", path.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("dependency cycle: a -> b -> a") || stderr.contains("dependency cycle: b -> a -> b"), "{stderr}");
+    assert!(
+        stderr.contains("dependency cycle: a -> b -> a")
+            || stderr.contains("dependency cycle: b -> a -> b"),
+        "{stderr}"
+    );
     assert!(stderr.contains("line "), "{stderr}");
-    let ok = std::process::Command::new(BIN).args(["validate", &format!("{}/examples/specs/card-payment.yaml", env!("CARGO_MANIFEST_DIR"))]).output().unwrap();
+    let ok = std::process::Command::new(BIN)
+        .args([
+            "validate",
+            &format!(
+                "{}/examples/specs/card-payment.yaml",
+                env!("CARGO_MANIFEST_DIR")
+            ),
+        ])
+        .output()
+        .unwrap();
     assert_eq!(ok.status.code(), Some(0));
 }

@@ -25,7 +25,12 @@ pub struct GatewayAgent {
 }
 
 impl GatewayAgent {
-    pub fn new(name: impl Into<String>, base_url: impl Into<String>, cost_bps: u32, max_concurrency: u32) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        base_url: impl Into<String>,
+        cost_bps: u32,
+        max_concurrency: u32,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
@@ -35,7 +40,9 @@ impl GatewayAgent {
             cost_bps,
             max_concurrency,
             request_timeout: Duration::from_secs(5),
-            client: Client::builder(TokioExecutor::new()).pool_max_idle_per_host(64).build(connector),
+            client: Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(64)
+                .build(connector),
         }
     }
 
@@ -48,23 +55,59 @@ impl GatewayAgent {
             .body(Full::new(Bytes::from(body.to_string())));
         let request = match request {
             Ok(request) => request,
-            Err(e) => return TaskOutcome::invalid_input(format!("cannot build request to {uri}: {e}")),
+            Err(e) => {
+                return TaskOutcome::invalid_input(format!("cannot build request to {uri}: {e}"));
+            }
         };
-        let timeout = self.request_timeout.min(task.time_left().max(Duration::from_millis(100)));
+        let timeout = self
+            .request_timeout
+            .min(task.time_left().max(Duration::from_millis(100)));
         let call = async {
-            let response = self.client.request(request).await.map_err(|e| e.to_string())?;
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| e.to_string())?;
             let status = response.status();
-            let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
             Ok::<_, String>((status, body))
         };
         let (status, body) = match tokio::time::timeout(timeout, call).await {
-            Err(_) => return TaskOutcome::retryable("gateway_timeout", format!("{} did not answer within {}ms", self.name, timeout.as_millis())),
-            Ok(Err(e)) => return TaskOutcome::retryable("gateway_unreachable", format!("{}: {e}", self.name)),
+            Err(_) => {
+                return TaskOutcome::retryable(
+                    "gateway_timeout",
+                    format!(
+                        "{} did not answer within {}ms",
+                        self.name,
+                        timeout.as_millis()
+                    ),
+                );
+            }
+            Ok(Err(e)) => {
+                return TaskOutcome::retryable(
+                    "gateway_unreachable",
+                    format!("{}: {e}", self.name),
+                );
+            }
             Ok(Ok(answer)) => answer,
         };
         let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        let code = body.get("error").and_then(Value::as_str).unwrap_or("gateway_error").to_owned();
-        let message = format!("{} answered {}: {}", self.name, status.as_u16(), body.get("message").and_then(Value::as_str).unwrap_or(""));
+        let code = body
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("gateway_error")
+            .to_owned();
+        let message = format!(
+            "{} answered {}: {}",
+            self.name,
+            status.as_u16(),
+            body.get("message").and_then(Value::as_str).unwrap_or("")
+        );
         match status.as_u16() {
             200..=299 => TaskOutcome::Succeeded(body),
             409 | 429 | 500..=599 => TaskOutcome::retryable(code, message),
@@ -92,21 +135,66 @@ impl Agent for GatewayAgent {
             role: Role::Worker,
             version: env!("CARGO_PKG_VERSION").into(),
             skills: vec![
-                skill("gateway.authorize", "Authorize a card payment",
-                    schema(&["amount_minor", "currency", "card_token"], json!({"amount_minor": money["amount_minor"], "currency": money["currency"], "card_token": {"type": "string"}, "merchant": {"type": "string"}})),
-                    schema(&[], json!({"authorization_id": {"type": "string"}, "status": {"type": "string"}, "amount_minor": {"type": "integer"}, "currency": {"type": "string"}, "gateway": {"type": "string"}, "fee_minor": {"type": "integer"}}))),
-                skill("gateway.capture", "Capture an authorization",
-                    schema(&["authorization_id"], json!({"authorization_id": {"type": "string"}, "amount_minor": {"type": "integer"}})),
-                    schema(&[], json!({"capture_id": {"type": "string"}, "authorization_id": {"type": "string"}, "amount_minor": {"type": "integer"}, "currency": {"type": "string"}, "status": {"type": "string"}, "gateway": {"type": "string"}}))),
-                skill("gateway.void", "Void an authorization",
-                    schema(&["authorization_id"], json!({"authorization_id": {"type": "string"}})),
-                    schema(&[], json!({"authorization_id": {"type": "string"}, "status": {"type": "string"}, "gateway": {"type": "string"}}))),
-                skill("gateway.refund", "Refund a capture",
-                    schema(&["capture_id"], json!({"capture_id": {"type": "string"}, "amount_minor": {"type": "integer"}})),
-                    schema(&[], json!({"refund_id": {"type": "string"}, "capture_id": {"type": "string"}, "amount_minor": {"type": "integer"}, "status": {"type": "string"}, "gateway": {"type": "string"}}))),
-                skill("gateway.payout", "Pay out to a destination account",
-                    schema(&["destination", "amount_minor"], json!({"destination": {"type": "string"}, "amount_minor": {"type": "integer"}, "currency": {"type": "string"}})),
-                    schema(&[], json!({"payout_id": {"type": "string"}, "destination": {"type": "string"}, "amount_minor": {"type": "integer"}, "status": {"type": "string"}, "gateway": {"type": "string"}}))),
+                skill(
+                    "gateway.authorize",
+                    "Authorize a card payment",
+                    schema(
+                        &["amount_minor", "currency", "card_token"],
+                        json!({"amount_minor": money["amount_minor"], "currency": money["currency"], "card_token": {"type": "string"}, "merchant": {"type": "string"}}),
+                    ),
+                    schema(
+                        &[],
+                        json!({"authorization_id": {"type": "string"}, "status": {"type": "string"}, "amount_minor": {"type": "integer"}, "currency": {"type": "string"}, "gateway": {"type": "string"}, "fee_minor": {"type": "integer"}}),
+                    ),
+                ),
+                skill(
+                    "gateway.capture",
+                    "Capture an authorization",
+                    schema(
+                        &["authorization_id"],
+                        json!({"authorization_id": {"type": "string"}, "amount_minor": {"type": "integer"}}),
+                    ),
+                    schema(
+                        &[],
+                        json!({"capture_id": {"type": "string"}, "authorization_id": {"type": "string"}, "amount_minor": {"type": "integer"}, "currency": {"type": "string"}, "status": {"type": "string"}, "gateway": {"type": "string"}}),
+                    ),
+                ),
+                skill(
+                    "gateway.void",
+                    "Void an authorization",
+                    schema(
+                        &["authorization_id"],
+                        json!({"authorization_id": {"type": "string"}}),
+                    ),
+                    schema(
+                        &[],
+                        json!({"authorization_id": {"type": "string"}, "status": {"type": "string"}, "gateway": {"type": "string"}}),
+                    ),
+                ),
+                skill(
+                    "gateway.refund",
+                    "Refund a capture",
+                    schema(
+                        &["capture_id"],
+                        json!({"capture_id": {"type": "string"}, "amount_minor": {"type": "integer"}}),
+                    ),
+                    schema(
+                        &[],
+                        json!({"refund_id": {"type": "string"}, "capture_id": {"type": "string"}, "amount_minor": {"type": "integer"}, "status": {"type": "string"}, "gateway": {"type": "string"}}),
+                    ),
+                ),
+                skill(
+                    "gateway.payout",
+                    "Pay out to a destination account",
+                    schema(
+                        &["destination", "amount_minor"],
+                        json!({"destination": {"type": "string"}, "amount_minor": {"type": "integer"}, "currency": {"type": "string"}}),
+                    ),
+                    schema(
+                        &[],
+                        json!({"payout_id": {"type": "string"}, "destination": {"type": "string"}, "amount_minor": {"type": "integer"}, "status": {"type": "string"}, "gateway": {"type": "string"}}),
+                    ),
+                ),
             ],
             max_concurrency: self.max_concurrency,
             labels: BTreeMap::from([
@@ -129,19 +217,39 @@ impl Agent for GatewayAgent {
                 self.post("/v1/authorizations", &task, body).await
             }
             "gateway.capture" => match path_id("authorization_id") {
-                Ok(id) => self.post(&format!("/v1/authorizations/{id}/capture"), &task, json!({"amount_minor": task.input.get("amount_minor")})).await,
+                Ok(id) => {
+                    self.post(
+                        &format!("/v1/authorizations/{id}/capture"),
+                        &task,
+                        json!({"amount_minor": task.input.get("amount_minor")}),
+                    )
+                    .await
+                }
                 Err(outcome) => outcome,
             },
             "gateway.void" => match path_id("authorization_id") {
-                Ok(id) => self.post(&format!("/v1/authorizations/{id}/void"), &task, json!({})).await,
+                Ok(id) => {
+                    self.post(&format!("/v1/authorizations/{id}/void"), &task, json!({}))
+                        .await
+                }
                 Err(outcome) => outcome,
             },
             "gateway.refund" => match path_id("capture_id") {
-                Ok(id) => self.post(&format!("/v1/captures/{id}/refunds"), &task, json!({"amount_minor": task.input.get("amount_minor")})).await,
+                Ok(id) => {
+                    self.post(
+                        &format!("/v1/captures/{id}/refunds"),
+                        &task,
+                        json!({"amount_minor": task.input.get("amount_minor")}),
+                    )
+                    .await
+                }
                 Err(outcome) => outcome,
             },
             "gateway.payout" => self.post("/v1/payouts", &task, task.input.clone()).await,
-            other => TaskOutcome::permanent("unknown_skill", format!("gateway agent has no skill {other}")),
+            other => TaskOutcome::permanent(
+                "unknown_skill",
+                format!("gateway agent has no skill {other}"),
+            ),
         }
     }
 }

@@ -78,8 +78,14 @@ struct Payment {
 }
 
 enum Entry {
-    InFlight { fingerprint: u64 },
-    Done { fingerprint: u64, status: StatusCode, body: Value },
+    InFlight {
+        fingerprint: u64,
+    },
+    Done {
+        fingerprint: u64,
+        status: StatusCode,
+        body: Value,
+    },
 }
 
 struct Inner {
@@ -100,7 +106,9 @@ struct Sim {
 
 impl Sim {
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -117,7 +125,10 @@ impl Drop for InFlightGuard<'_> {
         self.sim.in_flight.fetch_sub(1, Ordering::SeqCst);
         if self.armed {
             let mut inner = self.sim.lock();
-            if matches!(inner.idempotency.get(&self.key), Some(Entry::InFlight { .. })) {
+            if matches!(
+                inner.idempotency.get(&self.key),
+                Some(Entry::InFlight { .. })
+            ) {
                 inner.idempotency.remove(&self.key);
             }
         }
@@ -131,7 +142,10 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> (StatusC
 fn respond(status: StatusCode, body: Value, replayed: bool) -> Response {
     let mut response = (status, axum::Json(body)).into_response();
     if replayed {
-        response.headers_mut().insert("idempotent-replayed", axum::http::HeaderValue::from_static("true"));
+        response.headers_mut().insert(
+            "idempotent-replayed",
+            axum::http::HeaderValue::from_static("true"),
+        );
     }
     response
 }
@@ -145,9 +159,23 @@ enum Effect {
     Payout,
 }
 
-async fn effect(sim: Arc<Sim>, effect: Effect, target: Option<String>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(key) = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned) else {
-        let (status, body) = error(StatusCode::BAD_REQUEST, "idempotency_key_required", "send an Idempotency-Key header");
+async fn effect(
+    sim: Arc<Sim>,
+    effect: Effect,
+    target: Option<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(key) = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+    else {
+        let (status, body) = error(
+            StatusCode::BAD_REQUEST,
+            "idempotency_key_required",
+            "send an Idempotency-Key header",
+        );
         return respond(status, body, false);
     };
     let request: Value = match serde_json::from_slice(&body) {
@@ -165,13 +193,29 @@ async fn effect(sim: Arc<Sim>, effect: Effect, target: Option<String>, headers: 
     let latency = {
         let mut inner = sim.lock();
         match inner.idempotency.get(&key) {
-            Some(Entry::InFlight { fingerprint: stored } | Entry::Done { fingerprint: stored, .. }) if *stored != fingerprint => {
-                let (status, body) = error(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused", "this key was used with a different request");
+            Some(
+                Entry::InFlight {
+                    fingerprint: stored,
+                }
+                | Entry::Done {
+                    fingerprint: stored,
+                    ..
+                },
+            ) if *stored != fingerprint => {
+                let (status, body) = error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency_key_reused",
+                    "this key was used with a different request",
+                );
                 return respond(status, body, false);
             }
             Some(Entry::InFlight { .. }) => {
                 inner.stats.conflicts += 1;
-                let (status, body) = error(StatusCode::CONFLICT, "idempotency_conflict", "a request with this key is in progress");
+                let (status, body) = error(
+                    StatusCode::CONFLICT,
+                    "idempotency_conflict",
+                    "a request with this key is in progress",
+                );
                 return respond(status, body, false);
             }
             Some(Entry::Done { status, body, .. }) => {
@@ -181,7 +225,9 @@ async fn effect(sim: Arc<Sim>, effect: Effect, target: Option<String>, headers: 
             }
             None => {}
         }
-        inner.idempotency.insert(key.clone(), Entry::InFlight { fingerprint });
+        inner
+            .idempotency
+            .insert(key.clone(), Entry::InFlight { fingerprint });
         let faults = &inner.faults;
         match effect {
             Effect::Capture => faults.latency_ms + faults.capture_latency_ms,
@@ -189,38 +235,67 @@ async fn effect(sim: Arc<Sim>, effect: Effect, target: Option<String>, headers: 
         }
     };
     sim.in_flight.fetch_add(1, Ordering::SeqCst);
-    let mut guard = InFlightGuard { sim: &sim, key: key.clone(), armed: true };
+    let mut guard = InFlightGuard {
+        sim: &sim,
+        key: key.clone(),
+        armed: true,
+    };
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
     let mut inner = sim.lock();
-    let fail_before = inner.faults.fail_next > 0 || (inner.faults.fail_rate > 0.0 && fastrand::f64() < inner.faults.fail_rate);
+    let fail_before = inner.faults.fail_next > 0
+        || (inner.faults.fail_rate > 0.0 && fastrand::f64() < inner.faults.fail_rate);
     if fail_before {
         inner.faults.fail_next = inner.faults.fail_next.saturating_sub(1);
         inner.stats.injected_failures += 1;
         inner.idempotency.remove(&key);
         guard.armed = false;
         drop(inner);
-        let (status, body) = error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "injected failure before the effect");
+        let (status, body) = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "injected failure before the effect",
+        );
         return respond(status, body, false);
     }
     let (status, body) = apply(&sim, &mut inner, effect, target.as_deref(), &request);
-    inner.idempotency.insert(key, Entry::Done { fingerprint, status, body: body.clone() });
+    inner.idempotency.insert(
+        key,
+        Entry::Done {
+            fingerprint,
+            status,
+            body: body.clone(),
+        },
+    );
     guard.armed = false;
     if inner.faults.fail_after_next > 0 {
         inner.faults.fail_after_next -= 1;
         inner.stats.injected_failures += 1;
-        let (status, body) = error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "injected failure after the effect");
+        let (status, body) = error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "injected failure after the effect",
+        );
         return respond(status, body, false);
     }
     respond(status, body, false)
 }
 
 fn amount(request: &Value) -> Option<i64> {
-    request.get("amount_minor").and_then(Value::as_i64).filter(|a| *a > 0)
+    request
+        .get("amount_minor")
+        .and_then(Value::as_i64)
+        .filter(|a| *a > 0)
 }
 
-fn apply(sim: &Sim, inner: &mut Inner, effect: Effect, target: Option<&str>, request: &Value) -> (StatusCode, Value) {
+fn apply(
+    sim: &Sim,
+    inner: &mut Inner,
+    effect: Effect,
+    target: Option<&str>,
+    request: &Value,
+) -> (StatusCode, Value) {
     inner.next_id += 1;
     let serial = inner.next_id;
     let fee = |amount: i64| amount * i64::from(sim.cost_bps) / 10_000;
@@ -231,85 +306,155 @@ fn apply(sim: &Sim, inner: &mut Inner, effect: Effect, target: Option<&str>, req
                 request.get("currency").and_then(Value::as_str),
                 request.get("card_token").and_then(Value::as_str),
             ) else {
-                return error(StatusCode::BAD_REQUEST, "invalid_request", "amount_minor (> 0), currency and card_token are required");
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "amount_minor (> 0), currency and card_token are required",
+                );
             };
             if token == "tok_decline" {
                 inner.stats.declines += 1;
-                return error(StatusCode::PAYMENT_REQUIRED, "card_declined", "the issuer declined the card");
+                return error(
+                    StatusCode::PAYMENT_REQUIRED,
+                    "card_declined",
+                    "the issuer declined the card",
+                );
             }
             let id = format!("auth_{}_{serial}", sim.name);
             inner.stats.authorizations += 1;
-            inner.payments.insert(id.clone(), Payment {
-                authorization_id: id.clone(),
-                amount_minor: amount,
-                currency: currency.to_owned(),
-                status: "authorized",
-                captured_minor: 0,
-                refunded_minor: 0,
-                capture_ids: Vec::new(),
-                card_token: token.to_owned(),
-            });
-            (StatusCode::CREATED, json!({"authorization_id": id, "status": "authorized", "amount_minor": amount, "currency": currency, "gateway": sim.name, "fee_minor": fee(amount)}))
+            inner.payments.insert(
+                id.clone(),
+                Payment {
+                    authorization_id: id.clone(),
+                    amount_minor: amount,
+                    currency: currency.to_owned(),
+                    status: "authorized",
+                    captured_minor: 0,
+                    refunded_minor: 0,
+                    capture_ids: Vec::new(),
+                    card_token: token.to_owned(),
+                },
+            );
+            (
+                StatusCode::CREATED,
+                json!({"authorization_id": id, "status": "authorized", "amount_minor": amount, "currency": currency, "gateway": sim.name, "fee_minor": fee(amount)}),
+            )
         }
         Effect::Capture => {
             let Some(payment) = target.and_then(|id| inner.payments.get_mut(id)) else {
-                return error(StatusCode::NOT_FOUND, "no_such_authorization", format!("{target:?} not found"));
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "no_such_authorization",
+                    format!("{target:?} not found"),
+                );
             };
             if payment.status != "authorized" {
-                return error(StatusCode::CONFLICT, "invalid_state", format!("authorization is {}", payment.status));
+                return error(
+                    StatusCode::CONFLICT,
+                    "invalid_state",
+                    format!("authorization is {}", payment.status),
+                );
             }
             if payment.card_token == "tok_capture_decline" {
-                return error(StatusCode::PAYMENT_REQUIRED, "capture_declined", "the issuer refused the capture");
+                return error(
+                    StatusCode::PAYMENT_REQUIRED,
+                    "capture_declined",
+                    "the issuer refused the capture",
+                );
             }
             let amount = amount(request).unwrap_or(payment.amount_minor);
             if amount > payment.amount_minor {
-                return error(StatusCode::BAD_REQUEST, "amount_too_large", "capture exceeds the authorized amount");
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "amount_too_large",
+                    "capture exceeds the authorized amount",
+                );
             }
             let id = format!("cap_{}_{serial}", sim.name);
             payment.status = "captured";
             payment.captured_minor = amount;
             payment.capture_ids.push(id.clone());
-            let (authorization_id, currency) = (payment.authorization_id.clone(), payment.currency.clone());
+            let (authorization_id, currency) =
+                (payment.authorization_id.clone(), payment.currency.clone());
             inner.captures.insert(id.clone(), authorization_id.clone());
             inner.stats.captures += 1;
-            (StatusCode::CREATED, json!({"capture_id": id, "authorization_id": authorization_id, "amount_minor": amount, "currency": currency, "status": "captured", "gateway": sim.name}))
+            (
+                StatusCode::CREATED,
+                json!({"capture_id": id, "authorization_id": authorization_id, "amount_minor": amount, "currency": currency, "status": "captured", "gateway": sim.name}),
+            )
         }
         Effect::Void => {
             let Some(payment) = target.and_then(|id| inner.payments.get_mut(id)) else {
-                return error(StatusCode::NOT_FOUND, "no_such_authorization", format!("{target:?} not found"));
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "no_such_authorization",
+                    format!("{target:?} not found"),
+                );
             };
             if payment.status != "authorized" {
-                return error(StatusCode::CONFLICT, "invalid_state", format!("authorization is {}", payment.status));
+                return error(
+                    StatusCode::CONFLICT,
+                    "invalid_state",
+                    format!("authorization is {}", payment.status),
+                );
             }
             payment.status = "voided";
             let id = payment.authorization_id.clone();
             inner.stats.voids += 1;
-            (StatusCode::OK, json!({"authorization_id": id, "status": "voided", "gateway": sim.name}))
+            (
+                StatusCode::OK,
+                json!({"authorization_id": id, "status": "voided", "gateway": sim.name}),
+            )
         }
         Effect::Refund => {
             let Some(authorization) = target.and_then(|id| inner.captures.get(id)).cloned() else {
-                return error(StatusCode::NOT_FOUND, "no_such_capture", format!("{target:?} not found"));
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "no_such_capture",
+                    format!("{target:?} not found"),
+                );
             };
             let Some(payment) = inner.payments.get_mut(&authorization) else {
-                return error(StatusCode::NOT_FOUND, "no_such_capture", "capture has no payment");
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "no_such_capture",
+                    "capture has no payment",
+                );
             };
             let amount = amount(request).unwrap_or(payment.captured_minor - payment.refunded_minor);
             if amount <= 0 || payment.refunded_minor + amount > payment.captured_minor {
-                return error(StatusCode::BAD_REQUEST, "amount_too_large", "refund exceeds the captured amount");
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "amount_too_large",
+                    "refund exceeds the captured amount",
+                );
             }
             payment.refunded_minor += amount;
             if payment.refunded_minor == payment.captured_minor {
                 payment.status = "refunded";
             }
             inner.stats.refunds += 1;
-            (StatusCode::CREATED, json!({"refund_id": format!("re_{}_{serial}", sim.name), "capture_id": target, "amount_minor": amount, "status": "refunded", "gateway": sim.name}))
+            (
+                StatusCode::CREATED,
+                json!({"refund_id": format!("re_{}_{serial}", sim.name), "capture_id": target, "amount_minor": amount, "status": "refunded", "gateway": sim.name}),
+            )
         }
         Effect::Payout => {
-            let (Some(amount), Some(destination)) = (amount(request), request.get("destination").and_then(Value::as_str)) else {
-                return error(StatusCode::BAD_REQUEST, "invalid_request", "amount_minor (> 0) and destination are required");
+            let (Some(amount), Some(destination)) = (
+                amount(request),
+                request.get("destination").and_then(Value::as_str),
+            ) else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "amount_minor (> 0) and destination are required",
+                );
             };
             inner.stats.payouts += 1;
-            (StatusCode::CREATED, json!({"payout_id": format!("po_{}_{serial}", sim.name), "destination": destination, "amount_minor": amount, "status": "sent", "gateway": sim.name}))
+            (
+                StatusCode::CREATED,
+                json!({"payout_id": format!("po_{}_{serial}", sim.name), "destination": destination, "amount_minor": amount, "status": "sent", "gateway": sim.name}),
+            )
         }
     }
 }
@@ -317,32 +462,89 @@ fn apply(sim: &Sim, inner: &mut Inner, effect: Effect, target: Option<&str>, req
 /// The simulator's HTTP routes.
 fn router(sim: Arc<Sim>) -> Router {
     Router::new()
-        .route("/v1/authorizations", post(|State(s): State<Arc<Sim>>, h: HeaderMap, b: Bytes| effect(s, Effect::Authorize, None, h, b)))
-        .route("/v1/authorizations/{id}/capture", post(|State(s): State<Arc<Sim>>, Path(id): Path<String>, h: HeaderMap, b: Bytes| effect(s, Effect::Capture, Some(id), h, b)))
-        .route("/v1/authorizations/{id}/void", post(|State(s): State<Arc<Sim>>, Path(id): Path<String>, h: HeaderMap, b: Bytes| effect(s, Effect::Void, Some(id), h, b)))
-        .route("/v1/captures/{id}/refunds", post(|State(s): State<Arc<Sim>>, Path(id): Path<String>, h: HeaderMap, b: Bytes| effect(s, Effect::Refund, Some(id), h, b)))
-        .route("/v1/payouts", post(|State(s): State<Arc<Sim>>, h: HeaderMap, b: Bytes| effect(s, Effect::Payout, None, h, b)))
-        .route("/v1/payments/{id}", get(|State(s): State<Arc<Sim>>, Path(id): Path<String>| async move {
-            match s.lock().payments.get(&id) {
-                Some(p) => (StatusCode::OK, axum::Json(json!(p))).into_response(),
-                None => (StatusCode::NOT_FOUND, axum::Json(json!({"error": "not_found"}))).into_response(),
-            }
-        }))
-        .route("/v1/stats", get(|State(s): State<Arc<Sim>>| async move {
-            let mut stats = s.lock().stats.clone();
-            stats.requests_in_flight = s.in_flight.load(Ordering::SeqCst);
-            axum::Json(stats)
-        }))
-        .route("/v1/admin/faults", put(|State(s): State<Arc<Sim>>, axum::Json(faults): axum::Json<Faults>| async move {
-            s.lock().faults = faults.clone();
-            axum::Json(faults)
-        }))
-        .route("/healthz", get(|State(s): State<Arc<Sim>>| async move { axum::Json(json!({"gateway": s.name, "cost_bps": s.cost_bps})) }))
+        .route(
+            "/v1/authorizations",
+            post(|State(s): State<Arc<Sim>>, h: HeaderMap, b: Bytes| {
+                effect(s, Effect::Authorize, None, h, b)
+            }),
+        )
+        .route(
+            "/v1/authorizations/{id}/capture",
+            post(
+                |State(s): State<Arc<Sim>>, Path(id): Path<String>, h: HeaderMap, b: Bytes| {
+                    effect(s, Effect::Capture, Some(id), h, b)
+                },
+            ),
+        )
+        .route(
+            "/v1/authorizations/{id}/void",
+            post(
+                |State(s): State<Arc<Sim>>, Path(id): Path<String>, h: HeaderMap, b: Bytes| {
+                    effect(s, Effect::Void, Some(id), h, b)
+                },
+            ),
+        )
+        .route(
+            "/v1/captures/{id}/refunds",
+            post(
+                |State(s): State<Arc<Sim>>, Path(id): Path<String>, h: HeaderMap, b: Bytes| {
+                    effect(s, Effect::Refund, Some(id), h, b)
+                },
+            ),
+        )
+        .route(
+            "/v1/payouts",
+            post(|State(s): State<Arc<Sim>>, h: HeaderMap, b: Bytes| {
+                effect(s, Effect::Payout, None, h, b)
+            }),
+        )
+        .route(
+            "/v1/payments/{id}",
+            get(
+                |State(s): State<Arc<Sim>>, Path(id): Path<String>| async move {
+                    match s.lock().payments.get(&id) {
+                        Some(p) => (StatusCode::OK, axum::Json(json!(p))).into_response(),
+                        None => (
+                            StatusCode::NOT_FOUND,
+                            axum::Json(json!({"error": "not_found"})),
+                        )
+                            .into_response(),
+                    }
+                },
+            ),
+        )
+        .route(
+            "/v1/stats",
+            get(|State(s): State<Arc<Sim>>| async move {
+                let mut stats = s.lock().stats.clone();
+                stats.requests_in_flight = s.in_flight.load(Ordering::SeqCst);
+                axum::Json(stats)
+            }),
+        )
+        .route(
+            "/v1/admin/faults",
+            put(
+                |State(s): State<Arc<Sim>>, axum::Json(faults): axum::Json<Faults>| async move {
+                    s.lock().faults = faults.clone();
+                    axum::Json(faults)
+                },
+            ),
+        )
+        .route(
+            "/healthz",
+            get(|State(s): State<Arc<Sim>>| async move {
+                axum::Json(json!({"gateway": s.name, "cost_bps": s.cost_bps}))
+            }),
+        )
         .with_state(sim)
 }
 
 /// Serves the simulator on `listener` until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, config: SimConfig, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    config: SimConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let sim = Arc::new(Sim {
         name: config.name,
         cost_bps: config.cost_bps,
@@ -356,5 +558,7 @@ pub async fn serve(listener: TcpListener, config: SimConfig, shutdown: impl std:
         }),
         in_flight: AtomicU64::new(0),
     });
-    axum::serve(listener, router(sim)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(sim))
+        .with_graceful_shutdown(shutdown)
+        .await
 }

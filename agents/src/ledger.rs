@@ -43,10 +43,19 @@ pub struct Ledger {
 
 impl Ledger {
     fn balance(&mut self, account: &'static str, currency: &str) -> &mut Balance {
-        self.balances.entry((account, currency.to_owned())).or_default()
+        self.balances
+            .entry((account, currency.to_owned()))
+            .or_default()
     }
 
-    fn book(&mut self, debit: &'static str, credit: &'static str, amount: i64, currency: &str, pending: bool) {
+    fn book(
+        &mut self,
+        debit: &'static str,
+        credit: &'static str,
+        amount: i64,
+        currency: &str,
+        pending: bool,
+    ) {
         if pending {
             self.balance(debit, currency).debits_pending += amount;
             self.balance(credit, currency).credits_pending += amount;
@@ -66,13 +75,25 @@ impl Ledger {
             sum.debits_posted += balance.debits_posted;
             sum.credits_posted += balance.credits_posted;
         }
-        sums.values().all(|s| s.debits_pending == s.credits_pending && s.debits_posted == s.credits_posted)
+        sums.values()
+            .all(|s| s.debits_pending == s.credits_pending && s.debits_posted == s.credits_posted)
     }
 
     /// Applies one posting request; `Err` is a message for a permanent failure.
     pub fn post(&mut self, request: &Value) -> Result<Value, String> {
-        let field = |name: &str| request.get(name).and_then(Value::as_str).ok_or_else(|| format!("`{name}` must be a string"));
-        let amount = || request.get("amount_minor").and_then(Value::as_i64).filter(|a| *a > 0).ok_or("`amount_minor` must be a positive integer");
+        let field = |name: &str| {
+            request
+                .get(name)
+                .and_then(Value::as_str)
+                .ok_or_else(|| format!("`{name}` must be a string"))
+        };
+        let amount = || {
+            request
+                .get("amount_minor")
+                .and_then(Value::as_i64)
+                .filter(|a| *a > 0)
+                .ok_or("`amount_minor` must be a positive integer")
+        };
         let event = field("event")?;
         let payment = field("payment_id")?.to_owned();
         let answer = match event {
@@ -82,28 +103,69 @@ impl Ledger {
                 }
                 let (amount, currency) = (amount()?, field("currency")?.to_owned());
                 self.book(RECEIVABLE, PAYABLE, amount, &currency, true);
-                self.transfers.insert(payment.clone(), Transfer { debit: RECEIVABLE, credit: PAYABLE, amount_minor: amount, currency, status: "pending" });
+                self.transfers.insert(
+                    payment.clone(),
+                    Transfer {
+                        debit: RECEIVABLE,
+                        credit: PAYABLE,
+                        amount_minor: amount,
+                        currency,
+                        status: "pending",
+                    },
+                );
                 json!({"payment_id": payment, "status": "pending", "amount_minor": amount})
             }
             "capture" | "void" => {
-                let transfer = self.transfers.get(&payment).cloned().ok_or_else(|| format!("payment {payment} has no pending transfer"))?;
+                let transfer = self
+                    .transfers
+                    .get(&payment)
+                    .cloned()
+                    .ok_or_else(|| format!("payment {payment} has no pending transfer"))?;
                 if transfer.status != "pending" {
                     return Err(format!("payment {payment} transfer is {}", transfer.status));
                 }
                 // Release the pending amounts, then post what was captured.
-                self.book(transfer.debit, transfer.credit, -transfer.amount_minor, &transfer.currency, true);
+                self.book(
+                    transfer.debit,
+                    transfer.credit,
+                    -transfer.amount_minor,
+                    &transfer.currency,
+                    true,
+                );
                 let posted = if event == "capture" {
-                    let amount = request.get("amount_minor").and_then(Value::as_i64).unwrap_or(transfer.amount_minor);
+                    let amount = request
+                        .get("amount_minor")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(transfer.amount_minor);
                     if amount <= 0 || amount > transfer.amount_minor {
-                        self.book(transfer.debit, transfer.credit, transfer.amount_minor, &transfer.currency, true);
-                        return Err(format!("capture of {amount} exceeds the pending {}", transfer.amount_minor));
+                        self.book(
+                            transfer.debit,
+                            transfer.credit,
+                            transfer.amount_minor,
+                            &transfer.currency,
+                            true,
+                        );
+                        return Err(format!(
+                            "capture of {amount} exceeds the pending {}",
+                            transfer.amount_minor
+                        ));
                     }
-                    self.book(transfer.debit, transfer.credit, amount, &transfer.currency, false);
+                    self.book(
+                        transfer.debit,
+                        transfer.credit,
+                        amount,
+                        &transfer.currency,
+                        false,
+                    );
                     amount
                 } else {
                     0
                 };
-                let status = if event == "capture" { "posted" } else { "voided" };
+                let status = if event == "capture" {
+                    "posted"
+                } else {
+                    "voided"
+                };
                 if let Some(t) = self.transfers.get_mut(&payment) {
                     t.status = status;
                 }
@@ -119,14 +181,24 @@ impl Ledger {
                 self.book(CASH, RECEIVABLE, amount, &currency, false);
                 json!({"payment_id": payment, "status": "posted", "amount_minor": amount})
             }
-            other => return Err(format!("unknown event `{other}`: use authorize, capture, void, refund or settle")),
+            other => {
+                return Err(format!(
+                    "unknown event `{other}`: use authorize, capture, void, refund or settle"
+                ));
+            }
         };
-        assert!(self.is_balanced(), "ledger out of balance after {event} of {payment}");
+        assert!(
+            self.is_balanced(),
+            "ledger out of balance after {event} of {payment}"
+        );
         Ok(answer)
     }
 
     pub fn balances(&self) -> Vec<(String, String, Balance)> {
-        self.balances.iter().map(|((a, c), b)| ((*a).to_owned(), c.clone(), *b)).collect()
+        self.balances
+            .iter()
+            .map(|((a, c), b)| ((*a).to_owned(), c.clone(), *b))
+            .collect()
     }
 }
 
@@ -136,7 +208,9 @@ pub struct LedgerAgent {
 
 impl LedgerAgent {
     pub fn new() -> Self {
-        Self { ledger: Mutex::new(Ledger::default()) }
+        Self {
+            ledger: Mutex::new(Ledger::default()),
+        }
     }
 }
 
@@ -165,13 +239,18 @@ impl Agent for LedgerAgent {
     }
 
     async fn handle(&self, task: Task) -> TaskOutcome {
-        let mut ledger = self.ledger.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut ledger = self
+            .ledger
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(answer) = ledger.answers.get(&task.idempotency_key) {
             return TaskOutcome::Succeeded(answer.clone());
         }
         match ledger.post(&task.input) {
             Ok(answer) => {
-                ledger.answers.insert(task.idempotency_key.clone(), answer.clone());
+                ledger
+                    .answers
+                    .insert(task.idempotency_key.clone(), answer.clone());
                 TaskOutcome::Succeeded(answer)
             }
             Err(message) => TaskOutcome::permanent("ledger_rejected", message),
@@ -188,13 +267,39 @@ mod tests {
     fn two_phase_postings_balance() {
         let mut ledger = Ledger::default();
         ledger.post(&json!({"event": "authorize", "payment_id": "p1", "amount_minor": 1000, "currency": "EUR"})).unwrap();
-        ledger.post(&json!({"event": "capture", "payment_id": "p1", "amount_minor": 800})).unwrap();
+        ledger
+            .post(&json!({"event": "capture", "payment_id": "p1", "amount_minor": 800}))
+            .unwrap();
         ledger.post(&json!({"event": "authorize", "payment_id": "p2", "amount_minor": 500, "currency": "EUR"})).unwrap();
-        ledger.post(&json!({"event": "void", "payment_id": "p2"})).unwrap();
+        ledger
+            .post(&json!({"event": "void", "payment_id": "p2"}))
+            .unwrap();
         assert!(ledger.is_balanced());
-        let receivable = ledger.balances().into_iter().find(|(a, _, _)| a == RECEIVABLE).unwrap().2;
-        assert_eq!(receivable, Balance { debits_pending: 0, credits_pending: 0, debits_posted: 800, credits_posted: 0 });
-        assert!(ledger.post(&json!({"event": "capture", "payment_id": "p2"})).unwrap_err().contains("voided"));
-        assert!(ledger.post(&json!({"event": "capture", "payment_id": "p9"})).is_err());
+        let receivable = ledger
+            .balances()
+            .into_iter()
+            .find(|(a, _, _)| a == RECEIVABLE)
+            .unwrap()
+            .2;
+        assert_eq!(
+            receivable,
+            Balance {
+                debits_pending: 0,
+                credits_pending: 0,
+                debits_posted: 800,
+                credits_posted: 0
+            }
+        );
+        assert!(
+            ledger
+                .post(&json!({"event": "capture", "payment_id": "p2"}))
+                .unwrap_err()
+                .contains("voided")
+        );
+        assert!(
+            ledger
+                .post(&json!({"event": "capture", "payment_id": "p9"}))
+                .is_err()
+        );
     }
 }

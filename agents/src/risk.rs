@@ -41,20 +41,33 @@ pub struct RiskAgent {
 
 impl RiskAgent {
     pub fn new(rules: RiskRules) -> Self {
-        Self { rules, seen: Mutex::new(HashMap::new()) }
+        Self {
+            rules,
+            seen: Mutex::new(HashMap::new()),
+        }
     }
 
     fn velocity(&self, token: &str) -> usize {
         let now = Instant::now();
-        let mut seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if seen.len() >= self.rules.tokens_tracked_max && !seen.contains_key(token) {
-            seen.retain(|_, times| times.back().is_some_and(|t| now.duration_since(*t) < self.rules.velocity_window));
+            seen.retain(|_, times| {
+                times
+                    .back()
+                    .is_some_and(|t| now.duration_since(*t) < self.rules.velocity_window)
+            });
             if seen.len() >= self.rules.tokens_tracked_max {
                 seen.clear();
             }
         }
         let times = seen.entry(token.to_owned()).or_default();
-        while times.front().is_some_and(|t| now.duration_since(*t) >= self.rules.velocity_window) {
+        while times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= self.rules.velocity_window)
+        {
             times.pop_front();
         }
         times.push_back(now);

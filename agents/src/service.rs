@@ -16,7 +16,9 @@ impl Agent for VerifyAgent {
             version: env!("CARGO_PKG_VERSION").into(),
             skills: vec![SkillSpec {
                 name: "verify.amounts".into(),
-                description: "At a checkpoint: the authorization matches the requested amount and currency".into(),
+                description:
+                    "At a checkpoint: the authorization matches the requested amount and currency"
+                        .into(),
                 input_schema: json!({"type": "object", "required": ["inputs", "outputs"]}),
                 output_schema: json!({"type": "object", "properties": {"verified": {"type": "boolean"}, "amount_minor": {"type": "integer"}}}),
             }],
@@ -29,12 +31,21 @@ impl Agent for VerifyAgent {
         let inputs = &task.input["inputs"];
         let authorization = &task.input["outputs"]["authorize"];
         if authorization.is_null() {
-            return TaskOutcome::permanent("nothing_to_verify", "no `authorize` output reached this checkpoint");
+            return TaskOutcome::permanent(
+                "nothing_to_verify",
+                "no `authorize` output reached this checkpoint",
+            );
         }
         let wanted = (inputs["amount_minor"].as_i64(), inputs["currency"].as_str());
-        let got = (authorization["amount_minor"].as_i64(), authorization["currency"].as_str());
+        let got = (
+            authorization["amount_minor"].as_i64(),
+            authorization["currency"].as_str(),
+        );
         if wanted != got {
-            return TaskOutcome::permanent("amount_mismatch", format!("requested {wanted:?}, authorized {got:?}"));
+            return TaskOutcome::permanent(
+                "amount_mismatch",
+                format!("requested {wanted:?}, authorized {got:?}"),
+            );
         }
         TaskOutcome::Succeeded(json!({"verified": true, "amount_minor": wanted.0}))
     }
@@ -62,7 +73,11 @@ impl Agent for NotifyAgent {
     }
 
     async fn handle(&self, task: Task) -> TaskOutcome {
-        let payment = task.input.get("payment_id").and_then(Value::as_str).unwrap_or("unknown");
+        let payment = task
+            .input
+            .get("payment_id")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown");
         tracing::info!(payment, "receipt sent");
         TaskOutcome::Succeeded(json!({"receipt_id": format!("rcpt_{payment}"), "sent": true}))
     }
@@ -93,7 +108,11 @@ impl Agent for SleepAgent {
     }
 
     async fn handle(&self, task: Task) -> TaskOutcome {
-        let sleep_ms = task.input.get("sleep_ms").and_then(Value::as_u64).unwrap_or(self.default_sleep_ms);
+        let sleep_ms = task
+            .input
+            .get("sleep_ms")
+            .and_then(Value::as_u64)
+            .unwrap_or(self.default_sleep_ms);
         tokio::time::sleep(std::time::Duration::from_millis(sleep_ms)).await;
         TaskOutcome::Succeeded(json!({"slept_ms": sleep_ms}))
     }

@@ -8,8 +8,8 @@
 //! - [`service`]: the `Workflows` and `AgentHub` gRPC services.
 //! - [`server`]: serving both, with gRPC health and reflection.
 pub mod model;
-pub mod spec;
-pub mod scheduler;
 pub mod runtime;
-pub mod service;
+pub mod scheduler;
 pub mod server;
+pub mod service;
+pub mod spec;

@@ -12,12 +12,16 @@ use tokio::time::Instant;
 use tonic::Status;
 
 use crate::model::{AgentId, WorkflowId, WorkflowStatus};
-use crate::scheduler::{AgentEvent, CancelError, Command, NewWorkflow, Scheduler, SchedulerConfig, SubmitError};
+use crate::scheduler::{
+    AgentEvent, CancelError, Command, NewWorkflow, Scheduler, SchedulerConfig, SubmitError,
+};
 use crate::service::convert;
 
 /// Wall-clock unix milliseconds: the only clock the control unit reads.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Runtime limits.
@@ -72,7 +76,9 @@ pub struct Submitted {
 pub enum SubmitRejection {
     #[error(transparent)]
     Scheduler(#[from] SubmitError),
-    #[error("idempotency key `{key}` was used for workflow {existing} with a different spec or input")]
+    #[error(
+        "idempotency key `{key}` was used for workflow {existing} with a different spec or input"
+    )]
     KeyReused { key: String, existing: WorkflowId },
 }
 
@@ -86,16 +92,48 @@ pub struct ListQuery {
 }
 
 pub enum Input {
-    Submit { submission: Box<Submission>, reply: oneshot::Sender<Result<Submitted, SubmitRejection>> },
-    Cancel { id: WorkflowId, reason: String, reply: oneshot::Sender<Result<WorkflowStatus, CancelError>> },
-    Get { id: WorkflowId, reply: oneshot::Sender<Option<pb::Workflow>> },
-    List { query: ListQuery, reply: oneshot::Sender<pb::ListWorkflowsResponse> },
-    Watch { id: WorkflowId, sender: WatchSender, reply: oneshot::Sender<Result<(), Status>> },
-    Register { card: pb::AgentCard, execution_unit: String, reply: oneshot::Sender<pb::RegisterResponse> },
-    OpenSession { agent: AgentId, token: String, sender: SessionSender, reply: oneshot::Sender<Result<u64, Status>> },
-    CloseSession { agent: AgentId, session: u64 },
+    Submit {
+        submission: Box<Submission>,
+        reply: oneshot::Sender<Result<Submitted, SubmitRejection>>,
+    },
+    Cancel {
+        id: WorkflowId,
+        reason: String,
+        reply: oneshot::Sender<Result<WorkflowStatus, CancelError>>,
+    },
+    Get {
+        id: WorkflowId,
+        reply: oneshot::Sender<Option<pb::Workflow>>,
+    },
+    List {
+        query: ListQuery,
+        reply: oneshot::Sender<pb::ListWorkflowsResponse>,
+    },
+    Watch {
+        id: WorkflowId,
+        sender: WatchSender,
+        reply: oneshot::Sender<Result<(), Status>>,
+    },
+    Register {
+        card: pb::AgentCard,
+        execution_unit: String,
+        reply: oneshot::Sender<pb::RegisterResponse>,
+    },
+    OpenSession {
+        agent: AgentId,
+        token: String,
+        sender: SessionSender,
+        reply: oneshot::Sender<Result<u64, Status>>,
+    },
+    CloseSession {
+        agent: AgentId,
+        session: u64,
+    },
     Agent(Vec<AgentEvent>),
-    ListAgents { skill: Option<String>, reply: oneshot::Sender<Vec<pb::AgentInfo>> },
+    ListAgents {
+        skill: Option<String>,
+        reply: oneshot::Sender<Vec<pb::AgentInfo>>,
+    },
 }
 
 /// A cheap handle to the actor.
@@ -113,10 +151,15 @@ impl Handle {
             .map_err(|_| Status::unavailable("control unit is shutting down"))
     }
 
-    pub async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Input) -> Result<T, Status> {
+    pub async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Input,
+    ) -> Result<T, Status> {
         let (reply, answer) = oneshot::channel();
         self.send(make(reply)).await?;
-        answer.await.map_err(|_| Status::unavailable("control unit is shutting down"))
+        answer
+            .await
+            .map_err(|_| Status::unavailable("control unit is shutting down"))
     }
 }
 
@@ -141,7 +184,10 @@ struct Actor {
 }
 
 /// Starts the actor; it stops when every [`Handle`] is dropped or `shutdown` fires.
-pub fn spawn(config: RuntimeConfig, shutdown: tokio_util_shim::Shutdown) -> (Handle, tokio::task::JoinHandle<()>) {
+pub fn spawn(
+    config: RuntimeConfig,
+    shutdown: tokio_util_shim::Shutdown,
+) -> (Handle, tokio::task::JoinHandle<()>) {
     let (inputs, receiver) = mpsc::channel(config.inputs_max);
     let actor = Actor {
         core: Scheduler::new(config.scheduler.clone()),
@@ -186,12 +232,17 @@ pub mod tokio_util_shim {
 }
 
 impl Actor {
-    async fn run(mut self, mut receiver: mpsc::Receiver<Input>, mut shutdown: tokio_util_shim::Shutdown) {
+    async fn run(
+        mut self,
+        mut receiver: mpsc::Receiver<Input>,
+        mut shutdown: tokio_util_shim::Shutdown,
+    ) {
         let mut batch = Vec::with_capacity(self.config.batch_max);
         loop {
-            let deadline = self.core.next_deadline().map(|at| {
-                Instant::now() + Duration::from_millis(at.saturating_sub(now_ms()))
-            });
+            let deadline = self
+                .core
+                .next_deadline()
+                .map(|at| Instant::now() + Duration::from_millis(at.saturating_sub(now_ms())));
             tokio::select! {
                 received = receiver.recv_many(&mut batch, self.config.batch_max) => {
                     if received == 0 {
@@ -225,7 +276,11 @@ impl Actor {
                 let _ = reply.send(self.core.cancel(now, id, &reason, &mut out));
             }
             Input::Get { id, reply } => {
-                let _ = reply.send(self.core.workflow(id).map(|w| convert::workflow_to_pb(w, &self.core)));
+                let _ = reply.send(
+                    self.core
+                        .workflow(id)
+                        .map(|w| convert::workflow_to_pb(w, &self.core)),
+                );
             }
             Input::List { query, reply } => {
                 let _ = reply.send(self.list(&query));
@@ -233,17 +288,36 @@ impl Actor {
             Input::Watch { id, sender, reply } => {
                 let _ = reply.send(self.watch(id, sender));
             }
-            Input::Register { card, execution_unit, reply } => {
+            Input::Register {
+                card,
+                execution_unit,
+                reply,
+            } => {
                 let _ = reply.send(self.register(now, card, execution_unit));
             }
-            Input::OpenSession { agent, token, sender, reply } => {
+            Input::OpenSession {
+                agent,
+                token,
+                sender,
+                reply,
+            } => {
                 let _ = reply.send(self.open_session(now, agent, &token, sender, &mut out));
             }
             Input::CloseSession { agent, session } => {
-                let current = self.agents.get(&agent).and_then(|a| a.session.as_ref()).map(|(s, _)| *s);
+                let current = self
+                    .agents
+                    .get(&agent)
+                    .and_then(|a| a.session.as_ref())
+                    .map(|(s, _)| *s);
                 if current == Some(session) {
                     self.agents.remove(&agent);
-                    self.core.handle(now, AgentEvent::Left { agent: agent.clone() }, &mut out);
+                    self.core.handle(
+                        now,
+                        AgentEvent::Left {
+                            agent: agent.clone(),
+                        },
+                        &mut out,
+                    );
                     tracing::info!(agent = %agent, "agent session closed");
                 }
             }
@@ -259,16 +333,31 @@ impl Actor {
         self.out = out;
     }
 
-    fn submit(&mut self, now: u64, submission: Submission, out: &mut Vec<crate::scheduler::Command>) -> Result<Submitted, SubmitRejection> {
+    fn submit(
+        &mut self,
+        now: u64,
+        submission: Submission,
+        out: &mut Vec<crate::scheduler::Command>,
+    ) -> Result<Submitted, SubmitRejection> {
         let key = submission.new.idempotency_key.clone();
-        if let Some(key) = &key {
-            if let Some((existing, fingerprint)) = self.idempotency.get(key) {
-                if *fingerprint != submission.fingerprint {
-                    return Err(SubmitRejection::KeyReused { key: key.clone(), existing: *existing });
-                }
-                let status = self.core.workflow(*existing).map_or(WorkflowStatus::Succeeded, |w| w.status);
-                return Ok(Submitted { id: *existing, created: false, status });
+        if let Some(key) = &key
+            && let Some((existing, fingerprint)) = self.idempotency.get(key)
+        {
+            if *fingerprint != submission.fingerprint {
+                return Err(SubmitRejection::KeyReused {
+                    key: key.clone(),
+                    existing: *existing,
+                });
             }
+            let status = self
+                .core
+                .workflow(*existing)
+                .map_or(WorkflowStatus::Succeeded, |w| w.status);
+            return Ok(Submitted {
+                id: *existing,
+                created: false,
+                status,
+            });
         }
         let id = submission.new.id;
         self.core.submit(now, submission.new, out)?;
@@ -276,7 +365,11 @@ impl Actor {
             self.idempotency.insert(key, (id, submission.fingerprint));
         }
         tracing::debug!(workflow = %id, "workflow submitted");
-        Ok(Submitted { id, created: true, status: WorkflowStatus::Running })
+        Ok(Submitted {
+            id,
+            created: true,
+            status: WorkflowStatus::Running,
+        })
     }
 
     fn list(&self, query: &ListQuery) -> pb::ListWorkflowsResponse {
@@ -284,8 +377,14 @@ impl Actor {
         let mut last = None;
         for workflow in self.core.workflows_after(query.after) {
             if query.status.is_some_and(|s| s != workflow.status)
-                || query.name.as_ref().is_some_and(|n| *n != workflow.spec.name)
-                || !query.labels.iter().all(|(k, v)| workflow.labels.get(k) == Some(v))
+                || query
+                    .name
+                    .as_ref()
+                    .is_some_and(|n| *n != workflow.spec.name)
+                || !query
+                    .labels
+                    .iter()
+                    .all(|(k, v)| workflow.labels.get(k) == Some(v))
             {
                 continue;
             }
@@ -300,17 +399,25 @@ impl Actor {
         } else {
             String::new()
         };
-        pb::ListWorkflowsResponse { workflows, next_page_token }
+        pb::ListWorkflowsResponse {
+            workflows,
+            next_page_token,
+        }
     }
 
     fn watch(&mut self, id: WorkflowId, sender: WatchSender) -> Result<(), Status> {
-        let workflow = self.core.workflow(id).ok_or_else(|| Status::not_found(format!("workflow {id} not found")))?;
+        let workflow = self
+            .core
+            .workflow(id)
+            .ok_or_else(|| Status::not_found(format!("workflow {id} not found")))?;
         self.sequence += 1;
         let snapshot = pb::WorkflowEvent {
             workflow_id: id.to_string(),
             sequence: self.sequence,
             at_ms: now_ms() as i64,
-            body: Some(pb::workflow_event::Body::Snapshot(convert::workflow_to_pb(workflow, &self.core))),
+            body: Some(pb::workflow_event::Body::Snapshot(convert::workflow_to_pb(
+                workflow, &self.core,
+            ))),
         };
         let terminal = workflow.status.is_terminal();
         sender
@@ -331,18 +438,26 @@ impl Actor {
         Ok(())
     }
 
-    fn register(&mut self, now: u64, card: pb::AgentCard, execution_unit: String) -> pb::RegisterResponse {
+    fn register(
+        &mut self,
+        now: u64,
+        card: pb::AgentCard,
+        execution_unit: String,
+    ) -> pb::RegisterResponse {
         self.agent_counter += 1;
         let agent = AgentId(format!("{}-{}", card.name, self.agent_counter).into());
         let token = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
         tracing::info!(agent = %agent, execution_unit, skills = card.skills.len(), "agent registered");
-        self.agents.insert(agent.clone(), AgentRecord {
-            card,
-            execution_unit,
-            token: token.clone(),
-            registered_at: now,
-            session: None,
-        });
+        self.agents.insert(
+            agent.clone(),
+            AgentRecord {
+                card,
+                execution_unit,
+                token: token.clone(),
+                registered_at: now,
+                session: None,
+            },
+        );
         pb::RegisterResponse {
             agent_id: agent.to_string(),
             session_token: token,
@@ -351,27 +466,51 @@ impl Actor {
         }
     }
 
-    fn open_session(&mut self, now: u64, agent: AgentId, token: &str, sender: SessionSender, out: &mut Vec<Command>) -> Result<u64, Status> {
-        let record = self
-            .agents
-            .get_mut(&agent)
-            .ok_or_else(|| Status::not_found(format!("agent {agent} is not registered: call Register first")))?;
+    fn open_session(
+        &mut self,
+        now: u64,
+        agent: AgentId,
+        token: &str,
+        sender: SessionSender,
+        out: &mut Vec<Command>,
+    ) -> Result<u64, Status> {
+        let record = self.agents.get_mut(&agent).ok_or_else(|| {
+            Status::not_found(format!(
+                "agent {agent} is not registered: call Register first"
+            ))
+        })?;
         if record.token != token {
-            return Err(Status::unauthenticated(format!("wrong session token for agent {agent}")));
+            return Err(Status::unauthenticated(format!(
+                "wrong session token for agent {agent}"
+            )));
         }
         if record.session.is_some() {
-            return Err(Status::already_exists(format!("agent {agent} already has a session")));
+            return Err(Status::already_exists(format!(
+                "agent {agent} already has a session"
+            )));
         }
         self.session_counter += 1;
         let session = self.session_counter;
         record.session = Some((session, sender));
         let card = &record.card;
-        self.core.handle(now, AgentEvent::Joined {
-            agent: agent.clone(),
-            skills: card.skills.iter().map(|s| Arc::from(s.name.as_str())).collect(),
-            labels: card.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            max_concurrency: card.max_concurrency.max(1),
-        }, out);
+        self.core.handle(
+            now,
+            AgentEvent::Joined {
+                agent: agent.clone(),
+                skills: card
+                    .skills
+                    .iter()
+                    .map(|s| Arc::from(s.name.as_str()))
+                    .collect(),
+                labels: card
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                max_concurrency: card.max_concurrency.max(1),
+            },
+            out,
+        );
         tracing::info!(agent = %agent, "agent session opened");
         Ok(session)
     }
@@ -408,27 +547,39 @@ impl Actor {
         for command in out.drain(..) {
             match command {
                 Command::Dispatch { agent, assignment } => {
-                    frames.entry(agent).or_default().assignments.push(pb::Assignment {
-                        task: Some(pb::TaskRef {
-                            workflow_id: assignment.slot.workflow.to_string(),
-                            task_index: assignment.slot.wire_index(),
-                            attempt: assignment.attempt,
-                        }),
-                        task_id: assignment.task_id,
-                        skill: assignment.skill.to_string(),
-                        input_json: assignment.input_json.into(),
-                        deadline_unix_ms: assignment.deadline as i64,
-                        idempotency_key: assignment.idempotency_key,
-                        traceparent: assignment.traceparent,
-                        workflow_name: assignment.workflow_name,
-                    });
+                    frames
+                        .entry(agent)
+                        .or_default()
+                        .assignments
+                        .push(pb::Assignment {
+                            task: Some(pb::TaskRef {
+                                workflow_id: assignment.slot.workflow.to_string(),
+                                task_index: assignment.slot.wire_index(),
+                                attempt: assignment.attempt,
+                            }),
+                            task_id: assignment.task_id,
+                            skill: assignment.skill.to_string(),
+                            input_json: assignment.input_json.into(),
+                            deadline_unix_ms: assignment.deadline as i64,
+                            idempotency_key: assignment.idempotency_key,
+                            traceparent: assignment.traceparent,
+                            workflow_name: assignment.workflow_name,
+                        });
                 }
-                Command::Cancel { agent, slot, attempt } => {
-                    frames.entry(agent).or_default().cancellations.push(pb::TaskRef {
-                        workflow_id: slot.workflow.to_string(),
-                        task_index: slot.wire_index(),
-                        attempt,
-                    });
+                Command::Cancel {
+                    agent,
+                    slot,
+                    attempt,
+                } => {
+                    frames
+                        .entry(agent)
+                        .or_default()
+                        .cancellations
+                        .push(pb::TaskRef {
+                            workflow_id: slot.workflow.to_string(),
+                            task_index: slot.wire_index(),
+                            attempt,
+                        });
                 }
                 Command::Record(record) => self.notify(&record),
             }
@@ -436,7 +587,11 @@ impl Actor {
         self.out = out;
         let mut broken = Vec::new();
         for (agent, frame) in frames {
-            let sender = self.agents.get(&agent).and_then(|r| r.session.as_ref()).map(|(_, s)| s);
+            let sender = self
+                .agents
+                .get(&agent)
+                .and_then(|r| r.session.as_ref())
+                .map(|(_, s)| s);
             let delivered = sender.is_some_and(|s| s.try_send(Ok(frame)).is_ok());
             if !delivered {
                 broken.push(agent);
@@ -446,13 +601,14 @@ impl Actor {
             let mut out = std::mem::take(&mut self.out);
             for agent in broken {
                 tracing::warn!(agent = %agent, "agent session full or gone; its tasks go to other agents");
-                if let Some(record) = self.agents.get_mut(&agent) {
-                    if let Some((_, sender)) = record.session.take() {
-                        let _ = sender.try_send(Err(Status::resource_exhausted("session buffer full")));
-                    }
+                if let Some(record) = self.agents.get_mut(&agent)
+                    && let Some((_, sender)) = record.session.take()
+                {
+                    let _ = sender.try_send(Err(Status::resource_exhausted("session buffer full")));
                 }
                 self.agents.remove(&agent);
-                self.core.handle(now_ms(), AgentEvent::Left { agent }, &mut out);
+                self.core
+                    .handle(now_ms(), AgentEvent::Left { agent }, &mut out);
             }
             self.out = out;
             self.flush();
@@ -460,8 +616,12 @@ impl Actor {
     }
 
     fn notify(&mut self, record: &crate::scheduler::Record) {
-        let Some(watchers) = self.watchers.get_mut(&record.workflow) else { return };
-        let Some(workflow) = self.core.workflow(record.workflow) else { return };
+        let Some(watchers) = self.watchers.get_mut(&record.workflow) else {
+            return;
+        };
+        let Some(workflow) = self.core.workflow(record.workflow) else {
+            return;
+        };
         self.sequence += 1;
         if let Some(event) = convert::record_to_event(record, workflow, self.sequence) {
             watchers.retain(|w| w.try_send(Ok(event.clone())).is_ok());

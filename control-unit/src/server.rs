@@ -37,8 +37,12 @@ pub async fn serve(
     let (handle, actor) = runtime::spawn(config.runtime.clone(), stop);
     let registry = Arc::new(SpecRegistry::new(config.limits.clone()));
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<WorkflowsServer<WorkflowsService>>().await;
-    health_reporter.set_serving::<AgentHubServer<AgentHubService>>().await;
+    health_reporter
+        .set_serving::<WorkflowsServer<WorkflowsService>>()
+        .await;
+    health_reporter
+        .set_serving::<AgentHubServer<AgentHubService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(paygrid_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -48,8 +52,15 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
         .add_service(health)
         .add_service(reflection)
-        .add_service(WorkflowsServer::new(WorkflowsService::new(handle.clone(), registry.clone())))
-        .add_service(AgentHubServer::new(AgentHubService::new(handle, registry, config.runtime)))
+        .add_service(WorkflowsServer::new(WorkflowsService::new(
+            handle.clone(),
+            registry.clone(),
+        )))
+        .add_service(AgentHubServer::new(AgentHubService::new(
+            handle,
+            registry,
+            config.runtime,
+        )))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await;
     trigger.fire();

@@ -1,4 +1,5 @@
 //! Spec validation: every rejection names the task and, for YAML, the line and column.
+#![allow(clippy::unwrap_used)]
 
 use paygrid_control_unit::spec::{SpecErrors, SpecLimits, compile};
 use proptest::prelude::*;
@@ -13,7 +14,10 @@ const HEADER: &str = "apiVersion: paygrid/v1\nkind: Workflow\nname: t\nversion: 
 #[test]
 fn shipped_examples_compile() {
     for name in ["card-payment", "refund", "marketplace-split"] {
-        let path = format!("{}/../examples/specs/{name}.yaml", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/../examples/specs/{name}.yaml",
+            env!("CARGO_MANIFEST_DIR")
+        );
         let text = std::fs::read_to_string(&path).expect("example spec exists");
         let spec = compile(&text, &SpecLimits::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(spec.name, name);
@@ -47,9 +51,20 @@ fn unknown_dependency_is_named() {
     let error = &errors(&text).0[0];
     assert_eq!(error.task.as_deref(), Some("capture"));
     assert_eq!(error.position.map(|p| p.line), Some(10));
-    assert!(error.message.contains("unknown task `authorise`"), "{error}");
-    assert!(error.message.contains("did you mean `authorize`"), "{error}");
-    assert!(error.to_string().starts_with("line 10, column 5: task `capture`:"), "{error}");
+    assert!(
+        error.message.contains("unknown task `authorise`"),
+        "{error}"
+    );
+    assert!(
+        error.message.contains("did you mean `authorize`"),
+        "{error}"
+    );
+    assert!(
+        error
+            .to_string()
+            .starts_with("line 10, column 5: task `capture`:"),
+        "{error}"
+    );
 }
 
 /// A duplicate id points at the second declaration and mentions the first.
@@ -59,7 +74,12 @@ fn duplicate_id_is_rejected() {
     let error = &errors(&text).0[0];
     assert_eq!(error.task.as_deref(), Some("a"));
     assert_eq!(error.position.map(|p| p.line), Some(8));
-    assert!(error.message.contains("duplicate task id `a` (first declared at line 6)"), "{error}");
+    assert!(
+        error
+            .message
+            .contains("duplicate task id `a` (first declared at line 6)"),
+        "{error}"
+    );
 }
 
 /// References to unknown tasks, to tasks that are not upstream, and malformed paths.
@@ -77,12 +97,19 @@ fn unknown_output_references_are_rejected() {
         "{HEADER}tasks:\n  - id: a\n    skill: s\n  - id: b\n    skill: s\n    with: {{ x: \"{{{{ tasks.a.output.id }}}}\" }}\n"
     );
     let error = &errors(&text).0[0];
-    assert!(error.message.contains("not upstream: add `a` to needs"), "{error}");
+    assert!(
+        error.message.contains("not upstream: add `a` to needs"),
+        "{error}"
+    );
 
     let text = format!(
         "{HEADER}tasks:\n  - id: a\n    skill: s\n    with: {{ x: \"{{{{ inputs.missing }}}}\" }}\n"
     );
-    assert!(errors(&text).0[0].message.contains("undeclared input `inputs.missing`"));
+    assert!(
+        errors(&text).0[0]
+            .message
+            .contains("undeclared input `inputs.missing`")
+    );
 }
 
 /// An output field a registered skill never produces is caught at submit.
@@ -91,7 +118,8 @@ fn unknown_output_field_is_rejected_against_the_catalog() {
     struct Catalog;
     impl paygrid_control_unit::spec::SkillCatalog for Catalog {
         fn output_fields(&self, skill: &str) -> Option<Vec<String>> {
-            (skill == "gateway.authorize").then(|| vec!["authorization_id".into(), "gateway".into()])
+            (skill == "gateway.authorize")
+                .then(|| vec!["authorization_id".into(), "gateway".into()])
         }
     }
     let text = format!(
@@ -101,7 +129,11 @@ fn unknown_output_field_is_rejected_against_the_catalog() {
     let errors = spec.check_outputs(&Catalog);
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0].task.as_deref(), Some("capture"));
-    assert!(errors[0].message.contains("unknown output `tasks.authorize.output.authorisation_id`"));
+    assert!(
+        errors[0]
+            .message
+            .contains("unknown output `tasks.authorize.output.authorisation_id`")
+    );
     assert!(errors[0].message.contains("authorization_id, gateway"));
 }
 
@@ -112,7 +144,10 @@ fn malformed_duration_is_rejected() {
     let error = &errors(&text).0[0];
     assert_eq!(error.task.as_deref(), Some("a"));
     assert_eq!(error.position.map(|p| p.line), Some(8));
-    assert!(error.message.contains("malformed duration `10 seconds`"), "{error}");
+    assert!(
+        error.message.contains("malformed duration `10 seconds`"),
+        "{error}"
+    );
 }
 
 /// YAML syntax and unknown fields are reported with serde's line and the task there.
@@ -129,9 +164,16 @@ fn syntax_errors_carry_line_and_task() {
 #[test]
 fn limits_and_priorities() {
     let text = format!("{HEADER}priority: urgent\ntasks:\n  - id: a\n    skill: s\n");
-    assert!(errors(&text).0[0].message.contains("unknown priority `urgent`"));
+    assert!(
+        errors(&text).0[0]
+            .message
+            .contains("unknown priority `urgent`")
+    );
 
-    let limits = SpecLimits { spec_bytes_max: 10, ..SpecLimits::default() };
+    let limits = SpecLimits {
+        spec_bytes_max: 10,
+        ..SpecLimits::default()
+    };
     let error = compile(HEADER, &limits).unwrap_err();
     assert!(error.0[0].message.contains("the limit is 10 bytes"));
 
@@ -150,17 +192,34 @@ fn inputs_are_checked() {
     );
     let spec = compile(&text, &SpecLimits::default()).unwrap();
     let limits = SpecLimits::default();
-    let ok = spec.check_input(&serde_json::json!({"amount_minor": 5, "currency": "EUR"}), &limits).unwrap();
+    let ok = spec
+        .check_input(
+            &serde_json::json!({"amount_minor": 5, "currency": "EUR"}),
+            &limits,
+        )
+        .unwrap();
     assert_eq!(ok["merchant"], "acme");
     let bad = spec
-        .check_input(&serde_json::json!({"amount_minor": 1.5, "currency": "eur", "extra": 1}), &limits)
+        .check_input(
+            &serde_json::json!({"amount_minor": 1.5, "currency": "eur", "extra": 1}),
+            &limits,
+        )
         .unwrap_err()
         .to_string();
-    assert!(bad.contains("input `amount_minor` must be an integer"), "{bad}");
+    assert!(
+        bad.contains("input `amount_minor` must be an integer"),
+        "{bad}"
+    );
     assert!(bad.contains("input `currency` must match"), "{bad}");
     assert!(bad.contains("input `extra` is not declared"), "{bad}");
-    let missing = spec.check_input(&serde_json::json!({}), &limits).unwrap_err().to_string();
-    assert!(missing.contains("input `amount_minor` is required"), "{missing}");
+    let missing = spec
+        .check_input(&serde_json::json!({}), &limits)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        missing.contains("input `amount_minor` is required"),
+        "{missing}"
+    );
 }
 
 /// JSON specs parse the same way and report positions too.
@@ -182,9 +241,10 @@ fn json_specs_are_accepted() {
 fn dag() -> impl Strategy<Value = Vec<Vec<usize>>> {
     (1usize..25).prop_flat_map(|n| {
         (0..n)
-            .map(|i| proptest::collection::btree_set(0..i.max(1), 0..=i.min(3)).prop_map(move |s| {
-                s.into_iter().filter(|d| *d < i).collect::<Vec<_>>()
-            }))
+            .map(|i| {
+                proptest::collection::btree_set(0..i.max(1), 0..=i.min(3))
+                    .prop_map(move |s| s.into_iter().filter(|d| *d < i).collect::<Vec<_>>())
+            })
             .collect::<Vec<_>>()
     })
 }
@@ -193,7 +253,11 @@ fn render(needs: &[Vec<usize>]) -> String {
     let mut text = format!("{HEADER}tasks:\n");
     for (i, deps) in needs.iter().enumerate() {
         let list: Vec<String> = deps.iter().map(|d| format!("t{d}")).collect();
-        text.push_str(&format!("  - id: t{i}\n    skill: s{}\n    needs: [{}]\n", i % 3, list.join(", ")));
+        text.push_str(&format!(
+            "  - id: t{i}\n    skill: s{}\n    needs: [{}]\n",
+            i % 3,
+            list.join(", ")
+        ));
     }
     text
 }

@@ -61,7 +61,11 @@ impl AgentCard {
                 })
                 .collect(),
             max_concurrency: self.max_concurrency,
-            labels: self.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            labels: self
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         }
     }
 }
@@ -88,7 +92,9 @@ pub struct Task {
 impl Task {
     /// Time left before the deadline (zero once past it).
     pub fn time_left(&self) -> Duration {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
         Duration::from_millis(self.deadline_unix_ms.saturating_sub(now).max(0) as u64)
     }
 
@@ -114,18 +120,30 @@ impl Task {
 pub enum TaskOutcome {
     Succeeded(Value),
     /// Try again later (5xx, timeouts, conflicts).
-    Retryable { code: String, message: String },
+    Retryable {
+        code: String,
+        message: String,
+    },
     /// Do not try again (declines, invalid input).
-    Permanent { code: String, message: String },
+    Permanent {
+        code: String,
+        message: String,
+    },
 }
 
 impl TaskOutcome {
     pub fn retryable(code: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::Retryable { code: code.into(), message: message.into() }
+        Self::Retryable {
+            code: code.into(),
+            message: message.into(),
+        }
     }
 
     pub fn permanent(code: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::Permanent { code: code.into(), message: message.into() }
+        Self::Permanent {
+            code: code.into(),
+            message: message.into(),
+        }
     }
 
     pub fn invalid_input(message: impl Into<String>) -> Self {

@@ -45,11 +45,20 @@ impl ExecutionUnitConfig {
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
     #[error("invalid control endpoint `{endpoint}`: {source}")]
-    Endpoint { endpoint: String, source: tonic::transport::Error },
+    Endpoint {
+        endpoint: String,
+        source: tonic::transport::Error,
+    },
     #[error("connect to {endpoint}: {source}")]
-    Connect { endpoint: String, source: tonic::transport::Error },
+    Connect {
+        endpoint: String,
+        source: tonic::transport::Error,
+    },
     #[error("{call}: {status}")]
-    Call { call: &'static str, status: tonic::Status },
+    Call {
+        call: &'static str,
+        status: tonic::Status,
+    },
     #[error("session metadata: {0}")]
     Metadata(String),
     #[error("the control unit closed the session")]
@@ -64,7 +73,10 @@ pub struct ExecutionUnit {
 
 impl ExecutionUnit {
     pub fn new(config: ExecutionUnitConfig) -> Self {
-        Self { config, agents: Vec::new() }
+        Self {
+            config,
+            agents: Vec::new(),
+        }
     }
 
     pub fn host(mut self, agent: Arc<dyn Agent>) -> Self {
@@ -160,7 +172,10 @@ impl AgentRunner {
     async fn session(&mut self, shutdown: &CancellationToken) -> Result<(), SessionError> {
         let endpoint = self.config.control_endpoint.clone();
         let channel = Endpoint::from_shared(endpoint.clone())
-            .map_err(|source| SessionError::Endpoint { endpoint: endpoint.clone(), source })?
+            .map_err(|source| SessionError::Endpoint {
+                endpoint: endpoint.clone(),
+                source,
+            })?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
@@ -170,18 +185,32 @@ impl AgentRunner {
             .map_err(|source| SessionError::Connect { endpoint, source })?;
         let mut client = AgentHubClient::new(channel);
         let registration = client
-            .register(pb::RegisterRequest { card: Some(self.card.to_pb()), execution_unit: self.config.name.clone() })
+            .register(pb::RegisterRequest {
+                card: Some(self.card.to_pb()),
+                execution_unit: self.config.name.clone(),
+            })
             .await
-            .map_err(|status| SessionError::Call { call: "register", status })?
+            .map_err(|status| SessionError::Call {
+                call: "register",
+                status,
+            })?
             .into_inner();
         let (frames, outbound) = mpsc::channel::<pb::AgentMessage>(64);
         let mut request = tonic::Request::new(ReceiverStream::new(outbound));
-        for (key, value) in [(AGENT_ID_METADATA, &registration.agent_id), (SESSION_TOKEN_METADATA, &registration.session_token)] {
-            let value = value.parse().map_err(|_| SessionError::Metadata(format!("{key} is not ASCII")))?;
+        for (key, value) in [
+            (AGENT_ID_METADATA, &registration.agent_id),
+            (SESSION_TOKEN_METADATA, &registration.session_token),
+        ] {
+            let value = value
+                .parse()
+                .map_err(|_| SessionError::Metadata(format!("{key} is not ASCII")))?;
             request.metadata_mut().insert(key, value);
         }
         // The opening frame: free slots, anything not yet delivered, what still runs.
-        let free = self.card.max_concurrency.saturating_sub(self.running.len() as u32);
+        let free = self
+            .card
+            .max_concurrency
+            .saturating_sub(self.running.len() as u32);
         self.credits_owed = 0;
         let opening = pb::AgentMessage {
             credits: if shutdown.is_cancelled() { 0 } else { free },
@@ -193,7 +222,10 @@ impl AgentRunner {
         let mut inbound = client
             .session(request)
             .await
-            .map_err(|status| SessionError::Call { call: "session", status })?
+            .map_err(|status| SessionError::Call {
+                call: "session",
+                status,
+            })?
             .into_inner();
         tracing::info!(agent = %self.card.name, agent_id = %registration.agent_id, "session open");
         let heartbeat_ms = u64::from(registration.heartbeat_interval_ms.max(100));
@@ -260,18 +292,25 @@ impl AgentRunner {
             .collect()
     }
 
-    async fn on_control(&mut self, message: pb::ControlMessage, draining: bool, frames: &mpsc::Sender<pb::AgentMessage>) {
+    async fn on_control(
+        &mut self,
+        message: pb::ControlMessage,
+        draining: bool,
+        frames: &mpsc::Sender<pb::AgentMessage>,
+    ) {
         for cancellation in message.cancellations {
             let key = (cancellation.workflow_id, cancellation.task_index);
-            if let Some((attempt, token)) = self.running.get(&key) {
-                if *attempt == cancellation.attempt {
-                    token.cancel();
-                }
+            if let Some((attempt, token)) = self.running.get(&key)
+                && *attempt == cancellation.attempt
+            {
+                token.cancel();
             }
         }
         let mut refused = Vec::new();
         for assignment in message.assignments {
-            let Some(task_ref) = assignment.task.clone() else { continue };
+            let Some(task_ref) = assignment.task.clone() else {
+                continue;
+            };
             let over_capacity = self.running.len() as u32 >= self.card.max_concurrency;
             if draining || over_capacity {
                 refused.push(pb::TaskResult {
@@ -286,19 +325,33 @@ impl AgentRunner {
             self.start(assignment, task_ref);
         }
         if !refused.is_empty() {
-            let _ = frames.send(pb::AgentMessage { results: refused, draining, ..Default::default() }).await;
+            let _ = frames
+                .send(pb::AgentMessage {
+                    results: refused,
+                    draining,
+                    ..Default::default()
+                })
+                .await;
         }
     }
 
     fn start(&mut self, assignment: pb::Assignment, task_ref: pb::TaskRef) {
         let cancel = CancellationToken::new();
-        self.running.insert((task_ref.workflow_id.clone(), task_ref.task_index), (task_ref.attempt, cancel.clone()));
+        self.running.insert(
+            (task_ref.workflow_id.clone(), task_ref.task_index),
+            (task_ref.attempt, cancel.clone()),
+        );
         let agent = self.agent.clone();
         let results = self.results_sender.clone();
         self.tasks.spawn(async move {
             let input = serde_json::from_slice(&assignment.input_json);
             let result = match input {
-                Err(error) => outcome_to_pb(task_ref, Some(TaskOutcome::invalid_input(format!("input is not JSON: {error}")))),
+                Err(error) => outcome_to_pb(
+                    task_ref,
+                    Some(TaskOutcome::invalid_input(format!(
+                        "input is not JSON: {error}"
+                    ))),
+                ),
                 Ok(input) => {
                     let task = Task {
                         workflow_id: task_ref.workflow_id.clone(),
@@ -325,7 +378,10 @@ impl AgentRunner {
 }
 
 fn outcome_to_pb(task: pb::TaskRef, outcome: Option<TaskOutcome>) -> pb::TaskResult {
-    let mut result = pb::TaskResult { task: Some(task), ..Default::default() };
+    let mut result = pb::TaskResult {
+        task: Some(task),
+        ..Default::default()
+    };
     match outcome {
         Some(TaskOutcome::Succeeded(output)) => {
             result.outcome = pb::Outcome::Succeeded.into();

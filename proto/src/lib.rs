@@ -11,7 +11,8 @@ pub mod v1 {
 }
 
 /// The encoded `FileDescriptorSet` of every `paygrid.v1` file, for `tonic-reflection`.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/paygrid_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/paygrid_descriptor.bin"));
 
 /// gRPC metadata key carrying the agent id on a `Session` call.
 pub const AGENT_ID_METADATA: &str = "paygrid-agent-id";

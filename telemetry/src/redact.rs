@@ -17,7 +17,10 @@ pub fn mask_pans(text: &str) -> String {
                     digits.push(chars[j]);
                     end = j + 1;
                     j += 1;
-                } else if matches!(chars[j], ' ' | '-') && j + 1 < chars.len() && chars[j + 1].is_ascii_digit() {
+                } else if matches!(chars[j], ' ' | '-')
+                    && j + 1 < chars.len()
+                    && chars[j + 1].is_ascii_digit()
+                {
                     j += 1;
                 } else {
                     break;
@@ -27,7 +30,13 @@ pub fn mask_pans(text: &str) -> String {
                 let masked: String = digits
                     .iter()
                     .enumerate()
-                    .map(|(k, d)| if k < 6 || k >= digits.len() - 4 { *d } else { '*' })
+                    .map(|(k, d)| {
+                        if k < 6 || k >= digits.len() - 4 {
+                            *d
+                        } else {
+                            '*'
+                        }
+                    })
                     .collect();
                 out.push_str(&masked);
             } else {
@@ -57,7 +66,7 @@ fn luhn(digits: &[char]) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 #[cfg(test)]
@@ -66,7 +75,10 @@ mod tests {
 
     #[test]
     fn masks_luhn_valid_numbers_only() {
-        assert_eq!(mask_pans("card 4242424242424242 ok"), "card 424242******4242 ok");
+        assert_eq!(
+            mask_pans("card 4242424242424242 ok"),
+            "card 424242******4242 ok"
+        );
         assert_eq!(mask_pans("4242 4242 4242 4242"), "424242******4242");
         assert_eq!(mask_pans("order 1234567890123"), "order 1234567890123");
         assert_eq!(mask_pans("amount 1250"), "amount 1250");

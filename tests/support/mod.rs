@@ -1,7 +1,7 @@
 //! Test support: start the real `paygrid` binary's parts on loopback port 0, read their
 //! addresses, talk to them over gRPC and HTTP, and kill them on drop.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -35,8 +35,15 @@ impl Part {
         let mut reader = BufReader::new(stdout);
         let mut line = String::new();
         reader.read_line(&mut line).expect("read the first line");
-        assert!(!line.is_empty(), "paygrid {args:?} exited before it was ready");
-        let url = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap_or_default().to_owned();
+        assert!(
+            !line.is_empty(),
+            "paygrid {args:?} exited before it was ready"
+        );
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_default()
+            .to_owned();
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || {
             let mut sink = String::new();
@@ -67,11 +74,29 @@ pub struct Fleet {
 
 impl Fleet {
     pub fn start(gateway_args: &[&str], execs: usize) -> Self {
-        let mut args = vec!["gateway-sim", "--listen", "127.0.0.1:0", "--name", "alpha", "--cost-bps", "25"];
+        let mut args = vec![
+            "gateway-sim",
+            "--listen",
+            "127.0.0.1:0",
+            "--name",
+            "alpha",
+            "--cost-bps",
+            "25",
+        ];
         args.extend_from_slice(gateway_args);
         let gateway = Part::start(&args);
-        let control = Part::start(&["control", "--listen", "127.0.0.1:0", "--lease-ttl-ms", "5000"]);
-        let mut fleet = Self { execs: Vec::new(), control, gateway };
+        let control = Part::start(&[
+            "control",
+            "--listen",
+            "127.0.0.1:0",
+            "--lease-ttl-ms",
+            "5000",
+        ]);
+        let mut fleet = Self {
+            execs: Vec::new(),
+            control,
+            gateway,
+        };
         for n in 0..execs {
             fleet.add_exec(&format!("exec-{n}"), &[]);
         }
@@ -80,7 +105,15 @@ impl Fleet {
 
     pub fn add_exec(&mut self, name: &str, extra: &[&str]) {
         let gateway = format!("alpha={}@25", self.gateway.url);
-        let mut args = vec!["--control", &self.control.url, "exec", "--name", name, "--gateway", &gateway];
+        let mut args = vec![
+            "--control",
+            &self.control.url,
+            "exec",
+            "--name",
+            name,
+            "--gateway",
+            &gateway,
+        ];
         args.extend_from_slice(extra);
         self.execs.push(Part::start(&args));
     }
@@ -98,12 +131,27 @@ impl Fleet {
         let mut client = self.agents().await;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let agents = client.list_agents(pb::ListAgentsRequest::default()).await.expect("list agents").into_inner().agents;
-            let offered = |skill: &&str| agents.iter().any(|a| a.connected && a.card.as_ref().is_some_and(|c| c.skills.iter().any(|s| s.name == *skill)));
+            let agents = client
+                .list_agents(pb::ListAgentsRequest::default())
+                .await
+                .expect("list agents")
+                .into_inner()
+                .agents;
+            let offered = |skill: &&str| {
+                agents.iter().any(|a| {
+                    a.connected
+                        && a.card
+                            .as_ref()
+                            .is_some_and(|c| c.skills.iter().any(|s| s.name == *skill))
+                })
+            };
             if skills.iter().all(offered) {
                 return;
             }
-            assert!(Instant::now() < deadline, "agents for {skills:?} never connected");
+            assert!(
+                Instant::now() < deadline,
+                "agents for {skills:?} never connected"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -112,10 +160,17 @@ impl Fleet {
 pub async fn channel(url: &str) -> Channel {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match Channel::from_shared(url.to_owned()).expect("url").connect().await {
+        match Channel::from_shared(url.to_owned())
+            .expect("url")
+            .connect()
+            .await
+        {
             Ok(channel) => return channel,
             Err(error) => {
-                assert!(Instant::now() < deadline, "cannot connect to {url}: {error}");
+                assert!(
+                    Instant::now() < deadline,
+                    "cannot connect to {url}: {error}"
+                );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
@@ -123,10 +178,19 @@ pub async fn channel(url: &str) -> Channel {
 }
 
 pub fn spec(name: &str) -> String {
-    std::fs::read_to_string(format!("{}/examples/specs/{name}.yaml", env!("CARGO_MANIFEST_DIR"))).expect("example spec")
+    std::fs::read_to_string(format!(
+        "{}/examples/specs/{name}.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .expect("example spec")
 }
 
-pub async fn submit(client: &mut WorkflowsClient<Channel>, spec: &str, input: serde_json::Value, priority: pb::Priority) -> String {
+pub async fn submit(
+    client: &mut WorkflowsClient<Channel>,
+    spec: &str,
+    input: serde_json::Value,
+    priority: pb::Priority,
+) -> String {
     client
         .submit(pb::SubmitRequest {
             spec: Some(pb::submit_request::Spec::SpecText(spec.to_owned())),
@@ -143,28 +207,52 @@ pub async fn submit(client: &mut WorkflowsClient<Channel>, spec: &str, input: se
 pub fn is_terminal(status: i32) -> bool {
     matches!(
         pb::WorkflowStatus::try_from(status),
-        Ok(pb::WorkflowStatus::Succeeded | pb::WorkflowStatus::Failed | pb::WorkflowStatus::Compensated | pb::WorkflowStatus::Cancelled)
+        Ok(pb::WorkflowStatus::Succeeded
+            | pb::WorkflowStatus::Failed
+            | pb::WorkflowStatus::Compensated
+            | pb::WorkflowStatus::Cancelled)
     )
 }
 
 /// Follows `Watch` until the workflow ends, then returns its final state.
 pub async fn wait_terminal(client: &mut WorkflowsClient<Channel>, id: &str) -> pb::Workflow {
     let watch = async {
-        let mut stream = client.watch(pb::WatchWorkflowRequest { workflow_id: id.to_owned() }).await.expect("watch").into_inner();
+        let mut stream = client
+            .watch(pb::WatchWorkflowRequest {
+                workflow_id: id.to_owned(),
+            })
+            .await
+            .expect("watch")
+            .into_inner();
         while let Ok(Some(_)) = stream.message().await {}
     };
-    tokio::time::timeout(Duration::from_secs(60), watch).await.expect("workflow did not finish within 60s");
+    tokio::time::timeout(Duration::from_secs(60), watch)
+        .await
+        .expect("workflow did not finish within 60s");
     let workflow = get(client, id).await;
-    assert!(is_terminal(workflow.status), "watch ended before the workflow did: {workflow:?}");
+    assert!(
+        is_terminal(workflow.status),
+        "watch ended before the workflow did: {workflow:?}"
+    );
     workflow
 }
 
 pub async fn get(client: &mut WorkflowsClient<Channel>, id: &str) -> pb::Workflow {
-    client.get(pb::GetWorkflowRequest { workflow_id: id.to_owned() }).await.expect("get").into_inner()
+    client
+        .get(pb::GetWorkflowRequest {
+            workflow_id: id.to_owned(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
 }
 
 pub fn task<'a>(workflow: &'a pb::Workflow, id: &str) -> &'a pb::TaskState {
-    workflow.tasks.iter().find(|t| t.task_id == id).unwrap_or_else(|| panic!("no task {id}"))
+    workflow
+        .tasks
+        .iter()
+        .find(|t| t.task_id == id)
+        .unwrap_or_else(|| panic!("no task {id}"))
 }
 
 /// A minimal HTTP/1.1 call to the gateway simulator; returns the JSON body.

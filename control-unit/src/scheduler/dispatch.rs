@@ -42,7 +42,9 @@ impl Scheduler {
             if !self.skill_has_credit(skill) || parked.len() >= self.config.parked_scan_max {
                 break;
             }
-            let Some((class, entry)) = self.pop_next(skill) else { break };
+            let Some((class, entry)) = self.pop_next(skill) else {
+                break;
+            };
             if !self.entry_is_current(&entry) {
                 continue;
             }
@@ -62,7 +64,9 @@ impl Scheduler {
     fn skill_has_credit(&self, skill: &Arc<str>) -> bool {
         self.skills.get(skill).is_some_and(|queue| {
             queue.agents.iter().any(|id| {
-                self.agents.get(id).is_some_and(|a| a.credits > 0 && !a.draining)
+                self.agents
+                    .get(id)
+                    .is_some_and(|a| a.credits > 0 && !a.draining)
             })
         })
     }
@@ -83,14 +87,16 @@ impl Scheduler {
     }
 
     fn entry_is_current(&self, entry: &ReadyEntry) -> bool {
-        self.workflows.get(&entry.slot.workflow).is_some_and(|workflow| {
-            let running = workflow.status == WorkflowStatus::Running
-                || (entry.slot.compensation && workflow.status == WorkflowStatus::Compensating);
-            running
-                && workflow
-                    .execution(entry.slot)
-                    .is_some_and(|e| e.status == TaskStatus::Ready && e.attempt == entry.attempt)
-        })
+        self.workflows
+            .get(&entry.slot.workflow)
+            .is_some_and(|workflow| {
+                let running = workflow.status == WorkflowStatus::Running
+                    || (entry.slot.compensation && workflow.status == WorkflowStatus::Compensating);
+                running
+                    && workflow.execution(entry.slot).is_some_and(|e| {
+                        e.status == TaskStatus::Ready && e.attempt == entry.attempt
+                    })
+            })
     }
 
     /// The agent a slot should go to now; `Ok(None)` when every eligible agent is busy.
@@ -116,32 +122,54 @@ impl Scheduler {
                 wanted.push((key.clone(), value));
             }
         }
-        let Some(queue) = self.skills.get(skill) else { return Ok(None) };
-        let matches_labels = |id: &AgentId| {
-            self.agents.get(id).is_some_and(|a| {
-                wanted.iter().all(|(k, v)| a.labels.get(k) == Some(v))
-            })
+        let Some(queue) = self.skills.get(skill) else {
+            return Ok(None);
         };
-        let fallback = route.is_some_and(|r| r.fallback) && !queue.agents.iter().any(matches_labels);
+        let matches_labels = |id: &AgentId| {
+            self.agents
+                .get(id)
+                .is_some_and(|a| wanted.iter().all(|(k, v)| a.labels.get(k) == Some(v)))
+        };
+        let fallback =
+            route.is_some_and(|r| r.fallback) && !queue.agents.iter().any(matches_labels);
         let policy = route.map_or(RoutePolicy::LeastLoaded, |r| r.policy);
         let now = self.now;
-        let candidates = queue.agents.iter().filter_map(|id| self.agents.get(id)).filter(|agent| {
-            agent.credits > 0 && !agent.draining && (fallback || matches_labels(&agent.id))
-        });
+        let candidates = queue
+            .agents
+            .iter()
+            .filter_map(|id| self.agents.get(id))
+            .filter(|agent| {
+                agent.credits > 0 && !agent.draining && (fallback || matches_labels(&agent.id))
+            });
         let chosen = match policy {
-            RoutePolicy::LeastLoaded => candidates.max_by_key(|a| (a.credits, Reverse(a.id.clone()))),
-            RoutePolicy::Cheapest => candidates.min_by_key(|a| (a.cost_bps, Reverse(a.credits), a.id.clone())),
+            RoutePolicy::LeastLoaded => {
+                candidates.max_by_key(|a| (a.credits, Reverse(a.id.clone())))
+            }
+            RoutePolicy::Cheapest => {
+                candidates.min_by_key(|a| (a.cost_bps, Reverse(a.credits), a.id.clone()))
+            }
             RoutePolicy::CheapestHealthy => {
                 let all: Vec<_> = candidates.collect();
-                let healthy: Vec<_> = all.iter().filter(|a| a.unhealthy_until <= now).copied().collect();
+                let healthy: Vec<_> = all
+                    .iter()
+                    .filter(|a| a.unhealthy_until <= now)
+                    .copied()
+                    .collect();
                 let pool = if healthy.is_empty() { all } else { healthy };
-                pool.into_iter().min_by_key(|a| (a.cost_bps, Reverse(a.credits), a.id.clone()))
+                pool.into_iter()
+                    .min_by_key(|a| (a.cost_bps, Reverse(a.credits), a.id.clone()))
             }
         };
         Ok(chosen.map(|a| a.id.clone()))
     }
 
-    fn assign(&mut self, skill: &Arc<str>, agent: AgentId, entry: ReadyEntry, out: &mut Vec<Command>) {
+    fn assign(
+        &mut self,
+        skill: &Arc<str>,
+        agent: AgentId,
+        entry: ReadyEntry,
+        out: &mut Vec<Command>,
+    ) {
         let now = self.now;
         let slot = entry.slot;
         let workflow = &self.workflows[&slot.workflow];
@@ -171,8 +199,12 @@ impl Scheduler {
         let traceparent = workflow.traceparent.clone();
         let deadline = now + timeout.as_millis() as u64;
         let lease_until = now + self.config.lease_ttl.as_millis() as u64;
-        let Some(workflow) = self.workflows.get_mut(&slot.workflow) else { return };
-        let Some(execution) = workflow.execution_mut(slot) else { return };
+        let Some(workflow) = self.workflows.get_mut(&slot.workflow) else {
+            return;
+        };
+        let Some(execution) = workflow.execution_mut(slot) else {
+            return;
+        };
         execution.attempt += 1;
         execution.attempt_open = true;
         execution.status = TaskStatus::Dispatched;
@@ -189,16 +221,31 @@ impl Scheduler {
             agent_slot.credits -= 1;
             agent_slot.assigned.insert(slot, attempt);
         }
-        self.timers.push(Reverse(Timer { at: deadline, slot, attempt, kind: TimerKind::Timeout }));
-        self.timers.push(Reverse(Timer { at: lease_until, slot, attempt, kind: TimerKind::Lease }));
-        record(out, slot.workflow, now, Change::Task {
-            task: slot.task,
-            compensation: slot.compensation,
-            status: TaskStatus::Dispatched,
+        self.timers.push(Reverse(Timer {
+            at: deadline,
+            slot,
             attempt,
-            agent: Some(agent.clone()),
-            detail: None,
-        });
+            kind: TimerKind::Timeout,
+        }));
+        self.timers.push(Reverse(Timer {
+            at: lease_until,
+            slot,
+            attempt,
+            kind: TimerKind::Lease,
+        }));
+        record(
+            out,
+            slot.workflow,
+            now,
+            Change::Task {
+                task: slot.task,
+                compensation: slot.compensation,
+                status: TaskStatus::Dispatched,
+                attempt,
+                agent: Some(agent.clone()),
+                detail: None,
+            },
+        );
         out.push(Command::Dispatch {
             agent,
             assignment: Box::new(Assignment {

@@ -19,7 +19,9 @@ impl Scheduler {
     /// All needs of a task finished: skip it, pass it (checkpoint) or make it ready.
     pub(super) fn task_unblocked(&mut self, id: WorkflowId, task: u32, out: &mut Vec<Command>) {
         let now = self.now;
-        let Some(workflow) = self.workflows.get(&id) else { return };
+        let Some(workflow) = self.workflows.get(&id) else {
+            return;
+        };
         if workflow.status != WorkflowStatus::Running {
             return;
         }
@@ -30,7 +32,14 @@ impl Scheduler {
             .iter()
             .any(|n| workflow.tasks[*n as usize].run.status == TaskStatus::Skipped);
         if upstream_skipped {
-            self.finish_task(id, task, TaskStatus::Skipped, None, Some("an upstream task was skipped".into()), out);
+            self.finish_task(
+                id,
+                task,
+                TaskStatus::Skipped,
+                None,
+                Some("an upstream task was skipped".into()),
+                out,
+            );
             return;
         }
         if let Some(condition) = &compiled.when {
@@ -43,53 +52,99 @@ impl Scheduler {
                     return;
                 }
                 Err(error) => {
-                    self.fail_task(Slot { workflow: id, task, compensation: false }, error, out);
+                    self.fail_task(
+                        Slot {
+                            workflow: id,
+                            task,
+                            compensation: false,
+                        },
+                        error,
+                        out,
+                    );
                     return;
                 }
             }
         }
         if matches!(compiled.kind, TaskKind::Checkpoint { verify: None }) {
-            self.finish_task(id, task, TaskStatus::Succeeded, None, Some("checkpoint passed".into()), out);
+            self.finish_task(
+                id,
+                task,
+                TaskStatus::Succeeded,
+                None,
+                Some("checkpoint passed".into()),
+                out,
+            );
             return;
         }
         if let Some(workflow) = self.workflows.get_mut(&id) {
             workflow.tasks[task as usize].run.started_at = now;
         }
-        self.make_ready(Slot { workflow: id, task, compensation: false }, out);
+        self.make_ready(
+            Slot {
+                workflow: id,
+                task,
+                compensation: false,
+            },
+            out,
+        );
     }
 
     /// Puts a slot in its skill's ready queue.
     pub(super) fn make_ready(&mut self, slot: Slot, out: &mut Vec<Command>) {
         let now = self.now;
-        let Some(workflow) = self.workflows.get_mut(&slot.workflow) else { return };
+        let Some(workflow) = self.workflows.get_mut(&slot.workflow) else {
+            return;
+        };
         let priority = workflow.priority;
         let spec = workflow.spec.clone();
         let compiled = &spec.tasks[slot.task as usize];
         let skill: Arc<str> = if slot.compensation {
-            compiled.compensate.as_ref().map_or("", |c| c.skill.as_str()).into()
+            compiled
+                .compensate
+                .as_ref()
+                .map_or("", |c| c.skill.as_str())
+                .into()
         } else {
             compiled.skill().unwrap_or_default().into()
         };
-        let Some(execution) = workflow.execution_mut(slot) else { return };
+        let Some(execution) = workflow.execution_mut(slot) else {
+            return;
+        };
         execution.status = TaskStatus::Ready;
         let attempt = execution.attempt;
         workflow.updated_at = now;
-        record(out, slot.workflow, now, Change::Task {
-            task: slot.task,
-            compensation: slot.compensation,
-            status: TaskStatus::Ready,
-            attempt,
-            agent: None,
-            detail: None,
-        });
+        record(
+            out,
+            slot.workflow,
+            now,
+            Change::Task {
+                task: slot.task,
+                compensation: slot.compensation,
+                status: TaskStatus::Ready,
+                attempt,
+                agent: None,
+                detail: None,
+            },
+        );
         self.mark_dirty(&skill);
         if let Some(queue) = self.skills.get_mut(&skill) {
-            queue.ready[priority.index()].push_back(ReadyEntry { slot, attempt, ready_at: now });
+            queue.ready[priority.index()].push_back(ReadyEntry {
+                slot,
+                attempt,
+                ready_at: now,
+            });
         }
     }
 
     /// A result from an agent.
-    pub(super) fn result(&mut self, agent: &AgentId, slot: Slot, attempt: u32, outcome: Outcome, out: &mut Vec<Command>) {
+    pub(super) fn result(
+        &mut self,
+        agent: &AgentId,
+        slot: Slot,
+        attempt: u32,
+        outcome: Outcome,
+        out: &mut Vec<Command>,
+    ) {
         let now = self.now;
         if let Some(agent_slot) = self.agents.get_mut(agent) {
             agent_slot.assigned.remove(&slot);
@@ -97,7 +152,8 @@ impl Scheduler {
                 Outcome::Retryable { .. } => {
                     agent_slot.consecutive_failures += 1;
                     if agent_slot.consecutive_failures >= self.config.unhealthy_failures {
-                        agent_slot.unhealthy_until = now + self.config.unhealthy_cooldown.as_millis() as u64;
+                        agent_slot.unhealthy_until =
+                            now + self.config.unhealthy_cooldown.as_millis() as u64;
                     }
                 }
                 Outcome::Succeeded { .. } | Outcome::Permanent { .. } => {
@@ -107,8 +163,12 @@ impl Scheduler {
                 Outcome::Cancelled => {}
             }
         }
-        let Some(workflow) = self.workflows.get_mut(&slot.workflow) else { return };
-        let Some(execution) = workflow.execution_mut(slot) else { return };
+        let Some(workflow) = self.workflows.get_mut(&slot.workflow) else {
+            return;
+        };
+        let Some(execution) = workflow.execution_mut(slot) else {
+            return;
+        };
         if execution.attempt != attempt || !execution.attempt_open {
             return; // stale: that attempt was abandoned or already answered
         }
@@ -127,9 +187,22 @@ impl Scheduler {
                 execution.history.push(history);
                 execution.agent = Some(agent.clone());
                 if slot.compensation {
-                    self.compensation_finished(slot, TaskStatus::Compensated, None, Some(output), out);
+                    self.compensation_finished(
+                        slot,
+                        TaskStatus::Compensated,
+                        None,
+                        Some(output),
+                        out,
+                    );
                 } else {
-                    self.finish_task(slot.workflow, slot.task, TaskStatus::Succeeded, Some(output), None, out);
+                    self.finish_task(
+                        slot.workflow,
+                        slot.task,
+                        TaskStatus::Succeeded,
+                        Some(output),
+                        None,
+                        out,
+                    );
                 }
             }
             Outcome::Retryable { error } => {
@@ -155,10 +228,20 @@ impl Scheduler {
 
     /// Gives up on an in-flight attempt (timeout, lease expiry): cancel it on its agent,
     /// ignore its result from now on, and retry or fail.
-    pub(super) fn abandon_attempt(&mut self, slot: Slot, outcome: AttemptOutcome, error: String, out: &mut Vec<Command>) {
+    pub(super) fn abandon_attempt(
+        &mut self,
+        slot: Slot,
+        outcome: AttemptOutcome,
+        error: String,
+        out: &mut Vec<Command>,
+    ) {
         let now = self.now;
-        let Some(workflow) = self.workflows.get_mut(&slot.workflow) else { return };
-        let Some(execution) = workflow.execution_mut(slot) else { return };
+        let Some(workflow) = self.workflows.get_mut(&slot.workflow) else {
+            return;
+        };
+        let Some(execution) = workflow.execution_mut(slot) else {
+            return;
+        };
         execution.attempt_open = false;
         let attempt = execution.attempt;
         let agent = execution.agent.clone();
@@ -170,26 +253,42 @@ impl Scheduler {
             outcome,
             error: Some(error.clone()),
         });
-        if let Some(agent) = agent {
-            if let Some(agent_slot) = self.agents.get_mut(&agent) {
-                if agent_slot.assigned.get(&slot) == Some(&attempt) {
-                    out.push(Command::Cancel { agent: agent.clone(), slot, attempt });
-                }
-            }
+        if let Some(agent) = agent
+            && let Some(agent_slot) = self.agents.get_mut(&agent)
+            && agent_slot.assigned.get(&slot) == Some(&attempt)
+        {
+            out.push(Command::Cancel {
+                agent: agent.clone(),
+                slot,
+                attempt,
+            });
         }
         self.retry_or_fail(slot, error, out);
     }
 
     /// The agent holding an attempt went away: dispatch again at once, without backoff.
-    pub(super) fn requeue_lost(&mut self, slot: Slot, attempt: u32, outcome: AttemptOutcome, error: &str, out: &mut Vec<Command>) {
+    pub(super) fn requeue_lost(
+        &mut self,
+        slot: Slot,
+        attempt: u32,
+        outcome: AttemptOutcome,
+        error: &str,
+        out: &mut Vec<Command>,
+    ) {
         let now = self.now;
-        let Some(workflow) = self.workflows.get_mut(&slot.workflow) else { return };
-        let Some(execution) = workflow.execution_mut(slot) else { return };
+        let Some(workflow) = self.workflows.get_mut(&slot.workflow) else {
+            return;
+        };
+        let Some(execution) = workflow.execution_mut(slot) else {
+            return;
+        };
         if execution.attempt != attempt || !execution.attempt_open || !execution.is_in_flight() {
             return;
         }
         let stopping = !slot.compensation && workflow.status != WorkflowStatus::Running;
-        let Some(execution) = workflow.execution_mut(slot) else { return };
+        let Some(execution) = workflow.execution_mut(slot) else {
+            return;
+        };
         execution.history.push(AttemptRecord {
             attempt,
             agent: execution.agent.clone(),
@@ -209,7 +308,9 @@ impl Scheduler {
 
     fn retry_or_fail(&mut self, slot: Slot, error: String, out: &mut Vec<Command>) {
         let now = self.now;
-        let Some(workflow) = self.workflows.get_mut(&slot.workflow) else { return };
+        let Some(workflow) = self.workflows.get_mut(&slot.workflow) else {
+            return;
+        };
         let spec = workflow.spec.clone();
         let compiled = &spec.tasks[slot.task as usize];
         let policy = match (&compiled.compensate, slot.compensation) {
@@ -217,7 +318,9 @@ impl Scheduler {
             _ => compiled.retry,
         };
         let stopping = !slot.compensation && workflow.status != WorkflowStatus::Running;
-        let Some(execution) = workflow.execution_mut(slot) else { return };
+        let Some(execution) = workflow.execution_mut(slot) else {
+            return;
+        };
         if stopping {
             // The workflow is failing or cancelled: this task will not run again.
             execution.status = TaskStatus::Cancelled;
@@ -230,7 +333,8 @@ impl Scheduler {
             self.fail_task(slot, error, out);
             return;
         }
-        let seed = (slot.workflow.0 as u64) ^ (u64::from(slot.task) << 32) ^ u64::from(execution.attempt);
+        let seed =
+            (slot.workflow.0 as u64) ^ (u64::from(slot.task) << 32) ^ u64::from(execution.attempt);
         let delay = backoff_delay(&policy, execution.attempt, seed);
         let at = now + delay.as_millis() as u64;
         execution.status = TaskStatus::Backoff;
@@ -238,15 +342,25 @@ impl Scheduler {
         execution.error = Some(error.clone());
         let attempt = execution.attempt;
         workflow.updated_at = now;
-        record(out, slot.workflow, now, Change::Task {
-            task: slot.task,
-            compensation: slot.compensation,
-            status: TaskStatus::Backoff,
+        record(
+            out,
+            slot.workflow,
+            now,
+            Change::Task {
+                task: slot.task,
+                compensation: slot.compensation,
+                status: TaskStatus::Backoff,
+                attempt,
+                agent: None,
+                detail: Some(format!("retry in {}ms: {error}", delay.as_millis())),
+            },
+        );
+        self.timers.push(Reverse(Timer {
+            at,
+            slot,
             attempt,
-            agent: None,
-            detail: Some(format!("retry in {}ms: {error}", delay.as_millis())),
-        });
-        self.timers.push(Reverse(Timer { at, slot, attempt, kind: TimerKind::Backoff }));
+            kind: TimerKind::Backoff,
+        }));
     }
 
     /// A task failed for good: the workflow fails (or a compensation failed).
@@ -256,7 +370,9 @@ impl Scheduler {
             return;
         }
         let now = self.now;
-        let Some(workflow) = self.workflows.get_mut(&slot.workflow) else { return };
+        let Some(workflow) = self.workflows.get_mut(&slot.workflow) else {
+            return;
+        };
         let task_id = workflow.task_id(slot.task).to_owned();
         let task = &mut workflow.tasks[slot.task as usize];
         let was_terminal = task.run.status.is_terminal();
@@ -267,16 +383,25 @@ impl Scheduler {
         if !was_terminal {
             workflow.tasks_remaining -= 1;
         }
-        record(out, slot.workflow, now, Change::Task {
-            task: slot.task,
-            compensation: false,
-            status: TaskStatus::Failed,
-            attempt,
-            agent: None,
-            detail: Some(error.clone()),
-        });
+        record(
+            out,
+            slot.workflow,
+            now,
+            Change::Task {
+                task: slot.task,
+                compensation: false,
+                status: TaskStatus::Failed,
+                attempt,
+                agent: None,
+                detail: Some(error.clone()),
+            },
+        );
         if workflow.status == WorkflowStatus::Running {
-            self.stop_workflow(slot.workflow, format!("task `{task_id}` failed: {error}"), out);
+            self.stop_workflow(
+                slot.workflow,
+                format!("task `{task_id}` failed: {error}"),
+                out,
+            );
         } else {
             self.continue_compensation(slot.workflow, out);
         }
@@ -293,7 +418,9 @@ impl Scheduler {
         out: &mut Vec<Command>,
     ) {
         let now = self.now;
-        let Some(workflow) = self.workflows.get_mut(&id) else { return };
+        let Some(workflow) = self.workflows.get_mut(&id) else {
+            return;
+        };
         let spec = workflow.spec.clone();
         let compiled = &spec.tasks[task as usize];
         let state = &mut workflow.tasks[task as usize];
@@ -310,14 +437,19 @@ impl Scheduler {
         if status == TaskStatus::Succeeded && compiled.compensate.is_some() {
             workflow.compensation_stack.push(task);
         }
-        record(out, id, now, Change::Task {
-            task,
-            compensation: false,
-            status,
-            attempt,
-            agent,
-            detail,
-        });
+        record(
+            out,
+            id,
+            now,
+            Change::Task {
+                task,
+                compensation: false,
+                status,
+                attempt,
+                agent,
+                detail,
+            },
+        );
         if workflow.status != WorkflowStatus::Running {
             // A late answer after the workflow began failing: a success is compensated.
             self.continue_compensation(id, out);
@@ -328,7 +460,9 @@ impl Scheduler {
             return;
         }
         for &dependent in &compiled.dependents {
-            let Some(workflow) = self.workflows.get_mut(&id) else { return };
+            let Some(workflow) = self.workflows.get_mut(&id) else {
+                return;
+            };
             let state = &mut workflow.tasks[dependent as usize];
             state.pending_needs -= 1;
             if state.pending_needs == 0 {
@@ -340,7 +474,9 @@ impl Scheduler {
     /// Failure or cancellation: stop everything not finished, then compensate.
     pub(super) fn stop_workflow(&mut self, id: WorkflowId, reason: String, out: &mut Vec<Command>) {
         let now = self.now;
-        let Some(workflow) = self.workflows.get_mut(&id) else { return };
+        let Some(workflow) = self.workflows.get_mut(&id) else {
+            return;
+        };
         workflow.error = Some(reason.clone());
         workflow.status = WorkflowStatus::Compensating;
         workflow.updated_at = now;
@@ -353,7 +489,11 @@ impl Scheduler {
                 // Stays in flight until its agent answers or it times out; a late
                 // success is then compensated like any other.
                 if let Some(agent) = &task.run.agent {
-                    let slot = Slot { workflow: id, task: index as u32, compensation: false };
+                    let slot = Slot {
+                        workflow: id,
+                        task: index as u32,
+                        compensation: false,
+                    };
                     cancels.push((agent.clone(), slot, task.run.attempt));
                 }
                 continue;
@@ -362,7 +502,11 @@ impl Scheduler {
             task.run.attempt_open = false;
         }
         for (agent, slot, attempt) in cancels {
-            out.push(Command::Cancel { agent, slot, attempt });
+            out.push(Command::Cancel {
+                agent,
+                slot,
+                attempt,
+            });
         }
         self.continue_compensation(id, out);
     }
@@ -370,17 +514,25 @@ impl Scheduler {
     /// Starts the next compensation (latest completed task first), or ends the workflow.
     pub(super) fn continue_compensation(&mut self, id: WorkflowId, out: &mut Vec<Command>) {
         let now = self.now;
-        let Some(workflow) = self.workflows.get_mut(&id) else { return };
+        let Some(workflow) = self.workflows.get_mut(&id) else {
+            return;
+        };
         if workflow.status.is_terminal() || workflow.compensating.is_some() {
             return;
         }
         let Some(task) = workflow.compensation_stack.pop() else {
-            if workflow.tasks.iter().any(|t| t.run.is_in_flight() && t.run.attempt_open) {
+            if workflow
+                .tasks
+                .iter()
+                .any(|t| t.run.is_in_flight() && t.run.attempt_open)
+            {
                 return; // wait for in-flight attempts to answer, be cancelled or time out
             }
             let status = if workflow.cancel_requested {
                 WorkflowStatus::Cancelled
-            } else if workflow.compensation_failures > 0 || !workflow.tasks.iter().any(|t| t.compensation.is_some()) {
+            } else if workflow.compensation_failures > 0
+                || !workflow.tasks.iter().any(|t| t.compensation.is_some())
+            {
                 WorkflowStatus::Failed
             } else {
                 WorkflowStatus::Compensated
@@ -394,14 +546,40 @@ impl Scheduler {
         let mut execution = Execution::new(TaskStatus::Blocked);
         execution.started_at = now;
         workflow.tasks[task as usize].compensation = Some(execution);
-        record(out, id, now, Change::Workflow { status: WorkflowStatus::Compensating, detail: workflow.error.clone() });
-        self.make_ready(Slot { workflow: id, task, compensation: true }, out);
+        record(
+            out,
+            id,
+            now,
+            Change::Workflow {
+                status: WorkflowStatus::Compensating,
+                detail: workflow.error.clone(),
+            },
+        );
+        self.make_ready(
+            Slot {
+                workflow: id,
+                task,
+                compensation: true,
+            },
+            out,
+        );
     }
 
-    fn compensation_finished(&mut self, slot: Slot, status: TaskStatus, error: Option<String>, output: Option<Arc<str>>, out: &mut Vec<Command>) {
+    fn compensation_finished(
+        &mut self,
+        slot: Slot,
+        status: TaskStatus,
+        error: Option<String>,
+        output: Option<Arc<str>>,
+        out: &mut Vec<Command>,
+    ) {
         let now = self.now;
-        let Some(workflow) = self.workflows.get_mut(&slot.workflow) else { return };
-        let Some(execution) = workflow.tasks[slot.task as usize].compensation.as_mut() else { return };
+        let Some(workflow) = self.workflows.get_mut(&slot.workflow) else {
+            return;
+        };
+        let Some(execution) = workflow.tasks[slot.task as usize].compensation.as_mut() else {
+            return;
+        };
         execution.status = status;
         execution.finished_at = now;
         execution.error = error.clone();
@@ -415,20 +593,33 @@ impl Scheduler {
         }
         workflow.compensating = None;
         workflow.updated_at = now;
-        record(out, slot.workflow, now, Change::Task {
-            task: slot.task,
-            compensation: true,
-            status,
-            attempt,
-            agent,
-            detail: error,
-        });
+        record(
+            out,
+            slot.workflow,
+            now,
+            Change::Task {
+                task: slot.task,
+                compensation: true,
+                status,
+                attempt,
+                agent,
+                detail: error,
+            },
+        );
         self.continue_compensation(slot.workflow, out);
     }
 
-    pub(super) fn finish_workflow(&mut self, id: WorkflowId, status: WorkflowStatus, detail: Option<String>, out: &mut Vec<Command>) {
+    pub(super) fn finish_workflow(
+        &mut self,
+        id: WorkflowId,
+        status: WorkflowStatus,
+        detail: Option<String>,
+        out: &mut Vec<Command>,
+    ) {
         let now = self.now;
-        let Some(workflow) = self.workflows.get_mut(&id) else { return };
+        let Some(workflow) = self.workflows.get_mut(&id) else {
+            return;
+        };
         if workflow.status.is_terminal() {
             return;
         }
@@ -453,11 +644,20 @@ fn condition_context(workflow: &super::Workflow) -> (Value, Value, Value) {
     let mut tasks = Map::new();
     for (index, task) in workflow.tasks.iter().enumerate() {
         let mut entry = Map::new();
-        entry.insert("status".into(), Value::String(task.run.status.as_str().into()));
+        entry.insert(
+            "status".into(),
+            Value::String(task.run.status.as_str().into()),
+        );
         if let Some(output) = &task.run.output {
-            entry.insert("output".into(), serde_json::from_str(output).unwrap_or(Value::Null));
+            entry.insert(
+                "output".into(),
+                serde_json::from_str(output).unwrap_or(Value::Null),
+            );
         }
-        tasks.insert(workflow.task_id(index as u32).to_owned(), Value::Object(entry));
+        tasks.insert(
+            workflow.task_id(index as u32).to_owned(),
+            Value::Object(entry),
+        );
     }
     let meta = serde_json::json!({"id": workflow.id.to_string(), "name": workflow.spec.name});
     ((*workflow.input).clone(), Value::Object(tasks), meta)
@@ -474,5 +674,7 @@ pub fn backoff_delay(policy: &RetryPolicy, attempt: u32, seed: u64) -> Duration 
         .with_jitter_seed(seed)
         .with_max_times(attempt.max(1) as usize)
         .build();
-    delays.nth(attempt.saturating_sub(1) as usize).unwrap_or(policy.max)
+    delays
+        .nth(attempt.saturating_sub(1) as usize)
+        .unwrap_or(policy.max)
 }

@@ -101,11 +101,26 @@ pub enum AgentEvent {
         labels: BTreeMap<String, String>,
         max_concurrency: u32,
     },
-    Left { agent: AgentId },
-    Credits { agent: AgentId, credits: u32 },
-    Draining { agent: AgentId },
-    Result { agent: AgentId, slot: Slot, attempt: u32, outcome: Outcome },
-    Heartbeat { agent: AgentId, running: Vec<(Slot, u32)> },
+    Left {
+        agent: AgentId,
+    },
+    Credits {
+        agent: AgentId,
+        credits: u32,
+    },
+    Draining {
+        agent: AgentId,
+    },
+    Result {
+        agent: AgentId,
+        slot: Slot,
+        attempt: u32,
+        outcome: Outcome,
+    },
+    Heartbeat {
+        agent: AgentId,
+        running: Vec<(Slot, u32)>,
+    },
 }
 
 /// A task handed to an agent.
@@ -134,7 +149,10 @@ pub struct Record {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
     Created,
-    Workflow { status: WorkflowStatus, detail: Option<String> },
+    Workflow {
+        status: WorkflowStatus,
+        detail: Option<String>,
+    },
     Task {
         task: u32,
         compensation: bool,
@@ -148,8 +166,15 @@ pub enum Change {
 /// What the core asks its driver to do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
-    Dispatch { agent: AgentId, assignment: Box<Assignment> },
-    Cancel { agent: AgentId, slot: Slot, attempt: u32 },
+    Dispatch {
+        agent: AgentId,
+        assignment: Box<Assignment>,
+    },
+    Cancel {
+        agent: AgentId,
+        slot: Slot,
+        attempt: u32,
+    },
     Record(Record),
 }
 
@@ -213,7 +238,9 @@ impl Scheduler {
     pub fn workflows_after(&self, after: Option<WorkflowId>) -> impl Iterator<Item = &Workflow> {
         use std::ops::Bound;
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-        self.workflows.range((start, Bound::Unbounded)).map(|(_, w)| w)
+        self.workflows
+            .range((start, Bound::Unbounded))
+            .map(|(_, w)| w)
     }
 
     pub fn active_workflows(&self) -> usize {
@@ -243,7 +270,10 @@ impl Scheduler {
     pub fn waiting_reason(&self, skill: &str) -> String {
         match self.skills.get(skill) {
             Some(queue) if !queue.agents.is_empty() => {
-                format!("waiting for a free slot on one of {} agents offering {skill}", queue.agents.len())
+                format!(
+                    "waiting for a free slot on one of {} agents offering {skill}",
+                    queue.agents.len()
+                )
             }
             _ => format!("no connected agent offers skill {skill}"),
         }
@@ -255,7 +285,12 @@ impl Scheduler {
     }
 
     /// Starts a workflow: its root tasks become ready.
-    pub fn submit(&mut self, now: Millis, new: NewWorkflow, out: &mut Vec<Command>) -> Result<(), SubmitError> {
+    pub fn submit(
+        &mut self,
+        now: Millis,
+        new: NewWorkflow,
+        out: &mut Vec<Command>,
+    ) -> Result<(), SubmitError> {
         self.advance(now);
         if self.workflows.contains_key(&new.id) {
             return Err(SubmitError::Duplicate(new.id));
@@ -306,7 +341,15 @@ impl Scheduler {
         self.workflows.insert(id, workflow);
         self.active += 1;
         record(out, id, now, Change::Created);
-        record(out, id, now, Change::Workflow { status: WorkflowStatus::Running, detail: None });
+        record(
+            out,
+            id,
+            now,
+            Change::Workflow {
+                status: WorkflowStatus::Running,
+                detail: None,
+            },
+        );
         for task in roots {
             self.task_unblocked(id, task, out);
         }
@@ -315,28 +358,48 @@ impl Scheduler {
 
     /// Cancels a workflow: in-flight tasks are cancelled on their agents and completed
     /// tasks are compensated. Returns the status after the request.
-    pub fn cancel(&mut self, now: Millis, id: WorkflowId, reason: &str, out: &mut Vec<Command>) -> Result<WorkflowStatus, CancelError> {
+    pub fn cancel(
+        &mut self,
+        now: Millis,
+        id: WorkflowId,
+        reason: &str,
+        out: &mut Vec<Command>,
+    ) -> Result<WorkflowStatus, CancelError> {
         self.advance(now);
-        let workflow = self.workflows.get_mut(&id).ok_or(CancelError::NotFound(id))?;
+        let workflow = self
+            .workflows
+            .get_mut(&id)
+            .ok_or(CancelError::NotFound(id))?;
         if workflow.status.is_terminal() || workflow.cancel_requested {
             return Ok(workflow.status);
         }
         workflow.cancel_requested = true;
         self.stop_workflow(id, format!("cancelled: {reason}"), out);
-        Ok(self.workflows.get(&id).map_or(WorkflowStatus::Cancelled, |w| w.status))
+        Ok(self
+            .workflows
+            .get(&id)
+            .map_or(WorkflowStatus::Cancelled, |w| w.status))
     }
 
     /// Applies one agent event.
     pub fn handle(&mut self, now: Millis, event: AgentEvent, out: &mut Vec<Command>) {
         self.advance(now);
         match event {
-            AgentEvent::Joined { agent, skills, labels, max_concurrency } => {
+            AgentEvent::Joined {
+                agent,
+                skills,
+                labels,
+                max_concurrency,
+            } => {
                 self.agent_joined(agent, skills, labels, max_concurrency);
             }
             AgentEvent::Left { agent } => self.agent_left(&agent, out),
             AgentEvent::Credits { agent, credits } => {
                 if let Some(slot) = self.agents.get_mut(&agent) {
-                    slot.credits = slot.credits.saturating_add(credits).min(slot.max_concurrency);
+                    slot.credits = slot
+                        .credits
+                        .saturating_add(credits)
+                        .min(slot.max_concurrency);
                     let skills = slot.skills.clone();
                     for skill in skills {
                         self.mark_dirty(&skill);
@@ -348,7 +411,12 @@ impl Scheduler {
                     slot.draining = true;
                 }
             }
-            AgentEvent::Result { agent, slot, attempt, outcome } => {
+            AgentEvent::Result {
+                agent,
+                slot,
+                attempt,
+                outcome,
+            } => {
                 self.result(&agent, slot, attempt, outcome, out);
             }
             AgentEvent::Heartbeat { agent, running } => self.heartbeat(&agent, &running, out),
@@ -389,8 +457,17 @@ impl Scheduler {
         self.now = self.now.max(now);
     }
 
-    fn agent_joined(&mut self, agent: AgentId, skills: Vec<Arc<str>>, labels: BTreeMap<String, String>, max_concurrency: u32) {
-        let cost_bps = labels.get("cost_bps").and_then(|v| v.parse().ok()).unwrap_or(u32::MAX);
+    fn agent_joined(
+        &mut self,
+        agent: AgentId,
+        skills: Vec<Arc<str>>,
+        labels: BTreeMap<String, String>,
+        max_concurrency: u32,
+    ) {
+        let cost_bps = labels
+            .get("cost_bps")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u32::MAX);
         for skill in &skills {
             let queue = self.skills.entry(skill.clone()).or_default();
             if !queue.agents.contains(&agent) {
@@ -419,7 +496,9 @@ impl Scheduler {
     /// Every task on the agent goes back to the ready queue at once; a late result for
     /// the same attempt (the agent reconnected) is still accepted until re-dispatch.
     fn agent_left(&mut self, agent: &AgentId, out: &mut Vec<Command>) {
-        let Some(slot) = self.agents.remove(agent) else { return };
+        let Some(slot) = self.agents.remove(agent) else {
+            return;
+        };
         for skill in &slot.skills {
             if let Some(queue) = self.skills.get_mut(skill) {
                 queue.agents.retain(|a| a != agent);
@@ -428,7 +507,13 @@ impl Scheduler {
         let mut lost: Vec<(Slot, u32)> = slot.assigned.into_iter().collect();
         lost.sort();
         for (task_slot, attempt) in lost {
-            self.requeue_lost(task_slot, attempt, AttemptOutcome::AgentLost, "agent disconnected", out);
+            self.requeue_lost(
+                task_slot,
+                attempt,
+                AttemptOutcome::AgentLost,
+                "agent disconnected",
+                out,
+            );
         }
     }
 
@@ -436,30 +521,44 @@ impl Scheduler {
         let lease_until = self.now + self.config.lease_ttl.as_millis() as u64;
         for &(slot, attempt) in running {
             let now = self.now;
-            let Some(workflow) = self.workflows.get_mut(&slot.workflow) else { continue };
-            let Some(execution) = workflow.execution_mut(slot) else { continue };
-            if execution.attempt != attempt || !execution.attempt_open || !execution.is_in_flight() {
+            let Some(workflow) = self.workflows.get_mut(&slot.workflow) else {
+                continue;
+            };
+            let Some(execution) = workflow.execution_mut(slot) else {
+                continue;
+            };
+            if execution.attempt != attempt || !execution.attempt_open || !execution.is_in_flight()
+            {
                 continue;
             }
             execution.lease_until = lease_until;
             if execution.status == TaskStatus::Dispatched {
                 execution.status = TaskStatus::Running;
                 workflow.updated_at = now;
-                record(out, slot.workflow, now, Change::Task {
-                    task: slot.task,
-                    compensation: slot.compensation,
-                    status: TaskStatus::Running,
-                    attempt,
-                    agent: Some(agent.clone()),
-                    detail: None,
-                });
+                record(
+                    out,
+                    slot.workflow,
+                    now,
+                    Change::Task {
+                        task: slot.task,
+                        compensation: slot.compensation,
+                        status: TaskStatus::Running,
+                        attempt,
+                        agent: Some(agent.clone()),
+                        detail: None,
+                    },
+                );
             }
         }
     }
 
     fn fire(&mut self, timer: Timer, out: &mut Vec<Command>) {
-        let Some(workflow) = self.workflows.get(&timer.slot.workflow) else { return };
-        let Some(execution) = workflow.execution(timer.slot) else { return };
+        let Some(workflow) = self.workflows.get(&timer.slot.workflow) else {
+            return;
+        };
+        let Some(execution) = workflow.execution(timer.slot) else {
+            return;
+        };
         if execution.attempt != timer.attempt {
             return;
         }
@@ -494,5 +593,9 @@ impl Scheduler {
 }
 
 fn record(out: &mut Vec<Command>, workflow: WorkflowId, at: Millis, change: Change) {
-    out.push(Command::Record(Record { workflow, at, change }));
+    out.push(Command::Record(Record {
+        workflow,
+        at,
+        change,
+    }));
 }

@@ -24,7 +24,11 @@ impl Slot {
     pub const COMPENSATION_BIT: u32 = 1 << 31;
 
     pub fn wire_index(self) -> u32 {
-        if self.compensation { self.task | Self::COMPENSATION_BIT } else { self.task }
+        if self.compensation {
+            self.task | Self::COMPENSATION_BIT
+        } else {
+            self.task
+        }
     }
 
     pub fn from_wire(workflow: WorkflowId, index: u32) -> Self {
@@ -161,12 +165,20 @@ impl Workflow {
 
     pub fn execution(&self, slot: Slot) -> Option<&Execution> {
         let task = self.tasks.get(slot.task as usize)?;
-        if slot.compensation { task.compensation.as_ref() } else { Some(&task.run) }
+        if slot.compensation {
+            task.compensation.as_ref()
+        } else {
+            Some(&task.run)
+        }
     }
 
     pub fn execution_mut(&mut self, slot: Slot) -> Option<&mut Execution> {
         let task = self.tasks.get_mut(slot.task as usize)?;
-        if slot.compensation { task.compensation.as_mut() } else { Some(&mut task.run) }
+        if slot.compensation {
+            task.compensation.as_mut()
+        } else {
+            Some(&mut task.run)
+        }
     }
 }
 

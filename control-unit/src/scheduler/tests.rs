@@ -45,29 +45,44 @@ impl Sim {
 
     fn join(&mut self, name: &str, skills: &[&str], slots: u32, labels: &[(&str, &str)]) {
         let id = agent(name);
-        let labels: BTreeMap<String, String> = labels.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+        let labels: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect();
         self.event(AgentEvent::Joined {
             agent: id.clone(),
             skills: skills.iter().map(|s| Arc::from(*s)).collect(),
             labels,
             max_concurrency: slots,
         });
-        self.event(AgentEvent::Credits { agent: id, credits: slots });
+        self.event(AgentEvent::Credits {
+            agent: id,
+            credits: slots,
+        });
     }
 
-    fn submit(&mut self, spec: &Arc<CompiledSpec>, priority: Priority, input: serde_json::Value) -> WorkflowId {
+    fn submit(
+        &mut self,
+        spec: &Arc<CompiledSpec>,
+        priority: Priority,
+        input: serde_json::Value,
+    ) -> WorkflowId {
         let id = WorkflowId(u128::from(self.now) << 64 | self.records.len() as u128);
         let mut out = Vec::new();
         self.core
-            .submit(self.now, NewWorkflow {
-                id,
-                spec: spec.clone(),
-                input,
-                priority,
-                labels: BTreeMap::new(),
-                idempotency_key: None,
-                traceparent: String::new(),
-            }, &mut out)
+            .submit(
+                self.now,
+                NewWorkflow {
+                    id,
+                    spec: spec.clone(),
+                    input,
+                    priority,
+                    labels: BTreeMap::new(),
+                    idempotency_key: None,
+                    traceparent: String::new(),
+                },
+                &mut out,
+            )
             .expect("submit");
         self.apply(out);
         id
@@ -81,13 +96,26 @@ impl Sim {
 
     fn answer(&mut self, index: usize, outcome: Outcome) {
         let (agent, assignment) = self.inflight.remove(index);
-        self.event(AgentEvent::Result { agent: agent.clone(), slot: assignment.slot, attempt: assignment.attempt, outcome });
+        self.event(AgentEvent::Result {
+            agent: agent.clone(),
+            slot: assignment.slot,
+            attempt: assignment.attempt,
+            outcome,
+        });
         self.event(AgentEvent::Credits { agent, credits: 1 });
     }
 
     fn succeed(&mut self, index: usize) {
-        let output = format!("{{\"task\":\"{}\",\"amount_minor\":7}}", self.inflight[index].1.task_id);
-        self.answer(index, Outcome::Succeeded { output: output.into() });
+        let output = format!(
+            "{{\"task\":\"{}\",\"amount_minor\":7}}",
+            self.inflight[index].1.task_id
+        );
+        self.answer(
+            index,
+            Outcome::Succeeded {
+                output: output.into(),
+            },
+        );
     }
 
     fn advance(&mut self, ms: u64) {
@@ -103,10 +131,15 @@ impl Sim {
             match command {
                 Command::Dispatch { agent, assignment } => {
                     self.check_dispatch(&assignment);
-                    self.dispatch_log.push((agent.clone(), (*assignment).clone()));
+                    self.dispatch_log
+                        .push((agent.clone(), (*assignment).clone()));
                     self.inflight.push((agent, *assignment));
                 }
-                Command::Cancel { agent, slot, attempt } => self.cancels.push((agent, slot, attempt)),
+                Command::Cancel {
+                    agent,
+                    slot,
+                    attempt,
+                } => self.cancels.push((agent, slot, attempt)),
                 Command::Record(record) => self.records.push(record),
             }
         }
@@ -117,8 +150,12 @@ impl Sim {
         if assignment.slot.compensation {
             return;
         }
-        let Some(workflow) = self.core.workflow(assignment.slot.workflow) else { return };
-        let mut stack = workflow.spec.tasks[assignment.slot.task as usize].needs.clone();
+        let Some(workflow) = self.core.workflow(assignment.slot.workflow) else {
+            return;
+        };
+        let mut stack = workflow.spec.tasks[assignment.slot.task as usize]
+            .needs
+            .clone();
         while let Some(need) = stack.pop() {
             let status = workflow.tasks[need as usize].run.status;
             if status != TaskStatus::Succeeded {
@@ -151,7 +188,10 @@ impl Sim {
     }
 
     fn index_of(&self, task: &str) -> usize {
-        self.inflight.iter().position(|(_, a)| a.task_id == task).unwrap_or_else(|| panic!("{task} not in flight"))
+        self.inflight
+            .iter()
+            .position(|(_, a)| a.task_id == task)
+            .unwrap_or_else(|| panic!("{task} not in flight"))
     }
 }
 
@@ -163,7 +203,12 @@ fn retryable_failure_is_retried_with_backoff() {
     let mut sim = Sim::new();
     sim.join("w", &["work"], 1, &[]);
     let id = sim.submit(&spec(CHAIN), Priority::Normal, serde_json::json!({}));
-    sim.answer(0, Outcome::Retryable { error: "503".into() });
+    sim.answer(
+        0,
+        Outcome::Retryable {
+            error: "503".into(),
+        },
+    );
     assert!(sim.inflight.is_empty(), "retry waits for its backoff");
     let at = sim.core.next_deadline().expect("backoff timer");
     assert!(at > sim.now, "backoff is in the future");
@@ -180,7 +225,12 @@ fn permanent_failure_is_not_retried() {
     let mut sim = Sim::new();
     sim.join("w", &["work"], 1, &[]);
     let id = sim.submit(&spec(CHAIN), Priority::Normal, serde_json::json!({}));
-    sim.answer(0, Outcome::Permanent { error: "card_declined".into() });
+    sim.answer(
+        0,
+        Outcome::Permanent {
+            error: "card_declined".into(),
+        },
+    );
     sim.run_to_quiet();
     assert_eq!(sim.status(id), WorkflowStatus::Failed);
     let workflow = sim.core.workflow(id).unwrap();
@@ -198,7 +248,12 @@ fn compensation_runs_in_reverse_order() {
     let id = sim.submit(&spec(text), Priority::Normal, serde_json::json!({}));
     sim.succeed(0);
     sim.succeed(0);
-    sim.answer(0, Outcome::Permanent { error: "capture refused".into() });
+    sim.answer(
+        0,
+        Outcome::Permanent {
+            error: "capture refused".into(),
+        },
+    );
     assert_eq!(sim.status(id), WorkflowStatus::Compensating);
     let order: Vec<String> = (0..2)
         .map(|_| {
@@ -209,7 +264,10 @@ fn compensation_runs_in_reverse_order() {
         .collect();
     assert_eq!(order, vec!["{\"of\":\"b\"}", "{\"of\":\"a\"}"]);
     assert_eq!(sim.status(id), WorkflowStatus::Compensated);
-    assert_eq!(sim.core.workflow(id).unwrap().tasks[0].run.status, TaskStatus::Compensated);
+    assert_eq!(
+        sim.core.workflow(id).unwrap().tasks[0].run.status,
+        TaskStatus::Compensated
+    );
 }
 
 /// A task on an agent that disconnects goes to another agent with the same
@@ -221,7 +279,9 @@ fn lost_agent_task_is_redispatched_with_the_same_key() {
     let id = sim.submit(&spec(CHAIN), Priority::Normal, serde_json::json!({}));
     let first = sim.inflight[0].1.clone();
     sim.inflight.clear();
-    sim.event(AgentEvent::Left { agent: agent("one") });
+    sim.event(AgentEvent::Left {
+        agent: agent("one"),
+    });
     sim.join("two", &["work"], 1, &[]);
     let (to, second) = sim.inflight[0].clone();
     assert_eq!(to, agent("two"));
@@ -236,10 +296,18 @@ fn lost_agent_task_is_redispatched_with_the_same_key() {
 fn expired_lease_redispatches() {
     let mut sim = Sim::new();
     sim.join("w", &["work"], 2, &[]);
-    let id = sim.submit(&spec(&CHAIN.replace("timeout: 5s", "timeout: 5m")), Priority::Normal, serde_json::json!({}));
+    let id = sim.submit(
+        &spec(&CHAIN.replace("timeout: 5s", "timeout: 5m")),
+        Priority::Normal,
+        serde_json::json!({}),
+    );
     let hung = sim.inflight.remove(0);
     sim.advance(SchedulerConfig::default().lease_ttl.as_millis() as u64 + 1);
-    assert!(sim.cancels.iter().any(|(_, slot, attempt)| *slot == hung.1.slot && *attempt == hung.1.attempt));
+    assert!(
+        sim.cancels
+            .iter()
+            .any(|(_, slot, attempt)| *slot == hung.1.slot && *attempt == hung.1.attempt)
+    );
     sim.advance(2_000); // past the retry backoff
     assert_eq!(sim.inflight.len(), 1, "re-dispatched");
     assert_eq!(sim.inflight[0].1.attempt, hung.1.attempt + 1);
@@ -256,12 +324,22 @@ fn heartbeats_renew_leases() {
     let running = vec![(sim.inflight[0].1.slot, sim.inflight[0].1.attempt)];
     for _ in 0..4 {
         sim.advance(1_000);
-        sim.event(AgentEvent::Heartbeat { agent: agent("w"), running: running.clone() });
+        sim.event(AgentEvent::Heartbeat {
+            agent: agent("w"),
+            running: running.clone(),
+        });
     }
-    assert_eq!(sim.core.workflow(id).unwrap().tasks[0].run.status, TaskStatus::Running);
+    assert_eq!(
+        sim.core.workflow(id).unwrap().tasks[0].run.status,
+        TaskStatus::Running
+    );
     assert!(sim.cancels.is_empty());
     sim.advance(2_000); // past the 5s attempt timeout
-    assert_eq!(sim.cancels.len(), 1, "timed-out attempt cancelled on its agent");
+    assert_eq!(
+        sim.cancels.len(),
+        1,
+        "timed-out attempt cancelled on its agent"
+    );
 }
 
 /// With no agent for a skill the task waits, visibly, and runs once one joins.
@@ -269,8 +347,14 @@ fn heartbeats_renew_leases() {
 fn tasks_wait_for_an_agent() {
     let mut sim = Sim::new();
     let id = sim.submit(&spec(CHAIN), Priority::Normal, serde_json::json!({}));
-    assert_eq!(sim.core.workflow(id).unwrap().tasks[0].run.status, TaskStatus::Ready);
-    assert_eq!(sim.core.waiting_reason("work"), "no connected agent offers skill work");
+    assert_eq!(
+        sim.core.workflow(id).unwrap().tasks[0].run.status,
+        TaskStatus::Ready
+    );
+    assert_eq!(
+        sim.core.waiting_reason("work"),
+        "no connected agent offers skill work"
+    );
     sim.advance(MINUTE);
     assert_eq!(sim.status(id), WorkflowStatus::Running);
     sim.join("w", &["work"], 1, &[]);
@@ -284,8 +368,12 @@ fn tasks_wait_for_an_agent() {
 fn priorities_with_aging() {
     let mut sim = Sim::new();
     sim.join("w", &["work"], 1, &[]);
-    let lows: Vec<_> = (0..5).map(|_| sim.submit(&spec(CHAIN), Priority::Low, serde_json::json!({}))).collect();
-    let criticals: Vec<_> = (0..5).map(|_| sim.submit(&spec(CHAIN), Priority::Critical, serde_json::json!({}))).collect();
+    let lows: Vec<_> = (0..5)
+        .map(|_| sim.submit(&spec(CHAIN), Priority::Low, serde_json::json!({})))
+        .collect();
+    let criticals: Vec<_> = (0..5)
+        .map(|_| sim.submit(&spec(CHAIN), Priority::Critical, serde_json::json!({})))
+        .collect();
     let mut finished = Vec::new();
     while finished.len() < 10 {
         sim.advance(10);
@@ -296,7 +384,10 @@ fn priorities_with_aging() {
             }
         }
     }
-    let last_critical = finished.iter().rposition(|id| criticals.contains(id)).unwrap();
+    let last_critical = finished
+        .iter()
+        .rposition(|id| criticals.contains(id))
+        .unwrap();
     let first_low = finished.iter().position(|id| lows.contains(id)).unwrap();
     assert!(last_critical < first_low, "criticals first: {finished:?}");
 
@@ -326,7 +417,10 @@ fn cancel_reaches_running_tasks() {
     sim.answer(index, Outcome::Cancelled);
     sim.run_to_quiet();
     assert_eq!(sim.status(id), WorkflowStatus::Cancelled);
-    assert_eq!(sim.core.workflow(id).unwrap().tasks[0].run.status, TaskStatus::Compensated);
+    assert_eq!(
+        sim.core.workflow(id).unwrap().tasks[0].run.status,
+        TaskStatus::Compensated
+    );
 }
 
 /// `when` false skips the task and everything downstream; routes pick by label.
@@ -337,7 +431,11 @@ fn when_skips_and_routes_pick_labels() {
     sim.join("w", &["work"], 2, &[]);
     sim.join("alpha", &["pay"], 2, &[("gateway", "alpha")]);
     sim.join("beta", &["pay"], 2, &[("gateway", "beta")]);
-    let id = sim.submit(&spec(text), Priority::Normal, serde_json::json!({"gw": "beta"}));
+    let id = sim.submit(
+        &spec(text),
+        Priority::Normal,
+        serde_json::json!({"gw": "beta"}),
+    );
     sim.succeed(0);
     let pay = sim.index_of("pay");
     assert_eq!(sim.inflight[pay].0, agent("beta"));
@@ -361,7 +459,11 @@ fn gen_spec() -> impl Strategy<Value = Vec<GenTask>> {
     (1usize..10).prop_flat_map(|n| {
         (0..n)
             .map(|i| {
-                (proptest::collection::btree_set(0..i.max(1), 0..=i.min(3)), any::<bool>(), any::<bool>())
+                (
+                    proptest::collection::btree_set(0..i.max(1), 0..=i.min(3)),
+                    any::<bool>(),
+                    any::<bool>(),
+                )
                     .prop_map(move |(needs, cp, comp)| GenTask {
                         needs: needs.into_iter().filter(|d| *d < i).collect(),
                         checkpoint: cp && i > 0 && i % 3 == 0,
@@ -376,7 +478,10 @@ fn render(tasks: &[GenTask]) -> String {
     let mut text = "apiVersion: paygrid/v1\nkind: Workflow\nname: gen\nversion: 1\ndefaults:\n  retry: { max_attempts: 3, initial: 50ms, max: 500ms }\n  timeout: 2s\ntasks:\n".to_owned();
     for (i, task) in tasks.iter().enumerate() {
         let needs: Vec<String> = task.needs.iter().map(|d| format!("t{d}")).collect();
-        text.push_str(&format!("  - id: t{i}\n    needs: [{}]\n", needs.join(", ")));
+        text.push_str(&format!(
+            "  - id: t{i}\n    needs: [{}]\n",
+            needs.join(", ")
+        ));
         if task.checkpoint {
             text.push_str("    checkpoint: {}\n");
         } else {
@@ -393,13 +498,23 @@ const ALL_SKILLS: &[&str] = &["s0", "s1", "s2", "undo"];
 
 /// Runs workflows under chaos (failures, hangs, disconnects, time jumps), then lets
 /// agents answer, and checks the invariants.
-fn chaos(tasks: &[GenTask], workflows: usize, seed: u64, chaos_steps: usize) -> Result<(), TestCaseError> {
+fn chaos(
+    tasks: &[GenTask],
+    workflows: usize,
+    seed: u64,
+    chaos_steps: usize,
+) -> Result<(), TestCaseError> {
     let mut rng = fastrand::Rng::with_seed(seed);
     let spec = spec(&render(tasks));
     let mut sim = Sim::new();
     let mut next_agent = 0;
     for _ in 0..2 {
-        sim.join(&format!("a{next_agent}"), ALL_SKILLS, 1 + rng.u32(0..3), &[]);
+        sim.join(
+            &format!("a{next_agent}"),
+            ALL_SKILLS,
+            1 + rng.u32(0..3),
+            &[],
+        );
         next_agent += 1;
     }
     let ids: Vec<WorkflowId> = (0..workflows)
@@ -412,8 +527,18 @@ fn chaos(tasks: &[GenTask], workflows: usize, seed: u64, chaos_steps: usize) -> 
                 let index = rng.usize(..sim.inflight.len());
                 match rng.u32(0..100) {
                     0..70 => sim.succeed(index),
-                    70..85 => sim.answer(index, Outcome::Retryable { error: "flaky".into() }),
-                    85..90 => sim.answer(index, Outcome::Permanent { error: "broken".into() }),
+                    70..85 => sim.answer(
+                        index,
+                        Outcome::Retryable {
+                            error: "flaky".into(),
+                        },
+                    ),
+                    85..90 => sim.answer(
+                        index,
+                        Outcome::Permanent {
+                            error: "broken".into(),
+                        },
+                    ),
                     90..95 => hung.push(sim.inflight.remove(index)),
                     _ => sim.answer(index, Outcome::Cancelled),
                 }
@@ -424,13 +549,21 @@ fn chaos(tasks: &[GenTask], workflows: usize, seed: u64, chaos_steps: usize) -> 
                     sim.inflight.retain(|(a, _)| *a != victim);
                     hung.retain(|(a, _)| *a != victim);
                     sim.event(AgentEvent::Left { agent: victim });
-                    sim.join(&format!("a{next_agent}"), ALL_SKILLS, 1 + rng.u32(0..3), &[]);
+                    sim.join(
+                        &format!("a{next_agent}"),
+                        ALL_SKILLS,
+                        1 + rng.u32(0..3),
+                        &[],
+                    );
                     next_agent += 1;
                 }
             }
             _ => {
-                let running: Vec<(AgentId, (Slot, u32))> =
-                    sim.inflight.iter().map(|(a, x)| (a.clone(), (x.slot, x.attempt))).collect();
+                let running: Vec<(AgentId, (Slot, u32))> = sim
+                    .inflight
+                    .iter()
+                    .map(|(a, x)| (a.clone(), (x.slot, x.attempt)))
+                    .collect();
                 sim.advance(rng.u64(1..1_500));
                 let mut by_agent: HashMap<AgentId, Vec<(Slot, u32)>> = HashMap::new();
                 for (a, r) in running {
@@ -443,7 +576,11 @@ fn chaos(tasks: &[GenTask], workflows: usize, seed: u64, chaos_steps: usize) -> 
         }
         // Agents honour cancellations of what they still run.
         for (agent, slot, attempt) in std::mem::take(&mut sim.cancels) {
-            if let Some(index) = sim.inflight.iter().position(|(a, x)| *a == agent && x.slot == slot && x.attempt == attempt) {
+            if let Some(index) = sim
+                .inflight
+                .iter()
+                .position(|(a, x)| *a == agent && x.slot == slot && x.attempt == attempt)
+            {
                 sim.answer(index, Outcome::Cancelled);
             }
         }
@@ -461,15 +598,29 @@ fn chaos(tasks: &[GenTask], workflows: usize, seed: u64, chaos_steps: usize) -> 
     }
     let mut successes: HashMap<(WorkflowId, u32), usize> = HashMap::new();
     for record in &sim.records {
-        if let Change::Task { task, compensation: false, status: TaskStatus::Succeeded, .. } = record.change {
+        if let Change::Task {
+            task,
+            compensation: false,
+            status: TaskStatus::Succeeded,
+            ..
+        } = record.change
+        {
             *successes.entry((record.workflow, task)).or_default() += 1;
         }
     }
-    prop_assert!(successes.values().all(|n| *n == 1), "a task succeeded twice");
+    prop_assert!(
+        successes.values().all(|n| *n == 1),
+        "a task succeeded twice"
+    );
     for id in &ids {
         let workflow = sim.core.workflow(*id).unwrap();
         if workflow.status == WorkflowStatus::Succeeded {
-            prop_assert!(workflow.tasks.iter().all(|t| t.run.status == TaskStatus::Succeeded));
+            prop_assert!(
+                workflow
+                    .tasks
+                    .iter()
+                    .all(|t| t.run.status == TaskStatus::Succeeded)
+            );
         }
         // Every succeeded task with a compensation was compensated when the workflow failed.
         if matches!(workflow.status, WorkflowStatus::Compensated) {

@@ -24,7 +24,11 @@ pub struct AgentHubService {
 
 impl AgentHubService {
     pub fn new(handle: Handle, registry: Arc<SpecRegistry>, config: RuntimeConfig) -> Self {
-        Self { handle, registry, config }
+        Self {
+            handle,
+            registry,
+            config,
+        }
     }
 }
 
@@ -34,10 +38,15 @@ const CONCURRENCY_MAX: u32 = 10_000;
 
 fn check_card(card: &pb::AgentCard) -> Result<(), Status> {
     if card.name.is_empty() || card.name.len() > 64 {
-        return Err(Status::invalid_argument("agent card: name must be 1 to 64 characters"));
+        return Err(Status::invalid_argument(
+            "agent card: name must be 1 to 64 characters",
+        ));
     }
     if card.skills.is_empty() || card.skills.len() > SKILLS_MAX {
-        return Err(Status::invalid_argument(format!("agent card `{}`: declare 1 to {SKILLS_MAX} skills", card.name)));
+        return Err(Status::invalid_argument(format!(
+            "agent card `{}`: declare 1 to {SKILLS_MAX} skills",
+            card.name
+        )));
     }
     if card.max_concurrency == 0 || card.max_concurrency > CONCURRENCY_MAX {
         return Err(Status::invalid_argument(format!(
@@ -46,7 +55,10 @@ fn check_card(card: &pb::AgentCard) -> Result<(), Status> {
         )));
     }
     for skill in &card.skills {
-        for (what, schema) in [("input", &skill.input_schema_json), ("output", &skill.output_schema_json)] {
+        for (what, schema) in [
+            ("input", &skill.input_schema_json),
+            ("output", &skill.output_schema_json),
+        ] {
             if !schema.is_empty() && serde_json::from_str::<serde_json::Value>(schema).is_err() {
                 return Err(Status::invalid_argument(format!(
                     "agent card `{}`: skill `{}` has an {what} schema that is not JSON",
@@ -64,7 +76,9 @@ fn metadata(request: &Request<Streaming<pb::AgentMessage>>, key: &str) -> Result
         .get(key)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
-        .ok_or_else(|| Status::unauthenticated(format!("missing `{key}` metadata: call Register first")))
+        .ok_or_else(|| {
+            Status::unauthenticated(format!("missing `{key}` metadata: call Register first"))
+        })
 }
 
 fn task_ref(task: Option<&pb::TaskRef>) -> Option<(Slot, u32)> {
@@ -77,7 +91,9 @@ fn task_ref(task: Option<&pb::TaskRef>) -> Option<(Slot, u32)> {
 fn events(agent: &AgentId, message: pb::AgentMessage) -> Vec<AgentEvent> {
     let mut events = Vec::with_capacity(message.results.len() + 2);
     for result in message.results {
-        let Some((slot, attempt)) = task_ref(result.task.as_ref()) else { continue };
+        let Some((slot, attempt)) = task_ref(result.task.as_ref()) else {
+            continue;
+        };
         let error = || {
             if result.error_code.is_empty() {
                 result.error_message.clone()
@@ -92,46 +108,87 @@ fn events(agent: &AgentId, message: pb::AgentMessage) -> Vec<AgentEvent> {
             Ok(pb::Outcome::Retryable) => Outcome::Retryable { error: error() },
             Ok(pb::Outcome::Permanent) => Outcome::Permanent { error: error() },
             Ok(pb::Outcome::Cancelled) => Outcome::Cancelled,
-            _ => Outcome::Retryable { error: format!("agent sent outcome {}", result.outcome) },
+            _ => Outcome::Retryable {
+                error: format!("agent sent outcome {}", result.outcome),
+            },
         };
-        events.push(AgentEvent::Result { agent: agent.clone(), slot, attempt, outcome });
+        events.push(AgentEvent::Result {
+            agent: agent.clone(),
+            slot,
+            attempt,
+            outcome,
+        });
     }
     if message.credits > 0 {
-        events.push(AgentEvent::Credits { agent: agent.clone(), credits: message.credits });
+        events.push(AgentEvent::Credits {
+            agent: agent.clone(),
+            credits: message.credits,
+        });
     }
     if !message.running.is_empty() {
-        let running = message.running.iter().filter_map(|t| task_ref(Some(t))).collect();
-        events.push(AgentEvent::Heartbeat { agent: agent.clone(), running });
+        let running = message
+            .running
+            .iter()
+            .filter_map(|t| task_ref(Some(t)))
+            .collect();
+        events.push(AgentEvent::Heartbeat {
+            agent: agent.clone(),
+            running,
+        });
     }
     if message.draining {
-        events.push(AgentEvent::Draining { agent: agent.clone() });
+        events.push(AgentEvent::Draining {
+            agent: agent.clone(),
+        });
     }
     events
 }
 
 #[tonic::async_trait]
 impl AgentHub for AgentHubService {
-    async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
         let request = request.into_inner();
-        let card = request.card.ok_or_else(|| Status::invalid_argument("agent card is required"))?;
+        let card = request
+            .card
+            .ok_or_else(|| Status::invalid_argument("agent card is required"))?;
         check_card(&card)?;
         for skill in &card.skills {
-            self.registry.learn_skill(&skill.name, &skill.output_schema_json);
+            self.registry
+                .learn_skill(&skill.name, &skill.output_schema_json);
         }
         let execution_unit = request.execution_unit;
-        Ok(Response::new(self.handle.ask(|reply| Input::Register { card, execution_unit, reply }).await?))
+        Ok(Response::new(
+            self.handle
+                .ask(|reply| Input::Register {
+                    card,
+                    execution_unit,
+                    reply,
+                })
+                .await?,
+        ))
     }
 
     type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::ControlMessage, Status>> + Send>>;
 
-    async fn session(&self, request: Request<Streaming<pb::AgentMessage>>) -> Result<Response<Self::SessionStream>, Status> {
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
         let agent = AgentId(metadata(&request, AGENT_ID_METADATA)?.into());
         let token = metadata(&request, SESSION_TOKEN_METADATA)?;
         let mut inbound = request.into_inner();
         let (sender, receiver) = tokio::sync::mpsc::channel(self.config.session_buffer);
         let session = self
             .handle
-            .ask(|reply| Input::OpenSession { agent: agent.clone(), token, sender, reply })
+            .ask(|reply| Input::OpenSession {
+                agent: agent.clone(),
+                token,
+                sender,
+                reply,
+            })
             .await??;
         let handle = self.handle.clone();
         // Owned by the session: ends when the agent's stream ends.
@@ -155,9 +212,15 @@ impl AgentHub for AgentHubService {
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 
-    async fn list_agents(&self, request: Request<pb::ListAgentsRequest>) -> Result<Response<pb::ListAgentsResponse>, Status> {
+    async fn list_agents(
+        &self,
+        request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         let skill = Some(request.into_inner().skill).filter(|s| !s.is_empty());
-        let agents = self.handle.ask(|reply| Input::ListAgents { skill, reply }).await?;
+        let agents = self
+            .handle
+            .ask(|reply| Input::ListAgents { skill, reply })
+            .await?;
         Ok(Response::new(pb::ListAgentsResponse { agents }))
     }
 }

@@ -76,7 +76,11 @@ fn history(execution: &Execution) -> Vec<pb::AttemptRecord> {
         .iter()
         .map(|h| pb::AttemptRecord {
             attempt: h.attempt,
-            agent_id: h.agent.as_ref().map(ToString::to_string).unwrap_or_default(),
+            agent_id: h
+                .agent
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             started_at_ms: ms(h.started_at),
             finished_at_ms: ms(h.finished_at),
             outcome: h.outcome.as_str().into(),
@@ -108,7 +112,11 @@ pub fn workflow_to_pb(workflow: &Workflow, scheduler: &Scheduler) -> pb::Workflo
                 attempts: run.attempt,
                 output_json: run.output.as_deref().unwrap_or_default().into(),
                 error: run.error.clone().unwrap_or_default(),
-                agent_id: run.agent.as_ref().map(ToString::to_string).unwrap_or_default(),
+                agent_id: run
+                    .agent
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
                 waiting_reason,
                 checkpoint: compiled.is_checkpoint(),
                 started_at_ms: ms(run.started_at),
@@ -134,7 +142,11 @@ pub fn workflow_to_pb(workflow: &Workflow, scheduler: &Scheduler) -> pb::Workflo
         spec_hash: workflow.spec.hash.clone(),
         status: workflow_status_to_pb(workflow.status).into(),
         priority: priority_to_pb(workflow.priority).into(),
-        labels: workflow.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        labels: workflow
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         idempotency_key: workflow.idempotency_key.clone().unwrap_or_default(),
         input_json: workflow.input.to_string(),
         tasks,
@@ -154,30 +166,49 @@ pub fn summary_to_pb(workflow: &Workflow) -> pb::WorkflowSummary {
         priority: priority_to_pb(workflow.priority).into(),
         created_at_ms: ms(workflow.created_at),
         updated_at_ms: ms(workflow.updated_at),
-        labels: workflow.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        labels: workflow
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         tasks_total: workflow.tasks.len() as u32,
-        tasks_done: workflow.tasks.iter().filter(|t| t.run.status.is_terminal()).count() as u32,
+        tasks_done: workflow
+            .tasks
+            .iter()
+            .filter(|t| t.run.status.is_terminal())
+            .count() as u32,
     }
 }
 
 /// A recorded change as a `Watch` event; `None` for records a watcher does not see.
-pub fn record_to_event(record: &Record, workflow: &Workflow, sequence: u64) -> Option<pb::WorkflowEvent> {
+pub fn record_to_event(
+    record: &Record,
+    workflow: &Workflow,
+    sequence: u64,
+) -> Option<pb::WorkflowEvent> {
     let body = match &record.change {
         Change::Created => return None,
-        Change::Workflow { status, detail } => pb::workflow_event::Body::Workflow(pb::WorkflowChanged {
-            status: workflow_status_to_pb(*status).into(),
-            detail: detail.clone().unwrap_or_default(),
-        }),
-        Change::Task { task, compensation, status, attempt, agent, detail } => {
-            pb::workflow_event::Body::Task(pb::TaskChanged {
-                task_id: workflow.task_id(*task).to_owned(),
-                status: task_status_to_pb(*status).into(),
-                attempt: *attempt,
-                agent_id: agent.as_ref().map(ToString::to_string).unwrap_or_default(),
+        Change::Workflow { status, detail } => {
+            pb::workflow_event::Body::Workflow(pb::WorkflowChanged {
+                status: workflow_status_to_pb(*status).into(),
                 detail: detail.clone().unwrap_or_default(),
-                compensation: *compensation,
             })
         }
+        Change::Task {
+            task,
+            compensation,
+            status,
+            attempt,
+            agent,
+            detail,
+        } => pb::workflow_event::Body::Task(pb::TaskChanged {
+            task_id: workflow.task_id(*task).to_owned(),
+            status: task_status_to_pb(*status).into(),
+            attempt: *attempt,
+            agent_id: agent.as_ref().map(ToString::to_string).unwrap_or_default(),
+            detail: detail.clone().unwrap_or_default(),
+            compensation: *compensation,
+        }),
     };
     Some(pb::WorkflowEvent {
         workflow_id: record.workflow.to_string(),

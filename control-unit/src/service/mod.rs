@@ -5,8 +5,8 @@
 //! - `workflows`: Submit, Get, List, Cancel, Watch, Validate.
 //! - `agents`: Register, Session, ListAgents.
 
-pub mod convert;
 mod agents;
+pub mod convert;
 mod workflows;
 
 pub use agents::AgentHubService;

@@ -65,8 +65,12 @@ impl SpecRegistry {
 
     /// Records the output fields of a registered agent's skills.
     pub fn learn_skill(&self, skill: &str, output_schema_json: &str) {
-        let Ok(schema) = serde_json::from_str::<serde_json::Value>(output_schema_json) else { return };
-        let Some(properties) = schema.get("properties").and_then(|p| p.as_object()) else { return };
+        let Ok(schema) = serde_json::from_str::<serde_json::Value>(output_schema_json) else {
+            return;
+        };
+        let Some(properties) = schema.get("properties").and_then(|p| p.as_object()) else {
+            return;
+        };
         let fields = properties.keys().cloned().collect();
         if let Ok(mut outputs) = self.outputs.write() {
             outputs.insert(skill.to_owned(), fields);
@@ -81,7 +85,9 @@ impl SkillCatalog for SpecRegistry {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 pub struct WorkflowsService {
@@ -114,33 +120,57 @@ fn parse_input(text: &str, limits: &SpecLimits) -> Result<serde_json::Value, Sta
     if text.trim().is_empty() {
         return Ok(serde_json::Value::Object(serde_json::Map::new()));
     }
-    serde_json::from_str(text).map_err(|e| Status::invalid_argument(format!("input is not valid JSON: {e}")))
+    serde_json::from_str(text)
+        .map_err(|e| Status::invalid_argument(format!("input is not valid JSON: {e}")))
 }
 
 /// A fresh W3C traceparent for a new workflow (its root span).
 fn new_traceparent() -> String {
-    format!("00-{:016x}{:016x}-{:016x}-01", fastrand::u64(..), fastrand::u64(..), fastrand::u64(1..))
+    format!(
+        "00-{:016x}{:016x}-{:016x}-01",
+        fastrand::u64(..),
+        fastrand::u64(..),
+        fastrand::u64(1..)
+    )
 }
 
 #[tonic::async_trait]
 impl Workflows for WorkflowsService {
-    async fn submit(&self, request: Request<pb::SubmitRequest>) -> Result<Response<pb::SubmitResponse>, Status> {
+    async fn submit(
+        &self,
+        request: Request<pb::SubmitRequest>,
+    ) -> Result<Response<pb::SubmitResponse>, Status> {
         let request = request.into_inner();
         let spec = match request.spec {
-            Some(pb::submit_request::Spec::SpecText(text)) => self.registry.compile(&text).map_err(|e| invalid(&e))?,
-            Some(pb::submit_request::Spec::SpecRef(reference)) => self.registry.by_ref(&reference).ok_or_else(|| {
-                Status::not_found(format!("no spec `{reference}` was submitted to this control unit; send spec_text"))
-            })?,
-            None => return Err(Status::invalid_argument("spec_text or spec_ref is required")),
+            Some(pb::submit_request::Spec::SpecText(text)) => {
+                self.registry.compile(&text).map_err(|e| invalid(&e))?
+            }
+            Some(pb::submit_request::Spec::SpecRef(reference)) => {
+                self.registry.by_ref(&reference).ok_or_else(|| {
+                    Status::not_found(format!(
+                        "no spec `{reference}` was submitted to this control unit; send spec_text"
+                    ))
+                })?
+            }
+            None => {
+                return Err(Status::invalid_argument(
+                    "spec_text or spec_ref is required",
+                ));
+            }
         };
         let output_errors = spec.check_outputs(self.registry.as_ref());
         if !output_errors.is_empty() {
             return Err(invalid(&SpecErrors(output_errors)));
         }
         let input = parse_input(&request.input_json, &self.registry.limits)?;
-        let input = spec.check_input(&input, &self.registry.limits).map_err(|e| {
-            Status::invalid_argument(format!("input does not match spec {}@{}:\n{e}", spec.name, spec.version))
-        })?;
+        let input = spec
+            .check_input(&input, &self.registry.limits)
+            .map_err(|e| {
+                Status::invalid_argument(format!(
+                    "input does not match spec {}@{}:\n{e}",
+                    spec.name, spec.version
+                ))
+            })?;
         let priority = convert::priority_from_pb(request.priority)
             .map_err(Status::invalid_argument)?
             .unwrap_or(spec.priority);
@@ -165,11 +195,18 @@ impl Workflows for WorkflowsService {
         };
         let submitted = self
             .handle
-            .ask(|reply| Input::Submit { submission: Box::new(submission), reply })
+            .ask(|reply| Input::Submit {
+                submission: Box::new(submission),
+                reply,
+            })
             .await?
             .map_err(|rejection| match rejection {
-                SubmitRejection::Scheduler(SubmitError::Overloaded { .. }) => Status::resource_exhausted(rejection.to_string()),
-                SubmitRejection::Scheduler(SubmitError::Duplicate(_)) => Status::already_exists(rejection.to_string()),
+                SubmitRejection::Scheduler(SubmitError::Overloaded { .. }) => {
+                    Status::resource_exhausted(rejection.to_string())
+                }
+                SubmitRejection::Scheduler(SubmitError::Duplicate(_)) => {
+                    Status::already_exists(rejection.to_string())
+                }
                 SubmitRejection::KeyReused { .. } => Status::already_exists(rejection.to_string()),
             })?;
         Ok(Response::new(pb::SubmitResponse {
@@ -179,7 +216,10 @@ impl Workflows for WorkflowsService {
         }))
     }
 
-    async fn get(&self, request: Request<pb::GetWorkflowRequest>) -> Result<Response<pb::Workflow>, Status> {
+    async fn get(
+        &self,
+        request: Request<pb::GetWorkflowRequest>,
+    ) -> Result<Response<pb::Workflow>, Status> {
         let id = parse_id(&request.into_inner().workflow_id)?;
         self.handle
             .ask(|reply| Input::Get { id, reply })
@@ -188,9 +228,15 @@ impl Workflows for WorkflowsService {
             .ok_or_else(|| Status::not_found(format!("workflow {id} not found")))
     }
 
-    async fn list(&self, request: Request<pb::ListWorkflowsRequest>) -> Result<Response<pb::ListWorkflowsResponse>, Status> {
+    async fn list(
+        &self,
+        request: Request<pb::ListWorkflowsRequest>,
+    ) -> Result<Response<pb::ListWorkflowsResponse>, Status> {
         let request = request.into_inner();
-        let after = Some(request.page_token).filter(|t| !t.is_empty()).map(|t| parse_id(&t)).transpose()?;
+        let after = Some(request.page_token)
+            .filter(|t| !t.is_empty())
+            .map(|t| parse_id(&t))
+            .transpose()?;
         let query = ListQuery {
             status: convert::workflow_status_from_pb(request.status),
             name: Some(request.name).filter(|n| !n.is_empty()),
@@ -201,31 +247,52 @@ impl Workflows for WorkflowsService {
             },
             after,
         };
-        Ok(Response::new(self.handle.ask(|reply| Input::List { query, reply }).await?))
+        Ok(Response::new(
+            self.handle
+                .ask(|reply| Input::List { query, reply })
+                .await?,
+        ))
     }
 
-    async fn cancel(&self, request: Request<pb::CancelWorkflowRequest>) -> Result<Response<pb::CancelWorkflowResponse>, Status> {
+    async fn cancel(
+        &self,
+        request: Request<pb::CancelWorkflowRequest>,
+    ) -> Result<Response<pb::CancelWorkflowResponse>, Status> {
         let request = request.into_inner();
         let id = parse_id(&request.workflow_id)?;
-        let reason = if request.reason.is_empty() { "requested by operator".to_owned() } else { request.reason };
+        let reason = if request.reason.is_empty() {
+            "requested by operator".to_owned()
+        } else {
+            request.reason
+        };
         let status = self
             .handle
             .ask(|reply| Input::Cancel { id, reason, reply })
             .await?
             .map_err(|e| Status::not_found(e.to_string()))?;
-        Ok(Response::new(pb::CancelWorkflowResponse { status: convert::workflow_status_to_pb(status).into() }))
+        Ok(Response::new(pb::CancelWorkflowResponse {
+            status: convert::workflow_status_to_pb(status).into(),
+        }))
     }
 
     type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WorkflowEvent, Status>> + Send>>;
 
-    async fn watch(&self, request: Request<pb::WatchWorkflowRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        request: Request<pb::WatchWorkflowRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         let id = parse_id(&request.into_inner().workflow_id)?;
         let (sender, receiver) = tokio::sync::mpsc::channel(1_024);
-        self.handle.ask(|reply| Input::Watch { id, sender, reply }).await??;
+        self.handle
+            .ask(|reply| Input::Watch { id, sender, reply })
+            .await??;
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 
-    async fn validate(&self, request: Request<pb::ValidateRequest>) -> Result<Response<pb::ValidateResponse>, Status> {
+    async fn validate(
+        &self,
+        request: Request<pb::ValidateRequest>,
+    ) -> Result<Response<pb::ValidateResponse>, Status> {
         let request = request.into_inner();
         let compiled = compile(&request.spec_text, &self.registry.limits);
         let mut response = pb::ValidateResponse::default();

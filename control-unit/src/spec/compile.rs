@@ -133,7 +133,9 @@ impl Checker<'_> {
         let default_retry = self.retry(None, RetryPolicy::default(), raw.defaults.retry.as_ref());
         let default_timeout = match raw.defaults.timeout.as_deref() {
             None => DEFAULT_TIMEOUT,
-            Some(text) => self.duration(None, "timeout", text).unwrap_or(DEFAULT_TIMEOUT),
+            Some(text) => self
+                .duration(None, "timeout", text)
+                .unwrap_or(DEFAULT_TIMEOUT),
         };
         if raw.tasks.is_empty() {
             self.spec_error("a workflow needs at least one task".into());
@@ -224,10 +226,10 @@ impl Checker<'_> {
                 default: input.default.clone(),
                 required: input.required.unwrap_or(input.default.is_none()),
             };
-            if let Some(default) = &decl.default {
-                if let Err(message) = decl.check(default) {
-                    self.spec_error(format!("default of {message}"));
-                }
+            if let Some(default) = &decl.default
+                && let Err(message) = decl.check(default)
+            {
+                self.spec_error(format!("default of {message}"));
             }
             out.push(decl);
         }
@@ -248,7 +250,12 @@ impl Checker<'_> {
         }
     }
 
-    fn retry(&mut self, task: Option<&str>, base: RetryPolicy, raw: Option<&RawRetry>) -> RetryPolicy {
+    fn retry(
+        &mut self,
+        task: Option<&str>,
+        base: RetryPolicy,
+        raw: Option<&RawRetry>,
+    ) -> RetryPolicy {
         let Some(raw) = raw else { return base };
         let mut policy = base;
         let complain = |checker: &mut Self, message: String| match task {
@@ -281,7 +288,10 @@ impl Checker<'_> {
         }
         if let Some(multiplier) = raw.multiplier {
             if !(1.0..=10.0).contains(&multiplier) {
-                complain(self, format!("retry.multiplier must be 1 to 10, got {multiplier}"));
+                complain(
+                    self,
+                    format!("retry.multiplier must be 1 to 10, got {multiplier}"),
+                );
             } else {
                 policy.multiplier = multiplier as f32;
             }
@@ -307,7 +317,10 @@ impl Checker<'_> {
                     message: format!(
                         "duplicate task id `{}`{}",
                         task.id,
-                        first.map_or(String::new(), |p| format!(" (first declared at line {})", p.line))
+                        first.map_or(String::new(), |p| format!(
+                            " (first declared at line {})",
+                            p.line
+                        ))
                     ),
                     task: Some(task.id.clone()),
                     position,
@@ -342,16 +355,32 @@ impl Checker<'_> {
                 }
             }
             (Some(_), Some(_)) => {
-                self.task_error(id, Some("checkpoint"), "a task has either a `skill` or a `checkpoint`, not both".into());
+                self.task_error(
+                    id,
+                    Some("checkpoint"),
+                    "a task has either a `skill` or a `checkpoint`, not both".into(),
+                );
                 TaskKind::Checkpoint { verify: None }
             }
             (None, None) => {
-                self.task_error(id, None, "a task needs a `skill` (or a `checkpoint`)".into());
+                self.task_error(
+                    id,
+                    None,
+                    "a task needs a `skill` (or a `checkpoint`)".into(),
+                );
                 TaskKind::Checkpoint { verify: None }
             }
         };
         if raw.needs.len() > self.limits.needs_max {
-            self.task_error(id, Some("needs"), format!("{} needs; the limit is {}", raw.needs.len(), self.limits.needs_max));
+            self.task_error(
+                id,
+                Some("needs"),
+                format!(
+                    "{} needs; the limit is {}",
+                    raw.needs.len(),
+                    self.limits.needs_max
+                ),
+            );
         }
         let mut needs = Vec::with_capacity(raw.needs.len());
         for need in &raw.needs {
@@ -360,11 +389,18 @@ impl Checker<'_> {
                     self.task_error(id, Some("needs"), format!("`{id}` needs itself"));
                 }
                 Some(&target) if needs.contains(&target) => {
-                    self.task_error(id, Some("needs"), format!("`{need}` is listed twice in needs"));
+                    self.task_error(
+                        id,
+                        Some("needs"),
+                        format!("`{need}` is listed twice in needs"),
+                    );
                 }
                 Some(&target) => needs.push(target),
                 None => {
-                    let message = format!("needs unknown task `{need}`{}", suggestion(need, ids.keys()));
+                    let message = format!(
+                        "needs unknown task `{need}`{}",
+                        suggestion(need, ids.keys())
+                    );
                     self.task_error(id, Some("needs"), message);
                 }
             }
@@ -373,27 +409,47 @@ impl Checker<'_> {
         let retry = self.retry(Some(id), default_retry, raw.retry.as_ref());
         let timeout = match raw.timeout.as_deref() {
             None => default_timeout,
-            Some(text) => self.duration(Some(id), "timeout", text).unwrap_or(default_timeout),
+            Some(text) => self
+                .duration(Some(id), "timeout", text)
+                .unwrap_or(default_timeout),
         };
         let route = raw.route.as_ref().map(|route| self.route(id, route));
         let compensate = raw.compensate.as_ref().map(|compensate| {
             self.name("compensation skill", &compensate.skill, Some(id));
             let input = self.template(id, "compensate", compensate.with_input.as_ref());
-            let retry = self.retry(Some(id), RetryPolicy { max_attempts: 10, ..default_retry }, compensate.retry.as_ref());
+            let retry = self.retry(
+                Some(id),
+                RetryPolicy {
+                    max_attempts: 10,
+                    ..default_retry
+                },
+                compensate.retry.as_ref(),
+            );
             let timeout = match compensate.timeout.as_deref() {
                 None => timeout,
-                Some(text) => self.duration(Some(id), "compensate", text).unwrap_or(timeout),
+                Some(text) => self
+                    .duration(Some(id), "compensate", text)
+                    .unwrap_or(timeout),
             };
             let route = compensate.route.as_ref().map(|route| self.route(id, route));
-            Compensation { skill: compensate.skill.clone(), route, input, retry, timeout }
-        });
-        let when = raw.when.as_deref().and_then(|text| match Condition::compile(text) {
-            Ok(condition) => Some(condition),
-            Err(message) => {
-                self.task_error(id, Some("when"), message);
-                None
+            Compensation {
+                skill: compensate.skill.clone(),
+                route,
+                input,
+                retry,
+                timeout,
             }
         });
+        let when = raw
+            .when
+            .as_deref()
+            .and_then(|text| match Condition::compile(text) {
+                Ok(condition) => Some(condition),
+                Err(message) => {
+                    self.task_error(id, Some("when"), message);
+                    None
+                }
+            });
         CompiledTask {
             id: raw.id.clone(),
             index,
@@ -411,39 +467,53 @@ impl Checker<'_> {
     }
 
     fn route(&mut self, id: &str, route: &super::raw::RawRoute) -> Route {
-            let policy = match route.policy.as_deref() {
-                None | Some("least-loaded") => RoutePolicy::LeastLoaded,
-                Some("cheapest") => RoutePolicy::Cheapest,
-                Some("cheapest-healthy") => RoutePolicy::CheapestHealthy,
-                Some(other) => {
-                    self.task_error(id, Some("route"), format!(
+        let policy = match route.policy.as_deref() {
+            None | Some("least-loaded") => RoutePolicy::LeastLoaded,
+            Some("cheapest") => RoutePolicy::Cheapest,
+            Some("cheapest-healthy") => RoutePolicy::CheapestHealthy,
+            Some(other) => {
+                self.task_error(id, Some("route"), format!(
                         "unknown route policy `{other}`: use least-loaded, cheapest or cheapest-healthy"
                     ));
-                    RoutePolicy::LeastLoaded
-                }
-            };
-            let labels = route
-                .labels
-                .iter()
-                .filter_map(|(key, value)| match Template::parse(&Value::String(value.clone())) {
+                RoutePolicy::LeastLoaded
+            }
+        };
+        let labels = route
+            .labels
+            .iter()
+            .filter_map(
+                |(key, value)| match Template::parse(&Value::String(value.clone())) {
                     Ok(template) => Some((key.clone(), template)),
                     Err(message) => {
-                        self.task_error(id, Some("route"), format!("route label `{key}`: {message}"));
+                        self.task_error(
+                            id,
+                            Some("route"),
+                            format!("route label `{key}`: {message}"),
+                        );
                         None
                     }
-                })
-                .collect();
-            Route { policy, labels, fallback: route.fallback }
+                },
+            )
+            .collect();
+        Route {
+            policy,
+            labels,
+            fallback: route.fallback,
+        }
     }
 
     fn template(&mut self, task: &str, key: &str, value: Option<&Map<String, Value>>) -> Template {
         let value = Value::Object(value.cloned().unwrap_or_default());
         let depth = json_depth(&value);
         if depth > self.limits.nesting_depth_max {
-            self.task_error(task, Some(key), format!(
-                "`{key}` nests {depth} levels deep; the limit is {}",
-                self.limits.nesting_depth_max
-            ));
+            self.task_error(
+                task,
+                Some(key),
+                format!(
+                    "`{key}` nests {depth} levels deep; the limit is {}",
+                    self.limits.nesting_depth_max
+                ),
+            );
             return Template::Object(Vec::new());
         }
         match Template::parse(&value) {
@@ -458,7 +528,9 @@ impl Checker<'_> {
     /// Kahn's algorithm; on a cycle, reports it as `a -> b -> c -> a`.
     fn topological_order(&mut self, tasks: &[CompiledTask]) -> Option<Vec<u32>> {
         let mut indegree: Vec<usize> = tasks.iter().map(|t| t.needs.len()).collect();
-        let mut queue: Vec<u32> = (0..tasks.len() as u32).filter(|i| indegree[*i as usize] == 0).collect();
+        let mut queue: Vec<u32> = (0..tasks.len() as u32)
+            .filter(|i| indegree[*i as usize] == 0)
+            .collect();
         let mut order = Vec::with_capacity(tasks.len());
         while let Some(next) = queue.pop() {
             order.push(next);
@@ -484,10 +556,18 @@ impl Checker<'_> {
                 .find(|n| indegree[*n] > 0)
                 .unwrap_or(start);
             if let Some(at) = path.iter().position(|p| *p == next) {
-                let mut cycle: Vec<&str> = path[at..].iter().rev().map(|i| tasks[*i].id.as_str()).collect();
+                let mut cycle: Vec<&str> = path[at..]
+                    .iter()
+                    .rev()
+                    .map(|i| tasks[*i].id.as_str())
+                    .collect();
                 cycle.push(cycle[0]);
                 let first = cycle[0].to_owned();
-                self.task_error(&first, Some("needs"), format!("dependency cycle: {}", cycle.join(" -> ")));
+                self.task_error(
+                    &first,
+                    Some("needs"),
+                    format!("dependency cycle: {}", cycle.join(" -> ")),
+                );
                 return None;
             }
             path.push(next);
@@ -495,7 +575,13 @@ impl Checker<'_> {
         }
     }
 
-    fn check_references(&mut self, tasks: &[CompiledTask], order: &[u32], inputs: &[InputDecl], raw: &[RawTask]) {
+    fn check_references(
+        &mut self,
+        tasks: &[CompiledTask],
+        order: &[u32],
+        inputs: &[InputDecl],
+        raw: &[RawTask],
+    ) {
         // ancestors[i] holds every task that finishes before task i may start.
         let words = tasks.len().div_ceil(64);
         let mut ancestors = vec![vec![0u64; words]; tasks.len()];
@@ -510,32 +596,64 @@ impl Checker<'_> {
                 ancestors[i][bit / 64] |= 1 << (bit % 64);
             }
         }
-        let is_ancestor = |of: usize, candidate: usize| ancestors[of][candidate / 64] & (1 << (candidate % 64)) != 0;
+        let is_ancestor = |of: usize, candidate: usize| {
+            ancestors[of][candidate / 64] & (1 << (candidate % 64)) != 0
+        };
         let when_task = Regex::new(r"tasks\.([A-Za-z0-9_\-]+)").ok();
         for task in tasks {
             let me = task.index as usize;
-            let mut checks: Vec<(&Reference, &'static str, bool)> =
-                task.input.references().into_iter().map(|r| (r, "with", false)).collect();
+            let mut checks: Vec<(&Reference, &'static str, bool)> = task
+                .input
+                .references()
+                .into_iter()
+                .map(|r| (r, "with", false))
+                .collect();
             if let Some(route) = &task.route {
                 for (_, template) in &route.labels {
-                    checks.extend(template.references().into_iter().map(|r| (r, "route", false)));
+                    checks.extend(
+                        template
+                            .references()
+                            .into_iter()
+                            .map(|r| (r, "route", false)),
+                    );
                 }
             }
             if let Some(compensate) = &task.compensate {
-                checks.extend(compensate.input.references().into_iter().map(|r| (r, "compensate", true)));
+                checks.extend(
+                    compensate
+                        .input
+                        .references()
+                        .into_iter()
+                        .map(|r| (r, "compensate", true)),
+                );
                 for (_, template) in compensate.route.iter().flat_map(|r| &r.labels) {
-                    checks.extend(template.references().into_iter().map(|r| (r, "compensate", true)));
+                    checks.extend(
+                        template
+                            .references()
+                            .into_iter()
+                            .map(|r| (r, "compensate", true)),
+                    );
                 }
             }
             for (reference, key, may_reference_self) in checks {
                 match reference {
                     Reference::Input { name, .. } if !inputs.iter().any(|d| &d.name == name) => {
-                        self.task_error(&task.id, Some(key), format!(
-                            "`{key}` references undeclared input `inputs.{name}`"
-                        ));
+                        self.task_error(
+                            &task.id,
+                            Some(key),
+                            format!("`{key}` references undeclared input `inputs.{name}`"),
+                        );
                     }
                     Reference::TaskOutput { task: target, .. } => {
-                        self.check_task_reference(tasks, task, key, target, may_reference_self, &is_ancestor, me);
+                        self.check_task_reference(
+                            tasks,
+                            task,
+                            key,
+                            target,
+                            may_reference_self,
+                            &is_ancestor,
+                            me,
+                        );
                     }
                     _ => {}
                 }
@@ -563,14 +681,22 @@ impl Checker<'_> {
         match tasks.iter().position(|t| t.id == target) {
             None => {
                 let names = tasks.iter().map(|t| &t.id);
-                self.task_error(&task.id, Some(key), format!(
-                    "`{key}` references the output of unknown task `{target}`{}",
-                    suggestion(target, names)
-                ));
+                self.task_error(
+                    &task.id,
+                    Some(key),
+                    format!(
+                        "`{key}` references the output of unknown task `{target}`{}",
+                        suggestion(target, names)
+                    ),
+                );
             }
             Some(found) if found == me && may_reference_self => {}
             Some(found) if found == me => {
-                self.task_error(&task.id, Some(key), format!("`{key}` references its own output"));
+                self.task_error(
+                    &task.id,
+                    Some(key),
+                    format!("`{key}` references its own output"),
+                );
             }
             Some(found) if !is_ancestor(me, found) => {
                 self.task_error(&task.id, Some(key), format!(
@@ -602,7 +728,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
         let mut current = vec![i + 1; b.len() + 1];
         for (j, cb) in b.iter().enumerate() {
             let cost = usize::from(ca != *cb);
-            current[j + 1] = (previous[j] + cost).min(previous[j + 1] + 1).min(current[j] + 1);
+            current[j + 1] = (previous[j] + cost)
+                .min(previous[j + 1] + 1)
+                .min(current[j] + 1);
         }
         previous = current;
     }
@@ -620,11 +748,20 @@ impl CompiledSpec {
                 references.extend(compensate.input.references());
             }
             for reference in references {
-                let Reference::TaskOutput { task: target, rest } = reference else { continue };
+                let Reference::TaskOutput { task: target, rest } = reference else {
+                    continue;
+                };
                 let Some(field) = rest.first() else { continue };
-                let Some(target_task) = self.task_index(target).map(|i| &self.tasks[i as usize]) else { continue };
-                let Some(skill) = target_task.skill() else { continue };
-                let Some(fields) = catalog.output_fields(skill) else { continue };
+                let Some(target_task) = self.task_index(target).map(|i| &self.tasks[i as usize])
+                else {
+                    continue;
+                };
+                let Some(skill) = target_task.skill() else {
+                    continue;
+                };
+                let Some(fields) = catalog.output_fields(skill) else {
+                    continue;
+                };
                 if !fields.iter().any(|f| f == field) {
                     errors.push(SpecError {
                         message: format!(

@@ -40,7 +40,12 @@ impl Condition {
     }
 
     /// Evaluates to a boolean; anything else is an error naming the expression.
-    pub fn evaluate(&self, inputs: &Value, tasks: &Value, workflow: &Value) -> Result<bool, String> {
+    pub fn evaluate(
+        &self,
+        inputs: &Value,
+        tasks: &Value,
+        workflow: &Value,
+    ) -> Result<bool, String> {
         let mut context = cel::Context::default();
         for (name, value) in [("inputs", inputs), ("tasks", tasks), ("workflow", workflow)] {
             context
@@ -53,7 +58,10 @@ impl Condition {
                 "`when` expression `{}` must be a boolean, got {other:?}",
                 self.source
             )),
-            Err(error) => Err(format!("`when` expression `{}` failed: {error}", self.source)),
+            Err(error) => Err(format!(
+                "`when` expression `{}` failed: {error}",
+                self.source
+            )),
         }
     }
 }
@@ -69,14 +77,25 @@ mod tests {
         let tasks = json!({"risk": {"output": {"decision": "approve"}}});
         assert_eq!(condition.evaluate(&json!({}), &tasks, &json!({})), Ok(true));
         let tasks = json!({"risk": {"output": {"decision": "decline"}}});
-        assert_eq!(condition.evaluate(&json!({}), &tasks, &json!({})), Ok(false));
+        assert_eq!(
+            condition.evaluate(&json!({}), &tasks, &json!({})),
+            Ok(false)
+        );
     }
 
     #[test]
     fn rejects_unknown_variables_and_non_booleans() {
-        assert!(Condition::compile("secrets.x == 1").unwrap_err().contains("`secrets`"));
+        assert!(
+            Condition::compile("secrets.x == 1")
+                .unwrap_err()
+                .contains("`secrets`")
+        );
         assert!(Condition::compile("inputs.x +").is_err());
         let condition = Condition::compile("inputs.amount_minor + 1").unwrap();
-        assert!(condition.evaluate(&json!({"amount_minor": 1}), &json!({}), &json!({})).is_err());
+        assert!(
+            condition
+                .evaluate(&json!({"amount_minor": 1}), &json!({}), &json!({}))
+                .is_err()
+        );
     }
 }

@@ -52,11 +52,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Formats a duration the way specs write it.
 pub fn format_duration(duration: Duration) -> String {
     let ms = duration.as_millis();
-    if ms % 3_600_000 == 0 && ms > 0 {
+    if ms.is_multiple_of(3_600_000) && ms > 0 {
         format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 && ms > 0 {
+    } else if ms.is_multiple_of(60_000) && ms > 0 {
         format!("{}m", ms / 60_000)
-    } else if ms % 1_000 == 0 && ms > 0 {
+    } else if ms.is_multiple_of(1_000) && ms > 0 {
         format!("{}s", ms / 1_000)
     } else {
         format!("{ms}ms")
@@ -78,8 +78,16 @@ mod tests {
     #[test]
     fn rejects_malformed_with_a_reason() {
         assert!(parse_duration("10").unwrap_err().contains("missing unit"));
-        assert!(parse_duration("ten seconds").unwrap_err().contains("expected a number"));
-        assert!(parse_duration("5sec").unwrap_err().contains("unknown unit `sec`"));
+        assert!(
+            parse_duration("ten seconds")
+                .unwrap_err()
+                .contains("expected a number")
+        );
+        assert!(
+            parse_duration("5sec")
+                .unwrap_err()
+                .contains("unknown unit `sec`")
+        );
         assert!(parse_duration("").is_err());
     }
 

@@ -79,15 +79,19 @@ impl InputDecl {
             ));
         }
         if let Some(number) = value.as_f64() {
-            if let Some(minimum) = self.minimum.as_ref().and_then(Number::as_f64) {
-                if number < minimum {
-                    return Err(format!("input `{name}` must be at least {minimum}, got {value}"));
-                }
+            if let Some(minimum) = self.minimum.as_ref().and_then(Number::as_f64)
+                && number < minimum
+            {
+                return Err(format!(
+                    "input `{name}` must be at least {minimum}, got {value}"
+                ));
             }
-            if let Some(maximum) = self.maximum.as_ref().and_then(Number::as_f64) {
-                if number > maximum {
-                    return Err(format!("input `{name}` must be at most {maximum}, got {value}"));
-                }
+            if let Some(maximum) = self.maximum.as_ref().and_then(Number::as_f64)
+                && number > maximum
+            {
+                return Err(format!(
+                    "input `{name}` must be at most {maximum}, got {value}"
+                ));
             }
         }
         if let Some(text) = value.as_str() {
@@ -104,20 +108,17 @@ impl InputDecl {
                     self.max_length.unwrap_or_default()
                 ));
             }
-            if let Some(pattern) = &self.pattern {
-                if !pattern.is_match(text) {
-                    return Err(format!(
-                        "input `{name}` must match `{}`",
-                        pattern.as_str()
-                    ));
-                }
+            if let Some(pattern) = &self.pattern
+                && !pattern.is_match(text)
+            {
+                return Err(format!("input `{name}` must match `{}`", pattern.as_str()));
             }
         }
-        if let Some(allowed) = &self.one_of {
-            if !allowed.contains(value) {
-                let list: Vec<String> = allowed.iter().map(Value::to_string).collect();
-                return Err(format!("input `{name}` must be one of {}", list.join(", ")));
-            }
+        if let Some(allowed) = &self.one_of
+            && !allowed.contains(value)
+        {
+            let list: Vec<String> = allowed.iter().map(Value::to_string).collect();
+            return Err(format!("input `{name}` must be one of {}", list.join(", ")));
         }
         Ok(())
     }
@@ -129,7 +130,12 @@ pub fn check_input(decls: &[InputDecl], input: &Value) -> Result<Value, Vec<Stri
     let object = match input {
         Value::Object(map) => map,
         Value::Null => &empty,
-        other => return Err(vec![format!("input must be a JSON object, got {}", describe(other))]),
+        other => {
+            return Err(vec![format!(
+                "input must be a JSON object, got {}",
+                describe(other)
+            )]);
+        }
     };
     let mut errors = Vec::new();
     let mut out = Map::with_capacity(decls.len());
@@ -138,7 +144,11 @@ pub fn check_input(decls: &[InputDecl], input: &Value) -> Result<Value, Vec<Stri
             let declared: Vec<&str> = decls.iter().map(|d| d.name.as_str()).collect();
             errors.push(format!(
                 "input `{key}` is not declared by the spec (declared: {})",
-                if declared.is_empty() { "none".to_owned() } else { declared.join(", ") }
+                if declared.is_empty() {
+                    "none".to_owned()
+                } else {
+                    declared.join(", ")
+                }
             ));
         }
     }
@@ -161,11 +171,19 @@ pub fn check_input(decls: &[InputDecl], input: &Value) -> Result<Value, Vec<Stri
             },
         }
     }
-    if errors.is_empty() { Ok(Value::Object(out)) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(Value::Object(out))
+    } else {
+        Err(errors)
+    }
 }
 
 fn article(word: &str) -> &'static str {
-    if word.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" }
+    if word.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    }
 }
 
 fn describe(value: &Value) -> String {

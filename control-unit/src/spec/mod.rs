@@ -226,7 +226,11 @@ impl CompiledSpec {
     }
 
     /// Checks an input against the declared inputs and fills in defaults.
-    pub fn check_input(&self, input: &serde_json::Value, limits: &SpecLimits) -> Result<serde_json::Value, SpecErrors> {
+    pub fn check_input(
+        &self,
+        input: &serde_json::Value,
+        limits: &SpecLimits,
+    ) -> Result<serde_json::Value, SpecErrors> {
         let depth = json_depth(input);
         if depth > limits.nesting_depth_max {
             return Err(SpecErrors(vec![SpecError::new(format!(

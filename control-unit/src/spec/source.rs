@@ -37,17 +37,17 @@ impl SourceMap {
                 continue;
             }
             let item = trimmed.strip_prefix('-').map_or(trimmed, str::trim_start);
-            if key_of(item) == Some("id") {
-                if let Some(value) = value_of(item) {
-                    let column = (line.len() - item.len()) as u32 + 1;
-                    tasks.push((
-                        value,
-                        Position {
-                            line: index as u32 + 1,
-                            column,
-                        },
-                    ));
-                }
+            if key_of(item) == Some("id")
+                && let Some(value) = value_of(item)
+            {
+                let column = (line.len() - item.len()) as u32 + 1;
+                tasks.push((
+                    value,
+                    Position {
+                        line: index as u32 + 1,
+                        column,
+                    },
+                ));
             }
         }
         Self { tasks, lines }
@@ -55,7 +55,10 @@ impl SourceMap {
 
     /// Where the task with this id is declared (its first declaration).
     pub fn task(&self, id: &str) -> Option<Position> {
-        self.tasks.iter().find(|(name, _)| name == id).map(|(_, p)| *p)
+        self.tasks
+            .iter()
+            .find(|(name, _)| name == id)
+            .map(|(_, p)| *p)
     }
 
     /// Where the `nth` (0-based) declaration of the task with this id is.
@@ -130,7 +133,12 @@ fn key_of(text: &str) -> Option<&str> {
 /// The scalar value of a `key: value` line, unquoted, without a trailing comma or comment.
 fn value_of(text: &str) -> Option<String> {
     let (_, value) = text.split_once(':')?;
-    let value = value.split(" #").next().unwrap_or("").trim().trim_end_matches(',');
+    let value = value
+        .split(" #")
+        .next()
+        .unwrap_or("")
+        .trim()
+        .trim_end_matches(',');
     let value = value.trim().trim_matches('"').trim_matches('\'');
     if value.is_empty() {
         return None;

@@ -177,9 +177,11 @@ fn parse_string(text: &str) -> Result<Template, String> {
 fn resolve_reference(reference: &Reference, scope: &dyn Scope) -> Result<Value, String> {
     let (root, rest, label) = match reference {
         Reference::Input { name, rest } => (scope.input(name), rest, format!("inputs.{name}")),
-        Reference::TaskOutput { task, rest } => {
-            (scope.task_output(task), rest, format!("tasks.{task}.output"))
-        }
+        Reference::TaskOutput { task, rest } => (
+            scope.task_output(task),
+            rest,
+            format!("tasks.{task}.output"),
+        ),
         Reference::WorkflowId => return Ok(Value::String(scope.workflow_id())),
         Reference::WorkflowName => return Ok(Value::String(scope.workflow_name())),
     };
@@ -231,7 +233,8 @@ mod tests {
 
     #[test]
     fn interpolation_and_nested_paths() {
-        let t = Template::parse(&json!("{{workflow.id}}/{{ tasks.authorize.output.ids.1 }}")).unwrap();
+        let t =
+            Template::parse(&json!("{{workflow.id}}/{{ tasks.authorize.output.ids.1 }}")).unwrap();
         assert_eq!(t.resolve(&TestScope).unwrap(), json!("wf-1/y"));
     }
 
@@ -246,7 +249,11 @@ mod tests {
 
     #[test]
     fn malformed_references_are_rejected() {
-        assert!(Reference::parse("tasks.a.outputs.x").unwrap_err().contains("expected `tasks.a.output"));
+        assert!(
+            Reference::parse("tasks.a.outputs.x")
+                .unwrap_err()
+                .contains("expected `tasks.a.output")
+        );
         assert!(Reference::parse("secrets.x").is_err());
         assert!(Template::parse(&json!("{{ inputs.x")).is_err());
     }
