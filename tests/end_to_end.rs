@@ -1,6 +1,6 @@
 //! The platform end to end: control unit, execution units and gateway simulator as
-#![allow(clippy::unwrap_used)]
 //! separate processes on loopback ports chosen at run time.
+#![allow(clippy::unwrap_used)]
 
 mod support;
 
@@ -210,7 +210,11 @@ async fn failed_capture_voids_the_authorization() {
 /// another execution unit, and the gateway still shows exactly one capture.
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_execution_unit_task_is_redispatched_without_double_capture() {
-    let mut fleet = Fleet::start(&["--capture-latency-ms", "1000"], 2);
+    // Services in one unit; the gateway agent in two units, one of which is killed.
+    let mut fleet = Fleet::start(&["--capture-latency-ms", "1000"], 0);
+    fleet.add_exec("services", &["--agents", "risk,ledger,verify,notify"]);
+    fleet.add_exec("exec-0", &["--agents", "gateway"]);
+    fleet.add_exec("exec-1", &["--agents", "gateway"]);
     fleet
         .wait_for_skills(&[
             "gateway.authorize",
@@ -265,7 +269,7 @@ async fn killed_execution_unit_task_is_redispatched_without_double_capture() {
         .expect("capturing agent")
         .execution_unit
         .clone();
-    let victim = if unit == "exec-0" { 0 } else { 1 };
+    let victim = if unit == "exec-0" { 1 } else { 2 };
     fleet.execs[victim].kill();
 
     let workflow = wait_terminal(&mut client, &id).await;

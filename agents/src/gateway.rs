@@ -110,7 +110,10 @@ impl GatewayAgent {
         );
         match status.as_u16() {
             200..=299 => TaskOutcome::Succeeded(body),
-            409 | 429 | 500..=599 => TaskOutcome::retryable(code, message),
+            // A key still in use by an earlier attempt: wait and retry. Other conflicts
+            // (e.g. voiding a captured authorization) will not change by retrying.
+            409 if code == "idempotency_conflict" => TaskOutcome::retryable(code, message),
+            429 | 500..=599 => TaskOutcome::retryable(code, message),
             _ => TaskOutcome::permanent(code, message),
         }
     }

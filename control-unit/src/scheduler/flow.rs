@@ -531,7 +531,11 @@ impl Scheduler {
             let status = if workflow.cancel_requested {
                 WorkflowStatus::Cancelled
             } else if workflow.compensation_failures > 0
-                || !workflow.tasks.iter().any(|t| t.compensation.is_some())
+                || !workflow.tasks.iter().any(|t| {
+                    t.compensation
+                        .as_ref()
+                        .is_some_and(|c| c.status == TaskStatus::Compensated)
+                })
             {
                 WorkflowStatus::Failed
             } else {
@@ -542,6 +546,42 @@ impl Scheduler {
             return;
         };
         workflow.status = WorkflowStatus::Compensating;
+        let spec = workflow.spec.clone();
+        let condition = spec.tasks[task as usize]
+            .compensate
+            .as_ref()
+            .and_then(|c| c.when.as_ref());
+        if let Some(condition) = condition {
+            let (inputs, tasks, meta) = condition_context(workflow);
+            let verdict = condition.evaluate(&inputs, &tasks, &meta);
+            if verdict != Ok(true) {
+                // Not needed (or not decidable): record why and move on.
+                let mut execution = Execution::new(TaskStatus::Skipped);
+                execution.started_at = now;
+                execution.finished_at = now;
+                let detail = match verdict {
+                    Ok(_) => format!("compensation when `{}` is false", condition.source()),
+                    Err(error) => error,
+                };
+                execution.error = Some(detail.clone());
+                workflow.tasks[task as usize].compensation = Some(execution);
+                record(
+                    out,
+                    id,
+                    now,
+                    Change::Task {
+                        task,
+                        compensation: true,
+                        status: TaskStatus::Skipped,
+                        attempt: 0,
+                        agent: None,
+                        detail: Some(detail),
+                    },
+                );
+                self.continue_compensation(id, out);
+                return;
+            }
+        }
         workflow.compensating = Some(task);
         let mut execution = Execution::new(TaskStatus::Blocked);
         execution.started_at = now;

@@ -644,3 +644,29 @@ proptest! {
         chaos(&tasks, workflows, seed, steps)?;
     }
 }
+
+/// A compensation with `when` runs only when it holds: once captured, the refund undoes
+/// the payment and the void is skipped.
+#[test]
+fn conditional_compensation_is_skipped_when_false() {
+    let text = "apiVersion: paygrid/v1\nkind: Workflow\nname: pay\nversion: 1\ntasks:\n  - id: authorize\n    skill: work\n    compensate: { skill: void, when: 'tasks.capture.status != \"succeeded\" && tasks.capture.status != \"compensated\"' }\n  - id: capture\n    skill: work\n    needs: [authorize]\n    compensate: { skill: refund }\n  - id: settle\n    skill: work\n    needs: [capture]\n    retry: { max_attempts: 1 }\n";
+    let mut sim = Sim::new();
+    sim.join("w", &["work", "void", "refund"], 4, &[]);
+    let id = sim.submit(&spec(text), Priority::Normal, serde_json::json!({}));
+    sim.succeed(0);
+    sim.succeed(0);
+    sim.answer(
+        0,
+        Outcome::Permanent {
+            error: "ledger down".into(),
+        },
+    );
+    assert_eq!(sim.inflight.len(), 1);
+    assert_eq!(&*sim.inflight[0].1.skill, "refund");
+    sim.succeed(0);
+    assert!(sim.inflight.is_empty(), "the void is skipped");
+    let workflow = sim.core.workflow(id).unwrap();
+    assert_eq!(workflow.status, WorkflowStatus::Compensated);
+    let void = workflow.tasks[0].compensation.as_ref().unwrap();
+    assert_eq!(void.status, TaskStatus::Skipped);
+}

@@ -432,9 +432,20 @@ impl Checker<'_> {
                     .unwrap_or(timeout),
             };
             let route = compensate.route.as_ref().map(|route| self.route(id, route));
+            let when = compensate
+                .when
+                .as_deref()
+                .and_then(|text| match Condition::compile(text) {
+                    Ok(condition) => Some(condition),
+                    Err(message) => {
+                        self.task_error(id, Some("compensate"), message);
+                        None
+                    }
+                });
             Compensation {
                 skill: compensate.skill.clone(),
                 route,
+                when,
                 input,
                 retry,
                 timeout,

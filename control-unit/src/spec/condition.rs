@@ -5,10 +5,11 @@ use std::fmt;
 
 use serde_json::Value;
 
-/// A compiled `when` expression.
+/// A compiled `when` expression (shared: `cel::Program` is not `Clone`).
+#[derive(Clone)]
 pub struct Condition {
     source: String,
-    program: cel::Program,
+    program: std::sync::Arc<cel::Program>,
 }
 
 impl fmt::Debug for Condition {
@@ -31,7 +32,7 @@ impl Condition {
         }
         Ok(Self {
             source: source.to_owned(),
-            program,
+            program: std::sync::Arc::new(program),
         })
     }
 

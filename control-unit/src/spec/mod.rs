@@ -154,6 +154,8 @@ pub struct Compensation {
     pub skill: String,
     /// Where the compensation runs, e.g. the gateway that authorized.
     pub route: Option<Route>,
+    /// Runs only when this holds at compensation time (e.g. nothing was captured).
+    pub when: Option<Condition>,
     pub input: Template,
     pub retry: RetryPolicy,
     pub timeout: Duration,

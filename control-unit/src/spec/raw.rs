@@ -119,6 +119,8 @@ pub struct RawRoute {
 pub struct RawCompensate {
     pub skill: String,
     #[serde(default)]
+    pub when: Option<String>,
+    #[serde(default)]
     pub route: Option<RawRoute>,
     #[serde(default, rename = "with")]
     pub with_input: Option<Map<String, Value>>,
