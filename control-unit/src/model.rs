@@ -53,7 +53,10 @@ impl FromStr for WorkflowId {
 }
 
 /// A registered agent's id, `NAME-N`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct AgentId(pub Arc<str>);
 
 impl fmt::Display for AgentId {
@@ -63,7 +66,10 @@ impl fmt::Display for AgentId {
 }
 
 /// Priority classes, most urgent first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Priority {
     Critical = 0,
     High = 1,
@@ -110,7 +116,8 @@ impl fmt::Display for Priority {
 }
 
 /// `pending → running → succeeded | failed | compensating → compensated | cancelled`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum WorkflowStatus {
     Pending,
     Running,
@@ -143,7 +150,8 @@ impl WorkflowStatus {
 }
 
 /// Per-task state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum TaskStatus {
     Blocked,
     Ready,

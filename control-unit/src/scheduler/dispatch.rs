@@ -244,6 +244,8 @@ impl Scheduler {
                 attempt,
                 agent: Some(agent.clone()),
                 detail: None,
+                output: None,
+                retry_at: None,
             },
         );
         out.push(Command::Dispatch {

@@ -124,6 +124,8 @@ impl Scheduler {
                 attempt,
                 agent: None,
                 detail: None,
+                output: None,
+                retry_at: None,
             },
         );
         self.mark_dirty(&skill);
@@ -353,6 +355,8 @@ impl Scheduler {
                 attempt,
                 agent: None,
                 detail: Some(format!("retry in {}ms: {error}", delay.as_millis())),
+                output: None,
+                retry_at: Some(at),
             },
         );
         self.timers.push(Reverse(Timer {
@@ -394,6 +398,8 @@ impl Scheduler {
                 attempt,
                 agent: None,
                 detail: Some(error.clone()),
+                output: None,
+                retry_at: None,
             },
         );
         if workflow.status == WorkflowStatus::Running {
@@ -429,6 +435,7 @@ impl Scheduler {
         if state.run.started_at == 0 {
             state.run.started_at = now;
         }
+        let recorded_output = output.clone();
         state.run.output = output;
         let attempt = state.run.attempt;
         let agent = state.run.agent.clone();
@@ -448,6 +455,8 @@ impl Scheduler {
                 attempt,
                 agent,
                 detail,
+                output: recorded_output,
+                retry_at: None,
             },
         );
         if workflow.status != WorkflowStatus::Running {
@@ -576,6 +585,8 @@ impl Scheduler {
                         attempt: 0,
                         agent: None,
                         detail: Some(detail),
+                        output: None,
+                        retry_at: None,
                     },
                 );
                 self.continue_compensation(id, out);
@@ -623,6 +634,7 @@ impl Scheduler {
         execution.status = status;
         execution.finished_at = now;
         execution.error = error.clone();
+        let recorded_output = output.clone();
         execution.output = output;
         let attempt = execution.attempt;
         let agent = execution.agent.clone();
@@ -644,6 +656,8 @@ impl Scheduler {
                 attempt,
                 agent,
                 detail: error,
+                output: recorded_output,
+                retry_at: None,
             },
         );
         self.continue_compensation(slot.workflow, out);

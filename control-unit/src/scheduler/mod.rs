@@ -11,6 +11,7 @@
 
 mod dispatch;
 mod flow;
+pub mod restore;
 pub mod state;
 
 #[cfg(test)]
@@ -146,7 +147,8 @@ pub struct Record {
     pub change: Change,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Change {
     Created,
     Workflow {
@@ -160,6 +162,14 @@ pub enum Change {
         attempt: u32,
         agent: Option<AgentId>,
         detail: Option<String>,
+        /// The output, on success.
+        output: Option<Arc<str>>,
+        /// When the next attempt becomes ready, on backoff.
+        retry_at: Option<Millis>,
+    },
+    /// An operator asked to cancel; compensation follows.
+    CancelRequested {
+        reason: String,
     },
 }
 
@@ -374,6 +384,14 @@ impl Scheduler {
             return Ok(workflow.status);
         }
         workflow.cancel_requested = true;
+        record(
+            out,
+            id,
+            self.now,
+            Change::CancelRequested {
+                reason: reason.to_owned(),
+            },
+        );
         self.stop_workflow(id, format!("cancelled: {reason}"), out);
         Ok(self
             .workflows
@@ -546,6 +564,8 @@ impl Scheduler {
                         attempt,
                         agent: Some(agent.clone()),
                         detail: None,
+                        output: None,
+                        retry_at: None,
                     },
                 );
             }

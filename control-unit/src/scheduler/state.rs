@@ -41,7 +41,7 @@ impl Slot {
 }
 
 /// One finished (or abandoned) attempt, for status and history.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AttemptRecord {
     pub attempt: u32,
     pub agent: Option<AgentId>,
@@ -52,7 +52,8 @@ pub struct AttemptRecord {
 }
 
 /// How an attempt ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum AttemptOutcome {
     Succeeded,
     Retryable,
@@ -78,7 +79,7 @@ impl AttemptOutcome {
 }
 
 /// The running state of a task or of a compensation.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Execution {
     pub status: TaskStatus,
     /// Attempts started so far.
@@ -124,7 +125,7 @@ impl Execution {
 }
 
 /// Per-task state of a workflow.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TaskState {
     pub run: Execution,
     /// Needs not yet finished.

@@ -187,7 +187,7 @@ pub fn record_to_event(
     sequence: u64,
 ) -> Option<pb::WorkflowEvent> {
     let body = match &record.change {
-        Change::Created => return None,
+        Change::Created | Change::CancelRequested { .. } => return None,
         Change::Workflow { status, detail } => {
             pb::workflow_event::Body::Workflow(pb::WorkflowChanged {
                 status: workflow_status_to_pb(*status).into(),
@@ -201,6 +201,7 @@ pub fn record_to_event(
             attempt,
             agent,
             detail,
+            ..
         } => pb::workflow_event::Body::Task(pb::TaskChanged {
             task_id: workflow.task_id(*task).to_owned(),
             status: task_status_to_pb(*status).into(),

@@ -1,0 +1,341 @@
+//! Durability support: a workflow's snapshot, and rebuilding a workflow from its last
+//! snapshot plus the changes recorded after it.
+//!
+//! Resuming never trusts what was in flight at the crash: a task whose outcome was not
+//! recorded is made ready again (same idempotency key, next attempt; a late result of the
+//! old attempt is still accepted), backoffs resume from their persisted deadline, and an
+//! interrupted compensation starts again.
+
+use std::cmp::Reverse;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{Change, Command, Execution, Scheduler, Slot, TaskState, Timer, TimerKind, Workflow};
+use crate::model::{Priority, TaskStatus, WorkflowId, WorkflowStatus};
+use crate::spec::CompiledSpec;
+
+/// A workflow as a store keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub id: String,
+    pub spec_hash: String,
+    pub input: Value,
+    pub priority: Priority,
+    pub labels: BTreeMap<String, String>,
+    pub idempotency_key: Option<String>,
+    pub traceparent: String,
+    pub status: WorkflowStatus,
+    pub error: Option<String>,
+    pub created_at: u64,
+    pub updated_at: u64,
+    pub cancel_requested: bool,
+    pub compensation_failures: u32,
+    pub compensation_stack: Vec<u32>,
+    pub compensating: Option<u32>,
+    pub tasks: Vec<TaskState>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("snapshot id `{0}` is not a workflow id")]
+    BadId(String),
+    #[error("workflow {id}: snapshot has {snapshot} tasks, spec {spec_hash} has {spec}")]
+    Shape {
+        id: WorkflowId,
+        snapshot: usize,
+        spec: usize,
+        spec_hash: String,
+    },
+    #[error("workflow {id}: change for task {task}, which the spec does not have")]
+    UnknownTask { id: WorkflowId, task: u32 },
+}
+
+impl Workflow {
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            id: self.id.to_string(),
+            spec_hash: self.spec.hash.clone(),
+            input: (*self.input).clone(),
+            priority: self.priority,
+            labels: self.labels.clone(),
+            idempotency_key: self.idempotency_key.clone(),
+            traceparent: self.traceparent.clone(),
+            status: self.status,
+            error: self.error.clone(),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            cancel_requested: self.cancel_requested,
+            compensation_failures: self.compensation_failures,
+            compensation_stack: self.compensation_stack.clone(),
+            compensating: self.compensating,
+            tasks: self.tasks.clone(),
+        }
+    }
+}
+
+/// Applies one recorded change to a workflow being rebuilt.
+fn apply(workflow: &mut Workflow, at: u64, change: &Change) -> Result<(), RestoreError> {
+    workflow.updated_at = workflow.updated_at.max(at);
+    match change {
+        Change::Created => {}
+        Change::CancelRequested { .. } => workflow.cancel_requested = true,
+        Change::Workflow { status, detail } => {
+            workflow.status = *status;
+            if detail.is_some() {
+                workflow.error.clone_from(detail);
+            }
+        }
+        Change::Task {
+            task,
+            compensation,
+            status,
+            attempt,
+            agent,
+            detail,
+            output,
+            retry_at,
+        } => {
+            let has_compensation = workflow
+                .spec
+                .tasks
+                .get(*task as usize)
+                .ok_or(RestoreError::UnknownTask {
+                    id: workflow.id,
+                    task: *task,
+                })?
+                .compensate
+                .is_some();
+            let state = &mut workflow.tasks[*task as usize];
+            let execution = if *compensation {
+                state
+                    .compensation
+                    .get_or_insert_with(|| Execution::new(TaskStatus::Blocked))
+            } else {
+                &mut state.run
+            };
+            execution.status = *status;
+            execution.attempt = *attempt;
+            if agent.is_some() {
+                execution.agent.clone_from(agent);
+            }
+            if output.is_some() {
+                execution.output.clone_from(output);
+            }
+            if let Some(retry_at) = retry_at {
+                execution.retry_at = *retry_at;
+            }
+            if execution.started_at == 0 && !matches!(status, TaskStatus::Blocked) {
+                execution.started_at = at;
+            }
+            if status.is_terminal() {
+                execution.finished_at = at;
+            }
+            if matches!(status, TaskStatus::Failed)
+                || detail.is_some() && matches!(status, TaskStatus::Backoff)
+            {
+                execution.error.clone_from(detail);
+            }
+            if *compensation {
+                match status {
+                    TaskStatus::Ready => {
+                        workflow.compensation_stack.retain(|t| t != task);
+                        workflow.compensating = Some(*task);
+                    }
+                    TaskStatus::Compensated => {
+                        state.run.status = TaskStatus::Compensated;
+                        workflow.compensating = None;
+                    }
+                    TaskStatus::Skipped => {
+                        workflow.compensation_stack.retain(|t| t != task);
+                        workflow.compensating = None;
+                    }
+                    TaskStatus::Failed => {
+                        workflow.compensation_failures += 1;
+                        workflow.compensating = None;
+                    }
+                    _ => {}
+                }
+            } else if *status == TaskStatus::Succeeded
+                && has_compensation
+                && !workflow.compensation_stack.contains(task)
+            {
+                workflow.compensation_stack.push(*task);
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Scheduler {
+    /// Rebuilds a workflow from its snapshot and the changes after it (in order), and
+    /// resumes it.
+    pub fn restore(
+        &mut self,
+        now: u64,
+        snapshot: Snapshot,
+        spec: Arc<CompiledSpec>,
+        changes: &[(u64, Change)],
+        out: &mut Vec<Command>,
+    ) -> Result<WorkflowId, RestoreError> {
+        self.advance(now);
+        let id: WorkflowId = snapshot
+            .id
+            .parse()
+            .map_err(|_| RestoreError::BadId(snapshot.id.clone()))?;
+        if snapshot.tasks.len() != spec.tasks.len() {
+            return Err(RestoreError::Shape {
+                id,
+                snapshot: snapshot.tasks.len(),
+                spec: spec.tasks.len(),
+                spec_hash: spec.hash.clone(),
+            });
+        }
+        let mut workflow = Workflow {
+            id,
+            spec,
+            input: Arc::new(snapshot.input),
+            priority: snapshot.priority,
+            labels: snapshot.labels,
+            idempotency_key: snapshot.idempotency_key,
+            traceparent: snapshot.traceparent,
+            status: snapshot.status,
+            tasks: snapshot.tasks,
+            error: snapshot.error,
+            created_at: snapshot.created_at,
+            updated_at: snapshot.updated_at,
+            tasks_remaining: 0,
+            compensation_stack: snapshot.compensation_stack,
+            compensating: snapshot.compensating,
+            compensation_failures: snapshot.compensation_failures,
+            cancel_requested: snapshot.cancel_requested,
+        };
+        for (at, change) in changes {
+            apply(&mut workflow, *at, change)?;
+        }
+        // Derived state.
+        workflow.tasks_remaining = workflow
+            .tasks
+            .iter()
+            .filter(|t| !t.run.status.is_terminal())
+            .count() as u32;
+        let needs: Vec<Vec<u32>> = workflow
+            .spec
+            .tasks
+            .iter()
+            .map(|t| t.needs.clone())
+            .collect();
+        for (index, task_needs) in needs.iter().enumerate() {
+            let pending = task_needs
+                .iter()
+                .filter(|n| {
+                    !matches!(
+                        workflow.tasks[**n as usize].run.status,
+                        TaskStatus::Succeeded | TaskStatus::Skipped
+                    )
+                })
+                .count();
+            workflow.tasks[index].pending_needs = pending as u32;
+        }
+        let status = workflow.status;
+        let order = workflow.spec.topological_order.clone();
+        self.workflows.insert(id, workflow);
+        if status.is_terminal() {
+            self.retained.push_back(id);
+            return Ok(id);
+        }
+        self.active += 1;
+        match status {
+            WorkflowStatus::Compensating => self.resume_compensation(id, out),
+            _ => self.resume_running(id, &order, out),
+        }
+        Ok(id)
+    }
+
+    fn resume_running(&mut self, id: WorkflowId, order: &[u32], out: &mut Vec<Command>) {
+        if let Some(workflow) = self.workflows.get_mut(&id) {
+            workflow.status = WorkflowStatus::Running;
+        }
+        for &task in order {
+            let Some(workflow) = self.workflows.get_mut(&id) else {
+                return;
+            };
+            if workflow.status != WorkflowStatus::Running {
+                return; // a `when` error failed it while resuming
+            }
+            let state = &mut workflow.tasks[task as usize];
+            let slot = Slot {
+                workflow: id,
+                task,
+                compensation: false,
+            };
+            match state.run.status {
+                TaskStatus::Ready | TaskStatus::Dispatched | TaskStatus::Running => {
+                    // Outcome unknown: run it again; a late answer to this attempt still counts.
+                    state.run.attempt_open = state.run.attempt > 0;
+                    self.make_ready(slot, out);
+                }
+                TaskStatus::Backoff => {
+                    let (at, attempt) = (state.run.retry_at, state.run.attempt);
+                    self.timers.push(Reverse(Timer {
+                        at,
+                        slot,
+                        attempt,
+                        kind: TimerKind::Backoff,
+                    }));
+                }
+                TaskStatus::Blocked if state.pending_needs == 0 => {
+                    self.task_unblocked(id, task, out)
+                }
+                _ => {}
+            }
+        }
+        let done = self
+            .workflows
+            .get(&id)
+            .is_some_and(|w| w.status == WorkflowStatus::Running && w.tasks_remaining == 0);
+        if done {
+            self.finish_workflow(id, WorkflowStatus::Succeeded, None, out);
+        }
+    }
+
+    fn resume_compensation(&mut self, id: WorkflowId, out: &mut Vec<Command>) {
+        let now = self.now;
+        let Some(workflow) = self.workflows.get_mut(&id) else {
+            return;
+        };
+        let spec = workflow.spec.clone();
+        for (index, state) in workflow.tasks.iter_mut().enumerate() {
+            if state.run.is_in_flight() {
+                // It may still finish on its agent: accept the answer until its timeout.
+                state.run.attempt_open = true;
+                let at = now + spec.tasks[index].timeout.as_millis() as u64;
+                let slot = Slot {
+                    workflow: id,
+                    task: index as u32,
+                    compensation: false,
+                };
+                self.timers.push(Reverse(Timer {
+                    at,
+                    slot,
+                    attempt: state.run.attempt,
+                    kind: TimerKind::Timeout,
+                }));
+            } else if !state.run.status.is_terminal() {
+                state.run.status = TaskStatus::Cancelled;
+            }
+        }
+        if let Some(task) = workflow.compensating.take() {
+            let interrupted = workflow.tasks[task as usize]
+                .compensation
+                .as_ref()
+                .is_some_and(|c| !c.status.is_terminal());
+            if interrupted {
+                workflow.compensation_stack.push(task);
+            }
+        }
+        self.continue_compensation(id, out);
+    }
+}
