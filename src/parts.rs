@@ -28,6 +28,69 @@ pub struct ControlArgs {
     /// Lease of a dispatched task without heartbeats, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     pub lease_ttl_ms: u64,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+/// Where the control unit keeps its state.
+#[derive(Debug, Args)]
+pub struct StorageArgs {
+    /// Directory of the embedded store (`control.sqlite3` inside).
+    #[arg(long, env = "PAYGRID_DATA_DIR", default_value = ".paygrid/control")]
+    pub data_dir: std::path::PathBuf,
+    /// Store location instead of --data-dir: `postgres://user@host:port/db` for a shared
+    /// PostgreSQL, or `memory` to keep nothing across restarts.
+    #[arg(long)]
+    pub store: Option<String>,
+    /// Terminal workflows older than this are pruned (e.g. 7d, 12h).
+    #[arg(long, default_value = "7d")]
+    pub retention: String,
+    /// Inputs taken per group commit at most.
+    #[arg(long, default_value_t = 1024)]
+    pub commit_batch_max: usize,
+    /// Extra wait for more inputs before a group commit, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub flush_interval_ms: u64,
+}
+
+impl StorageArgs {
+    /// The control unit configuration these flags describe, with the store opened.
+    pub async fn config(&self) -> anyhow::Result<(ControlConfig, String)> {
+        let mut config = ControlConfig::default();
+        config.runtime.batch_max = self.commit_batch_max.max(1);
+        config.runtime.flush_interval = Duration::from_millis(self.flush_interval_ms);
+        config.retention = Some(
+            paygrid_control_unit::spec::duration::parse_duration(&self.retention)
+                .map_err(|e| crate::operator::UsageError(format!("--retention: {e}")))?,
+        );
+        let location = match &self.store {
+            Some(store) => store.clone(),
+            None => self.data_dir.display().to_string(),
+        };
+        if location != "memory" {
+            let store = paygrid_control_unit::store::open(&location)
+                .await
+                .with_context(|| format!("open store {location}"))?;
+            config.store = Some(store);
+        }
+        let shown = if location.starts_with("postgres") {
+            redact_url(&location)
+        } else {
+            location
+        };
+        Ok((config, shown))
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if url[scheme + 3..at].contains(':') => {
+            let colon = scheme + 3 + url[scheme + 3..at].find(':').unwrap_or(0);
+            format!("{}:***{}", &url[..colon], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -117,6 +180,12 @@ pub struct DevArgs {
     /// Card payments to submit.
     #[arg(long, default_value_t = 3)]
     pub payments: u32,
+    /// Where dev keeps the control unit's store, the ledger and the gateways' records.
+    #[arg(long, env = "PAYGRID_DATA_DIR", default_value = ".paygrid/dev")]
+    pub data_dir: std::path::PathBuf,
+    /// Start from an empty data dir.
+    #[arg(long)]
+    pub fresh: bool,
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -143,9 +212,10 @@ pub async fn control(args: ControlArgs) -> anyhow::Result<u8> {
     let (listener, addr) = server::bind(args.listen)
         .await
         .with_context(|| format!("bind {}", args.listen))?;
-    announce("control", addr);
-    let mut config = ControlConfig::default();
+    let (mut config, location) = args.storage.config().await?;
+    tracing::info!(store = %location, "control unit state");
     config.runtime.scheduler.lease_ttl = Duration::from_millis(args.lease_ttl_ms);
+    announce("control", addr);
     server::serve(listener, config, shutdown_signal()).await?;
     Ok(EXIT_OK)
 }
@@ -237,12 +307,26 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<u8> {
             args.listen
         )
     })?;
+    if args.fresh && args.data_dir.exists() {
+        std::fs::remove_dir_all(&args.data_dir)
+            .with_context(|| format!("remove {}", args.data_dir.display()))?;
+    }
+    let storage = StorageArgs {
+        data_dir: args.data_dir.join("control"),
+        store: None,
+        retention: "7d".into(),
+        commit_batch_max: 1024,
+        flush_interval_ms: 0,
+    };
+    let (config, location) = storage.config().await?;
+    println!(
+        "paygrid dev: data dir {} (control unit store: {location}); --fresh starts empty",
+        args.data_dir.display()
+    );
     let control_stop = stop.clone();
-    let control = tokio::spawn(server::serve(
-        listener,
-        ControlConfig::default(),
-        async move { control_stop.cancelled().await },
-    ));
+    let control = tokio::spawn(server::serve(listener, config, async move {
+        control_stop.cancelled().await
+    }));
     let endpoint = format!("http://{addr}");
     let mut gateways = Vec::new();
     for (name, cost_bps) in [("alpha", 25), ("beta", 30)] {

@@ -13,3 +13,4 @@ pub mod scheduler;
 pub mod server;
 pub mod service;
 pub mod spec;
+pub mod store;

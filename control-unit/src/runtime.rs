@@ -13,9 +13,12 @@ use tonic::Status;
 
 use crate::model::{AgentId, WorkflowId, WorkflowStatus};
 use crate::scheduler::{
-    AgentEvent, CancelError, Command, NewWorkflow, Scheduler, SchedulerConfig, SubmitError,
+    AgentEvent, CancelError, Change, Command, NewWorkflow, Record, Scheduler, SchedulerConfig,
+    SubmitError,
 };
 use crate::service::convert;
+use crate::spec::{CompiledSpec, SpecLimits};
+use crate::store::{Batch, EventWrite, Store, StoreError, WorkflowWrite};
 
 /// Wall-clock unix milliseconds: the only clock the control unit reads.
 pub fn now_ms() -> u64 {
@@ -39,6 +42,9 @@ pub struct RuntimeConfig {
     /// Frames buffered per agent session beyond its concurrency.
     pub session_buffer: usize,
     pub heartbeat_interval: Duration,
+    /// Extra time the actor waits for more inputs before a group commit when the batch is
+    /// not full (zero: commit as soon as the previous commit is done).
+    pub flush_interval: Duration,
 }
 
 impl Default for RuntimeConfig {
@@ -51,6 +57,7 @@ impl Default for RuntimeConfig {
             watchers_per_workflow_max: 64,
             session_buffer: 256,
             heartbeat_interval: Duration::from_secs(2),
+            flush_interval: Duration::ZERO,
         }
     }
 }
@@ -181,15 +188,49 @@ struct Actor {
     idempotency: HashMap<String, (WorkflowId, u64)>,
     sequence: u64,
     out: Vec<Command>,
+    store: Option<Arc<dyn Store>>,
+    /// Answers held until the batch that produced them is durable.
+    replies: Vec<Reply>,
+    /// Spec hashes already in the store.
+    stored_specs: std::collections::HashSet<String>,
+    /// Fingerprints of workflows created in this batch, for their first row.
+    fingerprints: HashMap<WorkflowId, u64>,
 }
 
-/// Starts the actor; it stops when every [`Handle`] is dropped or `shutdown` fires.
-pub fn spawn(
+/// An answer held until the group commit.
+enum Reply {
+    Submit(
+        oneshot::Sender<Result<Submitted, SubmitRejection>>,
+        Result<Submitted, SubmitRejection>,
+    ),
+    Cancel(
+        oneshot::Sender<Result<WorkflowStatus, CancelError>>,
+        Result<WorkflowStatus, CancelError>,
+    ),
+}
+
+impl Reply {
+    fn send(self) {
+        match self {
+            Self::Submit(reply, result) => {
+                let _ = reply.send(result);
+            }
+            Self::Cancel(reply, result) => {
+                let _ = reply.send(result);
+            }
+        }
+    }
+}
+
+/// Starts the actor after recovering every stored workflow; it stops when every
+/// [`Handle`] is dropped or `shutdown` fires.
+pub async fn start(
     config: RuntimeConfig,
+    store: Option<Arc<dyn Store>>,
     shutdown: tokio_util_shim::Shutdown,
-) -> (Handle, tokio::task::JoinHandle<()>) {
+) -> Result<(Handle, tokio::task::JoinHandle<()>), StoreError> {
     let (inputs, receiver) = mpsc::channel(config.inputs_max);
-    let actor = Actor {
+    let mut actor = Actor {
         core: Scheduler::new(config.scheduler.clone()),
         config,
         agents: HashMap::new(),
@@ -199,9 +240,14 @@ pub fn spawn(
         idempotency: HashMap::new(),
         sequence: 0,
         out: Vec::with_capacity(1024),
+        store,
+        replies: Vec::new(),
+        stored_specs: std::collections::HashSet::new(),
+        fingerprints: HashMap::new(),
     };
+    actor.recover().await?;
     let task = tokio::spawn(actor.run(receiver, shutdown));
-    (Handle { inputs }, task)
+    Ok((Handle { inputs }, task))
 }
 
 /// A minimal shutdown signal (a watch channel), so this crate needs no tokio-util.
@@ -248,6 +294,17 @@ impl Actor {
                     if received == 0 {
                         break;
                     }
+                    if !self.config.flush_interval.is_zero() && batch.len() < self.config.batch_max {
+                        let wait = tokio::time::sleep(self.config.flush_interval);
+                        tokio::pin!(wait);
+                        while batch.len() < self.config.batch_max {
+                            let room = self.config.batch_max - batch.len();
+                            tokio::select! {
+                                more = receiver.recv_many(&mut batch, room) => if more == 0 { break },
+                                () = &mut wait => break,
+                            }
+                        }
+                    }
                     for input in batch.drain(..) {
                         self.input(input);
                     }
@@ -259,7 +316,12 @@ impl Actor {
                 }
                 () = shutdown.wait() => break,
             }
-            self.flush();
+            if let Err(error) = self.flush().await {
+                // Nothing from this batch was acknowledged or sent. Crash-only: stop, and
+                // let the next start recover from the last durable commit.
+                tracing::error!(%error, "group commit failed; stopping the control unit");
+                std::process::exit(70);
+            }
         }
         tracing::info!("scheduler stopped");
     }
@@ -270,10 +332,11 @@ impl Actor {
         match input {
             Input::Submit { submission, reply } => {
                 let result = self.submit(now, *submission, &mut out);
-                let _ = reply.send(result);
+                self.replies.push(Reply::Submit(reply, result));
             }
             Input::Cancel { id, reason, reply } => {
-                let _ = reply.send(self.core.cancel(now, id, &reason, &mut out));
+                let result = self.core.cancel(now, id, &reason, &mut out);
+                self.replies.push(Reply::Cancel(reply, result));
             }
             Input::Get { id, reply } => {
                 let _ = reply.send(
@@ -361,6 +424,7 @@ impl Actor {
         }
         let id = submission.new.id;
         self.core.submit(now, submission.new, out)?;
+        self.fingerprints.insert(id, submission.fingerprint);
         if let Some(key) = key {
             self.idempotency.insert(key, (id, submission.fingerprint));
         }
@@ -410,7 +474,6 @@ impl Actor {
             .core
             .workflow(id)
             .ok_or_else(|| Status::not_found(format!("workflow {id} not found")))?;
-        self.sequence += 1;
         let snapshot = pb::WorkflowEvent {
             workflow_id: id.to_string(),
             sequence: self.sequence,
@@ -539,10 +602,12 @@ impl Actor {
         agents
     }
 
-    /// Sends what the core asked for: one frame per agent, events to watchers.
-    fn flush(&mut self) {
+    /// Commits what the batch changed (group commit), then sends what the core asked
+    /// for: one frame per agent, events to watchers, the held answers.
+    async fn flush(&mut self) -> Result<(), StoreError> {
         let mut out = std::mem::take(&mut self.out);
         self.core.dispatch(now_ms(), &mut out);
+        let mut records = Vec::new();
         let mut frames: HashMap<AgentId, pb::ControlMessage> = HashMap::new();
         for command in out.drain(..) {
             match command {
@@ -581,10 +646,93 @@ impl Actor {
                             attempt,
                         });
                 }
-                Command::Record(record) => self.notify(&record),
+                Command::Record(record) => {
+                    self.sequence += 1;
+                    records.push((self.sequence, record));
+                }
             }
         }
         self.out = out;
+        if let Some(store) = self.store.clone() {
+            let batch = self.batch(&records);
+            store.commit(batch).await?;
+        }
+        self.fingerprints.clear();
+        for (sequence, record) in &records {
+            self.notify(*sequence, record);
+        }
+        for reply in self.replies.drain(..) {
+            reply.send();
+        }
+        self.send_frames(frames);
+        Ok(())
+    }
+
+    /// What the store must hold for these records: every change, each workflow's row,
+    /// and snapshots at creation, at checkpoints and at the end.
+    fn batch(&mut self, records: &[(u64, Record)]) -> Batch {
+        let mut batch = Batch::default();
+        let mut rows: Vec<(WorkflowId, bool)> = Vec::new();
+        for (sequence, record) in records {
+            let change = serde_json::to_vec(&record.change).unwrap_or_default();
+            batch.events.push(EventWrite {
+                workflow: record.workflow,
+                sequence: *sequence,
+                at: record.at,
+                change,
+            });
+            let snapshot = match &record.change {
+                Change::Created => true,
+                Change::Workflow { status, .. } => status.is_terminal(),
+                Change::Task {
+                    task,
+                    compensation: false,
+                    status: crate::model::TaskStatus::Succeeded,
+                    ..
+                } => self
+                    .core
+                    .workflow(record.workflow)
+                    .is_some_and(|w| w.spec.tasks[*task as usize].is_checkpoint()),
+                _ => false,
+            };
+            let is_row_change = snapshot || matches!(record.change, Change::Workflow { .. });
+            if is_row_change {
+                match rows.iter_mut().find(|(id, _)| *id == record.workflow) {
+                    Some((_, wants)) => *wants |= snapshot,
+                    None => rows.push((record.workflow, snapshot)),
+                }
+            }
+        }
+        for (id, snapshot) in rows {
+            let Some(workflow) = self.core.workflow(id) else {
+                continue;
+            };
+            if self.stored_specs.insert(workflow.spec.hash.clone()) {
+                batch
+                    .specs
+                    .push((workflow.spec.hash.clone(), workflow.spec.text.clone()));
+            }
+            batch.workflows.push(WorkflowWrite {
+                id,
+                name: workflow.spec.name.clone(),
+                spec_hash: workflow.spec.hash.clone(),
+                status: workflow.status,
+                idempotency_key: workflow.idempotency_key.clone(),
+                fingerprint: self.fingerprints.get(&id).copied().unwrap_or_default(),
+                created_at: workflow.created_at,
+                updated_at: workflow.updated_at,
+                snapshot: snapshot.then(|| {
+                    (
+                        serde_json::to_vec(&workflow.snapshot()).unwrap_or_default(),
+                        self.sequence,
+                    )
+                }),
+            });
+        }
+        batch
+    }
+
+    fn send_frames(&mut self, frames: HashMap<AgentId, pb::ControlMessage>) {
         let mut broken = Vec::new();
         for (agent, frame) in frames {
             let sender = self
@@ -597,36 +745,96 @@ impl Actor {
                 broken.push(agent);
             }
         }
-        if !broken.is_empty() {
-            let mut out = std::mem::take(&mut self.out);
-            for agent in broken {
-                tracing::warn!(agent = %agent, "agent session full or gone; its tasks go to other agents");
-                if let Some(record) = self.agents.get_mut(&agent)
-                    && let Some((_, sender)) = record.session.take()
-                {
+        // Agents whose session is full or gone: their tasks go back to the queue, to be
+        // dispatched (after the next commit) elsewhere.
+        let mut out = std::mem::take(&mut self.out);
+        for agent in broken {
+            tracing::warn!(agent = %agent, "agent session full or gone; its tasks go to other agents");
+            if let Some(record) = self.agents.get_mut(&agent) {
+                if let Some((_, sender)) = record.session.take() {
                     let _ = sender.try_send(Err(Status::resource_exhausted("session buffer full")));
                 }
-                self.agents.remove(&agent);
-                self.core
-                    .handle(now_ms(), AgentEvent::Left { agent }, &mut out);
             }
-            self.out = out;
-            self.flush();
+            self.agents.remove(&agent);
+            self.core
+                .handle(now_ms(), AgentEvent::Left { agent }, &mut out);
         }
+        self.out = out;
     }
 
-    fn notify(&mut self, record: &crate::scheduler::Record) {
+    /// Rebuilds the scheduler from the store.
+    async fn recover(&mut self) -> Result<(), StoreError> {
+        let Some(store) = self.store.clone() else {
+            return Ok(());
+        };
+        let recovered = store
+            .recover(self.config.scheduler.workflows_retained_max)
+            .await?;
+        let limits = SpecLimits {
+            spec_bytes_max: usize::MAX,
+            tasks_max: usize::MAX,
+            ..SpecLimits::default()
+        };
+        let mut specs: HashMap<String, Arc<CompiledSpec>> = HashMap::new();
+        for (hash, text) in &recovered.specs {
+            match crate::spec::compile(text, &limits) {
+                Ok(spec) => {
+                    specs.insert(hash.clone(), Arc::new(spec));
+                }
+                Err(errors) => {
+                    tracing::error!(spec = %hash, %errors, "stored spec no longer compiles")
+                }
+            }
+            self.stored_specs.insert(hash.clone());
+        }
+        let now = now_ms();
+        let (mut active, mut failed) = (0, 0);
+        let mut out = std::mem::take(&mut self.out);
+        for workflow in recovered.workflows {
+            let id = workflow.snapshot.id.clone();
+            let Some(spec) = specs.get(&workflow.snapshot.spec_hash).cloned() else {
+                tracing::error!(workflow = %id, "spec of stored workflow is missing");
+                failed += 1;
+                continue;
+            };
+            let terminal = workflow.snapshot.status.is_terminal() && workflow.changes.is_empty();
+            match self
+                .core
+                .restore(now, workflow.snapshot, spec, &workflow.changes, &mut out)
+            {
+                Ok(_) if !terminal => active += 1,
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::error!(workflow = %id, %error, "cannot restore workflow");
+                    failed += 1;
+                }
+            }
+        }
+        self.out = out;
+        for (key, id, fingerprint) in recovered.idempotency {
+            self.idempotency.insert(key, (id, fingerprint));
+        }
+        self.sequence = recovered.last_sequence;
+        tracing::info!(
+            active,
+            failed,
+            sequence = self.sequence,
+            "recovered workflows from the store"
+        );
+        Ok(())
+    }
+
+    fn notify(&mut self, sequence: u64, record: &Record) {
         let Some(watchers) = self.watchers.get_mut(&record.workflow) else {
             return;
         };
         let Some(workflow) = self.core.workflow(record.workflow) else {
             return;
         };
-        self.sequence += 1;
-        if let Some(event) = convert::record_to_event(record, workflow, self.sequence) {
+        if let Some(event) = convert::record_to_event(record, workflow, sequence) {
             watchers.retain(|w| w.try_send(Ok(event.clone())).is_ok());
         }
-        let done = matches!(record.change, crate::scheduler::Change::Workflow { status, .. } if status.is_terminal());
+        let done = matches!(record.change, Change::Workflow { status, .. } if status.is_terminal());
         if done || watchers.is_empty() {
             self.watchers.remove(&record.workflow);
         }

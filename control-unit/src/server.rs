@@ -18,13 +18,19 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// Control unit settings.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct ControlConfig {
     pub runtime: RuntimeConfig,
     pub limits: SpecLimits,
+    /// Where workflows are kept; `None` keeps them in memory only (tests, benchmarks).
+    pub store: Option<Arc<dyn crate::store::Store>>,
+    /// Terminal workflows older than this are pruned from the store.
+    pub retention: Option<std::time::Duration>,
 }
 
 /// Serves on `listener` until `shutdown` resolves.
@@ -34,8 +40,13 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let (trigger, stop) = tokio_util_shim::shutdown();
-    let (handle, actor) = runtime::spawn(config.runtime.clone(), stop);
+    let (handle, actor) =
+        runtime::start(config.runtime.clone(), config.store.clone(), stop).await?;
     let registry = Arc::new(SpecRegistry::new(config.limits.clone()));
+    let pruner = match (config.store.clone(), config.retention) {
+        (Some(store), Some(retention)) => Some(tokio::spawn(prune_forever(store, retention))),
+        _ => None,
+    };
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<WorkflowsServer<WorkflowsService>>()
@@ -55,6 +66,7 @@ pub async fn serve(
         .add_service(WorkflowsServer::new(WorkflowsService::new(
             handle.clone(),
             registry.clone(),
+            config.store.clone(),
         )))
         .add_service(AgentHubServer::new(AgentHubService::new(
             handle,
@@ -65,7 +77,24 @@ pub async fn serve(
         .await;
     trigger.fire();
     let _ = actor.await;
+    if let Some(pruner) = pruner {
+        pruner.abort();
+    }
     Ok(result?)
+}
+
+/// Deletes terminal workflows past their retention, once a minute.
+async fn prune_forever(store: Arc<dyn crate::store::Store>, retention: std::time::Duration) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        every.tick().await;
+        let before = crate::runtime::now_ms().saturating_sub(retention.as_millis() as u64);
+        match store.prune(before).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "pruned workflows past retention"),
+            Err(error) => tracing::warn!(%error, "pruning failed"),
+        }
+    }
 }
 
 /// Binds `addr` (port 0 picks a free one) and returns the listener and its address.

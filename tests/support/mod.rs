@@ -64,12 +64,39 @@ impl Drop for Part {
     }
 }
 
+static NEXT_DIR: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A fresh directory for one test's state, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(what: &str) -> Self {
+        let n = NEXT_DIR.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let path =
+            std::env::temp_dir().join(format!("paygrid-test-{}-{what}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        Self(path)
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        self.0.join(name).display().to_string()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A control unit, one gateway simulator and one execution unit, each its own process.
 pub struct Fleet {
     // Dropped in this order: execution units first, so they do not log a lost session.
     pub execs: Vec<Part>,
     pub control: Part,
     pub gateway: Part,
+    pub dir: TempDir,
 }
 
 impl Fleet {
@@ -85,17 +112,21 @@ impl Fleet {
         ];
         args.extend_from_slice(gateway_args);
         let gateway = Part::start(&args);
+        let dir = TempDir::new("fleet");
         let control = Part::start(&[
             "control",
             "--listen",
             "127.0.0.1:0",
             "--lease-ttl-ms",
             "5000",
+            "--data-dir",
+            &dir.path("control"),
         ]);
         let mut fleet = Self {
             execs: Vec::new(),
             control,
             gateway,
+            dir,
         };
         for n in 0..execs {
             fleet.add_exec(&format!("exec-{n}"), &[]);
@@ -116,6 +147,31 @@ impl Fleet {
         ];
         args.extend_from_slice(extra);
         self.execs.push(Part::start(&args));
+    }
+
+    /// Kills the control unit (SIGKILL) and starts it again on the same port and store.
+    pub fn restart_control(&mut self) {
+        self.control.kill();
+        let listen = self.control.url.trim_start_matches("http://").to_owned();
+        let data_dir = self.dir.path("control");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            // The port may take a moment to be free again.
+            if std::net::TcpListener::bind(&listen).is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "port {listen} never came free");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.control = Part::start(&[
+            "control",
+            "--listen",
+            &listen,
+            "--lease-ttl-ms",
+            "5000",
+            "--data-dir",
+            &data_dir,
+        ]);
     }
 
     pub async fn workflows(&self) -> WorkflowsClient<Channel> {

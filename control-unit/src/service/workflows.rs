@@ -93,11 +93,47 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct WorkflowsService {
     handle: Handle,
     registry: Arc<SpecRegistry>,
+    store: Option<Arc<dyn crate::store::Store>>,
 }
 
 impl WorkflowsService {
-    pub fn new(handle: Handle, registry: Arc<SpecRegistry>) -> Self {
-        Self { handle, registry }
+    pub fn new(
+        handle: Handle,
+        registry: Arc<SpecRegistry>,
+        store: Option<Arc<dyn crate::store::Store>>,
+    ) -> Self {
+        Self {
+            handle,
+            registry,
+            store,
+        }
+    }
+
+    /// A terminal workflow no longer kept in memory, read from the store.
+    async fn stored(&self, id: WorkflowId) -> Result<Option<pb::Workflow>, Status> {
+        let Some(store) = &self.store else {
+            return Ok(None);
+        };
+        let Some((snapshot, text)) = store
+            .load(id)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        let spec = self
+            .registry
+            .compile(&text)
+            .map_err(|e| Status::internal(format!("stored spec: {e}")))?;
+        let mut scratch =
+            crate::scheduler::Scheduler::new(crate::scheduler::SchedulerConfig::default());
+        let mut out = Vec::new();
+        let id = scratch
+            .restore(now_ms(), snapshot, spec, &[], &mut out)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(scratch
+            .workflow(id)
+            .map(|w| convert::workflow_to_pb(w, &scratch)))
     }
 }
 
@@ -221,9 +257,11 @@ impl Workflows for WorkflowsService {
         request: Request<pb::GetWorkflowRequest>,
     ) -> Result<Response<pb::Workflow>, Status> {
         let id = parse_id(&request.into_inner().workflow_id)?;
-        self.handle
-            .ask(|reply| Input::Get { id, reply })
-            .await?
+        let workflow = match self.handle.ask(|reply| Input::Get { id, reply }).await? {
+            Some(workflow) => Some(workflow),
+            None => self.stored(id).await?,
+        };
+        workflow
             .map(Response::new)
             .ok_or_else(|| Status::not_found(format!("workflow {id} not found")))
     }

@@ -29,14 +29,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "s" => 1_000,
             "m" => 60_000,
             "h" => 3_600_000,
+            "d" => 86_400_000,
             "" => {
                 return Err(format!(
-                    "malformed duration `{text}`: missing unit after {value} (use ms, s, m or h)"
+                    "malformed duration `{text}`: missing unit after {value} (use ms, s, m, h or d)"
                 ));
             }
             other => {
                 return Err(format!(
-                    "malformed duration `{text}`: unknown unit `{other}` (use ms, s, m or h)"
+                    "malformed duration `{text}`: unknown unit `{other}` (use ms, s, m, h or d)"
                 ));
             }
         };

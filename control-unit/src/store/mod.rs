@@ -1,0 +1,136 @@
+//! Durable state behind one trait, two backends: [`sqlite`] (embedded, the default: one
+//! file under the data dir) and [`postgres`] (shared by several control units).
+//!
+//! What is stored: each spec text once, by hash; one row per workflow (status,
+//! idempotency key and fingerprint, and its latest snapshot); and an append-only log of
+//! state changes. A snapshot is written when a workflow is created, when it passes a
+//! checkpoint and when it ends, so recovery reads a snapshot and the few changes after it.
+//! The actor commits everything one batch of inputs produced in one transaction (group
+//! commit) before it answers or dispatches anything from that batch.
+
+pub mod postgres;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use crate::model::{WorkflowId, WorkflowStatus};
+use crate::scheduler::Change;
+use crate::scheduler::restore::Snapshot;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite {path}: {source}")]
+    Sqlite {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("postgres: {0}")]
+    Postgres(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("store task failed: {0}")]
+    Join(String),
+    #[error("unsupported store `{0}`: use a directory path (embedded SQLite) or postgres://...")]
+    Unsupported(String),
+}
+
+/// A workflow row to insert or update.
+#[derive(Debug, Clone)]
+pub struct WorkflowWrite {
+    pub id: WorkflowId,
+    pub name: String,
+    pub spec_hash: String,
+    pub status: WorkflowStatus,
+    pub idempotency_key: Option<String>,
+    pub fingerprint: u64,
+    pub created_at: u64,
+    pub updated_at: u64,
+    /// The snapshot (JSON) and the last change sequence it includes, when one is taken.
+    pub snapshot: Option<(Vec<u8>, u64)>,
+}
+
+/// One state change in the log.
+#[derive(Debug, Clone)]
+pub struct EventWrite {
+    pub workflow: WorkflowId,
+    pub sequence: u64,
+    pub at: u64,
+    /// `Change` as JSON.
+    pub change: Vec<u8>,
+}
+
+/// Everything one group commit writes.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub specs: Vec<(String, Arc<str>)>,
+    pub workflows: Vec<WorkflowWrite>,
+    pub events: Vec<EventWrite>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.specs.is_empty() && self.workflows.is_empty() && self.events.is_empty()
+    }
+}
+
+/// A workflow read back at start.
+#[derive(Debug)]
+pub struct RecoveredWorkflow {
+    pub snapshot: Snapshot,
+    pub fingerprint: u64,
+    /// Changes after the snapshot, in order, with their time.
+    pub changes: Vec<(u64, Change)>,
+}
+
+/// What a control unit reads at start.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Spec texts by hash.
+    pub specs: Vec<(String, String)>,
+    /// Non-terminal workflows, then the most recent terminal ones.
+    pub workflows: Vec<RecoveredWorkflow>,
+    /// Idempotency keys of every stored workflow: key, workflow id, fingerprint.
+    pub idempotency: Vec<(String, WorkflowId, u64)>,
+    /// The highest change sequence stored.
+    pub last_sequence: u64,
+}
+
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Writes a batch in one transaction, durable when this returns.
+    async fn commit(&self, batch: Batch) -> Result<(), StoreError>;
+    /// Active workflows and up to `terminal_max` recent terminal ones.
+    async fn recover(&self, terminal_max: usize) -> Result<Recovered, StoreError>;
+    /// A stored workflow's latest snapshot and its spec text.
+    async fn load(&self, id: WorkflowId) -> Result<Option<(Snapshot, String)>, StoreError>;
+    /// Deletes terminal workflows last updated before `before_ms`; returns how many.
+    async fn prune(&self, before_ms: u64) -> Result<u64, StoreError>;
+}
+
+/// Opens the store a `--store` value names: `postgres://...` or a data directory.
+pub async fn open(location: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if location.starts_with("postgres://") || location.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PostgresStore::connect(location).await?))
+    } else if location.contains("://") {
+        Err(StoreError::Unsupported(location.to_owned()))
+    } else {
+        let path = std::path::Path::new(location).join("control.sqlite3");
+        Ok(Arc::new(sqlite::SqliteStore::open(&path)?))
+    }
+}
+
+fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("snapshot: {e}")))
+}
+
+fn decode_change(bytes: &[u8]) -> Result<Change, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("change: {e}")))
+}
+
+fn parse_id(text: &str) -> Result<WorkflowId, StoreError> {
+    text.parse().map_err(|e: String| StoreError::Corrupt(e))
+}
+
+fn status_name(status: WorkflowStatus) -> &'static str {
+    status.as_str()
+}

@@ -1,0 +1,295 @@
+//! The shared store: PostgreSQL, for fleets where several control units share state.
+//! One connection writes (the actor's group commits, one transaction each, rows sent as
+//! arrays so a batch costs one round trip per table); another reads.
+
+use tokio::sync::Mutex;
+use tokio_postgres::{Client, NoTls};
+
+use super::{Batch, Recovered, Store, StoreError, decode_snapshot, status_name};
+use crate::model::WorkflowId;
+use crate::scheduler::restore::Snapshot;
+
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE specs (hash TEXT PRIMARY KEY, text TEXT NOT NULL);
+     CREATE TABLE workflows (
+         id TEXT PRIMARY KEY,
+         name TEXT NOT NULL,
+         spec_hash TEXT NOT NULL,
+         status TEXT NOT NULL,
+         terminal BOOLEAN NOT NULL,
+         idempotency_key TEXT UNIQUE,
+         fingerprint BIGINT NOT NULL,
+         created_at BIGINT NOT NULL,
+         updated_at BIGINT NOT NULL,
+         snapshot BYTEA,
+         snapshot_sequence BIGINT NOT NULL DEFAULT 0
+     );
+     CREATE INDEX workflows_by_terminal ON workflows (terminal, updated_at);
+     CREATE TABLE events (
+         workflow_id TEXT NOT NULL,
+         sequence BIGINT NOT NULL,
+         at BIGINT NOT NULL,
+         change BYTEA NOT NULL,
+         PRIMARY KEY (workflow_id, sequence)
+     );",
+];
+
+pub struct PostgresStore {
+    writer: Mutex<Client>,
+    reader: Client,
+    connections: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        for connection in &self.connections {
+            connection.abort();
+        }
+    }
+}
+
+fn pg(error: tokio_postgres::Error) -> StoreError {
+    StoreError::Postgres(error.to_string())
+}
+
+async fn client(url: &str) -> Result<(Client, tokio::task::JoinHandle<()>), StoreError> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(pg)?;
+    let task = tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::error!(%error, "postgres connection ended");
+        }
+    });
+    Ok((client, task))
+}
+
+impl PostgresStore {
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let (mut writer, writer_task) = client(url).await?;
+        let (reader, reader_task) = client(url).await?;
+        migrate(&mut writer).await?;
+        Ok(Self {
+            writer: Mutex::new(writer),
+            reader,
+            connections: vec![writer_task, reader_task],
+        })
+    }
+}
+
+async fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    client
+        .batch_execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+        .await
+        .map_err(pg)?;
+    // One control unit migrates at a time.
+    let transaction = client.transaction().await.map_err(pg)?;
+    transaction
+        .batch_execute("LOCK TABLE schema_migrations IN EXCLUSIVE MODE")
+        .await
+        .map_err(pg)?;
+    let current: i64 = transaction
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            &[],
+        )
+        .await
+        .map_err(pg)?
+        .get(0);
+    for (index, migration) in MIGRATIONS.iter().enumerate() {
+        let version = index as i64 + 1;
+        if version > current {
+            transaction.batch_execute(migration).await.map_err(pg)?;
+            transaction
+                .execute(
+                    "INSERT INTO schema_migrations (version) VALUES ($1)",
+                    &[&version],
+                )
+                .await
+                .map_err(pg)?;
+        }
+    }
+    transaction.commit().await.map_err(pg)
+}
+
+#[async_trait::async_trait]
+impl Store for PostgresStore {
+    async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut writer = self.writer.lock().await;
+        let transaction = writer.transaction().await.map_err(pg)?;
+        if !batch.specs.is_empty() {
+            let hashes: Vec<&str> = batch.specs.iter().map(|(h, _)| h.as_str()).collect();
+            let texts: Vec<&str> = batch.specs.iter().map(|(_, t)| &**t).collect();
+            transaction
+                .execute("INSERT INTO specs (hash, text) SELECT * FROM UNNEST($1::text[], $2::text[]) ON CONFLICT DO NOTHING", &[&hashes, &texts])
+                .await
+                .map_err(pg)?;
+        }
+        if !batch.workflows.is_empty() {
+            let w = &batch.workflows;
+            let ids: Vec<String> = w.iter().map(|w| w.id.to_string()).collect();
+            let names: Vec<&str> = w.iter().map(|w| w.name.as_str()).collect();
+            let hashes: Vec<&str> = w.iter().map(|w| w.spec_hash.as_str()).collect();
+            let statuses: Vec<&str> = w.iter().map(|w| status_name(w.status)).collect();
+            let terminal: Vec<bool> = w.iter().map(|w| w.status.is_terminal()).collect();
+            let keys: Vec<Option<&str>> = w.iter().map(|w| w.idempotency_key.as_deref()).collect();
+            let fingerprints: Vec<i64> = w.iter().map(|w| w.fingerprint as i64).collect();
+            let created: Vec<i64> = w.iter().map(|w| w.created_at as i64).collect();
+            let updated: Vec<i64> = w.iter().map(|w| w.updated_at as i64).collect();
+            let snapshots: Vec<Option<&[u8]>> = w
+                .iter()
+                .map(|w| w.snapshot.as_ref().map(|(b, _)| b.as_slice()))
+                .collect();
+            let sequences: Vec<Option<i64>> = w
+                .iter()
+                .map(|w| w.snapshot.as_ref().map(|(_, s)| *s as i64))
+                .collect();
+            // Rows of one workflow may repeat in a batch: keep the last per id.
+            transaction
+                .execute(
+                    "INSERT INTO workflows (id, name, spec_hash, status, terminal, idempotency_key, fingerprint, created_at, updated_at, snapshot, snapshot_sequence)
+                     SELECT DISTINCT ON (id) id, name, spec_hash, status, terminal, key, fingerprint, created_at, updated_at, snapshot, COALESCE(sequence, 0)
+                     FROM (SELECT *, row_number() OVER () AS position FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::text[], $7::int8[], $8::int8[], $9::int8[], $10::bytea[], $11::int8[])
+                           AS r(id, name, spec_hash, status, terminal, key, fingerprint, created_at, updated_at, snapshot, sequence)) rows
+                     ORDER BY id, position DESC
+                     ON CONFLICT (id) DO UPDATE SET
+                         status = excluded.status,
+                         terminal = excluded.terminal,
+                         updated_at = excluded.updated_at,
+                         snapshot = COALESCE(excluded.snapshot, workflows.snapshot),
+                         snapshot_sequence = CASE WHEN excluded.snapshot IS NULL THEN workflows.snapshot_sequence ELSE excluded.snapshot_sequence END",
+                    &[&ids, &names, &hashes, &statuses, &terminal, &keys, &fingerprints, &created, &updated, &snapshots, &sequences],
+                )
+                .await
+                .map_err(pg)?;
+        }
+        if !batch.events.is_empty() {
+            let e = &batch.events;
+            let ids: Vec<String> = e.iter().map(|e| e.workflow.to_string()).collect();
+            let sequences: Vec<i64> = e.iter().map(|e| e.sequence as i64).collect();
+            let at: Vec<i64> = e.iter().map(|e| e.at as i64).collect();
+            let changes: Vec<&[u8]> = e.iter().map(|e| e.change.as_slice()).collect();
+            transaction
+                .execute(
+                    "INSERT INTO events (workflow_id, sequence, at, change) SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::bytea[]) ON CONFLICT DO NOTHING",
+                    &[&ids, &sequences, &at, &changes],
+                )
+                .await
+                .map_err(pg)?;
+        }
+        transaction.commit().await.map_err(pg)
+    }
+
+    async fn recover(&self, terminal_max: usize) -> Result<Recovered, StoreError> {
+        let specs = self
+            .reader
+            .query("SELECT hash, text FROM specs", &[])
+            .await
+            .map_err(pg)?;
+        let specs = specs
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+            .collect();
+        let limit = terminal_max as i64;
+        let rows = self
+            .reader
+            .query(
+                "(SELECT id, snapshot, fingerprint, terminal FROM workflows WHERE NOT terminal AND snapshot IS NOT NULL)
+                 UNION ALL
+                 (SELECT id, snapshot, fingerprint, terminal FROM workflows WHERE terminal AND snapshot IS NOT NULL ORDER BY updated_at DESC LIMIT $1)",
+                &[&limit],
+            )
+            .await
+            .map_err(pg)?;
+        let workflows = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<_, String>(0),
+                    r.get::<_, Vec<u8>>(1),
+                    r.get::<_, i64>(2),
+                    r.get::<_, bool>(3),
+                )
+            })
+            .collect();
+        let rows = self
+            .reader
+            .query(
+                "SELECT e.workflow_id, e.at, e.change FROM events e JOIN workflows w ON w.id = e.workflow_id
+                 WHERE NOT w.terminal AND e.sequence > w.snapshot_sequence ORDER BY e.workflow_id, e.sequence",
+                &[],
+            )
+            .await
+            .map_err(pg)?;
+        let events = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<_, String>(0),
+                    r.get::<_, i64>(1),
+                    r.get::<_, Vec<u8>>(2),
+                )
+            })
+            .collect();
+        let rows = self
+            .reader
+            .query("SELECT idempotency_key, id, fingerprint FROM workflows WHERE idempotency_key IS NOT NULL", &[])
+            .await
+            .map_err(pg)?;
+        let idempotency = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<_, String>(0),
+                    r.get::<_, String>(1),
+                    r.get::<_, i64>(2),
+                )
+            })
+            .collect();
+        let last: i64 = self
+            .reader
+            .query_one("SELECT GREATEST((SELECT COALESCE(MAX(sequence), 0) FROM events), (SELECT COALESCE(MAX(snapshot_sequence), 0) FROM workflows))", &[])
+            .await
+            .map_err(pg)?
+            .get(0);
+        super::sqlite::assemble((specs, workflows, events, idempotency, last))
+    }
+
+    async fn load(&self, id: WorkflowId) -> Result<Option<(Snapshot, String)>, StoreError> {
+        let row = self
+            .reader
+            .query_opt(
+                "SELECT w.snapshot, s.text FROM workflows w JOIN specs s ON s.hash = w.spec_hash WHERE w.id = $1 AND w.snapshot IS NOT NULL",
+                &[&id.to_string()],
+            )
+            .await
+            .map_err(pg)?;
+        row.map(|r| {
+            Ok((
+                decode_snapshot(&r.get::<_, Vec<u8>>(0))?,
+                r.get::<_, String>(1),
+            ))
+        })
+        .transpose()
+    }
+
+    async fn prune(&self, before_ms: u64) -> Result<u64, StoreError> {
+        let before = before_ms as i64;
+        let mut writer = self.writer.lock().await;
+        let transaction = writer.transaction().await.map_err(pg)?;
+        transaction
+            .execute("DELETE FROM events WHERE workflow_id IN (SELECT id FROM workflows WHERE terminal AND updated_at < $1)", &[&before])
+            .await
+            .map_err(pg)?;
+        let pruned = transaction
+            .execute(
+                "DELETE FROM workflows WHERE terminal AND updated_at < $1",
+                &[&before],
+            )
+            .await
+            .map_err(pg)?;
+        transaction.commit().await.map_err(pg)?;
+        Ok(pruned)
+    }
+}

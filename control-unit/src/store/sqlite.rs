@@ -1,0 +1,295 @@
+//! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`, so a commit
+//! is on disk (fsync) when it returns. Calls run on the blocking pool.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{
+    Batch, Recovered, RecoveredWorkflow, Store, StoreError, decode_change, decode_snapshot,
+    parse_id, status_name,
+};
+use crate::model::WorkflowId;
+use crate::scheduler::restore::Snapshot;
+
+/// Versioned migrations, applied in order on open.
+const MIGRATIONS: &[&str] = &[
+    // 1: specs, workflows, the change log.
+    "CREATE TABLE specs (hash TEXT PRIMARY KEY, text TEXT NOT NULL);
+     CREATE TABLE workflows (
+         id TEXT PRIMARY KEY,
+         name TEXT NOT NULL,
+         spec_hash TEXT NOT NULL,
+         status TEXT NOT NULL,
+         terminal INTEGER NOT NULL,
+         idempotency_key TEXT UNIQUE,
+         fingerprint INTEGER NOT NULL,
+         created_at INTEGER NOT NULL,
+         updated_at INTEGER NOT NULL,
+         snapshot BLOB,
+         snapshot_sequence INTEGER NOT NULL DEFAULT 0
+     );
+     CREATE INDEX workflows_by_terminal ON workflows (terminal, updated_at);
+     CREATE TABLE events (
+         workflow_id TEXT NOT NULL,
+         sequence INTEGER NOT NULL,
+         at INTEGER NOT NULL,
+         change BLOB NOT NULL,
+         PRIMARY KEY (workflow_id, sequence)
+     ) WITHOUT ROWID;",
+];
+
+pub struct SqliteStore {
+    path: PathBuf,
+    connection: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let wrap = |source| StoreError::Sqlite {
+            path: path.display().to_string(),
+            source,
+        };
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| StoreError::Sqlite {
+                path: parent.display().to_string(),
+                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+            })?;
+        }
+        let mut connection = Connection::open(path).map_err(wrap)?;
+        connection
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
+            )
+            .map_err(wrap)?;
+        migrate(&mut connection).map_err(wrap)?;
+        Ok(Self {
+            path: path.to_owned(),
+            connection: Arc::new(Mutex::new(connection)),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> Result<T, rusqlite::Error> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let connection = self.connection.clone();
+        let path = self.path.display().to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut connection = connection
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            work(&mut connection).map_err(|source| StoreError::Sqlite { path, source })
+        })
+        .await
+        .map_err(|e| StoreError::Join(e.to_string()))?
+    }
+}
+
+fn migrate(connection: &mut Connection) -> Result<(), rusqlite::Error> {
+    connection.execute_batch("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)")?;
+    let current: i64 = connection.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+        [],
+        |r| r.get(0),
+    )?;
+    for (index, migration) in MIGRATIONS.iter().enumerate() {
+        let version = index as i64 + 1;
+        if version <= current {
+            continue;
+        }
+        let transaction = connection.transaction()?;
+        transaction.execute_batch(migration)?;
+        transaction.execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, strftime('%s','now'))",
+            params![version],
+        )?;
+        transaction.commit()?;
+    }
+    Ok(())
+}
+
+/// Writes one batch in an open transaction (shared with the benchmark).
+pub fn write_batch(
+    transaction: &rusqlite::Transaction<'_>,
+    batch: &Batch,
+) -> Result<(), rusqlite::Error> {
+    {
+        let mut insert_spec = transaction
+            .prepare_cached("INSERT OR IGNORE INTO specs (hash, text) VALUES (?1, ?2)")?;
+        for (hash, text) in &batch.specs {
+            insert_spec.execute(params![hash, &**text])?;
+        }
+    }
+    {
+        let mut upsert = transaction.prepare_cached(
+            "INSERT INTO workflows (id, name, spec_hash, status, terminal, idempotency_key, fingerprint, created_at, updated_at, snapshot, snapshot_sequence)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, COALESCE(?11, 0))
+             ON CONFLICT (id) DO UPDATE SET
+                 status = excluded.status,
+                 terminal = excluded.terminal,
+                 updated_at = excluded.updated_at,
+                 snapshot = COALESCE(excluded.snapshot, workflows.snapshot),
+                 snapshot_sequence = CASE WHEN excluded.snapshot IS NULL THEN workflows.snapshot_sequence ELSE excluded.snapshot_sequence END",
+        )?;
+        for w in &batch.workflows {
+            let (snapshot, sequence) = match &w.snapshot {
+                Some((bytes, sequence)) => (Some(bytes.as_slice()), Some(*sequence as i64)),
+                None => (None, None),
+            };
+            upsert.execute(params![
+                w.id.to_string(),
+                w.name,
+                w.spec_hash,
+                status_name(w.status),
+                w.status.is_terminal(),
+                w.idempotency_key,
+                w.fingerprint as i64,
+                w.created_at as i64,
+                w.updated_at as i64,
+                snapshot,
+                sequence,
+            ])?;
+        }
+    }
+    let mut insert_event = transaction.prepare_cached(
+        "INSERT OR IGNORE INTO events (workflow_id, sequence, at, change) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for event in &batch.events {
+        insert_event.execute(params![
+            event.workflow.to_string(),
+            event.sequence as i64,
+            event.at as i64,
+            event.change
+        ])?;
+    }
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.with(move |connection| {
+            let transaction = connection.transaction()?;
+            write_batch(&transaction, &batch)?;
+            transaction.commit()
+        })
+        .await
+    }
+
+    async fn recover(&self, terminal_max: usize) -> Result<Recovered, StoreError> {
+        let rows = self
+            .with(move |connection| {
+                let specs = connection
+                    .prepare("SELECT hash, text FROM specs")?
+                    .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut workflows = Vec::new();
+                let mut statement = connection.prepare(
+                    "SELECT id, snapshot, fingerprint, terminal FROM workflows WHERE terminal = 0 AND snapshot IS NOT NULL
+                     UNION ALL
+                     SELECT * FROM (SELECT id, snapshot, fingerprint, terminal FROM workflows WHERE terminal = 1 AND snapshot IS NOT NULL ORDER BY updated_at DESC LIMIT ?1)",
+                )?;
+                let mut query = statement.query(params![terminal_max as i64])?;
+                while let Some(row) = query.next()? {
+                    workflows.push((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?, row.get::<_, i64>(2)?, row.get::<_, bool>(3)?));
+                }
+                let mut events = Vec::new();
+                let mut statement = connection.prepare(
+                    "SELECT e.workflow_id, e.at, e.change FROM events e JOIN workflows w ON w.id = e.workflow_id
+                     WHERE w.terminal = 0 AND e.sequence > w.snapshot_sequence ORDER BY e.workflow_id, e.sequence",
+                )?;
+                let mut query = statement.query([])?;
+                while let Some(row) = query.next()? {
+                    events.push((row.get::<_, String>(0)?, row.get::<_, i64>(1)?, row.get::<_, Vec<u8>>(2)?));
+                }
+                let idempotency = connection
+                    .prepare("SELECT idempotency_key, id, fingerprint FROM workflows WHERE idempotency_key IS NOT NULL")?
+                    .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                let last: i64 = connection.query_row("SELECT COALESCE(MAX(sequence), 0) FROM events", [], |r| r.get(0))?;
+                let snapshot_last: i64 = connection.query_row("SELECT COALESCE(MAX(snapshot_sequence), 0) FROM workflows", [], |r| r.get(0))?;
+                Ok((specs, workflows, events, idempotency, last.max(snapshot_last)))
+            })
+            .await?;
+        assemble(rows)
+    }
+
+    async fn load(&self, id: WorkflowId) -> Result<Option<(Snapshot, String)>, StoreError> {
+        let row = self
+            .with(move |connection| {
+                connection
+                    .query_row(
+                        "SELECT w.snapshot, s.text FROM workflows w JOIN specs s ON s.hash = w.spec_hash WHERE w.id = ?1 AND w.snapshot IS NOT NULL",
+                        params![id.to_string()],
+                        |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?)),
+                    )
+                    .optional()
+            })
+            .await?;
+        row.map(|(snapshot, text)| Ok((decode_snapshot(&snapshot)?, text)))
+            .transpose()
+    }
+
+    async fn prune(&self, before_ms: u64) -> Result<u64, StoreError> {
+        self.with(move |connection| {
+            let transaction = connection.transaction()?;
+            transaction.execute(
+                "DELETE FROM events WHERE workflow_id IN (SELECT id FROM workflows WHERE terminal = 1 AND updated_at < ?1)",
+                params![before_ms as i64],
+            )?;
+            let pruned = transaction.execute("DELETE FROM workflows WHERE terminal = 1 AND updated_at < ?1", params![before_ms as i64])?;
+            transaction.commit()?;
+            Ok(pruned as u64)
+        })
+        .await
+    }
+}
+
+type Rows = (
+    Vec<(String, String)>,
+    Vec<(String, Vec<u8>, i64, bool)>,
+    Vec<(String, i64, Vec<u8>)>,
+    Vec<(String, String, i64)>,
+    i64,
+);
+
+/// Turns rows (from either backend) into what the actor restores.
+pub(super) fn assemble(
+    (specs, workflows, events, idempotency, last): Rows,
+) -> Result<Recovered, StoreError> {
+    let mut by_id: std::collections::HashMap<String, Vec<(u64, crate::scheduler::Change)>> =
+        std::collections::HashMap::new();
+    for (id, at, change) in events {
+        by_id
+            .entry(id)
+            .or_default()
+            .push((at as u64, decode_change(&change)?));
+    }
+    let mut recovered = Vec::with_capacity(workflows.len());
+    for (id, snapshot, fingerprint, _terminal) in workflows {
+        recovered.push(RecoveredWorkflow {
+            snapshot: decode_snapshot(&snapshot)?,
+            fingerprint: fingerprint as u64,
+            changes: by_id.remove(&id).unwrap_or_default(),
+        });
+    }
+    let idempotency = idempotency
+        .into_iter()
+        .map(|(key, id, fingerprint)| Ok((key, parse_id(&id)?, fingerprint as u64)))
+        .collect::<Result<_, StoreError>>()?;
+    Ok(Recovered {
+        specs,
+        workflows: recovered,
+        idempotency,
+        last_sequence: last as u64,
+    })
+}
