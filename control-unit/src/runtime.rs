@@ -750,10 +750,10 @@ impl Actor {
         let mut out = std::mem::take(&mut self.out);
         for agent in broken {
             tracing::warn!(agent = %agent, "agent session full or gone; its tasks go to other agents");
-            if let Some(record) = self.agents.get_mut(&agent) {
-                if let Some((_, sender)) = record.session.take() {
-                    let _ = sender.try_send(Err(Status::resource_exhausted("session buffer full")));
-                }
+            if let Some(record) = self.agents.get_mut(&agent)
+                && let Some((_, sender)) = record.session.take()
+            {
+                let _ = sender.try_send(Err(Status::resource_exhausted("session buffer full")));
             }
             self.agents.remove(&agent);
             self.core
