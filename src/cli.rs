@@ -70,6 +70,12 @@ pub enum Command {
     },
     /// Validate a spec file (and optionally an input) without a control unit.
     Validate(operator::ValidateArgs),
+    /// Audit a ledger kept by an execution unit: balances, transfers, debits = credits.
+    Ledger {
+        /// The execution unit's --data-dir (holding ledger.sqlite3).
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
     /// Print a spec's task graph as Graphviz DOT or Mermaid.
     Graph {
         file: PathBuf,
@@ -119,6 +125,7 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Agents { skill } => operator::agents(&control, skill, json).await,
         Command::Validate(args) => operator::validate(args, json),
         Command::Graph { file, format } => operator::graph(&file, format),
+        Command::Ledger { data_dir } => operator::ledger(&data_dir, json),
     };
     match result {
         Ok(code) => code,

@@ -498,3 +498,44 @@ pub async fn run_examples(endpoint: &str, payments: u32) -> anyhow::Result<bool>
     );
     Ok(all_ok)
 }
+
+/// `paygrid ledger`: replays the ledger journal and reports; exit 1 if out of balance.
+pub fn ledger(data_dir: &Path, json: bool) -> anyhow::Result<u8> {
+    let path = data_dir.join("ledger.sqlite3");
+    if !path.exists() {
+        anyhow::bail!(UsageError(format!("no ledger at {}", path.display())));
+    }
+    let (_, entries) = paygrid_agents::journal::Journal::open(&path)?;
+    let ledger = paygrid_agents::ledger::Ledger::replay(&entries);
+    let balanced = ledger.is_balanced();
+    let counts = ledger.transfer_counts();
+    if json {
+        let balances: Vec<Value> = ledger
+            .balances()
+            .iter()
+            .map(|(account, currency, b)| serde_json::json!({"account": account, "currency": currency, "debits_pending": b.debits_pending, "credits_pending": b.credits_pending, "debits_posted": b.debits_posted, "credits_posted": b.credits_posted}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"balanced": balanced, "postings": entries.len(), "transfers": counts, "balances": balances})
+        );
+    } else {
+        println!(
+            "ledger {}: {} postings, transfers {counts:?}, {}",
+            path.display(),
+            entries.len(),
+            if balanced {
+                "balanced"
+            } else {
+                "OUT OF BALANCE"
+            }
+        );
+        for (account, currency, b) in ledger.balances() {
+            println!(
+                "  {account:<20} {currency}  pending Dr {:>12} Cr {:>12}  posted Dr {:>12} Cr {:>12}",
+                b.debits_pending, b.credits_pending, b.debits_posted, b.credits_posted
+            );
+        }
+    }
+    Ok(if balanced { EXIT_OK } else { EXIT_FAILED })
+}

@@ -120,6 +120,9 @@ pub struct ExecArgs {
     /// How long SIGTERM waits for in-flight tasks, in milliseconds.
     #[arg(long, default_value_t = 30_000)]
     pub drain_timeout_ms: u64,
+    /// Keep the ledger in DIR/ledger.sqlite3 (default: memory).
+    #[arg(long)]
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -168,6 +171,9 @@ pub struct GatewaySimArgs {
     /// Share of requests failing with 503 before their effect (0 to 1).
     #[arg(long, default_value_t = 0.0)]
     pub fail_rate: f64,
+    /// Keep payments and idempotency records in DIR/gateway-NAME.sqlite3 (default: memory).
+    #[arg(long)]
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -225,8 +231,13 @@ pub async fn gateway_sim(args: GatewaySimArgs) -> anyhow::Result<u8> {
         .await
         .with_context(|| format!("bind {}", args.listen))?;
     announce("gateway-sim", listener.local_addr()?);
+    let journal = args
+        .data_dir
+        .as_ref()
+        .map(|dir| dir.join(format!("gateway-{}.sqlite3", args.name)));
     let config = SimConfig {
         name: args.name,
+        journal,
         cost_bps: args.cost_bps,
         faults: Faults {
             latency_ms: args.latency_ms,
@@ -260,7 +271,10 @@ pub fn build_agents(args: &ExecArgs) -> anyhow::Result<Vec<Arc<dyn Agent>>> {
                 }
             }
             "risk" => agents.push(Arc::new(RiskAgent::new(RiskRules::default()))),
-            "ledger" => agents.push(Arc::new(LedgerAgent::new())),
+            "ledger" => match &args.data_dir {
+                Some(dir) => agents.push(Arc::new(LedgerAgent::open(&dir.join("ledger.sqlite3"))?)),
+                None => agents.push(Arc::new(LedgerAgent::new())),
+            },
             "verify" => agents.push(Arc::new(VerifyAgent)),
             "notify" => agents.push(Arc::new(NotifyAgent)),
             "sleep" => agents.push(Arc::new(SleepAgent {
@@ -334,6 +348,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<u8> {
         let url = format!("http://{}", listener.local_addr()?);
         let sim_stop = stop.clone();
         let config = SimConfig {
+            journal: Some(args.data_dir.join(format!("gateway-{name}.sqlite3"))),
             name: name.into(),
             cost_bps,
             faults: Faults {
@@ -369,6 +384,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<u8> {
         sleep_concurrency: 64,
         sleep_ms: 1,
         drain_timeout_ms: 10_000,
+        data_dir: Some(args.data_dir.join("exec")),
     };
     let mut unit = ExecutionUnit::new(ExecutionUnitConfig::new("dev-exec", endpoint.clone()));
     for agent in build_agents(&exec_args)? {

@@ -374,3 +374,43 @@ fn cli_validate_names_task_and_line() {
         .unwrap();
     assert_eq!(ok.status.code(), Some(0));
 }
+
+/// Submit with an idempotency key: the same key twice gives one workflow (also after a
+/// control-unit restart); the same key with another input is refused with ALREADY_EXISTS.
+#[tokio::test(flavor = "multi_thread")]
+async fn idempotent_submission() {
+    let mut fleet = Fleet::start(&[], 0);
+    let request = |amount: i64| pb::SubmitRequest {
+        spec: Some(pb::submit_request::Spec::SpecText(spec("card-payment"))),
+        input_json: json!({"amount_minor": amount, "currency": "EUR", "card_token": "tok_visa"})
+            .to_string(),
+        idempotency_key: "order-42".into(),
+        ..Default::default()
+    };
+    let mut client = fleet.workflows().await;
+    let first = client.submit(request(4200)).await.unwrap().into_inner();
+    assert!(first.created);
+    let again = client.submit(request(4200)).await.unwrap().into_inner();
+    assert_eq!(again.workflow_id, first.workflow_id);
+    assert!(!again.created);
+    let refused = client.submit(request(9999)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::AlreadyExists);
+    assert!(
+        refused.message().contains("order-42"),
+        "{}",
+        refused.message()
+    );
+
+    fleet.control.restart();
+    let mut client = fleet.workflows().await;
+    let after_restart = client.submit(request(4200)).await.unwrap().into_inner();
+    assert_eq!(after_restart.workflow_id, first.workflow_id);
+    assert!(!after_restart.created);
+    let workflows = client
+        .list(pb::ListWorkflowsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .workflows;
+    assert_eq!(workflows.len(), 1);
+}

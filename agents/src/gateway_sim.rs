@@ -34,6 +34,8 @@ use tokio::net::TcpListener;
 pub struct SimConfig {
     /// The gateway's name, e.g. `alpha`.
     pub name: String,
+    /// Journal file for payments and idempotency records; `None` keeps them in memory.
+    pub journal: Option<std::path::PathBuf>,
     /// Fee per transaction in basis points, reported on every payment.
     pub cost_bps: u32,
     pub faults: Faults,
@@ -102,6 +104,7 @@ struct Sim {
     cost_bps: u32,
     inner: Mutex<Inner>,
     in_flight: AtomicU64,
+    journal: Option<crate::journal::Journal>,
 }
 
 impl Sim {
@@ -150,7 +153,8 @@ fn respond(status: StatusCode, body: Value, replayed: bool) -> Response {
     response
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 enum Effect {
     Authorize,
     Capture,
@@ -260,6 +264,13 @@ async fn effect(
         return respond(status, body, false);
     }
     let (status, body) = apply(&sim, &mut inner, effect, target.as_deref(), &request);
+    if let Some(journal) = &sim.journal {
+        let entry = json!({"key": key, "fingerprint": fingerprint.to_string(), "effect": effect, "target": target, "request": request}).to_string();
+        if let Err(error) = tokio::task::block_in_place(|| journal.append(&entry)) {
+            tracing::error!(%error, "gateway journal write failed; stopping");
+            std::process::exit(70);
+        }
+    }
     inner.idempotency.insert(
         key,
         Entry::Done {
@@ -545,6 +556,14 @@ pub async fn serve(
     config: SimConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let (journal, entries) = match &config.journal {
+        Some(path) => {
+            let (journal, entries) =
+                crate::journal::Journal::open(path).map_err(std::io::Error::other)?;
+            (Some(journal), entries)
+        }
+        None => (None, Vec::new()),
+    };
     let sim = Arc::new(Sim {
         name: config.name,
         cost_bps: config.cost_bps,
@@ -557,8 +576,45 @@ pub async fn serve(
             next_id: 0,
         }),
         in_flight: AtomicU64::new(0),
+        journal,
     });
+    replay(&sim, &entries);
     axum::serve(listener, router(sim))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// Re-applies every journaled request in order: the same ids, payments and stored
+/// responses as before the restart.
+fn replay(sim: &Sim, entries: &[String]) {
+    let mut inner = sim.lock();
+    for entry in entries {
+        let Ok(entry) = serde_json::from_str::<Value>(entry) else {
+            continue;
+        };
+        let Ok(effect) = serde_json::from_value::<Effect>(entry["effect"].clone()) else {
+            continue;
+        };
+        let key = entry["key"].as_str().unwrap_or_default().to_owned();
+        let fingerprint = entry["fingerprint"]
+            .as_str()
+            .and_then(|f| f.parse().ok())
+            .unwrap_or_default();
+        let target = entry["target"].as_str().map(str::to_owned);
+        let (status, body) = apply(
+            sim,
+            &mut inner,
+            effect,
+            target.as_deref(),
+            &entry["request"],
+        );
+        inner.idempotency.insert(
+            key,
+            Entry::Done {
+                fingerprint,
+                status,
+                body,
+            },
+        );
+    }
 }

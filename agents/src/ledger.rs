@@ -204,13 +204,52 @@ impl Ledger {
 
 pub struct LedgerAgent {
     ledger: Mutex<Ledger>,
+    journal: Option<crate::journal::Journal>,
 }
 
 impl LedgerAgent {
+    /// A ledger kept in memory only.
     pub fn new() -> Self {
         Self {
             ledger: Mutex::new(Ledger::default()),
+            journal: None,
         }
+    }
+
+    /// A ledger kept in `path`: every posting is journaled before it is answered, and the
+    /// journal is replayed at start.
+    pub fn open(path: &std::path::Path) -> Result<Self, crate::journal::JournalError> {
+        let (journal, entries) = crate::journal::Journal::open(path)?;
+        Ok(Self {
+            ledger: Mutex::new(Ledger::replay(&entries)),
+            journal: Some(journal),
+        })
+    }
+}
+
+impl Ledger {
+    /// Rebuilds a ledger from journal entries (`{"key": ..., "request": ...}`).
+    pub fn replay(entries: &[String]) -> Self {
+        let mut ledger = Self::default();
+        for entry in entries {
+            let Ok(entry) = serde_json::from_str::<Value>(entry) else {
+                continue;
+            };
+            let key = entry["key"].as_str().unwrap_or_default().to_owned();
+            if let Ok(answer) = ledger.post(&entry["request"]) {
+                ledger.answers.insert(key, answer);
+            }
+        }
+        ledger
+    }
+
+    /// Transfers booked, by status.
+    pub fn transfer_counts(&self) -> BTreeMap<&'static str, usize> {
+        let mut counts = BTreeMap::new();
+        for transfer in self.transfers.values() {
+            *counts.entry(transfer.status).or_default() += 1;
+        }
+        counts
     }
 }
 
@@ -248,6 +287,15 @@ impl Agent for LedgerAgent {
         }
         match ledger.post(&task.input) {
             Ok(answer) => {
+                if let Some(journal) = &self.journal {
+                    let entry =
+                        json!({"key": task.idempotency_key, "request": task.input}).to_string();
+                    if let Err(error) = tokio::task::block_in_place(|| journal.append(&entry)) {
+                        // Memory is ahead of disk: stop, and replay the journal on restart.
+                        tracing::error!(%error, "ledger journal write failed; stopping");
+                        std::process::exit(70);
+                    }
+                }
                 ledger
                     .answers
                     .insert(task.idempotency_key.clone(), answer.clone());

@@ -5,9 +5,11 @@
 //! - [`ledger`]: the double-entry ledger service agent (`ledger.post`).
 //! - [`service`]: checkpoint verification, receipts, and the benchmark sleep agent.
 //! - [`gateway_sim`]: a Stripe-like HTTP gateway with idempotency keys and faults.
+//! - [`journal`]: the append-only file the ledger and the simulator keep money state in.
 
 pub mod gateway;
 pub mod gateway_sim;
+pub mod journal;
 pub mod ledger;
 pub mod risk;
 pub mod service;

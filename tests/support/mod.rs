@@ -19,11 +19,43 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_paygrid");
 pub struct Part {
     pub child: Child,
     pub url: String,
+    args: Vec<String>,
 }
 
 impl Part {
     /// Starts `paygrid ARGS` and waits for its `listening on URL` (or `started`) line.
     pub fn start(args: &[&str]) -> Self {
+        let (child, url) = Self::spawn(args);
+        Self {
+            child,
+            url,
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+        }
+    }
+
+    /// Kills (SIGKILL) and starts again with the same arguments; a server comes back on
+    /// the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        let mut args = self.args.clone();
+        if let Some(listen) = args.iter().position(|a| a == "--listen") {
+            let addr = self.url.trim_start_matches("http://").to_owned();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while std::net::TcpListener::bind(&addr).is_err() {
+                assert!(Instant::now() < deadline, "port {addr} never came free");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            args[listen + 1] = addr;
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (child, url) = Self::spawn(&refs);
+        self.child = child;
+        if !url.is_empty() {
+            self.url = url;
+        }
+    }
+
+    fn spawn(args: &[&str]) -> (Child, String) {
         let mut child = Command::new(BIN)
             .args(args)
             .env("RUST_LOG", "warn")
@@ -49,7 +81,7 @@ impl Part {
             let mut sink = String::new();
             let _ = reader.read_to_string(&mut sink);
         });
-        Self { child, url }
+        (child, url)
     }
 
     pub fn kill(&mut self) {
@@ -100,7 +132,11 @@ pub struct Fleet {
 }
 
 impl Fleet {
+    /// A gateway simulator, a control unit and `execs` execution units, each keeping its
+    /// state in a fresh temporary directory.
     pub fn start(gateway_args: &[&str], execs: usize) -> Self {
+        let dir = TempDir::new("fleet");
+        let gateway_dir = dir.path("gateway");
         let mut args = vec![
             "gateway-sim",
             "--listen",
@@ -109,10 +145,12 @@ impl Fleet {
             "alpha",
             "--cost-bps",
             "25",
+            "--data-dir",
+            &gateway_dir,
         ];
         args.extend_from_slice(gateway_args);
         let gateway = Part::start(&args);
-        let dir = TempDir::new("fleet");
+        let control_dir = dir.path("control");
         let control = Part::start(&[
             "control",
             "--listen",
@@ -120,7 +158,7 @@ impl Fleet {
             "--lease-ttl-ms",
             "5000",
             "--data-dir",
-            &dir.path("control"),
+            &control_dir,
         ]);
         let mut fleet = Self {
             execs: Vec::new(),
@@ -136,6 +174,7 @@ impl Fleet {
 
     pub fn add_exec(&mut self, name: &str, extra: &[&str]) {
         let gateway = format!("alpha={}@25", self.gateway.url);
+        let data_dir = self.dir.path(name);
         let mut args = vec![
             "--control",
             &self.control.url,
@@ -144,34 +183,11 @@ impl Fleet {
             name,
             "--gateway",
             &gateway,
+            "--data-dir",
+            &data_dir,
         ];
         args.extend_from_slice(extra);
         self.execs.push(Part::start(&args));
-    }
-
-    /// Kills the control unit (SIGKILL) and starts it again on the same port and store.
-    pub fn restart_control(&mut self) {
-        self.control.kill();
-        let listen = self.control.url.trim_start_matches("http://").to_owned();
-        let data_dir = self.dir.path("control");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            // The port may take a moment to be free again.
-            if std::net::TcpListener::bind(&listen).is_ok() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "port {listen} never came free");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.control = Part::start(&[
-            "control",
-            "--listen",
-            &listen,
-            "--lease-ttl-ms",
-            "5000",
-            "--data-dir",
-            &data_dir,
-        ]);
     }
 
     pub async fn workflows(&self) -> WorkflowsClient<Channel> {
