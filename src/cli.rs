@@ -76,6 +76,22 @@ pub enum Command {
         #[arg(long)]
         data_dir: PathBuf,
     },
+    /// Measure a store's append throughput: events per second with group commit and with
+    /// one commit (fsync) per event.
+    StoreBench {
+        /// A data directory (embedded SQLite) or postgres://...
+        #[arg(long)]
+        store: String,
+        /// Events to append per run.
+        #[arg(long, default_value_t = 20_000)]
+        events: usize,
+        /// Events per commit for the group-commit run.
+        #[arg(long, default_value_t = 512)]
+        batch: usize,
+        /// Events for the one-commit-per-event run (fsyncs are slow).
+        #[arg(long, default_value_t = 500)]
+        single_events: usize,
+    },
     /// Print a spec's task graph as Graphviz DOT or Mermaid.
     Graph {
         file: PathBuf,
@@ -126,6 +142,12 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Validate(args) => operator::validate(args, json),
         Command::Graph { file, format } => operator::graph(&file, format),
         Command::Ledger { data_dir } => operator::ledger(&data_dir, json),
+        Command::StoreBench {
+            store,
+            events,
+            batch,
+            single_events,
+        } => crate::store_bench::run(&store, events, batch, single_events, json).await,
     };
     match result {
         Ok(code) => code,

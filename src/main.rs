@@ -4,6 +4,7 @@ mod cli;
 mod operator;
 mod output;
 mod parts;
+mod store_bench;
 
 use std::process::ExitCode;
 

@@ -1,0 +1,333 @@
+//! The store suite, run against every backend: the embedded SQLite file, and a real
+//! PostgreSQL server this test starts itself (initdb and pg_ctl on a free port in a temp
+//! dir). Where the PostgreSQL binaries are absent, the PostgreSQL run says so and skips.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+
+use paygrid_control_unit::model::{Priority, WorkflowId, WorkflowStatus};
+use paygrid_control_unit::scheduler::{Change, NewWorkflow, Scheduler, SchedulerConfig};
+use paygrid_control_unit::spec::{SpecLimits, compile};
+use paygrid_control_unit::store::{Batch, EventWrite, Store, WorkflowWrite};
+
+const SPEC: &str = "apiVersion: paygrid/v1\nkind: Workflow\nname: stored\nversion: 1\ntasks:\n  - id: a\n    skill: s\n  - id: b\n    skill: s\n    needs: [a]\n";
+
+/// A real workflow's snapshot and row, as the control unit writes them.
+fn workflow(now: u64, key: Option<&str>, status: WorkflowStatus) -> (WorkflowWrite, Vec<u8>) {
+    let spec = Arc::new(compile(SPEC, &SpecLimits::default()).unwrap());
+    let mut core = Scheduler::new(SchedulerConfig::default());
+    let id = WorkflowId::generate(now);
+    let mut out = Vec::new();
+    core.submit(
+        now,
+        NewWorkflow {
+            id,
+            spec: spec.clone(),
+            input: serde_json::json!({}),
+            priority: Priority::High,
+            labels: BTreeMap::new(),
+            idempotency_key: key.map(str::to_owned),
+            traceparent: String::new(),
+        },
+        &mut out,
+    )
+    .unwrap();
+    let snapshot = serde_json::to_vec(&core.workflow(id).unwrap().snapshot()).unwrap();
+    let row = WorkflowWrite {
+        id,
+        name: spec.name.clone(),
+        spec_hash: spec.hash.clone(),
+        status,
+        idempotency_key: key.map(str::to_owned),
+        fingerprint: 77,
+        created_at: now,
+        updated_at: now,
+        snapshot: None,
+    };
+    (row, snapshot)
+}
+
+fn event(id: WorkflowId, sequence: u64, change: &Change) -> EventWrite {
+    EventWrite {
+        workflow: id,
+        sequence,
+        at: 1_000 + sequence,
+        change: serde_json::to_vec(change).unwrap(),
+    }
+}
+
+fn task_change(task: u32, status: paygrid_control_unit::model::TaskStatus) -> Change {
+    Change::Task {
+        task,
+        compensation: false,
+        status,
+        attempt: 1,
+        agent: None,
+        detail: None,
+        output: Some(Arc::from("{\"ok\":true}")),
+        retry_at: None,
+    }
+}
+
+async fn suite(store: Arc<dyn Store>) {
+    use paygrid_control_unit::model::TaskStatus;
+    let spec = compile(SPEC, &SpecLimits::default()).unwrap();
+    // An active workflow: snapshot at sequence 2, then two more changes.
+    let (mut active, snapshot) = workflow(1_000, Some("key-active"), WorkflowStatus::Running);
+    active.snapshot = Some((snapshot, 2));
+    let id = active.id;
+    let mut batch = Batch::default();
+    batch.specs.push((spec.hash.clone(), Arc::from(SPEC)));
+    batch.workflows.push(active.clone());
+    batch.events.push(event(id, 1, &Change::Created));
+    batch
+        .events
+        .push(event(id, 2, &task_change(0, TaskStatus::Ready)));
+    batch
+        .events
+        .push(event(id, 3, &task_change(0, TaskStatus::Succeeded)));
+    batch
+        .events
+        .push(event(id, 4, &task_change(1, TaskStatus::Ready)));
+    store.commit(batch).await.unwrap();
+
+    // A later status-only update keeps the snapshot; a repeated event is ignored.
+    let mut batch = Batch::default();
+    batch.workflows.push(WorkflowWrite {
+        snapshot: None,
+        updated_at: 2_000,
+        ..active.clone()
+    });
+    batch
+        .events
+        .push(event(id, 4, &task_change(1, TaskStatus::Failed)));
+    store.commit(batch).await.unwrap();
+
+    // A terminal workflow, old enough to prune, and a recent terminal one.
+    let (mut old, snapshot) = workflow(10, Some("key-old"), WorkflowStatus::Succeeded);
+    old.snapshot = Some((snapshot, 5));
+    let (mut recent, snapshot) = workflow(5_000, None, WorkflowStatus::Failed);
+    recent.snapshot = Some((snapshot, 6));
+    let mut batch = Batch::default();
+    batch.workflows.push(old.clone());
+    batch.workflows.push(recent.clone());
+    batch.events.push(event(
+        old.id,
+        5,
+        &Change::Workflow {
+            status: WorkflowStatus::Succeeded,
+            detail: None,
+        },
+    ));
+    store.commit(batch).await.unwrap();
+
+    let recovered = store.recover(10).await.unwrap();
+    assert_eq!(recovered.last_sequence, 6);
+    assert_eq!(recovered.specs, vec![(spec.hash.clone(), SPEC.to_owned())]);
+    let restored = recovered
+        .workflows
+        .iter()
+        .find(|w| w.snapshot.id == id.to_string())
+        .expect("active workflow");
+    assert_eq!(restored.fingerprint, 77);
+    let statuses: Vec<_> = restored
+        .changes
+        .iter()
+        .map(|(_, c)| match c {
+            Change::Task { task, status, .. } => (*task, *status),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![(0, TaskStatus::Succeeded), (1, TaskStatus::Ready)],
+        "changes after the snapshot, first write wins"
+    );
+    assert_eq!(recovered.workflows.len(), 3, "one active and two terminal");
+    let mut keys: Vec<_> = recovered
+        .idempotency
+        .iter()
+        .map(|(k, w, f)| (k.clone(), *w, *f))
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        vec![
+            ("key-active".into(), id, 77),
+            ("key-old".into(), old.id, 77)
+        ]
+    );
+    let recovered = store.recover(1).await.unwrap();
+    assert_eq!(
+        recovered.workflows.len(),
+        2,
+        "terminal workflows limited to the most recent"
+    );
+
+    let (snapshot, text) = store.load(old.id).await.unwrap().expect("stored workflow");
+    assert_eq!(snapshot.id, old.id.to_string());
+    assert_eq!(text, SPEC);
+    assert!(store.load(WorkflowId(42)).await.unwrap().is_none());
+
+    // Pruning removes only terminal workflows past retention.
+    assert_eq!(store.prune(100).await.unwrap(), 1);
+    assert!(store.load(old.id).await.unwrap().is_none());
+    assert!(store.load(recent.id).await.unwrap().is_some());
+    assert!(store.load(id).await.unwrap().is_some());
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("paygrid-store-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_store_suite() {
+    let dir = temp_dir("sqlite");
+    let store = paygrid_control_unit::store::open(dir.to_str().unwrap())
+        .await
+        .unwrap();
+    suite(store).await;
+    // Reopening runs no migration twice and keeps the data.
+    let store = paygrid_control_unit::store::open(dir.to_str().unwrap())
+        .await
+        .unwrap();
+    assert!(store.recover(10).await.unwrap().last_sequence >= 6);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A throwaway PostgreSQL cluster, stopped on drop.
+struct Postgres {
+    bin: PathBuf,
+    data: PathBuf,
+    port: u16,
+    as_postgres_user: bool,
+}
+
+impl Postgres {
+    fn find_bin() -> Option<PathBuf> {
+        let candidates = [
+            "/usr/lib/postgresql/15/bin",
+            "/usr/lib/postgresql/16/bin",
+            "/usr/local/bin",
+            "/usr/bin",
+        ];
+        candidates
+            .iter()
+            .map(PathBuf::from)
+            .find(|dir| dir.join("initdb").exists() && dir.join("pg_ctl").exists())
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        if self.as_postgres_user {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(path);
+            command
+        } else {
+            Command::new(path)
+        }
+    }
+
+    fn start() -> Option<Self> {
+        let bin = Self::find_bin()?;
+        let as_postgres_user = unsafe_is_root();
+        let data = temp_dir("pg");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if as_postgres_user {
+            let status = Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(&data)
+                .status()
+                .unwrap();
+            assert!(status.success(), "chown the cluster dir to postgres");
+        }
+        let cluster = Self {
+            bin,
+            data: data.clone(),
+            port,
+            as_postgres_user,
+        };
+        let output = cluster
+            .command("initdb")
+            .args(["-A", "trust", "-U", "postgres", "-D"])
+            .arg(data.join("db"))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let options = format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=on",
+            data.display()
+        );
+        let output = cluster
+            .command("pg_ctl")
+            .args(["-D"])
+            .arg(data.join("db"))
+            .args(["-o", &options, "-w", "-l"])
+            .arg(data.join("log"))
+            .arg("start")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "pg_ctl start: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Some(cluster)
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = self
+            .command("pg_ctl")
+            .args(["-D"])
+            .arg(self.data.join("db"))
+            .args(["-m", "immediate", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+/// Root cannot run initdb; the Debian `postgres` user can.
+fn unsafe_is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_store_suite() {
+    let Some(cluster) = Postgres::start() else {
+        eprintln!(
+            "SKIPPED postgres_store_suite: PostgreSQL server binaries (initdb, pg_ctl) not found"
+        );
+        return;
+    };
+    let store = paygrid_control_unit::store::open(&cluster.url())
+        .await
+        .unwrap();
+    suite(store).await;
+    let store = paygrid_control_unit::store::open(&cluster.url())
+        .await
+        .unwrap();
+    assert!(store.recover(10).await.unwrap().last_sequence >= 6);
+}
