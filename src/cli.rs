@@ -92,6 +92,14 @@ pub enum Command {
         #[arg(long, default_value_t = 500)]
         single_events: usize,
     },
+    /// Benchmark the full path against the raw gRPC ceiling (separate processes).
+    Bench(crate::bench::BenchArgs),
+    /// The echo server of the benchmark's gRPC ceiling.
+    #[command(hide = true)]
+    BenchEcho {
+        #[arg(long, default_value = "127.0.0.1:0", value_parser = parse_addr)]
+        listen: SocketAddr,
+    },
     /// Print a spec's task graph as Graphviz DOT or Mermaid.
     Graph {
         file: PathBuf,
@@ -142,6 +150,8 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Validate(args) => operator::validate(args, json),
         Command::Graph { file, format } => operator::graph(&file, format),
         Command::Ledger { data_dir } => operator::ledger(&data_dir, json),
+        Command::Bench(args) => crate::bench::run(args).await,
+        Command::BenchEcho { listen } => crate::bench::echo_server(listen).await,
         Command::StoreBench {
             store,
             events,

@@ -579,9 +579,15 @@ pub async fn serve(
         journal,
     });
     replay(&sim, &entries);
-    axum::serve(listener, router(sim))
-        .with_graceful_shutdown(shutdown)
-        .await
+    {
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(listener, router(sim))
+    }
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 /// Re-applies every journaled request in order: the same ids, payments and stored

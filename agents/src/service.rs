@@ -108,12 +108,22 @@ impl Agent for SleepAgent {
     }
 
     async fn handle(&self, task: Task) -> TaskOutcome {
+        let received_at_us = unix_micros();
         let sleep_ms = task
             .input
             .get("sleep_ms")
             .and_then(Value::as_u64)
             .unwrap_or(self.default_sleep_ms);
         tokio::time::sleep(std::time::Duration::from_millis(sleep_ms)).await;
-        TaskOutcome::Succeeded(json!({"slept_ms": sleep_ms}))
+        // Wall-clock stamps let the benchmark measure scheduling overhead between tasks.
+        TaskOutcome::Succeeded(
+            json!({"slept_ms": sleep_ms, "received_at_us": received_at_us, "finished_at_us": unix_micros()}),
+        )
     }
+}
+
+fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
