@@ -221,17 +221,13 @@ impl Scheduler {
             agent_slot.credits -= 1;
             agent_slot.assigned.insert(slot, attempt);
         }
+        // One timer per attempt, at the earlier of its timeout and its lease; it re-arms
+        // itself for whichever is left (see `Scheduler::fire`).
         self.timers.push(Reverse(Timer {
-            at: deadline,
+            at: deadline.min(lease_until),
             slot,
             attempt,
-            kind: TimerKind::Timeout,
-        }));
-        self.timers.push(Reverse(Timer {
-            at: lease_until,
-            slot,
-            attempt,
-            kind: TimerKind::Lease,
+            kind: TimerKind::Attempt,
         }));
         record(
             out,

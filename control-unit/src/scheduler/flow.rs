@@ -489,6 +489,16 @@ impl Scheduler {
         workflow.error = Some(reason.clone());
         workflow.status = WorkflowStatus::Compensating;
         workflow.updated_at = now;
+        // Recorded, so a restart resumes the failure instead of the run.
+        record(
+            out,
+            id,
+            now,
+            Change::Workflow {
+                status: WorkflowStatus::Compensating,
+                detail: Some(reason.clone()),
+            },
+        );
         let mut cancels = Vec::new();
         for (index, task) in workflow.tasks.iter_mut().enumerate() {
             if task.run.status.is_terminal() {

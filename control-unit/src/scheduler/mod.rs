@@ -586,17 +586,24 @@ impl Scheduler {
             TimerKind::Backoff if execution.status == TaskStatus::Backoff => {
                 self.make_ready(timer.slot, out);
             }
-            TimerKind::Timeout if execution.is_in_flight() && execution.attempt_open => {
-                let error = format!("attempt {} timed out", timer.attempt);
-                self.abandon_attempt(timer.slot, AttemptOutcome::Timeout, error, out);
-            }
-            TimerKind::Lease if execution.is_in_flight() && execution.attempt_open => {
-                if execution.lease_until > self.now {
-                    let at = execution.lease_until;
-                    self.timers.push(Reverse(Timer { at, ..timer }));
-                } else {
+            TimerKind::Attempt | TimerKind::Timeout | TimerKind::Lease
+                if execution.is_in_flight() && execution.attempt_open =>
+            {
+                let (deadline, lease_until) = (execution.deadline, execution.lease_until);
+                if timer.kind != TimerKind::Lease && deadline <= self.now {
+                    let error = format!("attempt {} timed out", timer.attempt);
+                    self.abandon_attempt(timer.slot, AttemptOutcome::Timeout, error, out);
+                } else if timer.kind != TimerKind::Timeout && lease_until <= self.now {
                     let error = format!("lease of attempt {} expired: no heartbeat", timer.attempt);
                     self.abandon_attempt(timer.slot, AttemptOutcome::LeaseExpired, error, out);
+                } else {
+                    // Heartbeats moved the lease: wait for whichever comes first now.
+                    let at = match timer.kind {
+                        TimerKind::Timeout => deadline,
+                        TimerKind::Lease => lease_until,
+                        _ => deadline.min(lease_until),
+                    };
+                    self.timers.push(Reverse(Timer { at, ..timer }));
                 }
             }
             _ => {}

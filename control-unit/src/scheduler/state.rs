@@ -230,7 +230,11 @@ impl SkillQueue {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum TimerKind {
     Backoff,
+    /// An attempt's timeout and lease, whichever comes first.
+    Attempt,
+    /// Only the attempt timeout (tasks resumed after a restart).
     Timeout,
+    /// Only the lease.
     Lease,
 }
 

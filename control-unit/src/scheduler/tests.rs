@@ -689,7 +689,18 @@ fn chaos(
                 workflow
                     .tasks
                     .iter()
-                    .all(|t| t.run.status == TaskStatus::Succeeded)
+                    .all(|t| t.run.status == TaskStatus::Succeeded),
+                "{:?}",
+                workflow
+                    .tasks
+                    .iter()
+                    .map(|t| (
+                        t.run.status,
+                        t.run.attempt,
+                        t.run.attempt_open,
+                        t.run.history.iter().map(|h| h.outcome).collect::<Vec<_>>()
+                    ))
+                    .collect::<Vec<_>>()
             );
         }
         // Every succeeded task with a compensation was compensated when the workflow failed.
