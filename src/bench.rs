@@ -269,11 +269,21 @@ async fn load(
     Ok((samples, started.elapsed()))
 }
 
-/// Microseconds between a task's result and the next task's start, from the sleep
-/// agent's stamps, for a sample of workflows.
-async fn hop_overheads(channel: Channel, samples: &[Sample], fanout: bool) -> Vec<f64> {
+/// Scheduling overhead over a sample of workflows: the hop (microseconds from a task's
+/// result to the next task's start, by the sleep agent's clock), and inside the control
+/// unit (milliseconds, by its clock): ready → assigned, and result → next ready.
+#[derive(Default)]
+struct Overheads {
+    hops_us: Vec<f64>,
+    ready_to_assigned_ms: Vec<f64>,
+    result_to_ready_ms: Vec<f64>,
+}
+
+async fn hop_overheads(channel: Channel, samples: &[Sample], fanout: bool) -> Overheads {
     let mut client = WorkflowsClient::new(channel);
     let mut hops = Vec::new();
+    let mut ready_to_assigned = Vec::new();
+    let mut result_to_ready = Vec::new();
     let step = (samples.len() / 500).max(1);
     for sample in samples.iter().step_by(step) {
         let Ok(workflow) = client
@@ -284,8 +294,27 @@ async fn hop_overheads(channel: Channel, samples: &[Sample], fanout: bool) -> Ve
         else {
             continue;
         };
+        let workflow = workflow.into_inner();
+        let by_id: BTreeMap<&str, &pb::TaskState> = workflow
+            .tasks
+            .iter()
+            .map(|t| (t.task_id.as_str(), t))
+            .collect();
+        for task in &workflow.tasks {
+            if task.ready_at_ms > 0 && task.attempt_started_at_ms >= task.ready_at_ms {
+                ready_to_assigned.push((task.attempt_started_at_ms - task.ready_at_ms) as f64);
+            }
+        }
+        let next_ready = |from: &str, to: &str| {
+            Some((by_id.get(to)?.ready_at_ms - by_id.get(from)?.finished_at_ms) as f64)
+        };
+        if fanout {
+            result_to_ready.extend(next_ready("head", "p0"));
+        } else {
+            result_to_ready.extend(next_ready("a", "b"));
+            result_to_ready.extend(next_ready("b", "c"));
+        }
         let stamps: BTreeMap<String, (f64, f64)> = workflow
-            .into_inner()
             .tasks
             .iter()
             .filter_map(|t| {
@@ -315,8 +344,14 @@ async fn hop_overheads(channel: Channel, samples: &[Sample], fanout: bool) -> Ve
             hops.extend(hop("b", "c"));
         }
     }
-    hops.sort_by(f64::total_cmp);
-    hops
+    for list in [&mut hops, &mut ready_to_assigned, &mut result_to_ready] {
+        list.sort_by(f64::total_cmp);
+    }
+    Overheads {
+        hops_us: hops,
+        ready_to_assigned_ms: ready_to_assigned,
+        result_to_ready_ms: result_to_ready,
+    }
 }
 
 fn summarize(
@@ -325,8 +360,13 @@ fn summarize(
     elapsed: Duration,
     tasks_per_workflow: usize,
     cpu: f64,
-    hops: &[f64],
+    overheads: &Overheads,
 ) -> Value {
+    let hops = &overheads.hops_us;
+    let (ready_to_assigned, result_to_ready) = (
+        &overheads.ready_to_assigned_ms,
+        &overheads.result_to_ready_ms,
+    );
     let mut latencies: Vec<f64> = samples
         .iter()
         .map(|s| s.latency.as_secs_f64() * 1e3)
@@ -351,6 +391,8 @@ fn summarize(
         "tasks_per_s": workflows_per_s * tasks_per_workflow as f64,
         "latency_ms": {"p50": percentile(&latencies, 50.0), "p90": percentile(&latencies, 90.0), "p99": percentile(&latencies, 99.0), "max": latencies.last().copied().unwrap_or(0.0)},
         "hop_overhead_us": {"samples": hops.len(), "p50": percentile(hops, 50.0), "p99": percentile(hops, 99.0)},
+        "ready_to_assigned_ms": {"samples": ready_to_assigned.len(), "p50": percentile(ready_to_assigned, 50.0), "p99": percentile(ready_to_assigned, 99.0)},
+        "result_to_next_ready_ms": {"samples": result_to_ready.len(), "p50": percentile(result_to_ready, 50.0), "p99": percentile(result_to_ready, 99.0)},
         "control_cpu_seconds": cpu,
         "by_priority": if name == "priority" { json!({"critical": by_class(true), "low": by_class(false)}) } else { Value::Null },
     })
@@ -646,7 +688,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
         let hops = if matches!(scenario.as_str(), "seq3" | "fanout") {
             hop_overheads(channel.clone(), &samples, scenario == "fanout").await
         } else {
-            Vec::new()
+            Overheads::default()
         };
         let summary = summarize(
             scenario,
@@ -800,6 +842,19 @@ fn print_row(summary: &Value) {
         summary["control_cpu_seconds"].as_f64().unwrap_or(0.0),
         summary["failed"],
     );
+    let (ra, rr) = (
+        &summary["ready_to_assigned_ms"],
+        &summary["result_to_next_ready_ms"],
+    );
+    if ra["samples"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "                 in the control unit (ms): ready → assigned p50 {:.0} p99 {:.0}; result → next ready p50 {:.0} p99 {:.0}",
+            ra["p50"].as_f64().unwrap_or(0.0),
+            ra["p99"].as_f64().unwrap_or(0.0),
+            rr["p50"].as_f64().unwrap_or(0.0),
+            rr["p99"].as_f64().unwrap_or(0.0),
+        );
+    }
     if summary["scenario"] == "priority" {
         let p = &summary["by_priority"];
         println!(

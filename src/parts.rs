@@ -51,6 +51,9 @@ pub struct StorageArgs {
     /// Extra wait for more inputs before a group commit, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub flush_interval_ms: u64,
+    /// Terminal workflows kept in memory for Get and List (older ones are read from the store).
+    #[arg(long, default_value_t = 100_000)]
+    pub retained_max: usize,
 }
 
 impl StorageArgs {
@@ -59,6 +62,7 @@ impl StorageArgs {
         let mut config = ControlConfig::default();
         config.runtime.batch_max = self.commit_batch_max.max(1);
         config.runtime.flush_interval = Duration::from_millis(self.flush_interval_ms);
+        config.runtime.scheduler.workflows_retained_max = self.retained_max.max(1);
         config.retention = Some(
             paygrid_control_unit::spec::duration::parse_duration(&self.retention)
                 .map_err(|e| crate::operator::UsageError(format!("--retention: {e}")))?,
@@ -331,6 +335,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<u8> {
         retention: "7d".into(),
         commit_batch_max: 1024,
         flush_interval_ms: 0,
+        retained_max: 100_000,
     };
     let (config, location) = storage.config().await?;
     println!(

@@ -414,3 +414,87 @@ async fn idempotent_submission() {
         .workflows;
     assert_eq!(workflows.len(), 1);
 }
+
+/// Terminal workflows stay listable and fetchable, with their history, after they left
+/// the control unit's memory and after a restart, until retention prunes them.
+#[tokio::test(flavor = "multi_thread")]
+async fn terminal_workflows_stay_listable_from_the_store() {
+    let dir = TempDir::new("history");
+    let data_dir = dir.path("control");
+    let mut control = Part::start(&[
+        "control",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &data_dir,
+        "--retained-max",
+        "2",
+    ]);
+    let mut client = support::Fleet::client(&control.url).await;
+    let spec = "apiVersion: paygrid/v1\nkind: Workflow\nname: parked\nversion: 1\ntasks:\n  - id: wait\n    skill: nobody.offers\n";
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let id = submit(&mut client, spec, json!({}), pb::Priority::Unspecified).await;
+        let workflow = get(&mut client, &id).await;
+        assert_eq!(
+            task(&workflow, "wait").waiting_reason,
+            "no connected agent offers skill nobody.offers"
+        );
+        client
+            .cancel(pb::CancelWorkflowRequest {
+                workflow_id: id.clone(),
+                reason: "test".into(),
+            })
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    for round in 0..2 {
+        let listed = client
+            .list(pb::ListWorkflowsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .workflows;
+        let listed: Vec<_> = listed
+            .iter()
+            .map(|w| (w.workflow_id.clone(), w.status))
+            .collect();
+        let expected: Vec<_> = ids
+            .iter()
+            .map(|id| (id.clone(), pb::WorkflowStatus::Cancelled as i32))
+            .collect();
+        assert_eq!(listed, expected, "round {round}");
+        // A page of two, then the rest.
+        let page = client
+            .list(pb::ListWorkflowsRequest {
+                page_size: 2,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(page.workflows.len(), 2);
+        let rest = client
+            .list(pb::ListWorkflowsRequest {
+                page_size: 2,
+                page_token: page.next_page_token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            rest.workflows
+                .iter()
+                .map(|w| w.workflow_id.clone())
+                .collect::<Vec<_>>(),
+            ids[2..].to_vec()
+        );
+        let oldest = get(&mut client, &ids[0]).await;
+        assert_eq!(oldest.status, pb::WorkflowStatus::Cancelled as i32);
+        assert!(oldest.error.contains("cancelled: test"), "{}", oldest.error);
+        control.restart();
+        client = support::Fleet::client(&control.url).await;
+    }
+}

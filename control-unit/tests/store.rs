@@ -172,6 +172,53 @@ async fn suite(store: Arc<dyn Store>) {
     assert_eq!(text, SPEC);
     assert!(store.load(WorkflowId(42)).await.unwrap().is_none());
 
+    // Listing: id order, filters, paging.
+    use paygrid_control_unit::store::ListQuery;
+    let all = store
+        .list(ListQuery {
+            limit: 10,
+            ..ListQuery::default()
+        })
+        .await
+        .unwrap();
+    let mut expected = vec![id.to_string(), old.id.to_string(), recent.id.to_string()];
+    expected.sort();
+    assert_eq!(
+        all.iter().map(|s| s.id.clone()).collect::<Vec<_>>(),
+        expected
+    );
+    assert_eq!(all[0].name, "stored");
+    let running = store
+        .list(ListQuery {
+            status: Some(WorkflowStatus::Running),
+            limit: 10,
+            ..ListQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(running.len(), 1);
+    let after_first = store
+        .list(ListQuery {
+            after: expected[0].parse().ok(),
+            limit: 1,
+            ..ListQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        after_first.iter().map(|s| s.id.clone()).collect::<Vec<_>>(),
+        vec![expected[1].clone()]
+    );
+    let none = store
+        .list(ListQuery {
+            name: Some("other".into()),
+            limit: 10,
+            ..ListQuery::default()
+        })
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+
     // Pruning removes only terminal workflows past retention.
     assert_eq!(store.prune(100).await.unwrap(), 1);
     assert!(store.load(old.id).await.unwrap().is_none());

@@ -190,6 +190,10 @@ impl Fleet {
         self.execs.push(Part::start(&args));
     }
 
+    pub async fn client(url: &str) -> WorkflowsClient<Channel> {
+        WorkflowsClient::new(channel(url).await)
+    }
+
     pub async fn workflows(&self) -> WorkflowsClient<Channel> {
         WorkflowsClient::new(channel(&self.control.url).await)
     }

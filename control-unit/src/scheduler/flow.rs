@@ -111,6 +111,7 @@ impl Scheduler {
             return;
         };
         execution.status = TaskStatus::Ready;
+        execution.ready_at = now;
         let attempt = execution.attempt;
         workflow.updated_at = now;
         record(

@@ -22,6 +22,10 @@ use crate::spec::CompiledSpec;
 pub struct Snapshot {
     pub id: String,
     pub spec_hash: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub version: u32,
     pub input: Value,
     pub priority: Priority,
     pub labels: BTreeMap<String, String>,
@@ -58,6 +62,8 @@ impl Workflow {
         Snapshot {
             id: self.id.to_string(),
             spec_hash: self.spec.hash.clone(),
+            name: self.spec.name.clone(),
+            version: self.spec.version,
             input: (*self.input).clone(),
             priority: self.priority,
             labels: self.labels.clone(),

@@ -90,6 +90,9 @@ pub struct Execution {
     pub started_at: Millis,
     pub finished_at: Millis,
     pub attempt_started_at: Millis,
+    /// When the current attempt became ready (queued for an agent).
+    #[serde(default)]
+    pub ready_at: Millis,
     pub deadline: Millis,
     pub lease_until: Millis,
     pub retry_at: Millis,
@@ -109,6 +112,7 @@ impl Execution {
             started_at: 0,
             finished_at: 0,
             attempt_started_at: 0,
+            ready_at: 0,
             deadline: 0,
             lease_until: 0,
             retry_at: 0,

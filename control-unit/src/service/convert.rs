@@ -132,6 +132,8 @@ pub fn workflow_to_pb(workflow: &Workflow, scheduler: &Scheduler) -> pb::Workflo
                     .and_then(|c| c.error.clone())
                     .unwrap_or_default(),
                 history: task_history,
+                ready_at_ms: ms(run.ready_at),
+                attempt_started_at_ms: ms(run.attempt_started_at),
             }
         })
         .collect();
@@ -217,4 +219,30 @@ pub fn record_to_event(
         at_ms: ms(record.at),
         body: Some(body),
     })
+}
+
+/// A stored workflow's summary, from its latest snapshot.
+pub fn summary_from_snapshot(
+    snapshot: &crate::scheduler::restore::Snapshot,
+) -> pb::WorkflowSummary {
+    pb::WorkflowSummary {
+        workflow_id: snapshot.id.clone(),
+        name: snapshot.name.clone(),
+        version: snapshot.version,
+        status: workflow_status_to_pb(snapshot.status).into(),
+        priority: priority_to_pb(snapshot.priority).into(),
+        created_at_ms: ms(snapshot.created_at),
+        updated_at_ms: ms(snapshot.updated_at),
+        labels: snapshot
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        tasks_total: snapshot.tasks.len() as u32,
+        tasks_done: snapshot
+            .tasks
+            .iter()
+            .filter(|t| t.run.status.is_terminal())
+            .count() as u32,
+    }
 }

@@ -285,11 +285,66 @@ impl Workflows for WorkflowsService {
             },
             after,
         };
-        Ok(Response::new(
-            self.handle
-                .ask(|reply| Input::List { query, reply })
-                .await?,
-        ))
+        let (page_size, status, name, labels) = (
+            query.page_size,
+            query.status,
+            query.name.clone(),
+            query.labels.clone(),
+        );
+        let memory = self
+            .handle
+            .ask(|reply| Input::List { query, reply })
+            .await?;
+        let Some(store) = &self.store else {
+            return Ok(Response::new(memory));
+        };
+        // Terminal workflows no longer in memory are still listable until retention
+        // prunes them: merge the store's page with memory's (memory wins), up to the
+        // first point where either source may have more.
+        let stored = store
+            .list(crate::store::ListQuery {
+                after,
+                status,
+                name,
+                limit: page_size,
+            })
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let mut boundary: Option<String> = None;
+        if stored.len() == page_size {
+            boundary = stored.last().map(|s| s.id.clone());
+        }
+        if !memory.next_page_token.is_empty() {
+            let last = memory.workflows.last().map(|w| w.workflow_id.clone());
+            boundary = match (boundary, last) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        let within = |id: &str| boundary.as_deref().is_none_or(|b| id <= b);
+        let mut merged: BTreeMap<String, pb::WorkflowSummary> = BTreeMap::new();
+        for snapshot in stored.iter().filter(|s| within(&s.id)) {
+            if labels
+                .iter()
+                .all(|(k, v)| snapshot.labels.get(k) == Some(v))
+            {
+                merged.insert(
+                    snapshot.id.clone(),
+                    convert::summary_from_snapshot(snapshot),
+                );
+            }
+        }
+        for summary in memory
+            .workflows
+            .into_iter()
+            .filter(|w| within(&w.workflow_id))
+        {
+            merged.insert(summary.workflow_id.clone(), summary);
+        }
+        Ok(Response::new(pb::ListWorkflowsResponse {
+            workflows: merged.into_values().collect(),
+            next_page_token: boundary.unwrap_or_default(),
+        }))
     }
 
     async fn cancel(

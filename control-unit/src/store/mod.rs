@@ -105,6 +105,17 @@ pub trait Store: Send + Sync + 'static {
     async fn load(&self, id: WorkflowId) -> Result<Option<(Snapshot, String)>, StoreError>;
     /// Deletes terminal workflows last updated before `before_ms`; returns how many.
     async fn prune(&self, before_ms: u64) -> Result<u64, StoreError>;
+    /// Stored workflows after `after` in id order, with their latest snapshot.
+    async fn list(&self, query: ListQuery) -> Result<Vec<Snapshot>, StoreError>;
+}
+
+/// A page of stored workflows.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub after: Option<WorkflowId>,
+    pub status: Option<WorkflowStatus>,
+    pub name: Option<String>,
+    pub limit: usize,
 }
 
 /// Opens the store a `--store` value names: `postgres://...` or a data directory.

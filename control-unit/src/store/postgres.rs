@@ -5,7 +5,7 @@
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls};
 
-use super::{Batch, Recovered, Store, StoreError, decode_snapshot, status_name};
+use super::{Batch, ListQuery, Recovered, Store, StoreError, decode_snapshot, status_name};
 use crate::model::WorkflowId;
 use crate::scheduler::restore::Snapshot;
 
@@ -272,6 +272,24 @@ impl Store for PostgresStore {
             ))
         })
         .transpose()
+    }
+
+    async fn list(&self, query: ListQuery) -> Result<Vec<Snapshot>, StoreError> {
+        let after = query.after.map(|id| id.to_string()).unwrap_or_default();
+        let status = query.status.map(status_name);
+        let limit = query.limit as i64;
+        let rows = self
+            .reader
+            .query(
+                "SELECT snapshot FROM workflows WHERE id > $1 AND snapshot IS NOT NULL
+                 AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR name = $3) ORDER BY id LIMIT $4",
+                &[&after, &status, &query.name, &limit],
+            )
+            .await
+            .map_err(pg)?;
+        rows.iter()
+            .map(|r| decode_snapshot(&r.get::<_, Vec<u8>>(0)))
+            .collect()
     }
 
     async fn prune(&self, before_ms: u64) -> Result<u64, StoreError> {

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    Batch, Recovered, RecoveredWorkflow, Store, StoreError, decode_change, decode_snapshot,
-    parse_id, status_name,
+    Batch, ListQuery, Recovered, RecoveredWorkflow, Store, StoreError, decode_change,
+    decode_snapshot, parse_id, status_name,
 };
 use crate::model::WorkflowId;
 use crate::scheduler::restore::Snapshot;
@@ -237,6 +237,24 @@ impl Store for SqliteStore {
             .await?;
         row.map(|(snapshot, text)| Ok((decode_snapshot(&snapshot)?, text)))
             .transpose()
+    }
+
+    async fn list(&self, query: ListQuery) -> Result<Vec<Snapshot>, StoreError> {
+        let rows = self
+            .with(move |connection| {
+                let mut statement = connection.prepare_cached(
+                    "SELECT snapshot FROM workflows WHERE id > ?1 AND snapshot IS NOT NULL
+                     AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR name = ?3) ORDER BY id LIMIT ?4",
+                )?;
+                let after = query.after.map(|id| id.to_string()).unwrap_or_default();
+                let status = query.status.map(status_name);
+                let rows = statement
+                    .query_map(params![after, status, query.name, query.limit as i64], |r| r.get::<_, Vec<u8>>(0))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(rows)
+            })
+            .await?;
+        rows.iter().map(|bytes| decode_snapshot(bytes)).collect()
     }
 
     async fn prune(&self, before_ms: u64) -> Result<u64, StoreError> {
