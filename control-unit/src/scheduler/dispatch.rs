@@ -90,8 +90,11 @@ impl Scheduler {
         self.workflows
             .get(&entry.slot.workflow)
             .is_some_and(|workflow| {
-                let running = workflow.status == WorkflowStatus::Running
-                    || (entry.slot.compensation && workflow.status == WorkflowStatus::Compensating);
+                // In a compensating workflow, tasks still run to settle their outcome.
+                let running = matches!(
+                    workflow.status,
+                    WorkflowStatus::Running | WorkflowStatus::Compensating
+                );
                 running
                     && workflow.execution(entry.slot).is_some_and(|e| {
                         e.status == TaskStatus::Ready && e.attempt == entry.attempt

@@ -15,6 +15,9 @@ use super::{
 use crate::model::{AgentId, TaskStatus, WorkflowId, WorkflowStatus};
 use crate::spec::{RetryPolicy, TaskKind};
 
+/// The error of an attempt its agent stopped on a cancellation.
+const CANCELLED_BY_AGENT: &str = "cancelled by the agent";
+
 impl Scheduler {
     /// All needs of a task finished: skip it, pass it (checkpoint) or make it ready.
     pub(super) fn task_unblocked(&mut self, id: WorkflowId, task: u32, out: &mut Vec<Command>) {
@@ -222,9 +225,9 @@ impl Scheduler {
             }
             Outcome::Cancelled => {
                 history.outcome = AttemptOutcome::Cancelled;
-                history.error = Some("cancelled by the agent".into());
+                history.error = Some(CANCELLED_BY_AGENT.into());
                 execution.history.push(history);
-                self.retry_or_fail(slot, "cancelled by the agent".into(), out);
+                self.retry_or_fail(slot, CANCELLED_BY_AGENT.into(), out);
             }
         }
     }
@@ -288,7 +291,6 @@ impl Scheduler {
         if execution.attempt != attempt || !execution.attempt_open || !execution.is_in_flight() {
             return;
         }
-        let stopping = !slot.compensation && workflow.status != WorkflowStatus::Running;
         let Some(execution) = workflow.execution_mut(slot) else {
             return;
         };
@@ -300,12 +302,7 @@ impl Scheduler {
             outcome,
             error: Some(error.to_owned()),
         });
-        if stopping {
-            execution.status = TaskStatus::Cancelled;
-            execution.attempt_open = false;
-            self.continue_compensation(slot.workflow, out);
-            return;
-        }
+        // Also in a failing workflow: its outcome must be settled (see `stop_workflow`).
         self.make_ready(slot, out);
     }
 
@@ -320,17 +317,20 @@ impl Scheduler {
             (Some(compensation), true) => compensation.retry,
             _ => compiled.retry,
         };
-        let stopping = !slot.compensation && workflow.status != WorkflowStatus::Running;
+        let settled_by_cancel =
+            !slot.compensation && workflow.cancel_requested && error == CANCELLED_BY_AGENT;
         let Some(execution) = workflow.execution_mut(slot) else {
             return;
         };
-        if stopping {
-            // The workflow is failing or cancelled: this task will not run again.
+        if settled_by_cancel {
+            // The operator cancelled and the agent stopped the task: settled.
             execution.status = TaskStatus::Cancelled;
             execution.attempt_open = false;
             self.continue_compensation(slot.workflow, out);
             return;
         }
+        // In a failing workflow the task is retried too: its outcome must be known before
+        // the workflow ends, so that a success is compensated.
         if execution.attempt >= policy.max_attempts {
             let error = format!("{error} (after {} attempts)", execution.attempt);
             self.fail_task(slot, error, out);
@@ -501,14 +501,20 @@ impl Scheduler {
             },
         );
         let mut cancels = Vec::new();
+        let cancel_requested = workflow.cancel_requested;
         for (index, task) in workflow.tasks.iter_mut().enumerate() {
             if task.run.status.is_terminal() {
                 continue;
             }
+            if task.run.attempt > 0 && !task.run.is_in_flight() {
+                // Dispatched before (now in backoff or queued again): its effect may
+                // have happened, so it is settled (retried, same key) and compensated.
+                continue;
+            }
             if task.run.is_in_flight() && task.run.attempt_open {
-                // Stays in flight until its agent answers or it times out; a late
-                // success is then compensated like any other.
-                if let Some(agent) = &task.run.agent {
+                // Stays in flight until it settles; a success is compensated like any
+                // other. Only an operator's cancel reaches the agent.
+                if let (Some(agent), true) = (&task.run.agent, cancel_requested) {
                     let slot = Slot {
                         workflow: id,
                         task: index as u32,
@@ -540,14 +546,21 @@ impl Scheduler {
         if workflow.status.is_terminal() || workflow.compensating.is_some() {
             return;
         }
+        // Every dispatched task settles first (succeeded or failed for good), so that
+        // compensations run in true reverse order of completion.
+        let unsettled = workflow.tasks.iter().any(|t| {
+            matches!(
+                t.run.status,
+                TaskStatus::Ready
+                    | TaskStatus::Backoff
+                    | TaskStatus::Dispatched
+                    | TaskStatus::Running
+            )
+        });
+        if unsettled {
+            return;
+        }
         let Some(task) = workflow.compensation_stack.pop() else {
-            if workflow
-                .tasks
-                .iter()
-                .any(|t| t.run.is_in_flight() && t.run.attempt_open)
-            {
-                return; // wait for in-flight attempts to answer, be cancelled or time out
-            }
             let status = if workflow.cancel_requested {
                 WorkflowStatus::Cancelled
             } else if workflow.compensation_failures > 0

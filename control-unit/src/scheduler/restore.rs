@@ -308,29 +308,24 @@ impl Scheduler {
     }
 
     fn resume_compensation(&mut self, id: WorkflowId, out: &mut Vec<Command>) {
-        let now = self.now;
         let Some(workflow) = self.workflows.get_mut(&id) else {
             return;
         };
-        let spec = workflow.spec.clone();
+        let mut settle = Vec::new();
+        let mut backoffs = Vec::new();
         for (index, state) in workflow.tasks.iter_mut().enumerate() {
-            if state.run.is_in_flight() {
-                // It may still finish on its agent: accept the answer until its timeout.
-                state.run.attempt_open = true;
-                let at = now + spec.tasks[index].timeout.as_millis() as u64;
-                let slot = Slot {
-                    workflow: id,
-                    task: index as u32,
-                    compensation: false,
-                };
-                self.timers.push(Reverse(Timer {
-                    at,
-                    slot,
-                    attempt: state.run.attempt,
-                    kind: TimerKind::Timeout,
-                }));
-            } else if !state.run.status.is_terminal() {
-                state.run.status = TaskStatus::Cancelled;
+            let task = index as u32;
+            match state.run.status {
+                // Outcome unknown: run it again (same key) to settle it.
+                TaskStatus::Ready | TaskStatus::Dispatched | TaskStatus::Running
+                    if state.run.attempt > 0 =>
+                {
+                    state.run.attempt_open = true;
+                    settle.push(task);
+                }
+                TaskStatus::Backoff => backoffs.push((task, state.run.retry_at, state.run.attempt)),
+                status if !status.is_terminal() => state.run.status = TaskStatus::Cancelled,
+                _ => {}
             }
         }
         if let Some(task) = workflow.compensating.take() {
@@ -341,6 +336,29 @@ impl Scheduler {
             if interrupted {
                 workflow.compensation_stack.push(task);
             }
+        }
+        for task in settle {
+            self.make_ready(
+                Slot {
+                    workflow: id,
+                    task,
+                    compensation: false,
+                },
+                out,
+            );
+        }
+        for (task, at, attempt) in backoffs {
+            let slot = Slot {
+                workflow: id,
+                task,
+                compensation: false,
+            };
+            self.timers.push(Reverse(Timer {
+                at,
+                slot,
+                attempt,
+                kind: TimerKind::Backoff,
+            }));
         }
         self.continue_compensation(id, out);
     }
