@@ -498,3 +498,109 @@ async fn terminal_workflows_stay_listable_from_the_store() {
         client = support::Fleet::client(&control.url).await;
     }
 }
+
+/// SIGTERM drains an execution unit: the task it is running finishes and is reported
+/// (no retry, no re-dispatch), no new work is taken, and the process exits cleanly.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_in_flight_work() {
+    let mut fleet = Fleet::start(&[], 0);
+    fleet.add_exec("drainer", &["--agents", "sleep", "--sleep-ms", "800"]);
+    fleet.wait_for_skills(&["bench.sleep"]).await;
+    let mut client = fleet.workflows().await;
+    let spec = "apiVersion: paygrid/v1\nkind: Workflow\nname: slow\nversion: 1\ntasks:\n  - id: slow\n    skill: bench.sleep\n";
+    let id = submit(&mut client, spec, json!({}), pb::Priority::Unspecified).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while task(&get(&mut client, &id).await, "slow").attempts == 0 {
+        assert!(Instant::now() < deadline, "task never dispatched");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pid = fleet.execs[0].child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let second = submit(&mut client, spec, json!({}), pb::Priority::Unspecified).await;
+    let workflow = wait_terminal(&mut client, &id).await;
+    assert_eq!(
+        workflow.status,
+        pb::WorkflowStatus::Succeeded as i32,
+        "{workflow:#?}"
+    );
+    assert_eq!(
+        task(&workflow, "slow").attempts,
+        1,
+        "finished by the draining unit, not re-dispatched"
+    );
+    let status = tokio::task::spawn_blocking(move || {
+        let child = &mut fleet.execs[0].child;
+        let status = child.wait().unwrap();
+        (status, fleet)
+    })
+    .await
+    .unwrap();
+    assert!(
+        status.0.success(),
+        "the execution unit exits cleanly after draining: {:?}",
+        status.0
+    );
+    let waiting = get(&mut client, &second).await;
+    assert_eq!(
+        task(&waiting, "slow").status,
+        pb::TaskStatus::Ready as i32,
+        "no new work taken while draining"
+    );
+}
+
+/// Every server answers gRPC health checks and lists its services by reflection, so
+/// grpcurl works against it.
+#[tokio::test(flavor = "multi_thread")]
+async fn health_and_reflection() {
+    let fleet = Fleet::start(&[], 0);
+    let channel = channel(&fleet.control.url).await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    for service in ["", "paygrid.v1.Workflows", "paygrid.v1.AgentHub"] {
+        let response = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            response.status(),
+            tonic_health::pb::health_check_response::ServingStatus::Serving,
+            "{service}"
+        );
+    }
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection answer {response:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in [
+        "paygrid.v1.Workflows",
+        "paygrid.v1.AgentHub",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+}

@@ -234,7 +234,12 @@ impl AgentRunner {
         let mut batch = Vec::with_capacity(64);
         loop {
             if draining && self.running.is_empty() {
-                return Ok(()); // dropping `frames` ends the stream
+                // End our side after every queued frame, then wait (bounded) for the
+                // control unit to end its side: it has then read every result.
+                drop(frames);
+                let closed = async { while let Ok(Some(_)) = inbound.message().await {} };
+                let _ = tokio::time::timeout(Duration::from_secs(5), closed).await;
+                return Ok(());
             }
             tokio::select! {
                 message = inbound.message() => match message {
