@@ -7,7 +7,7 @@ use std::io::IsTerminal;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use paygrid_control_unit::spec::{CompiledSpec, TaskKind};
 use paygrid_proto::v1 as pb;
-use paygrid_telemetry::redact::mask_pans;
+use paygrid_telemetry::redact::redact_text as mask_pans;
 use serde_json::{Value, json};
 
 pub fn status_name(value: i32) -> &'static str {

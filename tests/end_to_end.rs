@@ -604,3 +604,95 @@ async fn health_and_reflection() {
         );
     }
 }
+
+/// Card data stays secret: a workflow whose input holds a card number and a CVV runs, and
+/// neither appears unmasked in any log line (debug level), in status output, or in the
+/// control unit's store.
+#[tokio::test(flavor = "multi_thread")]
+async fn card_numbers_and_cvvs_never_appear() {
+    let dir = TempDir::new("secrets");
+    let (control_log, exec_log) = (dir.0.join("control.log"), dir.0.join("exec.log"));
+    let data_dir = dir.path("control");
+    let control = Part::start_logged(
+        &[
+            "control",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &data_dir,
+        ],
+        &control_log,
+    );
+    let exec = Part::start_logged(
+        &[
+            "--control",
+            &control.url,
+            "exec",
+            "--agents",
+            "sleep",
+            "--sleep-ms",
+            "1",
+        ],
+        &exec_log,
+    );
+    let mut client = support::Fleet::client(&control.url).await;
+    let spec = "apiVersion: paygrid/v1\nkind: Workflow\nname: leaky\nversion: 1\ninputs:\n  card_number: { type: string }\n  cvv: { type: string }\n  note: { type: string }\ntasks:\n  - id: use\n    skill: bench.sleep\n    with: { card: \"{{ inputs.card_number }}\", cvv: \"{{ inputs.cvv }}\", note: \"{{ inputs.note }}\" }\n";
+    let input = json!({"card_number": "4242424242424242", "cvv": "737", "note": "paid with 4000 0566 5566 5556"});
+    let id = submit(&mut client, spec, input, pb::Priority::Unspecified).await;
+    let workflow = wait_terminal(&mut client, &id).await;
+    assert_eq!(workflow.status, pb::WorkflowStatus::Succeeded as i32);
+    assert!(
+        workflow.input_json.contains("424242******4242"),
+        "{}",
+        workflow.input_json
+    );
+    let status = std::process::Command::new(BIN)
+        .args(["--control", &control.url, "status", &id])
+        .output()
+        .unwrap();
+    let json_status = std::process::Command::new(BIN)
+        .args(["--control", &control.url, "--json", "status", &id])
+        .output()
+        .unwrap();
+    drop(exec);
+    drop(control);
+    let mut haystacks = vec![
+        (
+            "status",
+            String::from_utf8_lossy(&status.stdout).into_owned(),
+        ),
+        (
+            "status --json",
+            String::from_utf8_lossy(&json_status.stdout).into_owned(),
+        ),
+        (
+            "control log",
+            std::fs::read_to_string(&control_log).unwrap(),
+        ),
+        ("exec log", std::fs::read_to_string(&exec_log).unwrap()),
+    ];
+    for entry in std::fs::read_dir(&data_dir).unwrap() {
+        let path = entry.unwrap().path();
+        haystacks.push((
+            "store file",
+            String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned(),
+        ));
+    }
+    assert!(
+        haystacks[2].1.contains("workflow input held card data"),
+        "the control unit says it masked something"
+    );
+    for (what, text) in &haystacks {
+        for secret in [
+            "4242424242424242",
+            "4000056655665556",
+            "4000 0566 5566 5556",
+            // The CVV as a value in any format (a bare 737 may occur in timestamps or ids).
+            "\"737\"",
+            "\\\"737\\\"",
+            "=737",
+        ] {
+            assert!(!text.contains(secret), "{what} shows `{secret}`");
+        }
+    }
+}

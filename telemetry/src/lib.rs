@@ -24,9 +24,10 @@ pub enum LogFormat {
 pub fn init(service: &'static str, format: LogFormat, default_filter: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    // Every line passes through redaction: card numbers masked, CVVs replaced.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(redact::Redacting(std::io::stderr));
     let result = match format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),

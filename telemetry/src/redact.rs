@@ -84,3 +84,196 @@ mod tests {
         assert_eq!(mask_pans("amount 1250"), "amount 1250");
     }
 }
+
+/// Field names whose values are never shown: CVV and security codes.
+pub fn is_secret_field(name: &str) -> bool {
+    let name: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    matches!(
+        name.as_str(),
+        "cvv"
+            | "cvv2"
+            | "cvc"
+            | "cvc2"
+            | "cid"
+            | "csc"
+            | "securitycode"
+            | "cardsecuritycode"
+            | "cardverificationvalue"
+            | "cardverificationcode"
+    )
+}
+
+/// Masks card numbers and replaces CVV-like field values in one formatted line, as
+/// `key=value`, `key: value` or `"key":"value"`.
+pub fn redact_text(text: &str) -> String {
+    let masked = mask_pans(text);
+    let bytes = masked.as_bytes();
+    let mut out = String::with_capacity(masked.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        // Find a key: a run of word characters, optionally quoted.
+        if bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_' {
+            let start = i;
+            while i < bytes.len()
+                && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_' || bytes[i] == b'-')
+            {
+                i += 1;
+            }
+            let key = &masked[start..i];
+            out.push_str(key);
+            if is_secret_field(key) {
+                let mut j = i;
+                if j < bytes.len() && bytes[j] == b'"' {
+                    j += 1;
+                }
+                while j < bytes.len() && bytes[j] == b' ' {
+                    j += 1;
+                }
+                if j < bytes.len() && (bytes[j] == b'=' || bytes[j] == b':') {
+                    j += 1;
+                    while j < bytes.len() && bytes[j] == b' ' {
+                        j += 1;
+                    }
+                    // The value: quoted, or up to a separator.
+                    let value_start = j;
+                    if j < bytes.len() && bytes[j] == b'"' {
+                        j += 1;
+                        while j < bytes.len() && bytes[j] != b'"' {
+                            j += if bytes[j] == b'\\' { 2 } else { 1 };
+                        }
+                        j = (j + 1).min(bytes.len());
+                    } else {
+                        while j < bytes.len() && !matches!(bytes[j], b' ' | b',' | b'}' | b'\n') {
+                            j += 1;
+                        }
+                    }
+                    out.push_str(&masked[i..value_start]);
+                    out.push_str("\"[redacted]\"");
+                    i = j;
+                }
+            }
+        } else {
+            let ch = masked[i..].chars().next().unwrap_or(' ');
+            out.push(ch);
+            i += ch.len_utf8();
+        }
+    }
+    out
+}
+
+/// Redacts a JSON value in place: card numbers masked in every string, CVV-like fields
+/// replaced. Workflow inputs pass through this at `Submit`, so nothing downstream (store,
+/// agents, logs, status) ever holds a full card number or a CVV.
+pub fn redact_json(value: &mut serde_json::Value) -> bool {
+    let mut changed = false;
+    match value {
+        serde_json::Value::String(text) => {
+            let masked = mask_pans(text);
+            if masked != *text {
+                *text = masked;
+                changed = true;
+            }
+        }
+        serde_json::Value::Number(number) => {
+            let text = number.to_string();
+            if mask_pans(&text) != text {
+                *value = serde_json::Value::String(mask_pans(&text));
+                changed = true;
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for item in items {
+                changed |= redact_json(item);
+            }
+        }
+        serde_json::Value::Object(map) => {
+            for (key, item) in map.iter_mut() {
+                if is_secret_field(key) {
+                    *item = serde_json::Value::String("[redacted]".into());
+                    changed = true;
+                } else {
+                    changed |= redact_json(item);
+                }
+            }
+        }
+        _ => {}
+    }
+    changed
+}
+
+/// A `MakeWriter` that redacts every formatted log line before it reaches `inner`.
+pub struct Redacting<M>(pub M);
+
+/// Buffers one event's output and writes it redacted when dropped.
+pub struct RedactingWriter<W: std::io::Write> {
+    inner: W,
+    buffer: Vec<u8>,
+}
+
+impl<W: std::io::Write> std::io::Write for RedactingWriter<W> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<W: std::io::Write> Drop for RedactingWriter<W> {
+    fn drop(&mut self) {
+        let text = String::from_utf8_lossy(&self.buffer);
+        let _ = self.inner.write_all(redact_text(&text).as_bytes());
+        let _ = self.inner.flush();
+    }
+}
+
+impl<'a, M: tracing_subscriber::fmt::MakeWriter<'a>> tracing_subscriber::fmt::MakeWriter<'a>
+    for Redacting<M>
+{
+    type Writer = RedactingWriter<M::Writer>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        RedactingWriter {
+            inner: self.0.make_writer(),
+            buffer: Vec::with_capacity(256),
+        }
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::*;
+
+    #[test]
+    fn cvv_fields_are_replaced_in_any_format() {
+        assert_eq!(redact_text("cvv=123 ok"), "cvv=\"[redacted]\" ok");
+        assert_eq!(
+            redact_text(r#"{"cvc":"987","a":1}"#),
+            r#"{"cvc":"[redacted]","a":1}"#
+        );
+        assert_eq!(
+            redact_text("security_code: 4321"),
+            "security_code: \"[redacted]\""
+        );
+        assert_eq!(
+            redact_text("pan 4111 1111 1111 1111"),
+            "pan 411111******1111"
+        );
+    }
+
+    #[test]
+    fn json_inputs_are_redacted() {
+        let mut input = serde_json::json!({"card_number": "4242424242424242", "cvv": "123", "nested": {"pan": 4000056655665556_u64}, "amount_minor": 1250});
+        assert!(redact_json(&mut input));
+        assert_eq!(
+            input,
+            serde_json::json!({"card_number": "424242******4242", "cvv": "[redacted]", "nested": {"pan": "400005******5556"}, "amount_minor": 1250})
+        );
+    }
+}

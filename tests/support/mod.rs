@@ -25,7 +25,16 @@ pub struct Part {
 impl Part {
     /// Starts `paygrid ARGS` and waits for its `listening on URL` (or `started`) line.
     pub fn start(args: &[&str]) -> Self {
-        let (child, url) = Self::spawn(args);
+        Self::start_with(args, None)
+    }
+
+    /// Starts with debug logs written to `log` instead of the test's stderr.
+    pub fn start_logged(args: &[&str], log: &std::path::Path) -> Self {
+        Self::start_with(args, Some(log))
+    }
+
+    fn start_with(args: &[&str], log: Option<&std::path::Path>) -> Self {
+        let (child, url) = Self::spawn(args, log);
         Self {
             child,
             url,
@@ -48,21 +57,28 @@ impl Part {
             args[listen + 1] = addr;
         }
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (child, url) = Self::spawn(&refs);
+        let (child, url) = Self::spawn(&refs, None);
         self.child = child;
         if !url.is_empty() {
             self.url = url;
         }
     }
 
-    fn spawn(args: &[&str]) -> (Child, String) {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start paygrid");
+    fn spawn(args: &[&str], log: Option<&std::path::Path>) -> (Child, String) {
+        let mut command = Command::new(BIN);
+        command.args(args).stdout(Stdio::piped());
+        match log {
+            Some(path) => {
+                let file = std::fs::File::create(path).expect("log file");
+                command
+                    .env("RUST_LOG", "debug,h2=info,hyper=info,tower=info")
+                    .stderr(Stdio::from(file));
+            }
+            None => {
+                command.env("RUST_LOG", "warn").stderr(Stdio::inherit());
+            }
+        }
+        let mut child = command.spawn().expect("start paygrid");
         let stdout = child.stdout.take().expect("stdout");
         let mut reader = BufReader::new(stdout);
         let mut line = String::new();

@@ -198,7 +198,12 @@ impl Workflows for WorkflowsService {
         if !output_errors.is_empty() {
             return Err(invalid(&SpecErrors(output_errors)));
         }
-        let input = parse_input(&request.input_json, &self.registry.limits)?;
+        let mut input = parse_input(&request.input_json, &self.registry.limits)?;
+        // Inputs carry tokens, not card data: anything that looks like a card number is
+        // masked and CVVs replaced before the workflow is stored, dispatched or shown.
+        if paygrid_telemetry::redact::redact_json(&mut input) {
+            tracing::warn!("workflow input held card data; it was masked before storing");
+        }
         let input = spec
             .check_input(&input, &self.registry.limits)
             .map_err(|e| {
