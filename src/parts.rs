@@ -28,6 +28,9 @@ pub struct ControlArgs {
     /// Lease of a dispatched task without heartbeats, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     pub lease_ttl_ms: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, value_parser = parse_addr)]
+    pub metrics_addr: Option<SocketAddr>,
     #[command(flatten)]
     pub storage: StorageArgs,
 }
@@ -127,6 +130,9 @@ pub struct ExecArgs {
     /// Keep the ledger in DIR/ledger.sqlite3 (default: memory).
     #[arg(long)]
     pub data_dir: Option<std::path::PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, value_parser = parse_addr)]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -225,6 +231,7 @@ pub async fn control(args: ControlArgs) -> anyhow::Result<u8> {
     let (mut config, location) = args.storage.config().await?;
     tracing::info!(store = %location, "control unit state");
     config.runtime.scheduler.lease_ttl = Duration::from_millis(args.lease_ttl_ms);
+    config.metrics_addr = args.metrics_addr;
     announce("control", addr);
     server::serve(listener, config, shutdown_signal()).await?;
     Ok(EXIT_OK)
@@ -301,6 +308,18 @@ pub async fn exec(args: ExecArgs, control: &str) -> anyhow::Result<u8> {
         .unwrap_or_else(|| format!("exec-{}", std::process::id()));
     let mut config = ExecutionUnitConfig::new(name.clone(), control);
     config.drain_timeout = Duration::from_millis(args.drain_timeout_ms);
+    if let Some(addr) = args.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("bind metrics {addr}"))?;
+        let registry = config.metrics.clone();
+        tokio::spawn(paygrid_telemetry::metrics::serve(
+            listener,
+            registry,
+            || async {},
+            std::future::pending(),
+        ));
+    }
     let mut unit = ExecutionUnit::new(config);
     for agent in agents {
         unit = unit.host(agent);
@@ -389,6 +408,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<u8> {
         sleep_concurrency: 64,
         sleep_ms: 1,
         drain_timeout_ms: 10_000,
+        metrics_addr: None,
         data_dir: Some(args.data_dir.join("exec")),
     };
     let mut unit = ExecutionUnit::new(ExecutionUnitConfig::new("dev-exec", endpoint.clone()));

@@ -696,3 +696,112 @@ async fn card_numbers_and_cvvs_never_appear() {
         }
     }
 }
+
+/// Both metrics endpoints, scraped after a known run (one payment with two injected 503s
+/// on authorize, one declined card), show the counters and histogram counts of that run.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_endpoints_count_a_known_run() {
+    let dir = TempDir::new("metrics");
+    let (control_metrics, exec_metrics) = (free_addr(), free_addr());
+    let gateway = Part::start(&[
+        "gateway-sim",
+        "--listen",
+        "127.0.0.1:0",
+        "--name",
+        "alpha",
+        "--cost-bps",
+        "25",
+    ]);
+    let data_dir = dir.path("control");
+    let control = Part::start(&[
+        "control",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &data_dir,
+        "--metrics-addr",
+        &control_metrics,
+    ]);
+    let gateway_arg = format!("alpha={}@25", gateway.url);
+    let _exec = Part::start(&[
+        "--control",
+        &control.url,
+        "exec",
+        "--name",
+        "metered",
+        "--gateway",
+        &gateway_arg,
+        "--metrics-addr",
+        &exec_metrics,
+    ]);
+    let mut client = support::Fleet::client(&control.url).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !scrape(&control_metrics).contains("paygrid_agent_sessions 5") {
+        assert!(Instant::now() < deadline, "agents never connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    http(
+        &gateway.url,
+        "PUT",
+        "/v1/admin/faults",
+        Some(r#"{"fail_next": 2}"#),
+    );
+    let paid = submit(
+        &mut client,
+        &spec("card-payment"),
+        card("tok_visa"),
+        pb::Priority::Unspecified,
+    )
+    .await;
+    assert_eq!(
+        wait_terminal(&mut client, &paid).await.status,
+        pb::WorkflowStatus::Succeeded as i32
+    );
+    let declined = submit(
+        &mut client,
+        &spec("card-payment"),
+        card("tok_decline"),
+        pb::Priority::Unspecified,
+    )
+    .await;
+    assert_eq!(
+        wait_terminal(&mut client, &declined).await.status,
+        pb::WorkflowStatus::Failed as i32
+    );
+
+    let text = scrape(&control_metrics);
+    for line in [
+        "paygrid_workflows_finished_total{name=\"card-payment\",status=\"succeeded\"} 1",
+        "paygrid_workflows_finished_total{name=\"card-payment\",status=\"failed\"} 1",
+        "paygrid_workflows{status=\"succeeded\"} 1",
+        "paygrid_workflows{status=\"failed\"} 1",
+        "paygrid_workflows{status=\"running\"} 0",
+        "paygrid_task_retries_total{skill=\"gateway.authorize\"} 2",
+        "paygrid_task_duration_seconds_count{skill=\"gateway.authorize\",status=\"succeeded\"} 1",
+        "paygrid_task_duration_seconds_count{skill=\"gateway.authorize\",status=\"failed\"} 1",
+        "paygrid_task_duration_seconds_count{skill=\"gateway.capture\",status=\"succeeded\"} 1",
+        "paygrid_dispatch_latency_seconds_count{skill=\"risk.score\"} 2",
+        "paygrid_dispatch_latency_seconds_count{skill=\"gateway.authorize\"} 4",
+        "paygrid_ready_queue_depth{priority=\"critical\"} 0",
+        "paygrid_agent_sessions 5",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "control unit metrics lack `{line}`:\n{text}"
+        );
+    }
+    let text = scrape(&exec_metrics);
+    for line in [
+        "paygrid_agent_tasks_total{agent=\"gateway-alpha\",skill=\"gateway.authorize\",outcome=\"retryable\"} 2",
+        "paygrid_agent_tasks_total{agent=\"gateway-alpha\",skill=\"gateway.authorize\",outcome=\"succeeded\"} 1",
+        "paygrid_agent_tasks_total{agent=\"gateway-alpha\",skill=\"gateway.authorize\",outcome=\"permanent\"} 1",
+        "paygrid_agent_task_duration_seconds_count{agent=\"gateway-alpha\",skill=\"gateway.capture\",outcome=\"succeeded\"} 1",
+        "paygrid_agent_tasks_total{agent=\"risk\",skill=\"risk.score\",outcome=\"succeeded\"} 2",
+        "paygrid_agent_session_connected{agent=\"gateway-alpha\"} 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "execution unit metrics lack `{line}`:\n{text}"
+        );
+    }
+}

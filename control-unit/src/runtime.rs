@@ -45,6 +45,8 @@ pub struct RuntimeConfig {
     /// Extra time the actor waits for more inputs before a group commit when the batch is
     /// not full (zero: commit as soon as the previous commit is done).
     pub flush_interval: Duration,
+    /// Where the control unit's metrics go (served by `--metrics-addr`).
+    pub metrics: Arc<paygrid_telemetry::metrics::Registry>,
 }
 
 impl Default for RuntimeConfig {
@@ -58,6 +60,7 @@ impl Default for RuntimeConfig {
             session_buffer: 256,
             heartbeat_interval: Duration::from_secs(2),
             flush_interval: Duration::ZERO,
+            metrics: paygrid_telemetry::metrics::Registry::new(),
         }
     }
 }
@@ -137,6 +140,10 @@ pub enum Input {
         session: u64,
     },
     Agent(Vec<AgentEvent>),
+    /// Refresh the gauges computed on demand, before a scrape.
+    Metrics {
+        reply: oneshot::Sender<()>,
+    },
     ListAgents {
         skill: Option<String>,
         reply: oneshot::Sender<Vec<pb::AgentInfo>>,
@@ -389,6 +396,10 @@ impl Actor {
                     self.core.handle(now, event, &mut out);
                 }
             }
+            Input::Metrics { reply } => {
+                self.refresh_gauges();
+                let _ = reply.send(());
+            }
             Input::ListAgents { skill, reply } => {
                 let _ = reply.send(self.list_agents(skill.as_deref()));
             }
@@ -574,6 +585,12 @@ impl Actor {
             },
             out,
         );
+        self.config.metrics.count(
+            "paygrid_agent_sessions_opened_total",
+            "Agent sessions opened.",
+            &[],
+            1,
+        );
         tracing::info!(agent = %agent, "agent session opened");
         Ok(session)
     }
@@ -659,6 +676,7 @@ impl Actor {
         }
         self.fingerprints.clear();
         for (sequence, record) in &records {
+            self.observe(record);
             self.notify(*sequence, record);
         }
         for reply in self.replies.drain(..) {
@@ -822,6 +840,143 @@ impl Actor {
             "recovered workflows from the store"
         );
         Ok(())
+    }
+
+    /// Metrics from one committed change.
+    fn observe(&self, record: &Record) {
+        let metrics = &self.config.metrics;
+        let Some(workflow) = self.core.workflow(record.workflow) else {
+            return;
+        };
+        match &record.change {
+            Change::Workflow { status, .. } if status.is_terminal() => {
+                let labels = [
+                    ("name", workflow.spec.name.as_str()),
+                    ("status", status.as_str()),
+                ];
+                metrics.count(
+                    "paygrid_workflows_finished_total",
+                    "Workflows that ended, by spec name and final status.",
+                    &labels,
+                    1,
+                );
+            }
+            Change::Task {
+                task,
+                compensation,
+                status,
+                detail,
+                ..
+            } => {
+                let compiled = &workflow.spec.tasks[*task as usize];
+                let skill = if *compensation {
+                    compiled
+                        .compensate
+                        .as_ref()
+                        .map_or("", |c| c.skill.as_str())
+                } else {
+                    compiled.skill().unwrap_or("")
+                };
+                let slot = crate::scheduler::Slot {
+                    workflow: record.workflow,
+                    task: *task,
+                    compensation: *compensation,
+                };
+                let Some(execution) = workflow.execution(slot) else {
+                    return;
+                };
+                let seconds = |from: u64| record.at.saturating_sub(from) as f64 / 1000.0;
+                match status {
+                    crate::model::TaskStatus::Dispatched => metrics.observe(
+                        "paygrid_dispatch_latency_seconds",
+                        "From a task being ready to its assignment to an agent.",
+                        &[("skill", skill)],
+                        seconds(execution.ready_at),
+                    ),
+                    crate::model::TaskStatus::Succeeded
+                    | crate::model::TaskStatus::Failed
+                    | crate::model::TaskStatus::Compensated => {
+                        metrics.observe(
+                            "paygrid_task_duration_seconds",
+                            "From assignment to the final answer of a task's last attempt, by skill and outcome.",
+                            &[("skill", skill), ("status", status.as_str())],
+                            seconds(execution.attempt_started_at),
+                        );
+                    }
+                    crate::model::TaskStatus::Backoff => {
+                        metrics.count(
+                            "paygrid_task_retries_total",
+                            "Attempts that will be retried, by skill.",
+                            &[("skill", skill)],
+                            1,
+                        );
+                        let detail = detail.as_deref().unwrap_or("");
+                        if detail.contains("timed out") {
+                            metrics.count(
+                                "paygrid_task_timeouts_total",
+                                "Attempts that timed out, by skill.",
+                                &[("skill", skill)],
+                                1,
+                            );
+                        } else if detail.contains("lease") {
+                            metrics.count(
+                                "paygrid_task_lease_expirations_total",
+                                "Attempts whose agent stopped heartbeating, by skill.",
+                                &[("skill", skill)],
+                                1,
+                            );
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Gauges computed on demand: workflows by status, ready tasks by priority, agents.
+    fn refresh_gauges(&self) {
+        let metrics = &self.config.metrics;
+        let mut by_status: BTreeMap<&'static str, u64> = BTreeMap::new();
+        for status in [
+            "running",
+            "compensating",
+            "succeeded",
+            "failed",
+            "compensated",
+            "cancelled",
+        ] {
+            by_status.insert(status, 0);
+        }
+        for workflow in self.core.workflows() {
+            *by_status.entry(workflow.status.as_str()).or_default() += 1;
+        }
+        for (status, count) in by_status {
+            metrics.gauge(
+                "paygrid_workflows",
+                "Workflows held by the control unit, by status.",
+                &[("status", status)],
+                count as f64,
+            );
+        }
+        for (priority, depth) in crate::model::Priority::ALL
+            .iter()
+            .zip(self.core.ready_depth())
+        {
+            metrics.gauge(
+                "paygrid_ready_queue_depth",
+                "Ready tasks waiting for an agent, by priority.",
+                &[("priority", priority.as_str())],
+                depth as f64,
+            );
+        }
+        let connected = self.agents.values().filter(|a| a.session.is_some()).count();
+        metrics.gauge(
+            "paygrid_agent_sessions",
+            "Agents with an open session.",
+            &[],
+            connected as f64,
+        );
     }
 
     fn notify(&mut self, sequence: u64, record: &Record) {

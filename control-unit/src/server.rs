@@ -20,6 +20,8 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("metrics endpoint: {0}")]
+    Metrics(std::io::Error),
 }
 
 /// Control unit settings.
@@ -31,6 +33,8 @@ pub struct ControlConfig {
     pub store: Option<Arc<dyn crate::store::Store>>,
     /// Terminal workflows older than this are pruned from the store.
     pub retention: Option<std::time::Duration>,
+    /// Serve Prometheus metrics here (`GET /metrics`).
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Serves on `listener` until `shutdown` resolves.
@@ -43,6 +47,27 @@ pub async fn serve(
     let (handle, actor) =
         runtime::start(config.runtime.clone(), config.store.clone(), stop).await?;
     let registry = Arc::new(SpecRegistry::new(config.limits.clone()));
+    let metrics_server = match config.metrics_addr {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await.map_err(ServeError::Metrics)?;
+            let (registry, handle) = (config.runtime.metrics.clone(), handle.clone());
+            let refresh = move || {
+                let handle = handle.clone();
+                async move {
+                    let _ = handle
+                        .ask(|reply| crate::runtime::Input::Metrics { reply })
+                        .await;
+                }
+            };
+            Some(tokio::spawn(paygrid_telemetry::metrics::serve(
+                listener,
+                registry,
+                refresh,
+                std::future::pending(),
+            )))
+        }
+        None => None,
+    };
     let pruner = match (config.store.clone(), config.retention) {
         (Some(store), Some(retention)) => Some(tokio::spawn(prune_forever(store, retention))),
         _ => None,
@@ -79,6 +104,9 @@ pub async fn serve(
     let _ = actor.await;
     if let Some(pruner) = pruner {
         pruner.abort();
+    }
+    if let Some(metrics_server) = metrics_server {
+        metrics_server.abort();
     }
     Ok(result?)
 }

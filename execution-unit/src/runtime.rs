@@ -28,6 +28,8 @@ pub struct ExecutionUnitConfig {
     pub drain_timeout: Duration,
     pub reconnect_delay_min: Duration,
     pub reconnect_delay_max: Duration,
+    /// Where task metrics go (served by `paygrid exec --metrics-addr`).
+    pub metrics: std::sync::Arc<paygrid_telemetry::metrics::Registry>,
 }
 
 impl ExecutionUnitConfig {
@@ -38,6 +40,7 @@ impl ExecutionUnitConfig {
             drain_timeout: Duration::from_secs(30),
             reconnect_delay_min: Duration::from_millis(100),
             reconnect_delay_max: Duration::from_secs(5),
+            metrics: paygrid_telemetry::metrics::Registry::new(),
         }
     }
 }
@@ -103,6 +106,8 @@ struct AgentRunner {
     config: ExecutionUnitConfig,
     tasks: JoinSet<()>,
     running: HashMap<TaskKey, (u32, CancellationToken)>,
+    /// When each running task started, and its skill, for metrics.
+    started: HashMap<TaskKey, (std::time::Instant, String)>,
     results: mpsc::Receiver<pb::TaskResult>,
     results_sender: mpsc::Sender<pb::TaskResult>,
     /// Results taken off the channel but not delivered (the session broke).
@@ -122,6 +127,7 @@ impl AgentRunner {
             config,
             tasks: JoinSet::new(),
             running: HashMap::new(),
+            started: HashMap::new(),
             results,
             results_sender,
             undelivered: Vec::new(),
@@ -135,6 +141,13 @@ impl AgentRunner {
             match self.session(&shutdown).await {
                 Ok(()) => return,
                 Err(error) => {
+                    let connected = [("agent", self.card.name.as_str())];
+                    self.config.metrics.gauge(
+                        "paygrid_agent_session_connected",
+                        "1 while an agent's session is open.",
+                        &connected,
+                        0.0,
+                    );
                     if shutdown.is_cancelled() && self.running.is_empty() {
                         return;
                     }
@@ -228,6 +241,13 @@ impl AgentRunner {
             })?
             .into_inner();
         tracing::info!(agent = %self.card.name, agent_id = %registration.agent_id, "session open");
+        let connected = [("agent", self.card.name.as_str())];
+        self.config.metrics.gauge(
+            "paygrid_agent_session_connected",
+            "1 while an agent's session is open.",
+            &connected,
+            1.0,
+        );
         let heartbeat_ms = u64::from(registration.heartbeat_interval_ms.max(100));
         let mut heartbeat = tokio::time::interval(Duration::from_millis(heartbeat_ms));
         let mut draining = shutdown.is_cancelled();
@@ -253,7 +273,11 @@ impl AgentRunner {
                     }
                     for result in &batch {
                         if let Some(task) = &result.task {
-                            self.running.remove(&(task.workflow_id.clone(), task.task_index));
+                            let key = (task.workflow_id.clone(), task.task_index);
+                            self.running.remove(&key);
+                            if let Some((started, skill)) = self.started.remove(&key) {
+                                self.observe(&skill, result.outcome(), started.elapsed());
+                            }
                         }
                     }
                     self.credits_owed += received as u32;
@@ -284,6 +308,42 @@ impl AgentRunner {
                 }
             }
         }
+    }
+
+    /// Task duration and outcome, per agent and skill: for a gateway agent (one per
+    /// gateway), the gateway's latency and error rate.
+    fn observe(&self, skill: &str, outcome: pb::Outcome, elapsed: Duration) {
+        let outcome = match outcome {
+            pb::Outcome::Succeeded => "succeeded",
+            pb::Outcome::Retryable => "retryable",
+            pb::Outcome::Permanent => "permanent",
+            pb::Outcome::Cancelled => "cancelled",
+            pb::Outcome::Unspecified => "unspecified",
+        };
+        let labels = [
+            ("agent", self.card.name.as_str()),
+            ("skill", skill),
+            ("outcome", outcome),
+        ];
+        let metrics = &self.config.metrics;
+        metrics.count(
+            "paygrid_agent_tasks_total",
+            "Tasks an agent finished, by agent, skill and outcome.",
+            &labels,
+            1,
+        );
+        metrics.observe(
+            "paygrid_agent_task_duration_seconds",
+            "How long an agent took per task, by agent, skill and outcome.",
+            &labels,
+            elapsed.as_secs_f64(),
+        );
+        metrics.gauge(
+            "paygrid_agent_running_tasks",
+            "Tasks running on an agent.",
+            &[("agent", self.card.name.as_str())],
+            self.running.len() as f64,
+        );
     }
 
     fn running_refs(&self) -> Vec<pb::TaskRef> {
@@ -345,6 +405,10 @@ impl AgentRunner {
         self.running.insert(
             (task_ref.workflow_id.clone(), task_ref.task_index),
             (task_ref.attempt, cancel.clone()),
+        );
+        self.started.insert(
+            (task_ref.workflow_id.clone(), task_ref.task_index),
+            (std::time::Instant::now(), assignment.skill.clone()),
         );
         let agent = self.agent.clone();
         let results = self.results_sender.clone();

@@ -4,9 +4,11 @@
 //! - [`init`]: one call per process: env filter (`RUST_LOG`), human or JSON logs on stderr.
 //! - [`semconv`]: span and attribute names, defined once.
 //! - [`redact`]: masks anything that looks like a card number (first 6, last 4).
+//! - [`metrics`]: counters, gauges and histograms served in Prometheus text format.
 //!
 //! OTLP export lands with the observability issue; until then spans stay in-process.
 
+pub mod metrics;
 pub mod redact;
 pub mod semconv;
 

@@ -359,6 +359,33 @@ pub fn http(base: &str, method: &str, path: &str, body: Option<&str>) -> serde_j
     serde_json::from_str(body).unwrap_or_else(|e| panic!("gateway answered {response}: {e}"))
 }
 
+/// A free loopback port (for parts that take a fixed address, like metrics endpoints).
+pub fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").to_string()
+}
+
+/// `GET /metrics` as text, retried until the endpoint answers (it starts with its part).
+pub fn scrape(addr: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut stream) = TcpStream::connect(addr) {
+            write!(
+                stream,
+                "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+            )
+            .expect("write");
+            let mut response = String::new();
+            stream.read_to_string(&mut response).expect("read");
+            if let Some((_, body)) = response.split_once("\r\n\r\n") {
+                return body.to_owned();
+            }
+        }
+        assert!(Instant::now() < deadline, "no metrics at {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn gateway_stats(gateway: &Part) -> serde_json::Value {
     http(&gateway.url, "GET", "/v1/stats", None)
 }
