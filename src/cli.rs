@@ -68,6 +68,8 @@ pub enum Command {
         #[arg(long)]
         skill: Option<String>,
     },
+    /// The live health of gateways and agents, as telemetry agents report it.
+    Health,
     /// Validate a spec file (and optionally an input) without a control unit.
     Validate(operator::ValidateArgs),
     /// Audit a ledger kept by an execution unit: balances, transfers, debits = credits.
@@ -148,6 +150,7 @@ pub async fn run(cli: Cli) -> u8 {
         } => operator::cancel(&control, &workflow_id, &reason, json).await,
         Command::Agents { skill } => operator::agents(&control, skill, json).await,
         Command::Validate(args) => operator::validate(args, json),
+        Command::Health => operator::health(&control, json).await,
         Command::Graph { file, format } => operator::graph(&file, format),
         Command::Ledger { data_dir } => operator::ledger(&data_dir, json),
         Command::Bench(args) => crate::bench::run(args).await,

@@ -539,3 +539,51 @@ pub fn ledger(data_dir: &Path, json: bool) -> anyhow::Result<u8> {
     }
     Ok(if balanced { EXIT_OK } else { EXIT_FAILED })
 }
+
+/// `paygrid health`: the control unit's live health view.
+pub async fn health(endpoint: &str, json: bool) -> anyhow::Result<u8> {
+    let mut client = AgentHubClient::new(connect(endpoint).await?);
+    let entries = client
+        .health(pb::HealthRequest {})
+        .await
+        .map_err(anyhow::Error::new)?
+        .into_inner()
+        .entries;
+    if json {
+        let items: Vec<Value> = entries
+            .iter()
+            .map(|e| {
+                let r = e.report.clone().unwrap_or_default();
+                serde_json::json!({"kind": r.kind, "subject": r.subject, "requests": r.requests, "errors": r.errors, "error_rate": e.error_rate, "latency_p50_ms": r.latency_p50_ms, "latency_p99_ms": r.latency_p99_ms, "saturation": r.saturation, "skills": r.skills, "reported_by": e.reported_by, "updated_at_ms": e.updated_at_ms})
+            })
+            .collect();
+        println!("{}", Value::Array(items));
+        return Ok(EXIT_OK);
+    }
+    if entries.is_empty() {
+        println!(
+            "no health reports yet (is a telemetry agent running? `paygrid exec` hosts one by default)"
+        );
+        return Ok(EXIT_OK);
+    }
+    println!(
+        "{:<8} {:<16} {:>8} {:>7} {:>8} {:>8} {:>8} {:>6}  reported by",
+        "KIND", "SUBJECT", "REQUESTS", "ERRORS", "ERR RATE", "P50 MS", "P99 MS", "SAT"
+    );
+    for entry in &entries {
+        let r = entry.report.clone().unwrap_or_default();
+        println!(
+            "{:<8} {:<16} {:>8} {:>7} {:>7.1}% {:>8} {:>8} {:>5.0}%  {}",
+            r.kind,
+            r.subject,
+            r.requests,
+            r.errors,
+            entry.error_rate * 100.0,
+            r.latency_p50_ms,
+            r.latency_p99_ms,
+            r.saturation * 100.0,
+            entry.reported_by
+        );
+    }
+    Ok(EXIT_OK)
+}

@@ -108,11 +108,11 @@ pub struct ExecArgs {
     /// A gateway to host an agent for, as NAME=URL or NAME=URL@COST_BPS.
     #[arg(long = "gateway", value_parser = parse_gateway)]
     pub gateways: Vec<GatewayArg>,
-    /// Agents to host, comma-separated: gateway, risk, ledger, verify, notify, sleep.
+    /// Agents to host, comma-separated: gateway, risk, ledger, verify, notify, telemetry, sleep.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "gateway,risk,ledger,verify,notify"
+        default_value = "gateway,risk,ledger,verify,notify,telemetry"
     )]
     pub agents: Vec<String>,
     /// Concurrent tasks per gateway agent.
@@ -262,7 +262,10 @@ pub async fn gateway_sim(args: GatewaySimArgs) -> anyhow::Result<u8> {
 }
 
 /// The agents an execution unit hosts.
-pub fn build_agents(args: &ExecArgs) -> anyhow::Result<Vec<Arc<dyn Agent>>> {
+pub fn build_agents(
+    args: &ExecArgs,
+    health: &Arc<paygrid_execution_unit::HealthCollector>,
+) -> anyhow::Result<Vec<Arc<dyn Agent>>> {
     let mut agents: Vec<Arc<dyn Agent>> = Vec::new();
     for name in &args.agents {
         match name.as_str() {
@@ -288,12 +291,15 @@ pub fn build_agents(args: &ExecArgs) -> anyhow::Result<Vec<Arc<dyn Agent>>> {
             },
             "verify" => agents.push(Arc::new(VerifyAgent)),
             "notify" => agents.push(Arc::new(NotifyAgent)),
+            "telemetry" => agents.push(Arc::new(paygrid_agents::telemetry::TelemetryAgent::new(
+                health.clone(),
+            ))),
             "sleep" => agents.push(Arc::new(SleepAgent {
                 default_sleep_ms: args.sleep_ms,
                 max_concurrency: args.sleep_concurrency,
             })),
             other => anyhow::bail!(crate::operator::UsageError(format!(
-                "unknown agent `{other}`: use gateway, risk, ledger, verify, notify or sleep"
+                "unknown agent `{other}`: use gateway, risk, ledger, verify, notify, telemetry or sleep"
             ))),
         }
     }
@@ -301,12 +307,12 @@ pub fn build_agents(args: &ExecArgs) -> anyhow::Result<Vec<Arc<dyn Agent>>> {
 }
 
 pub async fn exec(args: ExecArgs, control: &str) -> anyhow::Result<u8> {
-    let agents = build_agents(&args)?;
     let name = args
         .name
         .clone()
         .unwrap_or_else(|| format!("exec-{}", std::process::id()));
     let mut config = ExecutionUnitConfig::new(name.clone(), control);
+    let agents = build_agents(&args, &config.health)?;
     config.drain_timeout = Duration::from_millis(args.drain_timeout_ms);
     if let Some(addr) = args.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -401,7 +407,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<u8> {
     let exec_args = ExecArgs {
         name: Some("dev-exec".into()),
         gateways,
-        agents: ["gateway", "risk", "ledger", "verify", "notify"]
+        agents: ["gateway", "risk", "ledger", "verify", "notify", "telemetry"]
             .map(String::from)
             .to_vec(),
         gateway_concurrency: 64,
@@ -411,8 +417,10 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<u8> {
         metrics_addr: None,
         data_dir: Some(args.data_dir.join("exec")),
     };
-    let mut unit = ExecutionUnit::new(ExecutionUnitConfig::new("dev-exec", endpoint.clone()));
-    for agent in build_agents(&exec_args)? {
+    let dev_config = ExecutionUnitConfig::new("dev-exec", endpoint.clone());
+    let agents = build_agents(&exec_args, &dev_config.health)?;
+    let mut unit = ExecutionUnit::new(dev_config);
+    for agent in agents {
         unit = unit.host(agent);
     }
     let exec_stop = stop.clone();

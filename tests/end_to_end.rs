@@ -736,7 +736,7 @@ async fn metrics_endpoints_count_a_known_run() {
     ]);
     let mut client = support::Fleet::client(&control.url).await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !scrape(&control_metrics).contains("paygrid_agent_sessions 5") {
+    while !scrape(&control_metrics).contains("paygrid_agent_sessions 6") {
         assert!(Instant::now() < deadline, "agents never connected");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -783,7 +783,7 @@ async fn metrics_endpoints_count_a_known_run() {
         "paygrid_dispatch_latency_seconds_count{skill=\"risk.score\"} 2",
         "paygrid_dispatch_latency_seconds_count{skill=\"gateway.authorize\"} 4",
         "paygrid_ready_queue_depth{priority=\"critical\"} 0",
-        "paygrid_agent_sessions 5",
+        "paygrid_agent_sessions 6",
     ] {
         assert!(
             text.lines().any(|l| l == line),
@@ -804,4 +804,87 @@ async fn metrics_endpoints_count_a_known_run() {
             "execution unit metrics lack `{line}`:\n{text}"
         );
     }
+}
+
+/// The telemetry agent's reports reach the control unit: after the gateway starts
+/// failing, `paygrid health` shows its error rate rise.
+#[tokio::test(flavor = "multi_thread")]
+async fn health_shows_a_failing_gateway() {
+    let fleet = Fleet::start(&[], 1);
+    fleet
+        .wait_for_skills(&[
+            "gateway.authorize",
+            "risk.score",
+            "ledger.post",
+            "verify.amounts",
+            "notify.receipt",
+            "telemetry.report",
+        ])
+        .await;
+    let mut client = fleet.workflows().await;
+    let health = |fleet: &Fleet| {
+        let output = std::process::Command::new(BIN)
+            .args(["--control", &fleet.control.url, "--json", "health"])
+            .output()
+            .unwrap();
+        let entries: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        entries
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["kind"] == "gateway" && e["subject"] == "alpha")
+            .cloned()
+    };
+    let id = submit(
+        &mut client,
+        &spec("card-payment"),
+        card("tok_visa"),
+        pb::Priority::Unspecified,
+    )
+    .await;
+    assert_eq!(
+        wait_terminal(&mut client, &id).await.status,
+        pb::WorkflowStatus::Succeeded as i32
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let healthy = loop {
+        if let Some(entry) = health(&fleet).filter(|e| e["requests"].as_u64() >= Some(2)) {
+            break entry;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no health report for gateway alpha"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(healthy["error_rate"], 0.0, "{healthy}");
+    assert_eq!(healthy["reported_by"], "exec-0");
+
+    http(
+        &fleet.gateway.url,
+        "PUT",
+        "/v1/admin/faults",
+        Some(r#"{"fail_rate": 1.0}"#),
+    );
+    for _ in 0..3 {
+        submit(
+            &mut client,
+            &spec("card-payment"),
+            card("tok_visa"),
+            pb::Priority::Unspecified,
+        )
+        .await;
+    }
+    let failing = loop {
+        if let Some(entry) = health(&fleet).filter(|e| e["error_rate"].as_f64() > Some(0.5)) {
+            break entry;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gateway alpha's error rate never rose: {:?}",
+            health(&fleet)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(failing["errors"].as_u64() >= Some(3), "{failing}");
 }

@@ -4,6 +4,7 @@
 //! - [`risk`]: the risk agent (`risk.score`).
 //! - [`ledger`]: the double-entry ledger service agent (`ledger.post`).
 //! - [`service`]: checkpoint verification, receipts, and the benchmark sleep agent.
+//! - [`telemetry`]: the support agent relaying health to the control unit.
 //! - [`gateway_sim`]: a Stripe-like HTTP gateway with idempotency keys and faults.
 //! - [`journal`]: the append-only file the ledger and the simulator keep money state in.
 
@@ -13,3 +14,4 @@ pub mod journal;
 pub mod ledger;
 pub mod risk;
 pub mod service;
+pub mod telemetry;

@@ -140,6 +140,15 @@ pub enum Input {
         session: u64,
     },
     Agent(Vec<AgentEvent>),
+    /// Health reports relayed by a telemetry (support) agent.
+    HealthReports {
+        agent: AgentId,
+        reports: Vec<pb::HealthReport>,
+    },
+    /// The live health view.
+    HealthView {
+        reply: oneshot::Sender<Vec<pb::HealthEntry>>,
+    },
     /// Refresh the gauges computed on demand, before a scrape.
     Metrics {
         reply: oneshot::Sender<()>,
@@ -202,6 +211,8 @@ struct Actor {
     stored_specs: std::collections::HashSet<String>,
     /// Fingerprints of workflows created in this batch, for their first row.
     fingerprints: HashMap<WorkflowId, u64>,
+    /// The live health view, per (kind, subject), as telemetry agents report it.
+    health: BTreeMap<(String, String), pb::HealthEntry>,
 }
 
 /// An answer held until the group commit.
@@ -251,6 +262,7 @@ pub async fn start(
         replies: Vec::new(),
         stored_specs: std::collections::HashSet::new(),
         fingerprints: HashMap::new(),
+        health: BTreeMap::new(),
     };
     actor.recover().await?;
     let task = tokio::spawn(actor.run(receiver, shutdown));
@@ -395,6 +407,10 @@ impl Actor {
                 for event in events {
                     self.core.handle(now, event, &mut out);
                 }
+            }
+            Input::HealthReports { agent, reports } => self.health_reports(now, &agent, reports),
+            Input::HealthView { reply } => {
+                let _ = reply.send(self.health.values().cloned().collect());
             }
             Input::Metrics { reply } => {
                 self.refresh_gauges();
@@ -931,6 +947,36 @@ impl Actor {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Keeps the latest report per subject; a gateway failing at least half of at least
+    /// five recent requests is marked unhealthy for `cheapest-healthy` routes.
+    fn health_reports(&mut self, now: u64, agent: &AgentId, reports: Vec<pb::HealthReport>) {
+        let reported_by = self
+            .agents
+            .get(agent)
+            .map(|a| a.execution_unit.clone())
+            .unwrap_or_else(|| agent.to_string());
+        for report in reports {
+            let error_rate = if report.requests == 0 {
+                0.0
+            } else {
+                report.errors as f64 / report.requests as f64
+            };
+            if report.kind == "gateway" && report.requests >= 5 && error_rate >= 0.5 {
+                self.core.gateway_unhealthy(now, &report.subject);
+            }
+            let key = (report.kind.clone(), report.subject.clone());
+            self.health.insert(
+                key,
+                pb::HealthEntry {
+                    report: Some(report),
+                    error_rate,
+                    reported_by: reported_by.clone(),
+                    updated_at_ms: now as i64,
+                },
+            );
         }
     }
 

@@ -9,9 +9,12 @@
 //!
 //! - [`agent`]: the `Agent` trait and the types it sees.
 //! - [`runtime`]: sessions, credits, heartbeats, drain.
+//! - [`health`]: rolling health of hosted agents and their gateways, relayed by support agents.
 
 pub mod agent;
+pub mod health;
 pub mod runtime;
 
 pub use agent::{Agent, AgentCard, Role, SkillSpec, Task, TaskOutcome};
+pub use health::HealthCollector;
 pub use runtime::{ExecutionUnit, ExecutionUnitConfig};

@@ -30,6 +30,8 @@ pub struct ExecutionUnitConfig {
     pub reconnect_delay_max: Duration,
     /// Where task metrics go (served by `paygrid exec --metrics-addr`).
     pub metrics: std::sync::Arc<paygrid_telemetry::metrics::Registry>,
+    /// Health windows of this unit's agents and gateways, relayed by support agents.
+    pub health: std::sync::Arc<crate::health::HealthCollector>,
 }
 
 impl ExecutionUnitConfig {
@@ -41,6 +43,7 @@ impl ExecutionUnitConfig {
             reconnect_delay_min: Duration::from_millis(100),
             reconnect_delay_max: Duration::from_secs(5),
             metrics: paygrid_telemetry::metrics::Registry::new(),
+            health: std::sync::Arc::new(crate::health::HealthCollector::default()),
         }
     }
 }
@@ -230,6 +233,7 @@ impl AgentRunner {
             results: std::mem::take(&mut self.undelivered),
             running: self.running_refs(),
             draining: shutdown.is_cancelled(),
+            health: Vec::new(),
         };
         let _ = frames.send(opening).await;
         let mut inbound = client
@@ -286,6 +290,7 @@ impl AgentRunner {
                         results: std::mem::take(&mut batch),
                         running: Vec::new(),
                         draining,
+                        health: Vec::new(),
                     };
                     if let Err(failed) = frames.send(frame).await {
                         self.undelivered.extend(failed.0.results);
@@ -293,8 +298,10 @@ impl AgentRunner {
                     }
                 }
                 _ = heartbeat.tick() => {
-                    if !self.running.is_empty() {
-                        let frame = pb::AgentMessage { running: self.running_refs(), draining, ..Default::default() };
+                    // Support agents relay the unit's health with every heartbeat.
+                    let health = if self.card.role == crate::agent::Role::Support { self.config.health.reports() } else { Vec::new() };
+                    if !self.running.is_empty() || !health.is_empty() {
+                        let frame = pb::AgentMessage { running: self.running_refs(), draining, health, ..Default::default() };
                         if frames.send(frame).await.is_err() {
                             return Err(SessionError::Closed);
                         }
@@ -343,6 +350,21 @@ impl AgentRunner {
             "Tasks running on an agent.",
             &[("agent", self.card.name.as_str())],
             self.running.len() as f64,
+        );
+        let gateway = self.card.labels.get("gateway").map(String::as_str);
+        let health = &self.config.health;
+        health.observe(
+            &self.card.name,
+            gateway,
+            skill,
+            outcome == "retryable",
+            elapsed,
+        );
+        health.load(
+            &self.card.name,
+            gateway,
+            self.running.len() as u32,
+            self.card.max_concurrency,
         );
     }
 

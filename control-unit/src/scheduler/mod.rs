@@ -289,6 +289,18 @@ impl Scheduler {
         }
     }
 
+    /// Telemetry says `gateway` is failing: its agents are skipped by `cheapest-healthy`
+    /// routes for the cool-down.
+    pub fn gateway_unhealthy(&mut self, now: Millis, gateway: &str) {
+        self.advance(now);
+        let until = self.now + self.config.unhealthy_cooldown.as_millis() as u64;
+        for agent in self.agents.values_mut() {
+            if agent.labels.get("gateway").is_some_and(|g| g == gateway) {
+                agent.unhealthy_until = agent.unhealthy_until.max(until);
+            }
+        }
+    }
+
     /// The earliest timer, so the driver knows when to call [`Scheduler::tick`].
     pub fn next_deadline(&self) -> Option<Millis> {
         self.timers.peek().map(|Reverse(timer)| timer.at)

@@ -195,7 +195,19 @@ impl AgentHub for AgentHubService {
         tokio::spawn(async move {
             while let Some(message) = inbound.next().await {
                 match message {
-                    Ok(message) => {
+                    Ok(mut message) => {
+                        let reports = std::mem::take(&mut message.health);
+                        if !reports.is_empty()
+                            && handle
+                                .send(Input::HealthReports {
+                                    agent: agent.clone(),
+                                    reports,
+                                })
+                                .await
+                                .is_err()
+                        {
+                            break;
+                        }
                         let batch = events(&agent, message);
                         if !batch.is_empty() && handle.send(Input::Agent(batch)).await.is_err() {
                             break;
@@ -210,6 +222,14 @@ impl AgentHub for AgentHubService {
             let _ = handle.send(Input::CloseSession { agent, session }).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn health(
+        &self,
+        _request: Request<pb::HealthRequest>,
+    ) -> Result<Response<pb::HealthResponse>, Status> {
+        let entries = self.handle.ask(|reply| Input::HealthView { reply }).await?;
+        Ok(Response::new(pb::HealthResponse { entries }))
     }
 
     async fn list_agents(
