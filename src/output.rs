@@ -151,7 +151,12 @@ pub struct Progress {
 impl Progress {
     pub fn new(json: bool) -> Self {
         let bar = (!json && std::io::stderr().is_terminal()).then(|| {
-            let bar = ProgressBar::with_draw_target(Some(1), ProgressDrawTarget::stderr());
+            // One shared set of bars, so workflows followed at once (dev) each get a line.
+            static BARS: std::sync::OnceLock<indicatif::MultiProgress> = std::sync::OnceLock::new();
+            let bars = BARS.get_or_init(|| {
+                indicatif::MultiProgress::with_draw_target(ProgressDrawTarget::stderr())
+            });
+            let bar = bars.add(ProgressBar::new(1));
             if let Ok(style) =
                 ProgressStyle::with_template("{prefix:.bold} [{bar:20}] {pos}/{len} {msg}")
             {
