@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use paygrid_proto::v1 as pb;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use crate::model::{AgentId, WorkflowId, WorkflowStatus};
@@ -245,7 +246,7 @@ impl Reply {
 pub async fn start(
     config: RuntimeConfig,
     store: Option<Arc<dyn Store>>,
-    shutdown: tokio_util_shim::Shutdown,
+    shutdown: CancellationToken,
 ) -> Result<(Handle, tokio::task::JoinHandle<()>), StoreError> {
     let (inputs, receiver) = mpsc::channel(config.inputs_max);
     let mut actor = Actor {
@@ -269,39 +270,8 @@ pub async fn start(
     Ok((Handle { inputs }, task))
 }
 
-/// A minimal shutdown signal (a watch channel), so this crate needs no tokio-util.
-pub mod tokio_util_shim {
-    use tokio::sync::watch;
-
-    #[derive(Clone)]
-    pub struct Shutdown(watch::Receiver<bool>);
-
-    pub struct Trigger(watch::Sender<bool>);
-
-    pub fn shutdown() -> (Trigger, Shutdown) {
-        let (sender, receiver) = watch::channel(false);
-        (Trigger(sender), Shutdown(receiver))
-    }
-
-    impl Trigger {
-        pub fn fire(&self) {
-            let _ = self.0.send(true);
-        }
-    }
-
-    impl Shutdown {
-        pub async fn wait(&mut self) {
-            let _ = self.0.wait_for(|fired| *fired).await;
-        }
-    }
-}
-
 impl Actor {
-    async fn run(
-        mut self,
-        mut receiver: mpsc::Receiver<Input>,
-        mut shutdown: tokio_util_shim::Shutdown,
-    ) {
+    async fn run(mut self, mut receiver: mpsc::Receiver<Input>, shutdown: CancellationToken) {
         let mut batch = Vec::with_capacity(self.config.batch_max);
         loop {
             let deadline = self
@@ -333,7 +303,7 @@ impl Actor {
                     self.core.tick(now_ms(), &mut out);
                     self.out = out;
                 }
-                () = shutdown.wait() => break,
+                () = shutdown.cancelled() => break,
             }
             if let Err(error) = self.flush().await {
                 // Nothing from this batch was acknowledged or sent. Crash-only: stop, and

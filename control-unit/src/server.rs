@@ -8,7 +8,7 @@ use paygrid_proto::v1::workflows_server::WorkflowsServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::runtime::{self, RuntimeConfig, tokio_util_shim};
+use crate::runtime::{self, RuntimeConfig};
 use crate::service::{AgentHubService, SpecRegistry, WorkflowsService};
 use crate::spec::SpecLimits;
 
@@ -43,9 +43,9 @@ pub async fn serve(
     config: ControlConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let (trigger, stop) = tokio_util_shim::shutdown();
+    let stop = tokio_util::sync::CancellationToken::new();
     let (handle, actor) =
-        runtime::start(config.runtime.clone(), config.store.clone(), stop).await?;
+        runtime::start(config.runtime.clone(), config.store.clone(), stop.clone()).await?;
     let registry = Arc::new(SpecRegistry::new(config.limits.clone()));
     let metrics_server = match config.metrics_addr {
         Some(addr) => {
@@ -100,7 +100,7 @@ pub async fn serve(
         )))
         .serve_with_incoming_shutdown(no_delay(listener), shutdown)
         .await;
-    trigger.fire();
+    stop.cancel();
     let _ = actor.await;
     if let Some(pruner) = pruner {
         pruner.abort();
