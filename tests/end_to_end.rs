@@ -406,6 +406,12 @@ async fn idempotent_submission() {
     let after_restart = client.submit(request(4200)).await.unwrap().into_inner();
     assert_eq!(after_restart.workflow_id, first.workflow_id);
     assert!(!after_restart.created);
+    let refused = client.submit(request(9999)).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::AlreadyExists,
+        "the fingerprint survives the restart"
+    );
     let workflows = client
         .list(pb::ListWorkflowsRequest::default())
         .await

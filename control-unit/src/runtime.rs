@@ -210,8 +210,6 @@ struct Actor {
     replies: Vec<Reply>,
     /// Spec hashes already in the store.
     stored_specs: std::collections::HashSet<String>,
-    /// Fingerprints of workflows created in this batch, for their first row.
-    fingerprints: HashMap<WorkflowId, u64>,
     /// The live health view, per (kind, subject), as telemetry agents report it.
     health: BTreeMap<(String, String), pb::HealthEntry>,
 }
@@ -262,7 +260,6 @@ pub async fn start(
         store,
         replies: Vec::new(),
         stored_specs: std::collections::HashSet::new(),
-        fingerprints: HashMap::new(),
         health: BTreeMap::new(),
     };
     actor.recover().await?;
@@ -421,7 +418,6 @@ impl Actor {
         }
         let id = submission.new.id;
         self.core.submit(now, submission.new, out)?;
-        self.fingerprints.insert(id, submission.fingerprint);
         if let Some(key) = key {
             self.idempotency.insert(key, (id, submission.fingerprint));
         }
@@ -660,7 +656,6 @@ impl Actor {
             let batch = self.batch(&records);
             store.commit(batch).await?;
         }
-        self.fingerprints.clear();
         for (sequence, record) in &records {
             self.observe(record);
             self.notify(*sequence, record);
@@ -722,7 +717,12 @@ impl Actor {
                 spec_hash: workflow.spec.hash.clone(),
                 status: workflow.status,
                 idempotency_key: workflow.idempotency_key.clone(),
-                fingerprint: self.fingerprints.get(&id).copied().unwrap_or_default(),
+                // Only keyed submissions have a fingerprint to keep.
+                fingerprint: workflow
+                    .idempotency_key
+                    .as_ref()
+                    .and_then(|key| self.idempotency.get(key))
+                    .map_or(0, |(_, fingerprint)| *fingerprint),
                 created_at: workflow.created_at,
                 updated_at: workflow.updated_at,
                 snapshot: snapshot.then(|| {
