@@ -103,14 +103,20 @@ impl ExecutionUnit {
 
 type TaskKey = (String, u32);
 
+/// A task running on this agent.
+struct Running {
+    attempt: u32,
+    cancel: CancellationToken,
+    started: std::time::Instant,
+    skill: String,
+}
+
 struct AgentRunner {
     agent: Arc<dyn Agent>,
     card: AgentCard,
     config: ExecutionUnitConfig,
     tasks: JoinSet<()>,
-    running: HashMap<TaskKey, (u32, CancellationToken)>,
-    /// When each running task started, and its skill, for metrics.
-    started: HashMap<TaskKey, (std::time::Instant, String)>,
+    running: HashMap<TaskKey, Running>,
     results: mpsc::Receiver<pb::TaskResult>,
     results_sender: mpsc::Sender<pb::TaskResult>,
     /// Results taken off the channel but not delivered (the session broke).
@@ -130,7 +136,6 @@ impl AgentRunner {
             config,
             tasks: JoinSet::new(),
             running: HashMap::new(),
-            started: HashMap::new(),
             results,
             results_sender,
             undelivered: Vec::new(),
@@ -278,9 +283,8 @@ impl AgentRunner {
                     for result in &batch {
                         if let Some(task) = &result.task {
                             let key = (task.workflow_id.clone(), task.task_index);
-                            self.running.remove(&key);
-                            if let Some((started, skill)) = self.started.remove(&key) {
-                                self.observe(&skill, result.outcome(), started.elapsed());
+                            if let Some(done) = self.running.remove(&key) {
+                                self.observe(&done.skill, result.outcome(), done.started.elapsed());
                             }
                         }
                     }
@@ -371,10 +375,10 @@ impl AgentRunner {
     fn running_refs(&self) -> Vec<pb::TaskRef> {
         self.running
             .iter()
-            .map(|((workflow_id, task_index), (attempt, _))| pb::TaskRef {
+            .map(|((workflow_id, task_index), running)| pb::TaskRef {
                 workflow_id: workflow_id.clone(),
                 task_index: *task_index,
-                attempt: *attempt,
+                attempt: running.attempt,
             })
             .collect()
     }
@@ -387,10 +391,10 @@ impl AgentRunner {
     ) {
         for cancellation in message.cancellations {
             let key = (cancellation.workflow_id, cancellation.task_index);
-            if let Some((attempt, token)) = self.running.get(&key)
-                && *attempt == cancellation.attempt
+            if let Some(running) = self.running.get(&key)
+                && running.attempt == cancellation.attempt
             {
-                token.cancel();
+                running.cancel.cancel();
             }
         }
         let mut refused = Vec::new();
@@ -426,11 +430,12 @@ impl AgentRunner {
         let cancel = CancellationToken::new();
         self.running.insert(
             (task_ref.workflow_id.clone(), task_ref.task_index),
-            (task_ref.attempt, cancel.clone()),
-        );
-        self.started.insert(
-            (task_ref.workflow_id.clone(), task_ref.task_index),
-            (std::time::Instant::now(), assignment.skill.clone()),
+            Running {
+                attempt: task_ref.attempt,
+                cancel: cancel.clone(),
+                started: std::time::Instant::now(),
+                skill: assignment.skill.clone(),
+            },
         );
         let agent = self.agent.clone();
         let results = self.results_sender.clone();
