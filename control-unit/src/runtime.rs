@@ -150,6 +150,8 @@ pub enum Input {
     HealthView {
         reply: oneshot::Sender<Vec<pb::HealthEntry>>,
     },
+    /// Idempotency keys of workflows pruned from the store.
+    ForgetKeys(Vec<String>),
     /// Refresh the gauges computed on demand, before a scrape.
     Metrics {
         reply: oneshot::Sender<()>,
@@ -378,6 +380,11 @@ impl Actor {
             Input::HealthReports { agent, reports } => self.health_reports(now, &agent, reports),
             Input::HealthView { reply } => {
                 let _ = reply.send(self.health.values().cloned().collect());
+            }
+            Input::ForgetKeys(keys) => {
+                for key in keys {
+                    self.idempotency.remove(&key);
+                }
             }
             Input::Metrics { reply } => {
                 self.refresh_gauges();

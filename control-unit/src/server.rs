@@ -69,7 +69,11 @@ pub async fn serve(
         None => None,
     };
     let pruner = match (config.store.clone(), config.retention) {
-        (Some(store), Some(retention)) => Some(tokio::spawn(prune_forever(store, retention))),
+        (Some(store), Some(retention)) => Some(tokio::spawn(prune_forever(
+            store,
+            handle.clone(),
+            retention,
+        ))),
         _ => None,
     };
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -112,14 +116,24 @@ pub async fn serve(
 }
 
 /// Deletes terminal workflows past their retention, once a minute.
-async fn prune_forever(store: Arc<dyn crate::store::Store>, retention: std::time::Duration) {
+async fn prune_forever(
+    store: Arc<dyn crate::store::Store>,
+    handle: crate::runtime::Handle,
+    retention: std::time::Duration,
+) {
     let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
     loop {
         every.tick().await;
         let before = crate::runtime::now_ms().saturating_sub(retention.as_millis() as u64);
         match store.prune(before).await {
-            Ok(0) => {}
-            Ok(pruned) => tracing::info!(pruned, "pruned workflows past retention"),
+            Ok(pruned) if pruned.workflows == 0 => {}
+            Ok(pruned) => {
+                tracing::info!(pruned = pruned.workflows, "pruned workflows past retention");
+                // Their idempotency keys go too, so the key map stays bounded by retention.
+                let _ = handle
+                    .send(crate::runtime::Input::ForgetKeys(pruned.keys))
+                    .await;
+            }
             Err(error) => tracing::warn!(%error, "pruning failed"),
         }
     }

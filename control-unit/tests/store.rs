@@ -220,7 +220,13 @@ async fn suite(store: Arc<dyn Store>) {
     assert!(none.is_empty());
 
     // Pruning removes only terminal workflows past retention.
-    assert_eq!(store.prune(100).await.unwrap(), 1);
+    let pruned = store.prune(100).await.unwrap();
+    assert_eq!(pruned.workflows, 1);
+    assert_eq!(
+        pruned.keys,
+        vec!["key-old".to_owned()],
+        "the pruned workflow's key is returned"
+    );
     assert!(store.load(old.id).await.unwrap().is_none());
     assert!(store.load(recent.id).await.unwrap().is_some());
     assert!(store.load(id).await.unwrap().is_some());

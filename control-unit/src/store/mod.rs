@@ -104,9 +104,18 @@ pub trait Store: Send + Sync + 'static {
     /// A stored workflow's latest snapshot and its spec text.
     async fn load(&self, id: WorkflowId) -> Result<Option<(Snapshot, String)>, StoreError>;
     /// Deletes terminal workflows last updated before `before_ms`; returns how many.
-    async fn prune(&self, before_ms: u64) -> Result<u64, StoreError>;
+    /// Returns how many, and the idempotency keys they held.
+    async fn prune(&self, before_ms: u64) -> Result<Pruned, StoreError>;
     /// Stored workflows after `after` in id order, with their latest snapshot.
     async fn list(&self, query: ListQuery) -> Result<Vec<Snapshot>, StoreError>;
+}
+
+/// What a prune deleted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub workflows: u64,
+    /// Idempotency keys of the deleted workflows: the control unit forgets them too.
+    pub keys: Vec<String>,
 }
 
 /// A page of stored workflows.

@@ -5,7 +5,7 @@
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls};
 
-use super::{Batch, ListQuery, Recovered, Store, StoreError, decode_snapshot, status_name};
+use super::{Batch, ListQuery, Pruned, Recovered, Store, StoreError, decode_snapshot, status_name};
 use crate::model::WorkflowId;
 use crate::scheduler::restore::Snapshot;
 
@@ -292,10 +292,20 @@ impl Store for PostgresStore {
             .collect()
     }
 
-    async fn prune(&self, before_ms: u64) -> Result<u64, StoreError> {
+    async fn prune(&self, before_ms: u64) -> Result<Pruned, StoreError> {
         let before = before_ms as i64;
         let mut writer = self.writer.lock().await;
         let transaction = writer.transaction().await.map_err(pg)?;
+        let keys = transaction
+            .query(
+                "SELECT idempotency_key FROM workflows WHERE terminal AND updated_at < $1 AND idempotency_key IS NOT NULL",
+                &[&before],
+            )
+            .await
+            .map_err(pg)?
+            .iter()
+            .map(|row| row.get::<_, String>(0))
+            .collect();
         transaction
             .execute("DELETE FROM events WHERE workflow_id IN (SELECT id FROM workflows WHERE terminal AND updated_at < $1)", &[&before])
             .await
@@ -308,6 +318,9 @@ impl Store for PostgresStore {
             .await
             .map_err(pg)?;
         transaction.commit().await.map_err(pg)?;
-        Ok(pruned)
+        Ok(Pruned {
+            workflows: pruned,
+            keys,
+        })
     }
 }

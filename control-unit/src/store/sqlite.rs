@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    Batch, ListQuery, Recovered, RecoveredWorkflow, Store, StoreError, decode_change,
+    Batch, ListQuery, Pruned, Recovered, RecoveredWorkflow, Store, StoreError, decode_change,
     decode_snapshot, parse_id, status_name,
 };
 use crate::model::WorkflowId;
@@ -257,16 +257,20 @@ impl Store for SqliteStore {
         rows.iter().map(|bytes| decode_snapshot(bytes)).collect()
     }
 
-    async fn prune(&self, before_ms: u64) -> Result<u64, StoreError> {
+    async fn prune(&self, before_ms: u64) -> Result<Pruned, StoreError> {
         self.with(move |connection| {
             let transaction = connection.transaction()?;
+            let keys = transaction
+                .prepare("SELECT idempotency_key FROM workflows WHERE terminal = 1 AND updated_at < ?1 AND idempotency_key IS NOT NULL")?
+                .query_map(params![before_ms as i64], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
             transaction.execute(
                 "DELETE FROM events WHERE workflow_id IN (SELECT id FROM workflows WHERE terminal = 1 AND updated_at < ?1)",
                 params![before_ms as i64],
             )?;
             let pruned = transaction.execute("DELETE FROM workflows WHERE terminal = 1 AND updated_at < ?1", params![before_ms as i64])?;
             transaction.commit()?;
-            Ok(pruned as u64)
+            Ok(Pruned { workflows: pruned as u64, keys })
         })
         .await
     }
