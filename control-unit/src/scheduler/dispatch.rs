@@ -236,16 +236,14 @@ impl Scheduler {
             out,
             slot.workflow,
             now,
-            Change::Task {
-                task: slot.task,
-                compensation: slot.compensation,
-                status: TaskStatus::Dispatched,
+            Change::task(
+                slot.task,
+                slot.compensation,
+                TaskStatus::Dispatched,
                 attempt,
-                agent: Some(agent.clone()),
-                detail: None,
-                output: None,
-                retry_at: None,
-            },
+                Some(agent.clone()),
+                None,
+            ),
         );
         out.push(Command::Dispatch {
             agent,

@@ -121,16 +121,14 @@ impl Scheduler {
             out,
             slot.workflow,
             now,
-            Change::Task {
-                task: slot.task,
-                compensation: slot.compensation,
-                status: TaskStatus::Ready,
+            Change::task(
+                slot.task,
+                slot.compensation,
+                TaskStatus::Ready,
                 attempt,
-                agent: None,
-                detail: None,
-                output: None,
-                retry_at: None,
-            },
+                None,
+                None,
+            ),
         );
         self.mark_dirty(&skill);
         if let Some(queue) = self.skills.get_mut(&skill) {
@@ -392,16 +390,14 @@ impl Scheduler {
             out,
             slot.workflow,
             now,
-            Change::Task {
-                task: slot.task,
-                compensation: false,
-                status: TaskStatus::Failed,
+            Change::task(
+                slot.task,
+                false,
+                TaskStatus::Failed,
                 attempt,
-                agent: None,
-                detail: Some(error.clone()),
-                output: None,
-                retry_at: None,
-            },
+                None,
+                Some(error.clone()),
+            ),
         );
         if workflow.status == WorkflowStatus::Running {
             self.stop_workflow(
@@ -602,16 +598,7 @@ impl Scheduler {
                     out,
                     id,
                     now,
-                    Change::Task {
-                        task,
-                        compensation: true,
-                        status: TaskStatus::Skipped,
-                        attempt: 0,
-                        agent: None,
-                        detail: Some(detail),
-                        output: None,
-                        retry_at: None,
-                    },
+                    Change::task(task, true, TaskStatus::Skipped, 0, None, Some(detail)),
                 );
                 self.continue_compensation(id, out);
                 return;

@@ -173,6 +173,29 @@ pub enum Change {
     },
 }
 
+impl Change {
+    /// A task's (or its compensation's) change, without output or retry deadline.
+    pub fn task(
+        task: u32,
+        compensation: bool,
+        status: TaskStatus,
+        attempt: u32,
+        agent: Option<AgentId>,
+        detail: Option<String>,
+    ) -> Self {
+        Self::Task {
+            task,
+            compensation,
+            status,
+            attempt,
+            agent,
+            detail,
+            output: None,
+            retry_at: None,
+        }
+    }
+}
+
 /// What the core asks its driver to do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
@@ -569,16 +592,14 @@ impl Scheduler {
                     out,
                     slot.workflow,
                     now,
-                    Change::Task {
-                        task: slot.task,
-                        compensation: slot.compensation,
-                        status: TaskStatus::Running,
+                    Change::task(
+                        slot.task,
+                        slot.compensation,
+                        TaskStatus::Running,
                         attempt,
-                        agent: Some(agent.clone()),
-                        detail: None,
-                        output: None,
-                        retry_at: None,
-                    },
+                        Some(agent.clone()),
+                        None,
+                    ),
                 );
             }
         }
