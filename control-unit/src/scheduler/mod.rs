@@ -491,17 +491,11 @@ impl Scheduler {
     /// Hands ready tasks to agents with free slots; call after a batch of events.
     pub fn dispatch(&mut self, now: Millis, out: &mut Vec<Command>) {
         self.advance(now);
-        let dirty = std::mem::take(&mut self.dirty_skills);
-        for skill in &dirty {
-            if let Some(queue) = self.skills.get_mut(skill) {
+        for skill in std::mem::take(&mut self.dirty_skills) {
+            if let Some(queue) = self.skills.get_mut(&skill) {
                 queue.dirty = false;
             }
-            self.dispatch_skill(skill, out);
-        }
-        let mut dirty = dirty;
-        dirty.clear();
-        if self.dirty_skills.is_empty() {
-            self.dirty_skills = dirty;
+            self.dispatch_skill(&skill, out);
         }
     }
 
@@ -619,23 +613,17 @@ impl Scheduler {
             TimerKind::Backoff if execution.status == TaskStatus::Backoff => {
                 self.make_ready(timer.slot, out);
             }
-            TimerKind::Attempt | TimerKind::Timeout | TimerKind::Lease
-                if execution.is_in_flight() && execution.attempt_open =>
-            {
+            TimerKind::Attempt if execution.is_in_flight() && execution.attempt_open => {
                 let (deadline, lease_until) = (execution.deadline, execution.lease_until);
-                if timer.kind != TimerKind::Lease && deadline <= self.now {
+                if deadline <= self.now {
                     let error = format!("attempt {} timed out", timer.attempt);
                     self.abandon_attempt(timer.slot, AttemptOutcome::Timeout, error, out);
-                } else if timer.kind != TimerKind::Timeout && lease_until <= self.now {
+                } else if lease_until <= self.now {
                     let error = format!("lease of attempt {} expired: no heartbeat", timer.attempt);
                     self.abandon_attempt(timer.slot, AttemptOutcome::LeaseExpired, error, out);
                 } else {
                     // Heartbeats moved the lease: wait for whichever comes first now.
-                    let at = match timer.kind {
-                        TimerKind::Timeout => deadline,
-                        TimerKind::Lease => lease_until,
-                        _ => deadline.min(lease_until),
-                    };
+                    let at = deadline.min(lease_until);
                     self.timers.push(Reverse(Timer { at, ..timer }));
                 }
             }

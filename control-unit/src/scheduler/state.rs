@@ -236,10 +236,6 @@ pub enum TimerKind {
     Backoff,
     /// An attempt's timeout and lease, whichever comes first.
     Attempt,
-    /// Only the attempt timeout (tasks resumed after a restart).
-    Timeout,
-    /// Only the lease.
-    Lease,
 }
 
 /// A deadline; stale timers are ignored when they fire.
