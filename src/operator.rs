@@ -31,12 +31,8 @@ impl std::error::Error for UsageError {}
 pub struct SubmitArgs {
     /// Spec file (YAML or JSON).
     pub file: PathBuf,
-    /// An input value, KEY=VALUE; VALUE is read as JSON when it parses (1250, true), else as a string.
-    #[arg(long = "input", value_name = "KEY=VALUE")]
-    pub inputs: Vec<String>,
-    /// A JSON file with the input object (merged under --input values).
-    #[arg(long)]
-    pub input_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub input: InputArgs,
     /// critical, high, normal or low (default: the spec's).
     #[arg(long)]
     pub priority: Option<String>,
@@ -65,11 +61,32 @@ pub struct ListArgs {
 
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
+    /// Spec file (YAML or JSON).
     pub file: PathBuf,
+    #[command(flatten)]
+    pub input: InputArgs,
+}
+
+/// A workflow input given on the command line.
+#[derive(Debug, Args)]
+pub struct InputArgs {
+    /// An input value, KEY=VALUE; VALUE is read as JSON when it parses (1250, true), else as a string.
     #[arg(long = "input", value_name = "KEY=VALUE")]
     pub inputs: Vec<String>,
+    /// A JSON file with the input object (merged under --input values).
     #[arg(long)]
     pub input_file: Option<PathBuf>,
+}
+
+impl InputArgs {
+    pub fn is_empty(&self) -> bool {
+        self.inputs.is_empty() && self.input_file.is_none()
+    }
+
+    /// The input object these flags describe.
+    pub fn build(&self) -> anyhow::Result<Value> {
+        build_input(&self.inputs, self.input_file.as_deref())
+    }
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -138,7 +155,7 @@ fn priority(text: Option<&str>) -> anyhow::Result<pb::Priority> {
 
 pub async fn submit(endpoint: &str, args: SubmitArgs, json: bool) -> anyhow::Result<u8> {
     let text = read(&args.file)?;
-    let input = build_input(&args.inputs, args.input_file.as_deref())?;
+    let input = args.input.build()?;
     let request = pb::SubmitRequest {
         spec: Some(pb::submit_request::Spec::SpecText(text)),
         input_json: input.to_string(),
@@ -350,10 +367,10 @@ pub fn validate(args: ValidateArgs, json: bool) -> anyhow::Result<u8> {
     let text = read(&args.file)?;
     let limits = SpecLimits::default();
     let result = compile(&text, &limits).and_then(|spec| {
-        if args.inputs.is_empty() && args.input_file.is_none() {
+        if args.input.is_empty() {
             return Ok(spec);
         }
-        let input = build_input(&args.inputs, args.input_file.as_deref()).map_err(|e| {
+        let input = args.input.build().map_err(|e| {
             paygrid_control_unit::spec::SpecErrors(vec![
                 paygrid_control_unit::spec::SpecError::new(e.to_string()),
             ])

@@ -7,7 +7,7 @@ use std::io::IsTerminal;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use paygrid_control_unit::spec::{CompiledSpec, TaskKind};
 use paygrid_proto::v1 as pb;
-use paygrid_telemetry::redact::redact_text as mask_pans;
+use paygrid_telemetry::redact::redact_text;
 use serde_json::{Value, json};
 
 pub fn status_name(value: i32) -> &'static str {
@@ -44,7 +44,7 @@ pub fn priority_name(value: i32) -> String {
 }
 
 fn json_text(text: &str) -> Value {
-    serde_json::from_str(&mask_pans(text)).unwrap_or(Value::Null)
+    serde_json::from_str(&redact_text(text)).unwrap_or(Value::Null)
 }
 
 pub fn workflow_json(w: &pb::Workflow) -> Value {
@@ -55,18 +55,18 @@ pub fn workflow_json(w: &pb::Workflow) -> Value {
             json!({
                 "task_id": t.task_id, "skill": t.skill, "status": task_status_name(t.status),
                 "attempts": t.attempts, "agent_id": t.agent_id, "output": json_text(&t.output_json),
-                "error": mask_pans(&t.error), "waiting_reason": t.waiting_reason, "checkpoint": t.checkpoint,
+                "error": redact_text(&t.error), "waiting_reason": t.waiting_reason, "checkpoint": t.checkpoint,
                 "started_at_ms": t.started_at_ms, "finished_at_ms": t.finished_at_ms,
                 "compensation_status": task_status_name(t.compensation_status),
                 "compensation_error": t.compensation_error,
-                "history": t.history.iter().map(|h| json!({"attempt": h.attempt, "agent_id": h.agent_id, "outcome": h.outcome, "error": mask_pans(&h.error), "started_at_ms": h.started_at_ms, "finished_at_ms": h.finished_at_ms})).collect::<Vec<_>>(),
+                "history": t.history.iter().map(|h| json!({"attempt": h.attempt, "agent_id": h.agent_id, "outcome": h.outcome, "error": redact_text(&h.error), "started_at_ms": h.started_at_ms, "finished_at_ms": h.finished_at_ms})).collect::<Vec<_>>(),
             })
         })
         .collect();
     json!({
         "workflow_id": w.workflow_id, "name": w.name, "version": w.version, "spec_hash": w.spec_hash,
         "status": status_name(w.status), "priority": priority_name(w.priority), "labels": w.labels,
-        "idempotency_key": w.idempotency_key, "input": json_text(&w.input_json), "error": mask_pans(&w.error),
+        "idempotency_key": w.idempotency_key, "input": json_text(&w.input_json), "error": redact_text(&w.error),
         "created_at_ms": w.created_at_ms, "updated_at_ms": w.updated_at_ms, "traceparent": w.traceparent,
         "tasks": tasks,
     })
@@ -99,9 +99,9 @@ pub fn workflow_text(w: &pb::Workflow) -> String {
         status_name(w.status),
         priority_name(w.priority)
     );
-    out.push_str(&format!("  input: {}\n", mask_pans(&w.input_json)));
+    out.push_str(&format!("  input: {}\n", redact_text(&w.input_json)));
     if !w.error.is_empty() {
-        out.push_str(&format!("  error: {}\n", mask_pans(&w.error)));
+        out.push_str(&format!("  error: {}\n", redact_text(&w.error)));
     }
     for t in &w.tasks {
         let kind = if t.checkpoint {
@@ -130,10 +130,10 @@ pub fn workflow_text(w: &pb::Workflow) -> String {
             out.push_str(&format!("      waiting: {}\n", t.waiting_reason));
         }
         if !t.error.is_empty() {
-            out.push_str(&format!("      error: {}\n", mask_pans(&t.error)));
+            out.push_str(&format!("      error: {}\n", redact_text(&t.error)));
         }
         if !t.output_json.is_empty() {
-            out.push_str(&format!("      output: {}\n", mask_pans(&t.output_json)));
+            out.push_str(&format!("      output: {}\n", redact_text(&t.output_json)));
         }
     }
     out
@@ -215,7 +215,7 @@ impl Progress {
                 if self.json {
                     println!(
                         "{}",
-                        json!({"workflow_id": event.workflow_id, "event": "task", "task_id": t.task_id, "status": status, "attempt": t.attempt, "agent_id": t.agent_id, "detail": mask_pans(&t.detail), "compensation": t.compensation})
+                        json!({"workflow_id": event.workflow_id, "event": "task", "task_id": t.task_id, "status": status, "attempt": t.attempt, "agent_id": t.agent_id, "detail": redact_text(&t.detail), "compensation": t.compensation})
                     );
                     return None;
                 }
@@ -227,7 +227,7 @@ impl Progress {
                 let detail = if t.detail.is_empty() {
                     String::new()
                 } else {
-                    format!(": {}", mask_pans(&t.detail))
+                    format!(": {}", redact_text(&t.detail))
                 };
                 match &self.bar {
                     Some(bar) => {
@@ -249,7 +249,7 @@ impl Progress {
                 if self.json {
                     println!(
                         "{}",
-                        json!({"workflow_id": event.workflow_id, "event": "workflow", "status": status, "detail": mask_pans(&w.detail)})
+                        json!({"workflow_id": event.workflow_id, "event": "workflow", "status": status, "detail": redact_text(&w.detail)})
                     );
                 } else if self.bar.is_none()
                     || pb::WorkflowStatus::try_from(w.status).is_ok_and(is_terminal)
@@ -257,7 +257,7 @@ impl Progress {
                     let detail = if w.detail.is_empty() {
                         String::new()
                     } else {
-                        format!(": {}", mask_pans(&w.detail))
+                        format!(": {}", redact_text(&w.detail))
                     };
                     self.line(format!("{short} workflow {status}{detail}"));
                 }
