@@ -220,15 +220,7 @@ fn audit(fleet: &Fleet, finals: &HashMap<usize, pb::Workflow>) {
 /// Kills and restarts `victims` three times, at random moments while payments flow.
 async fn run_with_crashes(kill: impl Fn(&mut Fleet, usize)) {
     let mut fleet = Fleet::start(&["--latency-ms", "2"], 1);
-    fleet
-        .wait_for_skills(&[
-            "gateway.authorize",
-            "risk.score",
-            "ledger.post",
-            "verify.amounts",
-            "notify.receipt",
-        ])
-        .await;
+    fleet.wait_for_skills(SHIPPED_SKILLS).await;
     let accepted = Arc::new(AtomicUsize::new(0));
     let ids = Arc::new(Mutex::new(HashMap::new()));
     let submit = tokio::spawn(submit_all(

@@ -19,15 +19,7 @@ fn card(token: &str) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn card_payment_succeeds_across_processes() {
     let fleet = Fleet::start(&[], 1);
-    fleet
-        .wait_for_skills(&[
-            "gateway.authorize",
-            "risk.score",
-            "ledger.post",
-            "verify.amounts",
-            "notify.receipt",
-        ])
-        .await;
+    fleet.wait_for_skills(SHIPPED_SKILLS).await;
     let spec_path = format!(
         "{}/examples/specs/card-payment.yaml",
         env!("CARGO_MANIFEST_DIR")
@@ -84,15 +76,7 @@ async fn card_payment_succeeds_across_processes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn transient_failures_retry_and_declines_do_not() {
     let fleet = Fleet::start(&[], 1);
-    fleet
-        .wait_for_skills(&[
-            "gateway.authorize",
-            "risk.score",
-            "ledger.post",
-            "verify.amounts",
-            "notify.receipt",
-        ])
-        .await;
+    fleet.wait_for_skills(SHIPPED_SKILLS).await;
     let mut client = fleet.workflows().await;
 
     http(
@@ -151,15 +135,7 @@ async fn transient_failures_retry_and_declines_do_not() {
 #[tokio::test(flavor = "multi_thread")]
 async fn failed_capture_voids_the_authorization() {
     let fleet = Fleet::start(&[], 1);
-    fleet
-        .wait_for_skills(&[
-            "gateway.authorize",
-            "risk.score",
-            "ledger.post",
-            "verify.amounts",
-            "notify.receipt",
-        ])
-        .await;
+    fleet.wait_for_skills(SHIPPED_SKILLS).await;
     let mut client = fleet.workflows().await;
     let id = submit(
         &mut client,
@@ -215,15 +191,7 @@ async fn killed_execution_unit_task_is_redispatched_without_double_capture() {
     fleet.add_exec("services", &["--agents", "risk,ledger,verify,notify"]);
     fleet.add_exec("exec-0", &["--agents", "gateway"]);
     fleet.add_exec("exec-1", &["--agents", "gateway"]);
-    fleet
-        .wait_for_skills(&[
-            "gateway.authorize",
-            "risk.score",
-            "ledger.post",
-            "verify.amounts",
-            "notify.receipt",
-        ])
-        .await;
+    fleet.wait_for_skills(SHIPPED_SKILLS).await;
     let mut client = fleet.workflows().await;
     // Retries generous enough to outlast the in-flight first capture (409 conflicts).
     let spec = spec("card-payment").replace(

@@ -293,6 +293,28 @@ async fn effect(
     respond(status, body, false)
 }
 
+/// The authorization `target` names, if it can still be captured or voided.
+fn authorized<'a>(
+    payments: &'a mut HashMap<String, Payment>,
+    target: Option<&str>,
+) -> Result<&'a mut Payment, (StatusCode, Value)> {
+    let Some(payment) = target.and_then(|id| payments.get_mut(id)) else {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            "no_such_authorization",
+            format!("{target:?} not found"),
+        ));
+    };
+    if payment.status != "authorized" {
+        return Err(error(
+            StatusCode::CONFLICT,
+            "invalid_state",
+            format!("authorization is {}", payment.status),
+        ));
+    }
+    Ok(payment)
+}
+
 fn amount(request: &Value) -> Option<i64> {
     request
         .get("amount_minor")
@@ -352,20 +374,10 @@ fn apply(
             )
         }
         Effect::Capture => {
-            let Some(payment) = target.and_then(|id| inner.payments.get_mut(id)) else {
-                return error(
-                    StatusCode::NOT_FOUND,
-                    "no_such_authorization",
-                    format!("{target:?} not found"),
-                );
+            let payment = match authorized(&mut inner.payments, target) {
+                Ok(payment) => payment,
+                Err(answer) => return answer,
             };
-            if payment.status != "authorized" {
-                return error(
-                    StatusCode::CONFLICT,
-                    "invalid_state",
-                    format!("authorization is {}", payment.status),
-                );
-            }
             if payment.card_token == "tok_capture_decline" {
                 return error(
                     StatusCode::PAYMENT_REQUIRED,
@@ -395,20 +407,10 @@ fn apply(
             )
         }
         Effect::Void => {
-            let Some(payment) = target.and_then(|id| inner.payments.get_mut(id)) else {
-                return error(
-                    StatusCode::NOT_FOUND,
-                    "no_such_authorization",
-                    format!("{target:?} not found"),
-                );
+            let payment = match authorized(&mut inner.payments, target) {
+                Ok(payment) => payment,
+                Err(answer) => return answer,
             };
-            if payment.status != "authorized" {
-                return error(
-                    StatusCode::CONFLICT,
-                    "invalid_state",
-                    format!("authorization is {}", payment.status),
-                );
-            }
             payment.status = "voided";
             let id = payment.authorization_id.clone();
             inner.stats.voids += 1;

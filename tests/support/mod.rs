@@ -15,6 +15,15 @@ use tonic::transport::Channel;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_paygrid");
 
+/// The skills the card-payment example needs, all offered by a default `paygrid exec`.
+pub const SHIPPED_SKILLS: &[&str] = &[
+    "gateway.authorize",
+    "risk.score",
+    "ledger.post",
+    "verify.amounts",
+    "notify.receipt",
+];
+
 /// A running part; killed (SIGKILL) when dropped.
 pub struct Part {
     pub child: Child,
