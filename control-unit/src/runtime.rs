@@ -21,6 +21,9 @@ use crate::service::convert;
 use crate::spec::{CompiledSpec, SpecLimits};
 use crate::store::{Batch, EventWrite, Store, StoreError, WorkflowWrite};
 
+/// How long a registration may wait for its session.
+const REGISTRATION_TTL_MS: u64 = 60_000;
+
 /// Wall-clock unix milliseconds: the only clock the control unit reads.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -507,6 +510,12 @@ impl Actor {
         card: pb::AgentCard,
         execution_unit: String,
     ) -> pb::RegisterResponse {
+        // A registration whose session never opened (the agent retried, or died first)
+        // expires, so repeated reconnects cannot grow the agent map without bound.
+        self.agents.retain(|_, record| {
+            record.session.is_some()
+                || now.saturating_sub(record.registered_at) < REGISTRATION_TTL_MS
+        });
         self.agent_counter += 1;
         let agent = AgentId(format!("{}-{}", card.name, self.agent_counter).into());
         let token = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
