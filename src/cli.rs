@@ -33,6 +33,15 @@ pub struct Cli {
     /// Logs on stderr as JSON lines.
     #[arg(long, global = true)]
     pub log_json: bool,
+    /// Export spans over OTLP/gRPC to this endpoint (e.g. Jaeger v2 at
+    /// http://127.0.0.1:4317). Off when unset.
+    #[arg(
+        long,
+        global = true,
+        env = "OTEL_EXPORTER_OTLP_ENDPOINT",
+        value_name = "URL"
+    )]
+    pub otlp: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }

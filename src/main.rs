@@ -19,7 +19,6 @@ fn main() -> ExitCode {
     } else {
         paygrid_telemetry::LogFormat::Human
     };
-    paygrid_telemetry::init(service, format, cli.command.default_log_filter());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -30,6 +29,17 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // The OTLP exporter's channel lives on the runtime.
+    let telemetry = {
+        let _runtime = runtime.enter();
+        paygrid_telemetry::init(
+            service,
+            format,
+            cli.command.default_log_filter(),
+            cli.otlp.as_deref(),
+        )
+    };
     let code = runtime.block_on(cli::run(cli));
+    telemetry.shutdown();
     ExitCode::from(code)
 }

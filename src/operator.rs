@@ -11,6 +11,7 @@ use paygrid_proto::v1::agent_hub_client::AgentHubClient;
 use paygrid_proto::v1::workflows_client::WorkflowsClient;
 use serde_json::Value;
 use tonic::transport::Channel;
+use tracing::Instrument;
 
 use crate::cli::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use crate::output::{self, Progress};
@@ -164,8 +165,27 @@ pub async fn submit(endpoint: &str, args: SubmitArgs, json: bool) -> anyhow::Res
         idempotency_key: args.idempotency_key.unwrap_or_default(),
     };
     let mut client = WorkflowsClient::new(connect(endpoint).await?);
+    // With --otlp this call is a span, and the workflow's root span becomes its child.
+    let span = if paygrid_telemetry::otel::exporting() {
+        tracing::info_span!(target: "paygrid::cli", "submit", otel.kind = "client")
+    } else {
+        tracing::Span::none()
+    };
+    let mut request = tonic::Request::new(request);
+    if let Some((traceparent, tracestate)) = paygrid_telemetry::context::outgoing(&span) {
+        let metadata = request.metadata_mut();
+        if let Ok(value) = traceparent.parse() {
+            metadata.insert("traceparent", value);
+        }
+        if let Ok(value) = tracestate.parse()
+            && !tracestate.is_empty()
+        {
+            metadata.insert("tracestate", value);
+        }
+    }
     let response = client
         .submit(request)
+        .instrument(span)
         .await
         .map_err(anyhow::Error::new)?
         .into_inner();

@@ -11,8 +11,13 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::Status;
 use paygrid_execution_unit::{Agent, AgentCard, Role, SkillSpec, Task, TaskOutcome};
+use paygrid_telemetry::semconv;
 use serde_json::{Value, json};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// One gateway, one agent.
 pub struct GatewayAgent {
@@ -46,13 +51,84 @@ impl GatewayAgent {
         }
     }
 
+    /// One call to the gateway, in its own client span (when spans are exported) whose
+    /// context goes out as the `traceparent` header.
     async fn post(&self, path: &str, task: &Task, body: Value) -> TaskOutcome {
+        let span = self.call_span(path, task);
+        let outcome = self
+            .send(path, task, body, &span)
+            .instrument(span.clone())
+            .await;
+        if !span.is_none() {
+            match &outcome {
+                TaskOutcome::Succeeded(_) => span.set_status(Status::Ok),
+                TaskOutcome::Retryable { code, message }
+                | TaskOutcome::Permanent { code, message } => {
+                    span.add_event(
+                        semconv::event::ERROR,
+                        vec![
+                            KeyValue::new(semconv::ERROR_CODE, code.clone()),
+                            KeyValue::new(semconv::ERROR_MESSAGE, message.clone()),
+                            KeyValue::new(
+                                semconv::RETRYABLE,
+                                matches!(outcome, TaskOutcome::Retryable { .. }),
+                            ),
+                        ],
+                    );
+                    span.set_status(Status::error(message.clone()));
+                }
+            }
+        }
+        outcome
+    }
+
+    fn call_span(&self, path: &str, task: &Task) -> tracing::Span {
+        if !paygrid_telemetry::otel::exporting() {
+            return tracing::Span::none();
+        }
+        let operation = task.skill.strip_prefix("gateway.").unwrap_or(&task.skill);
+        let span = tracing::info_span!(
+            target: "paygrid::gateway",
+            "gateway call",
+            otel.name = format!("gateway {operation}"),
+            otel.kind = "client",
+        );
+        span.set_attribute(semconv::GATEWAY, self.name.clone());
+        span.set_attribute(semconv::HTTP_METHOD, "POST");
+        span.set_attribute(semconv::URL_PATH, path.to_owned());
+        span.set_attribute(semconv::TASK_ATTEMPT, i64::from(task.attempt));
+        if let Some(amount) = task.input.get("amount_minor").and_then(Value::as_i64) {
+            span.set_attribute(semconv::AMOUNT_MINOR, amount);
+        }
+        if let Some(currency) = task.input.get("currency").and_then(Value::as_str) {
+            span.set_attribute(semconv::CURRENCY, currency.to_owned());
+        }
+        span
+    }
+
+    async fn send(
+        &self,
+        path: &str,
+        task: &Task,
+        body: Value,
+        span: &tracing::Span,
+    ) -> TaskOutcome {
         let uri = format!("{}{path}", self.base_url);
-        let request = http::Request::post(&uri)
+        // This call's span, or the attempt's when spans are not exported here.
+        let (traceparent, tracestate) = match paygrid_telemetry::context::inject(span) {
+            (traceparent, tracestate) if !traceparent.is_empty() => (traceparent, tracestate),
+            _ => (task.traceparent.clone(), task.tracestate.clone()),
+        };
+        let mut request = http::Request::post(&uri)
             .header("content-type", "application/json")
-            .header("idempotency-key", &task.idempotency_key)
-            .header("traceparent", &task.traceparent)
-            .body(Full::new(Bytes::from(body.to_string())));
+            .header("idempotency-key", &task.idempotency_key);
+        if !traceparent.is_empty() {
+            request = request.header("traceparent", traceparent);
+            if !tracestate.is_empty() {
+                request = request.header("tracestate", tracestate);
+            }
+        }
+        let request = request.body(Full::new(Bytes::from(body.to_string())));
         let request = match request {
             Ok(request) => request,
             Err(e) => {
@@ -96,6 +172,9 @@ impl GatewayAgent {
             }
             Ok(Ok(answer)) => answer,
         };
+        if !span.is_none() {
+            span.set_attribute(semconv::HTTP_STATUS, i64::from(status.as_u16()));
+        }
         let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let code = body
             .get("error")

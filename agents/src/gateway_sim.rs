@@ -25,9 +25,12 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
+use paygrid_telemetry::semconv;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Simulator settings.
 #[derive(Debug, Clone)]
@@ -163,7 +166,65 @@ enum Effect {
     Payout,
 }
 
+impl Effect {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Authorize => "authorize",
+            Self::Capture => "capture",
+            Self::Void => "void",
+            Self::Refund => "refund",
+            Self::Payout => "payout",
+        }
+    }
+}
+
+/// One effect request in a server span (when spans are exported), a child of the
+/// caller's `traceparent`.
 async fn effect(
+    sim: Arc<Sim>,
+    effect: Effect,
+    target: Option<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !paygrid_telemetry::otel::exporting() {
+        return apply_effect(sim, effect, target, headers, body).await;
+    }
+    let span = tracing::info_span!(
+        target: "paygrid::gateway_sim",
+        "effect",
+        otel.name = format!("gateway-sim {}", effect.as_str()),
+        otel.kind = "server",
+    );
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    paygrid_telemetry::context::set_parent(&span, &header("traceparent"), &header("tracestate"));
+    span.set_attribute(semconv::GATEWAY, sim.name.clone());
+    span.set_attribute(semconv::HTTP_METHOD, "POST");
+    let response = apply_effect(sim, effect, target, headers, body)
+        .instrument(span.clone())
+        .await;
+    let status = response.status();
+    span.set_attribute(semconv::HTTP_STATUS, i64::from(status.as_u16()));
+    span.set_attribute(
+        "paygrid.idempotent_replay",
+        response.headers().contains_key("idempotent-replayed"),
+    );
+    if status.is_server_error() {
+        span.set_status(opentelemetry::trace::Status::error(format!(
+            "answered {}",
+            status.as_u16()
+        )));
+    }
+    response
+}
+
+async fn apply_effect(
     sim: Arc<Sim>,
     effect: Effect,
     target: Option<String>,
@@ -256,6 +317,7 @@ async fn effect(
         inner.idempotency.remove(&key);
         guard.armed = false;
         drop(inner);
+        tracing::info!(fault = "fail_before", "injected failure before the effect");
         let (status, body) = error(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
@@ -283,6 +345,7 @@ async fn effect(
     if inner.faults.fail_after_next > 0 {
         inner.faults.fail_after_next -= 1;
         inner.stats.injected_failures += 1;
+        tracing::info!(fault = "fail_after", "injected failure after the effect");
         let (status, body) = error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",

@@ -217,6 +217,8 @@ struct Actor {
     stored_specs: std::collections::HashSet<String>,
     /// The live health view, per (kind, subject), as telemetry agents report it.
     health: BTreeMap<(String, String), pb::HealthEntry>,
+    /// Workflow, task and attempt spans, exported as the history ends them.
+    spans: crate::traces::SpanRecorder,
 }
 
 /// An answer held until the group commit.
@@ -265,6 +267,7 @@ pub async fn start(
         store,
         replies: Vec::new(),
         stored_specs: std::collections::HashSet::new(),
+        spans: crate::traces::SpanRecorder::default(),
         health: BTreeMap::new(),
     };
     actor.recover().await?;
@@ -627,6 +630,20 @@ impl Actor {
         for command in out.drain(..) {
             match command {
                 Command::Dispatch { agent, assignment } => {
+                    let (traceparent, tracestate) = self
+                        .core
+                        .workflow(assignment.slot.workflow)
+                        .map(|w| {
+                            (
+                                crate::traces::attempt_context(
+                                    w,
+                                    assignment.slot,
+                                    assignment.attempt,
+                                ),
+                                w.tracestate.clone(),
+                            )
+                        })
+                        .unwrap_or_default();
                     frames
                         .entry(agent)
                         .or_default()
@@ -642,7 +659,8 @@ impl Actor {
                             input_json: assignment.input_json.into(),
                             deadline_unix_ms: assignment.deadline as i64,
                             idempotency_key: assignment.idempotency_key,
-                            traceparent: assignment.traceparent,
+                            traceparent,
+                            tracestate,
                             workflow_name: assignment.workflow_name,
                         });
                 }
@@ -672,8 +690,12 @@ impl Actor {
             let batch = self.batch(&records);
             store.commit(batch).await?;
         }
+        let exporting = paygrid_telemetry::otel::exporting();
         for (sequence, record) in &records {
             self.observe(record);
+            if exporting && let Some(workflow) = self.core.workflow(record.workflow) {
+                self.spans.record(record, workflow);
+            }
             self.notify(*sequence, record);
         }
         for reply in self.replies.drain(..) {
@@ -818,11 +840,16 @@ impl Actor {
                 continue;
             };
             let terminal = workflow.snapshot.status.is_terminal() && workflow.changes.is_empty();
-            match self
-                .core
-                .restore(now, workflow.snapshot, spec, &workflow.changes, &mut out)
-            {
-                Ok(_) if !terminal => active += 1,
+            let restored =
+                self.core
+                    .restore(now, workflow.snapshot, spec, &workflow.changes, &mut out);
+            match restored {
+                Ok(id) if !terminal => {
+                    active += 1;
+                    if let Some(workflow) = self.core.workflow(id) {
+                        self.spans.restored(workflow);
+                    }
+                }
                 Ok(_) => {}
                 Err(error) => {
                     tracing::error!(workflow = %id, %error, "cannot restore workflow");

@@ -31,6 +31,8 @@ fn workflow(now: u64, key: Option<&str>, status: WorkflowStatus) -> (WorkflowWri
             labels: BTreeMap::new(),
             idempotency_key: key.map(str::to_owned),
             traceparent: String::new(),
+            trace_parent_span: String::new(),
+            tracestate: String::new(),
         },
         &mut out,
     )

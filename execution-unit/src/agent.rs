@@ -83,8 +83,11 @@ pub struct Task {
     pub idempotency_key: String,
     /// Unix milliseconds after which the control unit gives up on this attempt.
     pub deadline_unix_ms: i64,
-    /// W3C trace context of the task.
+    /// W3C trace context: the attempt's span in the control unit. Agents that call out
+    /// (HTTP, gRPC) pass the current span's context instead, see
+    /// `paygrid_telemetry::context::inject`, and fall back to this one.
     pub traceparent: String,
+    pub tracestate: String,
     /// Fires when the control unit cancels the task or the unit shuts down hard.
     pub cancel: CancellationToken,
 }

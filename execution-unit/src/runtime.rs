@@ -6,14 +6,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use opentelemetry::KeyValue;
 use paygrid_proto::v1 as pb;
 use paygrid_proto::v1::agent_hub_client::AgentHubClient;
 use paygrid_proto::{AGENT_ID_METADATA, SESSION_TOKEN_METADATA};
+use paygrid_telemetry::semconv;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::agent::{Agent, AgentCard, Task, TaskOutcome};
 
@@ -123,6 +127,8 @@ struct AgentRunner {
     undelivered: Vec<pb::TaskResult>,
     /// Slots freed but not yet granted back as credits.
     credits_owed: u32,
+    /// The id the control unit gave this agent at its last registration.
+    agent_id: Arc<str>,
 }
 
 impl AgentRunner {
@@ -140,6 +146,7 @@ impl AgentRunner {
             results_sender,
             undelivered: Vec::new(),
             credits_owed: 0,
+            agent_id: "".into(),
         }
     }
 
@@ -250,6 +257,7 @@ impl AgentRunner {
             })?
             .into_inner();
         tracing::info!(agent = %self.card.name, agent_id = %registration.agent_id, "session open");
+        self.agent_id = registration.agent_id.as_str().into();
         let connected = [("agent", self.card.name.as_str())];
         self.config.metrics.gauge(
             "paygrid_agent_session_connected",
@@ -439,7 +447,9 @@ impl AgentRunner {
         );
         let agent = self.agent.clone();
         let results = self.results_sender.clone();
-        self.tasks.spawn(async move {
+        let span = handling_span(&assignment, &task_ref, &self.agent_id);
+        let handling = span.clone();
+        let work = async move {
             let input = serde_json::from_slice(&assignment.input_json);
             let result = match input {
                 Err(error) => outcome_to_pb(
@@ -459,6 +469,7 @@ impl AgentRunner {
                         idempotency_key: assignment.idempotency_key,
                         deadline_unix_ms: assignment.deadline_unix_ms,
                         traceparent: assignment.traceparent,
+                        tracestate: assignment.tracestate,
                         cancel: cancel.clone(),
                     };
                     let outcome = tokio::select! {
@@ -468,8 +479,63 @@ impl AgentRunner {
                     outcome_to_pb(task_ref, outcome)
                 }
             };
+            record_outcome(&handling, &result);
             let _ = results.send(result).await;
-        });
+        };
+        self.tasks.spawn(work.instrument(span));
+    }
+}
+
+/// The agent's handling of one attempt: a child of the attempt's span in the control
+/// unit (carried in the assignment). Only built when spans are exported.
+fn handling_span(assignment: &pb::Assignment, task: &pb::TaskRef, agent_id: &str) -> tracing::Span {
+    if !paygrid_telemetry::otel::exporting() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        target: "paygrid::agent",
+        "handle",
+        otel.name = format!("handle {}", assignment.skill),
+        otel.kind = "server",
+    );
+    paygrid_telemetry::context::set_parent(&span, &assignment.traceparent, &assignment.tracestate);
+    span.set_attribute(semconv::WORKFLOW_ID, task.workflow_id.clone());
+    span.set_attribute(semconv::WORKFLOW_NAME, assignment.workflow_name.clone());
+    span.set_attribute(semconv::TASK_ID, assignment.task_id.clone());
+    span.set_attribute(semconv::TASK_ATTEMPT, i64::from(task.attempt));
+    span.set_attribute(semconv::SKILL, assignment.skill.clone());
+    span.set_attribute(semconv::AGENT_ID, agent_id.to_owned());
+    span
+}
+
+/// The outcome on the handling span: status, and an event for a failure.
+fn record_outcome(span: &tracing::Span, result: &pb::TaskResult) {
+    if span.is_none() {
+        return;
+    }
+    let outcome = result.outcome();
+    let name = outcome.as_str_name();
+    let name = name
+        .strip_prefix("OUTCOME_")
+        .unwrap_or(name)
+        .to_ascii_lowercase();
+    span.set_attribute(semconv::ATTEMPT_OUTCOME, name);
+    match outcome {
+        pb::Outcome::Succeeded => span.set_status(opentelemetry::trace::Status::Ok),
+        outcome => {
+            let retryable = outcome != pb::Outcome::Permanent;
+            span.add_event(
+                semconv::event::ERROR,
+                vec![
+                    KeyValue::new(semconv::ERROR_CODE, result.error_code.clone()),
+                    KeyValue::new(semconv::ERROR_MESSAGE, result.error_message.clone()),
+                    KeyValue::new(semconv::RETRYABLE, retryable),
+                ],
+            );
+            span.set_status(opentelemetry::trace::Status::error(
+                result.error_message.clone(),
+            ));
+        }
     }
 }
 

@@ -9,3 +9,25 @@ pub const AGENT_ID: &str = "paygrid.agent.id";
 pub const GATEWAY: &str = "paygrid.gateway";
 pub const AMOUNT_MINOR: &str = "paygrid.amount.minor";
 pub const CURRENCY: &str = "paygrid.currency";
+pub const WORKFLOW_STATUS: &str = "paygrid.workflow.status";
+pub const TASK_STATUS: &str = "paygrid.task.status";
+pub const TASK_COMPENSATION: &str = "paygrid.task.compensation";
+pub const ATTEMPT_OUTCOME: &str = "paygrid.attempt.outcome";
+pub const ERROR_MESSAGE: &str = "paygrid.error.message";
+pub const ERROR_CODE: &str = "paygrid.error.code";
+pub const RETRYABLE: &str = "paygrid.error.retryable";
+pub const HTTP_STATUS: &str = "http.response.status_code";
+pub const HTTP_METHOD: &str = "http.request.method";
+pub const URL_PATH: &str = "url.path";
+
+/// Span events. Each sets the span's status to error as well.
+pub mod event {
+    /// An attempt failed and the task will run again; on the task span.
+    pub const RETRY: &str = "paygrid.retry";
+    /// An attempt ran past its timeout; on the attempt span.
+    pub const TIMEOUT: &str = "paygrid.timeout";
+    /// An attempt's agent stopped heartbeating, or went away.
+    pub const AGENT_LOST: &str = "paygrid.agent_lost";
+    /// An attempt, task, workflow or gateway call failed.
+    pub const ERROR: &str = "paygrid.error";
+}

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod otlp;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -154,13 +156,24 @@ pub struct Fleet {
     pub control: Part,
     pub gateway: Part,
     pub dir: TempDir,
+    /// Every part exports spans here, when set.
+    pub otlp: Option<String>,
 }
 
 impl Fleet {
     /// A gateway simulator, a control unit and `execs` execution units, each keeping its
     /// state in a fresh temporary directory.
     pub fn start(gateway_args: &[&str], execs: usize) -> Self {
+        Self::start_with(gateway_args, execs, None)
+    }
+
+    /// As [`Fleet::start`], every part exporting spans to the OTLP endpoint `otlp`.
+    pub fn start_with(gateway_args: &[&str], execs: usize, otlp: Option<&str>) -> Self {
         let dir = TempDir::new("fleet");
+        let otlp_args: Vec<&str> = match otlp {
+            Some(url) => vec!["--otlp", url],
+            None => Vec::new(),
+        };
         let gateway_dir = dir.path("gateway");
         let mut args = vec![
             "gateway-sim",
@@ -174,9 +187,10 @@ impl Fleet {
             &gateway_dir,
         ];
         args.extend_from_slice(gateway_args);
+        args.extend_from_slice(&otlp_args);
         let gateway = Part::start(&args);
         let control_dir = dir.path("control");
-        let control = Part::start(&[
+        let mut args = vec![
             "control",
             "--listen",
             "127.0.0.1:0",
@@ -184,12 +198,15 @@ impl Fleet {
             "5000",
             "--data-dir",
             &control_dir,
-        ]);
+        ];
+        args.extend_from_slice(&otlp_args);
+        let control = Part::start(&args);
         let mut fleet = Self {
             execs: Vec::new(),
             control,
             gateway,
             dir,
+            otlp: otlp.map(str::to_owned),
         };
         for n in 0..execs {
             fleet.add_exec(&format!("exec-{n}"), &[]);
@@ -212,6 +229,9 @@ impl Fleet {
             &data_dir,
         ];
         args.extend_from_slice(extra);
+        if let Some(url) = &self.otlp {
+            args.extend_from_slice(&["--otlp", url]);
+        }
         self.execs.push(Part::start(&args));
     }
 

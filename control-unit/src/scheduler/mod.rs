@@ -81,7 +81,11 @@ pub struct NewWorkflow {
     pub priority: Priority,
     pub labels: BTreeMap<String, String>,
     pub idempotency_key: Option<String>,
+    /// The workflow's root span: `00-<trace>-<root span>-<flags>`.
     pub traceparent: String,
+    /// The caller's span the root span is a child of (hex), empty for a new trace.
+    pub trace_parent_span: String,
+    pub tracestate: String,
 }
 
 /// What an agent reported for one attempt.
@@ -366,6 +370,8 @@ impl Scheduler {
             labels: new.labels,
             idempotency_key: new.idempotency_key,
             traceparent: new.traceparent,
+            trace_parent_span: new.trace_parent_span,
+            tracestate: new.tracestate,
             status: WorkflowStatus::Running,
             tasks,
             error: None,

@@ -31,6 +31,10 @@ pub struct Snapshot {
     pub labels: BTreeMap<String, String>,
     pub idempotency_key: Option<String>,
     pub traceparent: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub trace_parent_span: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tracestate: String,
     pub status: WorkflowStatus,
     pub error: Option<String>,
     pub created_at: u64,
@@ -69,6 +73,8 @@ impl Workflow {
             labels: self.labels.clone(),
             idempotency_key: self.idempotency_key.clone(),
             traceparent: self.traceparent.clone(),
+            trace_parent_span: self.trace_parent_span.clone(),
+            tracestate: self.tracestate.clone(),
             status: self.status,
             error: self.error.clone(),
             created_at: self.created_at,
@@ -207,6 +213,8 @@ impl Scheduler {
             labels: snapshot.labels,
             idempotency_key: snapshot.idempotency_key,
             traceparent: snapshot.traceparent,
+            trace_parent_span: snapshot.trace_parent_span,
+            tracestate: snapshot.tracestate,
             status: snapshot.status,
             tasks: snapshot.tasks,
             error: snapshot.error,

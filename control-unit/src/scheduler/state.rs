@@ -147,7 +147,11 @@ pub struct Workflow {
     pub priority: Priority,
     pub labels: BTreeMap<String, String>,
     pub idempotency_key: Option<String>,
+    /// The root span's context; task and attempt span ids derive from it.
     pub traceparent: String,
+    /// The caller's span (hex) the root span is a child of; empty for a new trace.
+    pub trace_parent_span: String,
+    pub tracestate: String,
     pub status: WorkflowStatus,
     pub tasks: Vec<TaskState>,
     pub error: Option<String>,

@@ -88,6 +88,8 @@ impl Sim {
                     labels: BTreeMap::new(),
                     idempotency_key: None,
                     traceparent: String::new(),
+                    trace_parent_span: String::new(),
+                    tracestate: String::new(),
                 },
                 &mut out,
             )

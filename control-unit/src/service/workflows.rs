@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use paygrid_proto::v1 as pb;
 use paygrid_proto::v1::workflows_server::Workflows;
+use paygrid_telemetry::context::TraceParent;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -160,14 +161,25 @@ fn parse_input(text: &str, limits: &SpecLimits) -> Result<serde_json::Value, Sta
         .map_err(|e| Status::invalid_argument(format!("input is not valid JSON: {e}")))
 }
 
-/// A fresh W3C traceparent for a new workflow (its root span).
-fn new_traceparent() -> String {
-    format!(
-        "00-{:016x}{:016x}-{:016x}-01",
-        fastrand::u64(..),
-        fastrand::u64(..),
-        fastrand::u64(1..)
-    )
+/// The trace a new workflow's root span joins: the caller's, when the request carries a
+/// W3C `traceparent` in its metadata (the root is then a child of the caller's span), or
+/// a new one. Returns the root's traceparent, the caller's span id and the tracestate.
+fn workflow_trace(metadata: &tonic::metadata::MetadataMap) -> (String, String, String) {
+    let header = |name: &str| {
+        metadata
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
+    let root = TraceParent::new_root();
+    match TraceParent::parse(header("traceparent")) {
+        Some(caller) => (
+            caller.with_span(root.span_id).to_string(),
+            caller.span_id.to_string(),
+            header("tracestate").to_owned(),
+        ),
+        None => (root.to_string(), String::new(), String::new()),
+    }
 }
 
 #[tonic::async_trait]
@@ -176,6 +188,7 @@ impl Workflows for WorkflowsService {
         &self,
         request: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitResponse>, Status> {
+        let (traceparent, trace_parent_span, tracestate) = workflow_trace(request.metadata());
         let request = request.into_inner();
         let spec = match request.spec {
             Some(pb::submit_request::Spec::SpecText(text)) => {
@@ -231,7 +244,9 @@ impl Workflows for WorkflowsService {
                 priority,
                 labels,
                 idempotency_key: key,
-                traceparent: new_traceparent(),
+                traceparent,
+                trace_parent_span,
+                tracestate,
             },
         };
         let submitted = self
