@@ -587,6 +587,7 @@ async fn card_numbers_and_cvvs_never_appear() {
     let dir = TempDir::new("secrets");
     let (control_log, exec_log) = (dir.0.join("control.log"), dir.0.join("exec.log"));
     let data_dir = dir.path("control");
+    let receiver = support::otlp::Receiver::start().await;
     let control = Part::start_logged(
         &[
             "control",
@@ -594,6 +595,8 @@ async fn card_numbers_and_cvvs_never_appear() {
             "127.0.0.1:0",
             "--data-dir",
             &data_dir,
+            "--otlp",
+            &receiver.url,
         ],
         &control_log,
     );
@@ -606,6 +609,8 @@ async fn card_numbers_and_cvvs_never_appear() {
             "sleep",
             "--sleep-ms",
             "1",
+            "--otlp",
+            &receiver.url,
         ],
         &exec_log,
     );
@@ -628,6 +633,13 @@ async fn card_numbers_and_cvvs_never_appear() {
         .args(["--control", &control.url, "--json", "status", &id])
         .output()
         .unwrap();
+    // Every span of the workflow, from both processes, with its events and status.
+    let spans = receiver
+        .wait_until(Duration::from_secs(30), |spans| {
+            let has = |name: &str| spans.iter().any(|s| s.name() == name);
+            has("workflow leaky") && has("handle bench.sleep")
+        })
+        .await;
     drop(exec);
     drop(control);
     let mut haystacks = vec![
@@ -644,6 +656,7 @@ async fn card_numbers_and_cvvs_never_appear() {
             std::fs::read_to_string(&control_log).unwrap(),
         ),
         ("exec log", std::fs::read_to_string(&exec_log).unwrap()),
+        ("spans", format!("{spans:#?}")),
     ];
     for entry in std::fs::read_dir(&data_dir).unwrap() {
         let path = entry.unwrap().path();

@@ -223,3 +223,98 @@ async fn one_trace_per_payment_across_processes() {
     );
     assert_eq!(one(&trace, "task authorized").parent_id(), root.span_id());
 }
+
+/// The control unit is killed (SIGKILL) while the capture runs and started again: the
+/// payment still has one trace, whose root span (recorded at the end, by the new
+/// process) is the parent of task spans the old process exported, and the capture's
+/// handling and gateway call still hang under an attempt span.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_payment_keeps_its_trace_across_a_control_unit_restart() {
+    let receiver = Receiver::start().await;
+    let mut fleet = Fleet::start_with(&[], 1, Some(&receiver.url));
+    fleet.wait_for_skills(SHIPPED_SKILLS).await;
+    http(
+        &fleet.gateway.url,
+        "PUT",
+        "/v1/admin/faults",
+        Some(r#"{"capture_latency_ms": 1500}"#),
+    );
+    let mut client = fleet.workflows().await;
+    let id = submit(
+        &mut client,
+        &spec("card-payment"),
+        json!({"amount_minor": 500, "currency": "EUR", "card_token": "tok_visa"}),
+        pb::Priority::Unspecified,
+    )
+    .await;
+    let of_workflow = |s: &Received| s.attr("paygrid.workflow.id").as_deref() == Some(id.as_str());
+    // The checkpoint's span is exported once it passed: the capture is running then.
+    receiver
+        .wait_until(Duration::from_secs(30), |spans| {
+            spans
+                .iter()
+                .any(|s| s.name() == "task authorized" && of_workflow(s))
+        })
+        .await;
+    fleet.control.restart();
+    let mut client = fleet.workflows().await;
+    let workflow = wait_terminal(&mut client, &id).await;
+    assert_eq!(workflow.status, pb::WorkflowStatus::Succeeded as i32);
+    // The execution unit reported the running capture when it reconnected: adopted, not
+    // dispatched again.
+    assert_eq!(task(&workflow, "capture").attempts, 1, "{workflow:#?}");
+
+    let spans = receiver
+        .wait_until(Duration::from_secs(30), |spans| {
+            let has = |name: &str| spans.iter().any(|s| s.name() == name && of_workflow(s));
+            has("workflow card-payment") && has("task receipt") && has("handle notify.receipt")
+        })
+        .await;
+    let root = spans
+        .iter()
+        .find(|s| s.name() == "workflow card-payment" && of_workflow(s))
+        .unwrap();
+    let trace: Vec<&Received> = spans
+        .iter()
+        .filter(|s| s.trace_id() == root.trace_id())
+        .collect();
+    let ids: std::collections::HashSet<String> = trace.iter().map(|s| s.span_id()).collect();
+    let find = |name: &str| {
+        trace
+            .iter()
+            .find(|s| s.name() == name)
+            .unwrap_or_else(|| panic!("no {name} span in the trace"))
+    };
+    // Exported by the first process, under the root the second one recorded.
+    assert_eq!(find("task risk").parent_id(), root.span_id());
+    assert_eq!(find("task authorize").parent_id(), root.span_id());
+    // Exported by the second process.
+    assert_eq!(find("task capture").parent_id(), root.span_id());
+    assert_eq!(find("task receipt").parent_id(), root.span_id());
+    // Every capture handling (the interrupted attempt's and its replacement's) hangs
+    // under an attempt span of the capture task.
+    let capture = find("task capture");
+    let handles: Vec<&&Received> = trace
+        .iter()
+        .filter(|s| s.name() == "handle gateway.capture")
+        .collect();
+    assert_eq!(handles.len(), 1);
+    for handle in handles {
+        let attempt = trace
+            .iter()
+            .find(|s| s.span_id() == handle.parent_id())
+            .unwrap_or_else(|| panic!("the attempt span of {handle:#?} is missing"));
+        assert_eq!(attempt.name(), "attempt capture");
+        assert_eq!(attempt.parent_id(), capture.span_id());
+    }
+    for span in &trace {
+        if span.span_id() != root.span_id() {
+            assert!(
+                ids.contains(&span.parent_id()),
+                "{} has no parent",
+                span.name()
+            );
+        }
+    }
+    assert_eq!(gateway_stats(&fleet.gateway)["captures"], 1);
+}

@@ -192,3 +192,87 @@ fn changed(text: &str) -> Option<String> {
     let redacted = redact::redact_text(text);
     (redacted != text).then_some(redacted)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use opentelemetry::trace::{Event, SpanContext, SpanKind};
+    use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
+
+    use super::*;
+
+    #[derive(Debug, Default)]
+    struct Capture(Arc<Mutex<Vec<SpanData>>>);
+
+    impl SpanExporter for Capture {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(batch);
+            Ok(())
+        }
+    }
+
+    fn leaky_span() -> SpanData {
+        let mut events = SpanEvents::default();
+        events.events = vec![Event::new(
+            "declined 4242 4242 4242 4242",
+            std::time::SystemTime::now(),
+            vec![
+                KeyValue::new("message", "card 4000-0566-5566-5556 declined"),
+                KeyValue::new("card.cvv", "737"),
+            ],
+            0,
+        )];
+        SpanData {
+            span_context: SpanContext::empty_context(),
+            parent_span_id: opentelemetry::trace::SpanId::INVALID,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Internal,
+            name: "charge 4242424242424242".into(),
+            start_time: std::time::SystemTime::now(),
+            end_time: std::time::SystemTime::now(),
+            attributes: vec![
+                KeyValue::new("card_number", "4242424242424242"),
+                KeyValue::new("pan", 4_242_424_242_424_242_i64),
+                KeyValue::new("security_code", "1234"),
+                KeyValue::new("paygrid.amount.minor", 1999_i64),
+            ],
+            dropped_attributes_count: 0,
+            events,
+            links: SpanLinks::default(),
+            status: Status::error("gateway refused 5555555555554444 with cvv=123"),
+            instrumentation_scope: opentelemetry::InstrumentationScope::builder("t").build(),
+        }
+    }
+
+    #[test]
+    fn exported_spans_hold_no_card_data() {
+        let captured = Arc::new(Mutex::new(Vec::new()));
+        let exporter = Redacting(Capture(captured.clone()));
+        let export = exporter.export(vec![leaky_span()]);
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(export)
+            .expect("export");
+        let spans = captured.lock().unwrap_or_else(|e| e.into_inner());
+        let text = format!("{spans:?}");
+        for secret in [
+            "4242424242424242",
+            "4242 4242 4242 4242",
+            "4000-0566-5566-5556",
+            "5555555555554444",
+            "\"737\"",
+            "\"1234\"",
+            "cvv=123",
+        ] {
+            assert!(!text.contains(secret), "`{secret}` was exported: {text}");
+        }
+        assert!(text.contains("424242******4242"), "{text}");
+        assert!(text.contains("555555******4444"), "{text}");
+        assert!(text.contains("I64(1999)"), "amounts are kept: {text}");
+    }
+}

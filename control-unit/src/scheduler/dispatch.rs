@@ -11,7 +11,10 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::{Assignment, Change, Command, ReadyEntry, Scheduler, Slot, Timer, TimerKind, record};
+use super::{
+    Assignment, AttemptOutcome, AttemptRecord, Change, Command, ReadyEntry, Scheduler, Slot, Timer,
+    TimerKind, record,
+};
 use crate::model::{AgentId, TaskStatus, WorkflowStatus};
 use crate::spec::{RoutePolicy, Scope};
 
@@ -208,6 +211,22 @@ impl Scheduler {
         let Some(execution) = workflow.execution_mut(slot) else {
             return;
         };
+        let unrecorded = execution
+            .history
+            .last()
+            .is_none_or(|h| h.attempt != execution.attempt);
+        if execution.attempt_open && execution.attempt > 0 && unrecorded {
+            // Only after a restart: the attempt the old process dispatched never answered
+            // and this one replaces it (its late answer no longer counts).
+            execution.history.push(AttemptRecord {
+                attempt: execution.attempt,
+                agent: execution.agent.clone(),
+                started_at: execution.attempt_started_at,
+                finished_at: now,
+                outcome: AttemptOutcome::Interrupted,
+                error: Some("the control unit restarted while it ran; attempt replaced".into()),
+            });
+        }
         execution.attempt += 1;
         execution.attempt_open = true;
         execution.status = TaskStatus::Dispatched;

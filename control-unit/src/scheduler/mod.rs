@@ -585,6 +585,14 @@ impl Scheduler {
                 continue;
             }
             execution.lease_until = lease_until;
+            // After a restart the agent reports what it still runs: adopt it, so that
+            // losing the agent re-dispatches it at once.
+            if let Some(agent_slot) = self.agents.get_mut(agent)
+                && agent_slot.assigned.get(&slot) != Some(&attempt)
+            {
+                agent_slot.assigned.insert(slot, attempt);
+                execution.agent = Some(agent.clone());
+            }
             if execution.status == TaskStatus::Dispatched {
                 execution.status = TaskStatus::Running;
                 workflow.updated_at = now;

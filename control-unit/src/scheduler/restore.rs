@@ -287,9 +287,7 @@ impl Scheduler {
             };
             match state.run.status {
                 TaskStatus::Ready | TaskStatus::Dispatched | TaskStatus::Running => {
-                    // Outcome unknown: run it again; a late answer to this attempt still counts.
-                    state.run.attempt_open = state.run.attempt > 0;
-                    self.make_ready(slot, out);
+                    self.resume_in_flight(slot, out);
                 }
                 TaskStatus::Backoff => {
                     let (at, attempt) = (state.run.retry_at, state.run.attempt);
@@ -312,6 +310,33 @@ impl Scheduler {
             .is_some_and(|w| w.status == WorkflowStatus::Running && w.tasks_remaining == 0);
         if done {
             self.finish_workflow(id, WorkflowStatus::Succeeded, None, out);
+        }
+    }
+
+    /// A task whose outcome the store does not hold. One that was dispatched may still
+    /// run on its agent: it gets one lease to be reported (an agent's opening frame lists
+    /// what it runs, and adopts it) or answered; after that it runs again, with the same
+    /// idempotency key. One that was only ready is queued again.
+    fn resume_in_flight(&mut self, slot: Slot, out: &mut Vec<Command>) {
+        let lease_until = self.now + self.config.lease_ttl.as_millis() as u64;
+        let Some(execution) = self
+            .workflows
+            .get_mut(&slot.workflow)
+            .and_then(|w| w.execution_mut(slot))
+        else {
+            return;
+        };
+        execution.attempt_open = execution.attempt > 0;
+        if execution.attempt > 0 && execution.is_in_flight() {
+            execution.lease_until = lease_until;
+            self.timers.push(Reverse(Timer {
+                at: execution.deadline.min(lease_until),
+                slot,
+                attempt: execution.attempt,
+                kind: TimerKind::Attempt,
+            }));
+        } else {
+            self.make_ready(slot, out);
         }
     }
 
@@ -346,7 +371,7 @@ impl Scheduler {
             }
         }
         for task in settle {
-            self.make_ready(
+            self.resume_in_flight(
                 Slot {
                     workflow: id,
                     task,

@@ -62,6 +62,8 @@ pub enum AttemptOutcome {
     LeaseExpired,
     AgentLost,
     Cancelled,
+    /// Replaced by a new attempt after a control-unit restart, its outcome unknown.
+    Interrupted,
 }
 
 impl AttemptOutcome {
@@ -74,6 +76,7 @@ impl AttemptOutcome {
             Self::LeaseExpired => "lease_expired",
             Self::AgentLost => "agent_lost",
             Self::Cancelled => "cancelled",
+            Self::Interrupted => "interrupted",
         }
     }
 }
