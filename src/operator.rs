@@ -350,8 +350,8 @@ pub async fn agents(endpoint: &str, skill: Option<String>, json: bool) -> anyhow
         return Ok(EXIT_OK);
     }
     println!(
-        "{:<22}  {:<14}  {:<9}  {:>8}  {:>7}  {:>9}  skills / labels",
-        "AGENT", "EXEC UNIT", "STATE", "INFLIGHT", "CREDITS", "COMPLETED"
+        "{:<22}  {:<14}  {:<9}  {:>8}  {:>7}  {:>9}  {:>6}  {:>7}  {:>5}  skills / labels",
+        "AGENT", "EXEC UNIT", "STATE", "INFLIGHT", "CREDITS", "COMPLETED", "ERR%", "P99 MS", "SAT"
     );
     for agent in &response.agents {
         let card = agent.card.clone().unwrap_or_default();
@@ -368,14 +368,30 @@ pub async fn agents(endpoint: &str, skill: Option<String>, json: bool) -> anyhow
         } else {
             "idle"
         };
+        // Health over the telemetry agent's last window; `-` before its first report.
+        let (errors, p99, saturation) = match agent.health.as_ref().and_then(|h| {
+            h.report
+                .as_ref()
+                .map(|r| (h.error_rate, r.latency_p99_ms, r.saturation))
+        }) {
+            Some((rate, p99, saturation)) => (
+                format!("{:.1}", rate * 100.0),
+                p99.to_string(),
+                format!("{:.0}%", saturation * 100.0),
+            ),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
         println!(
-            "{:<22}  {:<14}  {:<9}  {:>8}  {:>7}  {:>9}  {} {}",
+            "{:<22}  {:<14}  {:<9}  {:>8}  {:>7}  {:>9}  {:>6}  {:>7}  {:>5}  {} {}",
             agent.agent_id,
             agent.execution_unit,
             state,
             agent.inflight,
             agent.credits,
             agent.tasks_completed,
+            errors,
+            p99,
+            saturation,
             skills.join(","),
             labels.join(",")
         );
@@ -604,13 +620,19 @@ pub async fn health(endpoint: &str, json: bool) -> anyhow::Result<u8> {
         return Ok(EXIT_OK);
     }
     println!(
-        "{:<8} {:<16} {:>8} {:>7} {:>8} {:>8} {:>8} {:>6}  reported by",
+        "{:<8} {:<18} {:>8} {:>7} {:>8} {:>8} {:>8} {:>6}  reported by",
         "KIND", "SUBJECT", "REQUESTS", "ERRORS", "ERR RATE", "P50 MS", "P99 MS", "SAT"
     );
     for entry in &entries {
         let r = entry.report.clone().unwrap_or_default();
+        // Several agents may offer a skill: no single saturation for it.
+        let saturation = if r.kind == "skill" {
+            "-".to_owned()
+        } else {
+            format!("{:.0}%", r.saturation * 100.0)
+        };
         println!(
-            "{:<8} {:<16} {:>8} {:>7} {:>7.1}% {:>8} {:>8} {:>5.0}%  {}",
+            "{:<8} {:<18} {:>8} {:>7} {:>7.1}% {:>8} {:>8} {:>6}  {}",
             r.kind,
             r.subject,
             r.requests,
@@ -618,7 +640,7 @@ pub async fn health(endpoint: &str, json: bool) -> anyhow::Result<u8> {
             entry.error_rate * 100.0,
             r.latency_p50_ms,
             r.latency_p99_ms,
-            r.saturation * 100.0,
+            saturation,
             entry.reported_by
         );
     }

@@ -87,6 +87,11 @@ pub fn agent_json(a: &pb::AgentInfo) -> Value {
         "draining": a.draining, "inflight": a.inflight, "credits": a.credits, "tasks_completed": a.tasks_completed,
         "max_concurrency": card.max_concurrency, "labels": card.labels,
         "skills": card.skills.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+        "health": a.health.as_ref().and_then(|h| h.report.as_ref().map(|r| json!({
+            "requests": r.requests, "errors": r.errors, "error_rate": h.error_rate,
+            "latency_p50_ms": r.latency_p50_ms, "latency_p99_ms": r.latency_p99_ms,
+            "saturation": r.saturation, "updated_at_ms": h.updated_at_ms,
+        }))),
     })
 }
 

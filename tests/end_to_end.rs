@@ -874,4 +874,43 @@ async fn health_shows_a_failing_gateway() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(failing["errors"].as_u64() >= Some(3), "{failing}");
+
+    // The same report, per skill in `paygrid health` and per agent in `paygrid agents`.
+    let cli = |args: &[&str]| {
+        let output = std::process::Command::new(BIN)
+            .args(["--control", &fleet.control.url])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let entries: serde_json::Value = serde_json::from_str(&cli(&["--json", "health"])).unwrap();
+    let skill = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "skill" && e["subject"] == "gateway.authorize")
+        .expect("a health entry for skill gateway.authorize");
+    assert!(skill["error_rate"].as_f64() > Some(0.5), "{skill}");
+    let agents: serde_json::Value = serde_json::from_str(&cli(&["--json", "agents"])).unwrap();
+    let gateway_agent = agents
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "gateway-alpha")
+        .expect("the gateway agent");
+    assert!(
+        gateway_agent["health"]["error_rate"].as_f64() > Some(0.5),
+        "{gateway_agent}"
+    );
+    let table = cli(&["agents"]);
+    assert!(table.lines().next().unwrap().contains("ERR%"), "{table}");
+    let row = table
+        .lines()
+        .find(|l| l.contains("gateway.authorize"))
+        .unwrap();
+    assert!(
+        !row.contains(" - "),
+        "the gateway agent's row shows its health: {row}"
+    );
 }

@@ -216,7 +216,9 @@ struct Actor {
     /// Spec hashes already in the store.
     stored_specs: std::collections::HashSet<String>,
     /// The live health view, per (kind, subject), as telemetry agents report it.
-    health: BTreeMap<(String, String), pb::HealthEntry>,
+    /// Keyed by (kind, subject, reporting unit): units sharing a gateway or a skill each
+    /// keep their own view.
+    health: BTreeMap<(String, String, String), pb::HealthEntry>,
     /// Workflow, task and attempt spans, exported as the history ends them.
     spans: crate::traces::SpanRecorder,
 }
@@ -613,6 +615,14 @@ impl Actor {
                     draining: slot.is_some_and(|s| s.draining),
                     registered_at_ms: record.registered_at as i64,
                     tasks_completed: slot.map_or(0, |s| s.completed),
+                    health: self
+                        .health
+                        .get(&(
+                            "agent".to_owned(),
+                            record.card.name.clone(),
+                            record.execution_unit.clone(),
+                        ))
+                        .cloned(),
                 }
             })
             .collect();
@@ -980,7 +990,11 @@ impl Actor {
             if report.kind == "gateway" && report.requests >= 5 && error_rate >= 0.5 {
                 self.core.gateway_unhealthy(now, &report.subject);
             }
-            let key = (report.kind.clone(), report.subject.clone());
+            let key = (
+                report.kind.clone(),
+                report.subject.clone(),
+                reported_by.clone(),
+            );
             self.health.insert(
                 key,
                 pb::HealthEntry {

@@ -50,7 +50,8 @@ impl HealthCollector {
         std::iter::once(("agent", agent)).chain(gateway.map(|g| ("gateway", g)))
     }
 
-    /// One finished task of `agent` (and of its gateway, if it has one).
+    /// One finished task of `agent` (and of its gateway, if it has one), also counted
+    /// for its skill.
     pub fn observe(
         &self,
         agent: &str,
@@ -64,7 +65,7 @@ impl HealthCollector {
             .subjects
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (kind, name) in Self::subjects_of(agent, gateway) {
+        for (kind, name) in Self::subjects_of(agent, gateway).chain([("skill", skill)]) {
             let window = subjects.entry((kind, name.to_owned())).or_default();
             window.samples.push_back((
                 now,
