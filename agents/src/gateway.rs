@@ -11,7 +11,6 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use opentelemetry::KeyValue;
 use opentelemetry::trace::Status;
 use paygrid_execution_unit::{Agent, AgentCard, Role, SkillSpec, Task, TaskOutcome};
 use paygrid_telemetry::semconv;
@@ -64,18 +63,12 @@ impl GatewayAgent {
                 TaskOutcome::Succeeded(_) => span.set_status(Status::Ok),
                 TaskOutcome::Retryable { code, message }
                 | TaskOutcome::Permanent { code, message } => {
-                    span.add_event(
-                        semconv::event::ERROR,
-                        vec![
-                            KeyValue::new(semconv::ERROR_CODE, code.clone()),
-                            KeyValue::new(semconv::ERROR_MESSAGE, message.clone()),
-                            KeyValue::new(
-                                semconv::RETRYABLE,
-                                matches!(outcome, TaskOutcome::Retryable { .. }),
-                            ),
-                        ],
+                    paygrid_telemetry::context::record_error(
+                        &span,
+                        code,
+                        message,
+                        matches!(outcome, TaskOutcome::Retryable { .. }),
                     );
-                    span.set_status(Status::error(message.clone()));
                 }
             }
         }

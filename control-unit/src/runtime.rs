@@ -640,20 +640,6 @@ impl Actor {
         for command in out.drain(..) {
             match command {
                 Command::Dispatch { agent, assignment } => {
-                    let (traceparent, tracestate) = self
-                        .core
-                        .workflow(assignment.slot.workflow)
-                        .map(|w| {
-                            (
-                                crate::traces::attempt_context(
-                                    w,
-                                    assignment.slot,
-                                    assignment.attempt,
-                                ),
-                                w.tracestate.clone(),
-                            )
-                        })
-                        .unwrap_or_default();
                     frames
                         .entry(agent)
                         .or_default()
@@ -669,8 +655,8 @@ impl Actor {
                             input_json: assignment.input_json.into(),
                             deadline_unix_ms: assignment.deadline as i64,
                             idempotency_key: assignment.idempotency_key,
-                            traceparent,
-                            tracestate,
+                            traceparent: assignment.traceparent,
+                            tracestate: assignment.tracestate,
                             workflow_name: assignment.workflow_name,
                         });
                 }

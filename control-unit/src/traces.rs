@@ -23,14 +23,14 @@ use crate::model::{TaskStatus, WorkflowStatus};
 use crate::scheduler::state::Workflow;
 use crate::scheduler::{AttemptOutcome, AttemptRecord, Change, Execution, Millis, Record, Slot};
 
-/// The context to send with an attempt: the attempt's span as parent.
-pub fn attempt_context(workflow: &Workflow, slot: Slot, attempt: u32) -> String {
-    match TraceParent::parse(&workflow.traceparent) {
-        Some(root) => root
-            .with_span(attempt_span(root, slot, attempt))
-            .to_string(),
-        None => String::new(),
-    }
+/// The context to send with an attempt of a workflow whose root span is `root`: the
+/// attempt's span as parent.
+pub fn attempt_context(root: Option<TraceParent>, slot: Slot, attempt: u32) -> String {
+    root.map(|root| {
+        root.with_span(attempt_span(root, slot, attempt))
+            .to_string()
+    })
+    .unwrap_or_default()
 }
 
 fn task_span(root: TraceParent, slot: Slot) -> SpanId {

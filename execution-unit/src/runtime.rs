@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use opentelemetry::KeyValue;
 use paygrid_proto::v1 as pb;
 use paygrid_proto::v1::agent_hub_client::AgentHubClient;
 use paygrid_proto::{AGENT_ID_METADATA, SESSION_TOKEN_METADATA};
@@ -522,20 +521,12 @@ fn record_outcome(span: &tracing::Span, result: &pb::TaskResult) {
     span.set_attribute(semconv::ATTEMPT_OUTCOME, name);
     match outcome {
         pb::Outcome::Succeeded => span.set_status(opentelemetry::trace::Status::Ok),
-        outcome => {
-            let retryable = outcome != pb::Outcome::Permanent;
-            span.add_event(
-                semconv::event::ERROR,
-                vec![
-                    KeyValue::new(semconv::ERROR_CODE, result.error_code.clone()),
-                    KeyValue::new(semconv::ERROR_MESSAGE, result.error_message.clone()),
-                    KeyValue::new(semconv::RETRYABLE, retryable),
-                ],
-            );
-            span.set_status(opentelemetry::trace::Status::error(
-                result.error_message.clone(),
-            ));
-        }
+        outcome => paygrid_telemetry::context::record_error(
+            span,
+            &result.error_code,
+            &result.error_message,
+            outcome != pb::Outcome::Permanent,
+        ),
     }
 }
 

@@ -135,6 +135,23 @@ pub fn inject(span: &tracing::Span) -> (String, String) {
     (parent.to_string(), context.trace_state().header())
 }
 
+/// A failure on `span`: a `paygrid.error` event (code, message, retryable) and the error
+/// status. Does nothing on a span that is not exported.
+pub fn record_error(span: &tracing::Span, code: &str, message: &str, retryable: bool) {
+    if span.is_none() {
+        return;
+    }
+    span.add_event(
+        crate::semconv::event::ERROR,
+        vec![
+            opentelemetry::KeyValue::new(crate::semconv::ERROR_CODE, code.to_owned()),
+            opentelemetry::KeyValue::new(crate::semconv::ERROR_MESSAGE, message.to_owned()),
+            opentelemetry::KeyValue::new(crate::semconv::RETRYABLE, retryable),
+        ],
+    );
+    span.set_status(opentelemetry::trace::Status::error(message.to_owned()));
+}
+
 /// The context a client sends: `span`'s when it is exported, else the `TRACEPARENT` and
 /// `TRACESTATE` environment variables (so a script can put `paygrid submit` into its own
 /// trace), else none.

@@ -15,6 +15,8 @@ use super::{
     Assignment, AttemptOutcome, AttemptRecord, Change, Command, ReadyEntry, Scheduler, Slot, Timer,
     TimerKind, record,
 };
+use paygrid_telemetry::context::TraceParent;
+
 use crate::model::{AgentId, TaskStatus, WorkflowStatus};
 use crate::spec::{RoutePolicy, Scope};
 
@@ -202,7 +204,8 @@ impl Scheduler {
         };
         let task_id = compiled.id.clone();
         let workflow_name = workflow.spec.name.clone();
-        let traceparent = workflow.traceparent.clone();
+        let root = TraceParent::parse(&workflow.traceparent);
+        let tracestate = workflow.tracestate.clone();
         let deadline = now + timeout.as_millis() as u64;
         let lease_until = now + self.config.lease_ttl.as_millis() as u64;
         let Some(workflow) = self.workflows.get_mut(&slot.workflow) else {
@@ -274,7 +277,8 @@ impl Scheduler {
                 input_json,
                 deadline,
                 idempotency_key,
-                traceparent,
+                traceparent: crate::traces::attempt_context(root, slot, attempt),
+                tracestate,
                 workflow_name,
             }),
         });

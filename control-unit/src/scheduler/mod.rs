@@ -138,7 +138,9 @@ pub struct Assignment {
     pub input_json: Vec<u8>,
     pub deadline: Millis,
     pub idempotency_key: String,
+    /// The attempt's span as parent (see `traces::attempt_context`).
     pub traceparent: String,
+    pub tracestate: String,
     pub workflow_name: String,
 }
 
