@@ -219,15 +219,16 @@ impl Scheduler {
             .last()
             .is_none_or(|h| h.attempt != execution.attempt);
         if execution.attempt_open && execution.attempt > 0 && unrecorded {
-            // Only after a restart: the attempt the old process dispatched never answered
-            // and this one replaces it (its late answer no longer counts).
+            // Only after a restart, for an attempt whose end the log does not hold (its
+            // agent was lost and it was queued again): this one replaces it, and its late
+            // answer no longer counts.
             execution.history.push(AttemptRecord {
                 attempt: execution.attempt,
                 agent: execution.agent.clone(),
                 started_at: execution.attempt_started_at,
                 finished_at: now,
                 outcome: AttemptOutcome::Interrupted,
-                error: Some("the control unit restarted while it ran; attempt replaced".into()),
+                error: Some("no answer recorded before a control-unit restart; replaced".into()),
             });
         }
         execution.attempt += 1;

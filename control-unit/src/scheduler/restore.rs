@@ -13,7 +13,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Change, Command, Execution, Scheduler, Slot, TaskState, Timer, TimerKind, Workflow};
+use super::{
+    AttemptOutcome, AttemptRecord, Change, Command, Execution, Scheduler, Slot, TaskState, Timer,
+    TimerKind, Workflow,
+};
 use crate::model::{Priority, TaskStatus, WorkflowId, WorkflowStatus};
 use crate::spec::CompiledSpec;
 
@@ -128,11 +131,12 @@ fn apply(workflow: &mut Workflow, at: u64, change: &Change) -> Result<(), Restor
             } else {
                 &mut state.run
             };
-            execution.status = *status;
-            execution.attempt = *attempt;
             if agent.is_some() {
                 execution.agent.clone_from(agent);
             }
+            track_attempt(execution, at, *status, *attempt, detail.as_deref());
+            execution.status = *status;
+            execution.attempt = *attempt;
             if output.is_some() {
                 execution.output.clone_from(output);
             }
@@ -179,6 +183,54 @@ fn apply(workflow: &mut Workflow, at: u64, change: &Change) -> Result<(), Restor
         }
     }
     Ok(())
+}
+
+/// Keeps an execution's attempt state and history while changes are replayed: a
+/// dispatch opens an attempt; the change that ends it (backoff, success, failure) adds it
+/// to the history, as the running scheduler did. The log holds the outcome's class only
+/// in the change's detail (the same text `paygrid status` shows).
+fn track_attempt(
+    execution: &mut Execution,
+    at: u64,
+    status: TaskStatus,
+    attempt: u32,
+    detail: Option<&str>,
+) {
+    let outcome = match status {
+        TaskStatus::Dispatched => {
+            execution.attempt_started_at = at;
+            execution.attempt_open = true;
+            return;
+        }
+        TaskStatus::Succeeded | TaskStatus::Compensated => AttemptOutcome::Succeeded,
+        TaskStatus::Backoff => match detail.unwrap_or("") {
+            d if d.contains("timed out") => AttemptOutcome::Timeout,
+            d if d.contains("lease of attempt") => AttemptOutcome::LeaseExpired,
+            _ => AttemptOutcome::Retryable,
+        },
+        TaskStatus::Failed if detail.is_some_and(|d| d.contains(" attempts)")) => {
+            AttemptOutcome::Retryable
+        }
+        TaskStatus::Failed => AttemptOutcome::Permanent,
+        TaskStatus::Cancelled => AttemptOutcome::Cancelled,
+        _ => return,
+    };
+    let recorded = execution
+        .history
+        .last()
+        .is_some_and(|h| h.attempt == attempt);
+    if execution.attempt_open && attempt > 0 && !recorded {
+        execution.history.push(AttemptRecord {
+            attempt,
+            agent: execution.agent.clone(),
+            started_at: execution.attempt_started_at,
+            finished_at: at,
+            outcome,
+            error: (outcome != AttemptOutcome::Succeeded)
+                .then(|| detail.unwrap_or_default().to_owned()),
+        });
+    }
+    execution.attempt_open = false;
 }
 
 impl Scheduler {
