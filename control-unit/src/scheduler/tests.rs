@@ -287,6 +287,49 @@ fn retryable_failure_is_retried_with_backoff() {
     assert_eq!(a.history[0].outcome, AttemptOutcome::Retryable);
 }
 
+/// Attempts that ended after the last snapshot are rebuilt from the change log on
+/// restore, with the times, agent and outcome the running core recorded.
+#[test]
+fn restore_rebuilds_attempt_history_from_the_log() {
+    let mut sim = Sim::new();
+    sim.join("w", &["work"], 1, &[]);
+    let id = sim.submit(&spec(CHAIN), Priority::Normal, serde_json::json!({}));
+    sim.advance(5);
+    sim.answer(
+        0,
+        Outcome::Retryable {
+            error: "503".into(),
+        },
+    );
+    let before = sim.core.workflow(id).unwrap().tasks[0].run.history.clone();
+    assert_eq!(before.len(), 1);
+    sim.crash_and_restore();
+    let after = &sim.core.workflow(id).unwrap().tasks[0].run.history;
+    assert_eq!(after.len(), 1, "{after:?}");
+    let (was, is) = (&before[0], &after[0]);
+    assert_eq!(
+        (
+            is.attempt,
+            &is.agent,
+            is.started_at,
+            is.finished_at,
+            is.outcome
+        ),
+        (
+            was.attempt,
+            &was.agent,
+            was.started_at,
+            was.finished_at,
+            was.outcome
+        )
+    );
+    assert!(is.error.as_deref().is_some_and(|e| e.contains("503")));
+    sim.run_to_quiet();
+    assert_eq!(sim.status(id), WorkflowStatus::Succeeded);
+    let history = &sim.core.workflow(id).unwrap().tasks[0].run.history;
+    assert_eq!(history.len(), 2, "{history:?}");
+}
+
 /// A permanent failure fails the workflow at once: no retry, downstream never runs.
 #[test]
 fn permanent_failure_is_not_retried() {
