@@ -520,6 +520,7 @@ fn assignment_and_result_sizes(task_ms: u64) -> (usize, usize) {
             traceparent: "00-3b5e1f0c2d4a6b8c9d0e1f2a3b4c5d6e-1a2b3c4d5e6f7081-01".into(),
             tracestate: String::new(),
             workflow_name: "bench-seq3".into(),
+            settle: false,
         }],
         cancellations: Vec::new(),
     };

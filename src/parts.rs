@@ -164,6 +164,23 @@ fn parse_gateway(text: &str) -> Result<GatewayArg, String> {
     })
 }
 
+/// `MIN-MAX` in milliseconds, MIN <= MAX.
+fn parse_range_ms(text: &str) -> Result<(u64, u64), String> {
+    let (min, max) = text
+        .split_once('-')
+        .ok_or_else(|| format!("`{text}` is not MIN-MAX (milliseconds), e.g. 500-2000"))?;
+    let parse = |part: &str| {
+        part.trim()
+            .parse::<u64>()
+            .map_err(|e| format!("`{part}` in `{text}`: {e}"))
+    };
+    let (min, max) = (parse(min)?, parse(max)?);
+    if min > max {
+        return Err(format!("`{text}`: MIN is greater than MAX"));
+    }
+    Ok((min, max))
+}
+
 #[derive(Debug, Args)]
 pub struct GatewaySimArgs {
     #[arg(long, default_value = "127.0.0.1:0", value_parser = parse_addr)]
@@ -181,6 +198,12 @@ pub struct GatewaySimArgs {
     /// Share of requests failing with 503 before their effect (0 to 1).
     #[arg(long, default_value_t = 0.0)]
     pub fail_rate: f64,
+    /// Share of requests that are slow (0 to 1), like a card network's long tail.
+    #[arg(long, default_value_t = 0.0)]
+    pub slow_rate: f64,
+    /// Latency of a slow request, `MIN-MAX` milliseconds (uniform), e.g. `500-2000`.
+    #[arg(long, default_value = "500-2000", value_parser = parse_range_ms)]
+    pub slow_latency_ms: (u64, u64),
     /// Keep payments and idempotency records in DIR/gateway-NAME.sqlite3 (default: memory).
     #[arg(long)]
     pub data_dir: Option<std::path::PathBuf>,
@@ -254,6 +277,9 @@ pub async fn gateway_sim(args: GatewaySimArgs) -> anyhow::Result<u8> {
             latency_ms: args.latency_ms,
             capture_latency_ms: args.capture_latency_ms,
             fail_rate: args.fail_rate,
+            slow_rate: args.slow_rate,
+            slow_latency_min_ms: args.slow_latency_ms.0,
+            slow_latency_max_ms: args.slow_latency_ms.1,
             ..Faults::default()
         },
     };

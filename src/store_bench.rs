@@ -25,6 +25,10 @@ fn events(count: usize, first_sequence: u64) -> Vec<EventWrite> {
             r#"{"authorization_id":"auth_alpha_12345","status":"authorized","amount_minor":1250,"currency":"EUR","gateway":"alpha"}"#,
         )),
         retry_at: None,
+        deadline: None,
+        outcome: Some(paygrid_control_unit::scheduler::AttemptOutcome::Succeeded),
+        lookups: 0,
+        settling: false,
     };
     let bytes = serde_json::to_vec(&change).unwrap_or_default();
     (0..count)

@@ -1,11 +1,16 @@
 //! The gateway worker agent: `gateway.authorize`, `gateway.capture`, `gateway.void`,
 //! `gateway.refund`, `gateway.payout` over HTTP, with the task's idempotency key as the
 //! `Idempotency-Key` header. A decline is a value from the gateway; it becomes a
-//! permanent failure of the task. 5xx, 409 and timeouts are retryable.
+//! permanent failure of the task. 429 and 503 (refused before processing) and connection
+//! refusals are retryable; timeouts and other 5xx may come after the effect and are
+//! `Unknown`; a key still in progress is waited out until the deadline. A settlement
+//! lookup asks the gateway what became of the task's key (`GET /v1/idempotency/KEY`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use backon::BackoffBuilder;
+use backon::ExponentialBuilder;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -50,24 +55,41 @@ impl GatewayAgent {
         }
     }
 
-    /// One call to the gateway, in its own client span (when spans are exported) whose
-    /// context goes out as the `traceparent` header.
+    /// One effect at the gateway, in its own client span (when spans are exported)
+    /// whose context goes out as the `traceparent` header.
     async fn post(&self, path: &str, task: &Task, body: Value) -> TaskOutcome {
-        let span = self.call_span(path, task);
+        self.call(http::Method::POST, path, task, Some(body)).await
+    }
+
+    /// A settlement lookup: what the gateway did with this task's idempotency key.
+    async fn lookup(&self, task: &Task) -> TaskOutcome {
+        let path = format!("/v1/idempotency/{}", task.idempotency_key);
+        self.call(http::Method::GET, &path, task, None).await
+    }
+
+    async fn call(
+        &self,
+        method: http::Method,
+        path: &str,
+        task: &Task,
+        body: Option<Value>,
+    ) -> TaskOutcome {
+        let span = self.call_span(&method, path, task);
         let outcome = self
-            .send(path, task, body, &span)
+            .until_settled(&method, path, task, body, &span)
             .instrument(span.clone())
             .await;
         if !span.is_none() {
             match &outcome {
                 TaskOutcome::Succeeded(_) => span.set_status(Status::Ok),
                 TaskOutcome::Retryable { code, message }
+                | TaskOutcome::Unknown { code, message }
                 | TaskOutcome::Permanent { code, message } => {
                     paygrid_telemetry::context::record_error(
                         &span,
                         code,
                         message,
-                        matches!(outcome, TaskOutcome::Retryable { .. }),
+                        !matches!(outcome, TaskOutcome::Permanent { .. }),
                     );
                 }
             }
@@ -75,19 +97,68 @@ impl GatewayAgent {
         outcome
     }
 
-    fn call_span(&self, path: &str, task: &Task) -> tracing::Span {
+    /// Sends the request; while the gateway answers that a request with this key is
+    /// still in progress (an earlier attempt, e.g. from before a control-unit restart),
+    /// waits it out with backoff until the attempt's deadline instead of failing: the
+    /// answer will be that request's.
+    async fn until_settled(
+        &self,
+        method: &http::Method,
+        path: &str,
+        task: &Task,
+        body: Option<Value>,
+        span: &tracing::Span,
+    ) -> TaskOutcome {
+        let mut delays = ExponentialBuilder::new()
+            .with_min_delay(IN_PROGRESS_DELAY_MIN)
+            .with_max_delay(IN_PROGRESS_DELAY_MAX)
+            .with_jitter()
+            .with_max_times(IN_PROGRESS_WAITS_MAX)
+            .build();
+        loop {
+            let outcome = self.send(method, path, task, body.as_ref(), span).await;
+            let in_progress =
+                matches!(&outcome, TaskOutcome::Unknown { code, .. } if code == IN_PROGRESS);
+            if !in_progress {
+                return outcome;
+            }
+            let Some(delay) = delays.next() else {
+                return outcome;
+            };
+            if task.time_left() <= delay {
+                return outcome;
+            }
+            if !span.is_none() {
+                span.add_event(
+                    "paygrid.gateway.in_progress",
+                    vec![opentelemetry::KeyValue::new(
+                        "paygrid.retry_in_ms",
+                        delay.as_millis() as i64,
+                    )],
+                );
+            }
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    fn call_span(&self, method: &http::Method, path: &str, task: &Task) -> tracing::Span {
         if !paygrid_telemetry::otel::exporting() {
             return tracing::Span::none();
         }
         let operation = task.skill.strip_prefix("gateway.").unwrap_or(&task.skill);
+        let name = if task.settle {
+            format!("gateway lookup {operation}")
+        } else {
+            format!("gateway {operation}")
+        };
         let span = tracing::info_span!(
             target: "paygrid::gateway",
             "gateway call",
-            otel.name = format!("gateway {operation}"),
+            otel.name = name,
             otel.kind = "client",
         );
         span.set_attribute(semconv::GATEWAY, self.name.clone());
-        span.set_attribute(semconv::HTTP_METHOD, "POST");
+        span.set_attribute(semconv::HTTP_METHOD, method.as_str().to_owned());
         span.set_attribute(semconv::URL_PATH, path.to_owned());
         span.set_attribute(semconv::TASK_ATTEMPT, i64::from(task.attempt));
         if let Some(amount) = task.input.get("amount_minor").and_then(Value::as_i64) {
@@ -101,9 +172,10 @@ impl GatewayAgent {
 
     async fn send(
         &self,
+        method: &http::Method,
         path: &str,
         task: &Task,
-        body: Value,
+        body: Option<&Value>,
         span: &tracing::Span,
     ) -> TaskOutcome {
         let uri = format!("{}{path}", self.base_url);
@@ -112,7 +184,9 @@ impl GatewayAgent {
             (traceparent, tracestate) if !traceparent.is_empty() => (traceparent, tracestate),
             _ => (task.traceparent.clone(), task.tracestate.clone()),
         };
-        let mut request = http::Request::post(&uri)
+        let mut request = http::Request::builder()
+            .method(method.clone())
+            .uri(&uri)
             .header("content-type", "application/json")
             .header("idempotency-key", &task.idempotency_key);
         if !traceparent.is_empty() {
@@ -121,8 +195,8 @@ impl GatewayAgent {
                 request = request.header("tracestate", tracestate);
             }
         }
-        let request = request.body(Full::new(Bytes::from(body.to_string())));
-        let request = match request {
+        let payload = body.map_or_else(Bytes::new, |body| Bytes::from(body.to_string()));
+        let request = match request.body(Full::new(payload)) {
             Ok(request) => request,
             Err(e) => {
                 return TaskOutcome::invalid_input(format!("cannot build request to {uri}: {e}"));
@@ -132,23 +206,23 @@ impl GatewayAgent {
             .request_timeout
             .min(task.time_left().max(Duration::from_millis(100)));
         let call = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|e| e.to_string())?;
+            let response = self.client.request(request).await.map_err(|e| {
+                // Refused before anything was sent: definitely not taken.
+                let sent = !e.is_connect();
+                (sent, e.to_string())
+            })?;
             let status = response.status();
             let body = response
                 .into_body()
                 .collect()
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(|e| (true, e.to_string()))?
                 .to_bytes();
-            Ok::<_, String>((status, body))
+            Ok::<_, (bool, String)>((status, body))
         };
         let (status, body) = match tokio::time::timeout(timeout, call).await {
             Err(_) => {
-                return TaskOutcome::retryable(
+                return TaskOutcome::unknown(
                     "gateway_timeout",
                     format!(
                         "{} did not answer within {}ms",
@@ -157,9 +231,15 @@ impl GatewayAgent {
                     ),
                 );
             }
-            Ok(Err(e)) => {
+            Ok(Err((false, e))) => {
                 return TaskOutcome::retryable(
                     "gateway_unreachable",
+                    format!("{}: {e}", self.name),
+                );
+            }
+            Ok(Err((true, e))) => {
+                return TaskOutcome::unknown(
+                    "gateway_connection_lost",
                     format!("{}: {e}", self.name),
                 );
             }
@@ -169,27 +249,76 @@ impl GatewayAgent {
             span.set_attribute(semconv::HTTP_STATUS, i64::from(status.as_u16()));
         }
         let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        if task.settle {
+            return self.settled(status.as_u16(), body);
+        }
+        self.classify(status.as_u16(), body)
+    }
+
+    /// What a gateway answer means for the attempt.
+    fn classify(&self, status: u16, body: Value) -> TaskOutcome {
         let code = body
             .get("error")
             .and_then(Value::as_str)
             .unwrap_or("gateway_error")
             .to_owned();
         let message = format!(
-            "{} answered {}: {}",
+            "{} answered {status}: {}",
             self.name,
-            status.as_u16(),
             body.get("message").and_then(Value::as_str).unwrap_or("")
         );
-        match status.as_u16() {
+        match status {
             200..=299 => TaskOutcome::Succeeded(body),
-            // A key still in use by an earlier attempt: wait and retry. Other conflicts
-            // (e.g. voiding a captured authorization) will not change by retrying.
-            409 if code == "idempotency_conflict" => TaskOutcome::retryable(code, message),
-            429 | 500..=599 => TaskOutcome::retryable(code, message),
+            // A key still in use by an earlier attempt: its effect is under way.
+            409 if code == IN_PROGRESS => TaskOutcome::unknown(code, message),
+            // Refused before processing: nothing was taken.
+            429 | 503 => TaskOutcome::retryable(code, message),
+            // Anything else from the server side may come after the effect.
+            500..=599 => TaskOutcome::unknown(code, message),
+            // Other conflicts (e.g. voiding a captured authorization) and declines will
+            // not change by retrying.
             _ => TaskOutcome::permanent(code, message),
         }
     }
+
+    /// What a lookup by key says: the stored answer of the request made with it, that
+    /// no request was made (definite: the gateway fences the key), or still running.
+    fn settled(&self, status: u16, body: Value) -> TaskOutcome {
+        match status {
+            200 => {
+                let stored_status = body
+                    .get("status")
+                    .and_then(Value::as_u64)
+                    .and_then(|s| u16::try_from(s).ok())
+                    .unwrap_or(500);
+                let stored = body.get("body").cloned().unwrap_or(Value::Null);
+                self.classify(stored_status, stored)
+            }
+            404 => TaskOutcome::permanent(
+                "not_taken",
+                format!(
+                    "{} has no request with this idempotency key: nothing was done",
+                    self.name
+                ),
+            ),
+            other => match self.classify(other, body) {
+                // The lookup itself failed: the outcome is still unknown.
+                TaskOutcome::Retryable { code, message }
+                | TaskOutcome::Permanent { code, message } => {
+                    TaskOutcome::unknown(code, format!("lookup failed: {message}"))
+                }
+                outcome => outcome,
+            },
+        }
+    }
 }
+
+/// The gateway's code for "a request with this key is in progress".
+const IN_PROGRESS: &str = "idempotency_conflict";
+const IN_PROGRESS_DELAY_MIN: Duration = Duration::from_millis(100);
+const IN_PROGRESS_DELAY_MAX: Duration = Duration::from_secs(1);
+/// Bounds the wait loop besides the deadline (about a minute of waiting).
+const IN_PROGRESS_WAITS_MAX: usize = 64;
 
 fn schema(required: &[&str], properties: Value) -> Value {
     json!({"type": "object", "required": required, "properties": properties})
@@ -277,6 +406,12 @@ impl Agent for GatewayAgent {
                 ("cost_bps".to_owned(), self.cost_bps.to_string()),
             ]),
         }
+    }
+
+    /// A status lookup by idempotency key (like a payment sync), for every gateway
+    /// skill: the gateway keeps each key's answer.
+    async fn settle(&self, task: Task) -> TaskOutcome {
+        self.lookup(&task).await
     }
 
     async fn handle(&self, task: Task) -> TaskOutcome {

@@ -4,17 +4,21 @@
 //! Idempotency (`Idempotency-Key` header, required on every POST):
 //! same key and body → the stored response (header `idempotent-replayed: true`);
 //! same key, other body → 422 `idempotency_key_reused`; a key whose first request is
-//! still running → 409 `idempotency_conflict`.
+//! still running → 409 `idempotency_conflict`. `GET /v1/idempotency/KEY` looks a key up
+//! (a payment sync): 200 with the stored `status` and `body`, 409 while in progress, or
+//! 404 when no request was made with it, and then the key is fenced (a late request with
+//! it gets 409 `idempotency_key_fenced`), so "not taken" stays true. Request
+//! fingerprints are SHA-256 over a canonical form, stable across releases and restarts.
 //!
 //! Test card tokens: `tok_decline` is declined at authorize (402 `card_declined`);
 //! `tok_capture_decline` authorizes but its capture is refused (402 `capture_declined`).
 //!
 //! Faults (`PUT /v1/admin/faults`): `latency_ms`, `capture_latency_ms`, `fail_next`
 //! (503 before the effect), `fail_after_next` (500 after the effect was applied and
-//! stored), `fail_rate` (503 before the effect, at random).
+//! stored), `fail_rate` (503 before the effect, at random), `slow_rate` with
+//! `slow_latency_min_ms`..`slow_latency_max_ms` (a share of requests is slow).
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -53,6 +57,9 @@ pub struct Faults {
     pub fail_next: u32,
     pub fail_after_next: u32,
     pub fail_rate: f64,
+    pub slow_rate: f64,
+    pub slow_latency_min_ms: u64,
+    pub slow_latency_max_ms: u64,
 }
 
 /// Counters for tests and operators (`GET /v1/stats`).
@@ -84,13 +91,15 @@ struct Payment {
 
 enum Entry {
     InFlight {
-        fingerprint: u64,
+        fingerprint: String,
     },
     Done {
-        fingerprint: u64,
+        fingerprint: String,
         status: StatusCode,
         body: Value,
     },
+    /// Looked up before any request used it: it never will.
+    Fenced,
 }
 
 struct Inner {
@@ -188,7 +197,7 @@ async fn effect(
     body: Bytes,
 ) -> Response {
     if !paygrid_telemetry::otel::exporting() {
-        return apply_effect(sim, effect, target, headers, body).await;
+        return detached(apply_effect(sim, effect, target, headers, body)).await;
     }
     let span = tracing::info_span!(
         target: "paygrid::gateway_sim",
@@ -206,9 +215,8 @@ async fn effect(
     paygrid_telemetry::context::set_parent(&span, &header("traceparent"), &header("tracestate"));
     span.set_attribute(semconv::GATEWAY, sim.name.clone());
     span.set_attribute(semconv::HTTP_METHOD, "POST");
-    let response = apply_effect(sim, effect, target, headers, body)
-        .instrument(span.clone())
-        .await;
+    let response =
+        detached(apply_effect(sim, effect, target, headers, body).instrument(span.clone())).await;
     let status = response.status();
     span.set_attribute(semconv::HTTP_STATUS, i64::from(status.as_u16()));
     span.set_attribute(
@@ -222,6 +230,29 @@ async fn effect(
         )));
     }
     response
+}
+
+/// Runs a request to its end even when the client goes away, as a real gateway does:
+/// a client that timed out or crashed does not undo an effect under way, and a retry
+/// with the same key meets it (in progress, then its stored answer).
+async fn detached(
+    request: impl std::future::Future<Output = Response> + Send + 'static,
+) -> Response {
+    match tokio::spawn(request).await {
+        Ok(response) => response,
+        Err(error) => {
+            let (status, body) = error_body(&error);
+            respond(status, body, false)
+        }
+    }
+}
+
+fn error_body(join: &tokio::task::JoinError) -> (StatusCode, Value) {
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        format!("request handler stopped: {join}"),
+    )
 }
 
 async fn apply_effect(
@@ -250,11 +281,7 @@ async fn apply_effect(
             return respond(status, body, false);
         }
     };
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (effect as u8).hash(&mut hasher);
-    target.hash(&mut hasher);
-    body.hash(&mut hasher);
-    let fingerprint = hasher.finish();
+    let fingerprint = fingerprint(effect, target.as_deref(), &request);
     let latency = {
         let mut inner = sim.lock();
         match inner.idempotency.get(&key) {
@@ -288,13 +315,32 @@ async fn apply_effect(
                 inner.stats.replays += 1;
                 return respond(status, body, true);
             }
+            Some(Entry::Fenced) => {
+                let (status, body) = error(
+                    StatusCode::CONFLICT,
+                    "idempotency_key_fenced",
+                    "this key was looked up before any request used it; use a new key",
+                );
+                return respond(status, body, false);
+            }
             None => {}
         }
-        inner
-            .idempotency
-            .insert(key.clone(), Entry::InFlight { fingerprint });
+        inner.idempotency.insert(
+            key.clone(),
+            Entry::InFlight {
+                fingerprint: fingerprint.clone(),
+            },
+        );
         let faults = &inner.faults;
-        match effect {
+        let slow = if faults.slow_rate > 0.0 && fastrand::f64() < faults.slow_rate {
+            fastrand::u64(
+                faults.slow_latency_min_ms
+                    ..=faults.slow_latency_max_ms.max(faults.slow_latency_min_ms),
+            )
+        } else {
+            0
+        };
+        slow + match effect {
             Effect::Capture => faults.latency_ms + faults.capture_latency_ms,
             _ => faults.latency_ms,
         }
@@ -327,7 +373,8 @@ async fn apply_effect(
     }
     let (status, body) = apply(&sim, &mut inner, effect, target.as_deref(), &request);
     if let Some(journal) = &sim.journal {
-        let entry = json!({"key": key, "fingerprint": fingerprint.to_string(), "effect": effect, "target": target, "request": request}).to_string();
+        let entry =
+            json!({"key": key, "effect": effect, "target": target, "request": request}).to_string();
         if let Err(error) = tokio::task::block_in_place(|| journal.append(&entry)) {
             tracing::error!(%error, "gateway journal write failed; stopping");
             std::process::exit(70);
@@ -354,6 +401,63 @@ async fn apply_effect(
         return respond(status, body, false);
     }
     respond(status, body, false)
+}
+
+/// SHA-256 over a canonical form of the request (effect, target, JSON with sorted
+/// keys): fixed by its definition, so a stored fingerprint means the same after an
+/// upgrade or a restart.
+fn fingerprint(effect: Effect, target: Option<&str>, request: &Value) -> String {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(effect.as_str().as_bytes());
+    hasher.update([0]);
+    hasher.update(target.unwrap_or("").as_bytes());
+    hasher.update([0]);
+    // serde_json's maps are sorted by key: `to_string` is canonical.
+    hasher.update(request.to_string().as_bytes());
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `GET /v1/idempotency/KEY`: the stored answer of the request made with a key, 409
+/// while it runs, or 404 (and the key fenced, durably) when none was made.
+fn lookup(sim: &Sim, key: &str) -> Response {
+    let mut inner = sim.lock();
+    match inner.idempotency.get(key) {
+        Some(Entry::Done { status, body, .. }) => {
+            let answer = json!({"key": key, "status": status.as_u16(), "body": body});
+            (StatusCode::OK, axum::Json(answer)).into_response()
+        }
+        Some(Entry::InFlight { .. }) => {
+            let (status, body) = error(
+                StatusCode::CONFLICT,
+                "idempotency_conflict",
+                "a request with this key is in progress",
+            );
+            respond(status, body, false)
+        }
+        Some(Entry::Fenced) | None => {
+            if !matches!(inner.idempotency.get(key), Some(Entry::Fenced)) {
+                if let Some(journal) = &sim.journal {
+                    let entry = json!({"key": key, "fenced": true}).to_string();
+                    if let Err(error) = tokio::task::block_in_place(|| journal.append(&entry)) {
+                        tracing::error!(%error, "gateway journal write failed; stopping");
+                        std::process::exit(70);
+                    }
+                }
+                inner.idempotency.insert(key.to_owned(), Entry::Fenced);
+            }
+            let (status, body) = error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no request was made with this key; it is now fenced",
+            );
+            respond(status, body, false)
+        }
+    }
 }
 
 /// The authorization `target` names, if it can still be captured or voided.
@@ -575,6 +679,18 @@ fn router(sim: Arc<Sim>) -> Router {
             }),
         )
         .route(
+            "/v1/idempotency/{key}",
+            get(|State(s): State<Arc<Sim>>, Path(key): Path<String>| async move { lookup(&s, &key) }),
+        )
+        .route(
+            "/v1/payments",
+            get(|State(s): State<Arc<Sim>>| async move {
+                let mut payments: Vec<Payment> = s.lock().payments.values().cloned().collect();
+                payments.sort_by(|a, b| a.authorization_id.cmp(&b.authorization_id));
+                axum::Json(json!({"payments": payments}))
+            }),
+        )
+        .route(
             "/v1/payments/{id}",
             get(
                 |State(s): State<Arc<Sim>>, Path(id): Path<String>| async move {
@@ -663,15 +779,16 @@ fn replay(sim: &Sim, entries: &[String]) {
         let Ok(entry) = serde_json::from_str::<Value>(entry) else {
             continue;
         };
+        let key = entry["key"].as_str().unwrap_or_default().to_owned();
+        if entry["fenced"] == true {
+            inner.idempotency.insert(key, Entry::Fenced);
+            continue;
+        }
         let Ok(effect) = serde_json::from_value::<Effect>(entry["effect"].clone()) else {
             continue;
         };
-        let key = entry["key"].as_str().unwrap_or_default().to_owned();
-        let fingerprint = entry["fingerprint"]
-            .as_str()
-            .and_then(|f| f.parse().ok())
-            .unwrap_or_default();
         let target = entry["target"].as_str().map(str::to_owned);
+        let fingerprint = fingerprint(effect, target.as_deref(), &entry["request"]);
         let (status, body) = apply(
             sim,
             &mut inner,

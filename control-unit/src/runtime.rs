@@ -75,7 +75,8 @@ pub type WatchSender = mpsc::Sender<Result<pb::WorkflowEvent, Status>>;
 /// A submission after validation.
 pub struct Submission {
     pub new: NewWorkflow,
-    /// Fingerprint of spec + input + priority, for idempotency-key reuse checks.
+    /// Fingerprint of spec + input + priority + labels, for idempotency-key reuse
+    /// checks (see `service::workflows::fingerprint`).
     pub fingerprint: u64,
 }
 
@@ -83,7 +84,8 @@ pub struct Submission {
 pub struct Submitted {
     pub id: WorkflowId,
     pub created: bool,
-    pub status: WorkflowStatus,
+    /// `None` for an existing workflow no longer kept in memory: read it from the store.
+    pub status: Option<WorkflowStatus>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -421,10 +423,7 @@ impl Actor {
                     existing: *existing,
                 });
             }
-            let status = self
-                .core
-                .workflow(*existing)
-                .map_or(WorkflowStatus::Succeeded, |w| w.status);
+            let status = self.core.workflow(*existing).map(|w| w.status);
             return Ok(Submitted {
                 id: *existing,
                 created: false,
@@ -440,7 +439,7 @@ impl Actor {
         Ok(Submitted {
             id,
             created: true,
-            status: WorkflowStatus::Running,
+            status: Some(WorkflowStatus::Running),
         })
     }
 
@@ -658,6 +657,7 @@ impl Actor {
                             traceparent: assignment.traceparent,
                             tracestate: assignment.tracestate,
                             workflow_name: assignment.workflow_name,
+                            settle: assignment.settle,
                         });
                 }
                 Command::Cancel {

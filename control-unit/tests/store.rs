@@ -71,6 +71,10 @@ fn task_change(task: u32, status: paygrid_control_unit::model::TaskStatus) -> Ch
         detail: None,
         output: Some(Arc::from("{\"ok\":true}")),
         retry_at: None,
+        deadline: Some(1_000),
+        outcome: None,
+        lookups: 0,
+        settling: false,
     }
 }
 

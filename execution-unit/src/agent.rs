@@ -83,6 +83,9 @@ pub struct Task {
     pub idempotency_key: String,
     /// Unix milliseconds after which the control unit gives up on this attempt.
     pub deadline_unix_ms: i64,
+    /// A settlement lookup (see [`Agent::settle`]): the attempts ran out and one of them
+    /// may have taken effect; report what became of the effect made with the key.
+    pub settle: bool,
     /// W3C trace context: the attempt's span in the control unit. Agents that call out
     /// (HTTP, gRPC) pass the current span's context instead, see
     /// `paygrid_telemetry::context::inject`, and fall back to this one.
@@ -132,6 +135,13 @@ pub enum TaskOutcome {
         code: String,
         message: String,
     },
+    /// The effect may or may not have been taken (no answer after the request was sent,
+    /// a 5xx after the effect, the key still in progress at the deadline). Retried like
+    /// `Retryable`; when attempts run out the control unit settles it with lookups.
+    Unknown {
+        code: String,
+        message: String,
+    },
 }
 
 impl TaskOutcome {
@@ -149,6 +159,13 @@ impl TaskOutcome {
         }
     }
 
+    pub fn unknown(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Unknown {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
     pub fn invalid_input(message: impl Into<String>) -> Self {
         Self::permanent("invalid_input", message)
     }
@@ -160,4 +177,13 @@ impl TaskOutcome {
 pub trait Agent: Send + Sync + 'static {
     fn card(&self) -> AgentCard;
     async fn handle(&self, task: Task) -> TaskOutcome;
+
+    /// A settlement lookup: what became of the effect made with `task.idempotency_key`?
+    /// `Succeeded` with the effect's output, `Permanent` when it definitely did not
+    /// happen (or was refused), `Unknown` when the agent cannot tell yet. The default
+    /// runs the task again with the same key, which an agent's idempotency makes safe;
+    /// an agent that can look an effect up by key (a gateway's status API) should.
+    async fn settle(&self, task: Task) -> TaskOutcome {
+        self.handle(task).await
+    }
 }

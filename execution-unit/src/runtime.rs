@@ -104,11 +104,12 @@ impl ExecutionUnit {
     }
 }
 
-type TaskKey = (String, u32);
+/// Workflow id, wire task index and attempt: a new attempt of a task never overwrites
+/// an older one that still runs.
+type TaskKey = (String, u32, u32);
 
 /// A task running on this agent.
 struct Running {
-    attempt: u32,
     cancel: CancellationToken,
     started: std::time::Instant,
     skill: String,
@@ -289,7 +290,7 @@ impl AgentRunner {
                     }
                     for result in &batch {
                         if let Some(task) = &result.task {
-                            let key = (task.workflow_id.clone(), task.task_index);
+                            let key = (task.workflow_id.clone(), task.task_index, task.attempt);
                             if let Some(done) = self.running.remove(&key) {
                                 self.observe(&done.skill, result.outcome(), done.started.elapsed());
                             }
@@ -336,6 +337,8 @@ impl AgentRunner {
             pb::Outcome::Retryable => "retryable",
             pb::Outcome::Permanent => "permanent",
             pb::Outcome::Cancelled => "cancelled",
+            pb::Outcome::Unknown => "unknown",
+            pb::Outcome::Refused => "refused",
             pb::Outcome::Unspecified => "unspecified",
         };
         let labels = [
@@ -368,7 +371,7 @@ impl AgentRunner {
             &self.card.name,
             gateway,
             skill,
-            outcome == "retryable",
+            matches!(outcome, "retryable" | "unknown"),
             elapsed,
         );
         health.load(
@@ -381,11 +384,11 @@ impl AgentRunner {
 
     fn running_refs(&self) -> Vec<pb::TaskRef> {
         self.running
-            .iter()
-            .map(|((workflow_id, task_index), running)| pb::TaskRef {
+            .keys()
+            .map(|(workflow_id, task_index, attempt)| pb::TaskRef {
                 workflow_id: workflow_id.clone(),
                 task_index: *task_index,
-                attempt: running.attempt,
+                attempt: *attempt,
             })
             .collect()
     }
@@ -397,10 +400,12 @@ impl AgentRunner {
         frames: &mpsc::Sender<pb::AgentMessage>,
     ) {
         for cancellation in message.cancellations {
-            let key = (cancellation.workflow_id, cancellation.task_index);
-            if let Some(running) = self.running.get(&key)
-                && running.attempt == cancellation.attempt
-            {
+            let key = (
+                cancellation.workflow_id,
+                cancellation.task_index,
+                cancellation.attempt,
+            );
+            if let Some(running) = self.running.get(&key) {
                 running.cancel.cancel();
             }
         }
@@ -411,9 +416,10 @@ impl AgentRunner {
             };
             let over_capacity = self.running.len() as u32 >= self.card.max_concurrency;
             if draining || over_capacity {
+                // Not started: not an attempt, and nothing about the gateway's health.
                 refused.push(pb::TaskResult {
                     task: Some(task_ref),
-                    outcome: pb::Outcome::Retryable.into(),
+                    outcome: pb::Outcome::Refused.into(),
                     error_code: if draining { "draining" } else { "no_capacity" }.into(),
                     error_message: "the agent cannot take this task now".into(),
                     ..Default::default()
@@ -436,9 +442,12 @@ impl AgentRunner {
     fn start(&mut self, assignment: pb::Assignment, task_ref: pb::TaskRef) {
         let cancel = CancellationToken::new();
         self.running.insert(
-            (task_ref.workflow_id.clone(), task_ref.task_index),
+            (
+                task_ref.workflow_id.clone(),
+                task_ref.task_index,
+                task_ref.attempt,
+            ),
             Running {
-                attempt: task_ref.attempt,
                 cancel: cancel.clone(),
                 started: std::time::Instant::now(),
                 skill: assignment.skill.clone(),
@@ -467,12 +476,20 @@ impl AgentRunner {
                         input,
                         idempotency_key: assignment.idempotency_key,
                         deadline_unix_ms: assignment.deadline_unix_ms,
+                        settle: assignment.settle,
                         traceparent: assignment.traceparent,
                         tracestate: assignment.tracestate,
                         cancel: cancel.clone(),
                     };
+                    let work = async {
+                        if task.settle {
+                            agent.settle(task).await
+                        } else {
+                            agent.handle(task).await
+                        }
+                    };
                     let outcome = tokio::select! {
-                        outcome = agent.handle(task) => Some(outcome),
+                        outcome = work => Some(outcome),
                         () = cancel.cancelled() => None,
                     };
                     outcome_to_pb(task_ref, outcome)
@@ -547,6 +564,11 @@ fn outcome_to_pb(task: pb::TaskRef, outcome: Option<TaskOutcome>) -> pb::TaskRes
         }
         Some(TaskOutcome::Permanent { code, message }) => {
             result.outcome = pb::Outcome::Permanent.into();
+            result.error_code = code;
+            result.error_message = message;
+        }
+        Some(TaskOutcome::Unknown { code, message }) => {
+            result.outcome = pb::Outcome::Unknown.into();
             result.error_code = code;
             result.error_message = message;
         }

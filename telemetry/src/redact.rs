@@ -85,6 +85,31 @@ mod tests {
     }
 }
 
+/// Whether `text` may hold card data at all: a run of 13 or more digits (separators
+/// allowed) or a CVV-like field name. A cheap scan that lets hot paths skip redaction.
+pub fn might_hold_card_data(text: &str) -> bool {
+    let mut digits = 0;
+    let mut previous_separator = false;
+    for byte in text.bytes() {
+        if byte.is_ascii_digit() {
+            digits += 1;
+            previous_separator = false;
+            if digits >= 13 {
+                return true;
+            }
+        } else if matches!(byte, b' ' | b'-') && digits > 0 && !previous_separator {
+            previous_separator = true;
+        } else {
+            digits = 0;
+            previous_separator = false;
+        }
+    }
+    let lower = text.to_ascii_lowercase();
+    ["cvv", "cvc", "cid", "csc", "security", "verification"]
+        .iter()
+        .any(|name| lower.contains(name))
+}
+
 /// Field names whose values are never shown: CVV and security codes.
 pub fn is_secret_field(name: &str) -> bool {
     let name: String = name
@@ -172,7 +197,8 @@ pub fn redact_json(value: &mut serde_json::Value) -> bool {
     let mut changed = false;
     match value {
         serde_json::Value::String(text) => {
-            let masked = mask_pans(text);
+            // Free text too: `cvv=737` inside a note is a CVV.
+            let masked = redact_text(text);
             if masked != *text {
                 *text = masked;
                 changed = true;
@@ -265,6 +291,20 @@ mod redaction_tests {
             redact_text("pan 4111 1111 1111 1111"),
             "pan 411111******1111"
         );
+    }
+
+    #[test]
+    fn cvvs_in_free_text_and_pans_in_labels_are_redacted() {
+        let mut input = serde_json::json!({"note": "customer said cvv=737 on the phone", "label": "card_number=4111 1111 1111 1111"});
+        assert!(redact_json(&mut input));
+        let text = input.to_string();
+        assert!(!text.contains("737"), "{text}");
+        assert!(!text.contains("4111 1111 1111 1111"), "{text}");
+        assert!(might_hold_card_data("pan 4111 1111 1111 1111"));
+        assert!(might_hold_card_data("CVV: 123"));
+        assert!(!might_hold_card_data(
+            r#"{"authorization_id":"auth_alpha_12","amount_minor":1250}"#
+        ));
     }
 
     #[test]

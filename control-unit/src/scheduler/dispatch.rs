@@ -229,9 +229,14 @@ impl Scheduler {
                 finished_at: now,
                 outcome: AttemptOutcome::Interrupted,
                 error: Some("no answer recorded before a control-unit restart; replaced".into()),
+                lookup: execution.settling,
             });
         }
         execution.attempt += 1;
+        if execution.settling {
+            execution.lookups += 1;
+        }
+        let (lookups, settling) = (execution.lookups, execution.settling);
         execution.attempt_open = true;
         execution.status = TaskStatus::Dispatched;
         execution.agent = Some(agent.clone());
@@ -266,7 +271,8 @@ impl Scheduler {
                 attempt,
                 Some(agent.clone()),
                 None,
-            ),
+            )
+            .with_attempt_facts(Some(deadline), None, lookups, settling),
         );
         out.push(Command::Dispatch {
             agent,
@@ -281,6 +287,7 @@ impl Scheduler {
                 traceparent: crate::traces::attempt_context(root, slot, attempt),
                 tracestate,
                 workflow_name,
+                settle: settling,
             }),
         });
     }

@@ -115,7 +115,8 @@ impl Scheduler {
         };
         execution.status = TaskStatus::Ready;
         execution.ready_at = now;
-        let attempt = execution.attempt;
+        let (attempt, lookups, settling) =
+            (execution.attempt, execution.lookups, execution.settling);
         workflow.updated_at = now;
         record(
             out,
@@ -128,7 +129,8 @@ impl Scheduler {
                 attempt,
                 None,
                 None,
-            ),
+            )
+            .with_attempt_facts(None, None, lookups, settling),
         );
         self.mark_dirty(&skill);
         if let Some(queue) = self.skills.get_mut(&skill) {
@@ -153,7 +155,7 @@ impl Scheduler {
         if let Some(agent_slot) = self.agents.get_mut(agent) {
             agent_slot.assigned.remove(&slot);
             match &outcome {
-                Outcome::Retryable { .. } => {
+                Outcome::Retryable { .. } | Outcome::Unknown { .. } => {
                     agent_slot.consecutive_failures += 1;
                     if agent_slot.consecutive_failures >= self.config.unhealthy_failures {
                         agent_slot.unhealthy_until =
@@ -164,7 +166,8 @@ impl Scheduler {
                     agent_slot.consecutive_failures = 0;
                     agent_slot.completed += 1;
                 }
-                Outcome::Cancelled => {}
+                // A refusal says nothing about the gateway's health.
+                Outcome::Cancelled | Outcome::Refused => {}
             }
         }
         let Some(workflow) = self.workflows.get_mut(&slot.workflow) else {
@@ -173,8 +176,23 @@ impl Scheduler {
         let Some(execution) = workflow.execution_mut(slot) else {
             return;
         };
+        if execution.is_lost_attempt(attempt) {
+            // The late answer of an attempt given up for a lost agent: it counts.
+            execution.history.pop();
+            execution.attempt_open = true;
+        }
         if execution.attempt != attempt || !execution.attempt_open {
             return; // stale: that attempt was abandoned or already answered
+        }
+        if outcome == Outcome::Refused {
+            // Never started: undo the dispatch, so it costs no attempt, and queue it again.
+            execution.attempt -= 1;
+            if execution.settling {
+                execution.lookups = execution.lookups.saturating_sub(1);
+            }
+            execution.attempt_open = false;
+            self.make_ready(slot, out);
+            return;
         }
         execution.attempt_open = false;
         let started_at = execution.attempt_started_at;
@@ -185,11 +203,13 @@ impl Scheduler {
             finished_at: now,
             outcome: AttemptOutcome::Succeeded,
             error: None,
+            lookup: execution.settling,
         };
         match outcome {
             Outcome::Succeeded { output } => {
                 execution.history.push(history);
                 execution.agent = Some(agent.clone());
+                execution.settling = false;
                 if slot.compensation {
                     self.compensation_finished(
                         slot,
@@ -215,10 +235,17 @@ impl Scheduler {
                 execution.history.push(history);
                 self.retry_or_fail(slot, error, out);
             }
+            Outcome::Unknown { error } => {
+                history.outcome = AttemptOutcome::Unknown;
+                history.error = Some(error.clone());
+                execution.history.push(history);
+                self.retry_or_fail(slot, error, out);
+            }
             Outcome::Permanent { error } => {
                 history.outcome = AttemptOutcome::Permanent;
                 history.error = Some(error.clone());
                 execution.history.push(history);
+                execution.settling = false;
                 self.fail_task(slot, error, out);
             }
             Outcome::Cancelled => {
@@ -227,6 +254,7 @@ impl Scheduler {
                 execution.history.push(history);
                 self.retry_or_fail(slot, CANCELLED_BY_AGENT.into(), out);
             }
+            Outcome::Refused => unreachable!("handled above"),
         }
     }
 
@@ -256,6 +284,7 @@ impl Scheduler {
             finished_at: now,
             outcome,
             error: Some(error.clone()),
+            lookup: execution.settling,
         });
         if let Some(agent) = agent
             && let Some(agent_slot) = self.agents.get_mut(&agent)
@@ -270,7 +299,10 @@ impl Scheduler {
         self.retry_or_fail(slot, error, out);
     }
 
-    /// The agent holding an attempt went away: dispatch again at once, without backoff.
+    /// The agent holding an attempt went away. The attempt counts (a task whose input
+    /// crashes its execution unit must not loop forever) and is retried after its
+    /// backoff; until then the agent may come back and report it, and it is taken back
+    /// (see `Execution::is_lost_attempt`).
     pub(super) fn requeue_lost(
         &mut self,
         slot: Slot,
@@ -289,9 +321,6 @@ impl Scheduler {
         if execution.attempt != attempt || !execution.attempt_open || !execution.is_in_flight() {
             return;
         }
-        let Some(execution) = workflow.execution_mut(slot) else {
-            return;
-        };
         execution.history.push(AttemptRecord {
             attempt,
             agent: execution.agent.clone(),
@@ -299,13 +328,27 @@ impl Scheduler {
             finished_at: now,
             outcome,
             error: Some(error.to_owned()),
+            lookup: execution.settling,
         });
-        // Also in a failing workflow: its outcome must be settled (see `stop_workflow`).
-        self.make_ready(slot, out);
+        // Closed until the agent reports it again; also in a failing workflow, whose
+        // outcome must be settled (see `stop_workflow`).
+        execution.attempt_open = false;
+        self.retry_or_fail(slot, error.to_owned(), out);
     }
 
+    /// An attempt (or lookup) ended without a definite answer: retry after a backoff,
+    /// settle, or fail. `max_attempts` bounds the attempts at the effect; when they run
+    /// out and any of them may have taken effect, the task is settled by lookups (same
+    /// key) before it may fail, so a failed workflow never leaves an effect dangling.
     fn retry_or_fail(&mut self, slot: Slot, error: String, out: &mut Vec<Command>) {
         let now = self.now;
+        let settle_lookups_max = self.config.settle_lookups_max;
+        let settle_policy = RetryPolicy {
+            max_attempts: settle_lookups_max,
+            initial: self.config.settle_backoff_initial,
+            max: self.config.settle_backoff_max,
+            multiplier: 2.0,
+        };
         let Some(workflow) = self.workflows.get_mut(&slot.workflow) else {
             return;
         };
@@ -327,21 +370,52 @@ impl Scheduler {
             self.continue_compensation(slot.workflow, out);
             return;
         }
+        let outcome = execution.current_outcome();
         // In a failing workflow the task is retried too: its outcome must be known before
         // the workflow ends, so that a success is compensated.
-        if execution.attempt >= policy.max_attempts {
-            let error = format!("{error} (after {} attempts)", execution.attempt);
+        let attempts = execution.effect_attempts();
+        if execution.settling && execution.lookups >= settle_lookups_max {
+            let error = format!(
+                "outcome unknown after {attempts} attempts and {} lookups: {error}; \
+                 reconcile the effect by its idempotency key",
+                execution.lookups
+            );
             self.fail_task(slot, error, out);
             return;
         }
+        if !execution.settling && attempts >= policy.max_attempts {
+            let maybe_taken = execution
+                .history
+                .iter()
+                .any(|h| !h.lookup && h.outcome.is_unknown());
+            if !maybe_taken {
+                let error = format!("{error} (after {attempts} attempts)");
+                self.fail_task(slot, error, out);
+                return;
+            }
+            execution.settling = true;
+        }
         let seed =
             (slot.workflow.0 as u64) ^ (u64::from(slot.task) << 32) ^ u64::from(execution.attempt);
-        let delay = backoff_delay(&policy, execution.attempt, seed);
+        let (delay, detail) = if execution.settling {
+            let lookup = execution.lookups + 1;
+            let delay = backoff_delay(&settle_policy, lookup, seed);
+            let detail = format!(
+                "settling: lookup {lookup} of {settle_lookups_max} in {}ms, the outcome of \
+                 {attempts} attempts is unknown: {error}",
+                delay.as_millis()
+            );
+            (delay, detail)
+        } else {
+            let delay = backoff_delay(&policy, attempts, seed);
+            (delay, format!("retry in {}ms: {error}", delay.as_millis()))
+        };
         let at = now + delay.as_millis() as u64;
         execution.status = TaskStatus::Backoff;
         execution.retry_at = at;
         execution.error = Some(error.clone());
-        let attempt = execution.attempt;
+        let (attempt, lookups, settling) =
+            (execution.attempt, execution.lookups, execution.settling);
         workflow.updated_at = now;
         record(
             out,
@@ -353,9 +427,13 @@ impl Scheduler {
                 status: TaskStatus::Backoff,
                 attempt,
                 agent: None,
-                detail: Some(format!("retry in {}ms: {error}", delay.as_millis())),
+                detail: Some(detail),
                 output: None,
                 retry_at: Some(at),
+                deadline: None,
+                outcome,
+                lookups,
+                settling,
             },
         );
         self.timers.push(Reverse(Timer {
@@ -382,7 +460,9 @@ impl Scheduler {
         task.run.status = TaskStatus::Failed;
         task.run.error = Some(error.clone());
         task.run.finished_at = now;
+        task.run.settling = false;
         let attempt = task.run.attempt;
+        let outcome = task.run.current_outcome();
         if !was_terminal {
             workflow.tasks_remaining -= 1;
         }
@@ -397,7 +477,8 @@ impl Scheduler {
                 attempt,
                 None,
                 Some(error.clone()),
-            ),
+            )
+            .with_attempt_facts(None, outcome, 0, false),
         );
         if workflow.status == WorkflowStatus::Running {
             self.stop_workflow(
@@ -436,6 +517,7 @@ impl Scheduler {
         state.run.output = output;
         let attempt = state.run.attempt;
         let agent = state.run.agent.clone();
+        let outcome = state.run.current_outcome();
         workflow.tasks_remaining -= 1;
         workflow.updated_at = now;
         if status == TaskStatus::Succeeded && compiled.compensate.is_some() {
@@ -454,6 +536,10 @@ impl Scheduler {
                 detail,
                 output: recorded_output,
                 retry_at: None,
+                deadline: None,
+                outcome,
+                lookups: 0,
+                settling: false,
             },
         );
         if workflow.status != WorkflowStatus::Running {
@@ -584,21 +670,41 @@ impl Scheduler {
             let (inputs, tasks, meta) = condition_context(workflow);
             let verdict = condition.evaluate(&inputs, &tasks, &meta);
             if verdict != Ok(true) {
-                // Not needed (or not decidable): record why and move on.
-                let mut execution = Execution::new(TaskStatus::Skipped);
+                // Not needed: record why and move on. Not decidable: a compensation that
+                // may be needed was not sent, which is a compensation failure (the
+                // workflow ends `failed` with the reason), never a silent skip.
+                let (status, detail) = match verdict {
+                    Ok(_) => (
+                        TaskStatus::Skipped,
+                        format!("compensation when `{}` is false", condition.source()),
+                    ),
+                    Err(error) => (
+                        TaskStatus::Failed,
+                        format!(
+                            "compensation when `{}` cannot be evaluated: {error}",
+                            condition.source()
+                        ),
+                    ),
+                };
+                let mut execution = Execution::new(status);
                 execution.started_at = now;
                 execution.finished_at = now;
-                let detail = match verdict {
-                    Ok(_) => format!("compensation when `{}` is false", condition.source()),
-                    Err(error) => error,
-                };
                 execution.error = Some(detail.clone());
                 workflow.tasks[task as usize].compensation = Some(execution);
+                if status == TaskStatus::Failed {
+                    workflow.compensation_failures += 1;
+                    let task_id = workflow.task_id(task).to_owned();
+                    let reason = workflow.error.get_or_insert_with(String::new);
+                    if !reason.is_empty() {
+                        reason.push_str("; ");
+                    }
+                    reason.push_str(&format!("compensation of `{task_id}`: {detail}"));
+                }
                 record(
                     out,
                     id,
                     now,
-                    Change::task(task, true, TaskStatus::Skipped, 0, None, Some(detail)),
+                    Change::task(task, true, status, 0, None, Some(detail)),
                 );
                 self.continue_compensation(id, out);
                 return;
@@ -649,6 +755,8 @@ impl Scheduler {
         execution.output = output;
         let attempt = execution.attempt;
         let agent = execution.agent.clone();
+        let outcome = execution.current_outcome();
+        execution.settling = false;
         if status == TaskStatus::Compensated {
             workflow.tasks[slot.task as usize].run.status = TaskStatus::Compensated;
         } else {
@@ -669,6 +777,10 @@ impl Scheduler {
                 detail: error,
                 output: recorded_output,
                 retry_at: None,
+                deadline: None,
+                outcome,
+                lookups: 0,
+                settling: false,
             },
         );
         self.continue_compensation(slot.workflow, out);

@@ -50,6 +50,12 @@ pub struct SchedulerConfig {
     /// `cheapest-healthy` routes for `unhealthy_cooldown`.
     pub unhealthy_failures: u32,
     pub unhealthy_cooldown: Duration,
+    /// Settlement lookups after the attempts ran out with an outcome that may have taken
+    /// effect; past this the task fails as `outcome unknown` (escalated, never silent).
+    pub settle_lookups_max: u32,
+    /// The delay before the first lookup, doubled per lookup up to `settle_backoff_max`.
+    pub settle_backoff_initial: Duration,
+    pub settle_backoff_max: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -67,6 +73,9 @@ impl Default for SchedulerConfig {
             parked_scan_max: 256,
             unhealthy_failures: 3,
             unhealthy_cooldown: Duration::from_secs(5),
+            settle_lookups_max: 10,
+            settle_backoff_initial: Duration::from_secs(1),
+            settle_backoff_max: Duration::from_secs(30),
         }
     }
 }
@@ -91,10 +100,22 @@ pub struct NewWorkflow {
 /// What an agent reported for one attempt.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    Succeeded { output: Arc<str> },
-    Retryable { error: String },
-    Permanent { error: String },
+    Succeeded {
+        output: Arc<str>,
+    },
+    Retryable {
+        error: String,
+    },
+    Permanent {
+        error: String,
+    },
+    /// The effect may or may not have been taken (retried; settled when attempts run out).
+    Unknown {
+        error: String,
+    },
     Cancelled,
+    /// The agent did not start the task: not an attempt, it is queued again.
+    Refused,
 }
 
 /// Events from agents and their sessions.
@@ -142,6 +163,8 @@ pub struct Assignment {
     pub traceparent: String,
     pub tracestate: String,
     pub workflow_name: String,
+    /// A settlement lookup by `idempotency_key`, not an attempt at the effect.
+    pub settle: bool,
 }
 
 /// A state change, in the order it happened: streamed by `Watch`, and what a durable
@@ -172,6 +195,19 @@ pub enum Change {
         output: Option<Arc<str>>,
         /// When the next attempt becomes ready, on backoff.
         retry_at: Option<Millis>,
+        /// The attempt's deadline, on dispatch: a restore resumes it with its real
+        /// timeout, not the last snapshot's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deadline: Option<Millis>,
+        /// How the attempt ended, on the change that ends it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        outcome: Option<AttemptOutcome>,
+        /// Settlement lookups so far, on dispatch, ready and backoff changes.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        lookups: u32,
+        /// The next dispatch is a settlement lookup, on dispatch, ready and backoff.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        settling: bool,
     },
     /// An operator asked to cancel; compensation follows.
     CancelRequested {
@@ -198,8 +234,42 @@ impl Change {
             detail,
             output: None,
             retry_at: None,
+            deadline: None,
+            outcome: None,
+            lookups: 0,
+            settling: false,
         }
     }
+}
+
+impl Change {
+    /// Sets the fields a task change carries besides the common ones (no-op on others).
+    fn with_attempt_facts(
+        mut self,
+        attempt_deadline: Option<Millis>,
+        attempt_outcome: Option<AttemptOutcome>,
+        attempt_lookups: u32,
+        attempt_settling: bool,
+    ) -> Self {
+        if let Self::Task {
+            deadline,
+            outcome,
+            lookups,
+            settling,
+            ..
+        } = &mut self
+        {
+            *deadline = attempt_deadline;
+            *outcome = attempt_outcome;
+            *lookups = attempt_lookups;
+            *settling = attempt_settling;
+        }
+        self
+    }
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
 }
 
 /// What the core asks its driver to do.
@@ -582,6 +652,21 @@ impl Scheduler {
             let Some(execution) = workflow.execution_mut(slot) else {
                 continue;
             };
+            // An attempt given up for a lost agent that turns out to be still running
+            // (the agent reconnected, or the control unit restarted): take it back
+            // instead of running the task a second time in parallel under its key.
+            let reclaimed = execution.is_lost_attempt(attempt);
+            if reclaimed {
+                execution.history.pop();
+                execution.attempt_open = true;
+                execution.status = TaskStatus::Dispatched;
+                self.timers.push(Reverse(Timer {
+                    at: execution.deadline.min(lease_until),
+                    slot,
+                    attempt,
+                    kind: TimerKind::Attempt,
+                }));
+            }
             if execution.attempt != attempt || !execution.attempt_open || !execution.is_in_flight()
             {
                 continue;
@@ -598,6 +683,7 @@ impl Scheduler {
             if execution.status == TaskStatus::Dispatched {
                 execution.status = TaskStatus::Running;
                 workflow.updated_at = now;
+                let detail = reclaimed.then(|| "still running on its agent: reclaimed".into());
                 record(
                     out,
                     slot.workflow,
@@ -608,7 +694,7 @@ impl Scheduler {
                         TaskStatus::Running,
                         attempt,
                         Some(agent.clone()),
-                        None,
+                        detail,
                     ),
                 );
             }

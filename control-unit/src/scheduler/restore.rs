@@ -112,6 +112,10 @@ fn apply(workflow: &mut Workflow, at: u64, change: &Change) -> Result<(), Restor
             detail,
             output,
             retry_at,
+            deadline,
+            outcome,
+            lookups,
+            settling,
         } => {
             let has_compensation = workflow
                 .spec
@@ -134,9 +138,26 @@ fn apply(workflow: &mut Workflow, at: u64, change: &Change) -> Result<(), Restor
             if agent.is_some() {
                 execution.agent.clone_from(agent);
             }
-            track_attempt(execution, at, *status, *attempt, detail.as_deref());
+            track_attempt(
+                execution,
+                at,
+                *status,
+                *attempt,
+                *outcome,
+                detail.as_deref(),
+            );
             execution.status = *status;
             execution.attempt = *attempt;
+            if matches!(
+                status,
+                TaskStatus::Dispatched | TaskStatus::Ready | TaskStatus::Backoff
+            ) {
+                execution.lookups = *lookups;
+                execution.settling = *settling;
+            }
+            if let Some(deadline) = deadline {
+                execution.deadline = *deadline;
+            }
             if output.is_some() {
                 execution.output.clone_from(output);
             }
@@ -169,6 +190,7 @@ fn apply(workflow: &mut Workflow, at: u64, change: &Change) -> Result<(), Restor
                         workflow.compensating = None;
                     }
                     TaskStatus::Failed => {
+                        workflow.compensation_stack.retain(|t| t != task);
                         workflow.compensation_failures += 1;
                         workflow.compensating = None;
                     }
@@ -187,13 +209,14 @@ fn apply(workflow: &mut Workflow, at: u64, change: &Change) -> Result<(), Restor
 
 /// Keeps an execution's attempt state and history while changes are replayed: a
 /// dispatch opens an attempt; the change that ends it (backoff, success, failure) adds it
-/// to the history, as the running scheduler did. The log holds the outcome's class only
-/// in the change's detail (the same text `paygrid status` shows).
+/// to the history, as the running scheduler did. The change names the outcome; logs
+/// written before it did hold the outcome's class only in the detail text.
 fn track_attempt(
     execution: &mut Execution,
     at: u64,
     status: TaskStatus,
     attempt: u32,
+    recorded: Option<AttemptOutcome>,
     detail: Option<&str>,
 ) {
     let outcome = match status {
@@ -202,6 +225,27 @@ fn track_attempt(
             execution.attempt_open = true;
             return;
         }
+        TaskStatus::Running => {
+            // A lost attempt its agent reported again (see `Scheduler::heartbeat`).
+            if !execution.attempt_open
+                && execution
+                    .history
+                    .last()
+                    .is_some_and(|h| h.attempt == attempt && h.outcome.is_unknown())
+            {
+                execution.history.pop();
+                execution.attempt_open = true;
+            }
+            return;
+        }
+        TaskStatus::Ready => {
+            // A refused dispatch was undone: the attempt it opened never ran.
+            if attempt < execution.attempt {
+                execution.attempt_open = false;
+            }
+            return;
+        }
+        _ if recorded.is_some() => recorded.unwrap_or(AttemptOutcome::Retryable),
         TaskStatus::Succeeded | TaskStatus::Compensated => AttemptOutcome::Succeeded,
         TaskStatus::Backoff => match detail.unwrap_or("") {
             d if d.contains("timed out") => AttemptOutcome::Timeout,
@@ -228,6 +272,7 @@ fn track_attempt(
             outcome,
             error: (outcome != AttemptOutcome::Succeeded)
                 .then(|| detail.unwrap_or_default().to_owned()),
+            lookup: execution.settling,
         });
     }
     execution.attempt_open = false;

@@ -49,6 +49,9 @@ pub struct AttemptRecord {
     pub finished_at: Millis,
     pub outcome: AttemptOutcome,
     pub error: Option<String>,
+    /// A settlement lookup (see [`Execution::settling`]), not an attempt at the effect.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lookup: bool,
 }
 
 /// How an attempt ended.
@@ -64,6 +67,8 @@ pub enum AttemptOutcome {
     Cancelled,
     /// Replaced by a new attempt after a control-unit restart, its outcome unknown.
     Interrupted,
+    /// The agent answered that the effect may or may not have been taken.
+    Unknown,
 }
 
 impl AttemptOutcome {
@@ -77,7 +82,22 @@ impl AttemptOutcome {
             Self::AgentLost => "agent_lost",
             Self::Cancelled => "cancelled",
             Self::Interrupted => "interrupted",
+            Self::Unknown => "unknown",
         }
+    }
+
+    /// The attempt may have taken effect without the control unit learning its result:
+    /// such an outcome is settled before the task may fail.
+    pub fn is_unknown(self) -> bool {
+        matches!(
+            self,
+            Self::Timeout
+                | Self::LeaseExpired
+                | Self::AgentLost
+                | Self::Cancelled
+                | Self::Interrupted
+                | Self::Unknown
+        )
     }
 }
 
@@ -85,8 +105,16 @@ impl AttemptOutcome {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Execution {
     pub status: TaskStatus,
-    /// Attempts started so far.
+    /// Dispatches so far: attempts at the effect plus settlement lookups. The wire
+    /// attempt number; `attempt - lookups` is what `max_attempts` bounds.
     pub attempt: u32,
+    /// Settlement lookups dispatched so far.
+    #[serde(default)]
+    pub lookups: u32,
+    /// The attempts ran out and one of them may have taken effect: the next dispatches
+    /// are settlement lookups (same key) until an answer is definite.
+    #[serde(default)]
+    pub settling: bool,
     /// A result for `attempt` is still expected and will be accepted.
     pub attempt_open: bool,
     pub agent: Option<AgentId>,
@@ -110,6 +138,8 @@ impl Execution {
         Self {
             status,
             attempt: 0,
+            lookups: 0,
+            settling: false,
             attempt_open: false,
             agent: None,
             started_at: 0,
@@ -128,6 +158,34 @@ impl Execution {
     /// Dispatched or running, with a result still expected.
     pub fn is_in_flight(&self) -> bool {
         matches!(self.status, TaskStatus::Dispatched | TaskStatus::Running)
+    }
+
+    /// Attempts at the effect so far (settlement lookups not counted).
+    pub fn effect_attempts(&self) -> u32 {
+        self.attempt.saturating_sub(self.lookups)
+    }
+
+    /// `attempt` is the current attempt, its agent was lost (or the control unit
+    /// restarted) and it has not been replaced yet: the agent may still run it, so its
+    /// report or late result is taken back.
+    pub fn is_lost_attempt(&self, attempt: u32) -> bool {
+        self.attempt == attempt
+            && matches!(self.status, TaskStatus::Backoff | TaskStatus::Ready)
+            && self.history.last().is_some_and(|h| {
+                h.attempt == attempt
+                    && matches!(
+                        h.outcome,
+                        AttemptOutcome::AgentLost | AttemptOutcome::Interrupted
+                    )
+            })
+    }
+
+    /// How the current attempt ended, once the history holds it.
+    pub fn current_outcome(&self) -> Option<AttemptOutcome> {
+        self.history
+            .last()
+            .filter(|h| h.attempt == self.attempt && self.attempt > 0)
+            .map(|h| h.outcome)
     }
 }
 

@@ -87,6 +87,24 @@ fn task_ref(task: Option<&pb::TaskRef>) -> Option<(Slot, u32)> {
     Some((Slot::from_wire(workflow, task.task_index), task.attempt))
 }
 
+/// An agent's output as stored: card numbers masked and CVV-like fields replaced. Most
+/// outputs hold neither, and skip the parse.
+fn redacted_output(bytes: &[u8]) -> std::sync::Arc<str> {
+    let text = String::from_utf8_lossy(bytes);
+    if !paygrid_telemetry::redact::might_hold_card_data(&text) {
+        return text.into();
+    }
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(mut value) => {
+            if paygrid_telemetry::redact::redact_json(&mut value) {
+                tracing::warn!("an agent output held card data; it was masked before storing");
+            }
+            value.to_string().into()
+        }
+        Err(_) => paygrid_telemetry::redact::redact_text(&text).into(),
+    }
+}
+
 /// One agent frame as scheduler events.
 fn events(agent: &AgentId, message: pb::AgentMessage) -> Vec<AgentEvent> {
     let mut events = Vec::with_capacity(message.results.len() + 2);
@@ -94,20 +112,24 @@ fn events(agent: &AgentId, message: pb::AgentMessage) -> Vec<AgentEvent> {
         let Some((slot, attempt)) = task_ref(result.task.as_ref()) else {
             continue;
         };
+        // What agents answer is stored and shown: no card data in it (DESIGN §4).
         let error = || {
-            if result.error_code.is_empty() {
+            let error = if result.error_code.is_empty() {
                 result.error_message.clone()
             } else {
                 format!("{}: {}", result.error_code, result.error_message)
-            }
+            };
+            paygrid_telemetry::redact::redact_text(&error)
         };
         let outcome = match pb::Outcome::try_from(result.outcome) {
             Ok(pb::Outcome::Succeeded) => Outcome::Succeeded {
-                output: String::from_utf8_lossy(&result.output_json).into(),
+                output: redacted_output(&result.output_json),
             },
             Ok(pb::Outcome::Retryable) => Outcome::Retryable { error: error() },
             Ok(pb::Outcome::Permanent) => Outcome::Permanent { error: error() },
+            Ok(pb::Outcome::Unknown) => Outcome::Unknown { error: error() },
             Ok(pb::Outcome::Cancelled) => Outcome::Cancelled,
+            Ok(pb::Outcome::Refused) => Outcome::Refused,
             _ => Outcome::Retryable {
                 error: format!("agent sent outcome {}", result.outcome),
             },

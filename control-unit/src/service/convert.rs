@@ -85,6 +85,7 @@ fn history(execution: &Execution) -> Vec<pb::AttemptRecord> {
             finished_at_ms: ms(h.finished_at),
             outcome: h.outcome.as_str().into(),
             error: h.error.clone().unwrap_or_default(),
+            lookup: h.lookup,
         })
         .collect()
 }

@@ -1,13 +1,13 @@
 //! The operator-facing `Workflows` service.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 
 use paygrid_proto::v1 as pb;
 use paygrid_proto::v1::workflows_server::Workflows;
 use paygrid_telemetry::context::TraceParent;
+use paygrid_telemetry::redact::redact_text;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -142,6 +142,36 @@ fn invalid(errors: &SpecErrors) -> Status {
     Status::invalid_argument(format!("invalid workflow spec:\n{errors}"))
 }
 
+/// What makes two submissions "the same" for an idempotency key: SHA-256 over a
+/// canonical form of spec hash, input (JSON with sorted keys), priority and labels,
+/// truncated to 64 bits. Fixed by its definition, so a key stored by one release is
+/// recognised by the next (`std`'s `DefaultHasher` may change between releases).
+pub fn fingerprint(
+    spec_hash: &str,
+    input: &serde_json::Value,
+    priority: crate::model::Priority,
+    labels: &BTreeMap<String, String>,
+) -> u64 {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        hasher.update((bytes.len() as u64).to_be_bytes());
+        hasher.update(bytes);
+    };
+    field(spec_hash.as_bytes());
+    // serde_json's maps are sorted by key: `to_string` is canonical.
+    field(input.to_string().as_bytes());
+    field(priority.as_str().as_bytes());
+    for (key, value) in labels {
+        field(key.as_bytes());
+        field(value.as_bytes());
+    }
+    let digest = hasher.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
+}
+
 fn parse_id(text: &str) -> Result<WorkflowId, Status> {
     text.parse().map_err(Status::invalid_argument)
 }
@@ -228,15 +258,15 @@ impl Workflows for WorkflowsService {
         let priority = convert::priority_from_pb(request.priority)
             .map_err(Status::invalid_argument)?
             .unwrap_or(spec.priority);
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        spec.hash.hash(&mut hasher);
-        input.to_string().hash(&mut hasher);
-        priority.hash(&mut hasher);
-        let labels: BTreeMap<String, String> = request.labels.into_iter().collect();
-        labels.hash(&mut hasher);
+        // Labels are shown and stored like inputs: no card data in them either.
+        let labels: BTreeMap<String, String> = request
+            .labels
+            .into_iter()
+            .map(|(key, value)| (redact_text(&key), redact_text(&value)))
+            .collect();
         let key = Some(request.idempotency_key).filter(|k| !k.is_empty());
         let submission = Submission {
-            fingerprint: hasher.finish(),
+            fingerprint: fingerprint(&spec.hash, &input, priority, &labels),
             new: NewWorkflow {
                 id: WorkflowId::generate(now_ms()),
                 spec,
@@ -265,10 +295,24 @@ impl Workflows for WorkflowsService {
                 }
                 SubmitRejection::KeyReused { .. } => Status::already_exists(rejection.to_string()),
             })?;
+        let status = match submitted.status {
+            Some(status) => convert::workflow_status_to_pb(status),
+            // The workflow left memory: its real status is in the store.
+            None => self
+                .stored(submitted.id)
+                .await?
+                .and_then(|w| pb::WorkflowStatus::try_from(w.status).ok())
+                .ok_or_else(|| {
+                    Status::internal(format!(
+                        "workflow {} of this idempotency key is neither in memory nor in the store",
+                        submitted.id
+                    ))
+                })?,
+        };
         Ok(Response::new(pb::SubmitResponse {
             workflow_id: submitted.id.to_string(),
             created: submitted.created,
-            status: convert::workflow_status_to_pb(submitted.status).into(),
+            status: status.into(),
         }))
     }
 
