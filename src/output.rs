@@ -54,7 +54,7 @@ pub fn workflow_json(w: &pb::Workflow) -> Value {
         .map(|t| {
             json!({
                 "task_id": t.task_id, "skill": t.skill, "status": task_status_name(t.status),
-                "attempts": t.attempts, "agent_id": t.agent_id, "output": json_text(&t.output_json),
+                "attempts": t.attempts, "lookups": t.lookups, "agent_id": t.agent_id, "output": json_text(&t.output_json),
                 "error": redact_text(&t.error), "waiting_reason": t.waiting_reason, "checkpoint": t.checkpoint,
                 "started_at_ms": t.started_at_ms, "finished_at_ms": t.finished_at_ms,
                 "compensation_status": task_status_name(t.compensation_status),
@@ -121,6 +121,9 @@ pub fn workflow_text(w: &pb::Workflow) -> String {
             kind,
             t.attempts
         ));
+        if t.lookups > 0 {
+            out.push_str(&format!(" + {} lookups", t.lookups));
+        }
         if !t.agent_id.is_empty() {
             out.push_str(&format!("  on {}", t.agent_id));
         }

@@ -110,7 +110,8 @@ pub fn workflow_to_pb(workflow: &Workflow, scheduler: &Scheduler) -> pb::Workflo
                 task_id: compiled.id.clone(),
                 skill: compiled.skill().unwrap_or_default().into(),
                 status: task_status_to_pb(run.status).into(),
-                attempts: run.attempt,
+                attempts: run.effect_attempts(),
+                lookups: run.lookups,
                 output_json: run.output.as_deref().unwrap_or_default().into(),
                 error: run.error.clone().unwrap_or_default(),
                 agent_id: run
