@@ -407,8 +407,19 @@ async fn terminal_workflows_stay_listable_from_the_store() {
     let mut client = support::Fleet::client(&control.url).await;
     let spec = "apiVersion: paygrid/v1\nkind: Workflow\nname: parked\nversion: 1\ntasks:\n  - id: wait\n    skill: nobody.offers\n";
     let mut ids = Vec::new();
-    for _ in 0..4 {
-        let id = submit(&mut client, spec, json!({}), pb::Priority::Unspecified).await;
+    let keyed = |key: &str| pb::SubmitRequest {
+        spec: Some(pb::submit_request::Spec::SpecText(spec.to_owned())),
+        input_json: "{}".into(),
+        idempotency_key: key.into(),
+        ..Default::default()
+    };
+    for n in 0..4 {
+        let id = client
+            .submit(keyed(&format!("parked-{n}")))
+            .await
+            .unwrap()
+            .into_inner()
+            .workflow_id;
         let workflow = get(&mut client, &id).await;
         assert_eq!(
             task(&workflow, "wait").waiting_reason,
@@ -468,6 +479,16 @@ async fn terminal_workflows_stay_listable_from_the_store() {
         let oldest = get(&mut client, &ids[0]).await;
         assert_eq!(oldest.status, pb::WorkflowStatus::Cancelled as i32);
         assert!(oldest.error.contains("cancelled: test"), "{}", oldest.error);
+        // The same key again, for a workflow that left memory: its real status, read
+        // from the store.
+        let again = client.submit(keyed("parked-0")).await.unwrap().into_inner();
+        assert_eq!(again.workflow_id, ids[0]);
+        assert!(!again.created);
+        assert_eq!(
+            again.status,
+            pb::WorkflowStatus::Cancelled as i32,
+            "round {round}"
+        );
         control.restart();
         client = support::Fleet::client(&control.url).await;
     }
@@ -616,14 +637,31 @@ async fn card_numbers_and_cvvs_never_appear() {
     );
     let mut client = support::Fleet::client(&control.url).await;
     let spec = "apiVersion: paygrid/v1\nkind: Workflow\nname: leaky\nversion: 1\ninputs:\n  card_number: { type: string }\n  cvv: { type: string }\n  note: { type: string }\ntasks:\n  - id: use\n    skill: bench.sleep\n    with: { card: \"{{ inputs.card_number }}\", cvv: \"{{ inputs.cvv }}\", note: \"{{ inputs.note }}\" }\n";
-    let input = json!({"card_number": "4242424242424242", "cvv": "737", "note": "paid with 4000 0566 5566 5556"});
-    let id = submit(&mut client, spec, input, pb::Priority::Unspecified).await;
+    let input = json!({"card_number": "4242424242424242", "cvv": "737", "note": "paid with 4000 0566 5566 5556, customer said cvv=737"});
+    // Labels are stored and shown too: a card number in one is masked like an input's.
+    let id = client
+        .submit(pb::SubmitRequest {
+            spec: Some(pb::submit_request::Spec::SpecText(spec.to_owned())),
+            input_json: input.to_string(),
+            labels: [("card_number".to_owned(), "4111 1111 1111 1111".to_owned())].into(),
+            ..Default::default()
+        })
+        .await
+        .expect("submit")
+        .into_inner()
+        .workflow_id;
     let workflow = wait_terminal(&mut client, &id).await;
     assert_eq!(workflow.status, pb::WorkflowStatus::Succeeded as i32);
     assert!(
         workflow.input_json.contains("424242******4242"),
         "{}",
         workflow.input_json
+    );
+    assert_eq!(
+        workflow.labels.get("card_number").map(String::as_str),
+        Some("411111******1111"),
+        "{:?}",
+        workflow.labels
     );
     let status = std::process::Command::new(BIN)
         .args(["--control", &control.url, "status", &id])
@@ -674,6 +712,8 @@ async fn card_numbers_and_cvvs_never_appear() {
             "4242424242424242",
             "4000056655665556",
             "4000 0566 5566 5556",
+            "4111111111111111",
+            "4111 1111 1111 1111",
             // The CVV as a value in any format (a bare 737 may occur in timestamps or ids).
             "\"737\"",
             "\\\"737\\\"",
