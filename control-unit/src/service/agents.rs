@@ -266,3 +266,54 @@ impl AgentHub for AgentHubService {
         Ok(Response::new(pb::ListAgentsResponse { agents }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_outputs_and_errors_are_stored_without_card_data() {
+        let output = redacted_output(
+            br#"{"receipt":"paid with 4111 1111 1111 1111","cvv":"737","amount_minor":1250}"#,
+        );
+        assert!(!output.contains("4111 1111 1111 1111"), "{output}");
+        assert!(!output.contains("737"), "{output}");
+        assert!(output.contains("1250"), "{output}");
+        // Not JSON: masked as text.
+        let output = redacted_output(b"card 4242424242424242 cvv=123");
+        assert!(!output.contains("4242424242424242"), "{output}");
+        assert!(!output.contains("123"), "{output}");
+        // Most outputs hold no card data and are stored as they came.
+        let plain = br#"{"authorization_id":"auth_alpha_1"}"#;
+        assert_eq!(
+            &*redacted_output(plain),
+            std::str::from_utf8(plain).unwrap()
+        );
+
+        let message = pb::AgentMessage {
+            results: vec![pb::TaskResult {
+                task: Some(pb::TaskRef {
+                    workflow_id: WorkflowId(7).to_string(),
+                    task_index: 0,
+                    attempt: 1,
+                }),
+                outcome: pb::Outcome::Permanent.into(),
+                error_code: "card_declined".into(),
+                error_message: "card 4000 0566 5566 5556 declined, cvv=737".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let events = events(&AgentId("agent-1".into()), message);
+        let Some(AgentEvent::Result {
+            outcome: Outcome::Permanent { error },
+            ..
+        }) = events.first()
+        else {
+            panic!("a permanent result: {events:?}");
+        };
+        assert!(error.starts_with("card_declined: "), "{error}");
+        assert!(!error.contains("4000 0566 5566 5556"), "{error}");
+        assert!(!error.contains("737"), "{error}");
+    }
+}
