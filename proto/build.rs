@@ -4,11 +4,7 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = [
-        "paygrid/v1/workflows.proto",
-        "paygrid/v1/agents.proto",
-        "paygrid/v1/bench.proto",
-    ];
+    let files = ["paygrid/v1/workflows.proto", "paygrid/v1/agents.proto"];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

@@ -104,7 +104,7 @@ pub enum Command {
         single_events: usize,
     },
     /// Benchmark the full path against the raw gRPC ceiling (separate processes).
-    Bench(crate::bench::BenchArgs),
+    Bench(paygrid_bench::load::BenchArgs),
     /// The echo server of the benchmark's gRPC ceiling.
     #[command(hide = true)]
     BenchEcho {
@@ -162,14 +162,20 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Health => operator::health(&control, json).await,
         Command::Graph { file, format } => operator::graph(&file, format),
         Command::Ledger { data_dir } => operator::ledger(&data_dir, json),
-        Command::Bench(args) => crate::bench::run(args).await,
-        Command::BenchEcho { listen } => crate::bench::echo_server(listen).await,
+        Command::Bench(args) => paygrid_bench::load::run(args).await.map(|()| EXIT_OK),
+        Command::BenchEcho { listen } => {
+            paygrid_bench::ceiling::echo_server(listen, crate::parts::shutdown_signal())
+                .await
+                .map(|()| EXIT_OK)
+        }
         Command::StoreBench {
             store,
             events,
             batch,
             single_events,
-        } => crate::store_bench::run(&store, events, batch, single_events, json).await,
+        } => paygrid_bench::store::run(&store, events, batch, single_events, json)
+            .await
+            .map(|()| EXIT_OK),
     };
     match result {
         Ok(code) => code,

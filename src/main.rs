@@ -1,11 +1,9 @@
 //! `paygrid`: the one binary. Parses the command line, starts telemetry, runs the part.
 
-mod bench;
 mod cli;
 mod operator;
 mod output;
 mod parts;
-mod store_bench;
 
 use std::process::ExitCode;
 

@@ -193,7 +193,14 @@ pub fn redact_text(text: &str) -> String {
 /// Redacts a JSON value in place: card numbers masked in every string, CVV-like fields
 /// replaced. Workflow inputs pass through this at `Submit`, so nothing downstream (store,
 /// agents, logs, status) ever holds a full card number or a CVV.
+///
+/// A number is masked only under a card-like field name (`pan`, `card_number`, ...):
+/// microsecond timestamps and ids are 16-digit numbers too, and one in ten passes Luhn.
 pub fn redact_json(value: &mut serde_json::Value) -> bool {
+    redact_json_under(value, false)
+}
+
+fn redact_json_under(value: &mut serde_json::Value, card_field: bool) -> bool {
     let mut changed = false;
     match value {
         serde_json::Value::String(text) => {
@@ -204,16 +211,17 @@ pub fn redact_json(value: &mut serde_json::Value) -> bool {
                 changed = true;
             }
         }
-        serde_json::Value::Number(number) => {
+        serde_json::Value::Number(number) if card_field => {
             let text = number.to_string();
-            if mask_pans(&text) != text {
-                *value = serde_json::Value::String(mask_pans(&text));
+            let masked = mask_pans(&text);
+            if masked != text {
+                *value = serde_json::Value::String(masked);
                 changed = true;
             }
         }
         serde_json::Value::Array(items) => {
             for item in items {
-                changed |= redact_json(item);
+                changed |= redact_json_under(item, card_field);
             }
         }
         serde_json::Value::Object(map) => {
@@ -222,13 +230,21 @@ pub fn redact_json(value: &mut serde_json::Value) -> bool {
                     *item = serde_json::Value::String("[redacted]".into());
                     changed = true;
                 } else {
-                    changed |= redact_json(item);
+                    changed |= redact_json_under(item, is_card_field(key));
                 }
             }
         }
         _ => {}
     }
     changed
+}
+
+/// Field names that may hold a card number as a JSON number.
+fn is_card_field(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["pan", "card", "number", "account"]
+        .iter()
+        .any(|part| name.contains(part))
 }
 
 /// A `MakeWriter` that redacts every formatted log line before it reaches `inner`.
@@ -305,6 +321,18 @@ mod redaction_tests {
         assert!(!might_hold_card_data(
             r#"{"authorization_id":"auth_alpha_12","amount_minor":1250}"#
         ));
+    }
+
+    #[test]
+    fn timestamps_are_not_card_numbers() {
+        // Luhn-valid, 16 digits, and a timestamp: left alone unless its field is card-like.
+        assert_eq!(mask_pans("4242424242424242"), "424242******4242");
+        let mut output = serde_json::json!({"finished_at_us": 4242424242424242_u64, "card": {"number": 4242424242424242_u64}});
+        assert!(redact_json(&mut output));
+        assert_eq!(
+            output,
+            serde_json::json!({"finished_at_us": 4242424242424242_u64, "card": {"number": "424242******4242"}})
+        );
     }
 
     #[test]

@@ -9,8 +9,6 @@ use paygrid_control_unit::model::{TaskStatus, WorkflowId};
 use paygrid_control_unit::scheduler::Change;
 use paygrid_control_unit::store::{self, Batch, EventWrite, Store};
 
-use crate::cli::EXIT_OK;
-
 fn events(count: usize, first_sequence: u64) -> Vec<EventWrite> {
     let change = Change::Task {
         task: 3,
@@ -70,7 +68,7 @@ pub async fn run(
     batch: usize,
     single: usize,
     json: bool,
-) -> anyhow::Result<u8> {
+) -> anyhow::Result<()> {
     let store = store::open(location)
         .await
         .with_context(|| format!("open store {location}"))?;
@@ -91,5 +89,5 @@ pub async fn run(
             "  one commit (fsync) per event:           {one_by_one:>10.0} events/s over {single} events"
         );
     }
-    Ok(EXIT_OK)
+    Ok(())
 }

@@ -9,10 +9,9 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -21,11 +20,9 @@ use paygrid_proto::v1 as pb;
 use paygrid_proto::v1::workflows_client::WorkflowsClient;
 use prost::Message;
 use serde_json::{Value, json};
-use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
-use crate::cli::EXIT_OK;
+use crate::ceiling::ceiling;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -33,7 +30,8 @@ pub struct BenchArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "seq3,card,fanout,priority"
+        default_value = "seq3,card,fanout,priority",
+        value_parser = ["seq3", "card", "fanout", "priority"]
     )]
     pub scenarios: Vec<String>,
     /// Workflows per scenario (default depends on the scenario and --quick).
@@ -398,112 +396,6 @@ fn summarize(
     })
 }
 
-/// The echo server of the ceiling measurement (`paygrid bench-echo`).
-pub struct Echo;
-
-#[tonic::async_trait]
-impl pb::bench_server::Bench for Echo {
-    type PingPongStream = Pin<Box<dyn Stream<Item = Result<pb::Pong, tonic::Status>> + Send>>;
-
-    async fn ping_pong(
-        &self,
-        request: tonic::Request<tonic::Streaming<pb::Ping>>,
-    ) -> Result<tonic::Response<Self::PingPongStream>, tonic::Status> {
-        let mut inbound = request.into_inner();
-        let (sender, receiver) = tokio::sync::mpsc::channel(1024);
-        tokio::spawn(async move {
-            while let Ok(Some(ping)) = inbound.message().await {
-                let pong = pb::Pong {
-                    id: ping.id,
-                    payload: vec![7u8; ping.reply_bytes as usize].into(),
-                };
-                if sender.send(Ok(pong)).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(tonic::Response::new(Box::pin(ReceiverStream::new(
-            receiver,
-        ))))
-    }
-}
-
-pub async fn echo_server(listen: std::net::SocketAddr) -> anyhow::Result<u8> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    println!(
-        "paygrid bench-echo listening on http://{}",
-        listener.local_addr()?
-    );
-    tonic::transport::Server::builder()
-        .add_service(pb::bench_server::BenchServer::new(Echo))
-        .serve_with_incoming_shutdown(
-            paygrid_control_unit::server::no_delay(listener),
-            crate::parts::shutdown_signal(),
-        )
-        .await?;
-    Ok(EXIT_OK)
-}
-
-/// Round trips per second over one bidirectional stream with `window` in flight.
-async fn ceiling(
-    url: &str,
-    assignment_bytes: usize,
-    result_bytes: usize,
-    window: usize,
-    duration: Duration,
-) -> anyhow::Result<f64> {
-    let channel = Channel::from_shared(url.to_owned())?
-        .tcp_nodelay(true)
-        .connect()
-        .await?;
-    let mut client = pb::bench_client::BenchClient::new(channel);
-    let (sender, receiver) = tokio::sync::mpsc::channel(window * 2);
-    let credits = Arc::new(tokio::sync::Semaphore::new(window));
-    let payload: bytes::Bytes = vec![1u8; assignment_bytes].into();
-    let mut inbound = client
-        .ping_pong(ReceiverStream::new(receiver))
-        .await?
-        .into_inner();
-    let stop = Instant::now() + duration;
-    let sent = Arc::new(AtomicU64::new(0));
-    let producer = {
-        let (credits, sent) = (credits.clone(), sent.clone());
-        tokio::spawn(async move {
-            while Instant::now() < stop {
-                let Ok(permit) = credits.clone().acquire_owned().await else {
-                    return;
-                };
-                permit.forget();
-                let id = sent.fetch_add(1, Ordering::Relaxed);
-                if sender
-                    .send(pb::Ping {
-                        id,
-                        payload: payload.clone(),
-                        reply_bytes: result_bytes as u32,
-                    })
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-        })
-    };
-    let started = Instant::now();
-    let mut received = 0u64;
-    while Instant::now() < stop {
-        match tokio::time::timeout(Duration::from_secs(5), inbound.message()).await {
-            Ok(Ok(Some(_))) => {
-                received += 1;
-                credits.add_permits(1);
-            }
-            _ => break,
-        }
-    }
-    producer.abort();
-    Ok(received as f64 / started.elapsed().as_secs_f64())
-}
-
 fn assignment_and_result_sizes(task_ms: u64) -> (usize, usize) {
     let assignment = pb::ControlMessage {
         assignments: vec![pb::Assignment {
@@ -587,7 +479,7 @@ fn start_execs(
         .collect()
 }
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("paygrid-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let control_dir = dir.join("control").display().to_string();
@@ -674,9 +566,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
                         }),
                     )
                 }
-                other => anyhow::bail!(crate::operator::UsageError(format!(
-                    "unknown scenario `{other}`: use seq3, card, fanout or priority"
-                ))),
+                other => {
+                    anyhow::bail!("unknown scenario `{other}`: use seq3, card, fanout or priority")
+                }
             };
         let (samples, elapsed) = load(
             channel.clone(),
@@ -794,7 +686,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
     drop(execs);
     drop((control, gateway, echo));
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(EXIT_OK)
+    Ok(())
 }
 
 async fn hold(channel: Channel, pid: u32, count: usize) -> anyhow::Result<Value> {

@@ -1,0 +1,17 @@
+//! Paygrid's benchmarks, kept out of the product: no control unit serves or lists their
+//! protocol. The `paygrid` binary runs them as `paygrid bench` (with `paygrid bench-echo`
+//! as the ceiling's echo process) and `paygrid store-bench`.
+//!
+//! - [`load`]: the load generator against real processes, next to the raw ceiling.
+//! - [`ceiling`]: the raw gRPC stream ceiling (echo server and client).
+//! - [`store`]: append throughput of a store.
+
+pub mod ceiling;
+pub mod load;
+pub mod store;
+
+/// The benchmark's own protocol (`paygrid.bench.v1`).
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod proto {
+    tonic::include_proto!("paygrid.bench.v1");
+}
