@@ -11,6 +11,9 @@ use crate::{operator, parts};
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
+/// A part stopped because its memory would be ahead of its disk (a failed commit or
+/// journal write); restarting it recovers from the last durable state.
+pub const EXIT_FATAL: u8 = 70;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -183,6 +186,14 @@ pub async fn run(cli: Cli) -> u8 {
             eprintln!("error: {error:#}");
             if error.downcast_ref::<operator::UsageError>().is_some() {
                 return EXIT_USAGE;
+            }
+            if error.downcast_ref::<crate::parts::FatalError>().is_some()
+                || matches!(
+                    error.downcast_ref::<paygrid_control_unit::server::ServeError>(),
+                    Some(paygrid_control_unit::server::ServeError::Control(_))
+                )
+            {
+                return EXIT_FATAL;
             }
             if let Some(status) = error.downcast_ref::<tonic::Status>()
                 && matches!(

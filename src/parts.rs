@@ -283,15 +283,62 @@ pub async fn gateway_sim(args: GatewaySimArgs) -> anyhow::Result<u8> {
             ..Faults::default()
         },
     };
-    gateway_sim::serve(listener, config, shutdown_signal()).await?;
-    Ok(EXIT_OK)
+    match gateway_sim::serve(listener, config, shutdown_signal()).await {
+        Ok(()) => Ok(EXIT_OK),
+        Err(error @ gateway_sim::ServeError::JournalFailed) => {
+            Err(FatalError(error.to_string()).into())
+        }
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// The agents an execution unit hosts.
+/// A failure after which a part must stop: its memory is ahead of its disk (a failed
+/// commit or journal write). The binary exits with code 70; the restart recovers.
+#[derive(Debug)]
+pub struct FatalError(pub String);
+
+impl std::fmt::Display for FatalError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for FatalError {}
+
+/// Fires when any of `tokens` does (a journal that broke).
+async fn any_broken(tokens: Vec<CancellationToken>) {
+    if tokens.is_empty() {
+        return std::future::pending().await;
+    }
+    let waits: Vec<_> = tokens
+        .into_iter()
+        .map(|token| Box::pin(async move { token.cancelled().await }))
+        .collect();
+    futures_select_all(waits).await;
+}
+
+/// Waits for the first of several futures.
+async fn futures_select_all<F: std::future::Future<Output = ()> + Unpin>(mut waits: Vec<F>) {
+    std::future::poll_fn(|cx| {
+        for wait in &mut waits {
+            if std::pin::Pin::new(wait).poll(cx).is_ready() {
+                return std::task::Poll::Ready(());
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await;
+}
+
+/// The agents to host, and the journals whose failure must stop the process.
+pub type Hosted = (Vec<Arc<dyn Agent>>, Vec<CancellationToken>);
+
 pub fn build_agents(
     args: &ExecArgs,
     health: &Arc<paygrid_execution_unit::HealthCollector>,
-) -> anyhow::Result<Vec<Arc<dyn Agent>>> {
+) -> anyhow::Result<Hosted> {
+    let mut broken = Vec::new();
     let mut agents: Vec<Arc<dyn Agent>> = Vec::new();
     for name in &args.agents {
         match name.as_str() {
@@ -312,7 +359,11 @@ pub fn build_agents(
             }
             "risk" => agents.push(Arc::new(RiskAgent::new(RiskRules::default()))),
             "ledger" => match &args.data_dir {
-                Some(dir) => agents.push(Arc::new(LedgerAgent::open(&dir.join("ledger.sqlite3"))?)),
+                Some(dir) => {
+                    let ledger = LedgerAgent::open(&dir.join("ledger.sqlite3"))?;
+                    broken.extend(ledger.broken());
+                    agents.push(Arc::new(ledger));
+                }
                 None => agents.push(Arc::new(LedgerAgent::new())),
             },
             "verify" => agents.push(Arc::new(VerifyAgent)),
@@ -329,7 +380,7 @@ pub fn build_agents(
             ))),
         }
     }
-    Ok(agents)
+    Ok((agents, broken))
 }
 
 pub async fn exec(args: ExecArgs, control: &str) -> anyhow::Result<u8> {
@@ -338,7 +389,7 @@ pub async fn exec(args: ExecArgs, control: &str) -> anyhow::Result<u8> {
         .clone()
         .unwrap_or_else(|| format!("exec-{}", std::process::id()));
     let mut config = ExecutionUnitConfig::new(name.clone(), control);
-    let agents = build_agents(&args, &config.health)?;
+    let (agents, broken) = build_agents(&args, &config.health)?;
     config.drain_timeout = Duration::from_millis(args.drain_timeout_ms);
     if let Some(addr) = args.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -363,8 +414,13 @@ pub async fn exec(args: ExecArgs, control: &str) -> anyhow::Result<u8> {
         trigger.cancel();
     });
     println!("paygrid exec {name} started");
-    unit.run(shutdown).await;
-    Ok(EXIT_OK)
+    tokio::select! {
+        () = unit.run(shutdown) => Ok(EXIT_OK),
+        () = any_broken(broken) => Err(FatalError(
+            "the ledger's journal failed: memory is ahead of disk; restart to replay it".into(),
+        )
+        .into()),
+    }
 }
 
 /// Everything on loopback: control unit, two gateways, one execution unit, examples.
@@ -444,7 +500,15 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<u8> {
         data_dir: Some(args.data_dir.join("exec")),
     };
     let dev_config = ExecutionUnitConfig::new("dev-exec", endpoint.clone());
-    let agents = build_agents(&exec_args, &dev_config.health)?;
+    let (agents, broken) = build_agents(&exec_args, &dev_config.health)?;
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            any_broken(broken).await;
+            eprintln!("error: the ledger's journal failed; stopping (restart to replay it)");
+            stop.cancel();
+        });
+    }
     let mut unit = ExecutionUnit::new(dev_config);
     for agent in agents {
         unit = unit.host(agent);

@@ -982,3 +982,55 @@ async fn health_shows_a_failing_gateway() {
         "the gateway agent's row shows its health: {row}"
     );
 }
+
+/// The catalog: a spec submitted once is found by `name@version` after a control-unit
+/// restart, without sending its text again; another text under a `name@version` already
+/// taken is refused, also after the restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn specs_are_found_by_name_after_a_restart_and_stay_immutable() {
+    let mut fleet = Fleet::start(&[], 0);
+    let spec = "apiVersion: paygrid/v1\nkind: Workflow\nname: parked-spec\nversion: 3\ntasks:\n  - id: wait\n    skill: nobody.offers\n";
+    let changed = spec.replace("id: wait", "id: linger");
+    let mut client = fleet.workflows().await;
+    let by_text = submit(&mut client, spec, json!({}), pb::Priority::Unspecified).await;
+    let by_ref = |reference: &str| pb::SubmitRequest {
+        spec: Some(pb::submit_request::Spec::SpecRef(reference.into())),
+        input_json: "{}".into(),
+        ..Default::default()
+    };
+    for round in ["before the restart", "after the restart"] {
+        let id = client
+            .submit(by_ref("parked-spec@3"))
+            .await
+            .unwrap_or_else(|e| panic!("{round}: {e}"))
+            .into_inner()
+            .workflow_id;
+        assert_ne!(id, by_text);
+        assert_eq!(
+            get(&mut client, &id).await.tasks[0].task_id,
+            "wait",
+            "{round}"
+        );
+        let refused = client
+            .submit(pb::SubmitRequest {
+                spec: Some(pb::submit_request::Spec::SpecText(changed.clone())),
+                input_json: "{}".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::AlreadyExists, "{round}");
+        assert!(
+            refused.message().contains("parked-spec@3")
+                && refused.message().contains("new version"),
+            "{round}: {}",
+            refused.message()
+        );
+        let missing = client.submit(by_ref("parked-spec@4")).await.unwrap_err();
+        assert_eq!(missing.code(), tonic::Code::NotFound, "{round}");
+        let malformed = client.submit(by_ref("parked-spec")).await.unwrap_err();
+        assert_eq!(malformed.code(), tonic::Code::InvalidArgument, "{round}");
+        fleet.control.restart();
+        client = fleet.workflows().await;
+    }
+}

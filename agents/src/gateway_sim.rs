@@ -376,8 +376,11 @@ async fn apply_effect(
         let entry =
             json!({"key": key, "effect": effect, "target": target, "request": request}).to_string();
         if let Err(error) = tokio::task::block_in_place(|| journal.append(&entry)) {
+            // Memory is ahead of disk: answer that the outcome is unknown, and stop
+            // serving (`serve` returns the error); the restart replays the journal.
             tracing::error!(%error, "gateway journal write failed; stopping");
-            std::process::exit(70);
+            let (status, body) = error_body_journal();
+            return respond(status, body, false);
         }
     }
     inner.idempotency.insert(
@@ -445,7 +448,8 @@ fn lookup(sim: &Sim, key: &str) -> Response {
                     let entry = json!({"key": key, "fenced": true}).to_string();
                     if let Err(error) = tokio::task::block_in_place(|| journal.append(&entry)) {
                         tracing::error!(%error, "gateway journal write failed; stopping");
-                        std::process::exit(70);
+                        let (status, body) = error_body_journal();
+                        return respond(status, body, false);
                     }
                 }
                 inner.idempotency.insert(key.to_owned(), Entry::Fenced);
@@ -732,11 +736,21 @@ fn router(sim: Arc<Sim>) -> Router {
 }
 
 /// Serves the simulator on `listener` until `shutdown` resolves.
+/// Why the simulator stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// A journal write failed: memory is ahead of disk; restart to replay the journal.
+    #[error("the gateway's journal failed: memory is ahead of disk; restart to replay it")]
+    JournalFailed,
+}
+
 pub async fn serve(
     listener: TcpListener,
     config: SimConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> Result<(), ServeError> {
     let (journal, entries) = match &config.journal {
         Some(path) => {
             let (journal, entries) =
@@ -760,6 +774,19 @@ pub async fn serve(
         journal,
     });
     replay(&sim, &entries);
+    let broken = sim.journal.as_ref().map(crate::journal::Journal::broken);
+    let stop = {
+        let broken = broken.clone();
+        async move {
+            match broken {
+                Some(broken) => tokio::select! {
+                    () = shutdown => {}
+                    () = broken.cancelled() => {}
+                },
+                None => shutdown.await,
+            }
+        }
+    };
     {
         use axum::serve::ListenerExt;
         let listener = listener.tap_io(|tcp| {
@@ -767,8 +794,22 @@ pub async fn serve(
         });
         axum::serve(listener, router(sim))
     }
-    .with_graceful_shutdown(shutdown)
-    .await
+    .with_graceful_shutdown(stop)
+    .await?;
+    match broken {
+        Some(broken) if broken.is_cancelled() => Err(ServeError::JournalFailed),
+        _ => Ok(()),
+    }
+}
+
+/// The answer when the journal failed after the effect was applied in memory: a 500, so
+/// the caller treats the outcome as unknown and settles it after the restart.
+fn error_body_journal() -> (StatusCode, Value) {
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "journal_failed",
+        "the gateway could not record the request; its outcome is unknown",
+    )
 }
 
 /// Re-applies every journaled request in order: the same ids, payments and stored

@@ -18,6 +18,10 @@ pub struct JournalError {
 pub struct Journal {
     path: String,
     connection: Mutex<Connection>,
+    /// Cancelled at the first failed append: the owner's memory is then ahead of its
+    /// disk, and the process must stop (the host watches this and exits with code 70);
+    /// every later append fails too.
+    broken: tokio_util::sync::CancellationToken,
 }
 
 impl Journal {
@@ -49,6 +53,7 @@ impl Journal {
             Self {
                 path: name,
                 connection: Mutex::new(connection),
+                broken: tokio_util::sync::CancellationToken::new(),
             },
             entries,
         ))
@@ -57,16 +62,29 @@ impl Journal {
     /// Appends one entry; durable when this returns. Blocking: call it from a blocking
     /// context (`block_in_place` or the blocking pool).
     pub fn append(&self, entry: &str) -> Result<(), JournalError> {
+        let error = |source| JournalError {
+            path: self.path.clone(),
+            source,
+        };
+        if self.broken.is_cancelled() {
+            return Err(error(rusqlite::Error::InvalidQuery));
+        }
         let connection = self
             .connection
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        connection
+        let appended = connection
             .execute("INSERT INTO journal (entry) VALUES (?1)", params![entry])
             .map(|_| ())
-            .map_err(|source| JournalError {
-                path: self.path.clone(),
-                source,
-            })
+            .map_err(error);
+        if appended.is_err() {
+            self.broken.cancel();
+        }
+        appended
+    }
+
+    /// Fires once an append failed: stop the process, replay at the next start.
+    pub fn broken(&self) -> tokio_util::sync::CancellationToken {
+        self.broken.clone()
     }
 }

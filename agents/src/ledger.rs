@@ -216,6 +216,11 @@ impl LedgerAgent {
         }
     }
 
+    /// Fires when the ledger's journal failed: the host must stop (exit code 70).
+    pub fn broken(&self) -> Option<tokio_util::sync::CancellationToken> {
+        self.journal.as_ref().map(crate::journal::Journal::broken)
+    }
+
     /// A ledger kept in `path`: every posting is journaled before it is answered, and the
     /// journal is replayed at start.
     pub fn open(path: &std::path::Path) -> Result<Self, crate::journal::JournalError> {
@@ -291,9 +296,11 @@ impl Agent for LedgerAgent {
                     let entry =
                         json!({"key": task.idempotency_key, "request": task.input}).to_string();
                     if let Err(error) = tokio::task::block_in_place(|| journal.append(&entry)) {
-                        // Memory is ahead of disk: stop, and replay the journal on restart.
+                        // Memory is ahead of disk: the journal is now broken, the host
+                        // stops (see `broken`), and the restart replays the journal. The
+                        // posting may or may not survive: the outcome is unknown.
                         tracing::error!(%error, "ledger journal write failed; stopping");
-                        std::process::exit(70);
+                        return TaskOutcome::unknown("ledger_journal_failed", error.to_string());
                     }
                 }
                 ledger

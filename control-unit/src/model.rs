@@ -206,3 +206,59 @@ mod tests {
         assert!("nope".parse::<WorkflowId>().is_err());
     }
 }
+
+/// What an agent does for the platform (DESIGN §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AgentRole {
+    Worker,
+    Support,
+    Service,
+}
+
+/// One skill an agent offers, with its JSON Schemas as the card carried them (checked to
+/// be JSON when the card is accepted).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SkillCard {
+    pub name: String,
+    pub description: String,
+    pub input_schema: String,
+    pub output_schema: String,
+}
+
+/// How an agent introduces itself at registration, after validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentCard {
+    pub name: String,
+    pub role: AgentRole,
+    pub version: String,
+    pub skills: Vec<SkillCard>,
+    pub max_concurrency: u32,
+    /// e.g. `gateway=alpha`, `cost_bps=25`, `region=eu`.
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// The health of a gateway or an agent over a window, as a telemetry agent reports it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HealthReport {
+    /// `gateway` or `agent`.
+    pub kind: String,
+    pub subject: String,
+    pub window_ms: u32,
+    pub requests: u64,
+    pub errors: u64,
+    pub latency_p50_ms: u32,
+    pub latency_p99_ms: u32,
+    /// Running tasks over the subject's slots, 0 to 1.
+    pub saturation: f64,
+    pub skills: Vec<String>,
+}
+
+impl HealthReport {
+    pub fn error_rate(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.errors as f64 / self.requests as f64
+        }
+    }
+}

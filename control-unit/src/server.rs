@@ -8,8 +8,9 @@ use paygrid_proto::v1::workflows_server::WorkflowsServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::catalog::Catalog;
 use crate::runtime::{self, RuntimeConfig};
-use crate::service::{AgentHubService, SpecRegistry, WorkflowsService};
+use crate::service::{AgentHubService, WorkflowsService};
 use crate::spec::SpecLimits;
 
 #[derive(Debug, thiserror::Error)]
@@ -18,8 +19,11 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
-    #[error("store: {0}")]
-    Store(#[from] crate::store::StoreError),
+    /// Recovery at start failed, or a group commit failed while serving: memory would be
+    /// ahead of disk. The binary exits with code 70; the next start recovers from the last
+    /// good commit.
+    #[error("{0}")]
+    Control(#[from] crate::error::ControlError),
     #[error("metrics endpoint: {0}")]
     Metrics(std::io::Error),
 }
@@ -44,9 +48,14 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let stop = tokio_util::sync::CancellationToken::new();
-    let (handle, actor) =
-        runtime::start(config.runtime.clone(), config.store.clone(), stop.clone()).await?;
-    let registry = Arc::new(SpecRegistry::new(config.limits.clone()));
+    let catalog = Arc::new(Catalog::new(config.limits.clone(), config.store.clone()));
+    let (handle, actor) = runtime::start(
+        config.runtime.clone(),
+        config.store.clone(),
+        catalog.clone(),
+        stop.clone(),
+    )
+    .await?;
     let metrics_server = match config.metrics_addr {
         Some(addr) => {
             let listener = TcpListener::bind(addr).await.map_err(ServeError::Metrics)?;
@@ -99,24 +108,36 @@ pub async fn serve(
         .add_service(reflection_alpha)
         .add_service(WorkflowsServer::new(WorkflowsService::new(
             handle.clone(),
-            registry.clone(),
-            config.store.clone(),
+            catalog.clone(),
+            config.runtime.watch_buffer,
         )))
         .add_service(AgentHubServer::new(AgentHubService::new(
             handle,
-            registry,
+            catalog,
             config.runtime,
         )))
-        .serve_with_incoming_shutdown(no_delay(listener), shutdown)
+        .serve_with_incoming_shutdown(no_delay(listener), {
+            // The actor cancels `stop` when it cannot go on (a failed commit).
+            let failed = stop.clone();
+            async move {
+                tokio::select! {
+                    () = shutdown => {}
+                    () = failed.cancelled() => {}
+                }
+            }
+        })
         .await;
     stop.cancel();
-    let _ = actor.await;
+    let stopped = actor
+        .await
+        .map_err(|e| crate::error::ControlError::Internal(format!("the actor panicked: {e}")));
     if let Some(pruner) = pruner {
         pruner.abort();
     }
     if let Some(metrics_server) = metrics_server {
         metrics_server.abort();
     }
+    stopped??;
     Ok(result?)
 }
 

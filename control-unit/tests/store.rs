@@ -11,7 +11,7 @@ use std::sync::Arc;
 use paygrid_control_unit::model::{Priority, WorkflowId, WorkflowStatus};
 use paygrid_control_unit::scheduler::{Change, NewWorkflow, Scheduler, SchedulerConfig};
 use paygrid_control_unit::spec::{SpecLimits, compile};
-use paygrid_control_unit::store::{Batch, EventWrite, Store, WorkflowWrite};
+use paygrid_control_unit::store::{Batch, EventWrite, SpecWrite, Store, WorkflowWrite};
 
 const SPEC: &str = "apiVersion: paygrid/v1\nkind: Workflow\nname: stored\nversion: 1\ntasks:\n  - id: a\n    skill: s\n  - id: b\n    skill: s\n    needs: [a]\n";
 
@@ -86,7 +86,12 @@ async fn suite(store: Arc<dyn Store>) {
     active.snapshot = Some((snapshot, 2));
     let id = active.id;
     let mut batch = Batch::default();
-    batch.specs.push((spec.hash.clone(), Arc::from(SPEC)));
+    batch.specs.push(SpecWrite {
+        hash: spec.hash.clone(),
+        name: spec.name.clone(),
+        version: spec.version,
+        text: Arc::from(SPEC),
+    });
     batch.workflows.push(active.clone());
     batch.events.push(event(id, 1, &Change::Created));
     batch
@@ -133,6 +138,15 @@ async fn suite(store: Arc<dyn Store>) {
     let recovered = store.recover(10).await.unwrap();
     assert_eq!(recovered.last_sequence, 6);
     assert_eq!(recovered.specs, vec![(spec.hash.clone(), SPEC.to_owned())]);
+    // The catalog finds the spec again by `name@version`; another version is not there.
+    assert_eq!(
+        store.spec(&spec.name, spec.version).await.unwrap(),
+        Some((spec.hash.clone(), SPEC.to_owned()))
+    );
+    assert_eq!(
+        store.spec(&spec.name, spec.version + 1).await.unwrap(),
+        None
+    );
     let restored = recovered
         .workflows
         .iter()

@@ -13,6 +13,7 @@
 
 pub mod agent;
 pub mod health;
+pub mod metric_names;
 pub mod runtime;
 
 pub use agent::{Agent, AgentCard, Role, SkillSpec, Task, TaskOutcome};

@@ -19,6 +19,7 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::agent::{Agent, AgentCard, Task, TaskOutcome};
+use crate::metric_names;
 
 /// Execution unit settings.
 #[derive(Debug, Clone)]
@@ -157,12 +158,9 @@ impl AgentRunner {
                 Ok(()) => return,
                 Err(error) => {
                     let connected = [("agent", self.card.name.as_str())];
-                    self.config.metrics.gauge(
-                        "paygrid_agent_session_connected",
-                        "1 while an agent's session is open.",
-                        &connected,
-                        0.0,
-                    );
+                    self.config
+                        .metrics
+                        .gauge(&metric_names::SESSION_CONNECTED, &connected, 0.0);
                     if shutdown.is_cancelled() && self.running.is_empty() {
                         return;
                     }
@@ -259,12 +257,9 @@ impl AgentRunner {
         tracing::info!(agent = %self.card.name, agent_id = %registration.agent_id, "session open");
         self.agent_id = registration.agent_id.as_str().into();
         let connected = [("agent", self.card.name.as_str())];
-        self.config.metrics.gauge(
-            "paygrid_agent_session_connected",
-            "1 while an agent's session is open.",
-            &connected,
-            1.0,
-        );
+        self.config
+            .metrics
+            .gauge(&metric_names::SESSION_CONNECTED, &connected, 1.0);
         let heartbeat_ms = u64::from(registration.heartbeat_interval_ms.max(100));
         let mut heartbeat = tokio::time::interval(Duration::from_millis(heartbeat_ms));
         let mut draining = shutdown.is_cancelled();
@@ -347,21 +342,10 @@ impl AgentRunner {
             ("outcome", outcome),
         ];
         let metrics = &self.config.metrics;
-        metrics.count(
-            "paygrid_agent_tasks_total",
-            "Tasks an agent finished, by agent, skill and outcome.",
-            &labels,
-            1,
-        );
-        metrics.observe(
-            "paygrid_agent_task_duration_seconds",
-            "How long an agent took per task, by agent, skill and outcome.",
-            &labels,
-            elapsed.as_secs_f64(),
-        );
+        metrics.count(&metric_names::TASKS, &labels, 1);
+        metrics.observe(&metric_names::TASK_DURATION, &labels, elapsed.as_secs_f64());
         metrics.gauge(
-            "paygrid_agent_running_tasks",
-            "Tasks running on an agent.",
+            &metric_names::RUNNING_TASKS,
             &[("agent", self.card.name.as_str())],
             self.running.len() as f64,
         );

@@ -30,6 +30,14 @@ struct Family {
     series: BTreeMap<String, Series>,
 }
 
+/// A metric's name and help text, defined once as a constant next to its siblings
+/// (see each part's `metric_names` module), like span attributes in `semconv`.
+#[derive(Debug, Clone, Copy)]
+pub struct Metric {
+    pub name: &'static str,
+    pub help: &'static str,
+}
+
 /// A set of metric families.
 #[derive(Default)]
 pub struct Registry {
@@ -85,10 +93,10 @@ impl Registry {
     }
 
     /// Adds `by` to a counter.
-    pub fn count(&self, name: &'static str, help: &'static str, labels: &[(&str, &str)], by: u64) {
+    pub fn count(&self, metric: &Metric, labels: &[(&str, &str)], by: u64) {
         self.with(
-            name,
-            help,
+            metric.name,
+            metric.help,
             "counter",
             labels,
             |s| {
@@ -101,16 +109,10 @@ impl Registry {
     }
 
     /// Sets a gauge.
-    pub fn gauge(
-        &self,
-        name: &'static str,
-        help: &'static str,
-        labels: &[(&str, &str)],
-        value: f64,
-    ) {
+    pub fn gauge(&self, metric: &Metric, labels: &[(&str, &str)], value: f64) {
         self.with(
-            name,
-            help,
+            metric.name,
+            metric.help,
             "gauge",
             labels,
             |s| {
@@ -123,16 +125,10 @@ impl Registry {
     }
 
     /// Records one observation (seconds) in a latency histogram.
-    pub fn observe(
-        &self,
-        name: &'static str,
-        help: &'static str,
-        labels: &[(&str, &str)],
-        seconds: f64,
-    ) {
+    pub fn observe(&self, metric: &Metric, labels: &[(&str, &str)], seconds: f64) {
         self.with(
-            name,
-            help,
+            metric.name,
+            metric.help,
             "histogram",
             labels,
             |s| {
@@ -257,9 +253,14 @@ mod tests {
     #[test]
     fn renders_prometheus_text() {
         let registry = Registry::new();
-        registry.count("jobs_total", "Jobs.", &[("status", "ok")], 2);
-        registry.gauge("depth", "Depth.", &[], 3.0);
-        registry.observe("latency_seconds", "Latency.", &[("skill", "a")], 0.003);
+        let metric = |name, help| Metric { name, help };
+        registry.count(&metric("jobs_total", "Jobs."), &[("status", "ok")], 2);
+        registry.gauge(&metric("depth", "Depth."), &[], 3.0);
+        registry.observe(
+            &metric("latency_seconds", "Latency."),
+            &[("skill", "a")],
+            0.003,
+        );
         let text = registry.render();
         assert!(
             text.contains("# TYPE jobs_total counter\njobs_total{status=\"ok\"} 2\n"),

@@ -290,39 +290,8 @@ impl Scheduler {
         out: &mut Vec<Command>,
     ) -> Result<WorkflowId, RestoreError> {
         self.advance(now);
-        let id: WorkflowId = snapshot
-            .id
-            .parse()
-            .map_err(|_| RestoreError::BadId(snapshot.id.clone()))?;
-        if snapshot.tasks.len() != spec.tasks.len() {
-            return Err(RestoreError::Shape {
-                id,
-                snapshot: snapshot.tasks.len(),
-                spec: spec.tasks.len(),
-                spec_hash: spec.hash.clone(),
-            });
-        }
-        let mut workflow = Workflow {
-            id,
-            spec,
-            input: Arc::new(snapshot.input),
-            priority: snapshot.priority,
-            labels: snapshot.labels,
-            idempotency_key: snapshot.idempotency_key,
-            traceparent: snapshot.traceparent,
-            trace_parent_span: snapshot.trace_parent_span,
-            tracestate: snapshot.tracestate,
-            status: snapshot.status,
-            tasks: snapshot.tasks,
-            error: snapshot.error,
-            created_at: snapshot.created_at,
-            updated_at: snapshot.updated_at,
-            tasks_remaining: 0,
-            compensation_stack: snapshot.compensation_stack,
-            compensating: snapshot.compensating,
-            compensation_failures: snapshot.compensation_failures,
-            cancel_requested: snapshot.cancel_requested,
-        };
+        let mut workflow = workflow_from_snapshot(snapshot, spec)?;
+        let id = workflow.id;
         for (at, change) in changes {
             apply(&mut workflow, *at, change)?;
         }
@@ -492,4 +461,45 @@ impl Scheduler {
         }
         self.continue_compensation(id, out);
     }
+}
+
+/// A workflow as its snapshot holds it, without the changes after it: how a stored
+/// workflow that left memory is shown (see `catalog`).
+pub fn workflow_from_snapshot(
+    snapshot: Snapshot,
+    spec: Arc<CompiledSpec>,
+) -> Result<Workflow, RestoreError> {
+    let id: WorkflowId = snapshot
+        .id
+        .parse()
+        .map_err(|_| RestoreError::BadId(snapshot.id.clone()))?;
+    if snapshot.tasks.len() != spec.tasks.len() {
+        return Err(RestoreError::Shape {
+            id,
+            snapshot: snapshot.tasks.len(),
+            spec: spec.tasks.len(),
+            spec_hash: spec.hash.clone(),
+        });
+    }
+    Ok(Workflow {
+        id,
+        spec,
+        input: Arc::new(snapshot.input),
+        priority: snapshot.priority,
+        labels: snapshot.labels,
+        idempotency_key: snapshot.idempotency_key,
+        traceparent: snapshot.traceparent,
+        trace_parent_span: snapshot.trace_parent_span,
+        tracestate: snapshot.tracestate,
+        status: snapshot.status,
+        tasks: snapshot.tasks,
+        error: snapshot.error,
+        created_at: snapshot.created_at,
+        updated_at: snapshot.updated_at,
+        tasks_remaining: 0,
+        compensation_stack: snapshot.compensation_stack,
+        compensating: snapshot.compensating,
+        compensation_failures: snapshot.compensation_failures,
+        cancel_requested: snapshot.cancel_requested,
+    })
 }

@@ -1,5 +1,5 @@
 //! The agent-facing `AgentHub` service: registration, one session stream per agent,
-//! discovery.
+//! discovery, health.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,159 +11,40 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::workflows::SpecRegistry;
-use crate::model::{AgentId, WorkflowId};
+use super::convert;
+use crate::catalog::Catalog;
+use crate::error::ControlError;
+use crate::model::{AgentCard, AgentId};
 use crate::runtime::{Handle, Input, RuntimeConfig};
-use crate::scheduler::{AgentEvent, Outcome, Slot};
 
 pub struct AgentHubService {
     handle: Handle,
-    registry: Arc<SpecRegistry>,
+    catalog: Arc<Catalog>,
     config: RuntimeConfig,
 }
 
 impl AgentHubService {
-    pub fn new(handle: Handle, registry: Arc<SpecRegistry>, config: RuntimeConfig) -> Self {
+    pub fn new(handle: Handle, catalog: Arc<Catalog>, config: RuntimeConfig) -> Self {
         Self {
             handle,
-            registry,
+            catalog,
             config,
         }
     }
 }
 
-/// Limits on what an agent card may declare.
-const SKILLS_MAX: usize = 256;
-const CONCURRENCY_MAX: u32 = 10_000;
-
-fn check_card(card: &pb::AgentCard) -> Result<(), Status> {
-    if card.name.is_empty() || card.name.len() > 64 {
-        return Err(Status::invalid_argument(
-            "agent card: name must be 1 to 64 characters",
-        ));
-    }
-    if card.skills.is_empty() || card.skills.len() > SKILLS_MAX {
-        return Err(Status::invalid_argument(format!(
-            "agent card `{}`: declare 1 to {SKILLS_MAX} skills",
-            card.name
-        )));
-    }
-    if card.max_concurrency == 0 || card.max_concurrency > CONCURRENCY_MAX {
-        return Err(Status::invalid_argument(format!(
-            "agent card `{}`: max_concurrency must be 1 to {CONCURRENCY_MAX}",
-            card.name
-        )));
-    }
-    for skill in &card.skills {
-        for (what, schema) in [
-            ("input", &skill.input_schema_json),
-            ("output", &skill.output_schema_json),
-        ] {
-            if !schema.is_empty() && serde_json::from_str::<serde_json::Value>(schema).is_err() {
-                return Err(Status::invalid_argument(format!(
-                    "agent card `{}`: skill `{}` has an {what} schema that is not JSON",
-                    card.name, skill.name
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn metadata(request: &Request<Streaming<pb::AgentMessage>>, key: &str) -> Result<String, Status> {
+fn metadata(
+    request: &Request<Streaming<pb::AgentMessage>>,
+    key: &str,
+) -> Result<String, ControlError> {
     request
         .metadata()
         .get(key)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
         .ok_or_else(|| {
-            Status::unauthenticated(format!("missing `{key}` metadata: call Register first"))
+            ControlError::Unauthenticated(format!("missing `{key}` metadata: call Register first"))
         })
-}
-
-fn task_ref(task: Option<&pb::TaskRef>) -> Option<(Slot, u32)> {
-    let task = task?;
-    let workflow: WorkflowId = task.workflow_id.parse().ok()?;
-    Some((Slot::from_wire(workflow, task.task_index), task.attempt))
-}
-
-/// An agent's output as stored: card numbers masked and CVV-like fields replaced. Most
-/// outputs hold neither, and skip the parse.
-fn redacted_output(bytes: &[u8]) -> std::sync::Arc<str> {
-    let text = String::from_utf8_lossy(bytes);
-    if !paygrid_telemetry::redact::might_hold_card_data(&text) {
-        return text.into();
-    }
-    match serde_json::from_str::<serde_json::Value>(&text) {
-        Ok(mut value) => {
-            if paygrid_telemetry::redact::redact_json(&mut value) {
-                tracing::warn!("an agent output held card data; it was masked before storing");
-            }
-            value.to_string().into()
-        }
-        Err(_) => paygrid_telemetry::redact::redact_text(&text).into(),
-    }
-}
-
-/// One agent frame as scheduler events.
-fn events(agent: &AgentId, message: pb::AgentMessage) -> Vec<AgentEvent> {
-    let mut events = Vec::with_capacity(message.results.len() + 2);
-    for result in message.results {
-        let Some((slot, attempt)) = task_ref(result.task.as_ref()) else {
-            continue;
-        };
-        // What agents answer is stored and shown: no card data in it (DESIGN §4).
-        let error = || {
-            let error = if result.error_code.is_empty() {
-                result.error_message.clone()
-            } else {
-                format!("{}: {}", result.error_code, result.error_message)
-            };
-            paygrid_telemetry::redact::redact_text(&error)
-        };
-        let outcome = match pb::Outcome::try_from(result.outcome) {
-            Ok(pb::Outcome::Succeeded) => Outcome::Succeeded {
-                output: redacted_output(&result.output_json),
-            },
-            Ok(pb::Outcome::Retryable) => Outcome::Retryable { error: error() },
-            Ok(pb::Outcome::Permanent) => Outcome::Permanent { error: error() },
-            Ok(pb::Outcome::Unknown) => Outcome::Unknown { error: error() },
-            Ok(pb::Outcome::Cancelled) => Outcome::Cancelled,
-            Ok(pb::Outcome::Refused) => Outcome::Refused,
-            _ => Outcome::Retryable {
-                error: format!("agent sent outcome {}", result.outcome),
-            },
-        };
-        events.push(AgentEvent::Result {
-            agent: agent.clone(),
-            slot,
-            attempt,
-            outcome,
-        });
-    }
-    if message.credits > 0 {
-        events.push(AgentEvent::Credits {
-            agent: agent.clone(),
-            credits: message.credits,
-        });
-    }
-    if !message.running.is_empty() {
-        let running = message
-            .running
-            .iter()
-            .filter_map(|t| task_ref(Some(t)))
-            .collect();
-        events.push(AgentEvent::Heartbeat {
-            agent: agent.clone(),
-            running,
-        });
-    }
-    if message.draining {
-        events.push(AgentEvent::Draining {
-            agent: agent.clone(),
-        });
-    }
-    events
 }
 
 #[tonic::async_trait]
@@ -175,22 +56,21 @@ impl AgentHub for AgentHubService {
         let request = request.into_inner();
         let card = request
             .card
-            .ok_or_else(|| Status::invalid_argument("agent card is required"))?;
-        check_card(&card)?;
+            .ok_or_else(|| ControlError::invalid("agent card is required"))?;
+        let card = AgentCard::try_from(card)?;
         for skill in &card.skills {
-            self.registry
-                .learn_skill(&skill.name, &skill.output_schema_json);
+            self.catalog.learn_skill(&skill.name, &skill.output_schema);
         }
         let execution_unit = request.execution_unit;
-        Ok(Response::new(
-            self.handle
-                .ask(|reply| Input::Register {
-                    card,
-                    execution_unit,
-                    reply,
-                })
-                .await?,
-        ))
+        let registration = self
+            .handle
+            .ask(|reply| Input::Register {
+                card,
+                execution_unit,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(convert::registration_to_pb(registration)))
     }
 
     type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::ControlMessage, Status>> + Send>>;
@@ -218,7 +98,10 @@ impl AgentHub for AgentHubService {
             while let Some(message) = inbound.next().await {
                 match message {
                     Ok(mut message) => {
-                        let reports = std::mem::take(&mut message.health);
+                        let reports: Vec<_> = std::mem::take(&mut message.health)
+                            .into_iter()
+                            .map(convert::health_report_from_pb)
+                            .collect();
                         if !reports.is_empty()
                             && handle
                                 .send(Input::HealthReports {
@@ -230,7 +113,7 @@ impl AgentHub for AgentHubService {
                         {
                             break;
                         }
-                        let batch = events(&agent, message);
+                        let batch = convert::agent_events(&agent, message);
                         if !batch.is_empty() && handle.send(Input::Agent(batch)).await.is_err() {
                             break;
                         }
@@ -243,7 +126,10 @@ impl AgentHub for AgentHubService {
             }
             let _ = handle.send(Input::CloseSession { agent, session }).await;
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        // Frames become protobuf here, on the session's task, not in the actor.
+        let frames = ReceiverStream::new(receiver)
+            .map(|frame| frame.map(convert::frame_to_pb).map_err(Status::from));
+        Ok(Response::new(Box::pin(frames)))
     }
 
     async fn health(
@@ -251,7 +137,9 @@ impl AgentHub for AgentHubService {
         _request: Request<pb::HealthRequest>,
     ) -> Result<Response<pb::HealthResponse>, Status> {
         let entries = self.handle.ask(|reply| Input::HealthView { reply }).await?;
-        Ok(Response::new(pb::HealthResponse { entries }))
+        Ok(Response::new(pb::HealthResponse {
+            entries: entries.iter().map(convert::health_entry_to_pb).collect(),
+        }))
     }
 
     async fn list_agents(
@@ -263,57 +151,8 @@ impl AgentHub for AgentHubService {
             .handle
             .ask(|reply| Input::ListAgents { skill, reply })
             .await?;
-        Ok(Response::new(pb::ListAgentsResponse { agents }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn agent_outputs_and_errors_are_stored_without_card_data() {
-        let output = redacted_output(
-            br#"{"receipt":"paid with 4111 1111 1111 1111","cvv":"737","amount_minor":1250}"#,
-        );
-        assert!(!output.contains("4111 1111 1111 1111"), "{output}");
-        assert!(!output.contains("737"), "{output}");
-        assert!(output.contains("1250"), "{output}");
-        // Not JSON: masked as text.
-        let output = redacted_output(b"card 4242424242424242 cvv=123");
-        assert!(!output.contains("4242424242424242"), "{output}");
-        assert!(!output.contains("123"), "{output}");
-        // Most outputs hold no card data and are stored as they came.
-        let plain = br#"{"authorization_id":"auth_alpha_1"}"#;
-        assert_eq!(
-            &*redacted_output(plain),
-            std::str::from_utf8(plain).unwrap()
-        );
-
-        let message = pb::AgentMessage {
-            results: vec![pb::TaskResult {
-                task: Some(pb::TaskRef {
-                    workflow_id: WorkflowId(7).to_string(),
-                    task_index: 0,
-                    attempt: 1,
-                }),
-                outcome: pb::Outcome::Permanent.into(),
-                error_code: "card_declined".into(),
-                error_message: "card 4000 0566 5566 5556 declined, cvv=737".into(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
-        let events = events(&AgentId("agent-1".into()), message);
-        let Some(AgentEvent::Result {
-            outcome: Outcome::Permanent { error },
-            ..
-        }) = events.first()
-        else {
-            panic!("a permanent result: {events:?}");
-        };
-        assert!(error.starts_with("card_declined: "), "{error}");
-        assert!(!error.contains("4000 0566 5566 5556"), "{error}");
-        assert!(!error.contains("737"), "{error}");
+        Ok(Response::new(pb::ListAgentsResponse {
+            agents: agents.iter().map(convert::agent_view_to_pb).collect(),
+        }))
     }
 }

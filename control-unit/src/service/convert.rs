@@ -2,8 +2,16 @@
 
 use paygrid_proto::v1 as pb;
 
-use crate::model::{Priority, TaskStatus, WorkflowStatus};
-use crate::scheduler::{Change, Execution, Record, Scheduler, Workflow};
+use crate::error::ControlError;
+use crate::model::{
+    AgentCard, AgentRole, HealthReport, Priority, SkillCard, TaskStatus, WorkflowStatus,
+};
+use crate::model::{AgentId, WorkflowId};
+use crate::scheduler::{AgentEvent, Execution, Outcome, Slot};
+use crate::views::{
+    AgentView, EventBody, Frame, HealthEntry, Page, Registration, WorkflowEvent, WorkflowSummary,
+    WorkflowView,
+};
 
 pub fn priority_to_pb(priority: Priority) -> pb::Priority {
     match priority {
@@ -91,17 +99,16 @@ fn history(execution: &Execution) -> Vec<pb::AttemptRecord> {
 }
 
 /// The full workflow, as `Get` returns it.
-pub fn workflow_to_pb(workflow: &Workflow, scheduler: &Scheduler) -> pb::Workflow {
+pub fn workflow_to_pb(view: &WorkflowView) -> pb::Workflow {
+    let workflow = &view.workflow;
     let tasks = workflow
         .tasks
         .iter()
         .zip(&workflow.spec.tasks)
-        .map(|(state, compiled)| {
+        .zip(&view.waiting)
+        .map(|((state, compiled), waiting_reason)| {
             let run = &state.run;
-            let waiting_reason = match (run.status, compiled.skill()) {
-                (TaskStatus::Ready, Some(skill)) => scheduler.waiting_reason(skill),
-                _ => String::new(),
-            };
+            let waiting_reason = waiting_reason.clone();
             let mut task_history = history(run);
             if let Some(compensation) = &state.compensation {
                 task_history.extend(history(compensation));
@@ -161,53 +168,51 @@ pub fn workflow_to_pb(workflow: &Workflow, scheduler: &Scheduler) -> pb::Workflo
     }
 }
 
-pub fn summary_to_pb(workflow: &Workflow) -> pb::WorkflowSummary {
+pub fn summary_to_pb(summary: &WorkflowSummary) -> pb::WorkflowSummary {
     pb::WorkflowSummary {
-        workflow_id: workflow.id.to_string(),
-        name: workflow.spec.name.clone(),
-        version: workflow.spec.version,
-        status: workflow_status_to_pb(workflow.status).into(),
-        priority: priority_to_pb(workflow.priority).into(),
-        created_at_ms: ms(workflow.created_at),
-        updated_at_ms: ms(workflow.updated_at),
-        labels: workflow
+        workflow_id: summary.id.to_string(),
+        name: summary.name.clone(),
+        version: summary.version,
+        status: workflow_status_to_pb(summary.status).into(),
+        priority: priority_to_pb(summary.priority).into(),
+        created_at_ms: ms(summary.created_at),
+        updated_at_ms: ms(summary.updated_at),
+        labels: summary
             .labels
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
-        tasks_total: workflow.tasks.len() as u32,
-        tasks_done: workflow
-            .tasks
-            .iter()
-            .filter(|t| t.run.status.is_terminal())
-            .count() as u32,
+        tasks_total: summary.tasks_total,
+        tasks_done: summary.tasks_done,
     }
 }
 
-/// A recorded change as a `Watch` event; `None` for records a watcher does not see.
-pub fn record_to_event(
-    record: &Record,
-    workflow: &Workflow,
-    sequence: u64,
-) -> Option<pb::WorkflowEvent> {
-    let body = match &record.change {
-        Change::Created | Change::CancelRequested { .. } => return None,
-        Change::Workflow { status, detail } => {
+pub fn page_to_pb(page: &Page) -> pb::ListWorkflowsResponse {
+    pb::ListWorkflowsResponse {
+        workflows: page.workflows.iter().map(summary_to_pb).collect(),
+        next_page_token: page.next.map(|id| id.to_string()).unwrap_or_default(),
+    }
+}
+
+/// A watcher's event.
+pub fn event_to_pb(event: &WorkflowEvent) -> pb::WorkflowEvent {
+    let body = match &event.body {
+        EventBody::Snapshot(view) => pb::workflow_event::Body::Snapshot(workflow_to_pb(view)),
+        EventBody::Workflow { status, detail } => {
             pb::workflow_event::Body::Workflow(pb::WorkflowChanged {
                 status: workflow_status_to_pb(*status).into(),
                 detail: detail.clone().unwrap_or_default(),
             })
         }
-        Change::Task {
-            task,
-            compensation,
+        EventBody::Task {
+            task_id,
             status,
             attempt,
             agent,
             detail,
-            ..
+            compensation,
         } => pb::workflow_event::Body::Task(pb::TaskChanged {
-            task_id: workflow.task_id(*task).to_owned(),
+            task_id: task_id.clone(),
             status: task_status_to_pb(*status).into(),
             attempt: *attempt,
             agent_id: agent.as_ref().map(ToString::to_string).unwrap_or_default(),
@@ -215,36 +220,341 @@ pub fn record_to_event(
             compensation: *compensation,
         }),
     };
-    Some(pb::WorkflowEvent {
-        workflow_id: record.workflow.to_string(),
-        sequence,
-        at_ms: ms(record.at),
+    pb::WorkflowEvent {
+        workflow_id: event.workflow.to_string(),
+        sequence: event.sequence,
+        at_ms: ms(event.at),
         body: Some(body),
-    })
+    }
 }
 
-/// A stored workflow's summary, from its latest snapshot.
-pub fn summary_from_snapshot(
-    snapshot: &crate::scheduler::restore::Snapshot,
-) -> pb::WorkflowSummary {
-    pb::WorkflowSummary {
-        workflow_id: snapshot.id.clone(),
-        name: snapshot.name.clone(),
-        version: snapshot.version,
-        status: workflow_status_to_pb(snapshot.status).into(),
-        priority: priority_to_pb(snapshot.priority).into(),
-        created_at_ms: ms(snapshot.created_at),
-        updated_at_ms: ms(snapshot.updated_at),
-        labels: snapshot
+fn task_ref_to_pb(slot: Slot, attempt: u32) -> pb::TaskRef {
+    pb::TaskRef {
+        workflow_id: slot.workflow.to_string(),
+        task_index: slot.wire_index(),
+        attempt,
+    }
+}
+
+/// One frame to an agent.
+pub fn frame_to_pb(frame: Frame) -> pb::ControlMessage {
+    pb::ControlMessage {
+        assignments: frame
+            .assignments
+            .into_iter()
+            .map(|assignment| pb::Assignment {
+                task: Some(task_ref_to_pb(assignment.slot, assignment.attempt)),
+                task_id: assignment.task_id,
+                skill: assignment.skill.to_string(),
+                input_json: assignment.input_json.into(),
+                deadline_unix_ms: ms(assignment.deadline),
+                idempotency_key: assignment.idempotency_key,
+                traceparent: assignment.traceparent,
+                tracestate: assignment.tracestate,
+                workflow_name: assignment.workflow_name,
+                settle: assignment.settle,
+            })
+            .collect(),
+        cancellations: frame
+            .cancellations
+            .into_iter()
+            .map(|(slot, attempt)| task_ref_to_pb(slot, attempt))
+            .collect(),
+    }
+}
+
+/// Limits on what an agent card may declare.
+const SKILLS_MAX: usize = 256;
+const CONCURRENCY_MAX: u32 = 10_000;
+
+/// An agent card as registered: every field checked, a missing one named.
+impl TryFrom<pb::AgentCard> for AgentCard {
+    type Error = ControlError;
+
+    fn try_from(card: pb::AgentCard) -> Result<Self, ControlError> {
+        if card.name.is_empty() || card.name.len() > 64 {
+            return Err(ControlError::invalid(
+                "agent card: name must be 1 to 64 characters",
+            ));
+        }
+        if card.skills.is_empty() || card.skills.len() > SKILLS_MAX {
+            return Err(ControlError::invalid(format!(
+                "agent card `{}`: declare 1 to {SKILLS_MAX} skills",
+                card.name
+            )));
+        }
+        if card.max_concurrency == 0 || card.max_concurrency > CONCURRENCY_MAX {
+            return Err(ControlError::invalid(format!(
+                "agent card `{}`: max_concurrency must be 1 to {CONCURRENCY_MAX}",
+                card.name
+            )));
+        }
+        for skill in &card.skills {
+            for (what, schema) in [
+                ("input", &skill.input_schema_json),
+                ("output", &skill.output_schema_json),
+            ] {
+                if !schema.is_empty() && serde_json::from_str::<serde_json::Value>(schema).is_err()
+                {
+                    return Err(ControlError::invalid(format!(
+                        "agent card `{}`: skill `{}` has an {what} schema that is not JSON",
+                        card.name, skill.name
+                    )));
+                }
+            }
+        }
+        let role = match pb::AgentRole::try_from(card.role) {
+            Ok(pb::AgentRole::Support) => AgentRole::Support,
+            Ok(pb::AgentRole::Service) => AgentRole::Service,
+            // Unset means a worker, as agents written before roles existed are.
+            Ok(pb::AgentRole::Worker | pb::AgentRole::Unspecified) => AgentRole::Worker,
+            Err(_) => {
+                return Err(ControlError::invalid(format!(
+                    "agent card `{}`: unknown role {}",
+                    card.name, card.role
+                )));
+            }
+        };
+        Ok(Self {
+            name: card.name,
+            role,
+            version: card.version,
+            skills: card
+                .skills
+                .into_iter()
+                .map(|skill| SkillCard {
+                    name: skill.name,
+                    description: skill.description,
+                    input_schema: skill.input_schema_json,
+                    output_schema: skill.output_schema_json,
+                })
+                .collect(),
+            max_concurrency: card.max_concurrency,
+            labels: card.labels.into_iter().collect(),
+        })
+    }
+}
+
+pub fn agent_card_to_pb(card: &AgentCard) -> pb::AgentCard {
+    pb::AgentCard {
+        name: card.name.clone(),
+        role: match card.role {
+            AgentRole::Worker => pb::AgentRole::Worker,
+            AgentRole::Support => pb::AgentRole::Support,
+            AgentRole::Service => pb::AgentRole::Service,
+        }
+        .into(),
+        version: card.version.clone(),
+        skills: card
+            .skills
+            .iter()
+            .map(|skill| pb::Skill {
+                name: skill.name.clone(),
+                description: skill.description.clone(),
+                input_schema_json: skill.input_schema.clone(),
+                output_schema_json: skill.output_schema.clone(),
+            })
+            .collect(),
+        max_concurrency: card.max_concurrency,
+        labels: card
             .labels
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
-        tasks_total: snapshot.tasks.len() as u32,
-        tasks_done: snapshot
-            .tasks
+    }
+}
+
+pub fn registration_to_pb(registration: Registration) -> pb::RegisterResponse {
+    pb::RegisterResponse {
+        agent_id: registration.agent.to_string(),
+        session_token: registration.session_token,
+        heartbeat_interval_ms: registration.heartbeat_interval_ms,
+        lease_ttl_ms: registration.lease_ttl_ms,
+    }
+}
+
+pub fn health_report_from_pb(report: pb::HealthReport) -> HealthReport {
+    HealthReport {
+        kind: report.kind,
+        subject: report.subject,
+        window_ms: report.window_ms,
+        requests: report.requests,
+        errors: report.errors,
+        latency_p50_ms: report.latency_p50_ms,
+        latency_p99_ms: report.latency_p99_ms,
+        saturation: report.saturation,
+        skills: report.skills,
+    }
+}
+
+pub fn health_entry_to_pb(entry: &HealthEntry) -> pb::HealthEntry {
+    let report = &entry.report;
+    pb::HealthEntry {
+        report: Some(pb::HealthReport {
+            kind: report.kind.clone(),
+            subject: report.subject.clone(),
+            window_ms: report.window_ms,
+            requests: report.requests,
+            errors: report.errors,
+            latency_p50_ms: report.latency_p50_ms,
+            latency_p99_ms: report.latency_p99_ms,
+            saturation: report.saturation,
+            skills: report.skills.clone(),
+        }),
+        error_rate: entry.error_rate,
+        reported_by: entry.reported_by.clone(),
+        updated_at_ms: ms(entry.updated_at),
+    }
+}
+
+pub fn agent_view_to_pb(agent: &AgentView) -> pb::AgentInfo {
+    pb::AgentInfo {
+        agent_id: agent.id.to_string(),
+        card: Some(agent_card_to_pb(&agent.card)),
+        execution_unit: agent.execution_unit.clone(),
+        connected: agent.connected,
+        inflight: agent.inflight,
+        credits: agent.credits,
+        draining: agent.draining,
+        registered_at_ms: ms(agent.registered_at),
+        tasks_completed: agent.tasks_completed,
+        health: agent.health.as_ref().map(health_entry_to_pb),
+    }
+}
+
+fn task_ref(task: Option<&pb::TaskRef>) -> Option<(Slot, u32)> {
+    let task = task?;
+    let workflow: WorkflowId = task.workflow_id.parse().ok()?;
+    Some((Slot::from_wire(workflow, task.task_index), task.attempt))
+}
+
+/// An agent's output as stored: card numbers masked and CVV-like fields replaced. Most
+/// outputs hold neither, and skip the parse.
+fn redacted_output(bytes: &[u8]) -> std::sync::Arc<str> {
+    let text = String::from_utf8_lossy(bytes);
+    if !paygrid_telemetry::redact::might_hold_card_data(&text) {
+        return text.into();
+    }
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(mut value) => {
+            if paygrid_telemetry::redact::redact_json(&mut value) {
+                tracing::warn!("an agent output held card data; it was masked before storing");
+            }
+            value.to_string().into()
+        }
+        Err(_) => paygrid_telemetry::redact::redact_text(&text).into(),
+    }
+}
+
+/// One agent frame as scheduler events. What agents answer is stored and shown, so
+/// outputs and errors are redacted here (DESIGN §4).
+pub fn agent_events(agent: &AgentId, message: pb::AgentMessage) -> Vec<AgentEvent> {
+    let mut events = Vec::with_capacity(message.results.len() + 2);
+    for result in message.results {
+        let Some((slot, attempt)) = task_ref(result.task.as_ref()) else {
+            continue;
+        };
+        // What agents answer is stored and shown: no card data in it (DESIGN §4).
+        let error = || {
+            let error = if result.error_code.is_empty() {
+                result.error_message.clone()
+            } else {
+                format!("{}: {}", result.error_code, result.error_message)
+            };
+            paygrid_telemetry::redact::redact_text(&error)
+        };
+        let outcome = match pb::Outcome::try_from(result.outcome) {
+            Ok(pb::Outcome::Succeeded) => Outcome::Succeeded {
+                output: redacted_output(&result.output_json),
+            },
+            Ok(pb::Outcome::Retryable) => Outcome::Retryable { error: error() },
+            Ok(pb::Outcome::Permanent) => Outcome::Permanent { error: error() },
+            Ok(pb::Outcome::Unknown) => Outcome::Unknown { error: error() },
+            Ok(pb::Outcome::Cancelled) => Outcome::Cancelled,
+            Ok(pb::Outcome::Refused) => Outcome::Refused,
+            _ => Outcome::Retryable {
+                error: format!("agent sent outcome {}", result.outcome),
+            },
+        };
+        events.push(AgentEvent::Result {
+            agent: agent.clone(),
+            slot,
+            attempt,
+            outcome,
+        });
+    }
+    if message.credits > 0 {
+        events.push(AgentEvent::Credits {
+            agent: agent.clone(),
+            credits: message.credits,
+        });
+    }
+    if !message.running.is_empty() {
+        let running = message
+            .running
             .iter()
-            .filter(|t| t.run.status.is_terminal())
-            .count() as u32,
+            .filter_map(|t| task_ref(Some(t)))
+            .collect();
+        events.push(AgentEvent::Heartbeat {
+            agent: agent.clone(),
+            running,
+        });
+    }
+    if message.draining {
+        events.push(AgentEvent::Draining {
+            agent: agent.clone(),
+        });
+    }
+    events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_outputs_and_errors_are_stored_without_card_data() {
+        let output = redacted_output(
+            br#"{"receipt":"paid with 4111 1111 1111 1111","cvv":"737","amount_minor":1250}"#,
+        );
+        assert!(!output.contains("4111 1111 1111 1111"), "{output}");
+        assert!(!output.contains("737"), "{output}");
+        assert!(output.contains("1250"), "{output}");
+        // Not JSON: masked as text.
+        let output = redacted_output(b"card 4242424242424242 cvv=123");
+        assert!(!output.contains("4242424242424242"), "{output}");
+        assert!(!output.contains("123"), "{output}");
+        // Most outputs hold no card data and are stored as they came.
+        let plain = br#"{"authorization_id":"auth_alpha_1"}"#;
+        assert_eq!(
+            &*redacted_output(plain),
+            std::str::from_utf8(plain).unwrap()
+        );
+
+        let message = pb::AgentMessage {
+            results: vec![pb::TaskResult {
+                task: Some(pb::TaskRef {
+                    workflow_id: WorkflowId(7).to_string(),
+                    task_index: 0,
+                    attempt: 1,
+                }),
+                outcome: pb::Outcome::Permanent.into(),
+                error_code: "card_declined".into(),
+                error_message: "card 4000 0566 5566 5556 declined, cvv=737".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let events = agent_events(&AgentId("agent-1".into()), message);
+        let Some(AgentEvent::Result {
+            outcome: Outcome::Permanent { error },
+            ..
+        }) = events.first()
+        else {
+            panic!("a permanent result: {events:?}");
+        };
+        assert!(error.starts_with("card_declined: "), "{error}");
+        assert!(!error.contains("4000 0566 5566 5556"), "{error}");
+        assert!(!error.contains("737"), "{error}");
     }
 }

@@ -1,13 +1,15 @@
 //! The gRPC edge: the `Workflows` service for operators, the `AgentHub` service for
-//! agents, errors turned into status codes here and nowhere else.
+//! agents.
 //!
-//! - [`convert`]: domain ⇄ protobuf.
+//! - [`convert`]: domain ⇄ protobuf, the one place they meet.
+//! - `status`: every `ControlError` as a gRPC status, the one place codes are chosen.
 //! - `workflows`: Submit, Get, List, Cancel, Watch, Validate.
-//! - `agents`: Register, Session, ListAgents.
+//! - `agents`: Register, Session, ListAgents, Health.
 
 mod agents;
 pub mod convert;
+mod status;
 mod workflows;
 
 pub use agents::AgentHubService;
-pub use workflows::{SpecRegistry, WorkflowsService};
+pub use workflows::{WorkflowsService, fingerprint};

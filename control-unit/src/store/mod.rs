@@ -1,7 +1,7 @@
 //! Durable state behind one trait, two backends: [`sqlite`] (embedded, the default: one
 //! file under the data dir) and [`postgres`] (shared by several control units).
 //!
-//! What is stored: each spec text once, by hash; one row per workflow (status,
+//! What is stored: each spec text once, by hash, and the `name@version` naming it; one row per workflow (status,
 //! idempotency key and fingerprint, and its latest snapshot); and an append-only log of
 //! state changes. A snapshot is written when a workflow is created, when it passes a
 //! checkpoint and when it ends, so recovery reads a snapshot and the few changes after it.
@@ -59,10 +59,20 @@ pub struct EventWrite {
     pub change: Vec<u8>,
 }
 
+/// A spec to keep: its text once by content hash, and its `name@version`, which names
+/// that content for good (specs are immutable once submitted).
+#[derive(Debug, Clone)]
+pub struct SpecWrite {
+    pub hash: String,
+    pub name: String,
+    pub version: u32,
+    pub text: Arc<str>,
+}
+
 /// Everything one group commit writes.
 #[derive(Debug, Default)]
 pub struct Batch {
-    pub specs: Vec<(String, Arc<str>)>,
+    pub specs: Vec<SpecWrite>,
     pub workflows: Vec<WorkflowWrite>,
     pub events: Vec<EventWrite>,
 }
@@ -103,6 +113,8 @@ pub trait Store: Send + Sync + 'static {
     async fn recover(&self, terminal_max: usize) -> Result<Recovered, StoreError>;
     /// A stored workflow's latest snapshot and its spec text.
     async fn load(&self, id: WorkflowId) -> Result<Option<(Snapshot, String)>, StoreError>;
+    /// The spec stored as `name@version`: its content hash and text.
+    async fn spec(&self, name: &str, version: u32) -> Result<Option<(String, String)>, StoreError>;
     /// Deletes terminal workflows last updated before `before_ms`; returns how many.
     /// Returns how many, and the idempotency keys they held.
     async fn prune(&self, before_ms: u64) -> Result<Pruned, StoreError>;

@@ -32,6 +32,13 @@ const MIGRATIONS: &[&str] = &[
          change BYTEA NOT NULL,
          PRIMARY KEY (workflow_id, sequence)
      );",
+    // 2: the catalog's names: `name@version` names one spec content for good.
+    "CREATE TABLE spec_refs (
+         name TEXT NOT NULL,
+         version BIGINT NOT NULL,
+         hash TEXT NOT NULL,
+         PRIMARY KEY (name, version)
+     );",
 ];
 
 pub struct PostgresStore {
@@ -119,10 +126,16 @@ impl Store for PostgresStore {
         let mut writer = self.writer.lock().await;
         let transaction = writer.transaction().await.map_err(pg)?;
         if !batch.specs.is_empty() {
-            let hashes: Vec<&str> = batch.specs.iter().map(|(h, _)| h.as_str()).collect();
-            let texts: Vec<&str> = batch.specs.iter().map(|(_, t)| &**t).collect();
+            let hashes: Vec<&str> = batch.specs.iter().map(|s| s.hash.as_str()).collect();
+            let texts: Vec<&str> = batch.specs.iter().map(|s| &*s.text).collect();
+            let names: Vec<&str> = batch.specs.iter().map(|s| s.name.as_str()).collect();
+            let versions: Vec<i64> = batch.specs.iter().map(|s| i64::from(s.version)).collect();
             transaction
                 .execute("INSERT INTO specs (hash, text) SELECT * FROM UNNEST($1::text[], $2::text[]) ON CONFLICT DO NOTHING", &[&hashes, &texts])
+                .await
+                .map_err(pg)?;
+            transaction
+                .execute("INSERT INTO spec_refs (name, version, hash) SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[]) ON CONFLICT DO NOTHING", &[&names, &versions, &hashes])
                 .await
                 .map_err(pg)?;
         }
@@ -272,6 +285,18 @@ impl Store for PostgresStore {
             ))
         })
         .transpose()
+    }
+
+    async fn spec(&self, name: &str, version: u32) -> Result<Option<(String, String)>, StoreError> {
+        let row = self
+            .reader
+            .query_opt(
+                "SELECT s.hash, s.text FROM spec_refs r JOIN specs s ON s.hash = r.hash WHERE r.name = $1 AND r.version = $2",
+                &[&name, &i64::from(version)],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(row.map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))))
     }
 
     async fn list(&self, query: ListQuery) -> Result<Vec<Snapshot>, StoreError> {

@@ -38,6 +38,13 @@ const MIGRATIONS: &[&str] = &[
          change BLOB NOT NULL,
          PRIMARY KEY (workflow_id, sequence)
      ) WITHOUT ROWID;",
+    // 2: the catalog's names: `name@version` names one spec content for good.
+    "CREATE TABLE spec_refs (
+         name TEXT NOT NULL,
+         version INTEGER NOT NULL,
+         hash TEXT NOT NULL,
+         PRIMARY KEY (name, version)
+     ) WITHOUT ROWID;",
 ];
 
 pub struct SqliteStore {
@@ -122,8 +129,12 @@ pub fn write_batch(
     {
         let mut insert_spec = transaction
             .prepare_cached("INSERT OR IGNORE INTO specs (hash, text) VALUES (?1, ?2)")?;
-        for (hash, text) in &batch.specs {
-            insert_spec.execute(params![hash, &**text])?;
+        let mut insert_ref = transaction.prepare_cached(
+            "INSERT OR IGNORE INTO spec_refs (name, version, hash) VALUES (?1, ?2, ?3)",
+        )?;
+        for spec in &batch.specs {
+            insert_spec.execute(params![spec.hash, &*spec.text])?;
+            insert_ref.execute(params![spec.name, spec.version, spec.hash])?;
         }
     }
     {
@@ -237,6 +248,20 @@ impl Store for SqliteStore {
             .await?;
         row.map(|(snapshot, text)| Ok((decode_snapshot(&snapshot)?, text)))
             .transpose()
+    }
+
+    async fn spec(&self, name: &str, version: u32) -> Result<Option<(String, String)>, StoreError> {
+        let name = name.to_owned();
+        self.with(move |connection| {
+            connection
+                .query_row(
+                    "SELECT s.hash, s.text FROM spec_refs r JOIN specs s ON s.hash = r.hash WHERE r.name = ?1 AND r.version = ?2",
+                    params![name, version],
+                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+                )
+                .optional()
+        })
+        .await
     }
 
     async fn list(&self, query: ListQuery) -> Result<Vec<Snapshot>, StoreError> {

@@ -1,0 +1,47 @@
+//! The control unit's one error type. Everything below the gRPC edge (actor, catalog,
+//! store, spec compiler) answers with a [`ControlError`]; `service::status` maps each
+//! kind to its gRPC status code, in one place.
+
+use crate::model::WorkflowId;
+use crate::scheduler::{CancelError, SubmitError};
+use crate::spec::SpecErrors;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("the control unit is shutting down")]
+    ShuttingDown,
+    #[error("invalid workflow spec:\n{0}")]
+    InvalidSpec(SpecErrors),
+    /// A request field that is missing or malformed, named in the message.
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error(
+        "idempotency key `{key}` was used for workflow {existing} with a different spec or input"
+    )]
+    KeyReused { key: String, existing: WorkflowId },
+    /// A bound was reached (active workflows, watchers, a session buffer): retry later.
+    #[error("{0}")]
+    Exhausted(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+    #[error(transparent)]
+    Cancel(#[from] CancelError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// A broken invariant: a bug, or stored data this release cannot read.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ControlError {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::InvalidArgument(message.into())
+    }
+}

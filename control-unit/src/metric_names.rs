@@ -1,0 +1,44 @@
+//! Every metric the control unit exports: name and help text, defined once.
+
+use paygrid_telemetry::metrics::Metric;
+
+pub const WORKFLOWS: Metric = Metric {
+    name: "paygrid_workflows",
+    help: "Workflows held by the control unit, by status.",
+};
+pub const WORKFLOWS_FINISHED: Metric = Metric {
+    name: "paygrid_workflows_finished_total",
+    help: "Workflows that ended, by spec name and final status.",
+};
+pub const DISPATCH_LATENCY: Metric = Metric {
+    name: "paygrid_dispatch_latency_seconds",
+    help: "From a task being ready to its assignment to an agent.",
+};
+pub const TASK_DURATION: Metric = Metric {
+    name: "paygrid_task_duration_seconds",
+    help: "From assignment to the final answer of a task's last attempt, by skill and outcome.",
+};
+pub const TASK_RETRIES: Metric = Metric {
+    name: "paygrid_task_retries_total",
+    help: "Attempts that will be retried, by skill.",
+};
+pub const TASK_TIMEOUTS: Metric = Metric {
+    name: "paygrid_task_timeouts_total",
+    help: "Attempts that timed out, by skill.",
+};
+pub const TASK_LEASE_EXPIRATIONS: Metric = Metric {
+    name: "paygrid_task_lease_expirations_total",
+    help: "Attempts whose agent stopped heartbeating, by skill.",
+};
+pub const READY_QUEUE_DEPTH: Metric = Metric {
+    name: "paygrid_ready_queue_depth",
+    help: "Ready tasks waiting for an agent, by priority.",
+};
+pub const AGENT_SESSIONS: Metric = Metric {
+    name: "paygrid_agent_sessions",
+    help: "Agents with an open session.",
+};
+pub const AGENT_SESSIONS_OPENED: Metric = Metric {
+    name: "paygrid_agent_sessions_opened_total",
+    help: "Agent sessions opened.",
+};

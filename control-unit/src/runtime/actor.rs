@@ -1,0 +1,375 @@
+//! The loop: drain a batch of inputs, run the core, commit, then release what the batch
+//! produced.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::agents::Agents;
+use super::health::HealthView;
+use super::persist::Persistence;
+use super::watchers::Watchers;
+use super::{IdempotencyIndex, Input, RuntimeConfig, Submission, Submitted, now_ms};
+use crate::catalog::Catalog;
+use crate::error::ControlError;
+use crate::model::{AgentId, TaskStatus, WorkflowStatus};
+use crate::scheduler::{AgentEvent, Command, Record, Scheduler, Workflow};
+use crate::store::Store;
+use crate::views::{Frame, ListQuery, Page, WorkflowSummary, WorkflowView};
+
+pub(super) struct Actor {
+    pub(super) core: Scheduler,
+    pub(super) config: RuntimeConfig,
+    pub(super) agents: Agents,
+    pub(super) watchers: Watchers,
+    pub(super) health: HealthView,
+    pub(super) persistence: Persistence,
+    pub(super) idempotency: IdempotencyIndex,
+    pub(super) catalog: Arc<Catalog>,
+    /// The last change sequence handed out.
+    pub(super) sequence: u64,
+    /// What the core asked for since the last flush.
+    pub(super) out: Vec<Command>,
+    /// Answers held until the batch that produced them is durable.
+    replies: Vec<Reply>,
+    /// Workflow, task and attempt spans, exported as the history ends them.
+    pub(super) spans: crate::traces::SpanRecorder,
+}
+
+/// An answer held until the group commit.
+enum Reply {
+    Submit(
+        oneshot::Sender<Result<Submitted, ControlError>>,
+        Result<Submitted, ControlError>,
+    ),
+    Cancel(
+        oneshot::Sender<Result<WorkflowStatus, ControlError>>,
+        Result<WorkflowStatus, ControlError>,
+    ),
+}
+
+impl Reply {
+    fn send(self) {
+        match self {
+            Self::Submit(reply, result) => {
+                let _ = reply.send(result);
+            }
+            Self::Cancel(reply, result) => {
+                let _ = reply.send(result);
+            }
+        }
+    }
+}
+
+/// Everything `Get` shows of a workflow the core holds.
+pub(super) fn view(core: &Scheduler, workflow: &Workflow) -> WorkflowView {
+    let waiting = workflow
+        .tasks
+        .iter()
+        .zip(&workflow.spec.tasks)
+        .map(
+            |(state, compiled)| match (state.run.status, compiled.skill()) {
+                (TaskStatus::Ready, Some(skill)) => core.waiting_reason(skill),
+                _ => String::new(),
+            },
+        )
+        .collect();
+    WorkflowView {
+        workflow: workflow.clone(),
+        waiting,
+    }
+}
+
+impl Actor {
+    pub(super) fn new(
+        config: RuntimeConfig,
+        store: Option<Arc<dyn Store>>,
+        catalog: Arc<Catalog>,
+    ) -> Self {
+        Self {
+            core: Scheduler::new(config.scheduler.clone()),
+            watchers: Watchers::new(config.watchers_per_workflow_max),
+            config,
+            agents: Agents::default(),
+            health: HealthView::default(),
+            persistence: Persistence::new(store),
+            idempotency: HashMap::new(),
+            catalog,
+            sequence: 0,
+            out: Vec::with_capacity(1024),
+            replies: Vec::new(),
+            spans: crate::traces::SpanRecorder::default(),
+        }
+    }
+
+    pub(super) async fn run(
+        mut self,
+        mut receiver: mpsc::Receiver<Input>,
+        shutdown: CancellationToken,
+    ) -> Result<(), ControlError> {
+        let mut batch = Vec::with_capacity(self.config.batch_max);
+        loop {
+            let deadline = self
+                .core
+                .next_deadline()
+                .map(|at| Instant::now() + Duration::from_millis(at.saturating_sub(now_ms())));
+            tokio::select! {
+                received = receiver.recv_many(&mut batch, self.config.batch_max) => {
+                    if received == 0 {
+                        break;
+                    }
+                    if !self.config.flush_interval.is_zero() && batch.len() < self.config.batch_max {
+                        let wait = tokio::time::sleep(self.config.flush_interval);
+                        tokio::pin!(wait);
+                        while batch.len() < self.config.batch_max {
+                            let room = self.config.batch_max - batch.len();
+                            tokio::select! {
+                                more = receiver.recv_many(&mut batch, room) => if more == 0 { break },
+                                () = &mut wait => break,
+                            }
+                        }
+                    }
+                    for input in batch.drain(..) {
+                        self.input(input);
+                    }
+                }
+                () = sleep_until(deadline) => {
+                    let mut out = std::mem::take(&mut self.out);
+                    self.core.tick(now_ms(), &mut out);
+                    self.out = out;
+                }
+                () = shutdown.cancelled() => break,
+            }
+            if let Err(error) = self.flush().await {
+                // Nothing from this batch was acknowledged or sent. Crash-only: stop
+                // everything, and let the next start recover from the last durable commit.
+                tracing::error!(%error, "group commit failed; stopping the control unit");
+                shutdown.cancel();
+                return Err(error.into());
+            }
+        }
+        tracing::info!("scheduler stopped");
+        Ok(())
+    }
+
+    fn input(&mut self, input: Input) {
+        let now = now_ms();
+        let mut out = std::mem::take(&mut self.out);
+        match input {
+            Input::Submit { submission, reply } => {
+                let result = self.submit(now, *submission, &mut out);
+                self.replies.push(Reply::Submit(reply, result));
+            }
+            Input::Cancel { id, reason, reply } => {
+                let result = self
+                    .core
+                    .cancel(now, id, &reason, &mut out)
+                    .map_err(ControlError::from);
+                self.replies.push(Reply::Cancel(reply, result));
+            }
+            Input::Get { id, reply } => {
+                let _ = reply.send(self.core.workflow(id).map(|w| view(&self.core, w)));
+            }
+            Input::List { query, reply } => {
+                let _ = reply.send(self.list(&query));
+            }
+            Input::Watch { id, sender, reply } => {
+                let _ = reply.send(self.watchers.watch(&self.core, id, sender, self.sequence));
+            }
+            Input::Register {
+                card,
+                execution_unit,
+                reply,
+            } => {
+                let _ = reply.send(
+                    self.agents
+                        .register(now, card, execution_unit, &self.config),
+                );
+            }
+            Input::OpenSession {
+                agent,
+                token,
+                sender,
+                reply,
+            } => {
+                let opened = self.agents.open_session(agent, &token, sender);
+                let reply_value = opened.map(|(session, joined)| {
+                    self.core.handle(now, joined, &mut out);
+                    self.config
+                        .metrics
+                        .count(&crate::metric_names::AGENT_SESSIONS_OPENED, &[], 1);
+                    session
+                });
+                let _ = reply.send(reply_value);
+            }
+            Input::CloseSession { agent, session } => {
+                if self.agents.close_session(&agent, session) {
+                    self.core.handle(now, AgentEvent::Left { agent }, &mut out);
+                }
+            }
+            Input::Agent(events) => {
+                for event in events {
+                    self.core.handle(now, event, &mut out);
+                }
+            }
+            Input::HealthReports { agent, reports } => {
+                let reported_by = self
+                    .agents
+                    .execution_unit(&agent)
+                    .map_or_else(|| agent.to_string(), str::to_owned);
+                self.health
+                    .report(now, &reported_by, reports, &mut self.core);
+            }
+            Input::HealthView { reply } => {
+                let _ = reply.send(self.health.entries());
+            }
+            Input::ForgetKeys(keys) => {
+                for key in keys {
+                    self.idempotency.remove(&key);
+                }
+            }
+            Input::Metrics { reply } => {
+                super::observe::refresh_gauges(
+                    &self.config.metrics,
+                    &self.core,
+                    self.agents.connected(),
+                );
+                let _ = reply.send(());
+            }
+            Input::ListAgents { skill, reply } => {
+                let _ = reply.send(self.agents.list(&self.core, &self.health, skill.as_deref()));
+            }
+        }
+        self.out = out;
+    }
+
+    fn submit(
+        &mut self,
+        now: u64,
+        submission: Submission,
+        out: &mut Vec<Command>,
+    ) -> Result<Submitted, ControlError> {
+        let key = submission.new.idempotency_key.clone();
+        if let Some(key) = &key
+            && let Some((existing, fingerprint)) = self.idempotency.get(key)
+        {
+            if *fingerprint != submission.fingerprint {
+                return Err(ControlError::KeyReused {
+                    key: key.clone(),
+                    existing: *existing,
+                });
+            }
+            let status = self.core.workflow(*existing).map(|w| w.status);
+            return Ok(Submitted {
+                id: *existing,
+                created: false,
+                status,
+            });
+        }
+        let id = submission.new.id;
+        self.core.submit(now, submission.new, out)?;
+        if let Some(key) = key {
+            self.idempotency.insert(key, (id, submission.fingerprint));
+        }
+        tracing::debug!(workflow = %id, "workflow submitted");
+        Ok(Submitted {
+            id,
+            created: true,
+            status: Some(WorkflowStatus::Running),
+        })
+    }
+
+    /// A page of the workflows in memory.
+    fn list(&self, query: &ListQuery) -> Page {
+        let mut workflows = Vec::new();
+        for workflow in self.core.workflows_after(query.after) {
+            if workflows.len() == query.page_size {
+                break;
+            }
+            let summary = WorkflowSummary::of(workflow);
+            if query.matches(&summary) {
+                workflows.push(summary);
+            }
+        }
+        let next = if workflows.len() == query.page_size {
+            workflows.last().map(|w| w.id)
+        } else {
+            None
+        };
+        Page { workflows, next }
+    }
+
+    /// Commits what the batch changed (group commit), then sends what the core asked
+    /// for: one frame per agent, events to watchers, the held answers.
+    async fn flush(&mut self) -> Result<(), crate::store::StoreError> {
+        let mut out = std::mem::take(&mut self.out);
+        self.core.dispatch(now_ms(), &mut out);
+        let mut records: Vec<(u64, Record)> = Vec::new();
+        let mut frames: HashMap<AgentId, Frame> = HashMap::new();
+        for command in out.drain(..) {
+            match command {
+                Command::Dispatch { agent, assignment } => {
+                    frames
+                        .entry(agent)
+                        .or_default()
+                        .assignments
+                        .push(*assignment);
+                }
+                Command::Cancel {
+                    agent,
+                    slot,
+                    attempt,
+                } => {
+                    frames
+                        .entry(agent)
+                        .or_default()
+                        .cancellations
+                        .push((slot, attempt));
+                }
+                Command::Record(record) => {
+                    self.sequence += 1;
+                    records.push((self.sequence, record));
+                }
+            }
+        }
+        self.out = out;
+        if self.persistence.is_durable() {
+            let batch =
+                self.persistence
+                    .batch(&self.core, &self.idempotency, &records, self.sequence);
+            self.persistence.commit(batch).await?;
+        }
+        let exporting = paygrid_telemetry::otel::exporting();
+        for (sequence, record) in &records {
+            super::observe::observe(&self.config.metrics, &self.core, record);
+            if exporting && let Some(workflow) = self.core.workflow(record.workflow) {
+                self.spans.record(record, workflow);
+            }
+            self.watchers.notify(&self.core, *sequence, record);
+        }
+        for reply in self.replies.drain(..) {
+            reply.send();
+        }
+        let broken = self.agents.send_frames(frames);
+        // Agents whose session is full or gone: their tasks go back to the queue, to be
+        // dispatched (after the next commit) elsewhere.
+        let mut out = std::mem::take(&mut self.out);
+        for agent in broken {
+            self.core
+                .handle(now_ms(), AgentEvent::Left { agent }, &mut out);
+        }
+        self.out = out;
+        Ok(())
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

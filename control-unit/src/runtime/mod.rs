@@ -1,0 +1,207 @@
+//! The actor that owns the scheduler core. The services talk to it over one bounded
+//! channel, in domain types ([`Input`]); it drains inputs in batches, runs the core,
+//! commits what changed (group commit), and only then answers, notifies watchers and
+//! sends one frame per agent. Nothing here holds a lock across an await, and nothing
+//! here knows protobuf or gRPC.
+//!
+//! One job per file:
+//! - `actor`: the loop, inputs, submissions and lists;
+//! - `agents`: registrations and sessions, frames to agents;
+//! - `watchers`: `Watch` streams;
+//! - `persist`: the batch a commit writes, and recovery at start;
+//! - `health`: the live health view from telemetry agents;
+//! - `observe`: metrics derived from committed changes.
+
+mod actor;
+mod agents;
+mod health;
+mod observe;
+mod persist;
+mod watchers;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::Catalog;
+use crate::error::ControlError;
+use crate::model::{AgentCard, AgentId, HealthReport, WorkflowId, WorkflowStatus};
+use crate::scheduler::{AgentEvent, NewWorkflow, SchedulerConfig};
+use crate::store::Store;
+use crate::views::{
+    AgentView, Frame, HealthEntry, ListQuery, Page, Registration, WorkflowEvent, WorkflowView,
+};
+
+/// Wall-clock unix milliseconds: the only clock the control unit reads.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Runtime limits.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub scheduler: SchedulerConfig,
+    /// Capacity of the actor's input channel.
+    pub inputs_max: usize,
+    /// Inputs drained per wake-up.
+    pub batch_max: usize,
+    /// Events buffered per watcher before it is dropped as too slow.
+    pub watch_buffer: usize,
+    /// Watchers per workflow.
+    pub watchers_per_workflow_max: usize,
+    /// Frames buffered per agent session beyond its concurrency.
+    pub session_buffer: usize,
+    pub heartbeat_interval: Duration,
+    /// Extra time the actor waits for more inputs before a group commit when the batch is
+    /// not full (zero: commit as soon as the previous commit is done).
+    pub flush_interval: Duration,
+    /// Where the control unit's metrics go (served by `--metrics-addr`).
+    pub metrics: Arc<paygrid_telemetry::metrics::Registry>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            scheduler: SchedulerConfig::default(),
+            inputs_max: 16_384,
+            batch_max: 1_024,
+            watch_buffer: 1_024,
+            watchers_per_workflow_max: 64,
+            session_buffer: 256,
+            heartbeat_interval: Duration::from_secs(2),
+            flush_interval: Duration::ZERO,
+            metrics: paygrid_telemetry::metrics::Registry::new(),
+        }
+    }
+}
+
+/// Frames to one agent's session; an error ends the session with it.
+pub type SessionSender = mpsc::Sender<Result<Frame, ControlError>>;
+/// Events to one watcher.
+pub type WatchSender = mpsc::Sender<WorkflowEvent>;
+
+/// A submission after validation.
+pub struct Submission {
+    pub new: NewWorkflow,
+    /// Fingerprint of spec + input + priority + labels, for idempotency-key reuse
+    /// checks (see `service::workflows::fingerprint`).
+    pub fingerprint: u64,
+}
+
+/// What a successful submit returns.
+pub struct Submitted {
+    pub id: WorkflowId,
+    pub created: bool,
+    /// `None` for an existing workflow no longer kept in memory: read it from the store.
+    pub status: Option<WorkflowStatus>,
+}
+
+pub enum Input {
+    Submit {
+        submission: Box<Submission>,
+        reply: oneshot::Sender<Result<Submitted, ControlError>>,
+    },
+    Cancel {
+        id: WorkflowId,
+        reason: String,
+        reply: oneshot::Sender<Result<WorkflowStatus, ControlError>>,
+    },
+    Get {
+        id: WorkflowId,
+        reply: oneshot::Sender<Option<WorkflowView>>,
+    },
+    /// Workflows in memory; the catalog merges the store's.
+    List {
+        query: ListQuery,
+        reply: oneshot::Sender<Page>,
+    },
+    Watch {
+        id: WorkflowId,
+        sender: WatchSender,
+        reply: oneshot::Sender<Result<(), ControlError>>,
+    },
+    Register {
+        card: AgentCard,
+        execution_unit: String,
+        reply: oneshot::Sender<Registration>,
+    },
+    OpenSession {
+        agent: AgentId,
+        token: String,
+        sender: SessionSender,
+        reply: oneshot::Sender<Result<u64, ControlError>>,
+    },
+    CloseSession {
+        agent: AgentId,
+        session: u64,
+    },
+    Agent(Vec<AgentEvent>),
+    /// Health reports relayed by a telemetry (support) agent.
+    HealthReports {
+        agent: AgentId,
+        reports: Vec<HealthReport>,
+    },
+    /// The live health view.
+    HealthView {
+        reply: oneshot::Sender<Vec<HealthEntry>>,
+    },
+    /// Idempotency keys of workflows pruned from the store.
+    ForgetKeys(Vec<String>),
+    /// Refresh the gauges computed on demand, before a scrape.
+    Metrics {
+        reply: oneshot::Sender<()>,
+    },
+    ListAgents {
+        skill: Option<String>,
+        reply: oneshot::Sender<Vec<AgentView>>,
+    },
+}
+
+/// A cheap handle to the actor.
+#[derive(Clone)]
+pub struct Handle {
+    inputs: mpsc::Sender<Input>,
+}
+
+impl Handle {
+    /// Sends an input; `ShuttingDown` once the actor has stopped.
+    pub async fn send(&self, input: Input) -> Result<(), ControlError> {
+        self.inputs
+            .send(input)
+            .await
+            .map_err(|_| ControlError::ShuttingDown)
+    }
+
+    pub async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Input,
+    ) -> Result<T, ControlError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(make(reply)).await?;
+        answer.await.map_err(|_| ControlError::ShuttingDown)
+    }
+}
+
+/// Starts the actor after recovering every stored workflow. It stops when every
+/// [`Handle`] is dropped or `shutdown` fires, and returns an error (after cancelling
+/// `shutdown`, so the servers stop too) when a commit fails: memory would be ahead of
+/// disk, and the next start recovers from the last good commit.
+pub async fn start(
+    config: RuntimeConfig,
+    store: Option<Arc<dyn Store>>,
+    catalog: Arc<Catalog>,
+    shutdown: CancellationToken,
+) -> Result<(Handle, tokio::task::JoinHandle<Result<(), ControlError>>), ControlError> {
+    let (inputs, receiver) = mpsc::channel(config.inputs_max);
+    let mut actor = actor::Actor::new(config, store, catalog);
+    actor.recover().await?;
+    let task = tokio::spawn(actor.run(receiver, shutdown));
+    Ok((Handle { inputs }, task))
+}
+
+/// Workflow ids with their idempotency fingerprint, by key.
+type IdempotencyIndex = std::collections::HashMap<String, (WorkflowId, u64)>;

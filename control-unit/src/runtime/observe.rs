@@ -1,0 +1,106 @@
+//! Metrics derived from committed changes, and the gauges computed before a scrape.
+
+use std::collections::BTreeMap;
+
+use paygrid_telemetry::metrics::Registry;
+
+use crate::metric_names as names;
+use crate::model::{Priority, TaskStatus};
+use crate::scheduler::{Change, Record, Scheduler, Slot};
+
+/// Metrics from one committed change.
+pub(super) fn observe(metrics: &Registry, core: &Scheduler, record: &Record) {
+    let Some(workflow) = core.workflow(record.workflow) else {
+        return;
+    };
+    match &record.change {
+        Change::Workflow { status, .. } if status.is_terminal() => {
+            let labels = [
+                ("name", workflow.spec.name.as_str()),
+                ("status", status.as_str()),
+            ];
+            metrics.count(&names::WORKFLOWS_FINISHED, &labels, 1);
+        }
+        Change::Task {
+            task,
+            compensation,
+            status,
+            detail,
+            ..
+        } => {
+            let compiled = &workflow.spec.tasks[*task as usize];
+            let skill = if *compensation {
+                compiled
+                    .compensate
+                    .as_ref()
+                    .map_or("", |c| c.skill.as_str())
+            } else {
+                compiled.skill().unwrap_or("")
+            };
+            let slot = Slot {
+                workflow: record.workflow,
+                task: *task,
+                compensation: *compensation,
+            };
+            let Some(execution) = workflow.execution(slot) else {
+                return;
+            };
+            let seconds = |from: u64| record.at.saturating_sub(from) as f64 / 1000.0;
+            let by_skill = [("skill", skill)];
+            match status {
+                TaskStatus::Dispatched => metrics.observe(
+                    &names::DISPATCH_LATENCY,
+                    &by_skill,
+                    seconds(execution.ready_at),
+                ),
+                TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Compensated => {
+                    metrics.observe(
+                        &names::TASK_DURATION,
+                        &[("skill", skill), ("status", status.as_str())],
+                        seconds(execution.attempt_started_at),
+                    );
+                }
+                TaskStatus::Backoff => {
+                    metrics.count(&names::TASK_RETRIES, &by_skill, 1);
+                    let detail = detail.as_deref().unwrap_or("");
+                    if detail.contains("timed out") {
+                        metrics.count(&names::TASK_TIMEOUTS, &by_skill, 1);
+                    } else if detail.contains("lease") {
+                        metrics.count(&names::TASK_LEASE_EXPIRATIONS, &by_skill, 1);
+                    }
+                }
+                _ => {}
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Gauges computed on demand: workflows by status, ready tasks by priority, agents.
+pub(super) fn refresh_gauges(metrics: &Registry, core: &Scheduler, agents_connected: usize) {
+    let mut by_status: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for status in [
+        "running",
+        "compensating",
+        "succeeded",
+        "failed",
+        "compensated",
+        "cancelled",
+    ] {
+        by_status.insert(status, 0);
+    }
+    for workflow in core.workflows() {
+        *by_status.entry(workflow.status.as_str()).or_default() += 1;
+    }
+    for (status, count) in by_status {
+        metrics.gauge(&names::WORKFLOWS, &[("status", status)], count as f64);
+    }
+    for (priority, depth) in Priority::ALL.iter().zip(core.ready_depth()) {
+        metrics.gauge(
+            &names::READY_QUEUE_DEPTH,
+            &[("priority", priority.as_str())],
+            depth as f64,
+        );
+    }
+    metrics.gauge(&names::AGENT_SESSIONS, &[], agents_connected as f64);
+}

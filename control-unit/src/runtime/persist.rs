@@ -1,0 +1,190 @@
+//! Persistence: what one group commit writes (every change, each changed workflow's
+//! row, snapshots at creation, checkpoints and the end), and recovery at start.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use super::IdempotencyIndex;
+use super::actor::Actor;
+use crate::error::ControlError;
+use crate::model::{TaskStatus, WorkflowId};
+use crate::scheduler::{Change, Record, Scheduler};
+use crate::spec::CompiledSpec;
+use crate::store::{Batch, EventWrite, SpecWrite, Store, StoreError, WorkflowWrite};
+
+pub(super) struct Persistence {
+    store: Option<Arc<dyn Store>>,
+    /// Spec hashes already in the store.
+    stored_specs: HashSet<String>,
+}
+
+impl Persistence {
+    pub(super) fn new(store: Option<Arc<dyn Store>>) -> Self {
+        Self {
+            store,
+            stored_specs: HashSet::new(),
+        }
+    }
+
+    pub(super) fn is_durable(&self) -> bool {
+        self.store.is_some()
+    }
+
+    pub(super) async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        match &self.store {
+            Some(store) => store.commit(batch).await,
+            None => Ok(()),
+        }
+    }
+
+    /// What the store must hold for these records.
+    pub(super) fn batch(
+        &mut self,
+        core: &Scheduler,
+        idempotency: &IdempotencyIndex,
+        records: &[(u64, Record)],
+        last_sequence: u64,
+    ) -> Batch {
+        let mut batch = Batch::default();
+        let mut rows: Vec<(WorkflowId, bool)> = Vec::new();
+        for (sequence, record) in records {
+            batch.events.push(EventWrite {
+                workflow: record.workflow,
+                sequence: *sequence,
+                at: record.at,
+                change: serde_json::to_vec(&record.change)
+                    .expect("a change is plain data and always serialises to JSON"),
+            });
+            let snapshot = match &record.change {
+                Change::Created => true,
+                Change::Workflow { status, .. } => status.is_terminal(),
+                Change::Task {
+                    task,
+                    compensation: false,
+                    status: TaskStatus::Succeeded,
+                    ..
+                } => core
+                    .workflow(record.workflow)
+                    .is_some_and(|w| w.spec.tasks[*task as usize].is_checkpoint()),
+                _ => false,
+            };
+            let is_row_change = snapshot || matches!(record.change, Change::Workflow { .. });
+            if is_row_change {
+                match rows.iter_mut().find(|(id, _)| *id == record.workflow) {
+                    Some((_, wants)) => *wants |= snapshot,
+                    None => rows.push((record.workflow, snapshot)),
+                }
+            }
+        }
+        for (id, snapshot) in rows {
+            let Some(workflow) = core.workflow(id) else {
+                continue;
+            };
+            if self.stored_specs.insert(workflow.spec.hash.clone()) {
+                batch.specs.push(spec_write(&workflow.spec));
+            }
+            batch.workflows.push(WorkflowWrite {
+                id,
+                name: workflow.spec.name.clone(),
+                spec_hash: workflow.spec.hash.clone(),
+                status: workflow.status,
+                idempotency_key: workflow.idempotency_key.clone(),
+                // Only keyed submissions have a fingerprint to keep.
+                fingerprint: workflow
+                    .idempotency_key
+                    .as_ref()
+                    .and_then(|key| idempotency.get(key))
+                    .map_or(0, |(_, fingerprint)| *fingerprint),
+                created_at: workflow.created_at,
+                updated_at: workflow.updated_at,
+                snapshot: snapshot.then(|| {
+                    (
+                        serde_json::to_vec(&workflow.snapshot())
+                            .expect("a snapshot is plain data and always serialises to JSON"),
+                        last_sequence,
+                    )
+                }),
+            });
+        }
+        batch
+    }
+}
+
+fn spec_write(spec: &CompiledSpec) -> SpecWrite {
+    SpecWrite {
+        hash: spec.hash.clone(),
+        name: spec.name.clone(),
+        version: spec.version,
+        text: spec.text.clone(),
+    }
+}
+
+impl Actor {
+    /// Rebuilds the scheduler and the catalog from the store.
+    pub(super) async fn recover(&mut self) -> Result<(), ControlError> {
+        let Some(store) = self.persistence.store.clone() else {
+            return Ok(());
+        };
+        let recovered = store
+            .recover(self.config.scheduler.workflows_retained_max)
+            .await?;
+        let mut specs: HashMap<String, Arc<CompiledSpec>> = HashMap::new();
+        // Specs stored before the catalog kept names get theirs now (idempotent).
+        let mut names = Batch::default();
+        for (hash, text) in &recovered.specs {
+            match self.catalog.compile_stored(text) {
+                Ok(spec) => {
+                    let spec = Arc::new(spec);
+                    names.specs.push(spec_write(&spec));
+                    self.catalog.recovered(spec.clone());
+                    specs.insert(hash.clone(), spec);
+                }
+                Err(error) => tracing::error!(spec = %hash, %error, "stored spec"),
+            }
+            self.persistence.stored_specs.insert(hash.clone());
+        }
+        if !names.specs.is_empty() {
+            store.commit(names).await?;
+        }
+        let now = super::now_ms();
+        let (mut active, mut failed) = (0, 0);
+        let mut out = std::mem::take(&mut self.out);
+        for workflow in recovered.workflows {
+            let id = workflow.snapshot.id.clone();
+            let Some(spec) = specs.get(&workflow.snapshot.spec_hash).cloned() else {
+                tracing::error!(workflow = %id, "spec of stored workflow is missing");
+                failed += 1;
+                continue;
+            };
+            let terminal = workflow.snapshot.status.is_terminal() && workflow.changes.is_empty();
+            let restored =
+                self.core
+                    .restore(now, workflow.snapshot, spec, &workflow.changes, &mut out);
+            match restored {
+                Ok(id) if !terminal => {
+                    active += 1;
+                    if let Some(workflow) = self.core.workflow(id) {
+                        self.spans.restored(workflow);
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::error!(workflow = %id, %error, "cannot restore workflow");
+                    failed += 1;
+                }
+            }
+        }
+        self.out = out;
+        for (key, id, fingerprint) in recovered.idempotency {
+            self.idempotency.insert(key, (id, fingerprint));
+        }
+        self.sequence = recovered.last_sequence;
+        tracing::info!(
+            active,
+            failed,
+            sequence = self.sequence,
+            "recovered workflows from the store"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,88 @@
+//! Every control-unit error as a gRPC status: the one place where status codes are
+//! chosen, so each kind of failure reads the same to every client.
+
+use tonic::{Code, Status};
+
+use crate::error::ControlError;
+use crate::scheduler::{CancelError, SubmitError};
+use crate::store::StoreError;
+
+impl From<ControlError> for Status {
+    fn from(error: ControlError) -> Self {
+        let code = match &error {
+            ControlError::ShuttingDown => Code::Unavailable,
+            ControlError::InvalidSpec(_) | ControlError::InvalidArgument(_) => {
+                Code::InvalidArgument
+            }
+            ControlError::NotFound(_) | ControlError::Cancel(CancelError::NotFound(_)) => {
+                Code::NotFound
+            }
+            ControlError::AlreadyExists(_)
+            | ControlError::KeyReused { .. }
+            | ControlError::Submit(SubmitError::Duplicate(_)) => Code::AlreadyExists,
+            ControlError::Exhausted(_) | ControlError::Submit(SubmitError::Overloaded { .. }) => {
+                Code::ResourceExhausted
+            }
+            ControlError::Unauthenticated(_) => Code::Unauthenticated,
+            ControlError::Store(store) => match store {
+                // The database is unreachable or refused the statement: worth a retry.
+                StoreError::Sqlite { .. } | StoreError::Postgres(_) | StoreError::Join(_) => {
+                    Code::Unavailable
+                }
+                StoreError::Corrupt(_) => Code::DataLoss,
+                StoreError::Unsupported(_) => Code::FailedPrecondition,
+            },
+            ControlError::Internal(_) => Code::Internal,
+        };
+        Status::new(code, error.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::WorkflowId;
+
+    #[test]
+    fn each_kind_has_its_code_and_keeps_its_message() {
+        let cases = [
+            (ControlError::ShuttingDown, Code::Unavailable),
+            (
+                ControlError::invalid("input_json: not JSON"),
+                Code::InvalidArgument,
+            ),
+            (
+                ControlError::Cancel(CancelError::NotFound(WorkflowId(1))),
+                Code::NotFound,
+            ),
+            (
+                ControlError::KeyReused {
+                    key: "order-1".into(),
+                    existing: WorkflowId(1),
+                },
+                Code::AlreadyExists,
+            ),
+            (
+                ControlError::Submit(SubmitError::Overloaded {
+                    active: 2,
+                    limit: 2,
+                }),
+                Code::ResourceExhausted,
+            ),
+            (
+                ControlError::Store(StoreError::Postgres("connection refused".into())),
+                Code::Unavailable,
+            ),
+            (
+                ControlError::Store(StoreError::Corrupt("snapshot".into())),
+                Code::DataLoss,
+            ),
+        ];
+        for (error, code) in cases {
+            let message = error.to_string();
+            let status = Status::from(error);
+            assert_eq!(status.code(), code, "{message}");
+            assert_eq!(status.message(), message);
+        }
+    }
+}
