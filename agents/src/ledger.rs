@@ -81,104 +81,19 @@ impl Ledger {
 
     /// Applies one posting request; `Err` is a message for a permanent failure.
     pub fn post(&mut self, request: &Value) -> Result<Value, String> {
-        let field = |name: &str| {
-            request
-                .get(name)
-                .and_then(Value::as_str)
-                .ok_or_else(|| format!("`{name}` must be a string"))
-        };
-        let amount = || {
-            request
-                .get("amount_minor")
-                .and_then(Value::as_i64)
-                .filter(|a| *a > 0)
-                .ok_or("`amount_minor` must be a positive integer")
-        };
-        let event = field("event")?;
-        let payment = field("payment_id")?.to_owned();
+        let event = string(request, "event")?;
+        let payment = string(request, "payment_id")?.to_owned();
         let answer = match event {
-            "authorize" => {
-                if self.transfers.contains_key(&payment) {
-                    return Err(format!("payment {payment} already has a transfer"));
-                }
-                let (amount, currency) = (amount()?, field("currency")?.to_owned());
-                self.book(RECEIVABLE, PAYABLE, amount, &currency, true);
-                self.transfers.insert(
-                    payment.clone(),
-                    Transfer {
-                        debit: RECEIVABLE,
-                        credit: PAYABLE,
-                        amount_minor: amount,
-                        currency,
-                        status: "pending",
-                    },
-                );
-                json!({"payment_id": payment, "status": "pending", "amount_minor": amount})
-            }
-            "capture" | "void" => {
-                let transfer = self
-                    .transfers
-                    .get(&payment)
-                    .cloned()
-                    .ok_or_else(|| format!("payment {payment} has no pending transfer"))?;
-                if transfer.status != "pending" {
-                    return Err(format!("payment {payment} transfer is {}", transfer.status));
-                }
-                // Release the pending amounts, then post what was captured.
-                self.book(
-                    transfer.debit,
-                    transfer.credit,
-                    -transfer.amount_minor,
-                    &transfer.currency,
-                    true,
-                );
-                let posted = if event == "capture" {
-                    let amount = request
-                        .get("amount_minor")
-                        .and_then(Value::as_i64)
-                        .unwrap_or(transfer.amount_minor);
-                    if amount <= 0 || amount > transfer.amount_minor {
-                        self.book(
-                            transfer.debit,
-                            transfer.credit,
-                            transfer.amount_minor,
-                            &transfer.currency,
-                            true,
-                        );
-                        return Err(format!(
-                            "capture of {amount} exceeds the pending {}",
-                            transfer.amount_minor
-                        ));
-                    }
-                    self.book(
-                        transfer.debit,
-                        transfer.credit,
-                        amount,
-                        &transfer.currency,
-                        false,
-                    );
-                    amount
+            "authorize" => self.authorize(&payment, request)?,
+            "capture" | "void" => self.settle_pending(&payment, event == "capture", request)?,
+            "refund" | "settle" => {
+                let (amount, currency) = (amount(request)?, string(request, "currency")?);
+                let (debit, credit) = if event == "refund" {
+                    (PAYABLE, RECEIVABLE)
                 } else {
-                    0
+                    (CASH, RECEIVABLE)
                 };
-                let status = if event == "capture" {
-                    "posted"
-                } else {
-                    "voided"
-                };
-                if let Some(t) = self.transfers.get_mut(&payment) {
-                    t.status = status;
-                }
-                json!({"payment_id": payment, "status": status, "amount_minor": posted})
-            }
-            "refund" => {
-                let (amount, currency) = (amount()?, field("currency")?.to_owned());
-                self.book(PAYABLE, RECEIVABLE, amount, &currency, false);
-                json!({"payment_id": payment, "status": "posted", "amount_minor": amount})
-            }
-            "settle" => {
-                let (amount, currency) = (amount()?, field("currency")?.to_owned());
-                self.book(CASH, RECEIVABLE, amount, &currency, false);
+                self.book(debit, credit, amount, currency, false);
                 json!({"payment_id": payment, "status": "posted", "amount_minor": amount})
             }
             other => {
@@ -192,6 +107,69 @@ impl Ledger {
             "ledger out of balance after {event} of {payment}"
         );
         Ok(answer)
+    }
+
+    /// A pending transfer for an authorization.
+    fn authorize(&mut self, payment: &str, request: &Value) -> Result<Value, String> {
+        if self.transfers.contains_key(payment) {
+            return Err(format!("payment {payment} already has a transfer"));
+        }
+        let (amount, currency) = (amount(request)?, string(request, "currency")?.to_owned());
+        self.book(RECEIVABLE, PAYABLE, amount, &currency, true);
+        self.transfers.insert(
+            payment.to_owned(),
+            Transfer {
+                debit: RECEIVABLE,
+                credit: PAYABLE,
+                amount_minor: amount,
+                currency,
+                status: "pending",
+            },
+        );
+        Ok(json!({"payment_id": payment, "status": "pending", "amount_minor": amount}))
+    }
+
+    /// Ends a pending transfer: posts what was captured, or releases it all (void).
+    fn settle_pending(
+        &mut self,
+        payment: &str,
+        capture: bool,
+        request: &Value,
+    ) -> Result<Value, String> {
+        let transfer = self
+            .transfers
+            .get(payment)
+            .cloned()
+            .ok_or_else(|| format!("payment {payment} has no pending transfer"))?;
+        if transfer.status != "pending" {
+            return Err(format!("payment {payment} transfer is {}", transfer.status));
+        }
+        let posted = if capture {
+            let amount = request
+                .get("amount_minor")
+                .and_then(Value::as_i64)
+                .unwrap_or(transfer.amount_minor);
+            if amount <= 0 || amount > transfer.amount_minor {
+                return Err(format!(
+                    "capture of {amount} exceeds the pending {}",
+                    transfer.amount_minor
+                ));
+            }
+            amount
+        } else {
+            0
+        };
+        // Release the pending amounts, then post what was captured.
+        let (debit, credit, currency) = (transfer.debit, transfer.credit, &transfer.currency);
+        self.book(debit, credit, -transfer.amount_minor, currency, true);
+        if posted > 0 {
+            self.book(debit, credit, posted, currency, false);
+        }
+        let status = if capture { "posted" } else { "voided" };
+        if let Some(t) = self.transfers.get_mut(payment) {
+            t.status = status;
+        }
+        Ok(json!({"payment_id": payment, "status": status, "amount_minor": posted}))
     }
 
     pub fn balances(&self) -> Vec<(String, String, Balance)> {
@@ -311,6 +289,21 @@ impl Agent for LedgerAgent {
             Err(message) => TaskOutcome::permanent("ledger_rejected", message),
         }
     }
+}
+
+fn string<'a>(request: &'a Value, name: &str) -> Result<&'a str, String> {
+    request
+        .get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("`{name}` must be a string"))
+}
+
+fn amount(request: &Value) -> Result<i64, String> {
+    request
+        .get("amount_minor")
+        .and_then(Value::as_i64)
+        .filter(|a| *a > 0)
+        .ok_or_else(|| "`amount_minor` must be a positive integer".to_owned())
 }
 
 #[cfg(test)]

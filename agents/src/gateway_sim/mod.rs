@@ -18,6 +18,9 @@
 //! stored), `fail_rate` (503 before the effect, at random), `slow_rate` with
 //! `slow_latency_min_ms`..`slow_latency_max_ms` (a share of requests is slow).
 
+mod idempotency;
+mod payments;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -35,6 +38,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use payments::Effect;
 
 /// Simulator settings.
 #[derive(Debug, Clone)]
@@ -77,35 +82,10 @@ pub struct Stats {
     pub requests_in_flight: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
-struct Payment {
-    authorization_id: String,
-    amount_minor: i64,
-    currency: String,
-    status: &'static str,
-    captured_minor: i64,
-    refunded_minor: i64,
-    capture_ids: Vec<String>,
-    card_token: String,
-}
-
-enum Entry {
-    InFlight {
-        fingerprint: String,
-    },
-    Done {
-        fingerprint: String,
-        status: StatusCode,
-        body: Value,
-    },
-    /// Looked up before any request used it: it never will.
-    Fenced,
-}
-
 struct Inner {
-    payments: HashMap<String, Payment>,
+    payments: HashMap<String, payments::Payment>,
     captures: HashMap<String, String>,
-    idempotency: HashMap<String, Entry>,
+    idempotency: HashMap<String, idempotency::Entry>,
     faults: Faults,
     stats: Stats,
     next_id: u64,
@@ -127,29 +107,6 @@ impl Sim {
     }
 }
 
-/// Removes an in-flight idempotency record if the request is dropped half-way (the
-/// client went away), so a retry with the same key is not stuck on a conflict.
-struct InFlightGuard<'a> {
-    sim: &'a Sim,
-    key: String,
-    armed: bool,
-}
-
-impl Drop for InFlightGuard<'_> {
-    fn drop(&mut self) {
-        self.sim.in_flight.fetch_sub(1, Ordering::SeqCst);
-        if self.armed {
-            let mut inner = self.sim.lock();
-            if matches!(
-                inner.idempotency.get(&self.key),
-                Some(Entry::InFlight { .. })
-            ) {
-                inner.idempotency.remove(&self.key);
-            }
-        }
-    }
-}
-
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> (StatusCode, Value) {
     (status, json!({"error": code, "message": message.into()}))
 }
@@ -163,28 +120,6 @@ fn respond(status: StatusCode, body: Value, replayed: bool) -> Response {
         );
     }
     response
-}
-
-#[derive(Clone, Copy, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum Effect {
-    Authorize,
-    Capture,
-    Void,
-    Refund,
-    Payout,
-}
-
-impl Effect {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Authorize => "authorize",
-            Self::Capture => "capture",
-            Self::Void => "void",
-            Self::Refund => "refund",
-            Self::Payout => "payout",
-        }
-    }
 }
 
 /// One effect request in a server span (when spans are exported), a child of the
@@ -255,6 +190,8 @@ fn error_body(join: &tokio::task::JoinError) -> (StatusCode, Value) {
     )
 }
 
+/// One effect request: its key and body checked, its idempotency record opened, then
+/// the effect taken after the configured latency.
 async fn apply_effect(
     sim: Arc<Sim>,
     effect: Effect,
@@ -281,72 +218,13 @@ async fn apply_effect(
             return respond(status, body, false);
         }
     };
-    let fingerprint = fingerprint(effect, target.as_deref(), &request);
-    let latency = {
-        let mut inner = sim.lock();
-        match inner.idempotency.get(&key) {
-            Some(
-                Entry::InFlight {
-                    fingerprint: stored,
-                }
-                | Entry::Done {
-                    fingerprint: stored,
-                    ..
-                },
-            ) if *stored != fingerprint => {
-                let (status, body) = error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "idempotency_key_reused",
-                    "this key was used with a different request",
-                );
-                return respond(status, body, false);
-            }
-            Some(Entry::InFlight { .. }) => {
-                inner.stats.conflicts += 1;
-                let (status, body) = error(
-                    StatusCode::CONFLICT,
-                    "idempotency_conflict",
-                    "a request with this key is in progress",
-                );
-                return respond(status, body, false);
-            }
-            Some(Entry::Done { status, body, .. }) => {
-                let (status, body) = (*status, body.clone());
-                inner.stats.replays += 1;
-                return respond(status, body, true);
-            }
-            Some(Entry::Fenced) => {
-                let (status, body) = error(
-                    StatusCode::CONFLICT,
-                    "idempotency_key_fenced",
-                    "this key was looked up before any request used it; use a new key",
-                );
-                return respond(status, body, false);
-            }
-            None => {}
-        }
-        inner.idempotency.insert(
-            key.clone(),
-            Entry::InFlight {
-                fingerprint: fingerprint.clone(),
-            },
-        );
-        let faults = &inner.faults;
-        let slow = if faults.slow_rate > 0.0 && fastrand::f64() < faults.slow_rate {
-            fastrand::u64(
-                faults.slow_latency_min_ms
-                    ..=faults.slow_latency_max_ms.max(faults.slow_latency_min_ms),
-            )
-        } else {
-            0
-        };
-        slow + match effect {
-            Effect::Capture => faults.latency_ms + faults.capture_latency_ms,
-            _ => faults.latency_ms,
-        }
-    };
+    let fingerprint = idempotency::fingerprint(effect, target.as_deref(), &request);
+    if let Err(answer) = idempotency::begin(&sim, &key, &fingerprint) {
+        return *answer;
+    }
+    let latency = latency(&sim.lock().faults, effect);
     sim.in_flight.fetch_add(1, Ordering::SeqCst);
-    let mut guard = InFlightGuard {
+    let mut guard = idempotency::InFlightGuard {
         sim: &sim,
         key: key.clone(),
         armed: true,
@@ -354,6 +232,39 @@ async fn apply_effect(
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
+    let request = Request {
+        key,
+        fingerprint,
+        effect,
+        target,
+        body: request,
+    };
+    take_effect(&sim, request, &mut guard)
+}
+
+/// An effect request whose key is in progress.
+struct Request {
+    key: String,
+    fingerprint: String,
+    effect: Effect,
+    target: Option<String>,
+    body: Value,
+}
+
+/// Takes the effect, journals it, stores the answer under the key, and answers; or
+/// fails before or after it, as the injected faults say.
+fn take_effect(
+    sim: &Sim,
+    request: Request,
+    guard: &mut idempotency::InFlightGuard<'_>,
+) -> Response {
+    let Request {
+        key,
+        fingerprint,
+        effect,
+        target,
+        body: request,
+    } = request;
     let mut inner = sim.lock();
     let fail_before = inner.faults.fail_next > 0
         || (inner.faults.fail_rate > 0.0 && fastrand::f64() < inner.faults.fail_rate);
@@ -371,7 +282,7 @@ async fn apply_effect(
         );
         return respond(status, body, false);
     }
-    let (status, body) = apply(&sim, &mut inner, effect, target.as_deref(), &request);
+    let (status, body) = payments::apply(sim, &mut inner, effect, target.as_deref(), &request);
     if let Some(journal) = &sim.journal {
         let entry =
             json!({"key": key, "effect": effect, "target": target, "request": request}).to_string();
@@ -385,7 +296,7 @@ async fn apply_effect(
     }
     inner.idempotency.insert(
         key,
-        Entry::Done {
+        idempotency::Entry::Done {
             fingerprint,
             status,
             body: body.clone(),
@@ -406,240 +317,18 @@ async fn apply_effect(
     respond(status, body, false)
 }
 
-/// SHA-256 over a canonical form of the request (effect, target, JSON with sorted
-/// keys): fixed by its definition, so a stored fingerprint means the same after an
-/// upgrade or a restart.
-fn fingerprint(effect: Effect, target: Option<&str>, request: &Value) -> String {
-    use sha2::Digest;
-    let mut hasher = sha2::Sha256::new();
-    hasher.update(effect.as_str().as_bytes());
-    hasher.update([0]);
-    hasher.update(target.unwrap_or("").as_bytes());
-    hasher.update([0]);
-    // serde_json's maps are sorted by key: `to_string` is canonical.
-    hasher.update(request.to_string().as_bytes());
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// `GET /v1/idempotency/KEY`: the stored answer of the request made with a key, 409
-/// while it runs, or 404 (and the key fenced, durably) when none was made.
-fn lookup(sim: &Sim, key: &str) -> Response {
-    let mut inner = sim.lock();
-    match inner.idempotency.get(key) {
-        Some(Entry::Done { status, body, .. }) => {
-            let answer = json!({"key": key, "status": status.as_u16(), "body": body});
-            (StatusCode::OK, axum::Json(answer)).into_response()
-        }
-        Some(Entry::InFlight { .. }) => {
-            let (status, body) = error(
-                StatusCode::CONFLICT,
-                "idempotency_conflict",
-                "a request with this key is in progress",
-            );
-            respond(status, body, false)
-        }
-        Some(Entry::Fenced) | None => {
-            if !matches!(inner.idempotency.get(key), Some(Entry::Fenced)) {
-                if let Some(journal) = &sim.journal {
-                    let entry = json!({"key": key, "fenced": true}).to_string();
-                    if let Err(error) = tokio::task::block_in_place(|| journal.append(&entry)) {
-                        tracing::error!(%error, "gateway journal write failed; stopping");
-                        let (status, body) = error_body_journal();
-                        return respond(status, body, false);
-                    }
-                }
-                inner.idempotency.insert(key.to_owned(), Entry::Fenced);
-            }
-            let (status, body) = error(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no request was made with this key; it is now fenced",
-            );
-            respond(status, body, false)
-        }
-    }
-}
-
-/// The authorization `target` names, if it can still be captured or voided.
-fn authorized<'a>(
-    payments: &'a mut HashMap<String, Payment>,
-    target: Option<&str>,
-) -> Result<&'a mut Payment, (StatusCode, Value)> {
-    let Some(payment) = target.and_then(|id| payments.get_mut(id)) else {
-        return Err(error(
-            StatusCode::NOT_FOUND,
-            "no_such_authorization",
-            format!("{target:?} not found"),
-        ));
+/// How long this request takes: the configured latency, and a slow one for a share.
+fn latency(faults: &Faults, effect: Effect) -> u64 {
+    let slow = if faults.slow_rate > 0.0 && fastrand::f64() < faults.slow_rate {
+        fastrand::u64(
+            faults.slow_latency_min_ms..=faults.slow_latency_max_ms.max(faults.slow_latency_min_ms),
+        )
+    } else {
+        0
     };
-    if payment.status != "authorized" {
-        return Err(error(
-            StatusCode::CONFLICT,
-            "invalid_state",
-            format!("authorization is {}", payment.status),
-        ));
-    }
-    Ok(payment)
-}
-
-fn amount(request: &Value) -> Option<i64> {
-    request
-        .get("amount_minor")
-        .and_then(Value::as_i64)
-        .filter(|a| *a > 0)
-}
-
-fn apply(
-    sim: &Sim,
-    inner: &mut Inner,
-    effect: Effect,
-    target: Option<&str>,
-    request: &Value,
-) -> (StatusCode, Value) {
-    inner.next_id += 1;
-    let serial = inner.next_id;
-    let fee = |amount: i64| amount * i64::from(sim.cost_bps) / 10_000;
-    match effect {
-        Effect::Authorize => {
-            let (Some(amount), Some(currency), Some(token)) = (
-                amount(request),
-                request.get("currency").and_then(Value::as_str),
-                request.get("card_token").and_then(Value::as_str),
-            ) else {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    "amount_minor (> 0), currency and card_token are required",
-                );
-            };
-            if token == "tok_decline" {
-                inner.stats.declines += 1;
-                return error(
-                    StatusCode::PAYMENT_REQUIRED,
-                    "card_declined",
-                    "the issuer declined the card",
-                );
-            }
-            let id = format!("auth_{}_{serial}", sim.name);
-            inner.stats.authorizations += 1;
-            inner.payments.insert(
-                id.clone(),
-                Payment {
-                    authorization_id: id.clone(),
-                    amount_minor: amount,
-                    currency: currency.to_owned(),
-                    status: "authorized",
-                    captured_minor: 0,
-                    refunded_minor: 0,
-                    capture_ids: Vec::new(),
-                    card_token: token.to_owned(),
-                },
-            );
-            (
-                StatusCode::CREATED,
-                json!({"authorization_id": id, "status": "authorized", "amount_minor": amount, "currency": currency, "gateway": sim.name, "fee_minor": fee(amount)}),
-            )
-        }
-        Effect::Capture => {
-            let payment = match authorized(&mut inner.payments, target) {
-                Ok(payment) => payment,
-                Err(answer) => return answer,
-            };
-            if payment.card_token == "tok_capture_decline" {
-                return error(
-                    StatusCode::PAYMENT_REQUIRED,
-                    "capture_declined",
-                    "the issuer refused the capture",
-                );
-            }
-            let amount = amount(request).unwrap_or(payment.amount_minor);
-            if amount > payment.amount_minor {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "amount_too_large",
-                    "capture exceeds the authorized amount",
-                );
-            }
-            let id = format!("cap_{}_{serial}", sim.name);
-            payment.status = "captured";
-            payment.captured_minor = amount;
-            payment.capture_ids.push(id.clone());
-            let (authorization_id, currency) =
-                (payment.authorization_id.clone(), payment.currency.clone());
-            inner.captures.insert(id.clone(), authorization_id.clone());
-            inner.stats.captures += 1;
-            (
-                StatusCode::CREATED,
-                json!({"capture_id": id, "authorization_id": authorization_id, "amount_minor": amount, "currency": currency, "status": "captured", "gateway": sim.name}),
-            )
-        }
-        Effect::Void => {
-            let payment = match authorized(&mut inner.payments, target) {
-                Ok(payment) => payment,
-                Err(answer) => return answer,
-            };
-            payment.status = "voided";
-            let id = payment.authorization_id.clone();
-            inner.stats.voids += 1;
-            (
-                StatusCode::OK,
-                json!({"authorization_id": id, "status": "voided", "gateway": sim.name}),
-            )
-        }
-        Effect::Refund => {
-            let Some(authorization) = target.and_then(|id| inner.captures.get(id)).cloned() else {
-                return error(
-                    StatusCode::NOT_FOUND,
-                    "no_such_capture",
-                    format!("{target:?} not found"),
-                );
-            };
-            let Some(payment) = inner.payments.get_mut(&authorization) else {
-                return error(
-                    StatusCode::NOT_FOUND,
-                    "no_such_capture",
-                    "capture has no payment",
-                );
-            };
-            let amount = amount(request).unwrap_or(payment.captured_minor - payment.refunded_minor);
-            if amount <= 0 || payment.refunded_minor + amount > payment.captured_minor {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "amount_too_large",
-                    "refund exceeds the captured amount",
-                );
-            }
-            payment.refunded_minor += amount;
-            if payment.refunded_minor == payment.captured_minor {
-                payment.status = "refunded";
-            }
-            inner.stats.refunds += 1;
-            (
-                StatusCode::CREATED,
-                json!({"refund_id": format!("re_{}_{serial}", sim.name), "capture_id": target, "amount_minor": amount, "status": "refunded", "gateway": sim.name}),
-            )
-        }
-        Effect::Payout => {
-            let (Some(amount), Some(destination)) = (
-                amount(request),
-                request.get("destination").and_then(Value::as_str),
-            ) else {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    "amount_minor (> 0) and destination are required",
-                );
-            };
-            inner.stats.payouts += 1;
-            (
-                StatusCode::CREATED,
-                json!({"payout_id": format!("po_{}_{serial}", sim.name), "destination": destination, "amount_minor": amount, "status": "sent", "gateway": sim.name}),
-            )
-        }
+    slow + match effect {
+        Effect::Capture => faults.latency_ms + faults.capture_latency_ms,
+        _ => faults.latency_ms,
     }
 }
 
@@ -684,12 +373,17 @@ fn router(sim: Arc<Sim>) -> Router {
         )
         .route(
             "/v1/idempotency/{key}",
-            get(|State(s): State<Arc<Sim>>, Path(key): Path<String>| async move { lookup(&s, &key) }),
+            get(
+                |State(s): State<Arc<Sim>>, Path(key): Path<String>| async move {
+                    idempotency::lookup(&s, &key)
+                },
+            ),
         )
         .route(
             "/v1/payments",
             get(|State(s): State<Arc<Sim>>| async move {
-                let mut payments: Vec<Payment> = s.lock().payments.values().cloned().collect();
+                let mut payments: Vec<payments::Payment> =
+                    s.lock().payments.values().cloned().collect();
                 payments.sort_by(|a, b| a.authorization_id.cmp(&b.authorization_id));
                 axum::Json(json!({"payments": payments}))
             }),
@@ -822,15 +516,15 @@ fn replay(sim: &Sim, entries: &[String]) {
         };
         let key = entry["key"].as_str().unwrap_or_default().to_owned();
         if entry["fenced"] == true {
-            inner.idempotency.insert(key, Entry::Fenced);
+            inner.idempotency.insert(key, idempotency::Entry::Fenced);
             continue;
         }
         let Ok(effect) = serde_json::from_value::<Effect>(entry["effect"].clone()) else {
             continue;
         };
         let target = entry["target"].as_str().map(str::to_owned);
-        let fingerprint = fingerprint(effect, target.as_deref(), &entry["request"]);
-        let (status, body) = apply(
+        let fingerprint = idempotency::fingerprint(effect, target.as_deref(), &entry["request"]);
+        let (status, body) = payments::apply(
             sim,
             &mut inner,
             effect,
@@ -839,7 +533,7 @@ fn replay(sim: &Sim, entries: &[String]) {
         );
         inner.idempotency.insert(
             key,
-            Entry::Done {
+            idempotency::Entry::Done {
                 fingerprint,
                 status,
                 body,
