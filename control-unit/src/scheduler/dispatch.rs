@@ -12,8 +12,8 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::{
-    Assignment, AttemptOutcome, AttemptRecord, Change, Command, ReadyEntry, Scheduler, Slot, Timer,
-    TimerKind, record,
+    Assignment, AttemptOutcome, AttemptRecord, Change, Command, Millis, ReadyEntry, Scheduler,
+    Slot, Timer, TimerKind, record,
 };
 use paygrid_telemetry::context::TraceParent;
 
@@ -180,40 +180,93 @@ impl Scheduler {
     ) {
         let now = self.now;
         let slot = entry.slot;
+        let prepared = match self.prepare(slot) {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                self.fail_task(slot, format!("input: {error}"), out);
+                return;
+            }
+        };
+        let Some((attempt, lookups, settling)) = self.open_attempt(slot, &agent, prepared.deadline)
+        else {
+            return;
+        };
+        record(
+            out,
+            slot.workflow,
+            now,
+            Change::task(
+                slot.task,
+                slot.compensation,
+                TaskStatus::Dispatched,
+                attempt,
+                Some(agent.clone()),
+                None,
+            )
+            .with_attempt_facts(Some(prepared.deadline), None, lookups, settling),
+        );
+        out.push(Command::Dispatch {
+            agent,
+            assignment: Box::new(Assignment {
+                slot,
+                attempt,
+                task_id: prepared.task_id,
+                skill: skill.clone(),
+                input_json: prepared.input_json,
+                deadline: prepared.deadline,
+                idempotency_key: prepared.idempotency_key,
+                traceparent: crate::traces::attempt_context(prepared.root, slot, attempt),
+                tracestate: prepared.tracestate,
+                workflow_name: prepared.workflow_name,
+                settle: settling,
+            }),
+        });
+    }
+
+    /// What an assignment of `slot` carries, from the workflow as it is now: its input
+    /// resolved from the templates (an error fails the task), key, deadline and trace.
+    fn prepare(&self, slot: Slot) -> Result<Prepared, String> {
         let workflow = &self.workflows[&slot.workflow];
         let compiled = &workflow.spec.tasks[slot.task as usize];
         let (template, timeout) = match (&compiled.compensate, slot.compensation) {
             (Some(compensation), true) => (&compensation.input, compensation.timeout),
             _ => (&compiled.input, compiled.timeout),
         };
-        let mut input = match template.resolve(&WorkflowScope(workflow)) {
-            Ok(input) => input,
-            Err(error) => {
-                self.fail_task(slot, format!("input: {error}"), out);
-                return;
-            }
-        };
+        let mut input = template
+            .resolve(&WorkflowScope(workflow))
+            .map_err(|e| e.to_string())?;
         if compiled.is_checkpoint() && !slot.compensation {
             input = checkpoint_input(workflow, input);
         }
-        let input_json = serde_json::to_vec(&input).unwrap_or_default();
         let idempotency_key = if slot.compensation {
             format!("{}:{}:compensate", slot.workflow, compiled.id)
         } else {
             format!("{}:{}", slot.workflow, compiled.id)
         };
-        let task_id = compiled.id.clone();
-        let workflow_name = workflow.spec.name.clone();
-        let root = TraceParent::parse(&workflow.traceparent);
-        let tracestate = workflow.tracestate.clone();
-        let deadline = now + timeout.as_millis() as u64;
+        Ok(Prepared {
+            input_json: serde_json::to_vec(&input)
+                .expect("a resolved input is a JSON value and always serialises"),
+            idempotency_key,
+            task_id: compiled.id.clone(),
+            workflow_name: workflow.spec.name.clone(),
+            root: TraceParent::parse(&workflow.traceparent),
+            tracestate: workflow.tracestate.clone(),
+            deadline: self.now + timeout.as_millis() as u64,
+        })
+    }
+
+    /// Opens the next attempt of `slot` on `agent`: its lease and deadline, the agent's
+    /// credit, one timer. Returns (attempt, lookups, settling).
+    fn open_attempt(
+        &mut self,
+        slot: Slot,
+        agent: &AgentId,
+        deadline: Millis,
+    ) -> Option<(u32, u32, bool)> {
+        let now = self.now;
         let lease_until = now + self.config.lease_ttl.as_millis() as u64;
-        let Some(workflow) = self.workflows.get_mut(&slot.workflow) else {
-            return;
-        };
-        let Some(execution) = workflow.execution_mut(slot) else {
-            return;
-        };
+        let workflow = self.workflows.get_mut(&slot.workflow)?;
+        let execution = workflow.execution_mut(slot)?;
         let unrecorded = execution
             .history
             .last()
@@ -236,7 +289,6 @@ impl Scheduler {
         if execution.settling {
             execution.lookups += 1;
         }
-        let (lookups, settling) = (execution.lookups, execution.settling);
         execution.attempt_open = true;
         execution.status = TaskStatus::Dispatched;
         execution.agent = Some(agent.clone());
@@ -246,51 +298,33 @@ impl Scheduler {
         if execution.started_at == 0 {
             execution.started_at = now;
         }
-        let attempt = execution.attempt;
+        let opened = (execution.attempt, execution.lookups, execution.settling);
         workflow.updated_at = now;
-        if let Some(agent_slot) = self.agents.get_mut(&agent) {
+        if let Some(agent_slot) = self.agents.get_mut(agent) {
             agent_slot.credits -= 1;
-            agent_slot.assigned.insert(slot, attempt);
+            agent_slot.assigned.insert(slot, opened.0);
         }
         // One timer per attempt, at the earlier of its timeout and its lease; it re-arms
         // itself for whichever is left (see `Scheduler::fire`).
         self.timers.push(Reverse(Timer {
             at: deadline.min(lease_until),
             slot,
-            attempt,
+            attempt: opened.0,
             kind: TimerKind::Attempt,
         }));
-        record(
-            out,
-            slot.workflow,
-            now,
-            Change::task(
-                slot.task,
-                slot.compensation,
-                TaskStatus::Dispatched,
-                attempt,
-                Some(agent.clone()),
-                None,
-            )
-            .with_attempt_facts(Some(deadline), None, lookups, settling),
-        );
-        out.push(Command::Dispatch {
-            agent,
-            assignment: Box::new(Assignment {
-                slot,
-                attempt,
-                task_id,
-                skill: skill.clone(),
-                input_json,
-                deadline,
-                idempotency_key,
-                traceparent: crate::traces::attempt_context(root, slot, attempt),
-                tracestate,
-                workflow_name,
-                settle: settling,
-            }),
-        });
+        Some(opened)
     }
+}
+
+/// An assignment's content, prepared before its attempt opens.
+struct Prepared {
+    input_json: Vec<u8>,
+    idempotency_key: String,
+    task_id: String,
+    workflow_name: String,
+    root: Option<TraceParent>,
+    tracestate: String,
+    deadline: Millis,
 }
 
 /// A checkpoint's verification sees the workflow input and every finished output.
