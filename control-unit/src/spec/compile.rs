@@ -341,7 +341,42 @@ impl Checker<'_> {
         default_timeout: Duration,
     ) -> CompiledTask {
         let id = raw.id.as_str();
-        let kind = match (&raw.skill, &raw.checkpoint) {
+        let kind = self.kind(raw);
+        let needs = self.needs(index, raw, ids);
+        let input = self.template(id, "with", raw.with_input.as_ref());
+        let retry = self.retry(Some(id), default_retry, raw.retry.as_ref());
+        let timeout = match raw.timeout.as_deref() {
+            None => default_timeout,
+            Some(text) => self
+                .duration(Some(id), "timeout", text)
+                .unwrap_or(default_timeout),
+        };
+        let route = raw.route.as_ref().map(|route| self.route(id, route));
+        let compensate = raw
+            .compensate
+            .as_ref()
+            .map(|compensate| self.compensation(id, compensate, default_retry, timeout));
+        let when = self.condition(id, "when", raw.when.as_deref());
+        CompiledTask {
+            id: raw.id.clone(),
+            index,
+            kind,
+            needs,
+            dependents: Vec::new(),
+            input,
+            retry,
+            timeout,
+            route,
+            compensate,
+            when,
+            position: self.source.task(id),
+        }
+    }
+
+    /// A skill or a checkpoint, never both.
+    fn kind(&mut self, raw: &RawTask) -> TaskKind {
+        let id = raw.id.as_str();
+        match (&raw.skill, &raw.checkpoint) {
             (Some(skill), None) => {
                 self.name("skill", skill, Some(id));
                 TaskKind::Skill(skill.clone())
@@ -370,7 +405,12 @@ impl Checker<'_> {
                 );
                 TaskKind::Checkpoint { verify: None }
             }
-        };
+        }
+    }
+
+    /// Needs as task indexes: known, not itself, not twice, within the limit.
+    fn needs(&mut self, index: u32, raw: &RawTask, ids: &HashMap<String, u32>) -> Vec<u32> {
+        let id = raw.id.as_str();
         if raw.needs.len() > self.limits.needs_max {
             self.task_error(
                 id,
@@ -405,75 +445,54 @@ impl Checker<'_> {
                 }
             }
         }
-        let input = self.template(id, "with", raw.with_input.as_ref());
-        let retry = self.retry(Some(id), default_retry, raw.retry.as_ref());
-        let timeout = match raw.timeout.as_deref() {
-            None => default_timeout,
+        needs
+    }
+
+    /// A task's compensation: its skill, input, retries (10 attempts by default: an undo
+    /// must not give up early), timeout, route and condition.
+    fn compensation(
+        &mut self,
+        id: &str,
+        compensate: &super::raw::RawCompensate,
+        default_retry: RetryPolicy,
+        timeout: Duration,
+    ) -> Compensation {
+        self.name("compensation skill", &compensate.skill, Some(id));
+        let input = self.template(id, "compensate", compensate.with_input.as_ref());
+        let retry = self.retry(
+            Some(id),
+            RetryPolicy {
+                max_attempts: 10,
+                ..default_retry
+            },
+            compensate.retry.as_ref(),
+        );
+        let timeout = match compensate.timeout.as_deref() {
+            None => timeout,
             Some(text) => self
-                .duration(Some(id), "timeout", text)
-                .unwrap_or(default_timeout),
+                .duration(Some(id), "compensate", text)
+                .unwrap_or(timeout),
         };
-        let route = raw.route.as_ref().map(|route| self.route(id, route));
-        let compensate = raw.compensate.as_ref().map(|compensate| {
-            self.name("compensation skill", &compensate.skill, Some(id));
-            let input = self.template(id, "compensate", compensate.with_input.as_ref());
-            let retry = self.retry(
-                Some(id),
-                RetryPolicy {
-                    max_attempts: 10,
-                    ..default_retry
-                },
-                compensate.retry.as_ref(),
-            );
-            let timeout = match compensate.timeout.as_deref() {
-                None => timeout,
-                Some(text) => self
-                    .duration(Some(id), "compensate", text)
-                    .unwrap_or(timeout),
-            };
-            let route = compensate.route.as_ref().map(|route| self.route(id, route));
-            let when = compensate
-                .when
-                .as_deref()
-                .and_then(|text| match Condition::compile(text) {
-                    Ok(condition) => Some(condition),
-                    Err(message) => {
-                        self.task_error(id, Some("compensate"), message);
-                        None
-                    }
-                });
-            Compensation {
-                skill: compensate.skill.clone(),
-                route,
-                when,
-                input,
-                retry,
-                timeout,
-            }
-        });
-        let when = raw
-            .when
-            .as_deref()
-            .and_then(|text| match Condition::compile(text) {
-                Ok(condition) => Some(condition),
-                Err(message) => {
-                    self.task_error(id, Some("when"), message);
-                    None
-                }
-            });
-        CompiledTask {
-            id: raw.id.clone(),
-            index,
-            kind,
-            needs,
-            dependents: Vec::new(),
+        let route = compensate.route.as_ref().map(|route| self.route(id, route));
+        let when = self.condition(id, "compensate", compensate.when.as_deref());
+        Compensation {
+            skill: compensate.skill.clone(),
+            route,
+            when,
             input,
             retry,
             timeout,
-            route,
-            compensate,
-            when,
-            position: self.source.task(id),
+        }
+    }
+
+    /// A CEL condition, compiled; an error is reported under `field`.
+    fn condition(&mut self, id: &str, field: &str, text: Option<&str>) -> Option<Condition> {
+        match Condition::compile(text?) {
+            Ok(condition) => Some(condition),
+            Err(message) => {
+                self.task_error(id, Some(field), message);
+                None
+            }
         }
     }
 
