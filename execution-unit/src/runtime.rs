@@ -185,17 +185,16 @@ impl AgentRunner {
         }
     }
 
-    fn backoff(&self) -> backon::ExponentialBackoff {
-        ExponentialBuilder::new()
-            .with_min_delay(self.config.reconnect_delay_min)
-            .with_max_delay(self.config.reconnect_delay_max)
-            .with_jitter()
-            .without_max_times()
-            .build()
-    }
-
-    /// One session: register, stream, until it breaks (error) or drains (Ok).
-    async fn session(&mut self, shutdown: &CancellationToken) -> Result<(), SessionError> {
+    /// Connects to the control unit and registers the agent's card.
+    async fn register(
+        &self,
+    ) -> Result<
+        (
+            AgentHubClient<tonic::transport::Channel>,
+            pb::RegisterResponse,
+        ),
+        SessionError,
+    > {
         let endpoint = self.config.control_endpoint.clone();
         let channel = Endpoint::from_shared(endpoint.clone())
             .map_err(|source| SessionError::Endpoint {
@@ -221,6 +220,55 @@ impl AgentRunner {
                 status,
             })?
             .into_inner();
+        Ok((client, registration))
+    }
+
+    /// Sends finished tasks' results, with the credits their slots free.
+    async fn deliver(
+        &mut self,
+        batch: &mut Vec<pb::TaskResult>,
+        draining: bool,
+        frames: &mpsc::Sender<pb::AgentMessage>,
+    ) -> Result<(), SessionError> {
+        for result in batch.iter() {
+            if let Some(task) = &result.task {
+                let key = (task.workflow_id.clone(), task.task_index, task.attempt);
+                if let Some(done) = self.running.remove(&key) {
+                    self.observe(&done.skill, result.outcome(), done.started.elapsed());
+                }
+            }
+        }
+        self.credits_owed += batch.len() as u32;
+        let frame = pb::AgentMessage {
+            credits: if draining {
+                0
+            } else {
+                std::mem::take(&mut self.credits_owed)
+            },
+            results: std::mem::take(batch),
+            running: Vec::new(),
+            draining,
+            health: Vec::new(),
+        };
+        if let Err(failed) = frames.send(frame).await {
+            self.undelivered.extend(failed.0.results);
+            return Err(SessionError::Closed);
+        }
+        Ok(())
+    }
+
+    fn backoff(&self) -> backon::ExponentialBackoff {
+        ExponentialBuilder::new()
+            .with_min_delay(self.config.reconnect_delay_min)
+            .with_max_delay(self.config.reconnect_delay_max)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+
+    /// One session: register, stream, until it breaks (error) or drains (Ok).
+    async fn session(&mut self, shutdown: &CancellationToken) -> Result<(), SessionError> {
+        let (mut client, registration) = self.register().await?;
         let (frames, outbound) = mpsc::channel::<pb::AgentMessage>(64);
         let mut request = tonic::Request::new(ReceiverStream::new(outbound));
         for (key, value) in [
@@ -283,26 +331,7 @@ impl AgentRunner {
                     if received == 0 {
                         return Err(SessionError::Closed);
                     }
-                    for result in &batch {
-                        if let Some(task) = &result.task {
-                            let key = (task.workflow_id.clone(), task.task_index, task.attempt);
-                            if let Some(done) = self.running.remove(&key) {
-                                self.observe(&done.skill, result.outcome(), done.started.elapsed());
-                            }
-                        }
-                    }
-                    self.credits_owed += received as u32;
-                    let frame = pb::AgentMessage {
-                        credits: if draining { 0 } else { std::mem::take(&mut self.credits_owed) },
-                        results: std::mem::take(&mut batch),
-                        running: Vec::new(),
-                        draining,
-                        health: Vec::new(),
-                    };
-                    if let Err(failed) = frames.send(frame).await {
-                        self.undelivered.extend(failed.0.results);
-                        return Err(SessionError::Closed);
-                    }
+                    self.deliver(&mut batch, draining, &frames).await?;
                 }
                 _ = heartbeat.tick() => {
                     // Support agents relay the unit's health with every heartbeat.
