@@ -479,7 +479,18 @@ fn start_execs(
         .collect()
 }
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+/// The parts a benchmark run starts, each its own process.
+/// Dropped (killed) in this order: execution units first.
+struct Parts {
+    execs: Vec<Process>,
+    control: Process,
+    gateway: Process,
+    echo: Process,
+    channel: Channel,
+    dir: PathBuf,
+}
+
+async fn start_parts(args: &BenchArgs) -> anyhow::Result<Parts> {
     let dir = std::env::temp_dir().join(format!("paygrid-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let control_dir = dir.join("control").display().to_string();
@@ -493,7 +504,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let control = Process::start(&control_args)?;
     let gateway = Process::start(&["gateway-sim", "--listen", "127.0.0.1:0", "--name", "alpha"])?;
     let echo = Process::start(&["bench-echo", "--listen", "127.0.0.1:0"])?;
-    let mut execs = start_execs(
+    let execs = start_execs(
         &control.url,
         &gateway.url,
         args.execs,
@@ -508,122 +519,159 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     for skill in ["bench.sleep", "gateway.authorize", "ledger.post"] {
         wait_for_skill(channel.clone(), skill).await?;
     }
-    println!(
-        "paygrid bench: control unit {} (store: {}), {} execution unit(s), tasks sleep {} ms",
-        control.url, args.store, args.execs, args.task_ms
-    );
-    let mut results = Vec::new();
-    let default_count = |full: usize, quick: usize| {
+    Ok(Parts {
+        execs,
+        control,
+        gateway,
+        echo,
+        channel,
+        dir,
+    })
+}
+
+/// One scenario's workload.
+struct Scenario {
+    spec: String,
+    count: usize,
+    tasks: usize,
+    concurrency: usize,
+    input: InputFn,
+}
+
+/// The workload a scenario names; `priority` first replaces the execution units with
+/// one of 16 slots, so that work queues.
+async fn scenario(name: &str, args: &BenchArgs, parts: &mut Parts) -> anyhow::Result<Scenario> {
+    let count = |full: usize, quick: usize| {
         args.workflows
             .unwrap_or(if args.quick { quick } else { full })
     };
-    for scenario in &args.scenarios {
-        let cpu_before = cpu_seconds(control.pid());
-        let (spec, count, tasks, concurrency, input): (String, usize, usize, usize, InputFn) =
-            match scenario.as_str() {
-                "seq3" => (
-                    seq3_spec(args.task_ms),
-                    default_count(30_000, 5_000),
-                    3,
-                    args.concurrency,
-                    Arc::new(|_| ("{}".into(), pb::Priority::Normal)),
-                ),
-                "fanout" => (
-                    fanout_spec(args.task_ms),
-                    default_count(1_000, 200),
-                    52,
-                    20.min(args.concurrency),
-                    Arc::new(|_| ("{}".into(), pb::Priority::Normal)),
-                ),
-                "card" => (
-                    paygrid_examples::CARD_PAYMENT.to_owned(),
-                    default_count(10_000, 2_000),
-                    7,
-                    args.concurrency,
-                    Arc::new(|i| {
-                        (json!({"amount_minor": 1000 + i % 5000, "currency": "EUR", "card_token": format!("tok_bench_{i}")}).to_string(), pb::Priority::Unspecified)
-                    }),
-                ),
-                "priority" => {
-                    // Saturate: fewer slots than workflows in flight.
-                    drop(std::mem::take(&mut execs));
-                    execs = start_execs(&control.url, &gateway.url, 1, "sleep", 16, args.task_ms)?;
-                    wait_for_skill(channel.clone(), "bench.sleep").await?;
-                    (
-                        seq3_spec(args.task_ms),
-                        default_count(10_000, 2_000),
-                        3,
-                        args.concurrency,
-                        Arc::new(|i| {
-                            (
-                                "{}".into(),
-                                if i % 2 == 0 {
-                                    pb::Priority::Critical
-                                } else {
-                                    pb::Priority::Low
-                                },
-                            )
-                        }),
-                    )
-                }
-                other => {
-                    anyhow::bail!("unknown scenario `{other}`: use seq3, card, fanout or priority")
-                }
-            };
-        let (samples, elapsed) = load(
-            channel.clone(),
-            Arc::new(spec),
-            count,
-            concurrency,
-            args.rate,
-            input,
-        )
-        .await?;
-        let hops = if matches!(scenario.as_str(), "seq3" | "fanout") {
-            hop_overheads(channel.clone(), &samples, scenario == "fanout").await
-        } else {
-            Overheads::default()
-        };
-        let summary = summarize(
-            scenario,
-            &samples,
-            elapsed,
-            tasks,
-            cpu_seconds(control.pid()) - cpu_before,
-            &hops,
-        );
-        print_row(&summary);
+    let plain: InputFn = Arc::new(|_| ("{}".into(), pb::Priority::Normal));
+    Ok(match name {
+        "seq3" => Scenario {
+            spec: seq3_spec(args.task_ms),
+            count: count(30_000, 5_000),
+            tasks: 3,
+            concurrency: args.concurrency,
+            input: plain,
+        },
+        "fanout" => Scenario {
+            spec: fanout_spec(args.task_ms),
+            count: count(1_000, 200),
+            tasks: 52,
+            concurrency: 20.min(args.concurrency),
+            input: plain,
+        },
+        "card" => Scenario {
+            spec: paygrid_examples::CARD_PAYMENT.to_owned(),
+            count: count(10_000, 2_000),
+            tasks: 7,
+            concurrency: args.concurrency,
+            input: Arc::new(|i| {
+                (json!({"amount_minor": 1000 + i % 5000, "currency": "EUR", "card_token": format!("tok_bench_{i}")}).to_string(), pb::Priority::Unspecified)
+            }),
+        },
+        "priority" => {
+            // Saturate: fewer slots than workflows in flight.
+            drop(std::mem::take(&mut parts.execs));
+            parts.execs = start_execs(
+                &parts.control.url,
+                &parts.gateway.url,
+                1,
+                "sleep",
+                16,
+                args.task_ms,
+            )?;
+            wait_for_skill(parts.channel.clone(), "bench.sleep").await?;
+            Scenario {
+                spec: seq3_spec(args.task_ms),
+                count: count(10_000, 2_000),
+                tasks: 3,
+                concurrency: args.concurrency,
+                input: Arc::new(|i| {
+                    let priority = if i % 2 == 0 {
+                        pb::Priority::Critical
+                    } else {
+                        pb::Priority::Low
+                    };
+                    ("{}".into(), priority)
+                }),
+            }
+        }
+        other => anyhow::bail!("unknown scenario `{other}`: use seq3, card, fanout or priority"),
+    })
+}
+
+/// Runs one scenario and prints its row.
+async fn measure(name: &str, args: &BenchArgs, parts: &mut Parts) -> anyhow::Result<Value> {
+    let cpu_before = cpu_seconds(parts.control.pid());
+    let plan = scenario(name, args, parts).await?;
+    let (samples, elapsed) = load(
+        parts.channel.clone(),
+        Arc::new(plan.spec),
+        plan.count,
+        plan.concurrency,
+        args.rate,
+        plan.input,
+    )
+    .await?;
+    let hops = if matches!(name, "seq3" | "fanout") {
+        hop_overheads(parts.channel.clone(), &samples, name == "fanout").await
+    } else {
+        Overheads::default()
+    };
+    let summary = summarize(
+        name,
+        &samples,
+        elapsed,
+        plan.tasks,
+        cpu_seconds(parts.control.pid()) - cpu_before,
+        &hops,
+    );
+    print_row(&summary);
+    Ok(summary)
+}
+
+/// seq3 at half of its peak rate, open loop: the scheduling overhead off peak.
+async fn half_load(peak: f64, args: &BenchArgs, parts: &Parts) -> anyhow::Result<Value> {
+    let half = (peak / 2.0).max(1.0);
+    let count = ((half * if args.quick { 4.0 } else { 10.0 }) as usize).max(100);
+    let cpu_before = cpu_seconds(parts.control.pid());
+    let (samples, elapsed) = load(
+        parts.channel.clone(),
+        Arc::new(seq3_spec(args.task_ms)),
+        count,
+        0,
+        Some(half),
+        Arc::new(|_| ("{}".into(), pb::Priority::Normal)),
+    )
+    .await?;
+    let hops = hop_overheads(parts.channel.clone(), &samples, false).await;
+    let mut summary = summarize(
+        "seq3-half-load",
+        &samples,
+        elapsed,
+        3,
+        cpu_seconds(parts.control.pid()) - cpu_before,
+        &hops,
+    );
+    summary["rate_per_s"] = json!(half);
+    print_row(&summary);
+    Ok(summary)
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let mut parts = start_parts(&args).await?;
+    println!(
+        "paygrid bench: control unit {} (store: {}), {} execution unit(s), tasks sleep {} ms",
+        parts.control.url, args.store, args.execs, args.task_ms
+    );
+    let mut results = Vec::new();
+    for name in &args.scenarios {
+        let summary = measure(name, &args, &mut parts).await?;
+        let peak = summary["workflows_per_s"].as_f64().unwrap_or(100.0);
         results.push(summary);
-        if scenario == "seq3" && args.rate.is_none() {
-            // The same at half of the peak rate, open loop: scheduling overhead off peak.
-            let peak = results
-                .last()
-                .and_then(|r| r["workflows_per_s"].as_f64())
-                .unwrap_or(100.0);
-            let half = (peak / 2.0).max(1.0);
-            let count = ((half * if args.quick { 4.0 } else { 10.0 }) as usize).max(100);
-            let cpu_before = cpu_seconds(control.pid());
-            let (samples, elapsed) = load(
-                channel.clone(),
-                Arc::new(seq3_spec(args.task_ms)),
-                count,
-                0,
-                Some(half),
-                Arc::new(|_| ("{}".into(), pb::Priority::Normal)),
-            )
-            .await?;
-            let hops = hop_overheads(channel.clone(), &samples, false).await;
-            let mut summary = summarize(
-                "seq3-half-load",
-                &samples,
-                elapsed,
-                3,
-                cpu_seconds(control.pid()) - cpu_before,
-                &hops,
-            );
-            summary["rate_per_s"] = json!(half);
-            print_row(&summary);
-            results.push(summary);
+        if name == "seq3" && args.rate.is_none() {
+            results.push(half_load(peak, &args, &parts).await?);
         }
     }
     // Memory per in-flight workflow: workflows waiting on a skill no agent offers.
@@ -631,20 +679,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .inflight
         .unwrap_or(if args.quick { 10_000 } else { 100_000 });
     let memory = if inflight > 0 {
-        Some(hold(channel.clone(), control.pid(), inflight).await?)
+        Some(hold(parts.channel.clone(), parts.control.pid(), inflight).await?)
     } else {
         None
     };
     let (assignment_bytes, result_bytes) = assignment_and_result_sizes(args.task_ms);
     let ceiling_rate = ceiling(
-        &echo.url,
+        &parts.echo.url,
         assignment_bytes,
         result_bytes,
         256,
         Duration::from_secs(if args.quick { 2 } else { 5 }),
     )
     .await?;
-    let peak_rss_kb = status_kb(control.pid(), "VmHWM:");
+    let peak_rss_kb = status_kb(parts.control.pid(), "VmHWM:");
     let best_tasks = results
         .iter()
         .filter_map(|r| r["tasks_per_s"].as_f64())
@@ -657,21 +705,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "ceiling": {"round_trips_per_s": ceiling_rate, "assignment_bytes": assignment_bytes, "result_bytes": result_bytes, "window": 256,
                      "best_tasks_per_s": best_tasks, "ratio": if ceiling_rate > 0.0 { best_tasks / ceiling_rate } else { 0.0 }},
     });
-    println!();
-    if let Some(memory) = &report["control_unit"]["memory_per_inflight_workflow"].as_object() {
-        println!(
-            "memory: {} workflows in flight, {:.0} bytes each (RSS {} kB → {} kB)",
-            memory["workflows"],
-            memory["bytes_per_workflow"].as_f64().unwrap_or(0.0),
-            memory["rss_before_kb"],
-            memory["rss_after_kb"]
-        );
-    }
-    println!("control unit peak RSS: {peak_rss_kb} kB");
-    println!(
-        "ceiling: raw gRPC bidi ping-pong {ceiling_rate:.0} round trips/s ({assignment_bytes} B out, {result_bytes} B back, 256 in flight); best Paygrid tasks/s {best_tasks:.0} = {:.1}% of it",
-        100.0 * report["ceiling"]["ratio"].as_f64().unwrap_or(0.0)
-    );
+    print_report(&report);
     let out = args.out.unwrap_or_else(|| {
         let secs = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -683,10 +717,37 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
     println!("report: {}", out.display());
-    drop(execs);
-    drop((control, gateway, echo));
+    let dir = parts.dir.clone();
+    drop(parts);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// The memory, peak RSS and ceiling lines under the table.
+fn print_report(report: &Value) {
+    println!();
+    if let Some(memory) = &report["control_unit"]["memory_per_inflight_workflow"].as_object() {
+        println!(
+            "memory: {} workflows in flight, {:.0} bytes each (RSS {} kB → {} kB)",
+            memory["workflows"],
+            memory["bytes_per_workflow"].as_f64().unwrap_or(0.0),
+            memory["rss_before_kb"],
+            memory["rss_after_kb"]
+        );
+    }
+    println!(
+        "control unit peak RSS: {} kB",
+        report["control_unit"]["peak_rss_kb"]
+    );
+    let ceiling = &report["ceiling"];
+    println!(
+        "ceiling: raw gRPC bidi ping-pong {:.0} round trips/s ({} B out, {} B back, 256 in flight); best Paygrid tasks/s {:.0} = {:.1}% of it",
+        ceiling["round_trips_per_s"].as_f64().unwrap_or(0.0),
+        ceiling["assignment_bytes"],
+        ceiling["result_bytes"],
+        ceiling["best_tasks_per_s"].as_f64().unwrap_or(0.0),
+        100.0 * ceiling["ratio"].as_f64().unwrap_or(0.0)
+    );
 }
 
 async fn hold(channel: Channel, pid: u32, count: usize) -> anyhow::Result<Value> {
