@@ -160,7 +160,7 @@ impl AgentRunner {
                     let connected = [("agent", self.card.name.as_str())];
                     self.config
                         .metrics
-                        .gauge(&metric_names::SESSION_CONNECTED, &connected, 0.0);
+                        .gauge(&metric_names::SESSION_CONNECTED, &connected, 0);
                     if shutdown.is_cancelled() && self.running.is_empty() {
                         return;
                     }
@@ -307,7 +307,7 @@ impl AgentRunner {
         let connected = [("agent", self.card.name.as_str())];
         self.config
             .metrics
-            .gauge(&metric_names::SESSION_CONNECTED, &connected, 1.0);
+            .gauge(&metric_names::SESSION_CONNECTED, &connected, 1);
         let heartbeat_ms = u64::from(registration.heartbeat_interval_ms.max(100));
         let mut heartbeat = tokio::time::interval(Duration::from_millis(heartbeat_ms));
         let mut draining = shutdown.is_cancelled();
@@ -376,7 +376,7 @@ impl AgentRunner {
         metrics.gauge(
             &metric_names::RUNNING_TASKS,
             &[("agent", self.card.name.as_str())],
-            self.running.len() as f64,
+            self.running.len() as i64,
         );
         let gateway = self.card.labels.get("gateway").map(String::as_str);
         let health = &self.config.health;

@@ -93,14 +93,14 @@ pub(super) fn refresh_gauges(metrics: &Registry, core: &Scheduler, agents_connec
         *by_status.entry(workflow.status.as_str()).or_default() += 1;
     }
     for (status, count) in by_status {
-        metrics.gauge(&names::WORKFLOWS, &[("status", status)], count as f64);
+        metrics.gauge(&names::WORKFLOWS, &[("status", status)], count as i64);
     }
     for (priority, depth) in Priority::ALL.iter().zip(core.ready_depth()) {
         metrics.gauge(
             &names::READY_QUEUE_DEPTH,
             &[("priority", priority.as_str())],
-            depth as f64,
+            depth as i64,
         );
     }
-    metrics.gauge(&names::AGENT_SESSIONS, &[], agents_connected as f64);
+    metrics.gauge(&names::AGENT_SESSIONS, &[], agents_connected as i64);
 }
