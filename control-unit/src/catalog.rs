@@ -44,7 +44,10 @@ struct SpecCache {
 impl SpecCache {
     fn insert(&mut self, spec: Arc<CompiledSpec>, accepted: bool) {
         if accepted {
-            self.by_ref.insert(reference(&spec), spec.hash.clone());
+            // The first content keeps its name (as in the store's `spec_refs`).
+            self.by_ref
+                .entry(reference(&spec))
+                .or_insert_with(|| spec.hash.clone());
         }
         if self
             .by_hash

@@ -307,10 +307,11 @@ impl Postgres {
         }
     }
 
-    fn start() -> Option<Self> {
+    /// A cluster of its own, in a directory named after the test.
+    fn start(name: &str) -> Option<Self> {
         let bin = Self::find_bin()?;
         let as_postgres_user = unsafe_is_root();
-        let data = temp_dir("pg");
+        let data = temp_dir(name);
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -389,7 +390,7 @@ fn unsafe_is_root() -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_store_suite() {
-    let Some(cluster) = Postgres::start() else {
+    let Some(cluster) = Postgres::start("pg-suite") else {
         eprintln!(
             "SKIPPED postgres_store_suite: PostgreSQL server binaries (initdb, pg_ctl) not found"
         );
@@ -403,4 +404,53 @@ async fn postgres_store_suite() {
         .await
         .unwrap();
     assert!(store.recover(10).await.unwrap().last_sequence >= 6);
+}
+
+/// A group commit that fails (the database went away) stops the control unit: the
+/// submission in that batch is never acknowledged, and `serve` returns the store error to
+/// the binary (which exits with code 70) instead of going on with memory ahead of disk.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_commit_stops_the_control_unit_with_the_error() {
+    use paygrid_control_unit::error::ControlError;
+    use paygrid_control_unit::server::{ControlConfig, ServeError, serve};
+    use paygrid_proto::v1 as pb;
+    let Some(cluster) = Postgres::start("pg-failed-commit") else {
+        eprintln!(
+            "SKIPPED a_failed_commit_stops_the_control_unit: PostgreSQL server binaries not found"
+        );
+        return;
+    };
+    let store = paygrid_control_unit::store::open(&cluster.url())
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let config = ControlConfig {
+        store: Some(store),
+        ..Default::default()
+    };
+    let server = tokio::spawn(serve(listener, config, std::future::pending()));
+    let mut client = pb::workflows_client::WorkflowsClient::connect(url)
+        .await
+        .unwrap();
+    let request = || pb::SubmitRequest {
+        spec: Some(pb::submit_request::Spec::SpecText(SPEC.into())),
+        input_json: "{}".into(),
+        ..Default::default()
+    };
+    client
+        .submit(request())
+        .await
+        .expect("committed while the database is up");
+    drop(cluster); // pg_ctl stop -m immediate
+    let refused = client.submit(request()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    let stopped = tokio::time::timeout(std::time::Duration::from_secs(30), server)
+        .await
+        .expect("the control unit stops by itself")
+        .unwrap();
+    assert!(
+        matches!(stopped, Err(ServeError::Control(ControlError::Store(_)))),
+        "{stopped:?}"
+    );
 }
