@@ -9,6 +9,7 @@
 //! - `flow`: task and workflow transitions (readiness, retries, compensation).
 //! - `dispatch`: priority with aging, agent choice by route and load.
 
+mod compensation;
 mod dispatch;
 mod flow;
 pub mod restore;
