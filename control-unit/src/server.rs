@@ -57,24 +57,7 @@ pub async fn serve(
     )
     .await?;
     let metrics_server = match config.metrics_addr {
-        Some(addr) => {
-            let listener = TcpListener::bind(addr).await.map_err(ServeError::Metrics)?;
-            let (registry, handle) = (config.runtime.metrics.clone(), handle.clone());
-            let refresh = move || {
-                let handle = handle.clone();
-                async move {
-                    let _ = handle
-                        .ask(|reply| crate::runtime::Input::Metrics { reply })
-                        .await;
-                }
-            };
-            Some(tokio::spawn(paygrid_telemetry::metrics::serve(
-                listener,
-                registry,
-                refresh,
-                std::future::pending(),
-            )))
-        }
+        Some(addr) => Some(serve_metrics(addr, &config, handle.clone()).await?),
         None => None,
     };
     let pruner = match (config.store.clone(), config.retention) {
@@ -139,6 +122,30 @@ pub async fn serve(
     }
     stopped??;
     Ok(result?)
+}
+
+/// Serves `GET /metrics` at `addr`; gauges computed on demand are refreshed by the actor
+/// before each scrape.
+async fn serve_metrics(
+    addr: SocketAddr,
+    config: &ControlConfig,
+    handle: crate::runtime::Handle,
+) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, ServeError> {
+    let listener = TcpListener::bind(addr).await.map_err(ServeError::Metrics)?;
+    let refresh = move || {
+        let handle = handle.clone();
+        async move {
+            let _ = handle
+                .ask(|reply| crate::runtime::Input::Metrics { reply })
+                .await;
+        }
+    };
+    Ok(tokio::spawn(paygrid_telemetry::metrics::serve(
+        listener,
+        config.runtime.metrics.clone(),
+        refresh,
+        std::future::pending(),
+    )))
 }
 
 /// Deletes terminal workflows past their retention, once a minute.
