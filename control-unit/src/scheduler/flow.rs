@@ -152,24 +152,7 @@ impl Scheduler {
         out: &mut Vec<Command>,
     ) {
         let now = self.now;
-        if let Some(agent_slot) = self.agents.get_mut(agent) {
-            agent_slot.assigned.remove(&slot);
-            match &outcome {
-                Outcome::Retryable { .. } | Outcome::Unknown { .. } => {
-                    agent_slot.consecutive_failures += 1;
-                    if agent_slot.consecutive_failures >= self.config.unhealthy_failures {
-                        agent_slot.unhealthy_until =
-                            now + self.config.unhealthy_cooldown.as_millis() as u64;
-                    }
-                }
-                Outcome::Succeeded { .. } | Outcome::Permanent { .. } => {
-                    agent_slot.consecutive_failures = 0;
-                    agent_slot.completed += 1;
-                }
-                // A refusal says nothing about the gateway's health.
-                Outcome::Cancelled | Outcome::Refused => {}
-            }
-        }
+        self.agent_answered(agent, slot, &outcome);
         let Some(workflow) = self.workflows.get_mut(&slot.workflow) else {
             return;
         };
@@ -195,66 +178,77 @@ impl Scheduler {
             return;
         }
         execution.attempt_open = false;
-        let started_at = execution.attempt_started_at;
-        let mut history = AttemptRecord {
+        let (class, error) = match &outcome {
+            Outcome::Succeeded { .. } => (AttemptOutcome::Succeeded, None),
+            Outcome::Retryable { error } => (AttemptOutcome::Retryable, Some(error.clone())),
+            Outcome::Unknown { error } => (AttemptOutcome::Unknown, Some(error.clone())),
+            Outcome::Permanent { error } => (AttemptOutcome::Permanent, Some(error.clone())),
+            Outcome::Cancelled | Outcome::Refused => (
+                AttemptOutcome::Cancelled,
+                Some(CANCELLED_BY_AGENT.to_owned()),
+            ),
+        };
+        execution.history.push(AttemptRecord {
             attempt,
             agent: Some(agent.clone()),
-            started_at,
+            started_at: execution.attempt_started_at,
             finished_at: now,
-            outcome: AttemptOutcome::Succeeded,
-            error: None,
+            outcome: class,
+            error,
             lookup: execution.settling,
-        };
+        });
+        if matches!(
+            outcome,
+            Outcome::Succeeded { .. } | Outcome::Permanent { .. }
+        ) {
+            // A definite answer: the effect's outcome is known.
+            execution.settling = false;
+        }
+        if matches!(outcome, Outcome::Succeeded { .. }) {
+            execution.agent = Some(agent.clone());
+        }
         match outcome {
+            Outcome::Succeeded { output } if slot.compensation => {
+                let compensated = TaskStatus::Compensated;
+                self.compensation_finished(slot, compensated, None, Some(output), out);
+            }
             Outcome::Succeeded { output } => {
-                execution.history.push(history);
-                execution.agent = Some(agent.clone());
-                execution.settling = false;
-                if slot.compensation {
-                    self.compensation_finished(
-                        slot,
-                        TaskStatus::Compensated,
-                        None,
-                        Some(output),
-                        out,
-                    );
-                } else {
-                    self.finish_task(
-                        slot.workflow,
-                        slot.task,
-                        TaskStatus::Succeeded,
-                        Some(output),
-                        None,
-                        out,
-                    );
-                }
+                let (id, task) = (slot.workflow, slot.task);
+                let succeeded = TaskStatus::Succeeded;
+                self.finish_task(id, task, succeeded, Some(output), None, out);
             }
-            Outcome::Retryable { error } => {
-                history.outcome = AttemptOutcome::Retryable;
-                history.error = Some(error.clone());
-                execution.history.push(history);
+            Outcome::Permanent { error } => self.fail_task(slot, error, out),
+            Outcome::Retryable { error } | Outcome::Unknown { error } => {
                 self.retry_or_fail(slot, error, out);
             }
-            Outcome::Unknown { error } => {
-                history.outcome = AttemptOutcome::Unknown;
-                history.error = Some(error.clone());
-                execution.history.push(history);
-                self.retry_or_fail(slot, error, out);
-            }
-            Outcome::Permanent { error } => {
-                history.outcome = AttemptOutcome::Permanent;
-                history.error = Some(error.clone());
-                execution.history.push(history);
-                execution.settling = false;
-                self.fail_task(slot, error, out);
-            }
-            Outcome::Cancelled => {
-                history.outcome = AttemptOutcome::Cancelled;
-                history.error = Some(CANCELLED_BY_AGENT.into());
-                execution.history.push(history);
+            Outcome::Cancelled | Outcome::Refused => {
                 self.retry_or_fail(slot, CANCELLED_BY_AGENT.into(), out);
             }
-            Outcome::Refused => unreachable!("handled above"),
+        }
+    }
+
+    /// What an answer says about its agent: a free slot, and its health (retryable and
+    /// unknown answers in a row mark it unhealthy for a cool-down; a refusal or a
+    /// cancellation says nothing).
+    fn agent_answered(&mut self, agent: &AgentId, slot: Slot, outcome: &Outcome) {
+        let now = self.now;
+        let Some(agent_slot) = self.agents.get_mut(agent) else {
+            return;
+        };
+        agent_slot.assigned.remove(&slot);
+        match outcome {
+            Outcome::Retryable { .. } | Outcome::Unknown { .. } => {
+                agent_slot.consecutive_failures += 1;
+                if agent_slot.consecutive_failures >= self.config.unhealthy_failures {
+                    agent_slot.unhealthy_until =
+                        now + self.config.unhealthy_cooldown.as_millis() as u64;
+                }
+            }
+            Outcome::Succeeded { .. } | Outcome::Permanent { .. } => {
+                agent_slot.consecutive_failures = 0;
+                agent_slot.completed += 1;
+            }
+            Outcome::Cancelled | Outcome::Refused => {}
         }
     }
 
@@ -341,14 +335,7 @@ impl Scheduler {
     /// out and any of them may have taken effect, the task is settled by lookups (same
     /// key) before it may fail, so a failed workflow never leaves an effect dangling.
     fn retry_or_fail(&mut self, slot: Slot, error: String, out: &mut Vec<Command>) {
-        let now = self.now;
         let settle_lookups_max = self.config.settle_lookups_max;
-        let settle_policy = RetryPolicy {
-            max_attempts: settle_lookups_max,
-            initial: self.config.settle_backoff_initial,
-            max: self.config.settle_backoff_max,
-            multiplier: 2.0,
-        };
         let Some(workflow) = self.workflows.get_mut(&slot.workflow) else {
             return;
         };
@@ -370,7 +357,6 @@ impl Scheduler {
             self.continue_compensation(slot.workflow, out);
             return;
         }
-        let outcome = execution.current_outcome();
         // In a failing workflow the task is retried too: its outcome must be known before
         // the workflow ends, so that a success is compensated.
         let attempts = execution.effect_attempts();
@@ -395,6 +381,34 @@ impl Scheduler {
             }
             execution.settling = true;
         }
+        self.schedule_retry(slot, policy, error, out);
+    }
+
+    /// Puts a task in backoff: the next attempt after the policy's delay, or, while
+    /// settling, the next lookup after the settlement backoff.
+    fn schedule_retry(
+        &mut self,
+        slot: Slot,
+        policy: RetryPolicy,
+        error: String,
+        out: &mut Vec<Command>,
+    ) {
+        let now = self.now;
+        let settle_lookups_max = self.config.settle_lookups_max;
+        let settle_policy = RetryPolicy {
+            max_attempts: settle_lookups_max,
+            initial: self.config.settle_backoff_initial,
+            max: self.config.settle_backoff_max,
+            multiplier: 2.0,
+        };
+        let Some(workflow) = self.workflows.get_mut(&slot.workflow) else {
+            return;
+        };
+        let Some(execution) = workflow.execution_mut(slot) else {
+            return;
+        };
+        let outcome = execution.current_outcome();
+        let attempts = execution.effect_attempts();
         let seed =
             (slot.workflow.0 as u64) ^ (u64::from(slot.task) << 32) ^ u64::from(execution.attempt);
         let (delay, detail) = if execution.settling {
