@@ -103,108 +103,128 @@ fn apply(workflow: &mut Workflow, at: u64, change: &Change) -> Result<(), Restor
                 workflow.error.clone_from(detail);
             }
         }
-        Change::Task {
-            task,
-            compensation,
-            status,
-            attempt,
-            agent,
-            detail,
-            output,
-            retry_at,
-            deadline,
-            outcome,
-            lookups,
-            settling,
-        } => {
-            let has_compensation = workflow
-                .spec
-                .tasks
-                .get(*task as usize)
-                .ok_or(RestoreError::UnknownTask {
-                    id: workflow.id,
-                    task: *task,
-                })?
-                .compensate
-                .is_some();
-            let state = &mut workflow.tasks[*task as usize];
-            let execution = if *compensation {
-                state
-                    .compensation
-                    .get_or_insert_with(|| Execution::new(TaskStatus::Blocked))
-            } else {
-                &mut state.run
-            };
-            if agent.is_some() {
-                execution.agent.clone_from(agent);
-            }
-            track_attempt(
-                execution,
-                at,
-                *status,
-                *attempt,
-                *outcome,
-                detail.as_deref(),
-            );
-            execution.status = *status;
-            execution.attempt = *attempt;
-            if matches!(
-                status,
-                TaskStatus::Dispatched | TaskStatus::Ready | TaskStatus::Backoff
-            ) {
-                execution.lookups = *lookups;
-                execution.settling = *settling;
-            }
-            if let Some(deadline) = deadline {
-                execution.deadline = *deadline;
-            }
-            if output.is_some() {
-                execution.output.clone_from(output);
-            }
-            if let Some(retry_at) = retry_at {
-                execution.retry_at = *retry_at;
-            }
-            if execution.started_at == 0 && !matches!(status, TaskStatus::Blocked) {
-                execution.started_at = at;
-            }
-            if status.is_terminal() {
-                execution.finished_at = at;
-            }
-            if matches!(status, TaskStatus::Failed)
-                || detail.is_some() && matches!(status, TaskStatus::Backoff)
-            {
-                execution.error.clone_from(detail);
-            }
-            if *compensation {
-                match status {
-                    TaskStatus::Ready => {
-                        workflow.compensation_stack.retain(|t| t != task);
-                        workflow.compensating = Some(*task);
-                    }
-                    TaskStatus::Compensated => {
-                        state.run.status = TaskStatus::Compensated;
-                        workflow.compensating = None;
-                    }
-                    TaskStatus::Skipped => {
-                        workflow.compensation_stack.retain(|t| t != task);
-                        workflow.compensating = None;
-                    }
-                    TaskStatus::Failed => {
-                        workflow.compensation_stack.retain(|t| t != task);
-                        workflow.compensation_failures += 1;
-                        workflow.compensating = None;
-                    }
-                    _ => {}
-                }
-            } else if *status == TaskStatus::Succeeded
-                && has_compensation
-                && !workflow.compensation_stack.contains(task)
-            {
-                workflow.compensation_stack.push(*task);
-            }
-        }
+        Change::Task { .. } => apply_task(workflow, at, change)?,
     }
     Ok(())
+}
+
+/// A task's (or its compensation's) change, replayed.
+fn apply_task(workflow: &mut Workflow, at: u64, change: &Change) -> Result<(), RestoreError> {
+    let Change::Task {
+        task,
+        compensation,
+        status,
+        attempt,
+        agent,
+        detail,
+        output,
+        retry_at,
+        deadline,
+        outcome,
+        lookups,
+        settling,
+    } = change
+    else {
+        return Ok(());
+    };
+    let has_compensation = workflow
+        .spec
+        .tasks
+        .get(*task as usize)
+        .ok_or(RestoreError::UnknownTask {
+            id: workflow.id,
+            task: *task,
+        })?
+        .compensate
+        .is_some();
+    let state = &mut workflow.tasks[*task as usize];
+    let execution = if *compensation {
+        state
+            .compensation
+            .get_or_insert_with(|| Execution::new(TaskStatus::Blocked))
+    } else {
+        &mut state.run
+    };
+    if agent.is_some() {
+        execution.agent.clone_from(agent);
+    }
+    track_attempt(
+        execution,
+        at,
+        *status,
+        *attempt,
+        *outcome,
+        detail.as_deref(),
+    );
+    execution.status = *status;
+    execution.attempt = *attempt;
+    if matches!(
+        status,
+        TaskStatus::Dispatched | TaskStatus::Ready | TaskStatus::Backoff
+    ) {
+        execution.lookups = *lookups;
+        execution.settling = *settling;
+    }
+    if let Some(deadline) = deadline {
+        execution.deadline = *deadline;
+    }
+    if output.is_some() {
+        execution.output.clone_from(output);
+    }
+    if let Some(retry_at) = retry_at {
+        execution.retry_at = *retry_at;
+    }
+    if execution.started_at == 0 && !matches!(status, TaskStatus::Blocked) {
+        execution.started_at = at;
+    }
+    if status.is_terminal() {
+        execution.finished_at = at;
+    }
+    if matches!(status, TaskStatus::Failed)
+        || detail.is_some() && matches!(status, TaskStatus::Backoff)
+    {
+        execution.error.clone_from(detail);
+    }
+    track_compensations(workflow, *task, *compensation, *status, has_compensation);
+    Ok(())
+}
+
+/// The compensation stack as a change moves it: a succeeded task with a compensation
+/// joins it; a compensation that starts, ends or is not sent leaves it.
+fn track_compensations(
+    workflow: &mut Workflow,
+    task: u32,
+    compensation: bool,
+    status: TaskStatus,
+    has_compensation: bool,
+) {
+    if compensation {
+        match status {
+            TaskStatus::Ready => {
+                workflow.compensation_stack.retain(|t| *t != task);
+                workflow.compensating = Some(task);
+            }
+            TaskStatus::Compensated => {
+                workflow.tasks[task as usize].run.status = TaskStatus::Compensated;
+                workflow.compensating = None;
+            }
+            TaskStatus::Skipped => {
+                workflow.compensation_stack.retain(|t| *t != task);
+                workflow.compensating = None;
+            }
+            TaskStatus::Failed => {
+                workflow.compensation_stack.retain(|t| *t != task);
+                workflow.compensation_failures += 1;
+                workflow.compensating = None;
+            }
+            _ => {}
+        }
+    } else if status == TaskStatus::Succeeded
+        && has_compensation
+        && !workflow.compensation_stack.contains(&task)
+    {
+        workflow.compensation_stack.push(task);
+    }
 }
 
 /// Keeps an execution's attempt state and history while changes are replayed: a
