@@ -423,6 +423,38 @@ pub async fn exec(args: ExecArgs, control: &str) -> anyhow::Result<u8> {
     }
 }
 
+/// The two simulated gateways of `paygrid dev`, journaled under `data_dir`, stopped
+/// with `stop`.
+async fn dev_gateways(
+    data_dir: &std::path::Path,
+    stop: &CancellationToken,
+) -> anyhow::Result<Vec<GatewayArg>> {
+    let mut gateways = Vec::new();
+    for (name, cost_bps) in [("alpha", 25), ("beta", 30)] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let sim_stop = stop.clone();
+        let config = SimConfig {
+            journal: Some(data_dir.join(format!("gateway-{name}.sqlite3"))),
+            name: name.into(),
+            cost_bps,
+            faults: Faults {
+                latency_ms: 20,
+                ..Faults::default()
+            },
+        };
+        tokio::spawn(gateway_sim::serve(listener, config, async move {
+            sim_stop.cancelled().await
+        }));
+        gateways.push(GatewayArg {
+            name: name.into(),
+            url,
+            cost_bps,
+        });
+    }
+    Ok(gateways)
+}
+
 /// Everything on loopback: control unit, two gateways, one execution unit, examples.
 pub async fn dev(args: DevArgs) -> anyhow::Result<u8> {
     let stop = CancellationToken::new();
@@ -454,29 +486,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<u8> {
         control_stop.cancelled().await
     }));
     let endpoint = format!("http://{addr}");
-    let mut gateways = Vec::new();
-    for (name, cost_bps) in [("alpha", 25), ("beta", 30)] {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let sim_stop = stop.clone();
-        let config = SimConfig {
-            journal: Some(args.data_dir.join(format!("gateway-{name}.sqlite3"))),
-            name: name.into(),
-            cost_bps,
-            faults: Faults {
-                latency_ms: 20,
-                ..Faults::default()
-            },
-        };
-        tokio::spawn(gateway_sim::serve(listener, config, async move {
-            sim_stop.cancelled().await
-        }));
-        gateways.push(GatewayArg {
-            name: name.into(),
-            url,
-            cost_bps,
-        });
-    }
+    let gateways = dev_gateways(&args.data_dir, &stop).await?;
     println!(
         "paygrid dev: control unit on {endpoint}; gateways {}",
         gateways
