@@ -59,7 +59,7 @@ pub fn workflow_json(w: &pb::Workflow) -> Value {
                 "started_at_ms": t.started_at_ms, "finished_at_ms": t.finished_at_ms,
                 "compensation_status": task_status_name(t.compensation_status),
                 "compensation_error": t.compensation_error,
-                "history": t.history.iter().map(|h| json!({"attempt": h.attempt, "agent_id": h.agent_id, "outcome": h.outcome, "error": redact_text(&h.error), "started_at_ms": h.started_at_ms, "finished_at_ms": h.finished_at_ms})).collect::<Vec<_>>(),
+                "history": t.history.iter().map(|h| json!({"attempt": h.attempt, "agent_id": h.agent_id, "outcome": h.outcome, "error": redact_text(&h.error), "started_at_ms": h.started_at_ms, "finished_at_ms": h.finished_at_ms, "lookup": h.lookup, "compensation": h.compensation})).collect::<Vec<_>>(),
             })
         })
         .collect();

@@ -185,7 +185,11 @@ fn audit(fleet: &Fleet, finals: &HashMap<usize, pb::Workflow>) {
                 task.task_id,
                 task.attempts
             );
-            let effect_attempts = task.history.iter().filter(|h| !h.lookup).count();
+            let effect_attempts = task
+                .history
+                .iter()
+                .filter(|h| !h.lookup && !h.compensation)
+                .count();
             assert!(
                 effect_attempts <= MAX_ATTEMPTS as usize,
                 "payment {i}: {task:#?}"

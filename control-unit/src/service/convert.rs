@@ -78,7 +78,7 @@ fn ms(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-fn history(execution: &Execution) -> Vec<pb::AttemptRecord> {
+fn history(execution: &Execution, compensation: bool) -> Vec<pb::AttemptRecord> {
     execution
         .history
         .iter()
@@ -94,6 +94,7 @@ fn history(execution: &Execution) -> Vec<pb::AttemptRecord> {
             outcome: h.outcome.as_str().into(),
             error: h.error.clone().unwrap_or_default(),
             lookup: h.lookup,
+            compensation,
         })
         .collect()
 }
@@ -109,9 +110,9 @@ pub fn workflow_to_pb(view: &WorkflowView) -> pb::Workflow {
         .map(|((state, compiled), waiting_reason)| {
             let run = &state.run;
             let waiting_reason = waiting_reason.clone();
-            let mut task_history = history(run);
+            let mut task_history = history(run, false);
             if let Some(compensation) = &state.compensation {
-                task_history.extend(history(compensation));
+                task_history.extend(history(compensation, true));
             }
             pb::TaskState {
                 task_id: compiled.id.clone(),
