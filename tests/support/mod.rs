@@ -418,3 +418,8 @@ pub fn scrape(addr: &str) -> String {
 pub fn gateway_stats(gateway: &Part) -> serde_json::Value {
     http(&gateway.url, "GET", "/v1/stats", None)
 }
+
+/// A card payment's input: 12.50 EUR with a test card token.
+pub fn card(token: &str) -> serde_json::Value {
+    serde_json::json!({"amount_minor": 1250, "currency": "EUR", "card_token": token})
+}
