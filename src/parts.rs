@@ -33,6 +33,58 @@ pub struct ControlArgs {
     pub metrics_addr: Option<SocketAddr>,
     #[command(flatten)]
     pub storage: StorageArgs,
+    #[command(flatten)]
+    pub breaker: BreakerArgs,
+}
+
+/// Circuit breakers per gateway (docs/breakers.md).
+#[derive(Debug, Args)]
+pub struct BreakerArgs {
+    /// Share of failed requests in the window that opens a gateway's breaker.
+    #[arg(long, default_value_t = 0.5)]
+    pub breaker_error_rate: f64,
+    /// Requests in the window before the breaker may open.
+    #[arg(long, default_value_t = 10)]
+    pub breaker_min_requests: u32,
+    /// The sliding window, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    pub breaker_window_ms: u64,
+    /// A request this slow (milliseconds) counts as slow; 80 % slow opens the breaker.
+    #[arg(long, default_value_t = 5_000)]
+    pub breaker_slow_ms: u64,
+    /// How long an open breaker stays open before trial tasks, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    pub breaker_open_ms: u64,
+    /// Trial tasks while half-open; as many successes close it.
+    #[arg(long, default_value_t = 3)]
+    pub breaker_trials: u32,
+}
+
+impl BreakerArgs {
+    pub fn config(
+        &self,
+    ) -> anyhow::Result<paygrid_control_unit::scheduler::breaker::BreakerConfig> {
+        if !(self.breaker_error_rate > 0.0 && self.breaker_error_rate <= 1.0) {
+            anyhow::bail!(crate::operator::UsageError(format!(
+                "--breaker-error-rate {} must be above 0 and at most 1",
+                self.breaker_error_rate
+            )));
+        }
+        if self.breaker_trials == 0 || self.breaker_window_ms < 10 {
+            anyhow::bail!(crate::operator::UsageError(
+                "--breaker-trials must be at least 1 and --breaker-window-ms at least 10".into()
+            ));
+        }
+        Ok(paygrid_control_unit::scheduler::breaker::BreakerConfig {
+            window: Duration::from_millis(self.breaker_window_ms),
+            min_requests: self.breaker_min_requests,
+            error_rate: self.breaker_error_rate,
+            slow_call: Duration::from_millis(self.breaker_slow_ms),
+            slow_rate: 0.8,
+            open_for: Duration::from_millis(self.breaker_open_ms),
+            trials: self.breaker_trials,
+        })
+    }
 }
 
 /// Where the control unit keeps its state.
@@ -254,6 +306,7 @@ pub async fn control(args: ControlArgs) -> anyhow::Result<u8> {
     let (mut config, location) = args.storage.config().await?;
     tracing::info!(store = %location, "control unit state");
     config.runtime.scheduler.lease_ttl = Duration::from_millis(args.lease_ttl_ms);
+    config.runtime.scheduler.breaker = args.breaker.config()?;
     config.metrics_addr = args.metrics_addr;
     announce("control", addr);
     server::serve(listener, config, shutdown_signal()).await?;

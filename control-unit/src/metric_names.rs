@@ -42,3 +42,11 @@ pub const AGENT_SESSIONS_OPENED: Metric = Metric {
     name: "paygrid_agent_sessions_opened_total",
     help: "Agent sessions opened.",
 };
+pub const BREAKER_STATE: Metric = Metric {
+    name: "paygrid_breaker_state",
+    help: "A gateway's circuit breaker: 0 closed, 1 half-open, 2 open.",
+};
+pub const BREAKER_TRANSITIONS: Metric = Metric {
+    name: "paygrid_breaker_transitions_total",
+    help: "Circuit breaker transitions, by gateway and the state entered.",
+};

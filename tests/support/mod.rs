@@ -196,6 +196,10 @@ impl Fleet {
             "127.0.0.1:0",
             "--lease-ttl-ms",
             "5000",
+            // Breakers stay on, with a 1 s cool-down: a gateway restarted in a crash test
+            // opens its breaker, and the run need not wait the default 30 s.
+            "--breaker-open-ms",
+            "1000",
             "--data-dir",
             &control_dir,
         ];

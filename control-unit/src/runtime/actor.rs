@@ -70,13 +70,15 @@ pub(super) fn view(core: &Scheduler, workflow: &Workflow) -> WorkflowView {
     let waiting = workflow
         .tasks
         .iter()
-        .zip(&workflow.spec.tasks)
-        .map(
-            |(state, compiled)| match (state.run.status, compiled.skill()) {
-                (TaskStatus::Ready, Some(skill)) => core.waiting_reason(skill),
-                _ => String::new(),
-            },
-        )
+        .enumerate()
+        .map(|(task, state)| match state.run.status {
+            TaskStatus::Ready => core.waiting_reason(crate::scheduler::Slot {
+                workflow: workflow.id,
+                task: task as u32,
+                compensation: false,
+            }),
+            _ => String::new(),
+        })
         .collect();
     WorkflowView {
         workflow: workflow.clone(),
@@ -222,7 +224,7 @@ impl Actor {
                     .execution_unit(&agent)
                     .map_or_else(|| agent.to_string(), str::to_owned);
                 self.health
-                    .report(now, &reported_by, reports, &mut self.core);
+                    .report(now, &reported_by, reports, &mut self.core, &mut out);
             }
             Input::HealthView { reply } => {
                 let _ = reply.send(self.health.entries());
@@ -310,6 +312,7 @@ impl Actor {
         self.core.dispatch(now_ms(), &mut out);
         let mut records: Vec<(u64, Record)> = Vec::new();
         let mut frames: HashMap<AgentId, Frame> = HashMap::new();
+        let mut transitions = Vec::new();
         for command in out.drain(..) {
             match command {
                 Command::Dispatch { agent, assignment } => {
@@ -334,6 +337,7 @@ impl Actor {
                     self.sequence += 1;
                     records.push((self.sequence, record));
                 }
+                Command::Breaker(transition) => transitions.push(transition),
             }
         }
         self.out = out;
@@ -350,6 +354,9 @@ impl Actor {
                 self.spans.record(record, workflow);
             }
             self.watchers.notify(&self.core, *sequence, record);
+        }
+        for transition in &transitions {
+            super::observe::breaker_changed(&self.config.metrics, transition);
         }
         for reply in self.replies.drain(..) {
             reply.send();

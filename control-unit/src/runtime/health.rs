@@ -1,11 +1,12 @@
 //! The live health view: the latest report per subject and reporting execution unit,
-//! as telemetry (support) agents relay them. A gateway failing at least half of at least
-//! five recent requests is marked unhealthy for `cheapest-healthy` routes.
+//! as telemetry (support) agents relay them. Gateway reports go to the core, where they
+//! mark a failing gateway unhealthy for `cheapest-healthy` routes and may open its
+//! circuit breaker.
 
 use std::collections::BTreeMap;
 
 use crate::model::HealthReport;
-use crate::scheduler::Scheduler;
+use crate::scheduler::{Command, Scheduler};
 use crate::views::HealthEntry;
 
 /// Keyed by (kind, subject, reporting unit): units sharing a gateway or a skill each keep
@@ -22,11 +23,14 @@ impl HealthView {
         reported_by: &str,
         reports: Vec<HealthReport>,
         core: &mut Scheduler,
+        out: &mut Vec<Command>,
     ) {
         for report in reports {
             let error_rate = report.error_rate();
-            if report.kind == "gateway" && report.requests >= 5 && error_rate >= 0.5 {
-                core.gateway_unhealthy(now, &report.subject);
+            if report.kind == "gateway" {
+                let window_ms = u64::from(report.window_ms);
+                let (requests, errors) = (report.requests, report.errors);
+                core.gateway_report(now, &report.subject, window_ms, requests, errors, out);
             }
             let key = (
                 report.kind.clone(),

@@ -6,6 +6,7 @@ use paygrid_telemetry::metrics::Registry;
 
 use crate::metric_names as names;
 use crate::model::{Priority, TaskStatus};
+use crate::scheduler::breaker::{BreakerState, Transition};
 use crate::scheduler::{Change, Record, Scheduler, Slot};
 
 /// Metrics from one committed change.
@@ -103,4 +104,45 @@ pub(super) fn refresh_gauges(metrics: &Registry, core: &Scheduler, agents_connec
         );
     }
     metrics.gauge(&names::AGENT_SESSIONS, &[], agents_connected as i64);
+}
+
+/// A breaker's transition: its state gauge, a counter, a log line, and a span with the
+/// transition as an event (when spans are exported), so SREs see it next to the traces.
+pub(super) fn breaker_changed(metrics: &Registry, transition: &Transition) {
+    let gateway = transition.gateway.as_str();
+    let state = match transition.to {
+        BreakerState::Closed => 0,
+        BreakerState::HalfOpen => 1,
+        BreakerState::Open => 2,
+    };
+    metrics.gauge(&names::BREAKER_STATE, &[("gateway", gateway)], state);
+    metrics.count(
+        &names::BREAKER_TRANSITIONS,
+        &[("gateway", gateway), ("to", transition.to.as_str())],
+        1,
+    );
+    tracing::warn!(
+        gateway,
+        from = transition.from.as_str(),
+        to = transition.to.as_str(),
+        reason = %transition.reason,
+        "circuit breaker changed"
+    );
+    if paygrid_telemetry::otel::exporting() {
+        let span = tracing::info_span!(
+            target: "paygrid::breaker",
+            "breaker",
+            otel.name = format!("breaker {gateway}"),
+            paygrid.gateway = gateway,
+        );
+        span.in_scope(|| {
+            tracing::info!(
+                target: "paygrid::breaker",
+                from = transition.from.as_str(),
+                to = transition.to.as_str(),
+                reason = %transition.reason,
+                "paygrid.breaker.transition"
+            );
+        });
+    }
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::AgentSlot;
 use super::{
     Assignment, AttemptOutcome, AttemptRecord, Change, Command, Millis, ReadyEntry, Scheduler,
     Slot, Timer, TimerKind, record,
@@ -107,8 +108,13 @@ impl Scheduler {
             })
     }
 
-    /// The agent a slot should go to now; `Ok(None)` when every eligible agent is busy.
-    fn choose_agent(&self, skill: &Arc<str>, slot: Slot) -> Result<Option<AgentId>, String> {
+    /// The agents a slot's route admits (its labels, or any when `fallback` finds none),
+    /// whether or not they have room now, and the route's policy.
+    fn route_agents(
+        &self,
+        skill: &str,
+        slot: Slot,
+    ) -> Result<(Vec<&AgentSlot>, RoutePolicy), String> {
         let workflow = &self.workflows[&slot.workflow];
         let compiled = &workflow.spec.tasks[slot.task as usize];
         let route = if slot.compensation {
@@ -130,24 +136,34 @@ impl Scheduler {
                 wanted.push((key.clone(), value));
             }
         }
-        let Some(queue) = self.skills.get(skill) else {
-            return Ok(None);
-        };
-        let matches_labels = |id: &AgentId| {
-            self.agents
-                .get(id)
-                .is_some_and(|a| wanted.iter().all(|(k, v)| a.labels.get(k) == Some(v)))
-        };
-        let fallback =
-            route.is_some_and(|r| r.fallback) && !queue.agents.iter().any(matches_labels);
         let policy = route.map_or(RoutePolicy::LeastLoaded, |r| r.policy);
+        let Some(queue) = self.skills.get(skill) else {
+            return Ok((Vec::new(), policy));
+        };
+        let offering = queue.agents.iter().filter_map(|id| self.agents.get(id));
+        let matches =
+            |agent: &&AgentSlot| wanted.iter().all(|(k, v)| agent.labels.get(k) == Some(v));
+        let mut admitted: Vec<&AgentSlot> = offering.clone().filter(matches).collect();
+        if admitted.is_empty() && route.is_some_and(|r| r.fallback) {
+            admitted = offering.collect();
+        }
+        Ok((admitted, policy))
+    }
+
+    /// The agent a slot should go to now; `Ok(None)` when every eligible agent is busy,
+    /// or its gateway's breaker is open.
+    fn choose_agent(&self, skill: &Arc<str>, slot: Slot) -> Result<Option<AgentId>, String> {
+        let (admitted, policy) = self.route_agents(skill, slot)?;
         let now = self.now;
-        let candidates = queue
-            .agents
-            .iter()
-            .filter_map(|id| self.agents.get(id))
+        let candidates = admitted
+            .into_iter()
+            .filter(|agent| agent.credits > 0 && !agent.draining)
+            // An open breaker takes its gateway out at once; half-open, a few trials.
             .filter(|agent| {
-                agent.credits > 0 && !agent.draining && (fallback || matches_labels(&agent.id))
+                agent
+                    .labels
+                    .get("gateway")
+                    .is_none_or(|gateway| self.breakers.allows(gateway))
             });
         let chosen = match policy {
             RoutePolicy::LeastLoaded => {
@@ -169,6 +185,58 @@ impl Scheduler {
             }
         };
         Ok(chosen.map(|a| a.id.clone()))
+    }
+
+    /// Why a ready task has not been dispatched, for status output: no agent its route
+    /// admits, every such gateway's breaker open, or no free slot.
+    pub fn waiting_reason(&self, slot: Slot) -> String {
+        let Some(skill) = self.workflows.get(&slot.workflow).and_then(|w| {
+            let compiled = &w.spec.tasks[slot.task as usize];
+            if slot.compensation {
+                compiled.compensate.as_ref().map(|c| c.skill.as_str())
+            } else {
+                compiled.skill()
+            }
+        }) else {
+            return String::new();
+        };
+        let admitted = match self.route_agents(skill, slot) {
+            Ok((admitted, _)) => admitted,
+            Err(error) => return error,
+        };
+        if admitted.is_empty() {
+            return format!("no connected agent offers skill {skill}");
+        }
+        let mut open: Vec<&str> = admitted
+            .iter()
+            .filter_map(|a| a.labels.get("gateway"))
+            .filter(|gateway| !self.breakers.allows(gateway))
+            .map(String::as_str)
+            .collect();
+        let all_gated = admitted.iter().all(|a| {
+            a.labels
+                .get("gateway")
+                .is_some_and(|g| !self.breakers.allows(g))
+        });
+        if all_gated {
+            open.sort_unstable();
+            open.dedup();
+            let until = open
+                .iter()
+                .filter_map(|g| self.breakers.get(g))
+                .map(|b| b.until)
+                .min()
+                .unwrap_or(self.now);
+            return format!(
+                "waiting: circuit breaker open for gateway {} (trial tasks in {} ms)",
+                open.join(", "),
+                until.saturating_sub(self.now)
+            );
+        }
+        format!(
+            "waiting for a free slot on one of {} agents offering {skill}",
+            admitted.len()
+        )
     }
 
     fn assign(
@@ -303,6 +371,9 @@ impl Scheduler {
         if let Some(agent_slot) = self.agents.get_mut(agent) {
             agent_slot.credits -= 1;
             agent_slot.assigned.insert(slot, opened.0);
+            if let Some(gateway) = agent_slot.labels.get("gateway") {
+                self.breakers.dispatched(gateway);
+            }
         }
         // One timer per attempt, at the earlier of its timeout and its lease; it re-arms
         // itself for whichever is left (see `Scheduler::fire`).

@@ -159,6 +159,23 @@ impl Scheduler {
         let Some(execution) = workflow.execution_mut(slot) else {
             return;
         };
+        let latency_ms = now.saturating_sub(execution.attempt_started_at);
+        let failed = match &outcome {
+            Outcome::Retryable { .. } | Outcome::Unknown { .. } => Some(true),
+            Outcome::Succeeded { .. } | Outcome::Permanent { .. } => Some(false),
+            Outcome::Cancelled | Outcome::Refused => None,
+        };
+        if let Some(failed) = failed
+            && execution.attempt == attempt
+        {
+            self.breaker_record(agent, failed, latency_ms, out);
+        }
+        let Some(workflow) = self.workflows.get_mut(&slot.workflow) else {
+            return;
+        };
+        let Some(execution) = workflow.execution_mut(slot) else {
+            return;
+        };
         if execution.is_lost_attempt(attempt) {
             // The late answer of an attempt given up for a lost agent: it counts.
             execution.history.pop();
@@ -271,6 +288,7 @@ impl Scheduler {
         execution.attempt_open = false;
         let attempt = execution.attempt;
         let agent = execution.agent.clone();
+        let latency_ms = now.saturating_sub(execution.attempt_started_at);
         execution.history.push(AttemptRecord {
             attempt,
             agent: agent.clone(),
@@ -280,8 +298,8 @@ impl Scheduler {
             error: Some(error.clone()),
             lookup: execution.settling,
         });
-        if let Some(agent) = agent
-            && let Some(agent_slot) = self.agents.get_mut(&agent)
+        if let Some(agent) = &agent
+            && let Some(agent_slot) = self.agents.get_mut(agent)
             && agent_slot.assigned.get(&slot) == Some(&attempt)
         {
             out.push(Command::Cancel {
@@ -289,6 +307,12 @@ impl Scheduler {
                 slot,
                 attempt,
             });
+        }
+        if outcome == AttemptOutcome::Timeout
+            && let Some(agent) = &agent
+        {
+            // A gateway that hangs trips its breaker like one that fails.
+            self.breaker_record(agent, true, latency_ms, out);
         }
         self.retry_or_fail(slot, error, out);
     }

@@ -9,6 +9,7 @@
 //! - `flow`: task and workflow transitions (readiness, retries, compensation).
 //! - `dispatch`: priority with aging, agent choice by route and load.
 
+pub mod breaker;
 mod compensation;
 mod dispatch;
 mod flow;
@@ -51,6 +52,8 @@ pub struct SchedulerConfig {
     /// `cheapest-healthy` routes for `unhealthy_cooldown`.
     pub unhealthy_failures: u32,
     pub unhealthy_cooldown: Duration,
+    /// Circuit breakers per gateway (see `breaker`).
+    pub breaker: breaker::BreakerConfig,
     /// Settlement lookups after the attempts ran out with an outcome that may have taken
     /// effect; past this the task fails as `outcome unknown` (escalated, never silent).
     pub settle_lookups_max: u32,
@@ -74,6 +77,7 @@ impl Default for SchedulerConfig {
             parked_scan_max: 256,
             unhealthy_failures: 3,
             unhealthy_cooldown: Duration::from_secs(5),
+            breaker: breaker::BreakerConfig::default(),
             settle_lookups_max: 10,
             settle_backoff_initial: Duration::from_secs(1),
             settle_backoff_max: Duration::from_secs(30),
@@ -286,6 +290,8 @@ pub enum Command {
         attempt: u32,
     },
     Record(Record),
+    /// A gateway's circuit breaker changed state (metrics, a span event, the log).
+    Breaker(breaker::Transition),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -312,12 +318,14 @@ pub struct Scheduler {
     agents: HashMap<AgentId, AgentSlot>,
     skills: HashMap<Arc<str>, SkillQueue>,
     dirty_skills: Vec<Arc<str>>,
+    breakers: breaker::Breakers,
     timers: BinaryHeap<Reverse<Timer>>,
     now: Millis,
 }
 
 impl Scheduler {
     pub fn new(config: SchedulerConfig) -> Self {
+        let breakers = breaker::Breakers::new(config.breaker);
         Self {
             config,
             workflows: BTreeMap::new(),
@@ -326,6 +334,7 @@ impl Scheduler {
             agents: HashMap::new(),
             skills: HashMap::new(),
             dirty_skills: Vec::new(),
+            breakers,
             timers: BinaryHeap::new(),
             now: 0,
         }
@@ -376,34 +385,86 @@ impl Scheduler {
         depth
     }
 
-    /// Why a ready task has not been dispatched, for status output.
-    pub fn waiting_reason(&self, skill: &str) -> String {
-        match self.skills.get(skill) {
-            Some(queue) if !queue.agents.is_empty() => {
-                format!(
-                    "waiting for a free slot on one of {} agents offering {skill}",
-                    queue.agents.len()
-                )
-            }
-            _ => format!("no connected agent offers skill {skill}"),
-        }
+    /// Every gateway's circuit breaker.
+    pub fn breakers(&self) -> &breaker::Breakers {
+        &self.breakers
     }
 
-    /// Telemetry says `gateway` is failing: its agents are skipped by `cheapest-healthy`
-    /// routes for the cool-down.
-    pub fn gateway_unhealthy(&mut self, now: Millis, gateway: &str) {
+    /// A telemetry agent's report on `gateway` over `window_ms`: failing half of five
+    /// requests or more, its agents are skipped by `cheapest-healthy` routes for the
+    /// cool-down; over the breaker's thresholds, its breaker opens.
+    pub fn gateway_report(
+        &mut self,
+        now: Millis,
+        gateway: &str,
+        window_ms: u64,
+        requests: u64,
+        errors: u64,
+        out: &mut Vec<Command>,
+    ) {
         self.advance(now);
-        let until = self.now + self.config.unhealthy_cooldown.as_millis() as u64;
-        for agent in self.agents.values_mut() {
-            if agent.labels.get("gateway").is_some_and(|g| g == gateway) {
-                agent.unhealthy_until = agent.unhealthy_until.max(until);
+        if requests >= 5 && errors * 2 >= requests {
+            let until = self.now + self.config.unhealthy_cooldown.as_millis() as u64;
+            for agent in self.agents.values_mut() {
+                if agent.labels.get("gateway").is_some_and(|g| g == gateway) {
+                    agent.unhealthy_until = agent.unhealthy_until.max(until);
+                }
             }
+        }
+        let counts = breaker::WindowCounts {
+            requests: u32::try_from(requests).unwrap_or(u32::MAX),
+            errors: u32::try_from(errors).unwrap_or(u32::MAX),
+            slow: 0,
+        };
+        if let Some(transition) = self.breakers.report(gateway, self.now, window_ms, counts) {
+            self.breaker_changed(transition, out);
         }
     }
 
-    /// The earliest timer, so the driver knows when to call [`Scheduler::tick`].
+    /// A breaker moved: say so, and look again at the tasks its gateway's agents offer
+    /// (half-open or closed, parked tasks may go).
+    fn breaker_changed(&mut self, transition: breaker::Transition, out: &mut Vec<Command>) {
+        let skills: Vec<Arc<str>> = self
+            .agents
+            .values()
+            .filter(|a| a.labels.get("gateway") == Some(&transition.gateway))
+            .flat_map(|a| a.skills.iter().cloned())
+            .collect();
+        for skill in &skills {
+            self.mark_dirty(skill);
+        }
+        out.push(Command::Breaker(transition));
+    }
+
+    /// An answer (or a timeout) from an agent: its gateway's breaker counts it.
+    fn breaker_record(
+        &mut self,
+        agent: &AgentId,
+        failed: bool,
+        latency_ms: u64,
+        out: &mut Vec<Command>,
+    ) {
+        let Some(gateway) = self
+            .agents
+            .get(agent)
+            .and_then(|a| a.labels.get("gateway"))
+            .cloned()
+        else {
+            return;
+        };
+        if let Some(transition) = self.breakers.record(&gateway, self.now, failed, latency_ms) {
+            self.breaker_changed(transition, out);
+        }
+    }
+
+    /// The earliest timer or breaker cool-down, so the driver knows when to call
+    /// [`Scheduler::tick`].
     pub fn next_deadline(&self) -> Option<Millis> {
-        self.timers.peek().map(|Reverse(timer)| timer.at)
+        let timer = self.timers.peek().map(|Reverse(timer)| timer.at);
+        match (timer, self.breakers.next_change()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Starts a workflow: its root tasks become ready.
@@ -558,6 +619,9 @@ impl Scheduler {
     /// Fires every timer due at `now`.
     pub fn tick(&mut self, now: Millis, out: &mut Vec<Command>) {
         self.advance(now);
+        for transition in self.breakers.advance(self.now) {
+            self.breaker_changed(transition, out);
+        }
         while let Some(Reverse(timer)) = self.timers.peek().copied() {
             if timer.at > self.now {
                 break;

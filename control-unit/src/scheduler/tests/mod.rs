@@ -29,12 +29,17 @@ struct Sim {
     snapshots: Vec<(Arc<CompiledSpec>, restore::Snapshot)>,
     agents_joined: Vec<(String, Vec<&'static str>, u32)>,
     crashed_at_record: usize,
+    breaker_log: Vec<breaker::Transition>,
 }
 
 impl Sim {
     fn new() -> Self {
+        Self::with_config(SchedulerConfig::default())
+    }
+
+    fn with_config(config: SchedulerConfig) -> Self {
         Self {
-            core: Scheduler::new(SchedulerConfig::default()),
+            core: Scheduler::new(config),
             now: 1_000_000,
             inflight: Vec::new(),
             records: Vec::new(),
@@ -44,6 +49,7 @@ impl Sim {
             snapshots: Vec::new(),
             agents_joined: Vec::new(),
             crashed_at_record: 0,
+            breaker_log: Vec::new(),
         }
     }
 
@@ -151,6 +157,7 @@ impl Sim {
                     attempt,
                 } => self.cancels.push((agent, slot, attempt)),
                 Command::Record(record) => self.records.push(record),
+                Command::Breaker(transition) => self.breaker_log.push(transition),
             }
         }
     }
@@ -466,7 +473,11 @@ fn tasks_wait_for_an_agent() {
         TaskStatus::Ready
     );
     assert_eq!(
-        sim.core.waiting_reason("work"),
+        sim.core.waiting_reason(Slot {
+            workflow: id,
+            task: 0,
+            compensation: false
+        }),
         "no connected agent offers skill work"
     );
     sim.advance(MINUTE);
@@ -560,5 +571,6 @@ fn when_skips_and_routes_pick_labels() {
     assert_eq!(workflow.tasks[3].run.status, TaskStatus::Skipped);
 }
 
+mod breakers;
 mod chaos;
 mod restart;

@@ -1,0 +1,463 @@
+//! Circuit breakers, one per gateway, owned by the scheduler core so that dispatch can
+//! consult them and time stays an input (deterministic, testable by simulation).
+//!
+//! - **Closed**: every answer from the gateway's agents is counted in a sliding window
+//!   (ten buckets). With at least `min_requests` in the window, an error rate of
+//!   `error_rate` or more, or a share of slow calls (`slow_call` or longer) of
+//!   `slow_rate` or more, opens the breaker. Errors are answers that may be the
+//!   gateway's fault: retryable, unknown, timed out. A decline is an answer, not an
+//!   error. A telemetry agent's report over the same thresholds opens it too.
+//! - **Open** for `open_for`: the gateway's agents get no task. Routes that may pick
+//!   another gateway (`cheapest-healthy`, `fallback: true`) pick one at once; tasks that
+//!   must go to this gateway wait, with the reason in `status`, and do not fail.
+//! - **Half-open**: up to `trials` tasks go through. As many successes close it (the
+//!   window starts empty); a failure opens it again.
+//!
+//! Breakers are not durable: after a restart every breaker starts closed and the first
+//! failures open it again (as Envoy's and resilience4j's do).
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use super::Millis;
+
+/// Thresholds; see the module docs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BreakerConfig {
+    pub window: Duration,
+    pub min_requests: u32,
+    pub error_rate: f64,
+    pub slow_call: Duration,
+    pub slow_rate: f64,
+    pub open_for: Duration,
+    pub trials: u32,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(30),
+            min_requests: 10,
+            error_rate: 0.5,
+            slow_call: Duration::from_secs(5),
+            slow_rate: 0.8,
+            open_for: Duration::from_secs(30),
+            trials: 3,
+        }
+    }
+}
+
+const BUCKETS: u64 = 10;
+/// Transitions kept per breaker for `paygrid health`.
+const TRANSITIONS_KEPT: usize = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl BreakerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// A state change, with why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    pub gateway: String,
+    pub at: Millis,
+    pub from: BreakerState,
+    pub to: BreakerState,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Bucket {
+    /// Which bucket-length period of time this bucket counts.
+    epoch: u64,
+    requests: u32,
+    errors: u32,
+    slow: u32,
+}
+
+/// One gateway's breaker.
+#[derive(Debug, Clone)]
+pub struct Breaker {
+    pub gateway: String,
+    pub state: BreakerState,
+    /// When an open breaker half-opens.
+    pub until: Millis,
+    /// When it last closed (telemetry windows older than this are not held against it).
+    pub closed_at: Millis,
+    pub trials_in_flight: u32,
+    pub trial_successes: u32,
+    buckets: [Bucket; BUCKETS as usize],
+    pub transitions: VecDeque<Transition>,
+}
+
+/// Counts over the window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WindowCounts {
+    pub requests: u32,
+    pub errors: u32,
+    pub slow: u32,
+}
+
+impl Breaker {
+    fn new(gateway: &str) -> Self {
+        Self {
+            gateway: gateway.to_owned(),
+            state: BreakerState::Closed,
+            until: 0,
+            closed_at: 0,
+            trials_in_flight: 0,
+            trial_successes: 0,
+            buckets: [Bucket::default(); BUCKETS as usize],
+            transitions: VecDeque::new(),
+        }
+    }
+
+    fn bucket_ms(config: &BreakerConfig) -> u64 {
+        (config.window.as_millis() as u64 / BUCKETS).max(1)
+    }
+
+    /// Requests, errors and slow calls over the window ending `now`.
+    pub fn counts(&self, now: Millis, config: &BreakerConfig) -> WindowCounts {
+        let current = now / Self::bucket_ms(config);
+        let mut counts = WindowCounts::default();
+        for bucket in &self.buckets {
+            if bucket.epoch + BUCKETS > current && bucket.epoch <= current {
+                counts.requests += bucket.requests;
+                counts.errors += bucket.errors;
+                counts.slow += bucket.slow;
+            }
+        }
+        counts
+    }
+
+    fn change(&mut self, now: Millis, to: BreakerState, reason: String) -> Transition {
+        let transition = Transition {
+            gateway: self.gateway.clone(),
+            at: now,
+            from: self.state,
+            to,
+            reason,
+        };
+        self.state = to;
+        self.trials_in_flight = 0;
+        self.trial_successes = 0;
+        if to == BreakerState::Closed {
+            self.closed_at = now;
+            self.buckets = [Bucket::default(); BUCKETS as usize];
+        }
+        if self.transitions.len() == TRANSITIONS_KEPT {
+            self.transitions.pop_front();
+        }
+        self.transitions.push_back(transition.clone());
+        transition
+    }
+
+    fn open(&mut self, now: Millis, config: &BreakerConfig, reason: String) -> Transition {
+        self.until = now + config.open_for.as_millis() as u64;
+        self.change(now, BreakerState::Open, reason)
+    }
+
+    /// One answer from the gateway's agents.
+    fn record(
+        &mut self,
+        now: Millis,
+        config: &BreakerConfig,
+        failed: bool,
+        latency_ms: u64,
+    ) -> Option<Transition> {
+        match self.state {
+            BreakerState::Open => None,
+            BreakerState::HalfOpen => {
+                self.trials_in_flight = self.trials_in_flight.saturating_sub(1);
+                if failed {
+                    return Some(self.open(now, config, "a trial task failed".into()));
+                }
+                self.trial_successes += 1;
+                (self.trial_successes >= config.trials).then(|| {
+                    let reason = format!("{} trial tasks succeeded", self.trial_successes);
+                    self.change(now, BreakerState::Closed, reason)
+                })
+            }
+            BreakerState::Closed => {
+                let epoch = now / Self::bucket_ms(config);
+                let bucket = &mut self.buckets[(epoch % BUCKETS) as usize];
+                if bucket.epoch != epoch {
+                    *bucket = Bucket {
+                        epoch,
+                        ..Bucket::default()
+                    };
+                }
+                bucket.requests += 1;
+                bucket.errors += u32::from(failed);
+                bucket.slow += u32::from(latency_ms >= config.slow_call.as_millis() as u64);
+                let counts = self.counts(now, config);
+                let reason = over_threshold(counts, config)?;
+                Some(self.open(now, config, reason))
+            }
+        }
+    }
+}
+
+/// Why these counts open a breaker, if they do.
+fn over_threshold(counts: WindowCounts, config: &BreakerConfig) -> Option<String> {
+    if counts.requests < config.min_requests.max(1) {
+        return None;
+    }
+    let rate = |n: u32| f64::from(n) / f64::from(counts.requests);
+    if rate(counts.errors) >= config.error_rate {
+        return Some(format!(
+            "{} of {} requests failed in the window",
+            counts.errors, counts.requests
+        ));
+    }
+    if rate(counts.slow) >= config.slow_rate {
+        return Some(format!(
+            "{} of {} requests took {} ms or more",
+            counts.slow,
+            counts.requests,
+            config.slow_call.as_millis()
+        ));
+    }
+    None
+}
+
+/// Every gateway's breaker.
+#[derive(Debug, Clone, Default)]
+pub struct Breakers {
+    pub config: BreakerConfig,
+    by_gateway: HashMap<String, Breaker>,
+}
+
+impl Breakers {
+    pub fn new(config: BreakerConfig) -> Self {
+        Self {
+            config,
+            by_gateway: HashMap::new(),
+        }
+    }
+
+    pub fn get(&self, gateway: &str) -> Option<&Breaker> {
+        self.by_gateway.get(gateway)
+    }
+
+    /// Every breaker, by gateway name.
+    pub fn all(&self) -> Vec<&Breaker> {
+        let mut all: Vec<_> = self.by_gateway.values().collect();
+        all.sort_by(|a, b| a.gateway.cmp(&b.gateway));
+        all
+    }
+
+    /// Whether a task may go to `gateway` now.
+    pub fn allows(&self, gateway: &str) -> bool {
+        match self.by_gateway.get(gateway) {
+            None => true,
+            Some(breaker) => match breaker.state {
+                BreakerState::Closed => true,
+                BreakerState::Open => false,
+                BreakerState::HalfOpen => breaker.trials_in_flight < self.config.trials,
+            },
+        }
+    }
+
+    /// A task went to `gateway`: while half-open, it is one of the trials.
+    pub fn dispatched(&mut self, gateway: &str) {
+        if let Some(breaker) = self.by_gateway.get_mut(gateway)
+            && breaker.state == BreakerState::HalfOpen
+        {
+            breaker.trials_in_flight += 1;
+        }
+    }
+
+    /// One answer (or timeout) from `gateway`'s agents.
+    pub fn record(
+        &mut self,
+        gateway: &str,
+        now: Millis,
+        failed: bool,
+        latency_ms: u64,
+    ) -> Option<Transition> {
+        let config = self.config;
+        self.by_gateway
+            .entry(gateway.to_owned())
+            .or_insert_with(|| Breaker::new(gateway))
+            .record(now, &config, failed, latency_ms)
+    }
+
+    /// A telemetry report over `window_ms`: opens a closed breaker when its counts pass
+    /// the thresholds and the whole window is after the breaker last closed (an older
+    /// window still holds the failures that opened it before).
+    pub fn report(
+        &mut self,
+        gateway: &str,
+        now: Millis,
+        window_ms: u64,
+        counts: WindowCounts,
+    ) -> Option<Transition> {
+        let config = self.config;
+        let breaker = self
+            .by_gateway
+            .entry(gateway.to_owned())
+            .or_insert_with(|| Breaker::new(gateway));
+        if breaker.state != BreakerState::Closed
+            || now.saturating_sub(window_ms) < breaker.closed_at
+        {
+            return None;
+        }
+        let reason = over_threshold(counts, &config)?;
+        Some(breaker.open(now, &config, format!("telemetry: {reason}")))
+    }
+
+    /// Open breakers whose cool-down ended half-open.
+    pub fn advance(&mut self, now: Millis) -> Vec<Transition> {
+        let mut changed = Vec::new();
+        for breaker in self.by_gateway.values_mut() {
+            if breaker.state == BreakerState::Open && breaker.until <= now {
+                changed.push(breaker.change(
+                    now,
+                    BreakerState::HalfOpen,
+                    "cool-down over: trial tasks may go".into(),
+                ));
+            }
+        }
+        changed
+    }
+
+    /// When the next open breaker half-opens.
+    pub fn next_change(&self) -> Option<Millis> {
+        self.by_gateway
+            .values()
+            .filter(|b| b.state == BreakerState::Open)
+            .map(|b| b.until)
+            .min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> BreakerConfig {
+        BreakerConfig {
+            window: Duration::from_secs(10),
+            min_requests: 4,
+            error_rate: 0.5,
+            slow_call: Duration::from_secs(2),
+            slow_rate: 0.8,
+            open_for: Duration::from_secs(5),
+            trials: 2,
+        }
+    }
+
+    #[test]
+    fn opens_on_errors_half_opens_after_the_cool_down_and_closes_on_trials() {
+        let mut breakers = Breakers::new(config());
+        assert!(breakers.record("alpha", 1_000, false, 10).is_none());
+        assert!(breakers.record("alpha", 1_100, true, 10).is_none());
+        assert!(breakers.record("alpha", 1_200, false, 10).is_none());
+        assert!(
+            breakers.record("alpha", 1_300, false, 10).is_none(),
+            "1 of 4"
+        );
+        assert!(
+            breakers.record("alpha", 1_400, true, 10).is_none(),
+            "2 of 5"
+        );
+        let opened = breakers
+            .record("alpha", 1_500, true, 10)
+            .expect("3 of 6 opens it");
+        assert_eq!(
+            (opened.from, opened.to),
+            (BreakerState::Closed, BreakerState::Open)
+        );
+        assert!(!breakers.allows("alpha"));
+        assert!(breakers.allows("beta"), "other gateways are not affected");
+        assert_eq!(breakers.next_change(), Some(6_500));
+        assert!(breakers.advance(6_499).is_empty());
+        let half = breakers.advance(6_500);
+        assert_eq!(half[0].to, BreakerState::HalfOpen);
+        // Two trials at most, then no more until they answer.
+        breakers.dispatched("alpha");
+        assert!(breakers.allows("alpha"));
+        breakers.dispatched("alpha");
+        assert!(!breakers.allows("alpha"));
+        assert!(breakers.record("alpha", 6_500, false, 10).is_none());
+        let closed = breakers.record("alpha", 6_600, false, 10).expect("closes");
+        assert_eq!(closed.to, BreakerState::Closed);
+        assert_eq!(breakers.get("alpha").unwrap().transitions.len(), 3);
+        assert_eq!(
+            breakers.get("alpha").unwrap().counts(6_600, &config()),
+            WindowCounts::default(),
+            "the window starts empty"
+        );
+    }
+
+    #[test]
+    fn a_failed_trial_opens_it_again() {
+        let mut breakers = Breakers::new(config());
+        for at in 0..4 {
+            breakers.record("alpha", at, true, 10);
+        }
+        assert!(!breakers.allows("alpha"));
+        breakers.advance(10_000);
+        breakers.dispatched("alpha");
+        let reopened = breakers.record("alpha", 10_100, true, 10).expect("reopens");
+        assert_eq!(reopened.to, BreakerState::Open);
+        assert_eq!(breakers.next_change(), Some(15_100));
+    }
+
+    #[test]
+    fn slow_calls_open_it_and_old_requests_leave_the_window() {
+        let mut breakers = Breakers::new(config());
+        // Errors older than the window do not count.
+        for at in 0..3 {
+            breakers.record("alpha", at, true, 10);
+        }
+        for at in 0..3 {
+            assert!(breakers.record("alpha", 20_000 + at, false, 10).is_none());
+        }
+        assert!(breakers.allows("alpha"));
+        for at in 0..4 {
+            breakers.record("beta", 30_000 + at, false, 2_500);
+        }
+        assert!(!breakers.allows("beta"), "every call was slow");
+    }
+
+    #[test]
+    fn telemetry_opens_it_but_not_with_a_window_from_before_it_closed() {
+        let mut breakers = Breakers::new(config());
+        let failing = WindowCounts {
+            requests: 10,
+            errors: 9,
+            slow: 0,
+        };
+        let opened = breakers
+            .report("alpha", 40_000, 30_000, failing)
+            .expect("opens");
+        assert!(
+            opened.reason.starts_with("telemetry: 9 of 10"),
+            "{}",
+            opened.reason
+        );
+        breakers.advance(45_000);
+        breakers.dispatched("alpha");
+        breakers.dispatched("alpha");
+        breakers.record("alpha", 45_100, false, 10);
+        breakers.record("alpha", 45_200, false, 10);
+        assert!(breakers.allows("alpha"));
+        // The same failures, still inside the telemetry window: not held against it.
+        assert!(breakers.report("alpha", 50_000, 30_000, failing).is_none());
+        assert!(breakers.report("alpha", 75_300, 30_000, failing).is_some());
+    }
+}
