@@ -593,23 +593,31 @@ pub fn ledger(data_dir: &Path, json: bool) -> anyhow::Result<u8> {
     Ok(if balanced { EXIT_OK } else { EXIT_FAILED })
 }
 
-/// `paygrid health`: the control unit's live health view.
+/// `paygrid health`: the control unit's live health view and circuit breakers.
 pub async fn health(endpoint: &str, json: bool) -> anyhow::Result<u8> {
     let mut client = AgentHubClient::new(connect(endpoint).await?);
-    let entries = client
+    let response = client
         .health(pb::HealthRequest {})
         .await
         .map_err(anyhow::Error::new)?
-        .into_inner()
-        .entries;
+        .into_inner();
+    let (entries, breakers) = (response.entries, response.breakers);
     if json {
-        let items: Vec<Value> = entries
+        let mut items: Vec<Value> = entries
             .iter()
             .map(|e| {
                 let r = e.report.clone().unwrap_or_default();
                 serde_json::json!({"kind": r.kind, "subject": r.subject, "requests": r.requests, "errors": r.errors, "error_rate": e.error_rate, "latency_p50_ms": r.latency_p50_ms, "latency_p99_ms": r.latency_p99_ms, "saturation": r.saturation, "skills": r.skills, "reported_by": e.reported_by, "updated_at_ms": e.updated_at_ms})
             })
             .collect();
+        items.extend(breakers.iter().map(|b| {
+            let transitions: Vec<Value> = b
+                .transitions
+                .iter()
+                .map(|t| serde_json::json!({"at_ms": t.at_ms, "from": t.from, "to": t.to, "reason": t.reason}))
+                .collect();
+            serde_json::json!({"kind": "breaker", "subject": b.gateway, "state": b.state, "requests": b.requests, "errors": b.errors, "slow": b.slow, "open_until_ms": b.open_until_ms, "trials_in_flight": b.trials_in_flight, "transitions": transitions})
+        }));
         println!("{}", Value::Array(items));
         return Ok(EXIT_OK);
     }
@@ -617,13 +625,34 @@ pub async fn health(endpoint: &str, json: bool) -> anyhow::Result<u8> {
         println!(
             "no health reports yet (is a telemetry agent running? `paygrid exec` hosts one by default)"
         );
-        return Ok(EXIT_OK);
+    } else {
+        print_health_entries(&entries);
     }
+    if !breakers.is_empty() {
+        println!();
+        println!(
+            "{:<8} {:<10} {:>8} {:>7} {:>6}  last transition",
+            "BREAKER", "STATE", "REQUESTS", "ERRORS", "SLOW"
+        );
+        for b in &breakers {
+            let last = b.transitions.last().map_or(String::new(), |t| {
+                format!("{} → {}: {}", t.from, t.to, t.reason)
+            });
+            println!(
+                "{:<8} {:<10} {:>8} {:>7} {:>6}  {}",
+                b.gateway, b.state, b.requests, b.errors, b.slow, last
+            );
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+fn print_health_entries(entries: &[pb::HealthEntry]) {
     println!(
         "{:<8} {:<18} {:>8} {:>7} {:>8} {:>8} {:>8} {:>6}  reported by",
         "KIND", "SUBJECT", "REQUESTS", "ERRORS", "ERR RATE", "P50 MS", "P99 MS", "SAT"
     );
-    for entry in &entries {
+    for entry in entries {
         let r = entry.report.clone().unwrap_or_default();
         // Several agents may offer a skill: no single saturation for it.
         let saturation = if r.kind == "skill" {
@@ -644,5 +673,4 @@ pub async fn health(endpoint: &str, json: bool) -> anyhow::Result<u8> {
             entry.reported_by
         );
     }
-    Ok(EXIT_OK)
 }

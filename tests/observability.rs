@@ -443,3 +443,177 @@ async fn health_shows_a_failing_gateway() {
         "the gateway agent's row shows its health: {row}"
     );
 }
+
+/// A gateway starts failing: its circuit breaker opens, new payments go to the fallback
+/// gateway and none fails; once the fault is removed the breaker half-opens and closes.
+/// The transitions are in `paygrid health --json` and in the metrics.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_gateway_opens_its_breaker_and_payments_go_to_the_fallback() {
+    let dir = TempDir::new("breaker");
+    let control_metrics = free_addr();
+    let gateway = |name: &str, cost: &str| {
+        Part::start(&[
+            "gateway-sim",
+            "--listen",
+            "127.0.0.1:0",
+            "--name",
+            name,
+            "--cost-bps",
+            cost,
+        ])
+    };
+    let (alpha, beta) = (gateway("alpha", "25"), gateway("beta", "30"));
+    let data_dir = dir.path("control");
+    let control = Part::start(&[
+        "control",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &data_dir,
+        "--metrics-addr",
+        &control_metrics,
+        "--breaker-min-requests",
+        "4",
+        "--breaker-open-ms",
+        "2000",
+        "--breaker-trials",
+        "2",
+    ]);
+    let (alpha_arg, beta_arg) = (
+        format!("alpha={}@25", alpha.url),
+        format!("beta={}@30", beta.url),
+    );
+    let _exec = Part::start(&[
+        "--control",
+        &control.url,
+        "exec",
+        "--name",
+        "exec-breaker",
+        "--gateway",
+        &alpha_arg,
+        "--gateway",
+        &beta_arg,
+    ]);
+    let mut client = support::Fleet::client(&control.url).await;
+    let breaker = |control: &Part| {
+        let output = std::process::Command::new(BIN)
+            .args(["--control", &control.url, "--json", "health"])
+            .output()
+            .unwrap();
+        let entries: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        entries
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["kind"] == "breaker" && e["subject"] == "alpha")
+            .cloned()
+    };
+    let transitions = |entry: &serde_json::Value| -> Vec<(String, String)> {
+        entry["transitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["from"].as_str().unwrap().to_owned(),
+                    t["to"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let pay = async |client: &mut pb::workflows_client::WorkflowsClient<_>, n: usize| {
+        let mut ids = Vec::new();
+        for i in 0..n {
+            let input =
+                json!({"amount_minor": 1000 + i, "currency": "EUR", "card_token": "tok_visa"});
+            ids.push(
+                submit(
+                    client,
+                    &spec("card-payment"),
+                    input,
+                    pb::Priority::Unspecified,
+                )
+                .await,
+            );
+        }
+        let mut finals = Vec::new();
+        for id in &ids {
+            finals.push(wait_terminal(client, id).await);
+        }
+        finals
+    };
+
+    // Alpha, the cheaper gateway, fails every request before taking an effect.
+    http(
+        &alpha.url,
+        "PUT",
+        "/v1/admin/faults",
+        Some(r#"{"fail_rate": 1.0}"#),
+    );
+    let finals = pay(&mut client, 8).await;
+    for workflow in &finals {
+        assert_eq!(
+            workflow.status,
+            pb::WorkflowStatus::Succeeded as i32,
+            "no payment fails while alpha does: {workflow:#?}"
+        );
+    }
+    let opened = breaker(&control).expect("a breaker for alpha");
+    assert_eq!(
+        transitions(&opened).first(),
+        Some(&("closed".to_owned(), "open".to_owned())),
+        "{opened}"
+    );
+    let beta_stats = http(&beta.url, "GET", "/v1/stats", None);
+    assert_eq!(
+        beta_stats["captures"], 8,
+        "every payment was captured on beta"
+    );
+    let alpha_stats = http(&alpha.url, "GET", "/v1/stats", None);
+    assert_eq!(alpha_stats["authorizations"], 0, "{alpha_stats}");
+    assert!(
+        alpha_stats["injected_failures"].as_u64() <= Some(8),
+        "an open breaker stops the calls: {alpha_stats}"
+    );
+
+    // The fault is removed: after the cool-down, trial payments go to alpha and close it.
+    http(&alpha.url, "PUT", "/v1/admin/faults", Some("{}"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let closed = loop {
+        let entry = breaker(&control).unwrap();
+        if entry["state"] == "closed" {
+            break entry;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the breaker never closed: {entry}"
+        );
+        let finals = pay(&mut client, 2).await;
+        assert!(
+            finals
+                .iter()
+                .all(|w| w.status == pb::WorkflowStatus::Succeeded as i32),
+            "{finals:#?}"
+        );
+    };
+    let seen = transitions(&closed);
+    for step in [("open", "half_open"), ("half_open", "closed")] {
+        assert!(
+            seen.contains(&(step.0.to_owned(), step.1.to_owned())),
+            "{step:?} in {seen:?}"
+        );
+    }
+    assert!(
+        http(&alpha.url, "GET", "/v1/stats", None)["authorizations"].as_u64() >= Some(2),
+        "trial payments went to alpha"
+    );
+    let metrics = scrape(&control_metrics);
+    for line in [
+        "paygrid_breaker_state{gateway=\"alpha\"} 0",
+        "paygrid_breaker_transitions_total{gateway=\"alpha\",to=\"open\"}",
+        "paygrid_breaker_transitions_total{gateway=\"alpha\",to=\"half_open\"}",
+        "paygrid_breaker_transitions_total{gateway=\"alpha\",to=\"closed\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+}

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use crate::model::{
     AgentCard, AgentId, HealthReport, Priority, TaskStatus, WorkflowId, WorkflowStatus,
 };
+use crate::scheduler::breaker::{BreakerState, Transition, WindowCounts};
 use crate::scheduler::restore::Snapshot;
 use crate::scheduler::{Assignment, Millis, Slot, Workflow};
 
@@ -169,4 +170,22 @@ pub struct AgentView {
     pub registered_at: Millis,
     pub tasks_completed: u64,
     pub health: Option<HealthEntry>,
+}
+
+/// A gateway's circuit breaker, for `paygrid health`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerView {
+    pub gateway: String,
+    pub state: BreakerState,
+    pub window: WindowCounts,
+    pub open_until: Millis,
+    pub trials_in_flight: u32,
+    pub transitions: Vec<Transition>,
+}
+
+/// The live health view: telemetry entries and breakers.
+#[derive(Debug, Clone, Default)]
+pub struct HealthSnapshot {
+    pub entries: Vec<HealthEntry>,
+    pub breakers: Vec<BreakerView>,
 }

@@ -19,7 +19,7 @@ use crate::error::ControlError;
 use crate::model::{AgentId, TaskStatus, WorkflowStatus};
 use crate::scheduler::{AgentEvent, Command, Record, Scheduler, Workflow};
 use crate::store::Store;
-use crate::views::{Frame, ListQuery, Page, WorkflowSummary, WorkflowView};
+use crate::views::{Frame, HealthSnapshot, ListQuery, Page, WorkflowSummary, WorkflowView};
 
 pub(super) struct Actor {
     pub(super) core: Scheduler,
@@ -227,7 +227,10 @@ impl Actor {
                     .report(now, &reported_by, reports, &mut self.core, &mut out);
             }
             Input::HealthView { reply } => {
-                let _ = reply.send(self.health.entries());
+                let _ = reply.send(HealthSnapshot {
+                    entries: self.health.entries(),
+                    breakers: super::health::breakers(&self.core, now),
+                });
             }
             Input::ForgetKeys(keys) => {
                 for key in keys {

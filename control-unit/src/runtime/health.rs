@@ -6,8 +6,9 @@
 use std::collections::BTreeMap;
 
 use crate::model::HealthReport;
+use crate::scheduler::breaker::BreakerState;
 use crate::scheduler::{Command, Scheduler};
-use crate::views::HealthEntry;
+use crate::views::{BreakerView, HealthEntry};
 
 /// Keyed by (kind, subject, reporting unit): units sharing a gateway or a skill each keep
 /// their own view.
@@ -63,4 +64,25 @@ impl HealthView {
             ))
             .cloned()
     }
+}
+
+/// Every gateway's breaker as the core keeps it now.
+pub(super) fn breakers(core: &Scheduler, now: u64) -> Vec<BreakerView> {
+    let config = core.breakers().config;
+    core.breakers()
+        .all()
+        .into_iter()
+        .map(|breaker| BreakerView {
+            gateway: breaker.gateway.clone(),
+            state: breaker.state,
+            window: breaker.counts(now, &config),
+            open_until: if breaker.state == BreakerState::Open {
+                breaker.until
+            } else {
+                0
+            },
+            trials_in_flight: breaker.trials_in_flight,
+            transitions: breaker.transitions.iter().cloned().collect(),
+        })
+        .collect()
 }

@@ -31,7 +31,7 @@ use crate::model::{AgentCard, AgentId, HealthReport, WorkflowId, WorkflowStatus}
 use crate::scheduler::{AgentEvent, NewWorkflow, SchedulerConfig};
 use crate::store::Store;
 use crate::views::{
-    AgentView, Frame, HealthEntry, ListQuery, Page, Registration, WorkflowEvent, WorkflowView,
+    AgentView, Frame, HealthSnapshot, ListQuery, Page, Registration, WorkflowEvent, WorkflowView,
 };
 
 /// Wall-clock unix milliseconds: the only clock the control unit reads.
@@ -145,9 +145,9 @@ pub enum Input {
         agent: AgentId,
         reports: Vec<HealthReport>,
     },
-    /// The live health view.
+    /// The live health view: telemetry entries and circuit breakers.
     HealthView {
-        reply: oneshot::Sender<Vec<HealthEntry>>,
+        reply: oneshot::Sender<HealthSnapshot>,
     },
     /// Idempotency keys of workflows pruned from the store.
     ForgetKeys(Vec<String>),

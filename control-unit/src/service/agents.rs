@@ -136,9 +136,14 @@ impl AgentHub for AgentHubService {
         &self,
         _request: Request<pb::HealthRequest>,
     ) -> Result<Response<pb::HealthResponse>, Status> {
-        let entries = self.handle.ask(|reply| Input::HealthView { reply }).await?;
+        let health = self.handle.ask(|reply| Input::HealthView { reply }).await?;
         Ok(Response::new(pb::HealthResponse {
-            entries: entries.iter().map(convert::health_entry_to_pb).collect(),
+            entries: health
+                .entries
+                .iter()
+                .map(convert::health_entry_to_pb)
+                .collect(),
+            breakers: health.breakers.iter().map(convert::breaker_to_pb).collect(),
         }))
     }
 

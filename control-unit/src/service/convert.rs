@@ -9,8 +9,8 @@ use crate::model::{
 use crate::model::{AgentId, WorkflowId};
 use crate::scheduler::{AgentEvent, Execution, Outcome, Slot};
 use crate::views::{
-    AgentView, EventBody, Frame, HealthEntry, Page, Registration, WorkflowEvent, WorkflowSummary,
-    WorkflowView,
+    AgentView, BreakerView, EventBody, Frame, HealthEntry, Page, Registration, WorkflowEvent,
+    WorkflowSummary, WorkflowView,
 };
 
 pub fn priority_to_pb(priority: Priority) -> pb::Priority {
@@ -405,6 +405,28 @@ pub fn health_entry_to_pb(entry: &HealthEntry) -> pb::HealthEntry {
         error_rate: entry.error_rate,
         reported_by: entry.reported_by.clone(),
         updated_at_ms: ms(entry.updated_at),
+    }
+}
+
+pub fn breaker_to_pb(breaker: &BreakerView) -> pb::Breaker {
+    pb::Breaker {
+        gateway: breaker.gateway.clone(),
+        state: breaker.state.as_str().into(),
+        requests: breaker.window.requests,
+        errors: breaker.window.errors,
+        slow: breaker.window.slow,
+        open_until_ms: ms(breaker.open_until),
+        trials_in_flight: breaker.trials_in_flight,
+        transitions: breaker
+            .transitions
+            .iter()
+            .map(|t| pb::BreakerTransition {
+                at_ms: ms(t.at),
+                from: t.from.as_str().into(),
+                to: t.to.as_str().into(),
+                reason: t.reason.clone(),
+            })
+            .collect(),
     }
 }
 
