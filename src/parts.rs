@@ -35,6 +35,9 @@ pub struct ControlArgs {
     pub storage: StorageArgs,
     #[command(flatten)]
     pub breaker: BreakerArgs,
+    /// Remediation rules (YAML; docs/remediation.md). Default: the shipped rules.
+    #[arg(long)]
+    pub remediation_rules: Option<std::path::PathBuf>,
 }
 
 /// Circuit breakers per gateway (docs/breakers.md).
@@ -160,11 +163,12 @@ pub struct ExecArgs {
     /// A gateway to host an agent for, as NAME=URL or NAME=URL@COST_BPS.
     #[arg(long = "gateway", value_parser = parse_gateway)]
     pub gateways: Vec<GatewayArg>,
-    /// Agents to host, comma-separated: gateway, risk, ledger, verify, notify, telemetry, sleep.
+    /// Agents to host, comma-separated: gateway, risk, ledger, verify, notify, telemetry,
+    /// remediate, sleep.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "gateway,risk,ledger,verify,notify,telemetry"
+        default_value = "gateway,risk,ledger,verify,notify,telemetry,remediate"
     )]
     pub agents: Vec<String>,
     /// Concurrent tasks per gateway agent.
@@ -307,6 +311,13 @@ pub async fn control(args: ControlArgs) -> anyhow::Result<u8> {
     tracing::info!(store = %location, "control unit state");
     config.runtime.scheduler.lease_ttl = Duration::from_millis(args.lease_ttl_ms);
     config.runtime.scheduler.breaker = args.breaker.config()?;
+    if let Some(path) = &args.remediation_rules {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            crate::operator::UsageError(format!("cannot read {}: {e}", path.display()))
+        })?;
+        config.runtime.remediation = paygrid_control_unit::remediation::Rules::parse(&text)
+            .map_err(|e| crate::operator::UsageError(format!("{}: {e}", path.display())))?;
+    }
     config.metrics_addr = args.metrics_addr;
     announce("control", addr);
     server::serve(listener, config, shutdown_signal()).await?;
@@ -389,6 +400,7 @@ pub type Hosted = (Vec<Arc<dyn Agent>>, Vec<CancellationToken>);
 
 pub fn build_agents(
     args: &ExecArgs,
+    control: &str,
     health: &Arc<paygrid_execution_unit::HealthCollector>,
 ) -> anyhow::Result<Hosted> {
     let mut broken = Vec::new();
@@ -424,12 +436,17 @@ pub fn build_agents(
             "telemetry" => agents.push(Arc::new(paygrid_agents::telemetry::TelemetryAgent::new(
                 health.clone(),
             ))),
+            "remediate" => agents.push(Arc::new(
+                paygrid_agents::remediation::RemediationAgent::new(control).map_err(|e| {
+                    crate::operator::UsageError(format!("`{control}` is not an endpoint URL: {e}"))
+                })?,
+            )),
             "sleep" => agents.push(Arc::new(SleepAgent {
                 default_sleep_ms: args.sleep_ms,
                 max_concurrency: args.sleep_concurrency,
             })),
             other => anyhow::bail!(crate::operator::UsageError(format!(
-                "unknown agent `{other}`: use gateway, risk, ledger, verify, notify, telemetry or sleep"
+                "unknown agent `{other}`: use gateway, risk, ledger, verify, notify, telemetry, remediate or sleep"
             ))),
         }
     }
@@ -442,7 +459,7 @@ pub async fn exec(args: ExecArgs, control: &str) -> anyhow::Result<u8> {
         .clone()
         .unwrap_or_else(|| format!("exec-{}", std::process::id()));
     let mut config = ExecutionUnitConfig::new(name.clone(), control);
-    let (agents, broken) = build_agents(&args, &config.health)?;
+    let (agents, broken) = build_agents(&args, control, &config.health)?;
     config.drain_timeout = Duration::from_millis(args.drain_timeout_ms);
     if let Some(addr) = args.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -552,9 +569,17 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<u8> {
     let exec_args = ExecArgs {
         name: Some("dev-exec".into()),
         gateways,
-        agents: ["gateway", "risk", "ledger", "verify", "notify", "telemetry"]
-            .map(String::from)
-            .to_vec(),
+        agents: [
+            "gateway",
+            "risk",
+            "ledger",
+            "verify",
+            "notify",
+            "telemetry",
+            "remediate",
+        ]
+        .map(String::from)
+        .to_vec(),
         gateway_concurrency: 64,
         sleep_concurrency: 64,
         sleep_ms: 1,
@@ -563,7 +588,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<u8> {
         data_dir: Some(args.data_dir.join("exec")),
     };
     let dev_config = ExecutionUnitConfig::new("dev-exec", endpoint.clone());
-    let (agents, broken) = build_agents(&exec_args, &dev_config.health)?;
+    let (agents, broken) = build_agents(&exec_args, &endpoint, &dev_config.health)?;
     {
         let stop = stop.clone();
         tokio::spawn(async move {

@@ -252,7 +252,7 @@ async fn metrics_endpoints_count_a_known_run() {
     ]);
     let mut client = support::Fleet::client(&control.url).await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !scrape(&control_metrics).contains("paygrid_agent_sessions 6") {
+    while !scrape(&control_metrics).contains("paygrid_agent_sessions 7") {
         assert!(Instant::now() < deadline, "agents never connected");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -299,7 +299,7 @@ async fn metrics_endpoints_count_a_known_run() {
         "paygrid_dispatch_latency_seconds_count{skill=\"risk.score\"} 2",
         "paygrid_dispatch_latency_seconds_count{skill=\"gateway.authorize\"} 4",
         "paygrid_ready_queue_depth{priority=\"critical\"} 0",
-        "paygrid_agent_sessions 6",
+        "paygrid_agent_sessions 7",
     ] {
         assert!(
             text.lines().any(|l| l == line),
@@ -446,7 +446,8 @@ async fn health_shows_a_failing_gateway() {
 
 /// A gateway starts failing: its circuit breaker opens, new payments go to the fallback
 /// gateway and none fails; once the fault is removed the breaker half-opens and closes.
-/// The transitions are in `paygrid health --json` and in the metrics.
+/// A remediation workflow drains it, probes it, and reopens it once healthy. The
+/// transitions are in `paygrid health --json` and in the metrics.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_gateway_opens_its_breaker_and_payments_go_to_the_fallback() {
     let dir = TempDir::new("breaker");
@@ -472,8 +473,10 @@ async fn a_failing_gateway_opens_its_breaker_and_payments_go_to_the_fallback() {
         &data_dir,
         "--metrics-addr",
         &control_metrics,
+        // Three failures: as many as mark an agent unhealthy for `cheapest-healthy`, after
+        // which alpha sees no more requests to count.
         "--breaker-min-requests",
-        "4",
+        "3",
         "--breaker-open-ms",
         "2000",
         "--breaker-trials",
@@ -576,7 +579,72 @@ async fn a_failing_gateway_opens_its_breaker_and_payments_go_to_the_fallback() {
         "an open breaker stops the calls: {alpha_stats}"
     );
 
-    // The fault is removed: after the cool-down, trial payments go to alpha and close it.
+    // Remediation: one workflow, started by the rule, drains alpha and probes it.
+    let remediations = |client: &mut pb::workflows_client::WorkflowsClient<_>| {
+        let mut client = client.clone();
+        async move {
+            client
+                .list(pb::ListWorkflowsRequest {
+                    labels: [("remediation.subject".to_owned(), "alpha".to_owned())].into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .workflows
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let remediation = loop {
+        let found = remediations(&mut client).await;
+        if let Some(first) = found.first() {
+            assert_eq!(
+                found.len(),
+                1,
+                "at most one remediation per gateway: {found:#?}"
+            );
+            break first.clone();
+        }
+        assert!(Instant::now() < deadline, "no remediation started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(remediation.name, "remediate-gateway");
+    assert_eq!(remediation.labels["trigger"], "breaker_opened");
+    assert_eq!(
+        remediation.labels["remediation.rule"],
+        "reroute-failing-gateway"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let workflow = get(&mut client, &remediation.workflow_id).await;
+        let drain = workflow
+            .tasks
+            .iter()
+            .find(|t| t.task_id == "drain")
+            .unwrap();
+        let probe = workflow
+            .tasks
+            .iter()
+            .find(|t| t.task_id == "probe")
+            .unwrap();
+        if drain.status == pb::TaskStatus::Succeeded as i32 && probe.attempts >= 1 {
+            assert!(
+                workflow.status == pb::WorkflowStatus::Running as i32,
+                "the probe keeps trying while alpha fails: {workflow:#?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "remediation did not drain and probe: {workflow:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let drained = breaker(&control).unwrap();
+    assert_eq!(drained["state"], "open", "drained: {drained}");
+
+    // The fault is removed: the probe finds alpha healthy, remediation reopens it, and
+    // trial payments go to alpha and close it.
     http(&alpha.url, "PUT", "/v1/admin/faults", Some("{}"));
     let deadline = Instant::now() + Duration::from_secs(60);
     let closed = loop {
@@ -606,6 +674,17 @@ async fn a_failing_gateway_opens_its_breaker_and_payments_go_to_the_fallback() {
     assert!(
         http(&alpha.url, "GET", "/v1/stats", None)["authorizations"].as_u64() >= Some(2),
         "trial payments went to alpha"
+    );
+    let done = wait_terminal(&mut client, &remediation.workflow_id).await;
+    assert_eq!(
+        done.status,
+        pb::WorkflowStatus::Succeeded as i32,
+        "{done:#?}"
+    );
+    assert_eq!(
+        remediations(&mut client).await.len(),
+        1,
+        "exactly one remediation"
     );
     let metrics = scrape(&control_metrics);
     for line in [

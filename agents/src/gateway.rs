@@ -399,6 +399,15 @@ impl Agent for GatewayAgent {
                         json!({"payout_id": {"type": "string"}, "destination": {"type": "string"}, "amount_minor": {"type": "integer"}, "status": {"type": "string"}, "gateway": {"type": "string"}}),
                     ),
                 ),
+                skill(
+                    "gateway.probe",
+                    "Probe the gateway's health (read-only; fails while the gateway is failing)",
+                    schema(&[], json!({"gateway": {"type": "string"}})),
+                    schema(
+                        &[],
+                        json!({"gateway": {"type": "string"}, "healthy": {"type": "boolean"}}),
+                    ),
+                ),
             ],
             max_concurrency: self.max_concurrency,
             labels: BTreeMap::from([
@@ -456,6 +465,8 @@ impl Agent for GatewayAgent {
                 Err(outcome) => outcome,
             },
             "gateway.payout" => self.post("/v1/payouts", &task, task.input.clone()).await,
+            // Read-only: the gateway's health endpoint (503 while it is failing).
+            "gateway.probe" => self.call(http::Method::GET, "/healthz", &task, None).await,
             other => TaskOutcome::permanent(
                 "unknown_skill",
                 format!("gateway agent has no skill {other}"),

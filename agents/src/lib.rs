@@ -12,6 +12,7 @@ pub mod gateway;
 pub mod gateway_sim;
 pub mod journal;
 pub mod ledger;
+pub mod remediation;
 pub mod risk;
 pub mod service;
 pub mod telemetry;

@@ -159,6 +159,14 @@ impl Catalog {
         Ok(spec)
     }
 
+    /// The spec named `name@version` if it is in memory (no store read): for the actor,
+    /// which never waits on the store outside a commit.
+    pub fn cached(&self, name_at_version: &str) -> Option<Arc<CompiledSpec>> {
+        let specs = lock(&self.specs);
+        let hash = specs.by_ref.get(name_at_version)?;
+        specs.by_hash.get(hash).cloned()
+    }
+
     /// A stored spec, compiled without the submission size limits (it was accepted once).
     pub fn compile_stored(&self, text: &str) -> Result<CompiledSpec, ControlError> {
         let limits = SpecLimits {

@@ -11,11 +11,13 @@
 //! - [`service`]: the `Workflows` and `AgentHub` gRPC services: protobuf meets the domain
 //!   in `service::convert`, errors become status codes in `service::status`.
 //! - [`metric_names`]: every metric's name and help text.
+//! - [`remediation`]: rules that start remediation workflows (a breaker opened).
 //! - [`server`]: serving both, with gRPC health and reflection.
 pub mod catalog;
 pub mod error;
 pub mod metric_names;
 pub mod model;
+pub mod remediation;
 pub mod runtime;
 pub mod scheduler;
 pub mod server;

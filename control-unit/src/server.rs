@@ -49,6 +49,7 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let stop = tokio_util::sync::CancellationToken::new();
     let catalog = Arc::new(Catalog::new(config.limits.clone(), config.store.clone()));
+    register_remediation_specs(&catalog, &config.runtime.remediation).await;
     let (handle, actor) = runtime::start(
         config.runtime.clone(),
         config.store.clone(),
@@ -122,6 +123,22 @@ pub async fn serve(
     }
     stopped??;
     Ok(result?)
+}
+
+/// The shipped remediation workflows go into the catalog, and the specs the rules start
+/// are looked up (from the store too), so the actor finds them without waiting.
+async fn register_remediation_specs(catalog: &Catalog, rules: &crate::remediation::Rules) {
+    for text in crate::remediation::SHIPPED_SPECS {
+        match catalog.compile(text).await {
+            Ok(spec) => catalog.accepted(&spec),
+            Err(error) => tracing::warn!(%error, "shipped remediation spec not registered"),
+        }
+    }
+    for rule in &rules.rules {
+        if let Err(error) = catalog.by_ref(&rule.start).await {
+            tracing::warn!(rule = %rule.name, %error, "remediation rule's workflow is unknown; submit its spec");
+        }
+    }
 }
 
 /// Serves `GET /metrics` at `addr`; gauges computed on demand are refreshed by the actor

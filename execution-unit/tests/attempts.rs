@@ -72,6 +72,13 @@ impl AgentHub for Hub {
     ) -> Result<Response<pb::HealthResponse>, Status> {
         Err(Status::unimplemented("not in this test"))
     }
+
+    async fn drain_gateway(
+        &self,
+        _request: Request<pb::DrainGatewayRequest>,
+    ) -> Result<Response<pb::DrainGatewayResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
 }
 
 /// An agent whose attempts run until the test releases them, each by its number.

@@ -423,7 +423,17 @@ fn router(sim: Arc<Sim>) -> Router {
         .route(
             "/healthz",
             get(|State(s): State<Arc<Sim>>| async move {
-                axum::Json(json!({"gateway": s.name, "cost_bps": s.cost_bps}))
+                // Injected faults show here too, as a real acquirer's status page would
+                // show an outage: a probe sees what payments see.
+                let faults = s.lock().faults.clone();
+                let healthy = faults.fail_rate < 0.5 && faults.fail_next == 0;
+                let status = if healthy {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                let body = json!({"gateway": s.name, "cost_bps": s.cost_bps, "healthy": healthy});
+                (status, axum::Json(body))
             }),
         )
         .with_state(sim)

@@ -16,7 +16,9 @@ use super::watchers::Watchers;
 use super::{IdempotencyIndex, Input, RuntimeConfig, Submission, Submitted, now_ms};
 use crate::catalog::Catalog;
 use crate::error::ControlError;
-use crate::model::{AgentId, TaskStatus, WorkflowStatus};
+use crate::model::{AgentId, TaskStatus, WorkflowId, WorkflowStatus};
+use crate::remediation::{LABEL_RULE, LABEL_SUBJECT, LABEL_TRIGGER, Remediation, Start};
+use crate::scheduler::NewWorkflow;
 use crate::scheduler::{AgentEvent, Command, Record, Scheduler, Workflow};
 use crate::store::Store;
 use crate::views::{Frame, HealthSnapshot, ListQuery, Page, WorkflowSummary, WorkflowView};
@@ -38,6 +40,8 @@ pub(super) struct Actor {
     replies: Vec<Reply>,
     /// Workflow, task and attempt spans, exported as the history ends them.
     pub(super) spans: crate::traces::SpanRecorder,
+    /// Remediation rules and the runs in progress.
+    pub(super) remediation: Remediation,
 }
 
 /// An answer held until the group commit.
@@ -92,6 +96,7 @@ impl Actor {
         store: Option<Arc<dyn Store>>,
         catalog: Arc<Catalog>,
     ) -> Self {
+        let config_rules = config.remediation.clone();
         Self {
             core: Scheduler::new(config.scheduler.clone()),
             watchers: Watchers::new(config.watchers_per_workflow_max),
@@ -105,6 +110,7 @@ impl Actor {
             out: Vec::with_capacity(1024),
             replies: Vec::new(),
             spans: crate::traces::SpanRecorder::default(),
+            remediation: Remediation::new(config_rules),
         }
     }
 
@@ -146,7 +152,16 @@ impl Actor {
                 }
                 () = shutdown.cancelled() => break,
             }
-            if let Err(error) = self.flush().await {
+            // A flush may leave work for another (remediation started after a commit,
+            // agents dropped for a full session): commit it now, not at the next input.
+            let mut flushed = self.flush().await;
+            for _ in 0..4 {
+                if flushed.is_err() || self.out.is_empty() {
+                    break;
+                }
+                flushed = self.flush().await;
+            }
+            if let Err(error) = flushed {
                 // Nothing from this batch was acknowledged or sent. Crash-only: stop
                 // everything, and let the next start recover from the last durable commit.
                 tracing::error!(%error, "group commit failed; stopping the control unit");
@@ -231,6 +246,19 @@ impl Actor {
                     entries: self.health.entries(),
                     breakers: super::health::breakers(&self.core, now),
                 });
+            }
+            Input::DrainGateway {
+                gateway,
+                for_ms,
+                reason,
+                reply,
+            } => {
+                self.core
+                    .drain_gateway(now, &gateway, for_ms, &reason, &mut out);
+                let breaker = super::health::breakers(&self.core, now)
+                    .into_iter()
+                    .find(|b| b.gateway == gateway);
+                let _ = reply.send(breaker);
             }
             Input::ForgetKeys(keys) => {
                 for key in keys {
@@ -360,6 +388,9 @@ impl Actor {
         }
         for transition in &transitions {
             super::observe::breaker_changed(&self.config.metrics, transition);
+            for start in self.remediation.on_breaker(transition, &self.core) {
+                self.start_remediation(&start);
+            }
         }
         for reply in self.replies.drain(..) {
             reply.send();
@@ -374,6 +405,59 @@ impl Actor {
         }
         self.out = out;
         Ok(())
+    }
+}
+
+impl Actor {
+    /// Starts a remediation workflow like a submission (committed with the next flush),
+    /// labelled with its trigger, rule and subject.
+    fn start_remediation(&mut self, start: &Start) {
+        let Some(spec) = self.catalog.cached(&start.spec_ref) else {
+            tracing::error!(rule = %start.rule, spec = %start.spec_ref, "remediation spec is not in the catalog: submit it");
+            return;
+        };
+        let input = match spec.check_input(&start.input, &self.catalog.limits) {
+            Ok(input) => input,
+            Err(error) => {
+                tracing::error!(rule = %start.rule, %error, "remediation input does not match its spec");
+                return;
+            }
+        };
+        let labels: std::collections::BTreeMap<String, String> = [
+            (LABEL_TRIGGER, start.trigger.as_str()),
+            (LABEL_RULE, start.rule.as_str()),
+            (LABEL_SUBJECT, start.subject.as_str()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let now = now_ms();
+        let submission = Submission {
+            fingerprint: super::fingerprint(&spec.hash, &input, spec.priority, &labels),
+            new: NewWorkflow {
+                id: WorkflowId::generate(now),
+                priority: spec.priority,
+                spec,
+                input,
+                labels,
+                idempotency_key: Some(start.key.clone()),
+                traceparent: paygrid_telemetry::context::TraceParent::new_root().to_string(),
+                trace_parent_span: String::new(),
+                tracestate: String::new(),
+            },
+        };
+        let mut out = std::mem::take(&mut self.out);
+        let submitted = self.submit(now, submission, &mut out);
+        self.out = out;
+        match submitted {
+            Ok(submitted) => {
+                tracing::warn!(rule = %start.rule, subject = %start.subject, workflow = %submitted.id, "remediation started");
+                self.remediation.started(start, submitted.id);
+            }
+            Err(error) => {
+                tracing::error!(rule = %start.rule, %error, "remediation could not start");
+            }
+        }
     }
 }
 

@@ -61,6 +61,8 @@ pub struct RuntimeConfig {
     pub flush_interval: Duration,
     /// Where the control unit's metrics go (served by `--metrics-addr`).
     pub metrics: Arc<paygrid_telemetry::metrics::Registry>,
+    /// Remediation rules (`--remediation-rules`, or the shipped ones).
+    pub remediation: crate::remediation::Rules,
 }
 
 impl Default for RuntimeConfig {
@@ -75,6 +77,7 @@ impl Default for RuntimeConfig {
             heartbeat_interval: Duration::from_secs(2),
             flush_interval: Duration::ZERO,
             metrics: paygrid_telemetry::metrics::Registry::new(),
+            remediation: crate::remediation::Rules::defaults(),
         }
     }
 }
@@ -149,6 +152,14 @@ pub enum Input {
     HealthView {
         reply: oneshot::Sender<HealthSnapshot>,
     },
+    /// Drains a gateway (its breaker held open) for `for_ms`, or with 0 ends the drain.
+    DrainGateway {
+        gateway: String,
+        for_ms: u64,
+        reason: String,
+        /// `None` when the gateway has no breaker (never drained, never answered).
+        reply: oneshot::Sender<Option<crate::views::BreakerView>>,
+    },
     /// Idempotency keys of workflows pruned from the store.
     ForgetKeys(Vec<String>),
     /// Refresh the gauges computed on demand, before a scrape.
@@ -205,3 +216,33 @@ pub async fn start(
 
 /// Workflow ids with their idempotency fingerprint, by key.
 type IdempotencyIndex = std::collections::HashMap<String, (WorkflowId, u64)>;
+
+/// What makes two submissions "the same" for an idempotency key: SHA-256 over a
+/// canonical form of spec hash, input (JSON with sorted keys), priority and labels,
+/// truncated to 64 bits. Fixed by its definition, so a key stored by one release is
+/// recognised by the next (`std`'s `DefaultHasher` may change between releases).
+pub fn fingerprint(
+    spec_hash: &str,
+    input: &serde_json::Value,
+    priority: crate::model::Priority,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> u64 {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        hasher.update((bytes.len() as u64).to_be_bytes());
+        hasher.update(bytes);
+    };
+    field(spec_hash.as_bytes());
+    // serde_json's maps are sorted by key: `to_string` is canonical.
+    field(input.to_string().as_bytes());
+    field(priority.as_str().as_bytes());
+    for (key, value) in labels {
+        field(key.as_bytes());
+        field(value.as_bytes());
+    }
+    let digest = hasher.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
+}

@@ -179,6 +179,7 @@ impl Actor {
             self.idempotency.insert(key, (id, fingerprint));
         }
         self.sequence = recovered.last_sequence;
+        self.remediation.recover(&self.core);
         tracing::info!(
             active,
             failed,

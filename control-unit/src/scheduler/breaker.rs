@@ -319,6 +319,23 @@ impl Breakers {
         Some(breaker.open(now, &config, format!("telemetry: {reason}")))
     }
 
+    /// Drains `gateway`: its breaker is held open until `until` (remediation reroutes).
+    pub fn hold(&mut self, gateway: &str, now: Millis, until: Millis, reason: &str) -> Transition {
+        let breaker = self
+            .by_gateway
+            .entry(gateway.to_owned())
+            .or_insert_with(|| Breaker::new(gateway));
+        breaker.until = until;
+        breaker.change(now, BreakerState::Open, format!("drained: {reason}"))
+    }
+
+    /// Ends a drain (or an open breaker's cool-down) now: half-open, trials decide.
+    pub fn release(&mut self, gateway: &str, now: Millis, reason: &str) -> Option<Transition> {
+        let breaker = self.by_gateway.get_mut(gateway)?;
+        (breaker.state == BreakerState::Open)
+            .then(|| breaker.change(now, BreakerState::HalfOpen, format!("released: {reason}")))
+    }
+
     /// Open breakers whose cool-down ended half-open.
     pub fn advance(&mut self, now: Millis) -> Vec<Transition> {
         let mut changed = Vec::new();

@@ -114,7 +114,7 @@ impl Scheduler {
         &self,
         skill: &str,
         slot: Slot,
-    ) -> Result<(Vec<&AgentSlot>, RoutePolicy), String> {
+    ) -> Result<(Vec<&AgentSlot>, RoutePolicy, bool), String> {
         let workflow = &self.workflows[&slot.workflow];
         let compiled = &workflow.spec.tasks[slot.task as usize];
         let route = if slot.compensation {
@@ -137,8 +137,9 @@ impl Scheduler {
             }
         }
         let policy = route.map_or(RoutePolicy::LeastLoaded, |r| r.policy);
+        let ignore_breaker = route.is_some_and(|r| r.ignore_breaker);
         let Some(queue) = self.skills.get(skill) else {
-            return Ok((Vec::new(), policy));
+            return Ok((Vec::new(), policy, ignore_breaker));
         };
         let offering = queue.agents.iter().filter_map(|id| self.agents.get(id));
         let matches =
@@ -147,23 +148,24 @@ impl Scheduler {
         if admitted.is_empty() && route.is_some_and(|r| r.fallback) {
             admitted = offering.collect();
         }
-        Ok((admitted, policy))
+        Ok((admitted, policy, ignore_breaker))
     }
 
     /// The agent a slot should go to now; `Ok(None)` when every eligible agent is busy,
     /// or its gateway's breaker is open.
     fn choose_agent(&self, skill: &Arc<str>, slot: Slot) -> Result<Option<AgentId>, String> {
-        let (admitted, policy) = self.route_agents(skill, slot)?;
+        let (admitted, policy, ignore_breaker) = self.route_agents(skill, slot)?;
         let now = self.now;
         let candidates = admitted
             .into_iter()
             .filter(|agent| agent.credits > 0 && !agent.draining)
             // An open breaker takes its gateway out at once; half-open, a few trials.
             .filter(|agent| {
-                agent
-                    .labels
-                    .get("gateway")
-                    .is_none_or(|gateway| self.breakers.allows(gateway))
+                ignore_breaker
+                    || agent
+                        .labels
+                        .get("gateway")
+                        .is_none_or(|gateway| self.breakers.allows(gateway))
             });
         let chosen = match policy {
             RoutePolicy::LeastLoaded => {
@@ -200,8 +202,8 @@ impl Scheduler {
         }) else {
             return String::new();
         };
-        let admitted = match self.route_agents(skill, slot) {
-            Ok((admitted, _)) => admitted,
+        let (admitted, ignore_breaker) = match self.route_agents(skill, slot) {
+            Ok((admitted, _, ignore_breaker)) => (admitted, ignore_breaker),
             Err(error) => return error,
         };
         if admitted.is_empty() {
@@ -213,11 +215,12 @@ impl Scheduler {
             .filter(|gateway| !self.breakers.allows(gateway))
             .map(String::as_str)
             .collect();
-        let all_gated = admitted.iter().all(|a| {
-            a.labels
-                .get("gateway")
-                .is_some_and(|g| !self.breakers.allows(g))
-        });
+        let all_gated = !ignore_breaker
+            && admitted.iter().all(|a| {
+                a.labels
+                    .get("gateway")
+                    .is_some_and(|g| !self.breakers.allows(g))
+            });
         if all_gated {
             open.sort_unstable();
             open.dedup();

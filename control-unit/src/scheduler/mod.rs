@@ -421,6 +421,31 @@ impl Scheduler {
         }
     }
 
+    /// Drains `gateway` for `for_ms` (its breaker held open), or with 0 ends a drain
+    /// (half-open: trial tasks decide). Returns the breaker's state and open-until.
+    pub fn drain_gateway(
+        &mut self,
+        now: Millis,
+        gateway: &str,
+        for_ms: u64,
+        reason: &str,
+        out: &mut Vec<Command>,
+    ) -> (breaker::BreakerState, Millis) {
+        self.advance(now);
+        let transition = if for_ms == 0 {
+            self.breakers.release(gateway, self.now, reason)
+        } else {
+            let until = self.now + for_ms;
+            Some(self.breakers.hold(gateway, self.now, until, reason))
+        };
+        if let Some(transition) = transition {
+            self.breaker_changed(transition, out);
+        }
+        self.breakers
+            .get(gateway)
+            .map_or((breaker::BreakerState::Closed, 0), |b| (b.state, b.until))
+    }
+
     /// A breaker moved: say so, and look again at the tasks its gateway's agents offer
     /// (half-open or closed, parked tasks may go).
     fn breaker_changed(&mut self, transition: breaker::Transition, out: &mut Vec<Command>) {

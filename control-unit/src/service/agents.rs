@@ -147,6 +147,41 @@ impl AgentHub for AgentHubService {
         }))
     }
 
+    async fn drain_gateway(
+        &self,
+        request: Request<pb::DrainGatewayRequest>,
+    ) -> Result<Response<pb::DrainGatewayResponse>, Status> {
+        let request = request.into_inner();
+        if request.gateway.is_empty() {
+            return Err(ControlError::invalid("gateway is required").into());
+        }
+        let (gateway, for_ms) = (request.gateway, request.for_ms);
+        let reason = if request.reason.is_empty() {
+            "requested".to_owned()
+        } else {
+            request.reason
+        };
+        let breaker = self
+            .handle
+            .ask(|reply| Input::DrainGateway {
+                gateway: gateway.clone(),
+                for_ms,
+                reason,
+                reply,
+            })
+            .await?
+            .ok_or_else(|| {
+                ControlError::NotFound(format!(
+                    "gateway {gateway} has no breaker to release (it was never drained or seen)"
+                ))
+            })?;
+        let breaker = convert::breaker_to_pb(&breaker);
+        Ok(Response::new(pb::DrainGatewayResponse {
+            state: breaker.state,
+            open_until_ms: breaker.open_until_ms,
+        }))
+    }
+
     async fn list_agents(
         &self,
         request: Request<pb::ListAgentsRequest>,

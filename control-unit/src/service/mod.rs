@@ -12,4 +12,4 @@ mod status;
 mod workflows;
 
 pub use agents::AgentHubService;
-pub use workflows::{WorkflowsService, fingerprint};
+pub use workflows::WorkflowsService;

@@ -81,7 +81,7 @@ impl WorkflowsService {
             .collect();
         let key = Some(request.idempotency_key).filter(|k| !k.is_empty());
         let submission = Submission {
-            fingerprint: fingerprint(&spec.hash, &input, priority, &labels),
+            fingerprint: crate::runtime::fingerprint(&spec.hash, &input, priority, &labels),
             new: NewWorkflow {
                 id: WorkflowId::generate(now_ms()),
                 spec: spec.clone(),
@@ -153,36 +153,6 @@ impl WorkflowsService {
         let page = self.catalog.list(&query, memory).await?;
         Ok(convert::page_to_pb(&page))
     }
-}
-
-/// What makes two submissions "the same" for an idempotency key: SHA-256 over a
-/// canonical form of spec hash, input (JSON with sorted keys), priority and labels,
-/// truncated to 64 bits. Fixed by its definition, so a key stored by one release is
-/// recognised by the next (`std`'s `DefaultHasher` may change between releases).
-pub fn fingerprint(
-    spec_hash: &str,
-    input: &serde_json::Value,
-    priority: crate::model::Priority,
-    labels: &BTreeMap<String, String>,
-) -> u64 {
-    use sha2::Digest;
-    let mut hasher = sha2::Sha256::new();
-    let mut field = |bytes: &[u8]| {
-        hasher.update((bytes.len() as u64).to_be_bytes());
-        hasher.update(bytes);
-    };
-    field(spec_hash.as_bytes());
-    // serde_json's maps are sorted by key: `to_string` is canonical.
-    field(input.to_string().as_bytes());
-    field(priority.as_str().as_bytes());
-    for (key, value) in labels {
-        field(key.as_bytes());
-        field(value.as_bytes());
-    }
-    let digest = hasher.finalize();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    u64::from_be_bytes(first)
 }
 
 fn parse_id(text: &str) -> Result<WorkflowId, ControlError> {

@@ -525,7 +525,20 @@ impl Checker<'_> {
                 },
             )
             .collect();
+        let ignore_breaker = match route.breaker.as_deref() {
+            None | Some("respect") => false,
+            Some("ignore") => true,
+            Some(other) => {
+                self.task_error(
+                    id,
+                    Some("route"),
+                    format!("route breaker `{other}`: use respect (the default) or ignore"),
+                );
+                false
+            }
+        };
         Route {
+            ignore_breaker,
             policy,
             labels,
             fallback: route.fallback,

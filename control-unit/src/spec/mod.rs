@@ -146,6 +146,9 @@ pub struct Route {
     pub labels: Vec<(String, Template)>,
     /// When no agent matches the labels, any agent with the skill may take it.
     pub fallback: bool,
+    /// Goes to the gateway even while its breaker is open (`breaker: ignore`): a probe
+    /// of a drained gateway.
+    pub ignore_breaker: bool,
 }
 
 /// The task that undoes a completed task when its workflow fails.

@@ -112,6 +112,9 @@ pub struct RawRoute {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub fallback: bool,
+    /// `ignore`: go to the gateway even while its breaker is open (probes).
+    #[serde(default)]
+    pub breaker: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

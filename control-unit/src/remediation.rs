@@ -1,0 +1,243 @@
+//! Remediation: rules that start workflows when something goes wrong, run by service
+//! agents. A rule is a trigger and a workflow to start (`name@version` and an input
+//! template); the rules come from a YAML file the operator can read and change
+//! (`--remediation-rules`), with shipped defaults (`control-unit/remediation/`).
+//!
+//! Remediation runs are ordinary workflows: durable, listed, traced, labelled with the
+//! trigger, the rule and the subject. At most one runs per rule and subject at a time.
+//! Owned by the actor, which hands it the core's breaker transitions after each commit.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::model::WorkflowId;
+use crate::scheduler::Scheduler;
+use crate::scheduler::breaker::{BreakerState, Transition};
+
+/// The rules shipped with Paygrid.
+pub const DEFAULT_RULES: &str = include_str!("../remediation/rules.yaml");
+
+/// The workflows the shipped rules start, registered in the catalog at start.
+pub const SHIPPED_SPECS: &[&str] = &[include_str!("../remediation/remediate-gateway.yaml")];
+
+/// Labels every remediation workflow carries.
+pub const LABEL_TRIGGER: &str = "trigger";
+pub const LABEL_RULE: &str = "remediation.rule";
+pub const LABEL_SUBJECT: &str = "remediation.subject";
+
+/// What starts a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// A gateway's circuit breaker opened (closed → open); the subject is the gateway.
+    BreakerOpened,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BreakerOpened => "breaker_opened",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub name: String,
+    pub on: Trigger,
+    /// The workflow to start, `name@version`.
+    pub start: String,
+    /// Its input; strings may hold `{{ trigger.FIELD }}`.
+    #[serde(default)]
+    pub input: serde_json::Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rules {
+    pub rules: Vec<Rule>,
+}
+
+impl Rules {
+    /// Parses a rules file; errors name the rule and what is wrong.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let rules: Self =
+            serde_norway::from_str(text).map_err(|e| format!("remediation rules: {e}"))?;
+        let mut names = std::collections::HashSet::new();
+        for rule in &rules.rules {
+            if rule.name.is_empty() || !names.insert(rule.name.as_str()) {
+                return Err(format!(
+                    "remediation rules: rule names must be unique and not empty (`{}`)",
+                    rule.name
+                ));
+            }
+            let valid_ref = rule
+                .start
+                .rsplit_once('@')
+                .is_some_and(|(name, version)| !name.is_empty() && version.parse::<u32>().is_ok());
+            if !valid_ref {
+                return Err(format!(
+                    "remediation rule `{}`: start `{}` is not NAME@VERSION",
+                    rule.name, rule.start
+                ));
+            }
+        }
+        Ok(rules)
+    }
+
+    pub fn defaults() -> Self {
+        Self::parse(DEFAULT_RULES).expect("the shipped remediation rules parse")
+    }
+}
+
+/// A remediation workflow to start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Start {
+    pub rule: String,
+    pub trigger: Trigger,
+    pub subject: String,
+    pub spec_ref: String,
+    pub input: Value,
+    /// The start's idempotency key: one workflow per trigger occurrence.
+    pub key: String,
+}
+
+/// The rules, and which remediation runs for which subject.
+#[derive(Debug)]
+pub struct Remediation {
+    rules: Rules,
+    running: HashMap<(String, String), WorkflowId>,
+}
+
+impl Remediation {
+    pub fn new(rules: Rules) -> Self {
+        Self {
+            rules,
+            running: HashMap::new(),
+        }
+    }
+
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    /// After a restart: the remediation workflows still running.
+    pub fn recover(&mut self, core: &Scheduler) {
+        for workflow in core.workflows() {
+            if workflow.status.is_terminal() {
+                continue;
+            }
+            if let (Some(rule), Some(subject)) = (
+                workflow.labels.get(LABEL_RULE),
+                workflow.labels.get(LABEL_SUBJECT),
+            ) {
+                self.running
+                    .insert((rule.clone(), subject.clone()), workflow.id);
+            }
+        }
+    }
+
+    /// The workflows a breaker transition starts: on closed → open (a drain, which
+    /// remediation itself asks for, starts nothing), one per matching rule whose last run
+    /// for this gateway has ended.
+    pub fn on_breaker(&self, transition: &Transition, core: &Scheduler) -> Vec<Start> {
+        if (transition.from, transition.to) != (BreakerState::Closed, BreakerState::Open) {
+            return Vec::new();
+        }
+        let fields = [
+            ("gateway", transition.gateway.as_str()),
+            ("reason", transition.reason.as_str()),
+        ];
+        self.rules
+            .rules
+            .iter()
+            .filter(|rule| rule.on == Trigger::BreakerOpened)
+            .filter(|rule| !self.is_running(&rule.name, &transition.gateway, core))
+            .map(|rule| Start {
+                rule: rule.name.clone(),
+                trigger: rule.on,
+                subject: transition.gateway.clone(),
+                spec_ref: rule.start.clone(),
+                input: fill(&Value::Object(rule.input.clone()), &fields),
+                key: format!(
+                    "remediation:{}:{}:{}",
+                    rule.name, transition.gateway, transition.at
+                ),
+            })
+            .collect()
+    }
+
+    pub fn started(&mut self, start: &Start, id: WorkflowId) {
+        self.running
+            .insert((start.rule.clone(), start.subject.clone()), id);
+    }
+
+    fn is_running(&self, rule: &str, subject: &str, core: &Scheduler) -> bool {
+        self.running
+            .get(&(rule.to_owned(), subject.to_owned()))
+            .and_then(|id| core.workflow(*id))
+            .is_some_and(|w| !w.status.is_terminal())
+    }
+}
+
+/// Replaces `{{ trigger.FIELD }}` in every string of `template`.
+fn fill(template: &Value, fields: &[(&str, &str)]) -> Value {
+    match template {
+        Value::String(text) => {
+            let mut text = text.clone();
+            for (name, value) in fields {
+                for pattern in [
+                    format!("{{{{ trigger.{name} }}}}"),
+                    format!("{{{{trigger.{name}}}}}"),
+                ] {
+                    text = text.replace(&pattern, value);
+                }
+            }
+            Value::String(text)
+        }
+        Value::Array(items) => Value::Array(items.iter().map(|v| fill(v, fields)).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), fill(v, fields)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_rules_parse_and_fill_their_input() {
+        let rules = Rules::defaults();
+        assert_eq!(rules.rules[0].on, Trigger::BreakerOpened);
+        assert_eq!(rules.rules[0].start, "remediate-gateway@1");
+        let input = fill(
+            &Value::Object(rules.rules[0].input.clone()),
+            &[("gateway", "alpha")],
+        );
+        assert_eq!(input["gateway"], "alpha");
+        assert_eq!(input["drain_ms"], 600_000);
+        for text in SHIPPED_SPECS {
+            crate::spec::compile(text, &crate::spec::SpecLimits::default()).unwrap();
+        }
+    }
+
+    #[test]
+    fn bad_rules_are_named() {
+        let error = Rules::parse("rules:\n  - name: x\n    on: breaker_opened\n    start: nope\n")
+            .unwrap_err();
+        assert!(
+            error.contains("rule `x`") && error.contains("NAME@VERSION"),
+            "{error}"
+        );
+        let error =
+            Rules::parse("rules:\n  - name: x\n    on: moon_phase\n    start: a@1\n").unwrap_err();
+        assert!(error.contains("moon_phase"), "{error}");
+    }
+}
