@@ -281,6 +281,11 @@ pub struct DevArgs {
     /// Start from an empty data dir.
     #[arg(long)]
     pub fresh: bool,
+    /// After the examples, make gateway alpha fail: watch its circuit breaker open,
+    /// payments go to beta, remediation drain, probe and reopen it (demo thresholds:
+    /// 3 requests in a 3 s window open the breaker; it half-opens after 5 s).
+    #[arg(long)]
+    pub chaos: bool,
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -546,7 +551,13 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<u8> {
         flush_interval_ms: 0,
         retained_max: 100_000,
     };
-    let (config, location) = storage.config().await?;
+    let (mut config, location) = storage.config().await?;
+    if args.chaos {
+        let breaker = &mut config.runtime.scheduler.breaker;
+        breaker.min_requests = 3;
+        breaker.window = Duration::from_secs(3);
+        breaker.open_for = Duration::from_secs(5);
+    }
     println!(
         "paygrid dev: data dir {} (control unit store: {location}); --fresh starts empty",
         args.data_dir.display()
@@ -566,6 +577,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<u8> {
             .join(", ")
     );
     println!("             try: paygrid --control {endpoint} list    (Ctrl-C to stop)");
+    let alpha_url = gateways.first().map(|g| g.url.clone());
     let exec_args = ExecArgs {
         name: Some("dev-exec".into()),
         gateways,
@@ -603,7 +615,13 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<u8> {
     }
     let exec_stop = stop.clone();
     let exec = tokio::spawn(async move { unit.run(exec_stop).await });
-    let outcome = crate::operator::run_examples(&endpoint, args.payments).await;
+    let mut outcome = crate::operator::run_examples(&endpoint, args.payments).await;
+    if args.chaos
+        && matches!(outcome, Ok(true))
+        && let Some(alpha) = &alpha_url
+    {
+        outcome = crate::operator::chaos(&endpoint, alpha).await;
+    }
     let code = match &outcome {
         Ok(true) => EXIT_OK,
         Ok(false) => EXIT_FAILED,

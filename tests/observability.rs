@@ -608,6 +608,19 @@ async fn a_failing_gateway_opens_its_breaker_and_payments_go_to_the_fallback() {
         assert!(Instant::now() < deadline, "no remediation started");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    let listed = std::process::Command::new(BIN)
+        .args([
+            "--control",
+            &control.url,
+            "--json",
+            "list",
+            "--label",
+            "remediation.subject=alpha",
+        ])
+        .output()
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
     assert_eq!(remediation.name, "remediate-gateway");
     assert_eq!(remediation.labels["trigger"], "breaker_opened");
     assert_eq!(

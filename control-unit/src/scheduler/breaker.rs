@@ -452,6 +452,26 @@ mod tests {
     }
 
     #[test]
+    fn a_drain_holds_it_open_until_released() {
+        let mut breakers = Breakers::new(config());
+        let drained = breakers.hold("alpha", 1_000, 601_000, "remediation");
+        assert_eq!(drained.to, BreakerState::Open);
+        assert!(!breakers.allows("alpha"));
+        // The usual cool-down (5 s) does not end a drain.
+        assert!(breakers.advance(10_000).is_empty());
+        let released = breakers
+            .release("alpha", 20_000, "probe healthy")
+            .expect("released");
+        assert_eq!(released.to, BreakerState::HalfOpen);
+        assert!(breakers.allows("alpha"));
+        assert!(
+            breakers.release("alpha", 20_001, "again").is_none(),
+            "already half-open"
+        );
+        assert!(breakers.release("beta", 20_001, "never seen").is_none());
+    }
+
+    #[test]
     fn telemetry_opens_it_but_not_with_a_window_from_before_it_closed() {
         let mut breakers = Breakers::new(config());
         let failing = WindowCounts {

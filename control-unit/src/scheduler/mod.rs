@@ -403,7 +403,13 @@ impl Scheduler {
         out: &mut Vec<Command>,
     ) {
         self.advance(now);
-        if requests >= 5 && errors * 2 >= requests {
+        // While the breaker decides (half-open), or the report's window still holds what
+        // happened before the breaker last closed, the report says nothing new.
+        let current = self.breakers.get(gateway).is_none_or(|b| {
+            b.state == breaker::BreakerState::Closed
+                && self.now.saturating_sub(window_ms) >= b.closed_at
+        });
+        if current && requests >= 5 && errors * 2 >= requests {
             let until = self.now + self.config.unhealthy_cooldown.as_millis() as u64;
             for agent in self.agents.values_mut() {
                 if agent.labels.get("gateway").is_some_and(|g| g == gateway) {
@@ -449,12 +455,18 @@ impl Scheduler {
     /// A breaker moved: say so, and look again at the tasks its gateway's agents offer
     /// (half-open or closed, parked tasks may go).
     fn breaker_changed(&mut self, transition: breaker::Transition, out: &mut Vec<Command>) {
-        let skills: Vec<Arc<str>> = self
-            .agents
-            .values()
-            .filter(|a| a.labels.get("gateway") == Some(&transition.gateway))
-            .flat_map(|a| a.skills.iter().cloned())
-            .collect();
+        let reopened = transition.to != breaker::BreakerState::Open;
+        let mut skills: Vec<Arc<str>> = Vec::new();
+        for agent in self.agents.values_mut() {
+            if agent.labels.get("gateway") == Some(&transition.gateway) {
+                if reopened {
+                    // The breaker decides now: trials (half-open) or all clear (closed).
+                    agent.unhealthy_until = 0;
+                    agent.consecutive_failures = 0;
+                }
+                skills.extend(agent.skills.iter().cloned());
+            }
+        }
         for skill in &skills {
             self.mark_dirty(skill);
         }
