@@ -596,3 +596,116 @@ async fn specs_are_found_by_name_after_a_restart_and_stay_immutable() {
         client = fleet.workflows().await;
     }
 }
+
+/// An authorization left un-captured past its rule's limit is voided by remediation:
+/// the stale-authorization rule starts one remediation, which cancels the workflow, whose
+/// compensation voids the authorization at the gateway; exactly once, with the control
+/// unit killed and restarted while it happens.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stale_authorization_is_voided_once_across_a_restart() {
+    let dir = TempDir::new("stale-auth");
+    let rules = dir.0.join("rules.yaml");
+    std::fs::write(
+        &rules,
+        "rules:\n  - name: void-stale-authorization\n    on: authorization_stale\n    after: 2s\n    start: void-stale-authorization@1\n    input:\n      workflow_id: \"{{ trigger.workflow_id }}\"\n      authorization_id: \"{{ trigger.authorization_id }}\"\n      gateway: \"{{ trigger.gateway }}\"\n",
+    )
+    .unwrap();
+    let gateway = Part::start(&[
+        "gateway-sim",
+        "--listen",
+        "127.0.0.1:0",
+        "--name",
+        "alpha",
+        "--data-dir",
+        &dir.path("gateway"),
+    ]);
+    let rules_arg = rules.display().to_string();
+    let mut control = Part::start(&[
+        "control",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &dir.path("control"),
+        "--remediation-rules",
+        &rules_arg,
+    ]);
+    let gateway_arg = format!("alpha={}@25", gateway.url);
+    let _exec = Part::start(&[
+        "--control",
+        &control.url,
+        "exec",
+        "--name",
+        "exec-stale",
+        "--gateway",
+        &gateway_arg,
+    ]);
+    // Authorized, then the capture waits for a gateway no agent serves: the hold stays.
+    let spec = "apiVersion: paygrid/v1\nkind: Workflow\nname: held\nversion: 1\ntasks:\n  - id: authorize\n    skill: gateway.authorize\n    with: { amount_minor: 4200, currency: EUR, card_token: tok_visa }\n    compensate:\n      skill: gateway.void\n      route: { labels: { gateway: \"{{ tasks.authorize.output.gateway }}\" } }\n      with: { authorization_id: \"{{ tasks.authorize.output.authorization_id }}\" }\n  - id: capture\n    skill: gateway.capture\n    needs: [authorize]\n    route: { labels: { gateway: nowhere } }\n    with: { authorization_id: \"{{ tasks.authorize.output.authorization_id }}\" }\n";
+    let mut client = support::Fleet::client(&control.url).await;
+    let id = submit(&mut client, spec, json!({}), pb::Priority::Unspecified).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let authorization = loop {
+        let workflow = get(&mut client, &id).await;
+        let authorize = task(&workflow, "authorize");
+        if authorize.status == pb::TaskStatus::Succeeded as i32 {
+            let output: serde_json::Value = serde_json::from_str(&authorize.output_json).unwrap();
+            break output["authorization_id"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "never authorized: {workflow:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let remediations = async |client: &mut pb::workflows_client::WorkflowsClient<_>| {
+        client
+            .list(pb::ListWorkflowsRequest {
+                labels: [("remediation.subject".to_owned(), authorization.clone())].into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .workflows
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while remediations(&mut client).await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no remediation for the stale authorization"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    control.restart();
+    let mut client = support::Fleet::client(&control.url).await;
+    let held = wait_terminal(&mut client, &id).await;
+    assert_eq!(
+        held.status,
+        pb::WorkflowStatus::Cancelled as i32,
+        "{held:#?}"
+    );
+    assert_eq!(
+        task(&held, "authorize").compensation_status,
+        pb::TaskStatus::Compensated as i32,
+        "the void ran: {held:#?}"
+    );
+    let found = remediations(&mut client).await;
+    assert_eq!(
+        found.len(),
+        1,
+        "one remediation per authorization: {found:#?}"
+    );
+    let remediation = wait_terminal(&mut client, &found[0].workflow_id).await;
+    assert_eq!(
+        remediation.status,
+        pb::WorkflowStatus::Succeeded as i32,
+        "{remediation:#?}"
+    );
+    assert_eq!(remediation.labels["trigger"], "authorization_stale");
+    let payment = http(
+        &gateway.url,
+        "GET",
+        &format!("/v1/payments/{authorization}"),
+        None,
+    );
+    assert_eq!(payment["status"], "voided", "{payment}");
+    let stats = http(&gateway.url, "GET", "/v1/stats", None);
+    assert_eq!(stats["voids"], 1, "voided exactly once: {stats}");
+}

@@ -3,6 +3,8 @@
 //! to it: traffic is rerouted), `remediate.reopen` ends the drain (half-open: trial tasks
 //! decide). Both call the control unit's `AgentHub.DrainGateway`; both are idempotent (the
 //! same drain twice holds the same gateway, a second reopen finds it half-open already).
+//! `remediate.cancel_workflow` cancels a workflow (`Workflows.Cancel`), whose own
+//! compensations then undo what it did (a void for a stale authorization).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -10,6 +12,7 @@ use std::time::Duration;
 use paygrid_execution_unit::{Agent, AgentCard, Role, SkillSpec, Task, TaskOutcome};
 use paygrid_proto::v1 as pb;
 use paygrid_proto::v1::agent_hub_client::AgentHubClient;
+use paygrid_proto::v1::workflows_client::WorkflowsClient;
 use serde_json::{Value, json};
 use tonic::transport::{Channel, Endpoint};
 
@@ -66,6 +69,39 @@ impl RemediationAgent {
     }
 }
 
+impl RemediationAgent {
+    async fn cancel_workflow(&self, task: &Task) -> TaskOutcome {
+        let workflow_id = match task.str("workflow_id") {
+            Ok(id) => id.to_owned(),
+            Err(outcome) => return outcome,
+        };
+        let reason = task
+            .input
+            .get("reason")
+            .and_then(Value::as_str)
+            .unwrap_or("cancelled by remediation")
+            .to_owned();
+        let request = pb::CancelWorkflowRequest {
+            workflow_id: workflow_id.clone(),
+            reason,
+        };
+        match WorkflowsClient::new(self.control.clone())
+            .cancel(request)
+            .await
+        {
+            // Cancelling an ended workflow answers its status: idempotent.
+            Ok(response) => TaskOutcome::Succeeded(json!({
+                "workflow_id": workflow_id,
+                "status": response.into_inner().status().as_str_name(),
+            })),
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                TaskOutcome::permanent("workflow_not_found", status.message())
+            }
+            Err(status) => TaskOutcome::retryable("control_unit_unavailable", status.message()),
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl Agent for RemediationAgent {
     fn card(&self) -> AgentCard {
@@ -90,6 +126,12 @@ impl Agent for RemediationAgent {
                     "End a gateway's drain: half-open, trial tasks decide",
                     json!({"type": "object", "required": ["gateway"], "properties": {"gateway": {"type": "string"}, "reason": {"type": "string"}}}),
                 ),
+                SkillSpec {
+                    name: "remediate.cancel_workflow".into(),
+                    description: "Cancel a workflow; its compensations undo what it did".into(),
+                    input_schema: json!({"type": "object", "required": ["workflow_id"], "properties": {"workflow_id": {"type": "string"}, "reason": {"type": "string"}}}),
+                    output_schema: json!({"type": "object", "properties": {"workflow_id": {"type": "string"}, "status": {"type": "string"}}}),
+                },
             ],
             max_concurrency: 16,
             labels: BTreeMap::new(),
@@ -104,6 +146,7 @@ impl Agent for RemediationAgent {
                 Err(outcome) => outcome,
             },
             "remediate.reopen" => self.drain(&task, 0).await,
+            "remediate.cancel_workflow" => self.cancel_workflow(&task).await,
             other => TaskOutcome::permanent(
                 "unknown_skill",
                 format!("remediation agent has no skill {other}"),

@@ -20,7 +20,10 @@ use crate::scheduler::breaker::{BreakerState, Transition};
 pub const DEFAULT_RULES: &str = include_str!("../remediation/rules.yaml");
 
 /// The workflows the shipped rules start, registered in the catalog at start.
-pub const SHIPPED_SPECS: &[&str] = &[include_str!("../remediation/remediate-gateway.yaml")];
+pub const SHIPPED_SPECS: &[&str] = &[
+    include_str!("../remediation/remediate-gateway.yaml"),
+    include_str!("../remediation/void-stale-authorization.yaml"),
+];
 
 /// Labels every remediation workflow carries.
 pub const LABEL_TRIGGER: &str = "trigger";
@@ -33,12 +36,17 @@ pub const LABEL_SUBJECT: &str = "remediation.subject";
 pub enum Trigger {
     /// A gateway's circuit breaker opened (closed → open); the subject is the gateway.
     BreakerOpened,
+    /// A running workflow holds an authorization (a succeeded task's output with
+    /// `authorization_id` and `status: authorized`) that no later task captured or
+    /// voided, for longer than the rule's `after`; the subject is the authorization.
+    AuthorizationStale,
 }
 
 impl Trigger {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::BreakerOpened => "breaker_opened",
+            Self::AuthorizationStale => "authorization_stale",
         }
     }
 }
@@ -53,6 +61,9 @@ pub struct Rule {
     /// Its input; strings may hold `{{ trigger.FIELD }}`.
     #[serde(default)]
     pub input: serde_json::Map<String, Value>,
+    /// For `authorization_stale`: how old an open authorization may get (e.g. `7d`).
+    #[serde(default)]
+    pub after: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -84,8 +95,37 @@ impl Rules {
                     rule.name, rule.start
                 ));
             }
+            match (rule.on, rule.after.as_deref()) {
+                (Trigger::AuthorizationStale, None) => {
+                    return Err(format!(
+                        "remediation rule `{}`: authorization_stale needs `after` (e.g. 7d)",
+                        rule.name
+                    ));
+                }
+                (_, Some(after)) => {
+                    crate::spec::duration::parse_duration(after)
+                        .map_err(|e| format!("remediation rule `{}`: after: {e}", rule.name))?;
+                }
+                _ => {}
+            }
         }
         Ok(rules)
+    }
+
+    /// How often the stale-authorization rules need a scan: a quarter of the shortest
+    /// `after`, between 1 s and 60 s; `None` without such rules.
+    pub fn scan_interval(&self) -> Option<std::time::Duration> {
+        self.rules
+            .iter()
+            .filter(|r| r.on == Trigger::AuthorizationStale)
+            .filter_map(|r| crate::spec::duration::parse_duration(r.after.as_deref()?).ok())
+            .min()
+            .map(|after| {
+                (after / 4).clamp(
+                    std::time::Duration::from_secs(1),
+                    std::time::Duration::from_secs(60),
+                )
+            })
     }
 
     pub fn defaults() -> Self {
@@ -170,6 +210,53 @@ impl Remediation {
             .collect()
     }
 
+    /// Authorizations older than a stale-authorization rule allows, held by running
+    /// workflows: one start per rule and authorization (its key has no time in it, so an
+    /// authorization is remediated once, also across restarts).
+    pub fn scan(&self, core: &Scheduler, now: u64) -> Vec<Start> {
+        let mut starts = Vec::new();
+        for rule in &self.rules.rules {
+            if rule.on != Trigger::AuthorizationStale {
+                continue;
+            }
+            let Some(after) = rule
+                .after
+                .as_deref()
+                .and_then(|a| crate::spec::duration::parse_duration(a).ok())
+            else {
+                continue;
+            };
+            for workflow in core.workflows() {
+                if workflow.status != crate::model::WorkflowStatus::Running {
+                    continue;
+                }
+                for open in open_authorizations(workflow) {
+                    if now.saturating_sub(open.at) < after.as_millis() as u64
+                        || self.is_running(&rule.name, &open.authorization_id, core)
+                    {
+                        continue;
+                    }
+                    let workflow_id = workflow.id.to_string();
+                    let fields = [
+                        ("workflow_id", workflow_id.as_str()),
+                        ("authorization_id", open.authorization_id.as_str()),
+                        ("gateway", open.gateway.as_str()),
+                        ("task_id", open.task_id.as_str()),
+                    ];
+                    starts.push(Start {
+                        rule: rule.name.clone(),
+                        trigger: rule.on,
+                        subject: open.authorization_id.clone(),
+                        spec_ref: rule.start.clone(),
+                        input: fill(&Value::Object(rule.input.clone()), &fields),
+                        key: format!("remediation:{}:{}", rule.name, open.authorization_id),
+                    });
+                }
+            }
+        }
+        starts
+    }
+
     pub fn started(&mut self, start: &Start, id: WorkflowId) {
         self.running
             .insert((start.rule.clone(), start.subject.clone()), id);
@@ -181,6 +268,51 @@ impl Remediation {
             .and_then(|id| core.workflow(*id))
             .is_some_and(|w| !w.status.is_terminal())
     }
+}
+
+/// An authorization a workflow holds and has not captured or voided.
+struct OpenAuthorization {
+    authorization_id: String,
+    gateway: String,
+    task_id: String,
+    /// When the task that made it finished.
+    at: u64,
+}
+
+fn open_authorizations(workflow: &crate::scheduler::Workflow) -> Vec<OpenAuthorization> {
+    use crate::model::TaskStatus;
+    let mut open = Vec::new();
+    let mut settled = std::collections::HashSet::new();
+    for (index, task) in workflow.tasks.iter().enumerate() {
+        if task.run.status != TaskStatus::Succeeded {
+            continue;
+        }
+        let Some(output) = task
+            .run
+            .output
+            .as_deref()
+            .and_then(|o| serde_json::from_str::<Value>(o).ok())
+        else {
+            continue;
+        };
+        let Some(id) = output["authorization_id"].as_str() else {
+            continue;
+        };
+        match output["status"].as_str() {
+            Some("authorized") => open.push(OpenAuthorization {
+                authorization_id: id.to_owned(),
+                gateway: output["gateway"].as_str().unwrap_or_default().to_owned(),
+                task_id: workflow.task_id(index as u32).to_owned(),
+                at: task.run.finished_at,
+            }),
+            Some(_) => {
+                settled.insert(id.to_owned());
+            }
+            None => {}
+        }
+    }
+    open.retain(|o| !settled.contains(&o.authorization_id));
+    open
 }
 
 /// Replaces `{{ trigger.FIELD }}` in every string of `template`.

@@ -120,6 +120,12 @@ impl Actor {
         shutdown: CancellationToken,
     ) -> Result<(), ControlError> {
         let mut batch = Vec::with_capacity(self.config.batch_max);
+        // Stale-authorization rules look at the running workflows now and then.
+        let mut scan = self.config.remediation.scan_interval().map(|every| {
+            let mut interval = tokio::time::interval(every);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            interval
+        });
         loop {
             let deadline = self
                 .core
@@ -149,6 +155,11 @@ impl Actor {
                     let mut out = std::mem::take(&mut self.out);
                     self.core.tick(now_ms(), &mut out);
                     self.out = out;
+                }
+                () = tick(&mut scan) => {
+                    for start in self.remediation.scan(&self.core, now_ms()) {
+                        self.start_remediation(&start);
+                    }
                 }
                 () = shutdown.cancelled() => break,
             }
@@ -458,6 +469,15 @@ impl Actor {
                 tracing::error!(rule = %start.rule, %error, "remediation could not start");
             }
         }
+    }
+}
+
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
