@@ -709,3 +709,73 @@ async fn a_stale_authorization_is_voided_once_across_a_restart() {
     let stats = http(&gateway.url, "GET", "/v1/stats", None);
     assert_eq!(stats["voids"], 1, "voided exactly once: {stats}");
 }
+
+/// A workflow stuck on a skill no agent offers raises one alert, by the stuck-workflow
+/// rule: a remediation workflow that names what it waits for.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stuck_workflow_raises_an_alert_naming_what_it_waits_for() {
+    let dir = TempDir::new("stuck");
+    let rules = dir.0.join("rules.yaml");
+    std::fs::write(
+        &rules,
+        "rules:\n  - name: alert-stuck-workflow\n    on: workflow_stuck\n    after: 1s\n    start: alert-stuck-workflow@1\n    input:\n      workflow_id: \"{{ trigger.workflow_id }}\"\n      workflow_name: \"{{ trigger.workflow_name }}\"\n      reason: \"{{ trigger.reason }}\"\n      idle: \"{{ trigger.idle }}\"\n",
+    )
+    .unwrap();
+    let rules_arg = rules.display().to_string();
+    let control = Part::start(&[
+        "control",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &dir.path("control"),
+        "--remediation-rules",
+        &rules_arg,
+    ]);
+    let _exec = Part::start(&[
+        "--control",
+        &control.url,
+        "exec",
+        "--name",
+        "exec-stuck",
+        "--agents",
+        "remediate",
+    ]);
+    let mut client = support::Fleet::client(&control.url).await;
+    let spec = "apiVersion: paygrid/v1\nkind: Workflow\nname: parked\nversion: 1\ntasks:\n  - id: wait\n    skill: nobody.offers\n";
+    let id = submit(&mut client, spec, json!({}), pb::Priority::Unspecified).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let alert = loop {
+        let found = client
+            .list(pb::ListWorkflowsRequest {
+                labels: [("remediation.subject".to_owned(), id.clone())].into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .workflows;
+        if let Some(alert) = found.first() {
+            assert_eq!(found.len(), 1, "{found:#?}");
+            break alert.clone();
+        }
+        assert!(Instant::now() < deadline, "no alert for the stuck workflow");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(alert.labels["trigger"], "workflow_stuck");
+    let alert = wait_terminal(&mut client, &alert.workflow_id).await;
+    assert_eq!(
+        alert.status,
+        pb::WorkflowStatus::Succeeded as i32,
+        "{alert:#?}"
+    );
+    let output = &task(&alert, "alert").output_json;
+    assert!(
+        output.contains("no connected agent offers skill nobody.offers"),
+        "{output}"
+    );
+    assert_eq!(
+        get(&mut client, &id).await.status,
+        pb::WorkflowStatus::Running as i32,
+        "an alert does not touch the workflow"
+    );
+}

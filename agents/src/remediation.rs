@@ -127,6 +127,13 @@ impl Agent for RemediationAgent {
                     json!({"type": "object", "required": ["gateway"], "properties": {"gateway": {"type": "string"}, "reason": {"type": "string"}}}),
                 ),
                 SkillSpec {
+                    name: "remediate.alert".into(),
+                    description:
+                        "Raise an alert: a warning in this unit's log, the message as output".into(),
+                    input_schema: json!({"type": "object", "required": ["subject", "message"], "properties": {"subject": {"type": "string"}, "message": {"type": "string"}}}),
+                    output_schema: json!({"type": "object", "properties": {"subject": {"type": "string"}, "message": {"type": "string"}}}),
+                },
+                SkillSpec {
                     name: "remediate.cancel_workflow".into(),
                     description: "Cancel a workflow; its compensations undo what it did".into(),
                     input_schema: json!({"type": "object", "required": ["workflow_id"], "properties": {"workflow_id": {"type": "string"}, "reason": {"type": "string"}}}),
@@ -147,6 +154,14 @@ impl Agent for RemediationAgent {
             },
             "remediate.reopen" => self.drain(&task, 0).await,
             "remediate.cancel_workflow" => self.cancel_workflow(&task).await,
+            "remediate.alert" => {
+                let (subject, message) = match (task.str("subject"), task.str("message")) {
+                    (Ok(subject), Ok(message)) => (subject.to_owned(), message.to_owned()),
+                    (Err(outcome), _) | (_, Err(outcome)) => return outcome,
+                };
+                tracing::warn!(alert = %subject, %message, "remediation alert");
+                TaskOutcome::Succeeded(json!({"subject": subject, "message": message}))
+            }
             other => TaskOutcome::permanent(
                 "unknown_skill",
                 format!("remediation agent has no skill {other}"),

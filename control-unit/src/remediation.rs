@@ -23,6 +23,8 @@ pub const DEFAULT_RULES: &str = include_str!("../remediation/rules.yaml");
 pub const SHIPPED_SPECS: &[&str] = &[
     include_str!("../remediation/remediate-gateway.yaml"),
     include_str!("../remediation/void-stale-authorization.yaml"),
+    include_str!("../remediation/alert-stuck-workflow.yaml"),
+    include_str!("../remediation/cancel-stuck-workflow.yaml"),
 ];
 
 /// Labels every remediation workflow carries.
@@ -40,6 +42,10 @@ pub enum Trigger {
     /// `authorization_id` and `status: authorized`) that no later task captured or
     /// voided, for longer than the rule's `after`; the subject is the authorization.
     AuthorizationStale,
+    /// A running workflow made no progress for longer than the rule's `after` while
+    /// some of its tasks wait (no agent for the skill, an open breaker); the subject is
+    /// the workflow. Remediation workflows themselves are not watched.
+    WorkflowStuck,
 }
 
 impl Trigger {
@@ -47,6 +53,7 @@ impl Trigger {
         match self {
             Self::BreakerOpened => "breaker_opened",
             Self::AuthorizationStale => "authorization_stale",
+            Self::WorkflowStuck => "workflow_stuck",
         }
     }
 }
@@ -96,10 +103,11 @@ impl Rules {
                 ));
             }
             match (rule.on, rule.after.as_deref()) {
-                (Trigger::AuthorizationStale, None) => {
+                (Trigger::AuthorizationStale | Trigger::WorkflowStuck, None) => {
                     return Err(format!(
-                        "remediation rule `{}`: authorization_stale needs `after` (e.g. 7d)",
-                        rule.name
+                        "remediation rule `{}`: {} needs `after` (e.g. 1h)",
+                        rule.name,
+                        rule.on.as_str()
                     ));
                 }
                 (_, Some(after)) => {
@@ -117,7 +125,7 @@ impl Rules {
     pub fn scan_interval(&self) -> Option<std::time::Duration> {
         self.rules
             .iter()
-            .filter(|r| r.on == Trigger::AuthorizationStale)
+            .filter(|r| r.on != Trigger::BreakerOpened)
             .filter_map(|r| crate::spec::duration::parse_duration(r.after.as_deref()?).ok())
             .min()
             .map(|after| {
@@ -216,9 +224,6 @@ impl Remediation {
     pub fn scan(&self, core: &Scheduler, now: u64) -> Vec<Start> {
         let mut starts = Vec::new();
         for rule in &self.rules.rules {
-            if rule.on != Trigger::AuthorizationStale {
-                continue;
-            }
             let Some(after) = rule
                 .after
                 .as_deref()
@@ -226,35 +231,115 @@ impl Remediation {
             else {
                 continue;
             };
+            let after = after.as_millis() as u64;
             for workflow in core.workflows() {
                 if workflow.status != crate::model::WorkflowStatus::Running {
                     continue;
                 }
-                for open in open_authorizations(workflow) {
-                    if now.saturating_sub(open.at) < after.as_millis() as u64
-                        || self.is_running(&rule.name, &open.authorization_id, core)
-                    {
-                        continue;
+                match rule.on {
+                    Trigger::AuthorizationStale => {
+                        starts.extend(self.stale_authorizations(rule, workflow, core, now, after));
                     }
-                    let workflow_id = workflow.id.to_string();
-                    let fields = [
-                        ("workflow_id", workflow_id.as_str()),
-                        ("authorization_id", open.authorization_id.as_str()),
-                        ("gateway", open.gateway.as_str()),
-                        ("task_id", open.task_id.as_str()),
-                    ];
-                    starts.push(Start {
-                        rule: rule.name.clone(),
-                        trigger: rule.on,
-                        subject: open.authorization_id.clone(),
-                        spec_ref: rule.start.clone(),
-                        input: fill(&Value::Object(rule.input.clone()), &fields),
-                        key: format!("remediation:{}:{}", rule.name, open.authorization_id),
-                    });
+                    Trigger::WorkflowStuck => {
+                        starts.extend(self.stuck(rule, workflow, core, now, after));
+                    }
+                    Trigger::BreakerOpened => {}
                 }
             }
         }
         starts
+    }
+
+    fn stale_authorizations(
+        &self,
+        rule: &Rule,
+        workflow: &crate::scheduler::Workflow,
+        core: &Scheduler,
+        now: u64,
+        after: u64,
+    ) -> Vec<Start> {
+        let mut starts = Vec::new();
+        for open in open_authorizations(workflow) {
+            if now.saturating_sub(open.at) < after
+                || self.is_running(&rule.name, &open.authorization_id, core)
+            {
+                continue;
+            }
+            let workflow_id = workflow.id.to_string();
+            let fields = [
+                ("workflow_id", workflow_id.as_str()),
+                ("authorization_id", open.authorization_id.as_str()),
+                ("gateway", open.gateway.as_str()),
+                ("task_id", open.task_id.as_str()),
+            ];
+            starts.push(Start {
+                rule: rule.name.clone(),
+                trigger: rule.on,
+                subject: open.authorization_id.clone(),
+                spec_ref: rule.start.clone(),
+                input: fill(&Value::Object(rule.input.clone()), &fields),
+                key: format!("remediation:{}:{}", rule.name, open.authorization_id),
+            });
+        }
+        starts
+    }
+
+    /// A workflow with waiting tasks and no change for `after`: once per stuck period
+    /// (the key holds the time of its last change).
+    fn stuck(
+        &self,
+        rule: &Rule,
+        workflow: &crate::scheduler::Workflow,
+        core: &Scheduler,
+        now: u64,
+        after: u64,
+    ) -> Option<Start> {
+        if workflow.labels.contains_key(LABEL_RULE)
+            || now.saturating_sub(workflow.updated_at) < after
+        {
+            return None;
+        }
+        let waiting: Vec<String> = workflow
+            .tasks
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.run.status == crate::model::TaskStatus::Ready)
+            .map(|(index, _)| workflow.task_id(index as u32).to_owned())
+            .collect();
+        let subject = workflow.id.to_string();
+        if waiting.is_empty() || self.is_running(&rule.name, &subject, core) {
+            return None;
+        }
+        let reason = waiting
+            .iter()
+            .map(|task| {
+                let slot = crate::scheduler::Slot {
+                    workflow: workflow.id,
+                    task: workflow.spec.task_index(task).unwrap_or(0),
+                    compensation: false,
+                };
+                format!("{task}: {}", core.waiting_reason(slot))
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        let idle = format!("{}s", now.saturating_sub(workflow.updated_at) / 1000);
+        let fields = [
+            ("workflow_id", subject.as_str()),
+            ("workflow_name", workflow.spec.name.as_str()),
+            ("reason", reason.as_str()),
+            ("idle", idle.as_str()),
+        ];
+        Some(Start {
+            rule: rule.name.clone(),
+            trigger: rule.on,
+            subject: subject.clone(),
+            spec_ref: rule.start.clone(),
+            input: fill(&Value::Object(rule.input.clone()), &fields),
+            key: format!(
+                "remediation:{}:{}:{}",
+                rule.name, subject, workflow.updated_at
+            ),
+        })
     }
 
     pub fn started(&mut self, start: &Start, id: WorkflowId) {
