@@ -372,10 +372,12 @@ fn open_authorizations(workflow: &crate::scheduler::Workflow) -> Vec<OpenAuthori
         if task.run.status != TaskStatus::Succeeded {
             continue;
         }
+        // Most outputs name no authorization: skip the parse.
         let Some(output) = task
             .run
             .output
             .as_deref()
+            .filter(|o| o.contains("authorization_id"))
             .and_then(|o| serde_json::from_str::<Value>(o).ok())
         else {
             continue;
