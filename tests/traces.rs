@@ -318,3 +318,63 @@ async fn a_payment_keeps_its_trace_across_a_control_unit_restart() {
     }
     assert_eq!(gateway_stats(&fleet.gateway)["captures"], 1);
 }
+
+/// Breaker transitions reach the trace backend: a span `breaker GATEWAY` per transition,
+/// with the transition as an event (from, to, reason).
+#[tokio::test(flavor = "multi_thread")]
+async fn breaker_transitions_are_span_events() {
+    let receiver = Receiver::start().await;
+    let fleet = Fleet::start_with(&[], 0, Some(&receiver.url));
+    let mut hub = fleet.agents().await;
+    let drained = hub
+        .drain_gateway(pb::DrainGatewayRequest {
+            gateway: "alpha".into(),
+            for_ms: 60_000,
+            reason: "maintenance".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(drained.state, "open");
+    hub.drain_gateway(pb::DrainGatewayRequest {
+        gateway: "alpha".into(),
+        for_ms: 0,
+        reason: "maintenance over".into(),
+    })
+    .await
+    .unwrap();
+    let missing = hub
+        .drain_gateway(pb::DrainGatewayRequest {
+            gateway: "nowhere".into(),
+            for_ms: 0,
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
+    let spans = receiver
+        .wait_until(Duration::from_secs(30), |spans| {
+            spans.iter().filter(|s| s.name() == "breaker alpha").count() >= 2
+        })
+        .await;
+    let transitions: Vec<(String, String)> = spans
+        .iter()
+        .filter(|s| s.name() == "breaker alpha")
+        .map(|s| {
+            assert_eq!(s.service, "paygrid-control");
+            let event = s
+                .event("paygrid.breaker.transition")
+                .unwrap_or_else(|| panic!("no transition event on {s:?}"));
+            let field = |key: &str| support::otlp::attr(&event.attributes, key).unwrap_or_default();
+            assert!(field("reason").contains("maintenance"), "{event:?}");
+            (field("from"), field("to"))
+        })
+        .collect();
+    assert_eq!(
+        transitions,
+        [
+            ("closed".to_owned(), "open".to_owned()),
+            ("open".to_owned(), "half_open".to_owned())
+        ]
+    );
+}
