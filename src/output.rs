@@ -310,6 +310,15 @@ pub fn graph(spec: &CompiledSpec, mermaid: bool) -> String {
             TaskKind::Skill(skill) => format!("{}\\n{skill}", task.id),
             TaskKind::Checkpoint { verify: Some(v) } => format!("{}\\ncheckpoint: {v}", task.id),
             TaskKind::Checkpoint { verify: None } => format!("{}\\ncheckpoint", task.id),
+            TaskKind::Wait(wait) => format!(
+                "{}\\nwaits for {} workflows{}",
+                task.id,
+                wait.count,
+                wait.checkpoint
+                    .as_deref()
+                    .map(|c| format!(" at {c}"))
+                    .unwrap_or_default()
+            ),
         }
     };
     let mut out = String::new();

@@ -76,11 +76,13 @@ pub(super) fn view(core: &Scheduler, workflow: &Workflow) -> WorkflowView {
         .iter()
         .enumerate()
         .map(|(task, state)| match state.run.status {
-            TaskStatus::Ready => core.waiting_reason(crate::scheduler::Slot {
-                workflow: workflow.id,
-                task: task as u32,
-                compensation: false,
-            }),
+            // Ready: why no agent took it; running with no agent: a `waitFor`.
+            TaskStatus::Ready | TaskStatus::Running if state.run.agent.is_none() => core
+                .waiting_reason(crate::scheduler::Slot {
+                    workflow: workflow.id,
+                    task: task as u32,
+                    compensation: false,
+                }),
             _ => String::new(),
         })
         .collect();

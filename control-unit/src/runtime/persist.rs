@@ -174,6 +174,8 @@ impl Actor {
                 }
             }
         }
+        // Every workflow is back: waits count what they see now.
+        self.core.recount_waits(&mut out);
         self.out = out;
         for (key, id, fingerprint) in recovered.idempotency {
             self.idempotency.insert(key, (id, fingerprint));

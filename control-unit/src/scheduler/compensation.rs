@@ -256,6 +256,8 @@ impl Scheduler {
             workflow.error = detail.clone().or(workflow.error.take());
         }
         record(out, id, now, Change::Workflow { status, detail });
+        // Workflows waiting on this one's end count it (before it may leave memory).
+        self.workflow_progressed(id, out);
         self.active -= 1;
         self.retained.push_back(id);
         while self.retained.len() > self.config.workflows_retained_max {

@@ -192,6 +192,9 @@ impl Scheduler {
     /// Why a ready task has not been dispatched, for status output: no agent its route
     /// admits, every such gateway's breaker open, or no free slot.
     pub fn waiting_reason(&self, slot: Slot) -> String {
+        if let Some(reason) = self.wait_reason(slot) {
+            return reason;
+        }
         let Some(skill) = self.workflows.get(&slot.workflow).and_then(|w| {
             let compiled = &w.spec.tasks[slot.task as usize];
             if slot.compensation {

@@ -79,6 +79,10 @@ impl Scheduler {
             );
             return;
         }
+        if matches!(compiled.kind, TaskKind::Wait(_)) {
+            self.start_wait(id, task, false, out);
+            return;
+        }
         if let Some(workflow) = self.workflows.get_mut(&id) {
             workflow.tasks[task as usize].run.started_at = now;
         }
@@ -580,6 +584,13 @@ impl Scheduler {
                 settling: false,
             },
         );
+        if status == TaskStatus::Succeeded && compiled.is_checkpoint() {
+            // Workflows waiting on this one's checkpoint count it.
+            self.workflow_progressed(id, out);
+        }
+        let Some(workflow) = self.workflows.get(&id) else {
+            return;
+        };
         if workflow.status != WorkflowStatus::Running {
             // A late answer after the workflow began failing: a success is compensated.
             self.continue_compensation(id, out);

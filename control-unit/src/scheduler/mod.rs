@@ -15,6 +15,7 @@ mod dispatch;
 mod flow;
 pub mod restore;
 pub mod state;
+mod waits;
 
 #[cfg(test)]
 mod tests;
@@ -319,6 +320,7 @@ pub struct Scheduler {
     skills: HashMap<Arc<str>, SkillQueue>,
     dirty_skills: Vec<Arc<str>>,
     breakers: breaker::Breakers,
+    waits: waits::Waits,
     timers: BinaryHeap<Reverse<Timer>>,
     now: Millis,
 }
@@ -335,6 +337,7 @@ impl Scheduler {
             skills: HashMap::new(),
             dirty_skills: Vec::new(),
             breakers,
+            waits: waits::Waits::default(),
             timers: BinaryHeap::new(),
             now: 0,
         }
@@ -816,6 +819,9 @@ impl Scheduler {
         match timer.kind {
             TimerKind::Backoff if execution.status == TaskStatus::Backoff => {
                 self.make_ready(timer.slot, out);
+            }
+            TimerKind::Wait if execution.status == TaskStatus::Running => {
+                self.wait_timed_out(timer.slot, out);
             }
             TimerKind::Attempt if execution.is_in_flight() && execution.attempt_open => {
                 let (deadline, lease_until) = (execution.deadline, execution.lease_until);

@@ -371,7 +371,12 @@ impl Scheduler {
                 task,
                 compensation: false,
             };
+            let waits = matches!(
+                workflow.spec.tasks[task as usize].kind,
+                crate::spec::TaskKind::Wait(_)
+            );
             match state.run.status {
+                TaskStatus::Running if waits => self.start_wait(id, task, true, out),
                 TaskStatus::Ready | TaskStatus::Dispatched | TaskStatus::Running => {
                     self.resume_in_flight(slot, out);
                 }

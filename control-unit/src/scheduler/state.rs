@@ -301,6 +301,8 @@ pub enum TimerKind {
     Backoff,
     /// An attempt's timeout and lease, whichever comes first.
     Attempt,
+    /// A `waitFor` task's timeout.
+    Wait,
 }
 
 /// A deadline; stale timers are ignored when they fire.

@@ -373,38 +373,98 @@ impl Checker<'_> {
         }
     }
 
-    /// A skill or a checkpoint, never both.
+    /// A skill, a checkpoint or a wait on other workflows: exactly one.
     fn kind(&mut self, raw: &RawTask) -> TaskKind {
         let id = raw.id.as_str();
-        match (&raw.skill, &raw.checkpoint) {
-            (Some(skill), None) => {
-                self.name("skill", skill, Some(id));
-                TaskKind::Skill(skill.clone())
+        let declared = [
+            raw.skill.is_some(),
+            raw.checkpoint.is_some(),
+            raw.wait_for.is_some(),
+        ]
+        .iter()
+        .filter(|d| **d)
+        .count();
+        if declared > 1 {
+            self.task_error(
+                id,
+                None,
+                "a task has one of `skill`, `checkpoint` or `waitFor`, not several".into(),
+            );
+            return TaskKind::Checkpoint { verify: None };
+        }
+        if let Some(skill) = &raw.skill {
+            self.name("skill", skill, Some(id));
+            return TaskKind::Skill(skill.clone());
+        }
+        if let Some(checkpoint) = &raw.checkpoint {
+            if let Some(verify) = &checkpoint.verify {
+                self.name("verify skill", verify, Some(id));
             }
-            (None, Some(checkpoint)) => {
-                if let Some(verify) = &checkpoint.verify {
-                    self.name("verify skill", verify, Some(id));
-                }
-                TaskKind::Checkpoint {
-                    verify: checkpoint.verify.clone(),
-                }
-            }
-            (Some(_), Some(_)) => {
+            return TaskKind::Checkpoint {
+                verify: checkpoint.verify.clone(),
+            };
+        }
+        if let Some(wait) = &raw.wait_for {
+            return TaskKind::Wait(self.wait_for(id, wait));
+        }
+        self.task_error(
+            id,
+            None,
+            "a task needs a `skill` (or a `checkpoint`, or `waitFor`)".into(),
+        );
+        TaskKind::Checkpoint { verify: None }
+    }
+
+    fn wait_for(&mut self, id: &str, raw: &super::raw::RawWaitFor) -> super::WaitFor {
+        if raw.labels.is_empty() {
+            self.task_error(
+                id,
+                Some("waitFor"),
+                "waitFor needs at least one label".into(),
+            );
+        }
+        if raw.count == 0 || raw.count > 1_000_000 {
+            self.task_error(
+                id,
+                Some("waitFor"),
+                format!("waitFor count must be 1 to 1000000, got {}", raw.count),
+            );
+        }
+        let labels = raw
+            .labels
+            .iter()
+            .filter_map(
+                |(key, value)| match Template::parse(&Value::String(value.clone())) {
+                    Ok(template) => Some((key.clone(), template)),
+                    Err(message) => {
+                        self.task_error(id, Some("waitFor"), format!("label `{key}`: {message}"));
+                        None
+                    }
+                },
+            )
+            .collect();
+        let timeout = raw
+            .timeout
+            .as_deref()
+            .and_then(|text| self.duration(Some(id), "waitFor", text));
+        let continue_on_timeout = match raw.on_timeout.as_deref() {
+            None | Some("fail") => false,
+            Some("continue") => true,
+            Some(other) => {
                 self.task_error(
                     id,
-                    Some("checkpoint"),
-                    "a task has either a `skill` or a `checkpoint`, not both".into(),
+                    Some("waitFor"),
+                    format!("onTimeout `{other}`: use fail or continue"),
                 );
-                TaskKind::Checkpoint { verify: None }
+                false
             }
-            (None, None) => {
-                self.task_error(
-                    id,
-                    None,
-                    "a task needs a `skill` (or a `checkpoint`)".into(),
-                );
-                TaskKind::Checkpoint { verify: None }
-            }
+        };
+        super::WaitFor {
+            labels,
+            checkpoint: raw.checkpoint.clone(),
+            count: raw.count,
+            timeout,
+            continue_on_timeout,
         }
     }
 

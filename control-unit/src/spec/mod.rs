@@ -165,12 +165,26 @@ pub struct Compensation {
 }
 
 /// What a task does.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum TaskKind {
     /// Runs a skill on an agent.
     Skill(String),
     /// A barrier; with `verify`, a verification skill runs before it passes.
     Checkpoint { verify: Option<String> },
+    /// Waits until `count` other workflows with the labels passed a checkpoint (or ended).
+    Wait(WaitFor),
+}
+
+/// A dependency on other workflows (`waitFor`).
+#[derive(Debug, Clone)]
+pub struct WaitFor {
+    pub labels: Vec<(String, Template)>,
+    /// The checkpoint's task id; `None`: the workflows' end.
+    pub checkpoint: Option<String>,
+    pub count: u32,
+    pub timeout: Option<Duration>,
+    /// At the timeout: succeed with what arrived (`continue`) instead of failing.
+    pub continue_on_timeout: bool,
 }
 
 /// A task ready to schedule.
@@ -199,6 +213,7 @@ impl CompiledTask {
         match &self.kind {
             TaskKind::Skill(skill) => Some(skill),
             TaskKind::Checkpoint { verify } => verify.as_deref(),
+            TaskKind::Wait(_) => None,
         }
     }
 

@@ -101,6 +101,26 @@ pub struct RawTask {
     pub when: Option<String>,
     #[serde(default)]
     pub checkpoint: Option<RawCheckpoint>,
+    /// Waits for other workflows (by label) to pass a checkpoint or end.
+    #[serde(default, rename = "waitFor")]
+    pub wait_for: Option<RawWaitFor>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWaitFor {
+    /// Workflows carrying every one of these labels (values may be templates).
+    pub labels: BTreeMap<String, String>,
+    /// The checkpoint (task id) they must pass; absent: their end.
+    #[serde(default)]
+    pub checkpoint: Option<String>,
+    /// How many such workflows make the set.
+    pub count: u32,
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// `fail` (default) or `continue`.
+    #[serde(default, rename = "onTimeout")]
+    pub on_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -79,6 +79,20 @@ impl Sim {
         priority: Priority,
         input: serde_json::Value,
     ) -> WorkflowId {
+        self.submit_labelled(spec, priority, input, &[])
+    }
+
+    fn submit_labelled(
+        &mut self,
+        spec: &Arc<CompiledSpec>,
+        priority: Priority,
+        input: serde_json::Value,
+        labels: &[(&str, &str)],
+    ) -> WorkflowId {
+        let labels: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         let id = WorkflowId(u128::from(self.now) << 64 | self.records.len() as u128);
         let mut out = Vec::new();
         self.core
@@ -89,7 +103,7 @@ impl Sim {
                     spec: spec.clone(),
                     input,
                     priority,
-                    labels: BTreeMap::new(),
+                    labels,
                     idempotency_key: None,
                     traceparent: String::new(),
                     trace_parent_span: String::new(),
@@ -213,6 +227,8 @@ impl Sim {
             core.restore(self.now, snapshot.clone(), spec.clone(), &changes, &mut out)
                 .expect("restore");
         }
+        // As the actor does once every workflow is back.
+        core.recount_waits(&mut out);
         self.core = core;
         self.crashed_at_record = self.records.len();
         self.apply(out);
@@ -574,3 +590,4 @@ fn when_skips_and_routes_pick_labels() {
 mod breakers;
 mod chaos;
 mod restart;
+mod waits;
