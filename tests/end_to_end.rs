@@ -779,3 +779,97 @@ async fn a_stuck_workflow_raises_an_alert_naming_what_it_waits_for() {
         "an alert does not touch the workflow"
     );
 }
+
+/// A settlement batch waits for 500 card payments of its batch, survives a control-unit
+/// restart while it waits, and sends its statement exactly once after the last payment.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_settlement_batch_waits_for_500_payments_across_a_restart() {
+    const PAYMENTS: usize = 500;
+    let mut fleet = Fleet::start(&[], 1);
+    fleet
+        .wait_for_skills(&["gateway.authorize", "notify.receipt", "ledger.post"])
+        .await;
+    let mut client = fleet.workflows().await;
+    let batch = client
+        .submit(pb::SubmitRequest {
+            spec: Some(pb::submit_request::Spec::SpecText(spec("settlement-batch"))),
+            input_json: json!({"batch": "2026-11-24"}).to_string(),
+            idempotency_key: "batch-2026-11-24".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .workflow_id;
+    let payment = |n: usize| pb::SubmitRequest {
+        spec: Some(pb::submit_request::Spec::SpecText(spec("card-payment"))),
+        input_json: json!({"amount_minor": 1000 + n, "currency": "EUR", "card_token": "tok_visa"})
+            .to_string(),
+        labels: [("batch".to_owned(), "2026-11-24".to_owned())].into(),
+        idempotency_key: format!("order-{n}"),
+        ..Default::default()
+    };
+    let mut ids = Vec::new();
+    for n in 0..PAYMENTS / 2 {
+        ids.push(
+            client
+                .submit(payment(n))
+                .await
+                .unwrap()
+                .into_inner()
+                .workflow_id,
+        );
+    }
+    // Restart while the batch waits and payments are in flight.
+    fleet.control.restart();
+    let mut client = fleet.workflows().await;
+    for n in PAYMENTS / 2..PAYMENTS {
+        // The same keys again are harmless: submissions cut by the restart are retried.
+        ids.push(
+            client
+                .submit(payment(n))
+                .await
+                .unwrap()
+                .into_inner()
+                .workflow_id,
+        );
+    }
+    let waiting = get(&mut client, &batch).await;
+    assert_eq!(waiting.status, pb::WorkflowStatus::Running as i32);
+    let settled = wait_terminal(&mut client, &batch).await;
+    assert_eq!(
+        settled.status,
+        pb::WorkflowStatus::Succeeded as i32,
+        "{settled:#?}"
+    );
+    for id in &ids {
+        let payment = get(&mut client, id).await;
+        assert_eq!(
+            payment.status,
+            pb::WorkflowStatus::Succeeded as i32,
+            "{payment:#?}"
+        );
+    }
+    let waited: serde_json::Value =
+        serde_json::from_str(&task(&settled, "payments").output_json).unwrap();
+    assert_eq!(waited["count"], PAYMENTS, "{waited}");
+    assert_eq!(waited["timed_out"], false);
+    let statement = task(&settled, "statement");
+    assert_eq!(
+        statement.attempts, 1,
+        "the statement went once: {statement:#?}"
+    );
+    assert_eq!(statement.history.len(), 1, "{statement:#?}");
+    // Finished only after the last payment did.
+    let last_payment_end = {
+        let mut last = 0;
+        for id in &ids {
+            last = last.max(get(&mut client, id).await.updated_at_ms);
+        }
+        last
+    };
+    assert!(
+        statement.started_at_ms >= last_payment_end,
+        "{statement:#?}"
+    );
+}

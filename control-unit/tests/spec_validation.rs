@@ -13,7 +13,12 @@ const HEADER: &str = "apiVersion: paygrid/v1\nkind: Workflow\nname: t\nversion: 
 /// The example specs shipped in examples/specs all compile.
 #[test]
 fn shipped_examples_compile() {
-    for name in ["card-payment", "refund", "marketplace-split"] {
+    for name in [
+        "card-payment",
+        "refund",
+        "marketplace-split",
+        "settlement-batch",
+    ] {
         let path = format!(
             "{}/../examples/specs/{name}.yaml",
             env!("CARGO_MANIFEST_DIR")
@@ -296,5 +301,31 @@ proptest! {
     #[test]
     fn arbitrary_text_never_panics(text in "\\PC{0,400}") {
         let _ = compile(&text, &SpecLimits::default());
+    }
+}
+
+/// `waitFor` is checked like the rest: labels, a count in range, a known onTimeout, and
+/// not together with a skill.
+#[test]
+fn wait_for_is_validated() {
+    let bad = format!(
+        "{HEADER}tasks:\n  - id: w\n    skill: s\n    waitFor: {{ labels: {{}}, count: 0, onTimeout: shrug }}\n"
+    );
+    let errors = compile(&bad, &SpecLimits::default())
+        .unwrap_err()
+        .to_string();
+    assert!(errors.contains("not several"), "{errors}");
+    let bad = format!(
+        "{HEADER}tasks:\n  - id: w\n    waitFor: {{ labels: {{}}, count: 0, onTimeout: shrug }}\n"
+    );
+    let errors = compile(&bad, &SpecLimits::default())
+        .unwrap_err()
+        .to_string();
+    for expected in [
+        "at least one label",
+        "count must be 1 to 1000000",
+        "onTimeout `shrug`",
+    ] {
+        assert!(errors.contains(expected), "{expected} in {errors}");
     }
 }
