@@ -289,9 +289,13 @@ impl Breakers {
         latency_ms: u64,
     ) -> Option<Transition> {
         let config = self.config;
+        // Every answer lands here: allocate the gateway's name once, on its first answer.
+        if !self.by_gateway.contains_key(gateway) {
+            self.by_gateway
+                .insert(gateway.to_owned(), Breaker::new(gateway));
+        }
         self.by_gateway
-            .entry(gateway.to_owned())
-            .or_insert_with(|| Breaker::new(gateway))
+            .get_mut(gateway)?
             .record(now, &config, failed, latency_ms)
     }
 

@@ -484,15 +484,12 @@ impl Scheduler {
         latency_ms: u64,
         out: &mut Vec<Command>,
     ) {
-        let Some(gateway) = self
-            .agents
-            .get(agent)
-            .and_then(|a| a.labels.get("gateway"))
-            .cloned()
-        else {
+        // Disjoint fields: the agent's label is borrowed, not cloned, per answer.
+        let Some(gateway) = self.agents.get(agent).and_then(|a| a.labels.get("gateway")) else {
             return;
         };
-        if let Some(transition) = self.breakers.record(&gateway, self.now, failed, latency_ms) {
+        let transition = self.breakers.record(gateway, self.now, failed, latency_ms);
+        if let Some(transition) = transition {
             self.breaker_changed(transition, out);
         }
     }

@@ -75,25 +75,36 @@ impl WaitState {
 #[derive(Debug, Default)]
 pub struct Waits {
     by_slot: HashMap<Slot, WaitState>,
-    index: HashMap<(String, String), Vec<Slot>>,
+    /// label key → label value → waits whose first label it is (looked up by `&str`).
+    index: HashMap<String, HashMap<String, Vec<Slot>>>,
 }
 
 impl Waits {
     fn insert(&mut self, slot: Slot, state: WaitState) {
-        if let Some(first) = state.labels.first() {
-            self.index.entry(first.clone()).or_default().push(slot);
+        if let Some((key, value)) = state.labels.first() {
+            self.index
+                .entry(key.clone())
+                .or_default()
+                .entry(value.clone())
+                .or_default()
+                .push(slot);
         }
         self.by_slot.insert(slot, state);
     }
 
     fn remove(&mut self, slot: Slot) -> Option<WaitState> {
         let state = self.by_slot.remove(&slot)?;
-        if let Some(first) = state.labels.first()
-            && let Some(slots) = self.index.get_mut(first)
+        if let Some((key, value)) = state.labels.first()
+            && let Some(values) = self.index.get_mut(key)
         {
-            slots.retain(|s| *s != slot);
-            if slots.is_empty() {
-                self.index.remove(first);
+            if let Some(slots) = values.get_mut(value) {
+                slots.retain(|s| *s != slot);
+                if slots.is_empty() {
+                    values.remove(value);
+                }
+            }
+            if values.is_empty() {
+                self.index.remove(key);
             }
         }
         Some(state)
@@ -175,13 +186,16 @@ impl Scheduler {
 
     /// A workflow passed a checkpoint or ended: the waits that select it count it.
     pub(super) fn workflow_progressed(&mut self, id: WorkflowId, out: &mut Vec<Command>) {
+        if self.waits.by_slot.is_empty() {
+            return; // the common case: nothing waits on anything
+        }
         let Some(workflow) = self.workflows.get(&id) else {
             return;
         };
         let mut candidates: Vec<Slot> = workflow
             .labels
             .iter()
-            .filter_map(|(k, v)| self.waits.index.get(&(k.clone(), v.clone())))
+            .filter_map(|(k, v)| self.waits.index.get(k.as_str())?.get(v.as_str()))
             .flatten()
             .copied()
             .filter(|slot| slot.workflow != id)
