@@ -268,10 +268,7 @@ impl Actor {
             } => {
                 self.core
                     .drain_gateway(now, &gateway, for_ms, &reason, &mut out);
-                let breaker = super::health::breakers(&self.core, now)
-                    .into_iter()
-                    .find(|b| b.gateway == gateway);
-                let _ = reply.send(breaker);
+                let _ = reply.send(super::health::breaker(&self.core, &gateway, now));
             }
             Input::ForgetKeys(keys) => {
                 for key in keys {

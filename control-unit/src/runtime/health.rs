@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use crate::model::HealthReport;
-use crate::scheduler::breaker::BreakerState;
+use crate::scheduler::breaker::{Breaker, BreakerState};
 use crate::scheduler::{Command, Scheduler};
 use crate::views::{BreakerView, HealthEntry};
 
@@ -68,21 +68,31 @@ impl HealthView {
 
 /// Every gateway's breaker as the core keeps it now.
 pub(super) fn breakers(core: &Scheduler, now: u64) -> Vec<BreakerView> {
-    let config = core.breakers().config;
     core.breakers()
         .all()
         .into_iter()
-        .map(|breaker| BreakerView {
-            gateway: breaker.gateway.clone(),
-            state: breaker.state,
-            window: breaker.counts(now, &config),
-            open_until: if breaker.state == BreakerState::Open {
-                breaker.until
-            } else {
-                0
-            },
-            trials_in_flight: breaker.trials_in_flight,
-            transitions: breaker.transitions.iter().cloned().collect(),
-        })
+        .map(|breaker| view(core, breaker, now))
         .collect()
+}
+
+/// One gateway's breaker, if it has one.
+pub(super) fn breaker(core: &Scheduler, gateway: &str, now: u64) -> Option<BreakerView> {
+    core.breakers()
+        .get(gateway)
+        .map(|breaker| view(core, breaker, now))
+}
+
+fn view(core: &Scheduler, breaker: &Breaker, now: u64) -> BreakerView {
+    BreakerView {
+        gateway: breaker.gateway.clone(),
+        state: breaker.state,
+        window: breaker.counts(now, &core.breakers().config),
+        open_until: if breaker.state == BreakerState::Open {
+            breaker.until
+        } else {
+            0
+        },
+        trials_in_flight: breaker.trials_in_flight,
+        transitions: breaker.transitions.iter().cloned().collect(),
+    }
 }
