@@ -1,5 +1,6 @@
 //! `paygrid`: the one binary. Parses the command line, starts telemetry, runs the part.
 
+mod chaos;
 mod cli;
 mod operator;
 mod output;

@@ -620,7 +620,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<u8> {
         && matches!(outcome, Ok(true))
         && let Some(alpha) = &alpha_url
     {
-        outcome = crate::operator::chaos(&endpoint, alpha).await;
+        outcome = crate::chaos::chaos(&endpoint, alpha).await;
     }
     let code = match &outcome {
         Ok(true) => EXIT_OK,
