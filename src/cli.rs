@@ -84,6 +84,9 @@ pub enum Command {
     Health,
     /// Validate a spec file (and optionally an input) without a control unit.
     Validate(operator::ValidateArgs),
+    /// Reconciliation runs (ledger against the gateways' settlement reports): the runs,
+    /// one run's mismatches, or a new run (`--start GATEWAY`).
+    Reconcile(crate::reconcile::ReconcileArgs),
     /// Audit a ledger kept by an execution unit: balances, transfers, debits = credits.
     Ledger {
         /// The execution unit's --data-dir (holding ledger.sqlite3).
@@ -165,6 +168,7 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Health => operator::health(&control, json).await,
         Command::Graph { file, format } => operator::graph(&file, format),
         Command::Ledger { data_dir } => operator::ledger(&data_dir, json),
+        Command::Reconcile(args) => crate::reconcile::reconcile(&control, args, json).await,
         Command::Bench(args) => paygrid_bench::load::run(args).await.map(|()| EXIT_OK),
         Command::BenchEcho { listen } => {
             paygrid_bench::ceiling::echo_server(listen, crate::parts::shutdown_signal())

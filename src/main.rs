@@ -5,6 +5,7 @@ mod cli;
 mod operator;
 mod output;
 mod parts;
+mod reconcile;
 
 use std::process::ExitCode;
 

@@ -163,12 +163,12 @@ pub struct ExecArgs {
     /// A gateway to host an agent for, as NAME=URL or NAME=URL@COST_BPS.
     #[arg(long = "gateway", value_parser = parse_gateway)]
     pub gateways: Vec<GatewayArg>,
-    /// Agents to host, comma-separated: gateway, risk, ledger, verify, notify, telemetry,
-    /// remediate, sleep.
+    /// Agents to host, comma-separated: gateway, risk, ledger, reconcile (needs ledger and
+    /// the --gateway URLs), verify, notify, telemetry, remediate, sleep.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "gateway,risk,ledger,verify,notify,telemetry,remediate"
+        default_value = "gateway,risk,ledger,reconcile,verify,notify,telemetry,remediate"
     )]
     pub agents: Vec<String>,
     /// Concurrent tasks per gateway agent.
@@ -245,6 +245,9 @@ pub struct GatewaySimArgs {
     pub name: String,
     #[arg(long, default_value_t = 25)]
     pub cost_bps: u32,
+    /// A fixed fee per settlement batch and currency, in minor units (a `fee` row).
+    #[arg(long, default_value_t = 0)]
+    pub batch_fee_minor: i64,
     /// Latency added to every request, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
@@ -342,6 +345,7 @@ pub async fn gateway_sim(args: GatewaySimArgs) -> anyhow::Result<u8> {
         name: args.name,
         journal,
         cost_bps: args.cost_bps,
+        batch_fee_minor: args.batch_fee_minor,
         faults: Faults {
             latency_ms: args.latency_ms,
             capture_latency_ms: args.capture_latency_ms,
@@ -410,6 +414,7 @@ pub fn build_agents(
 ) -> anyhow::Result<Hosted> {
     let mut broken = Vec::new();
     let mut agents: Vec<Arc<dyn Agent>> = Vec::new();
+    let mut ledger_shared = None;
     for name in &args.agents {
         match name.as_str() {
             "gateway" => {
@@ -428,14 +433,31 @@ pub fn build_agents(
                 }
             }
             "risk" => agents.push(Arc::new(RiskAgent::new(RiskRules::default()))),
-            "ledger" => match &args.data_dir {
-                Some(dir) => {
-                    let ledger = LedgerAgent::open(&dir.join("ledger.sqlite3"))?;
-                    broken.extend(ledger.broken());
-                    agents.push(Arc::new(ledger));
-                }
-                None => agents.push(Arc::new(LedgerAgent::new())),
-            },
+            "ledger" => {
+                let ledger = match &args.data_dir {
+                    Some(dir) => LedgerAgent::open(&dir.join("ledger.sqlite3"))?,
+                    None => LedgerAgent::new(),
+                };
+                broken.extend(ledger.broken());
+                ledger_shared = Some(ledger.shared());
+                agents.push(Arc::new(ledger));
+            }
+            // Hosted beside the ledger it reads; placed after it in the list.
+            "reconcile" => {
+                let Some(ledger) = ledger_shared.clone() else {
+                    anyhow::bail!(crate::operator::UsageError(
+                        "the reconcile agent reads the ledger: host `ledger` before it".into()
+                    ));
+                };
+                let gateways = args
+                    .gateways
+                    .iter()
+                    .map(|g| (g.name.clone(), g.url.clone()))
+                    .collect();
+                agents.push(Arc::new(paygrid_agents::reconcile::ReconcileAgent::new(
+                    ledger, gateways,
+                )));
+            }
             "verify" => agents.push(Arc::new(VerifyAgent)),
             "notify" => agents.push(Arc::new(NotifyAgent)),
             "telemetry" => agents.push(Arc::new(paygrid_agents::telemetry::TelemetryAgent::new(
@@ -451,7 +473,7 @@ pub fn build_agents(
                 max_concurrency: args.sleep_concurrency,
             })),
             other => anyhow::bail!(crate::operator::UsageError(format!(
-                "unknown agent `{other}`: use gateway, risk, ledger, verify, notify, telemetry, remediate or sleep"
+                "unknown agent `{other}`: use gateway, risk, ledger, reconcile, verify, notify, telemetry, remediate or sleep"
             ))),
         }
     }
@@ -513,6 +535,7 @@ async fn dev_gateways(
             journal: Some(data_dir.join(format!("gateway-{name}.sqlite3"))),
             name: name.into(),
             cost_bps,
+            batch_fee_minor: 50,
             faults: Faults {
                 latency_ms: 20,
                 ..Faults::default()

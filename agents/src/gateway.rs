@@ -1,5 +1,6 @@
 //! The gateway worker agent: `gateway.authorize`, `gateway.capture`, `gateway.void`,
-//! `gateway.refund`, `gateway.payout` over HTTP, with the task's idempotency key as the
+//! `gateway.refund`, `gateway.payout`, `gateway.payout_batch`, `gateway.close_batch`
+//! over HTTP, with the task's idempotency key as the
 //! `Idempotency-Key` header. A decline is a value from the gateway; it becomes a
 //! permanent failure of the task. 429 and 503 (refused before processing) and connection
 //! refusals are retryable; timeouts and other 5xx may come after the effect and are
@@ -344,7 +345,7 @@ impl Agent for GatewayAgent {
                     "Authorize a card payment",
                     schema(
                         &["amount_minor", "currency", "card_token"],
-                        json!({"amount_minor": money["amount_minor"], "currency": money["currency"], "card_token": {"type": "string"}, "merchant": {"type": "string"}}),
+                        json!({"amount_minor": money["amount_minor"], "currency": money["currency"], "card_token": {"type": "string"}, "merchant": {"type": "string"}, "reference": {"type": "string", "description": "the merchant's reference, carried into the settlement report"}}),
                     ),
                     schema(
                         &[],
@@ -392,11 +393,32 @@ impl Agent for GatewayAgent {
                     "Pay out to a destination account",
                     schema(
                         &["destination", "amount_minor"],
-                        json!({"destination": {"type": "string"}, "amount_minor": {"type": "integer"}, "currency": {"type": "string"}}),
+                        json!({"destination": {"type": "string"}, "amount_minor": {"type": "integer"}, "currency": {"type": "string"}, "reference": {"type": "string"}}),
                     ),
                     schema(
                         &[],
-                        json!({"payout_id": {"type": "string"}, "destination": {"type": "string"}, "amount_minor": {"type": "integer"}, "status": {"type": "string"}, "gateway": {"type": "string"}}),
+                        json!({"payout_id": {"type": "string"}, "destination": {"type": "string"}, "amount_minor": {"type": "integer"}, "currency": {"type": "string"}, "status": {"type": "string"}, "gateway": {"type": "string"}}),
+                    ),
+                ),
+                skill(
+                    "gateway.payout_batch",
+                    "Pay out to several destinations in one request (all or none)",
+                    schema(
+                        &["reference", "items"],
+                        json!({"reference": {"type": "string"}, "items": {"type": "array", "items": schema(&["destination", "amount_minor", "currency"], json!({"destination": {"type": "string"}, "amount_minor": {"type": "integer", "minimum": 1}, "currency": {"type": "string"}}))}}),
+                    ),
+                    schema(
+                        &[],
+                        json!({"reference": {"type": "string"}, "payouts": {"type": "array"}, "status": {"type": "string"}, "gateway": {"type": "string"}}),
+                    ),
+                ),
+                skill(
+                    "gateway.close_batch",
+                    "Close the open settlement batch (default value date: tomorrow)",
+                    schema(&[], json!({"value_date": {"type": "string", "format": "date"}})),
+                    schema(
+                        &[],
+                        json!({"batch_id": {"type": "string"}, "value_date": {"type": "string"}, "rows": {"type": "integer"}, "gateway": {"type": "string"}}),
                     ),
                 ),
                 skill(
@@ -432,6 +454,7 @@ impl Agent for GatewayAgent {
                     "currency": task.input.get("currency"),
                     "card_token": task.input.get("card_token"),
                     "merchant": task.input.get("merchant"),
+                    "reference": task.input.get("reference"),
                 });
                 self.post("/v1/authorizations", &task, body).await
             }
@@ -465,6 +488,23 @@ impl Agent for GatewayAgent {
                 Err(outcome) => outcome,
             },
             "gateway.payout" => self.post("/v1/payouts", &task, task.input.clone()).await,
+            "gateway.payout_batch" => {
+                self.post("/v1/payout-batches", &task, task.input.clone())
+                    .await
+            }
+            "gateway.close_batch" => {
+                let value_date = match task.input.get("value_date").and_then(Value::as_str) {
+                    Some(date) if !date.is_empty() => date.to_owned(),
+                    // The acquirer pays tomorrow (T+1).
+                    _ => crate::dates::Day::today().plus(1).to_string(),
+                };
+                self.post(
+                    "/v1/settlement-batches",
+                    &task,
+                    json!({"value_date": value_date}),
+                )
+                .await
+            }
             // Read-only: the gateway's health endpoint (503 while it is failing).
             "gateway.probe" => self.call(http::Method::GET, "/healthz", &task, None).await,
             other => TaskOutcome::permanent(

@@ -5,10 +5,13 @@
 //! Postings are idempotent by the task's idempotency key.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use paygrid_execution_unit::{Agent, AgentCard, Role, SkillSpec, Task, TaskOutcome};
 use serde_json::{Value, json};
+
+use crate::dates::Day;
+use crate::gateway_sim::RowType;
 
 /// Debits and credits of one account in one currency, pending and posted.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -21,47 +24,71 @@ pub struct Balance {
 
 #[derive(Debug, Clone)]
 struct Transfer {
-    debit: &'static str,
-    credit: &'static str,
     amount_minor: i64,
+    posted_minor: i64,
     currency: String,
     status: &'static str,
+    split: bool,
 }
 
 const RECEIVABLE: &str = "gateway_receivable";
 const PAYABLE: &str = "merchant_payable";
 const CASH: &str = "settlement_cash";
+const PLATFORM: &str = "platform_revenue";
+
+fn sub_merchant(merchant: &str) -> String {
+    format!("sub_merchant_payable:{merchant}")
+}
+
+/// A movement the ledger expects in a gateway's settlement report: what reconciliation
+/// matches report rows against (by PSP reference).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expected {
+    pub row_type: RowType,
+    pub psp_reference: String,
+    pub merchant_reference: String,
+    pub gateway: String,
+    /// The amount, positive whatever the direction.
+    pub amount_minor: i64,
+    pub currency: String,
+    pub booked_on: Day,
+}
+
+/// One sub-merchant's payout owed in a batch.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PayoutItem {
+    pub destination: String,
+    pub amount_minor: i64,
+    pub currency: String,
+}
 
 #[derive(Default)]
 pub struct Ledger {
-    balances: BTreeMap<(&'static str, String), Balance>,
-    /// Pending transfer per payment.
+    balances: BTreeMap<(String, String), Balance>,
+    /// The transfer of each payment.
     transfers: HashMap<String, Transfer>,
     /// Idempotency key → the answer given.
     answers: HashMap<String, Value>,
+    /// What the gateways' settlement reports should show, in booking order.
+    expected: Vec<Expected>,
+    expected_by_reference: HashMap<String, usize>,
+    /// Sub-merchant shares not paid out yet, by (batch, sub-merchant, currency).
+    owed: BTreeMap<(String, String, String), i64>,
 }
 
 impl Ledger {
-    fn balance(&mut self, account: &'static str, currency: &str) -> &mut Balance {
-        self.balances
-            .entry((account, currency.to_owned()))
-            .or_default()
-    }
-
-    fn book(
-        &mut self,
-        debit: &'static str,
-        credit: &'static str,
-        amount: i64,
-        currency: &str,
-        pending: bool,
-    ) {
-        if pending {
-            self.balance(debit, currency).debits_pending += amount;
-            self.balance(credit, currency).credits_pending += amount;
-        } else {
-            self.balance(debit, currency).debits_posted += amount;
-            self.balance(credit, currency).credits_posted += amount;
+    fn book(&mut self, debit: &str, credit: &str, amount: i64, currency: &str, pending: bool) {
+        for (account, is_debit) in [(debit, true), (credit, false)] {
+            let balance = self
+                .balances
+                .entry((account.to_owned(), currency.to_owned()))
+                .or_default();
+            match (pending, is_debit) {
+                (true, true) => balance.debits_pending += amount,
+                (true, false) => balance.credits_pending += amount,
+                (false, true) => balance.debits_posted += amount,
+                (false, false) => balance.credits_posted += amount,
+            }
         }
     }
 
@@ -82,31 +109,74 @@ impl Ledger {
     /// Applies one posting request; `Err` is a message for a permanent failure.
     pub fn post(&mut self, request: &Value) -> Result<Value, String> {
         let event = string(request, "event")?;
-        let payment = string(request, "payment_id")?.to_owned();
+        let booked_on = match request.get("booked_on").and_then(Value::as_str) {
+            Some(text) => Day::parse(text).map_err(|e| format!("`booked_on`: {e}"))?,
+            None => Day::today(),
+        };
         let answer = match event {
-            "authorize" => self.authorize(&payment, request)?,
-            "capture" | "void" => self.settle_pending(&payment, event == "capture", request)?,
+            "authorize" => self.authorize(string(request, "payment_id")?, request)?,
+            "capture" | "void" => {
+                let payment = string(request, "payment_id")?;
+                self.settle_pending(payment, event == "capture", request, booked_on)?
+            }
             "refund" | "settle" => {
+                let payment = string(request, "payment_id")?;
                 let (amount, currency) = (amount(request)?, string(request, "currency")?);
                 let (debit, credit) = if event == "refund" {
                     (PAYABLE, RECEIVABLE)
                 } else {
                     (CASH, RECEIVABLE)
                 };
+                if event == "refund" {
+                    self.expect(RowType::Refunded, request, payment, amount, currency, booked_on)?;
+                }
                 self.book(debit, credit, amount, currency, false);
                 json!({"payment_id": payment, "status": "posted", "amount_minor": amount})
             }
+            "split" => self.split(string(request, "payment_id")?, request)?,
+            "payouts" => self.payouts(request, booked_on)?,
             other => {
                 return Err(format!(
-                    "unknown event `{other}`: use authorize, capture, void, refund or settle"
+                    "unknown event `{other}`: use authorize, capture, void, refund, settle, split or payouts"
                 ));
             }
         };
-        assert!(
-            self.is_balanced(),
-            "ledger out of balance after {event} of {payment}"
-        );
+        assert!(self.is_balanced(), "ledger out of balance after {event}");
         Ok(answer)
+    }
+
+    /// Records what the report should show, when the posting names its gateway and PSP
+    /// reference (a posting without them is not reconciled).
+    fn expect(
+        &mut self,
+        row_type: RowType,
+        request: &Value,
+        merchant_reference: &str,
+        amount_minor: i64,
+        currency: &str,
+        booked_on: Day,
+    ) -> Result<(), String> {
+        let (Some(psp_reference), Some(gateway)) = (
+            request.get("psp_reference").and_then(Value::as_str),
+            request.get("gateway").and_then(Value::as_str),
+        ) else {
+            return Ok(());
+        };
+        if self.expected_by_reference.contains_key(psp_reference) {
+            return Err(format!("PSP reference {psp_reference} is already booked"));
+        }
+        self.expected_by_reference
+            .insert(psp_reference.to_owned(), self.expected.len());
+        self.expected.push(Expected {
+            row_type,
+            psp_reference: psp_reference.to_owned(),
+            merchant_reference: merchant_reference.to_owned(),
+            gateway: gateway.to_owned(),
+            amount_minor,
+            currency: currency.to_owned(),
+            booked_on,
+        });
+        Ok(())
     }
 
     /// A pending transfer for an authorization.
@@ -119,11 +189,11 @@ impl Ledger {
         self.transfers.insert(
             payment.to_owned(),
             Transfer {
-                debit: RECEIVABLE,
-                credit: PAYABLE,
                 amount_minor: amount,
+                posted_minor: 0,
                 currency,
                 status: "pending",
+                split: false,
             },
         );
         Ok(json!({"payment_id": payment, "status": "pending", "amount_minor": amount}))
@@ -135,6 +205,7 @@ impl Ledger {
         payment: &str,
         capture: bool,
         request: &Value,
+        booked_on: Day,
     ) -> Result<Value, String> {
         let transfer = self
             .transfers
@@ -155,33 +226,175 @@ impl Ledger {
                     transfer.amount_minor
                 ));
             }
+            self.expect(
+                RowType::Settled,
+                request,
+                payment,
+                amount,
+                &transfer.currency,
+                booked_on,
+            )?;
             amount
         } else {
             0
         };
         // Release the pending amounts, then post what was captured.
-        let (debit, credit, currency) = (transfer.debit, transfer.credit, &transfer.currency);
-        self.book(debit, credit, -transfer.amount_minor, currency, true);
+        let currency = &transfer.currency;
+        self.book(RECEIVABLE, PAYABLE, -transfer.amount_minor, currency, true);
         if posted > 0 {
-            self.book(debit, credit, posted, currency, false);
+            self.book(RECEIVABLE, PAYABLE, posted, currency, false);
         }
         let status = if capture { "posted" } else { "voided" };
         if let Some(t) = self.transfers.get_mut(payment) {
             t.status = status;
+            t.posted_minor = posted;
         }
         Ok(json!({"payment_id": payment, "status": status, "amount_minor": posted}))
+    }
+
+    /// A marketplace (PayFac) payment's captured amount, split: each sub-merchant's share
+    /// becomes owed to it (paid out with its batch) and the rest is the platform's fee.
+    /// The shares and the fee must add up to what was captured.
+    fn split(&mut self, payment: &str, request: &Value) -> Result<Value, String> {
+        let transfer = self
+            .transfers
+            .get(payment)
+            .cloned()
+            .ok_or_else(|| format!("payment {payment} has no transfer"))?;
+        if transfer.status != "posted" || transfer.split {
+            return Err(format!(
+                "payment {payment} cannot be split: its transfer is {}{}",
+                transfer.status,
+                if transfer.split { " and already split" } else { "" }
+            ));
+        }
+        let batch = string(request, "batch")?;
+        let fee = request
+            .get("platform_fee_minor")
+            .and_then(Value::as_i64)
+            .filter(|fee| *fee >= 0)
+            .ok_or("`platform_fee_minor` must be a non-negative integer")?;
+        let shares = request
+            .get("shares")
+            .and_then(Value::as_array)
+            .filter(|shares| !shares.is_empty())
+            .ok_or("`shares` must be a non-empty array of {merchant, amount_minor}")?;
+        let mut checked = Vec::with_capacity(shares.len());
+        for (index, share) in shares.iter().enumerate() {
+            let merchant = share
+                .get("merchant")
+                .and_then(Value::as_str)
+                .filter(|m| !m.is_empty())
+                .ok_or_else(|| format!("`shares[{index}].merchant` must be a string"))?;
+            let amount = amount(share).map_err(|e| format!("`shares[{index}]`: {e}"))?;
+            checked.push((merchant, amount));
+        }
+        let total: i64 = checked.iter().map(|(_, a)| a).sum::<i64>() + fee;
+        if total != transfer.posted_minor {
+            return Err(format!(
+                "shares and platform fee add up to {total}, the capture is {}",
+                transfer.posted_minor
+            ));
+        }
+        let currency = transfer.currency.clone();
+        for (merchant, amount) in &checked {
+            self.book(PAYABLE, &sub_merchant(merchant), *amount, &currency, false);
+            *self
+                .owed
+                .entry((batch.to_owned(), (*merchant).to_owned(), currency.clone()))
+                .or_default() += amount;
+        }
+        if fee > 0 {
+            self.book(PAYABLE, PLATFORM, fee, &currency, false);
+        }
+        if let Some(t) = self.transfers.get_mut(payment) {
+            t.split = true;
+        }
+        Ok(json!({"payment_id": payment, "status": "split", "shares": checked.len(), "platform_fee_minor": fee}))
+    }
+
+    /// The payouts a batch owes its sub-merchants, one per sub-merchant and currency.
+    pub fn payout_plan(&self, batch: &str) -> Vec<PayoutItem> {
+        self.owed
+            .iter()
+            .filter(|((b, _, _), amount)| b == batch && **amount > 0)
+            .map(|((_, merchant, currency), amount)| PayoutItem {
+                destination: merchant.clone(),
+                amount_minor: *amount,
+                currency: currency.clone(),
+            })
+            .collect()
+    }
+
+    /// Books the payouts a gateway sent for a batch (`gateway.payout_batch`'s output):
+    /// each clears what the batch owes its sub-merchant, and is expected in the report.
+    fn payouts(&mut self, request: &Value, booked_on: Day) -> Result<Value, String> {
+        let batch = string(request, "batch")?;
+        let payouts = request
+            .get("payouts")
+            .and_then(Value::as_array)
+            .ok_or("`payouts` must be an array of {payout_id, destination, amount_minor, currency}")?;
+        let mut checked = Vec::with_capacity(payouts.len());
+        for (index, payout) in payouts.iter().enumerate() {
+            let field = |name: &str| {
+                payout
+                    .get(name)
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| format!("`payouts[{index}].{name}` must be a string"))
+            };
+            let (id, destination, currency) =
+                (field("payout_id")?, field("destination")?, field("currency")?);
+            let amount = amount(payout).map_err(|e| format!("`payouts[{index}]`: {e}"))?;
+            let owed = self
+                .owed
+                .get(&(batch.to_owned(), destination.to_owned(), currency.to_owned()))
+                .copied()
+                .unwrap_or(0);
+            if amount > owed {
+                return Err(format!(
+                    "`payouts[{index}]`: {amount} {currency} to {destination} exceeds the {owed} batch {batch} owes it"
+                ));
+            }
+            if self.expected_by_reference.contains_key(id) {
+                return Err(format!("`payouts[{index}]`: payout {id} is already booked"));
+            }
+            checked.push((id, destination, currency, amount));
+        }
+        for (id, destination, currency, amount) in &checked {
+            let reference = format!("{batch}:{destination}");
+            let with_reference = json!({"psp_reference": id, "gateway": request.get("gateway")});
+            self.expect(RowType::Payout, &with_reference, &reference, *amount, currency, booked_on)?;
+            self.book(&sub_merchant(destination), RECEIVABLE, *amount, currency, false);
+            if let Some(owed) = self.owed.get_mut(&(
+                batch.to_owned(),
+                (*destination).to_owned(),
+                (*currency).to_owned(),
+            )) {
+                *owed -= amount;
+            }
+        }
+        Ok(json!({"batch": batch, "status": "posted", "payouts": checked.len()}))
     }
 
     pub fn balances(&self) -> Vec<(String, String, Balance)> {
         self.balances
             .iter()
-            .map(|((a, c), b)| ((*a).to_owned(), c.clone(), *b))
+            .map(|((a, c), b)| (a.clone(), c.clone(), *b))
+            .collect()
+    }
+
+    /// What a gateway's settlement reports should show, in booking order.
+    pub fn expected(&self, gateway: &str) -> Vec<Expected> {
+        self.expected
+            .iter()
+            .filter(|e| e.gateway == gateway)
+            .cloned()
             .collect()
     }
 }
 
 pub struct LedgerAgent {
-    ledger: Mutex<Ledger>,
+    ledger: Arc<Mutex<Ledger>>,
     journal: Option<crate::journal::Journal>,
 }
 
@@ -189,9 +402,14 @@ impl LedgerAgent {
     /// A ledger kept in memory only.
     pub fn new() -> Self {
         Self {
-            ledger: Mutex::new(Ledger::default()),
+            ledger: Arc::new(Mutex::new(Ledger::default())),
             journal: None,
         }
+    }
+
+    /// The ledger itself, for the reconciliation agent hosted beside it.
+    pub fn shared(&self) -> Arc<Mutex<Ledger>> {
+        self.ledger.clone()
     }
 
     /// Fires when the ledger's journal failed: the host must stop (exit code 70).
@@ -204,7 +422,7 @@ impl LedgerAgent {
     pub fn open(path: &std::path::Path) -> Result<Self, crate::journal::JournalError> {
         let (journal, entries) = crate::journal::Journal::open(path)?;
         Ok(Self {
-            ledger: Mutex::new(Ledger::replay(&entries)),
+            ledger: Arc::new(Mutex::new(Ledger::replay(&entries))),
             journal: Some(journal),
         })
     }
@@ -249,12 +467,20 @@ impl Agent for LedgerAgent {
             name: "ledger".into(),
             role: Role::Service,
             version: env!("CARGO_PKG_VERSION").into(),
-            skills: vec![SkillSpec {
-                name: "ledger.post".into(),
-                description: "Book a double-entry posting: authorize (pending), capture (post), void, refund, settle".into(),
-                input_schema: json!({"type": "object", "required": ["event", "payment_id"], "properties": {"event": {"type": "string", "enum": ["authorize", "capture", "void", "refund", "settle"]}, "payment_id": {"type": "string"}, "amount_minor": {"type": "integer"}, "currency": {"type": "string"}}}),
-                output_schema: json!({"type": "object", "properties": {"payment_id": {"type": "string"}, "status": {"type": "string"}, "amount_minor": {"type": "integer"}}}),
-            }],
+            skills: vec![
+                SkillSpec {
+                    name: "ledger.post".into(),
+                    description: "Book a double-entry posting: authorize (pending), capture (post), void, refund, settle, split (a marketplace payment's sub-merchant shares and platform fee), payouts (a batch's sub-merchant payouts). With `gateway` and `psp_reference`, a capture, refund or payout is expected in that gateway's settlement report.".into(),
+                    input_schema: json!({"type": "object", "required": ["event"], "properties": {"event": {"type": "string", "enum": ["authorize", "capture", "void", "refund", "settle", "split", "payouts"]}, "payment_id": {"type": "string"}, "amount_minor": {"type": "integer"}, "currency": {"type": "string"}, "gateway": {"type": "string"}, "psp_reference": {"type": "string"}, "batch": {"type": "string"}, "platform_fee_minor": {"type": "integer"}, "shares": {"type": "array"}, "payouts": {"type": "array"}, "booked_on": {"type": "string", "format": "date"}}}),
+                    output_schema: json!({"type": "object", "properties": {"payment_id": {"type": "string"}, "status": {"type": "string"}, "amount_minor": {"type": "integer"}}}),
+                },
+                SkillSpec {
+                    name: "ledger.payout_plan".into(),
+                    description: "Read-only: the payouts a settlement batch owes its sub-merchants".into(),
+                    input_schema: json!({"type": "object", "required": ["batch"], "properties": {"batch": {"type": "string"}}}),
+                    output_schema: json!({"type": "object", "properties": {"batch": {"type": "string"}, "items": {"type": "array"}, "total_minor": {"type": "integer"}}}),
+                },
+            ],
             max_concurrency: 256,
             labels: Default::default(),
         }
@@ -265,14 +491,32 @@ impl Agent for LedgerAgent {
             .ledger
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if task.skill == "ledger.payout_plan" {
+            let Some(batch) = task.input.get("batch").and_then(Value::as_str) else {
+                return TaskOutcome::permanent("invalid_input", "`batch` must be a string");
+            };
+            let items = ledger.payout_plan(batch);
+            let total: i64 = items.iter().map(|i| i.amount_minor).sum();
+            return TaskOutcome::Succeeded(
+                json!({"batch": batch, "items": items, "total_minor": total}),
+            );
+        }
         if let Some(answer) = ledger.answers.get(&task.idempotency_key) {
             return TaskOutcome::Succeeded(answer.clone());
         }
-        match ledger.post(&task.input) {
+        // The booking date goes into the journal with the request: a replay books on
+        // the same day.
+        let mut request = task.input;
+        if let Some(fields) = request.as_object_mut()
+            && !fields.contains_key("booked_on")
+        {
+            fields.insert("booked_on".into(), json!(Day::today().to_string()));
+        }
+        match ledger.post(&request) {
             Ok(answer) => {
                 if let Some(journal) = &self.journal {
                     let entry =
-                        json!({"key": task.idempotency_key, "request": task.input}).to_string();
+                        json!({"key": task.idempotency_key, "request": request}).to_string();
                     if let Err(error) = tokio::task::block_in_place(|| journal.append(&entry)) {
                         // Memory is ahead of disk: the journal is now broken, the host
                         // stops (see `broken`), and the restart replays the journal. The

@@ -50,3 +50,15 @@ pub const BREAKER_TRANSITIONS: Metric = Metric {
     name: "paygrid_breaker_transitions_total",
     help: "Circuit breaker transitions, by gateway and the state entered.",
 };
+pub const RECONCILIATION_RUNS: Metric = Metric {
+    name: "paygrid_reconciliation_runs_total",
+    help: "Reconciliation runs that finished, by gateway.",
+};
+pub const RECONCILIATION_ROWS: Metric = Metric {
+    name: "paygrid_reconciliation_rows_total",
+    help: "Settlement report rows and ledger entries classified by reconciliation runs, by gateway and class (matched or a mismatch kind).",
+};
+pub const RECONCILIATION_MISMATCHES: Metric = Metric {
+    name: "paygrid_reconciliation_mismatches",
+    help: "Mismatches the latest reconciliation run of a gateway found, by kind.",
+};

@@ -25,6 +25,8 @@ pub const SHIPPED_SPECS: &[&str] = &[
     include_str!("../remediation/void-stale-authorization.yaml"),
     include_str!("../remediation/alert-stuck-workflow.yaml"),
     include_str!("../remediation/cancel-stuck-workflow.yaml"),
+    include_str!("../remediation/alert-reconciliation.yaml"),
+    include_str!("../remediation/reconcile-gateway.yaml"),
 ];
 
 /// Labels every remediation workflow carries.
@@ -46,6 +48,9 @@ pub enum Trigger {
     /// some of its tasks wait (no agent for the skill, an open breaker); the subject is
     /// the workflow. Remediation workflows themselves are not watched.
     WorkflowStuck,
+    /// A reconciliation run (a `reconcile.gateway` task) found mismatches; the subject is
+    /// the gateway.
+    ReconciliationMismatch,
 }
 
 impl Trigger {
@@ -54,6 +59,7 @@ impl Trigger {
             Self::BreakerOpened => "breaker_opened",
             Self::AuthorizationStale => "authorization_stale",
             Self::WorkflowStuck => "workflow_stuck",
+            Self::ReconciliationMismatch => "reconciliation_mismatch",
         }
     }
 }
@@ -125,7 +131,7 @@ impl Rules {
     pub fn scan_interval(&self) -> Option<std::time::Duration> {
         self.rules
             .iter()
-            .filter(|r| r.on != Trigger::BreakerOpened)
+            .filter(|r| matches!(r.on, Trigger::AuthorizationStale | Trigger::WorkflowStuck))
             .filter_map(|r| crate::spec::duration::parse_duration(r.after.as_deref()?).ok())
             .min()
             .map(|after| {
@@ -218,6 +224,44 @@ impl Remediation {
             .collect()
     }
 
+    /// The workflows a reconciliation run with mismatches starts: one per matching rule
+    /// whose last run for this gateway has ended, once per run (its key names the run).
+    pub fn on_reconciled(
+        &self,
+        summary: &crate::reconciliation::Summary,
+        core: &Scheduler,
+    ) -> Vec<Start> {
+        if summary.mismatch_count() == 0 {
+            return Vec::new();
+        }
+        let (workflow, count, found) = (
+            summary.workflow.to_string(),
+            summary.mismatch_count().to_string(),
+            summary.describe(),
+        );
+        let fields = [
+            ("gateway", summary.gateway.as_str()),
+            ("as_of", summary.as_of.as_str()),
+            ("workflow_id", workflow.as_str()),
+            ("mismatch_count", count.as_str()),
+            ("mismatches", found.as_str()),
+        ];
+        self.rules
+            .rules
+            .iter()
+            .filter(|rule| rule.on == Trigger::ReconciliationMismatch)
+            .filter(|rule| !self.is_running(&rule.name, &summary.gateway, core))
+            .map(|rule| Start {
+                rule: rule.name.clone(),
+                trigger: rule.on,
+                subject: summary.gateway.clone(),
+                spec_ref: rule.start.clone(),
+                input: fill(&Value::Object(rule.input.clone()), &fields),
+                key: format!("remediation:{}:{}:{workflow}", rule.name, summary.gateway),
+            })
+            .collect()
+    }
+
     /// Authorizations older than a stale-authorization rule allows, held by running
     /// workflows: one start per rule and authorization (its key has no time in it, so an
     /// authorization is remediated once, also across restarts).
@@ -243,7 +287,7 @@ impl Remediation {
                     Trigger::WorkflowStuck => {
                         starts.extend(self.stuck(rule, workflow, core, now, after));
                     }
-                    Trigger::BreakerOpened => {}
+                    Trigger::BreakerOpened | Trigger::ReconciliationMismatch => {}
                 }
             }
         }

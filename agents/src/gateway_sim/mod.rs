@@ -13,6 +13,12 @@
 //! Test card tokens: `tok_decline` is declined at authorize (402 `card_declined`);
 //! `tok_capture_decline` authorizes but its capture is refused (402 `capture_declined`).
 //!
+//! Settlement (see `settlement`): captures, refunds and payouts wait in the open batch;
+//! `POST /v1/settlement-batches` closes it, `GET /v1/settlement-batches` lists them and
+//! `GET /v1/settlement-batches/{id}/report.csv` serves a report; `POST
+//! /v1/admin/mismatches` plants a mismatch in the next one. `POST /v1/payout-batches`
+//! pays several destinations at once.
+//!
 //! Faults (`PUT /v1/admin/faults`): `latency_ms`, `capture_latency_ms`, `fail_next`
 //! (503 before the effect), `fail_after_next` (500 after the effect was applied and
 //! stored), `fail_rate` (503 before the effect, at random), `slow_rate` with
@@ -20,6 +26,9 @@
 
 mod idempotency;
 mod payments;
+mod settlement;
+
+pub use settlement::{Plant, Row, RowType, parse_report};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,6 +59,8 @@ pub struct SimConfig {
     pub journal: Option<std::path::PathBuf>,
     /// Fee per transaction in basis points, reported on every payment.
     pub cost_bps: u32,
+    /// A fixed fee per settlement batch and currency (a `fee` row), in minor units.
+    pub batch_fee_minor: i64,
     pub faults: Faults,
 }
 
@@ -86,6 +97,7 @@ struct Inner {
     payments: HashMap<String, payments::Payment>,
     captures: HashMap<String, String>,
     idempotency: HashMap<String, idempotency::Entry>,
+    settlement: settlement::Settlement,
     faults: Faults,
     stats: Stats,
     next_id: u64,
@@ -94,6 +106,7 @@ struct Inner {
 struct Sim {
     name: String,
     cost_bps: u32,
+    batch_fee_minor: i64,
     inner: Mutex<Inner>,
     in_flight: AtomicU64,
     journal: Option<crate::journal::Journal>,
@@ -372,6 +385,51 @@ fn router(sim: Arc<Sim>) -> Router {
             }),
         )
         .route(
+            "/v1/payout-batches",
+            post(|State(s): State<Arc<Sim>>, h: HeaderMap, b: Bytes| {
+                effect(s, Effect::PayoutBatch, None, h, b)
+            }),
+        )
+        .route(
+            "/v1/settlement-batches",
+            post(|State(s): State<Arc<Sim>>, h: HeaderMap, b: Bytes| {
+                effect(s, Effect::CloseBatch, None, h, b)
+            })
+            .get(|State(s): State<Arc<Sim>>| async move {
+                let batches = s.lock().settlement.batches.clone();
+                axum::Json(json!({"gateway": s.name, "batches": batches}))
+            }),
+        )
+        .route(
+            "/v1/settlement-batches/{id}/report.csv",
+            get(
+                |State(s): State<Arc<Sim>>, Path(id): Path<String>| async move {
+                    let inner = s.lock();
+                    match inner.settlement.batch(&id) {
+                        Some(batch) => (
+                            StatusCode::OK,
+                            [(axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+                            settlement::csv(batch),
+                        )
+                            .into_response(),
+                        None => (
+                            StatusCode::NOT_FOUND,
+                            axum::Json(json!({"error": "no_such_batch", "message": format!("no settlement batch `{id}`")})),
+                        )
+                            .into_response(),
+                    }
+                },
+            ),
+        )
+        .route(
+            "/v1/admin/mismatches",
+            post(
+                |State(s): State<Arc<Sim>>, axum::Json(body): axum::Json<Value>| async move {
+                    plant(&s, &body)
+                },
+            ),
+        )
+        .route(
             "/v1/idempotency/{key}",
             get(
                 |State(s): State<Arc<Sim>>, Path(key): Path<String>| async move {
@@ -466,10 +524,12 @@ pub async fn serve(
     let sim = Arc::new(Sim {
         name: config.name,
         cost_bps: config.cost_bps,
+        batch_fee_minor: config.batch_fee_minor,
         inner: Mutex::new(Inner {
             payments: HashMap::new(),
             captures: HashMap::new(),
             idempotency: HashMap::new(),
+            settlement: settlement::Settlement::default(),
             faults: config.faults,
             stats: Stats::default(),
             next_id: 0,
@@ -506,6 +566,33 @@ pub async fn serve(
     }
 }
 
+/// `POST /v1/admin/mismatches` `{"kind": ...}`: queues a mismatch for the next batch
+/// (journaled, so a replay plants it the same way).
+fn plant(sim: &Sim, body: &Value) -> Response {
+    let kind = body.get("kind").and_then(Value::as_str).unwrap_or("");
+    let Some(plant) = Plant::ALL.into_iter().find(|p| p.as_str() == kind) else {
+        let kinds: Vec<&str> = Plant::ALL.iter().map(|p| p.as_str()).collect();
+        let (status, body) = error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("`kind` must be one of {}", kinds.join(", ")),
+        );
+        return respond(status, body, false);
+    };
+    let mut inner = sim.lock();
+    if let Some(journal) = &sim.journal {
+        let entry = json!({"plant": plant}).to_string();
+        if let Err(error) = tokio::task::block_in_place(|| journal.append(&entry)) {
+            tracing::error!(%error, "gateway journal write failed; stopping");
+            let (status, body) = error_body_journal();
+            return respond(status, body, false);
+        }
+    }
+    inner.settlement.plants.push(plant);
+    let queued: Vec<&str> = inner.settlement.plants.iter().map(|p| p.as_str()).collect();
+    respond(StatusCode::OK, json!({"queued": queued}), false)
+}
+
 /// The answer when the journal failed after the effect was applied in memory: a 500, so
 /// the caller treats the outcome as unknown and settles it after the restart.
 fn error_body_journal() -> (StatusCode, Value) {
@@ -527,6 +614,10 @@ fn replay(sim: &Sim, entries: &[String]) {
         let key = entry["key"].as_str().unwrap_or_default().to_owned();
         if entry["fenced"] == true {
             inner.idempotency.insert(key, idempotency::Entry::Fenced);
+            continue;
+        }
+        if let Ok(plant) = serde_json::from_value::<Plant>(entry["plant"].clone()) {
+            inner.settlement.plants.push(plant);
             continue;
         }
         let Ok(effect) = serde_json::from_value::<Effect>(entry["effect"].clone()) else {

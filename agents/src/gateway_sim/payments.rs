@@ -7,7 +7,9 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::settlement::{Entry, RowType};
 use super::{Inner, Sim, error};
+use crate::dates::Day;
 
 #[derive(Debug, Clone, Serialize)]
 pub(super) struct Payment {
@@ -19,6 +21,9 @@ pub(super) struct Payment {
     refunded_minor: i64,
     capture_ids: Vec<String>,
     card_token: String,
+    /// The merchant's reference (e.g. its payment id), carried into the settlement report.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reference: Option<String>,
 }
 
 #[derive(Clone, Copy, Serialize, Deserialize)]
@@ -29,6 +34,10 @@ pub(super) enum Effect {
     Void,
     Refund,
     Payout,
+    /// Several payouts in one request (a PayFac's sub-merchant payouts of a batch).
+    PayoutBatch,
+    /// Closes the open settlement batch.
+    CloseBatch,
 }
 
 impl Effect {
@@ -39,6 +48,8 @@ impl Effect {
             Self::Void => "void",
             Self::Refund => "refund",
             Self::Payout => "payout",
+            Self::PayoutBatch => "payout_batch",
+            Self::CloseBatch => "close_batch",
         }
     }
 }
@@ -88,6 +99,8 @@ pub(super) fn apply(
         Effect::Void => void(sim, inner, target),
         Effect::Refund => refund(sim, inner, serial, target, request),
         Effect::Payout => payout(sim, inner, serial, request),
+        Effect::PayoutBatch => payout_batch(sim, inner, serial, request),
+        Effect::CloseBatch => close_batch(sim, inner, request),
     }
 }
 
@@ -125,6 +138,10 @@ fn authorize(sim: &Sim, inner: &mut Inner, serial: u64, request: &Value) -> (Sta
             refunded_minor: 0,
             capture_ids: Vec::new(),
             card_token: token.to_owned(),
+            reference: request
+                .get("reference")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
         },
     );
     (
@@ -164,6 +181,17 @@ fn capture(
     payment.captured_minor = amount;
     payment.capture_ids.push(id.clone());
     let (authorization_id, currency) = (payment.authorization_id.clone(), payment.currency.clone());
+    let reference = payment
+        .reference
+        .clone()
+        .unwrap_or_else(|| authorization_id.clone());
+    inner.settlement.record(Entry {
+        row_type: RowType::Settled,
+        psp_reference: id.clone(),
+        merchant_reference: reference,
+        gross: amount,
+        currency: currency.clone(),
+    });
     inner.captures.insert(id.clone(), authorization_id.clone());
     inner.stats.captures += 1;
     (
@@ -219,10 +247,22 @@ fn refund(
     if payment.refunded_minor == payment.captured_minor {
         payment.status = "refunded";
     }
+    let refund_id = format!("re_{}_{serial}", sim.name);
+    let entry = Entry {
+        row_type: RowType::Refunded,
+        psp_reference: refund_id.clone(),
+        merchant_reference: payment
+            .reference
+            .clone()
+            .unwrap_or_else(|| payment.authorization_id.clone()),
+        gross: -amount,
+        currency: payment.currency.clone(),
+    };
+    inner.settlement.record(entry);
     inner.stats.refunds += 1;
     (
         StatusCode::CREATED,
-        json!({"refund_id": format!("re_{}_{serial}", sim.name), "capture_id": target, "amount_minor": amount, "status": "refunded", "gateway": sim.name}),
+        json!({"refund_id": refund_id, "capture_id": target, "amount_minor": amount, "status": "refunded", "gateway": sim.name}),
     )
 }
 
@@ -237,9 +277,100 @@ fn payout(sim: &Sim, inner: &mut Inner, serial: u64, request: &Value) -> (Status
             "amount_minor (> 0) and destination are required",
         );
     };
+    let currency = request
+        .get("currency")
+        .and_then(Value::as_str)
+        .unwrap_or("EUR");
+    let payout_id = format!("po_{}_{serial}", sim.name);
+    let reference = request
+        .get("reference")
+        .and_then(Value::as_str)
+        .unwrap_or(destination);
+    inner.settlement.record(Entry {
+        row_type: RowType::Payout,
+        psp_reference: payout_id.clone(),
+        merchant_reference: reference.to_owned(),
+        gross: -amount,
+        currency: currency.to_owned(),
+    });
     inner.stats.payouts += 1;
     (
         StatusCode::CREATED,
-        json!({"payout_id": format!("po_{}_{serial}", sim.name), "destination": destination, "amount_minor": amount, "status": "sent", "gateway": sim.name}),
+        json!({"payout_id": payout_id, "destination": destination, "amount_minor": amount, "currency": currency, "status": "sent", "gateway": sim.name}),
+    )
+}
+
+/// Several payouts at once: `{"reference": BATCH, "items": [{"destination", "amount_minor",
+/// "currency"}]}`; all or none (every item is checked first). Each payout's merchant
+/// reference in the report is `REFERENCE:DESTINATION`.
+fn payout_batch(sim: &Sim, inner: &mut Inner, serial: u64, request: &Value) -> (StatusCode, Value) {
+    let (Some(reference), Some(items)) = (
+        request.get("reference").and_then(Value::as_str),
+        request.get("items").and_then(Value::as_array),
+    ) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "reference and items are required",
+        );
+    };
+    let mut checked = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        let (Some(amount), Some(destination), Some(currency)) = (
+            amount(item),
+            item.get("destination").and_then(Value::as_str),
+            item.get("currency").and_then(Value::as_str),
+        ) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("items[{index}]: amount_minor (> 0), destination and currency are required"),
+            );
+        };
+        checked.push((amount, destination, currency));
+    }
+    let mut payouts = Vec::with_capacity(checked.len());
+    for (index, (amount, destination, currency)) in checked.into_iter().enumerate() {
+        let payout_id = format!("po_{}_{serial}_{index}", sim.name);
+        inner.settlement.record(Entry {
+            row_type: RowType::Payout,
+            psp_reference: payout_id.clone(),
+            merchant_reference: format!("{reference}:{destination}"),
+            gross: -amount,
+            currency: currency.to_owned(),
+        });
+        inner.stats.payouts += 1;
+        payouts.push(json!({"payout_id": payout_id, "destination": destination, "amount_minor": amount, "currency": currency}));
+    }
+    (
+        StatusCode::CREATED,
+        json!({"reference": reference, "payouts": payouts, "status": "sent", "gateway": sim.name}),
+    )
+}
+
+/// Closes the open settlement batch with the given `value_date` (required, so a replay
+/// of the journal closes it the same way).
+fn close_batch(sim: &Sim, inner: &mut Inner, request: &Value) -> (StatusCode, Value) {
+    let value_date = match request
+        .get("value_date")
+        .and_then(Value::as_str)
+        .map(Day::parse)
+    {
+        Some(Ok(day)) => day,
+        Some(Err(message)) => return error(StatusCode::BAD_REQUEST, "invalid_request", message),
+        None => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "value_date (YYYY-MM-DD) is required",
+            );
+        }
+    };
+    let batch = inner
+        .settlement
+        .close(&sim.name, value_date, sim.cost_bps, sim.batch_fee_minor);
+    (
+        StatusCode::CREATED,
+        json!({"batch_id": batch.batch_id, "value_date": batch.value_date, "rows": batch.rows.len(), "planted": batch.planted, "gateway": sim.name}),
     )
 }

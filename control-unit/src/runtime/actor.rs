@@ -389,12 +389,22 @@ impl Actor {
             self.persistence.commit(batch).await?;
         }
         let exporting = paygrid_telemetry::otel::exporting();
+        let mut reconciled = Vec::new();
         for (sequence, record) in &records {
             super::observe::observe(&self.config.metrics, &self.core, record);
             if exporting && let Some(workflow) = self.core.workflow(record.workflow) {
                 self.spans.record(record, workflow);
             }
+            if let Some(summary) = super::observe::reconciliation(&self.core, record) {
+                reconciled.push(summary);
+            }
             self.watchers.notify(&self.core, *sequence, record);
+        }
+        for summary in &reconciled {
+            summary.observe(&self.config.metrics);
+            for start in self.remediation.on_reconciled(summary, &self.core) {
+                self.start_remediation(&start);
+            }
         }
         for transition in &transitions {
             super::observe::breaker_changed(&self.config.metrics, transition);

@@ -77,6 +77,30 @@ pub(super) fn observe(metrics: &Registry, core: &Scheduler, record: &Record) {
     }
 }
 
+/// The reconciliation run a committed change finished, if it is one: a `reconcile.gateway`
+/// task that succeeded.
+pub(super) fn reconciliation(
+    core: &Scheduler,
+    record: &Record,
+) -> Option<crate::reconciliation::Summary> {
+    let Change::Task {
+        task,
+        compensation: false,
+        status: TaskStatus::Succeeded,
+        output: Some(output),
+        ..
+    } = &record.change
+    else {
+        return None;
+    };
+    let workflow = core.workflow(record.workflow)?;
+    let compiled = workflow.spec.tasks.get(*task as usize)?;
+    if compiled.skill() != Some(crate::reconciliation::SKILL) {
+        return None;
+    }
+    crate::reconciliation::Summary::from_output(record.workflow, output)
+}
+
 /// Gauges computed on demand: workflows by status, ready tasks by priority, agents.
 pub(super) fn refresh_gauges(metrics: &Registry, core: &Scheduler, agents_connected: usize) {
     let mut by_status: BTreeMap<&'static str, u64> = BTreeMap::new();

@@ -1,0 +1,291 @@
+//! `paygrid reconcile`: reconciliation runs and their mismatches, read from the control
+//! unit (a run is a `reconcile.gateway` task; its output is the result), and a new run
+//! started on demand (`--start GATEWAY`).
+
+use clap::Args;
+use paygrid_proto::v1 as pb;
+use paygrid_proto::v1::workflows_client::WorkflowsClient;
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+
+use crate::cli::{EXIT_FAILED, EXIT_OK};
+use crate::operator::{UsageError, connect};
+
+/// The workflows whose tasks reconcile: the shipped run, and the settlement batch.
+const RUN_SPECS: [&str; 2] = ["reconcile-gateway", "settlement-batch"];
+const SKILL: &str = "reconcile.gateway";
+const KINDS: [&str; 7] = [
+    "missing_in_report",
+    "missing_in_ledger",
+    "duplicate",
+    "amount_over",
+    "amount_under",
+    "currency_mismatch",
+    "late",
+];
+
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    /// A run (its workflow id): list its mismatches. Exit 1 when it found any.
+    pub run: Option<String>,
+    /// Start a run for this gateway now (`reconcile-gateway@1`), wait for it and show it.
+    #[arg(long, value_name = "GATEWAY")]
+    pub start: Option<String>,
+    /// With --start: reconcile the reports and bookings up to this date (YYYY-MM-DD;
+    /// default today, UTC).
+    #[arg(long, requires = "start")]
+    pub as_of: Option<String>,
+    /// With --start: days after booking a movement is due in a report.
+    #[arg(long, requires = "start", default_value_t = 2)]
+    pub settlement_days: u32,
+    /// Without RUN: only runs of this gateway.
+    #[arg(long)]
+    pub gateway: Option<String>,
+    /// Without RUN: at most this many workflows of each kind are looked at (newest).
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+}
+
+/// One run's result: the workflow, and the task's output.
+struct Run {
+    workflow_id: String,
+    workflow: String,
+    output: Value,
+}
+
+pub async fn reconcile(endpoint: &str, args: ReconcileArgs, json: bool) -> anyhow::Result<u8> {
+    let mut client = WorkflowsClient::new(connect(endpoint).await?);
+    if let Some(gateway) = &args.start {
+        let id = start(&mut client, gateway, &args).await?;
+        return show(&mut client, &id, json).await;
+    }
+    if let Some(id) = &args.run {
+        return show(&mut client, id, json).await;
+    }
+    let mut runs = Vec::new();
+    for name in RUN_SPECS {
+        let listed = client
+            .list(pb::ListWorkflowsRequest {
+                name: name.to_owned(),
+                page_size: args.limit,
+                ..Default::default()
+            })
+            .await
+            .map_err(anyhow::Error::new)?
+            .into_inner();
+        for summary in listed.workflows {
+            runs.extend(runs_of(&mut client, &summary.workflow_id).await?);
+        }
+    }
+    if let Some(gateway) = &args.gateway {
+        runs.retain(|run| run.output["gateway"] == gateway.as_str());
+    }
+    if json {
+        let items: Vec<Value> = runs.iter().map(summary_json).collect();
+        println!("{}", Value::Array(items));
+        return Ok(EXIT_OK);
+    }
+    if runs.is_empty() {
+        println!(
+            "no reconciliation runs yet (start one with `paygrid reconcile --start GATEWAY`)"
+        );
+        return Ok(EXIT_OK);
+    }
+    println!(
+        "{:<36}  {:<8}  {:<10}  {:>6}  {:>7}  {:>7}  {:>10}  mismatches",
+        "RUN", "GATEWAY", "AS OF", "ROWS", "MATCHED", "PENDING", "MISMATCHES"
+    );
+    for run in &runs {
+        let o = &run.output;
+        println!(
+            "{:<36}  {:<8}  {:<10}  {:>6}  {:>7}  {:>7}  {:>10}  {}",
+            run.workflow_id,
+            o["gateway"].as_str().unwrap_or(""),
+            o["as_of"].as_str().unwrap_or(""),
+            o["report_rows"].as_u64().unwrap_or(0),
+            o["matched"].as_u64().unwrap_or(0),
+            o["pending"].as_u64().unwrap_or(0),
+            o["mismatch_count"].as_u64().unwrap_or(0),
+            kinds_found(o)
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+/// `late=1 duplicate=2`, or `-`.
+fn kinds_found(output: &Value) -> String {
+    let found: Vec<String> = KINDS
+        .iter()
+        .filter_map(|kind| {
+            let n = output["counts"][kind].as_u64().unwrap_or(0);
+            (n > 0).then(|| format!("{kind}={n}"))
+        })
+        .collect();
+    if found.is_empty() {
+        "-".into()
+    } else {
+        found.join(" ")
+    }
+}
+
+fn summary_json(run: &Run) -> Value {
+    let o = &run.output;
+    json!({
+        "run": run.workflow_id,
+        "workflow": run.workflow,
+        "gateway": o["gateway"],
+        "as_of": o["as_of"],
+        "batches": o["batches"],
+        "report_rows": o["report_rows"],
+        "matched": o["matched"],
+        "pending": o["pending"],
+        "mismatch_count": o["mismatch_count"],
+        "counts": o["counts"],
+        "fees": o["fees"],
+    })
+}
+
+/// The reconciliation tasks of one workflow that succeeded.
+async fn runs_of(client: &mut WorkflowsClient<Channel>, id: &str) -> anyhow::Result<Vec<Run>> {
+    let workflow = client
+        .get(pb::GetWorkflowRequest {
+            workflow_id: id.to_owned(),
+        })
+        .await
+        .map_err(anyhow::Error::new)?
+        .into_inner();
+    Ok(workflow
+        .tasks
+        .iter()
+        .filter(|task| {
+            task.skill == SKILL && task.status == i32::from(pb::TaskStatus::Succeeded)
+        })
+        .filter_map(|task| serde_json::from_str(&task.output_json).ok())
+        .map(|output| Run {
+            workflow_id: workflow.workflow_id.clone(),
+            workflow: format!("{}@{}", workflow.name, workflow.version),
+            output,
+        })
+        .collect())
+}
+
+async fn show(client: &mut WorkflowsClient<Channel>, id: &str, json: bool) -> anyhow::Result<u8> {
+    let runs = runs_of(client, id).await?;
+    let Some(run) = runs.last() else {
+        return Err(UsageError(format!(
+            "workflow {id} has no finished reconciliation (`{SKILL}`) task; see `paygrid status {id}`"
+        ))
+        .into());
+    };
+    let o = &run.output;
+    if json {
+        let mut full = o.clone();
+        full["run"] = json!(run.workflow_id);
+        println!("{full}");
+    } else {
+        println!(
+            "run {} ({}): gateway {} as of {}, batches {}",
+            run.workflow_id,
+            run.workflow,
+            o["gateway"].as_str().unwrap_or(""),
+            o["as_of"].as_str().unwrap_or(""),
+            o["batches"]
+                .as_array()
+                .map(|b| b.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default()
+        );
+        println!(
+            "  {} report rows, {} ledger entries: {} matched, {} pending (not due), {} mismatches {}",
+            o["report_rows"].as_u64().unwrap_or(0),
+            o["expected"].as_u64().unwrap_or(0),
+            o["matched"].as_u64().unwrap_or(0),
+            o["pending"].as_u64().unwrap_or(0),
+            o["mismatch_count"].as_u64().unwrap_or(0),
+            kinds_found(o)
+        );
+        if let Some(fees) = o["fees"].as_object().filter(|f| !f.is_empty()) {
+            let fees: Vec<String> = fees.iter().map(|(c, v)| format!("{v} {c}")).collect();
+            println!("  batch fees: {}", fees.join(", "));
+        }
+        let mismatches = o["mismatches"].as_array().cloned().unwrap_or_default();
+        if !mismatches.is_empty() {
+            println!(
+                "\n  {:<18}  {:<22}  {:<38}  {:<22}  detail",
+                "KIND", "PSP REFERENCE", "MERCHANT REFERENCE", "BATCH"
+            );
+            for m in &mismatches {
+                println!(
+                    "  {:<18}  {:<22}  {:<38}  {:<22}  {}",
+                    m["kind"].as_str().unwrap_or(""),
+                    m["psp_reference"].as_str().unwrap_or(""),
+                    m["merchant_reference"].as_str().unwrap_or(""),
+                    m["batch_id"].as_str().unwrap_or(""),
+                    m["detail"].as_str().unwrap_or("")
+                );
+            }
+            let total = o["mismatch_count"].as_u64().unwrap_or(0);
+            if total > mismatches.len() as u64 {
+                println!("  ... {} more (counted above)", total - mismatches.len() as u64);
+            }
+        }
+    }
+    Ok(if o["mismatch_count"].as_u64().unwrap_or(0) == 0 {
+        EXIT_OK
+    } else {
+        EXIT_FAILED
+    })
+}
+
+/// Submits `reconcile-gateway@1` and waits for it to end; its id.
+async fn start(
+    client: &mut WorkflowsClient<Channel>,
+    gateway: &str,
+    args: &ReconcileArgs,
+) -> anyhow::Result<String> {
+    let input = json!({
+        "gateway": gateway,
+        "as_of": args.as_of.clone().unwrap_or_default(),
+        "settlement_days": args.settlement_days,
+    });
+    let submitted = client
+        .submit(pb::SubmitRequest {
+            spec: Some(pb::submit_request::Spec::SpecRef(
+                "reconcile-gateway@1".into(),
+            )),
+            input_json: input.to_string(),
+            ..Default::default()
+        })
+        .await
+        .map_err(anyhow::Error::new)?
+        .into_inner();
+    let mut stream = client
+        .watch(pb::WatchWorkflowRequest {
+            workflow_id: submitted.workflow_id.clone(),
+        })
+        .await
+        .map_err(anyhow::Error::new)?
+        .into_inner();
+    while stream.message().await.map_err(anyhow::Error::new)?.is_some() {}
+    let workflow = client
+        .get(pb::GetWorkflowRequest {
+            workflow_id: submitted.workflow_id.clone(),
+        })
+        .await
+        .map_err(anyhow::Error::new)?
+        .into_inner();
+    if workflow.status != i32::from(pb::WorkflowStatus::Succeeded) {
+        let errors: Vec<&str> = workflow
+            .tasks
+            .iter()
+            .filter(|t| !t.error.is_empty())
+            .map(|t| t.error.as_str())
+            .collect();
+        anyhow::bail!(
+            "reconciliation run {} ended {}: {}",
+            submitted.workflow_id,
+            crate::output::status_name(workflow.status),
+            errors.join("; ")
+        );
+    }
+    Ok(submitted.workflow_id)
+}
