@@ -503,7 +503,7 @@ pub async fn run_examples(endpoint: &str, payments: u32) -> anyhow::Result<bool>
                 .workflow_id,
         );
     }
-    let input = serde_json::json!({"amount_minor": 9000, "currency": "EUR", "card_token": "tok_visa", "seller_a_minor": 3000, "seller_b_minor": 2500, "seller_c_minor": 2500});
+    let input = serde_json::json!({"amount_minor": 9000, "currency": "EUR", "card_token": "tok_visa", "batch": "dev", "seller_a_minor": 3000, "seller_b_minor": 2500, "seller_c_minor": 2000, "platform_fee_minor": 1500});
     ids.push(
         client
             .submit(submit(MARKETPLACE, input))

@@ -12,7 +12,11 @@ use crate::cli::{EXIT_FAILED, EXIT_OK};
 use crate::operator::{UsageError, connect};
 
 /// The workflows whose tasks reconcile: the shipped run, and the settlement batch.
-const RUN_SPECS: [&str; 2] = ["reconcile-gateway", "settlement-batch"];
+const RUN_SPECS: [&str; 3] = [
+    "reconcile-gateway",
+    "close-and-reconcile",
+    "settlement-batch",
+];
 const SKILL: &str = "reconcile.gateway";
 const KINDS: [&str; 7] = [
     "missing_in_report",
@@ -35,13 +39,17 @@ pub struct ReconcileArgs {
     /// default today, UTC).
     #[arg(long, requires = "start")]
     pub as_of: Option<String>,
+    /// With --start: close the gateway's open settlement batch first (value date: --as-of,
+    /// default today), and reconcile up to its value date (`close-and-reconcile@1`).
+    #[arg(long, requires = "start")]
+    pub close_batch: bool,
     /// With --start: days after booking a movement is due in a report.
     #[arg(long, requires = "start", default_value_t = 2)]
     pub settlement_days: u32,
     /// Without RUN: only runs of this gateway.
     #[arg(long)]
     pub gateway: Option<String>,
-    /// Without RUN: at most this many workflows of each kind are looked at (newest).
+    /// Without RUN: the newest this many runs.
     #[arg(long, default_value_t = 50)]
     pub limit: u32,
 }
@@ -62,20 +70,34 @@ pub async fn reconcile(endpoint: &str, args: ReconcileArgs, json: bool) -> anyho
     if let Some(id) = &args.run {
         return show(&mut client, id, json).await;
     }
-    let mut runs = Vec::new();
+    // Pages run oldest first: follow them all (runs are few), keep the newest.
+    let mut ids = Vec::new();
     for name in RUN_SPECS {
-        let listed = client
-            .list(pb::ListWorkflowsRequest {
-                name: name.to_owned(),
-                page_size: args.limit,
-                ..Default::default()
-            })
-            .await
-            .map_err(anyhow::Error::new)?
-            .into_inner();
-        for summary in listed.workflows {
-            runs.extend(runs_of(&mut client, &summary.workflow_id).await?);
+        let mut token = String::new();
+        loop {
+            let page = client
+                .list(pb::ListWorkflowsRequest {
+                    name: name.to_owned(),
+                    page_size: 1000,
+                    page_token: token,
+                    ..Default::default()
+                })
+                .await
+                .map_err(anyhow::Error::new)?
+                .into_inner();
+            ids.extend(page.workflows.into_iter().map(|w| w.workflow_id));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
         }
+    }
+    // Workflow ids are time-ordered (UUIDv7): the newest last.
+    ids.sort();
+    let newest = ids.len().saturating_sub(args.limit as usize);
+    let mut runs = Vec::new();
+    for id in &ids[newest..] {
+        runs.extend(runs_of(&mut client, id).await?);
     }
     if let Some(gateway) = &args.gateway {
         runs.retain(|run| run.output["gateway"] == gateway.as_str());
@@ -86,9 +108,7 @@ pub async fn reconcile(endpoint: &str, args: ReconcileArgs, json: bool) -> anyho
         return Ok(EXIT_OK);
     }
     if runs.is_empty() {
-        println!(
-            "no reconciliation runs yet (start one with `paygrid reconcile --start GATEWAY`)"
-        );
+        println!("no reconciliation runs yet (start one with `paygrid reconcile --start GATEWAY`)");
         return Ok(EXIT_OK);
     }
     println!(
@@ -157,9 +177,7 @@ async fn runs_of(client: &mut WorkflowsClient<Channel>, id: &str) -> anyhow::Res
     Ok(workflow
         .tasks
         .iter()
-        .filter(|task| {
-            task.skill == SKILL && task.status == i32::from(pb::TaskStatus::Succeeded)
-        })
+        .filter(|task| task.skill == SKILL && task.status == i32::from(pb::TaskStatus::Succeeded))
         .filter_map(|task| serde_json::from_str(&task.output_json).ok())
         .map(|output| Run {
             workflow_id: workflow.workflow_id.clone(),
@@ -191,7 +209,11 @@ async fn show(client: &mut WorkflowsClient<Channel>, id: &str, json: bool) -> an
             o["as_of"].as_str().unwrap_or(""),
             o["batches"]
                 .as_array()
-                .map(|b| b.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+                .map(|b| b
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "))
                 .unwrap_or_default()
         );
         println!(
@@ -225,7 +247,10 @@ async fn show(client: &mut WorkflowsClient<Channel>, id: &str, json: bool) -> an
             }
             let total = o["mismatch_count"].as_u64().unwrap_or(0);
             if total > mismatches.len() as u64 {
-                println!("  ... {} more (counted above)", total - mismatches.len() as u64);
+                println!(
+                    "  ... {} more (counted above)",
+                    total - mismatches.len() as u64
+                );
             }
         }
     }
@@ -242,16 +267,20 @@ async fn start(
     gateway: &str,
     args: &ReconcileArgs,
 ) -> anyhow::Result<String> {
-    let input = json!({
-        "gateway": gateway,
-        "as_of": args.as_of.clone().unwrap_or_default(),
-        "settlement_days": args.settlement_days,
-    });
+    let (spec, input) = if args.close_batch {
+        (
+            "close-and-reconcile@1",
+            json!({"gateway": gateway, "value_date": args.as_of.clone().unwrap_or_default(), "settlement_days": args.settlement_days}),
+        )
+    } else {
+        (
+            "reconcile-gateway@1",
+            json!({"gateway": gateway, "as_of": args.as_of.clone().unwrap_or_default(), "settlement_days": args.settlement_days}),
+        )
+    };
     let submitted = client
         .submit(pb::SubmitRequest {
-            spec: Some(pb::submit_request::Spec::SpecRef(
-                "reconcile-gateway@1".into(),
-            )),
+            spec: Some(pb::submit_request::Spec::SpecRef(spec.into())),
             input_json: input.to_string(),
             ..Default::default()
         })
@@ -265,7 +294,12 @@ async fn start(
         .await
         .map_err(anyhow::Error::new)?
         .into_inner();
-    while stream.message().await.map_err(anyhow::Error::new)?.is_some() {}
+    while stream
+        .message()
+        .await
+        .map_err(anyhow::Error::new)?
+        .is_some()
+    {}
     let workflow = client
         .get(pb::GetWorkflowRequest {
             workflow_id: submitted.workflow_id.clone(),

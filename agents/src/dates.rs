@@ -99,7 +99,10 @@ mod tests {
     fn days_round_trip_through_text() {
         assert_eq!(Day::parse("1970-01-01").unwrap(), Day(0));
         assert_eq!(Day(0).plus(59).to_string(), "1970-03-01");
-        assert_eq!(Day::parse("2024-02-29").unwrap().plus(1).to_string(), "2024-03-01");
+        assert_eq!(
+            Day::parse("2024-02-29").unwrap().plus(1).to_string(),
+            "2024-03-01"
+        );
         for day in (0..800_000).step_by(997) {
             let text = Day(day).to_string();
             assert_eq!(Day::parse(&text).unwrap(), Day(day), "{text}");

@@ -414,8 +414,11 @@ impl Agent for GatewayAgent {
                 ),
                 skill(
                     "gateway.close_batch",
-                    "Close the open settlement batch (default value date: tomorrow)",
-                    schema(&[], json!({"value_date": {"type": "string", "format": "date"}})),
+                    "Close the open settlement batch (default value date: today, UTC)",
+                    schema(
+                        &[],
+                        json!({"value_date": {"type": "string", "format": "date"}}),
+                    ),
                     schema(
                         &[],
                         json!({"batch_id": {"type": "string"}, "value_date": {"type": "string"}, "rows": {"type": "integer"}, "gateway": {"type": "string"}}),
@@ -495,8 +498,8 @@ impl Agent for GatewayAgent {
             "gateway.close_batch" => {
                 let value_date = match task.input.get("value_date").and_then(Value::as_str) {
                     Some(date) if !date.is_empty() => date.to_owned(),
-                    // The acquirer pays tomorrow (T+1).
-                    _ => crate::dates::Day::today().plus(1).to_string(),
+                    // Same-day settlement unless told.
+                    _ => crate::dates::Day::today().to_string(),
                 };
                 self.post(
                     "/v1/settlement-batches",

@@ -128,7 +128,14 @@ impl Ledger {
                     (CASH, RECEIVABLE)
                 };
                 if event == "refund" {
-                    self.expect(RowType::Refunded, request, payment, amount, currency, booked_on)?;
+                    self.expect(
+                        RowType::Refunded,
+                        request,
+                        payment,
+                        amount,
+                        currency,
+                        booked_on,
+                    )?;
                 }
                 self.book(debit, credit, amount, currency, false);
                 json!({"payment_id": payment, "status": "posted", "amount_minor": amount})
@@ -265,7 +272,11 @@ impl Ledger {
             return Err(format!(
                 "payment {payment} cannot be split: its transfer is {}{}",
                 transfer.status,
-                if transfer.split { " and already split" } else { "" }
+                if transfer.split {
+                    " and already split"
+                } else {
+                    ""
+                }
             ));
         }
         let batch = string(request, "batch")?;
@@ -310,7 +321,9 @@ impl Ledger {
         if let Some(t) = self.transfers.get_mut(payment) {
             t.split = true;
         }
-        Ok(json!({"payment_id": payment, "status": "split", "shares": checked.len(), "platform_fee_minor": fee}))
+        Ok(
+            json!({"payment_id": payment, "status": "split", "shares": checked.len(), "platform_fee_minor": fee}),
+        )
     }
 
     /// The payouts a batch owes its sub-merchants, one per sub-merchant and currency.
@@ -330,10 +343,9 @@ impl Ledger {
     /// each clears what the batch owes its sub-merchant, and is expected in the report.
     fn payouts(&mut self, request: &Value, booked_on: Day) -> Result<Value, String> {
         let batch = string(request, "batch")?;
-        let payouts = request
-            .get("payouts")
-            .and_then(Value::as_array)
-            .ok_or("`payouts` must be an array of {payout_id, destination, amount_minor, currency}")?;
+        let payouts = request.get("payouts").and_then(Value::as_array).ok_or(
+            "`payouts` must be an array of {payout_id, destination, amount_minor, currency}",
+        )?;
         let mut checked = Vec::with_capacity(payouts.len());
         for (index, payout) in payouts.iter().enumerate() {
             let field = |name: &str| {
@@ -342,12 +354,19 @@ impl Ledger {
                     .and_then(Value::as_str)
                     .ok_or_else(|| format!("`payouts[{index}].{name}` must be a string"))
             };
-            let (id, destination, currency) =
-                (field("payout_id")?, field("destination")?, field("currency")?);
+            let (id, destination, currency) = (
+                field("payout_id")?,
+                field("destination")?,
+                field("currency")?,
+            );
             let amount = amount(payout).map_err(|e| format!("`payouts[{index}]`: {e}"))?;
             let owed = self
                 .owed
-                .get(&(batch.to_owned(), destination.to_owned(), currency.to_owned()))
+                .get(&(
+                    batch.to_owned(),
+                    destination.to_owned(),
+                    currency.to_owned(),
+                ))
                 .copied()
                 .unwrap_or(0);
             if amount > owed {
@@ -363,8 +382,21 @@ impl Ledger {
         for (id, destination, currency, amount) in &checked {
             let reference = format!("{batch}:{destination}");
             let with_reference = json!({"psp_reference": id, "gateway": request.get("gateway")});
-            self.expect(RowType::Payout, &with_reference, &reference, *amount, currency, booked_on)?;
-            self.book(&sub_merchant(destination), RECEIVABLE, *amount, currency, false);
+            self.expect(
+                RowType::Payout,
+                &with_reference,
+                &reference,
+                *amount,
+                currency,
+                booked_on,
+            )?;
+            self.book(
+                &sub_merchant(destination),
+                RECEIVABLE,
+                *amount,
+                currency,
+                false,
+            );
             if let Some(owed) = self.owed.get_mut(&(
                 batch.to_owned(),
                 (*destination).to_owned(),
@@ -593,5 +625,52 @@ mod tests {
                 .post(&json!({"event": "capture", "payment_id": "p9"}))
                 .is_err()
         );
+    }
+
+    /// A marketplace payment: captured, split into shares and a platform fee, paid out
+    /// with its batch; each step balances, and the payouts are expected in the report.
+    #[test]
+    fn a_split_is_owed_to_sub_merchants_until_their_batch_pays_out() {
+        let mut ledger = Ledger::default();
+        let post = |ledger: &mut Ledger, request: Value| ledger.post(&request);
+        post(&mut ledger, json!({"event": "authorize", "payment_id": "m1", "amount_minor": 9000, "currency": "EUR"})).unwrap();
+        post(&mut ledger, json!({"event": "capture", "payment_id": "m1", "gateway": "alpha", "psp_reference": "cap_1", "booked_on": "2026-11-24"})).unwrap();
+        let bad = post(
+            &mut ledger,
+            json!({"event": "split", "payment_id": "m1", "batch": "b1", "platform_fee_minor": 100, "shares": [{"merchant": "a", "amount_minor": 8000}]}),
+        );
+        assert!(bad.unwrap_err().contains("add up to 8100"));
+        post(&mut ledger, json!({"event": "split", "payment_id": "m1", "batch": "b1", "platform_fee_minor": 1000, "shares": [{"merchant": "a", "amount_minor": 5000}, {"merchant": "b", "amount_minor": 3000}]})).unwrap();
+        assert!(post(&mut ledger, json!({"event": "split", "payment_id": "m1", "batch": "b1", "platform_fee_minor": 9000, "shares": [{"merchant": "a", "amount_minor": 1}]})).is_err(), "split once");
+        let plan = ledger.payout_plan("b1");
+        assert_eq!(plan.len(), 2);
+        assert_eq!(plan[0].amount_minor, 5000);
+        let too_much = post(
+            &mut ledger,
+            json!({"event": "payouts", "batch": "b1", "gateway": "alpha", "payouts": [{"payout_id": "po_1", "destination": "a", "amount_minor": 5001, "currency": "EUR"}]}),
+        );
+        assert!(too_much.unwrap_err().contains("exceeds the 5000"));
+        post(&mut ledger, json!({"event": "payouts", "batch": "b1", "gateway": "alpha", "payouts": [{"payout_id": "po_1", "destination": "a", "amount_minor": 5000, "currency": "EUR"}, {"payout_id": "po_2", "destination": "b", "amount_minor": 3000, "currency": "EUR"}]})).unwrap();
+        assert!(ledger.payout_plan("b1").is_empty());
+        assert!(ledger.is_balanced());
+        let expected = ledger.expected("alpha");
+        assert_eq!(expected.len(), 3);
+        assert_eq!(expected[2].merchant_reference, "b1:b");
+        assert_eq!(expected[0].booked_on.to_string(), "2026-11-24");
+        let platform = ledger
+            .balances()
+            .into_iter()
+            .find(|(a, _, _)| a == PLATFORM)
+            .unwrap()
+            .2;
+        assert_eq!(platform.credits_posted, 1000);
+        for (account, _, balance) in ledger.balances() {
+            if account.starts_with("sub_merchant_payable:") {
+                assert_eq!(
+                    balance.debits_posted, balance.credits_posted,
+                    "{account} paid out"
+                );
+            }
+        }
     }
 }

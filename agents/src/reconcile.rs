@@ -170,10 +170,7 @@ pub fn reconcile(expected: &[Expected], rows: &[Row], as_of: Day, settlement_day
                 format!("reported {gross}, booked {}", entry.amount_minor),
             )
         } else if value_date > due {
-            (
-                Class::Late,
-                format!("value date {value_date}, due {due}"),
-            )
+            (Class::Late, format!("value date {value_date}, due {due}"))
         } else {
             (Class::Matched, String::new())
         };
@@ -241,7 +238,9 @@ impl ReconcileAgent {
         let answer = tokio::time::timeout(Duration::from_secs(30), self.client.request(request))
             .await
             .map_err(|_| TaskOutcome::retryable("gateway_timeout", format!("GET {url} timed out")))?
-            .map_err(|e| TaskOutcome::retryable("gateway_unreachable", format!("GET {url}: {e}")))?;
+            .map_err(|e| {
+                TaskOutcome::retryable("gateway_unreachable", format!("GET {url}: {e}"))
+            })?;
         let status = answer.status();
         let body = answer
             .into_body()
@@ -259,7 +258,11 @@ impl ReconcileAgent {
     }
 
     /// The rows of every batch with a value date up to `as_of`, oldest first.
-    async fn reports(&self, base: &str, as_of: Day) -> Result<(Vec<String>, Vec<Row>), TaskOutcome> {
+    async fn reports(
+        &self,
+        base: &str,
+        as_of: Day,
+    ) -> Result<(Vec<String>, Vec<Row>), TaskOutcome> {
         let list = self.get(&format!("{base}/v1/settlement-batches")).await?;
         let list: Value = serde_json::from_slice(&list)
             .map_err(|e| TaskOutcome::permanent("bad_report", format!("batch list: {e}")))?;
@@ -412,7 +415,10 @@ mod tests {
     fn every_kind_is_found_once_and_clean_rows_match() {
         let day = Day(20_000);
         let mut expected: Vec<Expected> = (0..5_000).map(|n| entry(n, day)).collect();
-        let mut rows: Vec<Row> = expected[..4_990].iter().map(|e| row(e, day.plus(1))).collect();
+        let mut rows: Vec<Row> = expected[..4_990]
+            .iter()
+            .map(|e| row(e, day.plus(1)))
+            .collect();
         // 4_990..5_000 are missing from the report: one is due, the others not yet.
         for e in &mut expected[4_991..] {
             e.booked_on = day.plus(3);

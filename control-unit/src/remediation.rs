@@ -27,6 +27,7 @@ pub const SHIPPED_SPECS: &[&str] = &[
     include_str!("../remediation/cancel-stuck-workflow.yaml"),
     include_str!("../remediation/alert-reconciliation.yaml"),
     include_str!("../remediation/reconcile-gateway.yaml"),
+    include_str!("../remediation/close-and-reconcile.yaml"),
 ];
 
 /// Labels every remediation workflow carries.

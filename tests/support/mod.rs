@@ -392,6 +392,37 @@ pub fn http(base: &str, method: &str, path: &str, body: Option<&str>) -> serde_j
     serde_json::from_str(body).unwrap_or_else(|e| panic!("gateway answered {response}: {e}"))
 }
 
+/// An HTTP/1.1 call with an `Idempotency-Key` header (the simulator's effects need one);
+/// returns the status and the body as text.
+pub fn http_keyed(base: &str, method: &str, path: &str, key: &str, body: &str) -> (u16, String) {
+    let host = base.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(host).expect("connect to gateway");
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nIdempotency-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let (head, body) = response.split_once("\r\n\r\n").expect("http response");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    (status, body.to_owned())
+}
+
+/// Runs the `paygrid` CLI against a control unit; its exit code and stdout.
+pub fn cli(control: &str, args: &[&str]) -> (i32, String) {
+    let output = Command::new(BIN)
+        .arg("--control")
+        .arg(control)
+        .args(args)
+        .output()
+        .expect("run paygrid");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
 /// A free loopback port (for parts that take a fixed address, like metrics endpoints).
 pub fn free_addr() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

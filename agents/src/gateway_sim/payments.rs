@@ -324,7 +324,9 @@ fn payout_batch(sim: &Sim, inner: &mut Inner, serial: u64, request: &Value) -> (
             return error(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
-                format!("items[{index}]: amount_minor (> 0), destination and currency are required"),
+                format!(
+                    "items[{index}]: amount_minor (> 0), destination and currency are required"
+                ),
             );
         };
         checked.push((amount, destination, currency));

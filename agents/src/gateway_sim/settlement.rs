@@ -243,10 +243,18 @@ impl Settlement {
                 }
                 Some(Plant::AmountOver) => row(entry, entry.gross + 100, &entry.currency),
                 Some(Plant::AmountUnder) => {
-                    row(entry, entry.gross - (entry.gross / 10).max(1), &entry.currency);
+                    row(
+                        entry,
+                        entry.gross - (entry.gross / 10).max(1),
+                        &entry.currency,
+                    );
                 }
                 Some(Plant::CurrencyMismatch) => {
-                    let other = if entry.currency == "USD" { "EUR" } else { "USD" };
+                    let other = if entry.currency == "USD" {
+                        "EUR"
+                    } else {
+                        "USD"
+                    };
                     row(entry, entry.gross, other);
                 }
                 Some(Plant::MissingInLedger) => row(entry, entry.gross, &entry.currency),
@@ -326,7 +334,9 @@ pub fn parse_report(text: &str) -> Result<Vec<Row>, String> {
     match lines.next() {
         Some((_, header)) if header.trim_end() == HEADER => {}
         Some((_, header)) => {
-            return Err(format!("line 1: expected the header `{HEADER}`, got `{header}`"));
+            return Err(format!(
+                "line 1: expected the header `{HEADER}`, got `{header}`"
+            ));
         }
         None => return Err("the report is empty (no header)".into()),
     }
@@ -339,9 +349,8 @@ pub fn parse_report(text: &str) -> Result<Vec<Row>, String> {
         let number = index + 1;
         let fields = split_fields(line).map_err(|e| format!("line {number}: {e}"))?;
         let [psp, merchant, kind, gross, fee, net, currency, batch, value] =
-            <[String; 9]>::try_from(fields).map_err(|f| {
-                format!("line {number}: expected 9 fields, got {}", f.len())
-            })?;
+            <[String; 9]>::try_from(fields)
+                .map_err(|f| format!("line {number}: expected 9 fields, got {}", f.len()))?;
         let amount = |name: &str, text: &str| {
             text.parse::<i64>()
                 .map_err(|_| format!("line {number}: {name} `{text}` is not an integer"))
@@ -413,23 +422,32 @@ mod tests {
         settlement.plants = Plant::ALL.to_vec();
         let first = settlement.close("a", Day(20_000), 25, 30).clone();
         assert_eq!(first.planted.len(), 7);
-        let mut planted: Vec<&str> = first.planted.iter().map(|p| p.psp_reference.as_str()).collect();
+        let mut planted: Vec<&str> = first
+            .planted
+            .iter()
+            .map(|p| p.psp_reference.as_str())
+            .collect();
         planted.sort_unstable();
         planted.dedup();
         assert_eq!(planted.len(), 7, "each plant on its own row");
-        // 10 - missing - late + duplicate + unknown + one fee row.
-        assert_eq!(first.rows.len(), 10 - 2 + 1 + 1 + 1);
+        // 10 - missing - late + duplicate + unknown + a fee row per currency (the
+        // currency mismatch made a USD row).
+        assert_eq!(first.rows.len(), 10 - 2 + 1 + 1 + 2);
         assert_eq!(parse_report(&csv(&first)).unwrap(), first.rows);
         let second = settlement.close("a", Day(20_003), 25, 0).clone();
         assert_eq!(second.rows.len(), 1, "the late row");
-        assert_eq!(second.rows[0].value_date, "2024-10-08");
+        assert_eq!(second.rows[0].value_date, Day(20_003).to_string());
         assert!(settlement.plants.is_empty());
     }
 
     #[test]
     fn bad_reports_name_the_line() {
         let bad = format!("{HEADER}\r\ncap,ref,settled,12x,0,12,EUR,b,2026-01-01\r\n");
-        assert!(parse_report(&bad).unwrap_err().contains("line 2: gross `12x`"));
+        assert!(
+            parse_report(&bad)
+                .unwrap_err()
+                .contains("line 2: gross `12x`")
+        );
         assert!(parse_report("a,b\n").unwrap_err().contains("line 1"));
     }
 }
