@@ -598,7 +598,7 @@ pub fn ledger(data_dir: &Path, json: bool) -> anyhow::Result<u8> {
         );
         for (account, currency, b) in ledger.balances() {
             println!(
-                "  {account:<20} {currency}  pending Dr {:>12} Cr {:>12}  posted Dr {:>12} Cr {:>12}",
+                "  {account:<30} {currency}  pending Dr {:>12} Cr {:>12}  posted Dr {:>12} Cr {:>12}",
                 b.debits_pending, b.credits_pending, b.debits_posted, b.credits_posted
             );
         }

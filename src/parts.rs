@@ -601,6 +601,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<u8> {
     );
     println!("             try: paygrid --control {endpoint} list    (Ctrl-C to stop)");
     let alpha_url = gateways.first().map(|g| g.url.clone());
+    let gateway_names: Vec<String> = gateways.iter().map(|g| g.name.clone()).collect();
     let exec_args = ExecArgs {
         name: Some("dev-exec".into()),
         gateways,
@@ -608,6 +609,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<u8> {
             "gateway",
             "risk",
             "ledger",
+            "reconcile",
             "verify",
             "notify",
             "telemetry",
@@ -639,6 +641,12 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<u8> {
     let exec_stop = stop.clone();
     let exec = tokio::spawn(async move { unit.run(exec_stop).await });
     let mut outcome = crate::operator::run_examples(&endpoint, args.payments).await;
+    if matches!(outcome, Ok(true)) {
+        // Settle the day: close each gateway's batch and reconcile it against the ledger.
+        if let Err(error) = crate::reconcile::settle_day(&endpoint, &gateway_names).await {
+            eprintln!("warning: reconciliation did not run: {error:#}");
+        }
+    }
     if args.chaos
         && matches!(outcome, Ok(true))
         && let Some(alpha) = &alpha_url

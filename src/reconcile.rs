@@ -261,7 +261,42 @@ async fn show(client: &mut WorkflowsClient<Channel>, id: &str, json: bool) -> an
     })
 }
 
-/// Submits `reconcile-gateway@1` and waits for it to end; its id.
+/// `paygrid dev`'s end of day: each gateway's batch closed and reconciled, one line each.
+pub async fn settle_day(endpoint: &str, gateways: &[String]) -> anyhow::Result<()> {
+    let mut client = WorkflowsClient::new(connect(endpoint).await?);
+    for gateway in gateways {
+        let args = ReconcileArgs {
+            run: None,
+            start: Some(gateway.clone()),
+            as_of: None,
+            close_batch: true,
+            settlement_days: 2,
+            gateway: None,
+            limit: 1,
+        };
+        let id = start(&mut client, gateway, &args).await?;
+        let Some(run) = runs_of(&mut client, &id).await?.pop() else {
+            continue;
+        };
+        let o = &run.output;
+        println!(
+            "paygrid dev: settlement batch {} closed and reconciled: {} rows, {} matched, {} pending, mismatches: {}  (paygrid reconcile {id})",
+            o["batches"]
+                .as_array()
+                .and_then(|b| b.last())
+                .and_then(Value::as_str)
+                .unwrap_or(gateway),
+            o["report_rows"].as_u64().unwrap_or(0),
+            o["matched"].as_u64().unwrap_or(0),
+            o["pending"].as_u64().unwrap_or(0),
+            kinds_found(o),
+        );
+    }
+    Ok(())
+}
+
+/// Submits `reconcile-gateway@1` (or `close-and-reconcile@1`) and waits for it to end;
+/// its id.
 async fn start(
     client: &mut WorkflowsClient<Channel>,
     gateway: &str,

@@ -780,8 +780,11 @@ async fn a_stuck_workflow_raises_an_alert_naming_what_it_waits_for() {
     );
 }
 
-/// A settlement batch waits for 500 card payments of its batch, survives a control-unit
-/// restart while it waits, and sends its statement exactly once after the last payment.
+/// A settlement batch waits for 500 payments of its batch (card payments, and one in five
+/// a marketplace payment split between three sub-merchants and the platform), survives a
+/// control-unit restart while it waits, then pays each sub-merchant once for the whole
+/// batch, closes the gateway's settlement batch, reconciles it with no mismatch, and sends
+/// its statement exactly once after the last payment. The ledger balances throughout.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_settlement_batch_waits_for_500_payments_across_a_restart() {
     const PAYMENTS: usize = 500;
@@ -801,13 +804,28 @@ async fn a_settlement_batch_waits_for_500_payments_across_a_restart() {
         .unwrap()
         .into_inner()
         .workflow_id;
-    let payment = |n: usize| pb::SubmitRequest {
-        spec: Some(pb::submit_request::Spec::SpecText(spec("card-payment"))),
-        input_json: json!({"amount_minor": 1000 + n, "currency": "EUR", "card_token": "tok_visa"})
-            .to_string(),
-        labels: [("batch".to_owned(), "2026-11-24".to_owned())].into(),
-        idempotency_key: format!("order-{n}"),
-        ..Default::default()
+    let (card, marketplace) = (spec("card-payment"), spec("marketplace-split"));
+    let payment = |n: usize| {
+        let (spec, input) = if n % 5 == 0 {
+            // 90.00 + n: 30.00, 25.00 and 20.00 to the sellers, the rest to the platform.
+            let amount = 9_000 + n;
+            (
+                marketplace.clone(),
+                json!({"amount_minor": amount, "currency": "EUR", "card_token": "tok_visa", "batch": "2026-11-24", "seller_a_minor": 3000, "seller_b_minor": 2500, "seller_c_minor": 2000, "platform_fee_minor": amount - 7500}),
+            )
+        } else {
+            (
+                card.clone(),
+                json!({"amount_minor": 1000 + n, "currency": "EUR", "card_token": "tok_visa"}),
+            )
+        };
+        pb::SubmitRequest {
+            spec: Some(pb::submit_request::Spec::SpecText(spec)),
+            input_json: input.to_string(),
+            labels: [("batch".to_owned(), "2026-11-24".to_owned())].into(),
+            idempotency_key: format!("order-{n}"),
+            ..Default::default()
+        }
     };
     let mut ids = Vec::new();
     for n in 0..PAYMENTS / 2 {
@@ -872,4 +890,60 @@ async fn a_settlement_batch_waits_for_500_payments_across_a_restart() {
         statement.started_at_ms >= last_payment_end,
         "{statement:#?}"
     );
+
+    // One payout per sub-merchant for the whole batch, sent once.
+    let sellers = PAYMENTS / 5;
+    let payouts: serde_json::Value =
+        serde_json::from_str(&task(&settled, "payouts").output_json).unwrap();
+    let paid: std::collections::BTreeMap<String, u64> = payouts["payouts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["destination"].as_str().unwrap().to_owned(),
+                p["amount_minor"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let each = |minor: usize| (sellers * minor) as u64;
+    assert_eq!(
+        paid,
+        [
+            ("seller-a".to_owned(), each(3000)),
+            ("seller-b".to_owned(), each(2500)),
+            ("seller-c".to_owned(), each(2000)),
+        ]
+        .into(),
+        "{payouts}"
+    );
+    assert_eq!(gateway_stats(&fleet.gateway)["payouts"], 3);
+    // Every capture and payout of the batch is in the gateway's report, and matches.
+    let reconciled: serde_json::Value =
+        serde_json::from_str(&task(&settled, "reconcile").output_json).unwrap();
+    assert_eq!(reconciled["mismatch_count"], 0, "{reconciled}");
+    assert_eq!(reconciled["matched"], PAYMENTS + 3, "{reconciled}");
+    assert_eq!(reconciled["expected"], PAYMENTS + 3, "{reconciled}");
+    // The ledger balances; the sub-merchants were paid all they were owed, the platform
+    // kept its fees.
+    let ledger = std::process::Command::new(BIN)
+        .args(["--json", "ledger", "--data-dir", &fleet.dir.path("exec-0")])
+        .output()
+        .unwrap();
+    assert!(ledger.status.success(), "{ledger:?}");
+    let ledger: serde_json::Value = serde_json::from_slice(&ledger.stdout).unwrap();
+    assert_eq!(ledger["balanced"], true);
+    let fees: usize = (0..PAYMENTS).step_by(5).map(|n| 9_000 + n - 7_500).sum();
+    for balance in ledger["balances"].as_array().unwrap() {
+        let account = balance["account"].as_str().unwrap();
+        if account.starts_with("sub_merchant_payable:") {
+            assert_eq!(
+                balance["debits_posted"], balance["credits_posted"],
+                "{balance}"
+            );
+        }
+        if account == "platform_revenue" {
+            assert_eq!(balance["credits_posted"], fees, "{balance}");
+        }
+    }
 }

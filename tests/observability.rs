@@ -252,7 +252,7 @@ async fn metrics_endpoints_count_a_known_run() {
     ]);
     let mut client = support::Fleet::client(&control.url).await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !scrape(&control_metrics).contains("paygrid_agent_sessions 7") {
+    while !scrape(&control_metrics).contains("paygrid_agent_sessions 8") {
         assert!(Instant::now() < deadline, "agents never connected");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -299,7 +299,7 @@ async fn metrics_endpoints_count_a_known_run() {
         "paygrid_dispatch_latency_seconds_count{skill=\"risk.score\"} 2",
         "paygrid_dispatch_latency_seconds_count{skill=\"gateway.authorize\"} 4",
         "paygrid_ready_queue_depth{priority=\"critical\"} 0",
-        "paygrid_agent_sessions 7",
+        "paygrid_agent_sessions 8",
     ] {
         assert!(
             text.lines().any(|l| l == line),
