@@ -806,7 +806,7 @@ async fn a_settlement_batch_waits_for_500_payments_across_a_restart() {
         .workflow_id;
     let (card, marketplace) = (spec("card-payment"), spec("marketplace-split"));
     let payment = |n: usize| {
-        let (spec, input) = if n % 5 == 0 {
+        let (spec, input) = if n.is_multiple_of(5) {
             // 90.00 + n: 30.00, 25.00 and 20.00 to the sellers, the rest to the platform.
             let amount = 9_000 + n;
             (
