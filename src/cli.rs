@@ -82,6 +82,10 @@ pub enum Command {
     },
     /// The live health of gateways and agents, as telemetry agents report it.
     Health,
+    /// Every skill a connected agent offers, as a tool (MCP-style).
+    Tools,
+    /// Run one tool once, outside any workflow (a durable one-task call).
+    Call(crate::tools::CallArgs),
     /// Validate a spec file (and optionally an input) without a control unit.
     Validate(operator::ValidateArgs),
     /// Reconciliation runs (ledger against the gateways' settlement reports): the runs,
@@ -166,6 +170,8 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Agents { skill } => operator::agents(&control, skill, json).await,
         Command::Validate(args) => operator::validate(args, json),
         Command::Health => operator::health(&control, json).await,
+        Command::Tools => crate::tools::list(&control, json).await,
+        Command::Call(args) => crate::tools::call(&control, args, json).await,
         Command::Graph { file, format } => operator::graph(&file, format),
         Command::Ledger { data_dir } => operator::ledger(&data_dir, json),
         Command::Reconcile(args) => crate::reconcile::reconcile(&control, args, json).await,

@@ -6,6 +6,7 @@ mod operator;
 mod output;
 mod parts;
 mod reconcile;
+mod tools;
 
 use std::process::ExitCode;
 

@@ -18,7 +18,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use opentelemetry::trace::Status;
-use paygrid_execution_unit::{Agent, AgentCard, Role, SkillSpec, Task, TaskOutcome};
+use paygrid_execution_unit::{Agent, AgentCard, Role, SkillEffect, SkillSpec, Task, TaskOutcome};
 use paygrid_telemetry::semconv;
 use serde_json::{Value, json};
 use tracing::Instrument;
@@ -334,6 +334,12 @@ impl Agent for GatewayAgent {
             description: description.into(),
             input_schema: input,
             output_schema: output,
+            effect: match name {
+                "gateway.probe" => SkillEffect::ReadOnly,
+                // Closing a batch changes the acquirer's state, but moves nothing itself.
+                "gateway.close_batch" => SkillEffect::State,
+                _ => SkillEffect::MovesMoney,
+            },
         };
         AgentCard {
             name: format!("gateway-{}", self.name),

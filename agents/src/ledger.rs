@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use paygrid_execution_unit::{Agent, AgentCard, Role, SkillSpec, Task, TaskOutcome};
+use paygrid_execution_unit::{Agent, AgentCard, Role, SkillEffect, SkillSpec, Task, TaskOutcome};
 use serde_json::{Value, json};
 
 use crate::dates::Day;
@@ -505,12 +505,14 @@ impl Agent for LedgerAgent {
                     description: "Book a double-entry posting: authorize (pending), capture (post), void, refund, settle, split (a marketplace payment's sub-merchant shares and platform fee), payouts (a batch's sub-merchant payouts). With `gateway` and `psp_reference`, a capture, refund or payout is expected in that gateway's settlement report.".into(),
                     input_schema: json!({"type": "object", "required": ["event"], "properties": {"event": {"type": "string", "enum": ["authorize", "capture", "void", "refund", "settle", "split", "payouts"]}, "payment_id": {"type": "string"}, "amount_minor": {"type": "integer"}, "currency": {"type": "string"}, "gateway": {"type": "string"}, "psp_reference": {"type": "string"}, "batch": {"type": "string"}, "platform_fee_minor": {"type": "integer"}, "shares": {"type": "array"}, "payouts": {"type": "array"}, "booked_on": {"type": "string", "format": "date"}}}),
                     output_schema: json!({"type": "object", "properties": {"payment_id": {"type": "string"}, "status": {"type": "string"}, "amount_minor": {"type": "integer"}}}),
+                    effect: SkillEffect::State,
                 },
                 SkillSpec {
                     name: "ledger.payout_plan".into(),
                     description: "Read-only: the payouts a settlement batch owes its sub-merchants".into(),
                     input_schema: json!({"type": "object", "required": ["batch"], "properties": {"batch": {"type": "string"}}}),
                     output_schema: json!({"type": "object", "properties": {"batch": {"type": "string"}, "items": {"type": "array"}, "total_minor": {"type": "integer"}}}),
+                    effect: SkillEffect::ReadOnly,
                 },
             ],
             max_concurrency: 256,

@@ -23,7 +23,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use paygrid_execution_unit::{Agent, AgentCard, Role, SkillSpec, Task, TaskOutcome};
+use paygrid_execution_unit::{Agent, AgentCard, Role, SkillEffect, SkillSpec, Task, TaskOutcome};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -307,6 +307,7 @@ impl Agent for ReconcileAgent {
                 description: "Read-only: match the ledger against a gateway's settlement reports up to a date and classify every row (matched, missing in report, missing in ledger, duplicate, amount over/under, currency mismatch, late)".into(),
                 input_schema: json!({"type": "object", "required": ["gateway"], "properties": {"gateway": {"type": "string"}, "as_of": {"type": "string", "format": "date", "description": "default: today (UTC)"}, "settlement_days": {"type": "integer", "minimum": 0, "maximum": 60, "description": "days after booking a movement is due in a report (default 2)"}}}),
                 output_schema: json!({"type": "object", "properties": {"gateway": {"type": "string"}, "as_of": {"type": "string"}, "batches": {"type": "array"}, "report_rows": {"type": "integer"}, "expected": {"type": "integer"}, "matched": {"type": "integer"}, "pending": {"type": "integer"}, "mismatch_count": {"type": "integer"}, "counts": {"type": "object"}, "fees": {"type": "object"}, "mismatches": {"type": "array"}, "listed": {"type": "integer"}}}),
+                effect: SkillEffect::ReadOnly,
             }],
             max_concurrency: 4,
             labels: Default::default(),

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use paygrid_execution_unit::{Agent, AgentCard, Role, SkillSpec, Task, TaskOutcome};
+use paygrid_execution_unit::{Agent, AgentCard, Role, SkillEffect, SkillSpec, Task, TaskOutcome};
 use paygrid_proto::v1 as pb;
 use paygrid_proto::v1::agent_hub_client::AgentHubClient;
 use paygrid_proto::v1::workflows_client::WorkflowsClient;
@@ -110,6 +110,7 @@ impl Agent for RemediationAgent {
             description: description.into(),
             input_schema: input,
             output_schema: json!({"type": "object", "properties": {"gateway": {"type": "string"}, "state": {"type": "string"}, "open_until_ms": {"type": "integer"}}}),
+            effect: SkillEffect::State,
         };
         AgentCard {
             name: "remediation".into(),
@@ -132,12 +133,14 @@ impl Agent for RemediationAgent {
                         "Raise an alert: a warning in this unit's log, the message as output".into(),
                     input_schema: json!({"type": "object", "required": ["subject", "message"], "properties": {"subject": {"type": "string"}, "message": {"type": "string"}}}),
                     output_schema: json!({"type": "object", "properties": {"subject": {"type": "string"}, "message": {"type": "string"}}}),
+                    effect: SkillEffect::State,
                 },
                 SkillSpec {
                     name: "remediate.cancel_workflow".into(),
                     description: "Cancel a workflow; its compensations undo what it did".into(),
                     input_schema: json!({"type": "object", "required": ["workflow_id"], "properties": {"workflow_id": {"type": "string"}, "reason": {"type": "string"}}}),
                     output_schema: json!({"type": "object", "properties": {"workflow_id": {"type": "string"}, "status": {"type": "string"}}}),
+                    effect: SkillEffect::State,
                 },
             ],
             max_concurrency: 16,

@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use paygrid_execution_unit::{Agent, AgentCard, Role, SkillSpec, Task, TaskOutcome};
+use paygrid_execution_unit::{Agent, AgentCard, Role, SkillEffect, SkillSpec, Task, TaskOutcome};
 use serde_json::json;
 
 /// Risk rules.
@@ -88,6 +88,7 @@ impl Agent for RiskAgent {
                 description: "Score a payment: approve, review or decline".into(),
                 input_schema: json!({"type": "object", "required": ["amount_minor", "card_token"], "properties": {"amount_minor": {"type": "integer"}, "currency": {"type": "string"}, "card_token": {"type": "string"}}}),
                 output_schema: json!({"type": "object", "properties": {"decision": {"type": "string", "enum": ["approve", "review", "decline"]}, "score": {"type": "integer"}, "reasons": {"type": "array"}}}),
+                effect: SkillEffect::ReadOnly,
             }],
             max_concurrency: 256,
             labels: Default::default(),

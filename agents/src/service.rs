@@ -1,7 +1,7 @@
 //! Small service agents: checkpoint verification (`verify.amounts`) and receipts
 //! (`notify.receipt`).
 
-use paygrid_execution_unit::{Agent, AgentCard, Role, SkillSpec, Task, TaskOutcome};
+use paygrid_execution_unit::{Agent, AgentCard, Role, SkillEffect, SkillSpec, Task, TaskOutcome};
 use serde_json::{Value, json};
 
 /// Verifies at a checkpoint that the authorized amount and currency are the ones asked for.
@@ -21,6 +21,7 @@ impl Agent for VerifyAgent {
                         .into(),
                 input_schema: json!({"type": "object", "required": ["inputs", "outputs"]}),
                 output_schema: json!({"type": "object", "properties": {"verified": {"type": "boolean"}, "amount_minor": {"type": "integer"}}}),
+                effect: SkillEffect::ReadOnly,
             }],
             max_concurrency: 256,
             labels: Default::default(),
@@ -66,6 +67,7 @@ impl Agent for NotifyAgent {
                 description: "Send the customer a receipt".into(),
                 input_schema: json!({"type": "object", "required": ["payment_id"]}),
                 output_schema: json!({"type": "object", "properties": {"receipt_id": {"type": "string"}, "sent": {"type": "boolean"}}}),
+                effect: SkillEffect::State,
             }],
             max_concurrency: 256,
             labels: Default::default(),
@@ -101,6 +103,7 @@ impl Agent for SleepAgent {
                 description: "Sleep for sleep_ms milliseconds".into(),
                 input_schema: json!({"type": "object", "properties": {"sleep_ms": {"type": "integer"}}}),
                 output_schema: json!({"type": "object", "properties": {"slept_ms": {"type": "integer"}}}),
+                effect: SkillEffect::ReadOnly,
             }],
             max_concurrency: self.max_concurrency,
             labels: Default::default(),

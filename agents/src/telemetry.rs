@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use paygrid_execution_unit::{
-    Agent, AgentCard, HealthCollector, Role, SkillSpec, Task, TaskOutcome,
+    Agent, AgentCard, HealthCollector, Role, SkillEffect, SkillSpec, Task, TaskOutcome,
 };
 use serde_json::json;
 
@@ -32,6 +32,7 @@ impl Agent for TelemetryAgent {
                 description: "Health of this execution unit's gateways and agents".into(),
                 input_schema: json!({"type": "object"}),
                 output_schema: json!({"type": "object", "properties": {"reports": {"type": "array"}}}),
+                effect: SkillEffect::ReadOnly,
             }],
             max_concurrency: 4,
             labels: Default::default(),

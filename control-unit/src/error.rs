@@ -29,6 +29,9 @@ pub enum ControlError {
     Exhausted(String),
     #[error("{0}")]
     Unauthenticated(String),
+    /// A wait that ran out of time; the work it waited for goes on.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     #[error(transparent)]
     Submit(#[from] SubmitError),
     #[error(transparent)]

@@ -25,5 +25,6 @@ pub mod server;
 pub mod service;
 pub mod spec;
 pub mod store;
+pub mod tools;
 pub mod traces;
 pub mod views;

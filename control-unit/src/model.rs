@@ -223,6 +223,17 @@ pub struct SkillCard {
     pub description: String,
     pub input_schema: String,
     pub output_schema: String,
+    pub effect: SkillEffect,
+}
+
+/// What calling a skill does, as its agent declares it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SkillEffect {
+    ReadOnly,
+    /// A state change that moves no money (the default when an agent does not say).
+    #[default]
+    State,
+    MovesMoney,
 }
 
 /// How an agent introduces itself at registration, after validation.

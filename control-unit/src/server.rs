@@ -84,21 +84,20 @@ pub async fn serve(
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let (reflection, reflection_alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
+    let workflows =
+        WorkflowsService::new(handle.clone(), catalog.clone(), config.runtime.watch_buffer);
     let result = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)
-        .add_service(WorkflowsServer::new(WorkflowsService::new(
-            handle.clone(),
-            catalog.clone(),
-            config.runtime.watch_buffer,
-        )))
+        .add_service(WorkflowsServer::new(workflows.clone()))
         .add_service(AgentHubServer::new(AgentHubService::new(
             handle,
             catalog,
             config.runtime,
+            workflows,
         )))
         .serve_with_incoming_shutdown(no_delay(listener), {
             // The actor cancels `stop` when it cannot go on (a failed commit).

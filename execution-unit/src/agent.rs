@@ -25,6 +25,30 @@ pub struct SkillSpec {
     pub description: String,
     pub input_schema: Value,
     pub output_schema: Value,
+    /// What calling it does (shown to tool clients as MCP annotations).
+    pub effect: SkillEffect,
+}
+
+/// What calling a skill does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SkillEffect {
+    /// Reads only.
+    ReadOnly,
+    /// Changes state (a booking, a message), idempotent by the task's key.
+    #[default]
+    State,
+    /// Moves money (capture, refund, payout, void); a tool call must give a key.
+    MovesMoney,
+}
+
+impl SkillEffect {
+    pub fn to_pb(self) -> pb::SkillEffect {
+        match self {
+            Self::ReadOnly => pb::SkillEffect::ReadOnly,
+            Self::State => pb::SkillEffect::State,
+            Self::MovesMoney => pb::SkillEffect::MovesMoney,
+        }
+    }
 }
 
 /// How an agent introduces itself when it registers.
@@ -58,6 +82,7 @@ impl AgentCard {
                     description: s.description.clone(),
                     input_schema_json: s.input_schema.to_string(),
                     output_schema_json: s.output_schema.to_string(),
+                    effect: s.effect.to_pb().into(),
                 })
                 .collect(),
             max_concurrency: self.max_concurrency,

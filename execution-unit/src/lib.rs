@@ -16,6 +16,6 @@ pub mod health;
 pub mod metric_names;
 pub mod runtime;
 
-pub use agent::{Agent, AgentCard, Role, SkillSpec, Task, TaskOutcome};
+pub use agent::{Agent, AgentCard, Role, SkillEffect, SkillSpec, Task, TaskOutcome};
 pub use health::HealthCollector;
 pub use runtime::{ExecutionUnit, ExecutionUnitConfig};

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use paygrid_execution_unit::{
-    Agent, AgentCard, ExecutionUnit, ExecutionUnitConfig, Role, SkillSpec, Task, TaskOutcome,
+    Agent, AgentCard, ExecutionUnit, ExecutionUnitConfig, Role, SkillEffect, SkillSpec, Task,
+    TaskOutcome,
 };
 use paygrid_proto::v1 as pb;
 use pb::agent_hub_server::{AgentHub, AgentHubServer};
@@ -79,6 +80,20 @@ impl AgentHub for Hub {
     ) -> Result<Response<pb::DrainGatewayResponse>, Status> {
         Err(Status::unimplemented("not in this test"))
     }
+
+    async fn list_tools(
+        &self,
+        _request: Request<pb::ListToolsRequest>,
+    ) -> Result<Response<pb::ListToolsResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    async fn call_tool(
+        &self,
+        _request: Request<pb::CallToolRequest>,
+    ) -> Result<Response<pb::CallToolResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
 }
 
 /// An agent whose attempts run until the test releases them, each by its number.
@@ -98,6 +113,7 @@ impl Agent for Gated {
                 description: "waits for the test".into(),
                 input_schema: serde_json::json!({"type": "object"}),
                 output_schema: serde_json::json!({"type": "object"}),
+                effect: SkillEffect::State,
             }],
             max_concurrency: 4,
             labels: BTreeMap::new(),

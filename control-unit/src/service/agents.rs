@@ -21,11 +21,18 @@ pub struct AgentHubService {
     handle: Handle,
     catalog: Arc<Catalog>,
     config: RuntimeConfig,
+    tools: super::tools::ToolsService,
 }
 
 impl AgentHubService {
-    pub fn new(handle: Handle, catalog: Arc<Catalog>, config: RuntimeConfig) -> Self {
+    pub fn new(
+        handle: Handle,
+        catalog: Arc<Catalog>,
+        config: RuntimeConfig,
+        workflows: super::workflows::WorkflowsService,
+    ) -> Self {
         Self {
+            tools: super::tools::ToolsService::new(handle.clone(), workflows),
             handle,
             catalog,
             config,
@@ -180,6 +187,20 @@ impl AgentHub for AgentHubService {
             state: breaker.state,
             open_until_ms: breaker.open_until_ms,
         }))
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Request<pb::ListToolsRequest>,
+    ) -> Result<Response<pb::ListToolsResponse>, Status> {
+        Ok(Response::new(self.tools.list().await?))
+    }
+
+    async fn call_tool(
+        &self,
+        request: Request<pb::CallToolRequest>,
+    ) -> Result<Response<pb::CallToolResponse>, Status> {
+        Ok(Response::new(self.tools.call(request).await?))
     }
 
     async fn list_agents(

@@ -4,7 +4,8 @@ use paygrid_proto::v1 as pb;
 
 use crate::error::ControlError;
 use crate::model::{
-    AgentCard, AgentRole, HealthReport, Priority, SkillCard, TaskStatus, WorkflowStatus,
+    AgentCard, AgentRole, HealthReport, Priority, SkillCard, SkillEffect, TaskStatus,
+    WorkflowStatus,
 };
 use crate::model::{AgentId, WorkflowId};
 use crate::scheduler::{AgentEvent, Execution, Outcome, Slot};
@@ -326,6 +327,7 @@ impl TryFrom<pb::AgentCard> for AgentCard {
                 .map(|skill| SkillCard {
                     name: skill.name,
                     description: skill.description,
+                    effect: skill_effect_from_pb(skill.effect),
                     input_schema: skill.input_schema_json,
                     output_schema: skill.output_schema_json,
                 })
@@ -354,6 +356,7 @@ pub fn agent_card_to_pb(card: &AgentCard) -> pb::AgentCard {
                 description: skill.description.clone(),
                 input_schema_json: skill.input_schema.clone(),
                 output_schema_json: skill.output_schema.clone(),
+                effect: skill_effect_to_pb(skill.effect).into(),
             })
             .collect(),
         max_concurrency: card.max_concurrency,
@@ -579,5 +582,21 @@ mod tests {
         assert!(error.starts_with("card_declined: "), "{error}");
         assert!(!error.contains("4000 0566 5566 5556"), "{error}");
         assert!(!error.contains("737"), "{error}");
+    }
+}
+
+pub fn skill_effect_to_pb(effect: SkillEffect) -> pb::SkillEffect {
+    match effect {
+        SkillEffect::ReadOnly => pb::SkillEffect::ReadOnly,
+        SkillEffect::State => pb::SkillEffect::State,
+        SkillEffect::MovesMoney => pb::SkillEffect::MovesMoney,
+    }
+}
+
+fn skill_effect_from_pb(effect: i32) -> SkillEffect {
+    match pb::SkillEffect::try_from(effect) {
+        Ok(pb::SkillEffect::ReadOnly) => SkillEffect::ReadOnly,
+        Ok(pb::SkillEffect::MovesMoney) => SkillEffect::MovesMoney,
+        _ => SkillEffect::State,
     }
 }

@@ -4,12 +4,14 @@
 //! - [`convert`]: domain ⇄ protobuf, the one place they meet.
 //! - `status`: every `ControlError` as a gRPC status, the one place codes are chosen.
 //! - `workflows`: Submit, Get, List, Cancel, Watch, Validate.
-//! - `agents`: Register, Session, ListAgents, Health.
+//! - `agents`: Register, Session, ListAgents, Health, DrainGateway.
+//! - `tools`: ListTools, CallTool (behind `AgentHub`).
 
-mod agents;
+pub mod agents;
 pub mod convert;
 mod status;
-mod workflows;
+mod tools;
+pub mod workflows;
 
 pub use agents::AgentHubService;
 pub use workflows::WorkflowsService;

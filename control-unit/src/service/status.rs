@@ -24,6 +24,7 @@ impl From<ControlError> for Status {
                 Code::ResourceExhausted
             }
             ControlError::Unauthenticated(_) => Code::Unauthenticated,
+            ControlError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             ControlError::Store(store) => match store {
                 // The database is unreachable or refused the statement: worth a retry.
                 StoreError::Sqlite { .. } | StoreError::Postgres(_) | StoreError::Join(_) => {

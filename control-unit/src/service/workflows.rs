@@ -23,6 +23,7 @@ use crate::scheduler::NewWorkflow;
 use crate::spec::{SpecErrors, SpecLimits, compile};
 use crate::views::ListQuery;
 
+#[derive(Clone)]
 pub struct WorkflowsService {
     handle: Handle,
     catalog: Arc<Catalog>,
@@ -37,6 +38,38 @@ impl WorkflowsService {
             catalog,
             watch_buffer,
         }
+    }
+
+    /// `Submit`, for callers inside the control unit (tool calls).
+    pub async fn submit_request(
+        &self,
+        request: Request<pb::SubmitRequest>,
+    ) -> Result<pb::SubmitResponse, ControlError> {
+        WorkflowsService::submit(self, request).await
+    }
+
+    /// Returns when the workflow has ended (or has left memory, which only ended ones do).
+    pub async fn wait_ended(&self, id: WorkflowId) {
+        let (sender, mut receiver) = tokio::sync::mpsc::channel(self.watch_buffer);
+        if let Ok(Ok(())) = self
+            .handle
+            .ask(|reply| Input::Watch { id, sender, reply })
+            .await
+        {
+            // The stream ends at the workflow's terminal event.
+            while receiver.recv().await.is_some() {}
+        }
+    }
+
+    /// `Get`, as protobuf, for callers inside the control unit.
+    pub async fn get_pb(&self, id: WorkflowId) -> Result<pb::Workflow, ControlError> {
+        let view = match self.handle.ask(|reply| Input::Get { id, reply }).await? {
+            Some(view) => Some(view),
+            None => self.catalog.stored_workflow(id).await?,
+        };
+        let view =
+            view.ok_or_else(|| ControlError::NotFound(format!("workflow {id} not found")))?;
+        Ok(convert::workflow_to_pb(&view))
     }
 
     async fn submit(
@@ -211,13 +244,7 @@ impl Workflows for WorkflowsService {
         request: Request<pb::GetWorkflowRequest>,
     ) -> Result<Response<pb::Workflow>, Status> {
         let id = parse_id(&request.into_inner().workflow_id)?;
-        let view = match self.handle.ask(|reply| Input::Get { id, reply }).await? {
-            Some(view) => Some(view),
-            None => self.catalog.stored_workflow(id).await?,
-        };
-        let view =
-            view.ok_or_else(|| ControlError::NotFound(format!("workflow {id} not found")))?;
-        Ok(Response::new(convert::workflow_to_pb(&view)))
+        Ok(Response::new(self.get_pb(id).await?))
     }
 
     async fn list(

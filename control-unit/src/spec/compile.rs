@@ -343,7 +343,27 @@ impl Checker<'_> {
         let id = raw.id.as_str();
         let kind = self.kind(raw);
         let needs = self.needs(index, raw, ids);
-        let input = self.template(id, "with", raw.with_input.as_ref());
+        let input = match raw.with_input.as_ref() {
+            None => self.template(id, "with", None),
+            Some(Value::Object(map)) => self.template(id, "with", Some(map)),
+            Some(Value::String(text)) if is_whole_template(text) => {
+                match Template::parse(&Value::String(text.clone())) {
+                    Ok(template) => template,
+                    Err(message) => {
+                        self.task_error(id, Some("with"), format!("`with`: {message}"));
+                        Template::Object(Vec::new())
+                    }
+                }
+            }
+            Some(_) => {
+                self.task_error(
+                    id,
+                    Some("with"),
+                    "`with` must be a map, or one template for the whole input such as \"{{ inputs.arguments }}\"".into(),
+                );
+                Template::Object(Vec::new())
+            }
+        };
         let retry = self.retry(Some(id), default_retry, raw.retry.as_ref());
         let timeout = match raw.timeout.as_deref() {
             None => default_timeout,
@@ -879,4 +899,10 @@ impl CompiledSpec {
         }
         errors
     }
+}
+
+/// `{{ ... }}` and nothing else: a template standing for one whole value.
+fn is_whole_template(text: &str) -> bool {
+    let text = text.trim();
+    text.starts_with("{{") && text.ends_with("}}") && text.matches("{{").count() == 1
 }

@@ -87,8 +87,10 @@ pub struct RawTask {
     pub skill: Option<String>,
     #[serde(default)]
     pub needs: Vec<String>,
+    /// A map of templates, or one template standing for the whole input (e.g.
+    /// `"{{ inputs.arguments }}"`, which must render to an object).
     #[serde(default, rename = "with")]
-    pub with_input: Option<Map<String, Value>>,
+    pub with_input: Option<Value>,
     #[serde(default)]
     pub retry: Option<RawRetry>,
     #[serde(default)]

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use paygrid_execution_unit::{
-    Agent, AgentCard, ExecutionUnit, ExecutionUnitConfig, Role, SkillSpec, Task, TaskOutcome,
+    Agent, AgentCard, ExecutionUnit, ExecutionUnitConfig, Role, SkillEffect, SkillSpec, Task,
+    TaskOutcome,
 };
 use serde_json::json;
 use tokio_util_free::shutdown_on_ctrl_c;
@@ -25,6 +26,7 @@ impl Agent for FxAgent {
                 description: "Convert an amount in minor units between EUR and USD".into(),
                 input_schema: json!({"type": "object", "required": ["amount_minor", "from", "to"]}),
                 output_schema: json!({"type": "object", "properties": {"amount_minor": {"type": "integer"}, "rate_ppm": {"type": "integer"}}}),
+                effect: SkillEffect::ReadOnly,
             }],
             max_concurrency: 32,
             labels: BTreeMap::from([("region".into(), "eu".into())]),
