@@ -534,6 +534,22 @@ pub fn agent_events(agent: &AgentId, message: pb::AgentMessage) -> Vec<AgentEven
     events
 }
 
+pub fn skill_effect_to_pb(effect: SkillEffect) -> pb::SkillEffect {
+    match effect {
+        SkillEffect::ReadOnly => pb::SkillEffect::ReadOnly,
+        SkillEffect::State => pb::SkillEffect::State,
+        SkillEffect::MovesMoney => pb::SkillEffect::MovesMoney,
+    }
+}
+
+fn skill_effect_from_pb(effect: i32) -> SkillEffect {
+    match pb::SkillEffect::try_from(effect) {
+        Ok(pb::SkillEffect::ReadOnly) => SkillEffect::ReadOnly,
+        Ok(pb::SkillEffect::MovesMoney) => SkillEffect::MovesMoney,
+        _ => SkillEffect::State,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -582,21 +598,5 @@ mod tests {
         assert!(error.starts_with("card_declined: "), "{error}");
         assert!(!error.contains("4000 0566 5566 5556"), "{error}");
         assert!(!error.contains("737"), "{error}");
-    }
-}
-
-pub fn skill_effect_to_pb(effect: SkillEffect) -> pb::SkillEffect {
-    match effect {
-        SkillEffect::ReadOnly => pb::SkillEffect::ReadOnly,
-        SkillEffect::State => pb::SkillEffect::State,
-        SkillEffect::MovesMoney => pb::SkillEffect::MovesMoney,
-    }
-}
-
-fn skill_effect_from_pb(effect: i32) -> SkillEffect {
-    match pb::SkillEffect::try_from(effect) {
-        Ok(pb::SkillEffect::ReadOnly) => SkillEffect::ReadOnly,
-        Ok(pb::SkillEffect::MovesMoney) => SkillEffect::MovesMoney,
-        _ => SkillEffect::State,
     }
 }
