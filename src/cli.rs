@@ -84,6 +84,9 @@ pub enum Command {
     Health,
     /// Every skill a connected agent offers, as a tool (MCP-style).
     Tools,
+    /// Serve MCP over stdin/stdout (for desktop clients that spawn it), talking to the
+    /// control unit at --control.
+    Mcp,
     /// Run one tool once, outside any workflow (a durable one-task call).
     Call(crate::tools::CallArgs),
     /// Validate a spec file (and optionally an input) without a control unit.
@@ -171,6 +174,7 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Validate(args) => operator::validate(args, json),
         Command::Health => operator::health(&control, json).await,
         Command::Tools => crate::tools::list(&control, json).await,
+        Command::Mcp => paygrid_mcp::serve_stdio(&control).await.map(|()| EXIT_OK),
         Command::Call(args) => crate::tools::call(&control, args, json).await,
         Command::Graph { file, format } => operator::graph(&file, format),
         Command::Ledger { data_dir } => operator::ledger(&data_dir, json),

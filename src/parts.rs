@@ -28,9 +28,9 @@ pub struct ControlArgs {
     /// Lease of a dispatched task without heartbeats, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     pub lease_ttl_ms: u64,
-    /// Serve Prometheus metrics at http://ADDR/metrics.
-    #[arg(long, value_parser = parse_addr)]
-    pub metrics_addr: Option<SocketAddr>,
+    /// Serve HTTP at ADDR: Prometheus metrics at /metrics, MCP (streamable HTTP) at /mcp.
+    #[arg(long = "http", alias = "metrics-addr", value_parser = parse_addr)]
+    pub http: Option<SocketAddr>,
     #[command(flatten)]
     pub storage: StorageArgs,
     #[command(flatten)]
@@ -272,6 +272,9 @@ pub struct GatewaySimArgs {
 pub struct DevArgs {
     #[arg(long, default_value = "127.0.0.1:50051", value_parser = parse_addr)]
     pub listen: SocketAddr,
+    /// The control unit's HTTP listener (/metrics, MCP at /mcp); port 0 picks one.
+    #[arg(long, default_value = "127.0.0.1:0", value_parser = parse_addr)]
+    pub http: SocketAddr,
     /// Exit when the example workflows finish instead of staying up until Ctrl-C.
     #[arg(long)]
     pub exit: bool,
@@ -307,6 +310,30 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// The control unit's HTTP listener, bound, with MCP at `/mcp` talking to the control
+/// unit's gRPC address `grpc`; says where it is.
+fn http_listener(
+    http: SocketAddr,
+    grpc: SocketAddr,
+) -> anyhow::Result<paygrid_control_unit::server::HttpConfig> {
+    let listener =
+        std::net::TcpListener::bind(http).with_context(|| format!("bind --http {http}"))?;
+    let bound = listener.local_addr()?;
+    // MCP is a client of the gRPC API: loopback when the control unit listens on all
+    // addresses.
+    let grpc_host = if grpc.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], grpc.port()))
+    } else {
+        grpc
+    };
+    let routes = paygrid_mcp::router(&format!("http://{grpc_host}"))?;
+    println!("paygrid control http on http://{bound}: /metrics, MCP at http://{bound}/mcp");
+    Ok(paygrid_control_unit::server::HttpConfig {
+        listener: std::sync::Arc::new(listener),
+        routes,
+    })
+}
+
 fn announce(part: &str, addr: SocketAddr) {
     println!("paygrid {part} listening on http://{addr}");
 }
@@ -326,8 +353,10 @@ pub async fn control(args: ControlArgs) -> anyhow::Result<u8> {
         config.runtime.remediation = paygrid_control_unit::remediation::Rules::parse(&text)
             .map_err(|e| crate::operator::UsageError(format!("{}: {e}", path.display())))?;
     }
-    config.metrics_addr = args.metrics_addr;
     announce("control", addr);
+    if let Some(http_addr) = args.http {
+        config.http = Some(http_listener(http_addr, addr)?);
+    }
     server::serve(listener, config, shutdown_signal()).await?;
     Ok(EXIT_OK)
 }
@@ -575,6 +604,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<u8> {
         retained_max: 100_000,
     };
     let (mut config, location) = storage.config().await?;
+    config.http = Some(http_listener(args.http, addr)?);
     if args.chaos {
         let breaker = &mut config.runtime.scheduler.breaker;
         breaker.min_requests = 3;

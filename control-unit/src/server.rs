@@ -24,8 +24,8 @@ pub enum ServeError {
     /// good commit.
     #[error("{0}")]
     Control(#[from] crate::error::ControlError),
-    #[error("metrics endpoint: {0}")]
-    Metrics(std::io::Error),
+    #[error("HTTP listener: {0}")]
+    Http(std::io::Error),
 }
 
 /// Control unit settings.
@@ -37,8 +37,16 @@ pub struct ControlConfig {
     pub store: Option<Arc<dyn crate::store::Store>>,
     /// Terminal workflows older than this are pruned from the store.
     pub retention: Option<std::time::Duration>,
-    /// Serve Prometheus metrics here (`GET /metrics`).
-    pub metrics_addr: Option<SocketAddr>,
+    /// The HTTP listener: `GET /metrics`, and the routes given (MCP, ...).
+    pub http: Option<HttpConfig>,
+}
+
+/// The control unit's one HTTP listener (bound by the caller, so it can say where) and
+/// the routes served beside `/metrics`.
+#[derive(Clone)]
+pub struct HttpConfig {
+    pub listener: Arc<std::net::TcpListener>,
+    pub routes: axum::Router,
 }
 
 /// Serves on `listener` until `shutdown` resolves.
@@ -57,8 +65,8 @@ pub async fn serve(
         stop.clone(),
     )
     .await?;
-    let metrics_server = match config.metrics_addr {
-        Some(addr) => Some(serve_metrics(addr, &config, handle.clone()).await?),
+    let metrics_server = match &config.http {
+        Some(http) => Some(serve_http(http, &config, handle.clone())?),
         None => None,
     };
     let pruner = match (config.store.clone(), config.retention) {
@@ -142,12 +150,19 @@ async fn register_remediation_specs(catalog: &Catalog, rules: &crate::remediatio
 
 /// Serves `GET /metrics` at `addr`; gauges computed on demand are refreshed by the actor
 /// before each scrape.
-async fn serve_metrics(
-    addr: SocketAddr,
+fn serve_http(
+    http: &HttpConfig,
     config: &ControlConfig,
     handle: crate::runtime::Handle,
 ) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, ServeError> {
-    let listener = TcpListener::bind(addr).await.map_err(ServeError::Metrics)?;
+    let listener = http
+        .listener
+        .try_clone()
+        .and_then(|l| {
+            l.set_nonblocking(true)?;
+            TcpListener::from_std(l)
+        })
+        .map_err(ServeError::Http)?;
     let refresh = move || {
         let handle = handle.clone();
         async move {
@@ -156,12 +171,11 @@ async fn serve_metrics(
                 .await;
         }
     };
-    Ok(tokio::spawn(paygrid_telemetry::metrics::serve(
-        listener,
-        config.runtime.metrics.clone(),
-        refresh,
-        std::future::pending(),
-    )))
+    let app = paygrid_telemetry::metrics::router(config.runtime.metrics.clone(), refresh)
+        .merge(http.routes.clone());
+    Ok(tokio::spawn(
+        async move { axum::serve(listener, app).await },
+    ))
 }
 
 /// Deletes terminal workflows past their retention, once a minute.

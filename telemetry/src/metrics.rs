@@ -187,7 +187,18 @@ where
     F: Fn() -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
-    let app = axum::Router::new().route(
+    axum::serve(listener, router(registry, refresh))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// `GET /metrics` as a router, to serve beside other routes on one listener.
+pub fn router<F, Fut>(registry: Arc<Registry>, refresh: F) -> axum::Router
+where
+    F: Fn() -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
             let (registry, refresh) = (registry.clone(), refresh.clone());
@@ -202,10 +213,7 @@ where
                 )
             }
         }),
-    );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    )
 }
 
 #[cfg(test)]

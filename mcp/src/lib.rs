@@ -1,0 +1,621 @@
+//! Paygrid's MCP server, built on the official Rust SDK (`rmcp`), for MCP clients
+//! (assistants, IDEs): the operator's calls and every agent skill as tools, workflows
+//! as resources.
+//!
+//! It is a client of the control unit's public gRPC API, so one implementation serves
+//! both transports: stateless streamable HTTP at `/mcp` on the control unit's HTTP
+//! listener ([`router`]), and stdio for desktop clients that spawn `paygrid mcp`
+//! ([`serve_stdio`]).
+//!
+//! - Operator tools: `submit_workflow`, `get_workflow`, `list_workflows`,
+//!   `cancel_workflow`, `validate_spec`, `list_agents`, `health`.
+//! - Agent tools: every skill a connected agent offers (`AgentHub.ListTools`), called
+//!   through `AgentHub.CallTool` (a durable one-task workflow). A skill that moves money
+//!   is annotated destructive and takes a required `idempotency_key` argument.
+//! - Resources: `paygrid://workflows/{id}` (the workflow as JSON), listed page by page.
+//!
+//! Bad arguments are tool errors naming the field (`isError: true`), never protocol
+//! failures: the model reading them can fix its call.
+
+mod convert;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use paygrid_proto::v1 as pb;
+use paygrid_proto::v1::agent_hub_client::AgentHubClient;
+use paygrid_proto::v1::workflows_client::WorkflowsClient;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
+    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
+    ResourceContents, ResourceTemplate, ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
+};
+use rmcp::service::{RequestContext, RoleServer};
+use rmcp::{ErrorData, ServerHandler, ServiceExt};
+use serde_json::{Map, Value, json};
+use tonic::transport::{Channel, Endpoint};
+
+/// The URI scheme of workflow resources.
+const WORKFLOW_URI: &str = "paygrid://workflows/";
+
+/// The MCP server: a client of one control unit.
+#[derive(Clone)]
+pub struct PaygridMcp {
+    workflows: WorkflowsClient<Channel>,
+    hub: AgentHubClient<Channel>,
+}
+
+impl PaygridMcp {
+    /// A server talking to the control unit at `endpoint` (connected lazily, so a
+    /// control unit that starts later is found).
+    pub fn new(endpoint: &str) -> anyhow::Result<Self> {
+        let channel = Endpoint::from_shared(endpoint.to_owned())?.connect_lazy();
+        Ok(Self {
+            workflows: WorkflowsClient::new(channel.clone()),
+            hub: AgentHubClient::new(channel),
+        })
+    }
+}
+
+/// `/mcp` as an axum router: stateless streamable HTTP (protocol 2026-07-28 and the
+/// earlier revisions clients negotiate), JSON answers where a stream is not needed.
+pub fn router(endpoint: &str) -> anyhow::Result<axum::Router> {
+    use rmcp::transport::streamable_http_server::{
+        StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
+    };
+    let server = PaygridMcp::new(endpoint)?;
+    let service = StreamableHttpService::new(
+        move || Ok(server.clone()),
+        Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default()
+            .with_legacy_session_mode(false)
+            .with_json_response(true)
+            .with_sse_keep_alive(None),
+    );
+    Ok(axum::Router::new().nest_service("/mcp", service))
+}
+
+/// Serves MCP over stdin/stdout until the client closes it.
+pub async fn serve_stdio(endpoint: &str) -> anyhow::Result<()> {
+    let server = PaygridMcp::new(endpoint)?;
+    let running = server.serve(rmcp::transport::stdio()).await?;
+    running.waiting().await?;
+    Ok(())
+}
+
+fn object(value: Value) -> Arc<Map<String, Value>> {
+    match value {
+        Value::Object(map) => Arc::new(map),
+        _ => Arc::new(Map::new()),
+    }
+}
+
+fn annotations(read_only: bool, destructive: bool, idempotent: bool) -> ToolAnnotations {
+    ToolAnnotations::new()
+        .read_only(read_only)
+        .destructive(destructive)
+        .idempotent(idempotent)
+        .open_world(false)
+}
+
+/// The operator's tools.
+fn operator_tools() -> Vec<Tool> {
+    let tool = |name: &'static str, description: &'static str, schema: Value, hints| {
+        Tool::new(name, description, object(schema)).with_annotations(hints)
+    };
+    vec![
+        tool(
+            "submit_workflow",
+            "Start a workflow from a spec (YAML or JSON text, or NAME@VERSION of a spec already submitted). Returns its id; the same idempotency_key returns the same workflow.",
+            json!({"type": "object", "properties": {
+                "spec_text": {"type": "string", "description": "the spec, YAML or JSON"},
+                "spec_ref": {"type": "string", "description": "NAME@VERSION, e.g. card-payment@2"},
+                "input": {"type": "object", "description": "the workflow's input"},
+                "priority": {"type": "string", "enum": ["critical", "high", "normal", "low"]},
+                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                "idempotency_key": {"type": "string"}
+            }}),
+            annotations(false, false, true),
+        ),
+        tool(
+            "get_workflow",
+            "A workflow's status and tasks: each task's status, attempts, output, error, and what a waiting task waits for.",
+            json!({"type": "object", "required": ["workflow_id"], "properties": {"workflow_id": {"type": "string"}}}),
+            annotations(true, false, true),
+        ),
+        tool(
+            "list_workflows",
+            "Workflows, oldest first, filtered by status, spec name and labels; follow next_page_token.",
+            json!({"type": "object", "properties": {
+                "status": {"type": "string", "enum": ["pending", "running", "succeeded", "failed", "compensating", "compensated", "cancelled"]},
+                "name": {"type": "string"},
+                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                "page_size": {"type": "integer", "minimum": 1, "maximum": 1000},
+                "page_token": {"type": "string"}
+            }}),
+            annotations(true, false, true),
+        ),
+        tool(
+            "cancel_workflow",
+            "Cancel a running workflow: running tasks are cancelled and finished ones compensated (authorizations voided, captures refunded).",
+            json!({"type": "object", "required": ["workflow_id"], "properties": {"workflow_id": {"type": "string"}, "reason": {"type": "string"}}}),
+            annotations(false, true, true),
+        ),
+        tool(
+            "validate_spec",
+            "Check a spec (and optionally an input) without running it; errors name the task, line and column.",
+            json!({"type": "object", "required": ["spec_text"], "properties": {"spec_text": {"type": "string"}, "input": {"type": "object"}}}),
+            annotations(true, false, true),
+        ),
+        tool(
+            "list_agents",
+            "Connected agents, their skills and live health.",
+            json!({"type": "object", "properties": {"skill": {"type": "string", "description": "only agents offering this skill"}}}),
+            annotations(true, false, true),
+        ),
+        tool(
+            "health",
+            "The live health of gateways and agents as telemetry agents report it, and the circuit breakers.",
+            json!({"type": "object", "properties": {}}),
+            annotations(true, false, true),
+        ),
+    ]
+}
+
+const OPERATOR_TOOLS: [&str; 7] = [
+    "submit_workflow",
+    "get_workflow",
+    "list_workflows",
+    "cancel_workflow",
+    "validate_spec",
+    "list_agents",
+    "health",
+];
+
+/// An agent's skill as an MCP tool: its schemas, with `idempotency_key` added (required
+/// when it moves money).
+fn agent_tool(tool: &pb::Tool) -> Tool {
+    let mut schema: Value =
+        serde_json::from_str(&tool.input_schema_json).unwrap_or_else(|_| json!({}));
+    if !schema.is_object() {
+        schema = json!({});
+    }
+    schema["type"] = json!("object");
+    let moves_money = tool.effect == pb::SkillEffect::MovesMoney as i32;
+    let read_only = tool.effect == pb::SkillEffect::ReadOnly as i32;
+    if !schema["properties"].is_object() {
+        schema["properties"] = json!({});
+    }
+    schema["properties"]["idempotency_key"] = json!({
+        "type": "string",
+        "description": if moves_money {
+            "required: the same key is the same call, taken once"
+        } else {
+            "optional: the same key is the same call"
+        }
+    });
+    if moves_money {
+        let mut required: Vec<Value> = schema["required"].as_array().cloned().unwrap_or_default();
+        required.push(json!("idempotency_key"));
+        schema["required"] = Value::Array(required);
+    }
+    let description = format!(
+        "{} (agent skill; {}; {} agent(s))",
+        tool.description,
+        if moves_money {
+            "moves money"
+        } else if read_only {
+            "read-only"
+        } else {
+            "changes state"
+        },
+        tool.agent_ids.len()
+    );
+    let mut out = Tool::new(tool.name.clone(), description, object(schema))
+        .with_annotations(annotations(read_only, moves_money, true));
+    if let Ok(Value::Object(output)) = serde_json::from_str::<Value>(&tool.output_schema_json)
+        && output.get("type") == Some(&json!("object"))
+    {
+        out = out.with_raw_output_schema(Arc::new(output));
+    }
+    out
+}
+
+fn tool_error(message: impl Into<String>) -> CallToolResponse {
+    CallToolResult::error(vec![ContentBlock::text(message.into())]).into()
+}
+
+/// A failed call's message: what the tool error says.
+fn failure(message: impl Into<String>) -> String {
+    message.into()
+}
+
+fn status_error(status: &tonic::Status) -> String {
+    format!("{:?}: {}", status.code(), status.message())
+}
+
+fn structured(value: Value) -> CallToolResponse {
+    CallToolResult::structured(value).into()
+}
+
+/// A string argument, or the tool error naming it.
+fn string_arg<'a>(
+    args: &'a Map<String, Value>,
+    name: &str,
+    required: bool,
+) -> Result<Option<&'a str>, String> {
+    match args.get(name) {
+        Some(Value::String(text)) => Ok(Some(text)),
+        None | Some(Value::Null) if !required => Ok(None),
+        None | Some(Value::Null) => Err(failure(format!("`{name}` is required"))),
+        Some(_) => Err(failure(format!("`{name}` must be a string"))),
+    }
+}
+
+fn string_map(
+    args: &Map<String, Value>,
+    name: &str,
+) -> Result<std::collections::HashMap<String, String>, String> {
+    match args.get(name) {
+        None | Some(Value::Null) => Ok(Default::default()),
+        Some(Value::Object(map)) => map
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(v) => Ok((k.clone(), v.clone())),
+                _ => Err(failure(format!("`{name}.{k}` must be a string"))),
+            })
+            .collect(),
+        Some(_) => Err(failure(format!("`{name}` must be an object of strings"))),
+    }
+}
+
+impl PaygridMcp {
+    async fn operator_call(
+        &self,
+        name: &str,
+        args: &Map<String, Value>,
+    ) -> Result<CallToolResponse, String> {
+        let mut workflows = self.workflows.clone();
+        let mut hub = self.hub.clone();
+        match name {
+            "submit_workflow" => {
+                let spec = match (
+                    string_arg(args, "spec_text", false)?,
+                    string_arg(args, "spec_ref", false)?,
+                ) {
+                    (Some(text), None) => pb::submit_request::Spec::SpecText(text.to_owned()),
+                    (None, Some(reference)) => {
+                        pb::submit_request::Spec::SpecRef(reference.to_owned())
+                    }
+                    _ => return Err(failure("give exactly one of `spec_text` and `spec_ref`")),
+                };
+                let input = match args.get("input") {
+                    None | Some(Value::Null) => json!({}),
+                    Some(Value::Object(input)) => Value::Object(input.clone()),
+                    Some(_) => return Err(failure("`input` must be an object")),
+                };
+                let priority = match string_arg(args, "priority", false)? {
+                    None => pb::Priority::Unspecified,
+                    Some(text) => {
+                        pb::Priority::from_str_name(&format!("PRIORITY_{}", text.to_uppercase()))
+                            .ok_or_else(|| {
+                                failure(format!(
+                                    "`priority` `{text}` is not critical, high, normal or low"
+                                ))
+                            })?
+                    }
+                };
+                let answer = workflows
+                    .submit(pb::SubmitRequest {
+                        spec: Some(spec),
+                        input_json: input.to_string(),
+                        priority: priority.into(),
+                        labels: string_map(args, "labels")?,
+                        idempotency_key: string_arg(args, "idempotency_key", false)?
+                            .unwrap_or_default()
+                            .to_owned(),
+                    })
+                    .await
+                    .map_err(|s| status_error(&s))?
+                    .into_inner();
+                Ok(structured(json!({
+                    "workflow_id": answer.workflow_id,
+                    "created": answer.created,
+                    "status": convert::workflow_status(answer.status),
+                    "resource": format!("{WORKFLOW_URI}{}", answer.workflow_id),
+                })))
+            }
+            "get_workflow" => {
+                let id = string_arg(args, "workflow_id", true)?.unwrap_or_default();
+                let workflow = workflows
+                    .get(pb::GetWorkflowRequest {
+                        workflow_id: id.to_owned(),
+                    })
+                    .await
+                    .map_err(|s| status_error(&s))?
+                    .into_inner();
+                Ok(structured(convert::workflow(&workflow)))
+            }
+            "list_workflows" => {
+                let status = match string_arg(args, "status", false)? {
+                    None => pb::WorkflowStatus::Unspecified,
+                    Some(text) => pb::WorkflowStatus::from_str_name(&format!(
+                        "WORKFLOW_STATUS_{}",
+                        text.to_uppercase()
+                    ))
+                    .ok_or_else(|| {
+                        failure(format!("`status` `{text}` is not a workflow status"))
+                    })?,
+                };
+                let page_size = match args.get("page_size") {
+                    None | Some(Value::Null) => 100,
+                    Some(value) => value
+                        .as_u64()
+                        .filter(|n| (1..=1000).contains(n))
+                        .ok_or_else(|| failure("`page_size` must be an integer from 1 to 1000"))?
+                        as u32,
+                };
+                let page = workflows
+                    .list(pb::ListWorkflowsRequest {
+                        status: status.into(),
+                        name: string_arg(args, "name", false)?
+                            .unwrap_or_default()
+                            .to_owned(),
+                        labels: string_map(args, "labels")?,
+                        page_size,
+                        page_token: string_arg(args, "page_token", false)?
+                            .unwrap_or_default()
+                            .to_owned(),
+                    })
+                    .await
+                    .map_err(|s| status_error(&s))?
+                    .into_inner();
+                let items: Vec<Value> = page.workflows.iter().map(convert::summary).collect();
+                Ok(structured(
+                    json!({"workflows": items, "next_page_token": page.next_page_token}),
+                ))
+            }
+            "cancel_workflow" => {
+                let id = string_arg(args, "workflow_id", true)?.unwrap_or_default();
+                let answer = workflows
+                    .cancel(pb::CancelWorkflowRequest {
+                        workflow_id: id.to_owned(),
+                        reason: string_arg(args, "reason", false)?
+                            .unwrap_or("cancelled from MCP")
+                            .to_owned(),
+                    })
+                    .await
+                    .map_err(|s| status_error(&s))?
+                    .into_inner();
+                Ok(structured(
+                    json!({"workflow_id": id, "status": convert::workflow_status(answer.status)}),
+                ))
+            }
+            "validate_spec" => {
+                let text = string_arg(args, "spec_text", true)?.unwrap_or_default();
+                let input = match args.get("input") {
+                    None | Some(Value::Null) => String::new(),
+                    Some(value @ Value::Object(_)) => value.to_string(),
+                    Some(_) => return Err(failure("`input` must be an object")),
+                };
+                let answer = workflows
+                    .validate(pb::ValidateRequest {
+                        spec_text: text.to_owned(),
+                        input_json: input,
+                    })
+                    .await
+                    .map_err(|s| status_error(&s))?
+                    .into_inner();
+                let errors: Vec<Value> = answer
+                    .errors
+                    .iter()
+                    .map(|e| json!({"message": e.message, "task": e.task_id, "line": e.line, "column": e.column}))
+                    .collect();
+                Ok(structured(
+                    json!({"valid": answer.valid, "name": answer.name, "version": answer.version, "tasks": answer.task_count, "errors": errors}),
+                ))
+            }
+            "list_agents" => {
+                let agents = hub
+                    .list_agents(pb::ListAgentsRequest {
+                        skill: string_arg(args, "skill", false)?
+                            .unwrap_or_default()
+                            .to_owned(),
+                    })
+                    .await
+                    .map_err(|s| status_error(&s))?
+                    .into_inner();
+                let items: Vec<Value> = agents.agents.iter().map(convert::agent).collect();
+                Ok(structured(json!({"agents": items})))
+            }
+            "health" => {
+                let health = hub
+                    .health(pb::HealthRequest::default())
+                    .await
+                    .map_err(|s| status_error(&s))?
+                    .into_inner();
+                Ok(structured(convert::health(&health)))
+            }
+            other => Err(failure(format!("unknown tool `{other}`"))),
+        }
+    }
+
+    async fn agent_call(
+        &self,
+        name: &str,
+        mut args: Map<String, Value>,
+    ) -> Result<CallToolResponse, String> {
+        let key = match args.remove("idempotency_key") {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(key)) => key,
+            Some(_) => return Err(failure("`idempotency_key` must be a string")),
+        };
+        let answer = self
+            .hub
+            .clone()
+            .call_tool(pb::CallToolRequest {
+                tool: name.to_owned(),
+                arguments_json: Value::Object(args).to_string(),
+                idempotency_key: key,
+                timeout_ms: 60_000,
+                route_labels: Default::default(),
+            })
+            .await
+            .map_err(|s| status_error(&s))?
+            .into_inner();
+        if !answer.succeeded {
+            return Err(failure(format!(
+                "call {} failed: {}",
+                answer.call_id, answer.error
+            )));
+        }
+        let output: Value = serde_json::from_str(&answer.output_json).unwrap_or(Value::Null);
+        // Structured content must be an object.
+        let output = match output {
+            Value::Object(_) => output,
+            other => json!({"value": other}),
+        };
+        Ok(structured(output))
+    }
+}
+
+impl ServerHandler for PaygridMcp {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_resources().build())
+            .with_server_info(Implementation::new("paygrid", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "Paygrid runs durable payment workflows on agents. Submit a workflow (submit_workflow with spec_ref such as card-payment@2 and its input), follow it with get_workflow or read paygrid://workflows/{id}; call an agent skill directly as a tool. Money-moving tools need an idempotency_key.",
+            )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let mut tools = operator_tools();
+        let agent_tools = self
+            .hub
+            .clone()
+            .list_tools(pb::ListToolsRequest {})
+            .await
+            .map_err(|s| ErrorData::internal_error(format!("control unit: {}", s.message()), None))?
+            .into_inner()
+            .tools;
+        tools.extend(
+            agent_tools
+                .iter()
+                .filter(|t| !OPERATOR_TOOLS.contains(&t.name.as_str()))
+                .map(agent_tool),
+        );
+        Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let args = request.arguments.clone().unwrap_or_default();
+        let name: &str = &request.name;
+        let answer = if OPERATOR_TOOLS.contains(&name) {
+            self.operator_call(name, &args).await
+        } else {
+            self.agent_call(name, args).await
+        };
+        Ok(answer.unwrap_or_else(tool_error))
+    }
+
+    async fn list_resources(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        let cursor = request.and_then(|r| r.cursor).unwrap_or_default();
+        let page = self
+            .workflows
+            .clone()
+            .list(pb::ListWorkflowsRequest {
+                page_size: 100,
+                page_token: cursor,
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| ErrorData::internal_error(format!("control unit: {}", s.message()), None))?
+            .into_inner();
+        let resources: Vec<Resource> = page
+            .workflows
+            .iter()
+            .map(|w| {
+                Resource::new(
+                    format!("{WORKFLOW_URI}{}", w.workflow_id),
+                    format!("{}@{} {}", w.name, w.version, w.workflow_id),
+                )
+                .with_description(format!("workflow {}", convert::workflow_status(w.status)))
+                .with_mime_type("application/json")
+            })
+            .collect();
+        let mut result = ListResourcesResult::with_all_items(resources);
+        if !page.next_page_token.is_empty() {
+            result.next_cursor = Some(page.next_page_token);
+        }
+        Ok(result)
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        Ok(ListResourceTemplatesResult::with_all_items(vec![
+            ResourceTemplate::new(format!("{WORKFLOW_URI}{{id}}"), "workflow")
+                .with_description("A workflow: status, tasks, outputs, errors (card data masked)")
+                .with_mime_type("application/json"),
+        ]))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let Some(id) = request.uri.strip_prefix(WORKFLOW_URI) else {
+            return Err(ErrorData::resource_not_found(
+                format!(
+                    "`{}` is not a Paygrid resource (paygrid://workflows/ID)",
+                    request.uri
+                ),
+                None,
+            ));
+        };
+        let workflow = self
+            .workflows
+            .clone()
+            .get(pb::GetWorkflowRequest {
+                workflow_id: id.to_owned(),
+            })
+            .await
+            .map_err(|s| match s.code() {
+                tonic::Code::NotFound | tonic::Code::InvalidArgument => {
+                    ErrorData::resource_not_found(s.message().to_owned(), None)
+                }
+                _ => ErrorData::internal_error(format!("control unit: {}", s.message()), None),
+            })?
+            .into_inner();
+        let text = serde_json::to_string_pretty(&convert::workflow(&workflow)).unwrap_or_default();
+        Ok(
+            ReadResourceResult::new(vec![ResourceContents::TextResourceContents {
+                uri: request.uri.clone(),
+                mime_type: Some("application/json".into()),
+                text,
+                meta: None,
+            }])
+            .into(),
+        )
+    }
+
+    fn supported_protocol_versions(&self) -> Cow<'static, [rmcp::model::ProtocolVersion]> {
+        Cow::Borrowed(rmcp::model::ProtocolVersion::KNOWN_VERSIONS)
+    }
+}

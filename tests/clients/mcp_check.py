@@ -1,0 +1,99 @@
+"""An MCP client nobody at Paygrid wrote (the official Python SDK, `mcp` >= 2.3) against
+Paygrid: over streamable HTTP (a URL) or stdio (`paygrid mcp`, spawned).
+
+Lists the tools, submits a card payment, reads it as a resource and follows it to
+success, then makes a call with a bad argument and checks the tool error names the field.
+Prints one JSON line with what it saw; exits non-zero on any failed check.
+
+    python mcp_check.py http://127.0.0.1:PORT/mcp
+    python mcp_check.py stdio /path/to/paygrid http://127.0.0.1:50051
+"""
+
+import asyncio
+import json
+import sys
+import time
+
+from mcp import Client, StdioServerParameters
+
+
+def check(condition, message):
+    if not condition:
+        raise SystemExit(f"check failed: {message}")
+
+
+def text_of(result):
+    return "".join(getattr(block, "text", "") for block in result.content)
+
+
+async def run(server):
+    seen = {}
+    async with Client(server) as client:
+        seen["protocol"] = client.protocol_version
+        tools = (await client.list_tools()).tools
+        names = {tool.name: tool for tool in tools}
+        for wanted in ["submit_workflow", "get_workflow", "list_workflows", "cancel_workflow",
+                       "validate_spec", "list_agents", "health", "risk.score", "gateway.capture"]:
+            check(wanted in names, f"tool {wanted} listed (got {sorted(names)})")
+        capture = names["gateway.capture"]
+        check(capture.annotations is not None and capture.annotations.destructive_hint is True,
+              "gateway.capture is annotated destructive")
+        check("idempotency_key" in capture.input_schema.get("required", []),
+              "gateway.capture requires an idempotency key")
+        check(names["risk.score"].annotations.read_only_hint is True, "risk.score is read-only")
+        seen["tools"] = len(tools)
+
+        submitted = await client.call_tool("submit_workflow", {
+            "spec_ref": "card-payment@2",
+            "input": {"amount_minor": 1250, "currency": "EUR", "card_token": "tok_visa"},
+            "idempotency_key": f"mcp-{server if isinstance(server, str) else 'stdio'}",
+        })
+        check(not submitted.is_error, f"submit_workflow succeeded: {text_of(submitted)}")
+        workflow_id = submitted.structured_content["workflow_id"]
+        uri = f"paygrid://workflows/{workflow_id}"
+
+        deadline = time.monotonic() + 60
+        status = None
+        while time.monotonic() < deadline:
+            read = await client.read_resource(uri)
+            body = json.loads(read.contents[0].text)
+            status = body["status"]
+            if status not in ("pending", "running", "compensating"):
+                break
+            await asyncio.sleep(0.2)
+        check(status == "succeeded", f"the payment succeeded (status {status})")
+        seen["workflow_id"] = workflow_id
+        seen["tasks"] = [t["task_id"] for t in body["tasks"]]
+        templates = (await client.list_resource_templates()).resource_templates
+        check(any(t.uri_template == "paygrid://workflows/{id}" for t in templates),
+              "the workflow resource template is listed")
+
+        got = await client.call_tool("get_workflow", {"workflow_id": workflow_id})
+        check(not got.is_error and got.structured_content["status"] == "succeeded",
+              "get_workflow agrees")
+
+        bad = await client.call_tool("risk.score", {"amount_minor": "lots", "card_token": "tok_visa"})
+        check(bad.is_error, "a bad argument is a tool error")
+        check("amount_minor" in text_of(bad), f"the error names the field: {text_of(bad)}")
+        seen["bad_argument_error"] = text_of(bad)
+
+        keyless = await client.call_tool("gateway.capture", {"authorization_id": "auth_x"})
+        check(keyless.is_error and "idempotency_key" in text_of(keyless),
+              f"a money-moving call without a key is refused: {text_of(keyless)}")
+
+        scored = await client.call_tool("risk.score", {"amount_minor": 1250, "currency": "EUR", "card_token": "tok_visa"})
+        check(not scored.is_error and "decision" in scored.structured_content,
+              f"risk.score runs as a tool: {text_of(scored)}")
+    print(json.dumps(seen))
+
+
+def main():
+    if sys.argv[1] == "stdio":
+        server = StdioServerParameters(command=sys.argv[2], args=["--control", sys.argv[3], "mcp"])
+    else:
+        server = sys.argv[1]
+    asyncio.run(run(server))
+
+
+if __name__ == "__main__":
+    main()
