@@ -18,5 +18,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .bytes(".paygrid.v1")
         .compile_fds(descriptors)?;
+
+    // The A2A protocol (vendored, see vendor/README.md), served by the control unit.
+    println!("cargo:rerun-if-changed=vendor");
+    let a2a = protox::compile(["a2a.proto"], ["vendor"])?;
+    std::fs::write(
+        out_dir.join("a2a_descriptor.bin"),
+        prost::Message::encode_to_vec(&a2a),
+    )?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(a2a)?;
     Ok(())
 }

@@ -119,6 +119,22 @@ impl Catalog {
         Ok(spec)
     }
 
+    /// The specs known by `name@version` (accepted and still cached), with their
+    /// descriptions: what the A2A agent card lists as skills.
+    pub fn known_specs(&self) -> Vec<(String, Option<String>)> {
+        let specs = lock(&self.specs);
+        let mut known: Vec<(String, Option<String>)> = specs
+            .by_ref
+            .iter()
+            .filter_map(|(name, hash)| {
+                let spec = specs.by_hash.get(hash)?;
+                Some((name.clone(), spec.description.clone()))
+            })
+            .collect();
+        known.sort();
+        known
+    }
+
     /// A workflow of `spec` was accepted: its `name@version` now names it (the actor
     /// stores the name with the workflow, in the same commit).
     pub fn accepted(&self, spec: &Arc<CompiledSpec>) {

@@ -65,8 +65,25 @@ pub async fn serve(
         stop.clone(),
     )
     .await?;
+    let workflows =
+        WorkflowsService::new(handle.clone(), catalog.clone(), config.runtime.watch_buffer);
+    let tools = crate::service::tools::ToolsService::new(handle.clone(), workflows.clone());
+    let grpc_url = {
+        let addr = listener.local_addr().map_err(ServeError::Http)?;
+        let host = if addr.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], addr.port()))
+        } else {
+            addr
+        };
+        format!("http://{host}")
+    };
     let metrics_server = match &config.http {
-        Some(http) => Some(serve_http(http, &config, handle.clone())?),
+        Some(http) => Some(serve_http(
+            http,
+            &config,
+            handle.clone(),
+            card_router(handle.clone(), catalog.clone(), grpc_url),
+        )?),
         None => None,
     };
     let pruner = match (config.store.clone(), config.retention) {
@@ -89,11 +106,11 @@ pub async fn serve(
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(paygrid_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(paygrid_proto::A2A_FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let (reflection, reflection_alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
-    let workflows =
-        WorkflowsService::new(handle.clone(), catalog.clone(), config.runtime.watch_buffer);
+    let a2a = crate::service::a2a::A2aService::new(workflows.clone(), tools);
     let result = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
@@ -101,6 +118,7 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(WorkflowsServer::new(workflows.clone()))
+        .add_service(paygrid_proto::a2a::a2a_service_server::A2aServiceServer::new(a2a))
         .add_service(AgentHubServer::new(AgentHubService::new(
             handle,
             catalog,
@@ -150,10 +168,38 @@ async fn register_remediation_specs(catalog: &Catalog, rules: &crate::remediatio
 
 /// Serves `GET /metrics` at `addr`; gauges computed on demand are refreshed by the actor
 /// before each scrape.
+/// `GET /.well-known/agent-card.json`: the A2A agent card, built on each request from
+/// the connected agents' skills and the known specs.
+fn card_router(
+    handle: crate::runtime::Handle,
+    catalog: Arc<Catalog>,
+    grpc_url: String,
+) -> axum::Router {
+    axum::Router::new().route(
+        "/.well-known/agent-card.json",
+        axum::routing::get(move || {
+            let (handle, catalog, grpc_url) = (handle.clone(), catalog.clone(), grpc_url.clone());
+            async move {
+                let agents = handle
+                    .ask(|reply| crate::runtime::Input::ListAgents { skill: None, reply })
+                    .await
+                    .unwrap_or_default();
+                let card = crate::service::a2a::agent_card(
+                    &grpc_url,
+                    &catalog.known_specs(),
+                    &crate::tools::tools(&agents),
+                );
+                axum::Json(card)
+            }
+        }),
+    )
+}
+
 fn serve_http(
     http: &HttpConfig,
     config: &ControlConfig,
     handle: crate::runtime::Handle,
+    card: axum::Router,
 ) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, ServeError> {
     let listener = http
         .listener
@@ -172,6 +218,7 @@ fn serve_http(
         }
     };
     let app = paygrid_telemetry::metrics::router(config.runtime.metrics.clone(), refresh)
+        .merge(card)
         .merge(http.routes.clone());
     Ok(tokio::spawn(
         async move { axum::serve(listener, app).await },

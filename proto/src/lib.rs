@@ -10,6 +10,24 @@ pub mod v1 {
     tonic::include_proto!("paygrid.v1");
 }
 
+/// The A2A protocol v1.0 (`lf.a2a.v1`), from the A2A project's vendored `a2a.proto`.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod a2a {
+    tonic::include_proto!("lf.a2a.v1");
+}
+
+/// The googleapis annotations `a2a.proto` imports.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod google {
+    pub mod api {
+        tonic::include_proto!("google.api");
+    }
+}
+
+/// The encoded `FileDescriptorSet` of `lf.a2a.v1`, for `tonic-reflection`.
+pub const A2A_FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/a2a_descriptor.bin"));
+
 /// The encoded `FileDescriptorSet` of every `paygrid.v1` file, for `tonic-reflection`.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/paygrid_descriptor.bin"));

@@ -6,11 +6,13 @@
 //! - `workflows`: Submit, Get, List, Cancel, Watch, Validate.
 //! - `agents`: Register, Session, ListAgents, Health, DrainGateway.
 //! - `tools`: ListTools, CallTool (behind `AgentHub`).
+//! - `a2a`: the A2A v1.0 gRPC binding and agent card over workflows and tools.
 
+pub mod a2a;
 pub mod agents;
 pub mod convert;
 mod status;
-mod tools;
+pub mod tools;
 pub mod workflows;
 
 pub use agents::AgentHubService;

@@ -49,28 +49,80 @@ impl ToolsService {
         })
     }
 
+    /// Starts one call of `tool` (checked first); its workflow id.
+    pub async fn start(
+        &self,
+        metadata: tonic::metadata::MetadataMap,
+        tool_name: &str,
+        arguments: Value,
+        key: &str,
+        route_labels: &std::collections::HashMap<String, String>,
+    ) -> Result<WorkflowId, ControlError> {
+        let agents = self
+            .handle
+            .ask(|reply| Input::ListAgents {
+                skill: Some(tool_name.to_owned()),
+                reply,
+            })
+            .await?;
+        let Some(tool) = tools::tools(&agents)
+            .into_iter()
+            .find(|t| t.skill.name == tool_name)
+        else {
+            return Err(ControlError::NotFound(format!(
+                "no connected agent offers the tool `{tool_name}` (ListTools lists them)"
+            )));
+        };
+        if !arguments.is_object() {
+            return Err(ControlError::invalid(
+                "the arguments must be a JSON object".to_owned(),
+            ));
+        }
+        let schema: Value = serde_json::from_str(&tool.skill.input_schema).unwrap_or(Value::Null);
+        tools::schema::validate(&schema, &arguments, "arguments")
+            .map_err(|e| ControlError::invalid(format!("tool `{tool_name}`: {e}")))?;
+        if tool.skill.effect == SkillEffect::MovesMoney && key.is_empty() {
+            return Err(ControlError::invalid(format!(
+                "idempotency_key is required: the tool `{tool_name}` moves money"
+            )));
+        }
+        let mut route_keys: Vec<&str> = route_labels.keys().map(String::as_str).collect();
+        route_keys.sort_unstable();
+        if let Some(bad) = route_keys.iter().find(|k| !tools::valid_route_key(k)) {
+            return Err(ControlError::invalid(format!(
+                "route label `{bad}`: keys are lowercase letters, digits and `_`"
+            )));
+        }
+        let (text, _) = tools::spec_text(tool_name, tool.skill.effect, &route_keys);
+        let mut input = json!({ "arguments": arguments });
+        for (label, value) in route_labels {
+            input[format!("route_{label}")] = json!(value);
+        }
+        let mut submit = Request::new(pb::SubmitRequest {
+            spec: Some(pb::submit_request::Spec::SpecText(text)),
+            input_json: input.to_string(),
+            labels: [(LABEL_TOOL.to_owned(), tool_name.to_owned())].into(),
+            idempotency_key: if key.is_empty() {
+                String::new()
+            } else {
+                format!("tool:{tool_name}:{key}")
+            },
+            ..Default::default()
+        });
+        *submit.metadata_mut() = metadata;
+        let submitted = self.workflows.submit_request(submit).await?;
+        submitted
+            .workflow_id
+            .parse()
+            .map_err(ControlError::Internal)
+    }
+
     pub async fn call(
         &self,
         request: Request<pb::CallToolRequest>,
     ) -> Result<pb::CallToolResponse, ControlError> {
         let metadata = request.metadata().clone();
         let request = request.into_inner();
-        let agents = self
-            .handle
-            .ask(|reply| Input::ListAgents {
-                skill: Some(request.tool.clone()),
-                reply,
-            })
-            .await?;
-        let Some(tool) = tools::tools(&agents)
-            .into_iter()
-            .find(|t| t.skill.name == request.tool)
-        else {
-            return Err(ControlError::NotFound(format!(
-                "no connected agent offers the tool `{}` (ListTools lists them)",
-                request.tool
-            )));
-        };
         let arguments: Value = if request.arguments_json.trim().is_empty() {
             json!({})
         } else {
@@ -78,49 +130,15 @@ impl ToolsService {
                 ControlError::invalid(format!("arguments_json is not valid JSON: {e}"))
             })?
         };
-        if !arguments.is_object() {
-            return Err(ControlError::invalid(
-                "arguments_json must be a JSON object".to_owned(),
-            ));
-        }
-        let schema: Value = serde_json::from_str(&tool.skill.input_schema).unwrap_or(Value::Null);
-        tools::schema::validate(&schema, &arguments, "arguments")
-            .map_err(|e| ControlError::invalid(format!("tool `{}`: {e}", request.tool)))?;
-        if tool.skill.effect == SkillEffect::MovesMoney && request.idempotency_key.is_empty() {
-            return Err(ControlError::invalid(format!(
-                "idempotency_key is required: the tool `{}` moves money",
-                request.tool
-            )));
-        }
-        let mut route_keys: Vec<&str> = request.route_labels.keys().map(String::as_str).collect();
-        route_keys.sort_unstable();
-        if let Some(bad) = route_keys.iter().find(|k| !tools::valid_route_key(k)) {
-            return Err(ControlError::invalid(format!(
-                "route label `{bad}`: keys are lowercase letters, digits and `_`"
-            )));
-        }
-        let (text, _) = tools::spec_text(&request.tool, tool.skill.effect, &route_keys);
-        let mut input = json!({ "arguments": arguments });
-        for (key, value) in &request.route_labels {
-            input[format!("route_{key}")] = json!(value);
-        }
-        let mut submit = Request::new(pb::SubmitRequest {
-            spec: Some(pb::submit_request::Spec::SpecText(text)),
-            input_json: input.to_string(),
-            labels: [(LABEL_TOOL.to_owned(), request.tool.clone())].into(),
-            idempotency_key: if request.idempotency_key.is_empty() {
-                String::new()
-            } else {
-                format!("tool:{}:{}", request.tool, request.idempotency_key)
-            },
-            ..Default::default()
-        });
-        *submit.metadata_mut() = metadata;
-        let submitted = self.workflows.submit_request(submit).await?;
-        let id: WorkflowId = submitted
-            .workflow_id
-            .parse()
-            .map_err(ControlError::Internal)?;
+        let id = self
+            .start(
+                metadata,
+                &request.tool,
+                arguments,
+                &request.idempotency_key,
+                &request.route_labels,
+            )
+            .await?;
         let timeout = match request.timeout_ms {
             0 => DEFAULT_TIMEOUT,
             ms => Duration::from_millis(u64::from(ms)).min(MAX_TIMEOUT),

@@ -61,6 +61,39 @@ impl WorkflowsService {
         }
     }
 
+    /// The workflow's events from now on (a snapshot first); the channel closes after its
+    /// terminal event.
+    pub async fn events(
+        &self,
+        id: WorkflowId,
+    ) -> Result<tokio::sync::mpsc::Receiver<crate::views::WorkflowEvent>, ControlError> {
+        let (sender, receiver) = tokio::sync::mpsc::channel(self.watch_buffer);
+        self.handle
+            .ask(|reply| Input::Watch { id, sender, reply })
+            .await??;
+        Ok(receiver)
+    }
+
+    /// `Cancel`, for callers inside the control unit.
+    pub async fn cancel_workflow(
+        &self,
+        id: WorkflowId,
+        reason: String,
+    ) -> Result<(), ControlError> {
+        self.handle
+            .ask(|reply| Input::Cancel { id, reason, reply })
+            .await??;
+        Ok(())
+    }
+
+    /// `List`, as protobuf, for callers inside the control unit.
+    pub async fn list_pb(
+        &self,
+        request: pb::ListWorkflowsRequest,
+    ) -> Result<pb::ListWorkflowsResponse, ControlError> {
+        WorkflowsService::list(self, request).await
+    }
+
     /// `Get`, as protobuf, for callers inside the control unit.
     pub async fn get_pb(&self, id: WorkflowId) -> Result<pb::Workflow, ControlError> {
         let view = match self.handle.ask(|reply| Input::Get { id, reply }).await? {

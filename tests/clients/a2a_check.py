@@ -1,0 +1,81 @@
+"""An A2A client nobody at Paygrid wrote (the A2A project's Python SDK, `a2a-sdk[grpc]`
+>= 1.3) against Paygrid: finds the gRPC interface through the agent card, sends a message
+that starts a card payment, follows it with SubscribeToTask to COMPLETED, and cancels
+another one. Prints one JSON line; exits non-zero on a failed check.
+
+    python a2a_check.py http://HTTP_ADDR
+"""
+
+import asyncio
+import json
+import sys
+import uuid
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+
+from a2a.client import ClientConfig, create_client
+from a2a.types import a2a_pb2 as pb
+
+
+def check(condition, message):
+    if not condition:
+        raise SystemExit(f"check failed: {message}")
+
+
+def data_message(payload):
+    value = struct_pb2.Value()
+    json_format.ParseDict(payload, value)
+    return pb.Message(message_id=str(uuid.uuid4()), role=pb.ROLE_USER, parts=[pb.Part(data=value)])
+
+
+async def run(base):
+    seen = {}
+    config = ClientConfig(
+        streaming=True,
+        supported_protocol_bindings=["GRPC"],
+        grpc_channel_factory=lambda url: grpc.aio.insecure_channel(url.removeprefix("http://")),
+    )
+    client = await create_client(base, client_config=config)
+    payment = {"spec_ref": "card-payment@2", "input": {"amount_minor": 1250, "currency": "EUR", "card_token": "tok_visa"}}
+    request = pb.SendMessageRequest(message=data_message(payment),
+                                    configuration=pb.SendMessageConfiguration(return_immediately=True))
+    task = None
+    # Streaming (SendStreamingMessage): the first event is the task; then follow it with
+    # SubscribeToTask instead.
+    async for event in client.send_message(request):
+        if event.HasField("task"):
+            task = event.task
+            break
+    check(task is not None and task.id, f"SendMessage answered a task: {task}")
+    seen["task_id"] = task.id
+    states = []
+    try:
+        async for event in client.subscribe(pb.SubscribeToTaskRequest(id=task.id)):
+            if event.HasField("status_update"):
+                states.append(pb.TaskState.Name(event.status_update.status.state))
+            elif event.HasField("task"):
+                states.append(pb.TaskState.Name(event.task.status.state))
+    except Exception as error:  # the task may have ended before the subscription
+        seen["subscribe_error"] = str(error)
+    final = await client.get_task(pb.GetTaskRequest(id=task.id))
+    check(final.status.state == pb.TASK_STATE_COMPLETED, f"the payment completed: {final.status} after {states} {seen}")
+    check(len(final.artifacts) == 1, "its outputs are an artifact")
+    seen["states"] = states
+
+    parked = None
+    async for event in client.send_message(pb.SendMessageRequest(
+            message=data_message({"spec_text": "apiVersion: paygrid/v1\nkind: Workflow\nname: a2a-parked\nversion: 1\ntasks:\n  - id: wait\n    skill: nobody.offers\n"}),
+            configuration=pb.SendMessageConfiguration(return_immediately=True))):
+        if event.HasField("task"):
+            parked = event.task
+            break
+    check(parked is not None, "the second message answered a task")
+    cancelled = await client.cancel_task(pb.CancelTaskRequest(id=parked.id))
+    check(cancelled.status.state == pb.TASK_STATE_CANCELED, f"cancelled: {cancelled.status}")
+    seen["cancelled"] = cancelled.id
+    print(json.dumps(seen))
+
+
+if __name__ == "__main__":
+    asyncio.run(run(sys.argv[1]))
