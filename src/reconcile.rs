@@ -18,15 +18,7 @@ const RUN_SPECS: [&str; 3] = [
     "settlement-batch",
 ];
 const SKILL: &str = "reconcile.gateway";
-const KINDS: [&str; 7] = [
-    "missing_in_report",
-    "missing_in_ledger",
-    "duplicate",
-    "amount_over",
-    "amount_under",
-    "currency_mismatch",
-    "late",
-];
+use paygrid_control_unit::reconciliation::MISMATCH_KINDS as KINDS;
 
 #[derive(Debug, Args)]
 pub struct ReconcileArgs {

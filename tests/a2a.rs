@@ -8,43 +8,10 @@
 
 mod support;
 
-use std::process::Command;
-
 use support::*;
 
-/// The Python that has the `mcp` package, or `None` (the test says so and skips) unless
-/// `PAYGRID_REQUIRE_CLIENTS` is set, as CI does: then a missing client fails.
-fn python_with(module: &str) -> Option<String> {
-    let python = std::env::var("PAYGRID_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&python)
-        .args(["-c", &format!("import {module}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ok {
-        return Some(python);
-    }
-    assert!(
-        std::env::var_os("PAYGRID_REQUIRE_CLIENTS").is_none(),
-        "`{python}` cannot import `{module}`: run .ci/run, or set PAYGRID_PYTHON"
-    );
-    eprintln!("skipped: `{python}` cannot import `{module}` (run .ci/run to install it)");
-    None
-}
-
 fn run_client(python: &str, args: &[&str]) -> serde_json::Value {
-    let script = format!("{}/tests/clients/a2a_check.py", env!("CARGO_MANIFEST_DIR"));
-    let output = Command::new(python)
-        .arg(&script)
-        .args(args)
-        .output()
-        .expect("run the A2A client");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "A2A client {args:?} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap()
+    run_client_script(python, "a2a_check.py", args)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -52,47 +19,11 @@ async fn the_a2a_sdk_drives_paygrid_over_grpc_from_its_agent_card() {
     let Some(python) = python_with("a2a.client") else {
         return;
     };
-    let dir = TempDir::new("a2a");
-    let gateway = Part::start(&[
-        "gateway-sim",
-        "--listen",
-        "127.0.0.1:0",
-        "--name",
-        "alpha",
-        "--data-dir",
-        &dir.path("gateway"),
-    ]);
-    let http = free_addr();
-    let control = Part::start(&[
-        "control",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        &dir.path("control"),
-        "--http",
-        &http,
-    ]);
-    let alpha = format!("alpha={}@25", gateway.url);
-    let _exec = Part::start(&[
-        "--control",
-        &control.url,
-        "exec",
-        "--gateway",
-        &alpha,
-        "--data-dir",
-        &dir.path("exec"),
-    ]);
-    // The client starts card-payment@2 by reference: register the spec first.
-    let mut workflows = Fleet::client(&control.url).await;
-    let warm = submit(
-        &mut workflows,
-        &spec("card-payment"),
-        card("tok_visa"),
-        paygrid_proto::v1::Priority::Unspecified,
-    )
-    .await;
-    wait_terminal(&mut workflows, &warm).await;
-    let card = http_get_json(&http, "/.well-known/agent-card.json");
+    let fleet = HttpFleet::start("a2a");
+    // The client submits card-payment@2 by reference: register the spec first.
+    let mut workflows = fleet.register_card_payment().await;
+    let (control, http_addr) = (&fleet.control, &fleet.http);
+    let card = http(http_addr, "GET", "/.well-known/agent-card.json", None);
     assert_eq!(card["supportedInterfaces"][0]["protocolBinding"], "GRPC");
     assert_eq!(card["supportedInterfaces"][0]["url"], control.url.as_str());
     let skills: Vec<&str> = card["skills"]
@@ -106,7 +37,7 @@ async fn the_a2a_sdk_drives_paygrid_over_grpc_from_its_agent_card() {
         "{skills:?}"
     );
 
-    let seen = run_client(&python, &[&format!("http://{http}")]);
+    let seen = run_client(&python, &[&format!("http://{http_addr}")]);
     assert_eq!(
         seen["states"],
         serde_json::json!(["TASK_STATE_WORKING", "TASK_STATE_COMPLETED"]),
@@ -122,19 +53,4 @@ async fn the_a2a_sdk_drives_paygrid_over_grpc_from_its_agent_card() {
         cancelled.status,
         paygrid_proto::v1::WorkflowStatus::Cancelled as i32
     );
-}
-
-/// `GET PATH` on an HTTP listener, as JSON.
-fn http_get_json(addr: &str, path: &str) -> serde_json::Value {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (_, body) = response.split_once("\r\n\r\n").unwrap();
-    serde_json::from_str(body).unwrap()
 }

@@ -7,43 +7,10 @@
 
 mod support;
 
-use std::process::Command;
-
 use support::*;
 
-/// The Python that has the `mcp` package, or `None` (the test says so and skips) unless
-/// `PAYGRID_REQUIRE_CLIENTS` is set, as CI does: then a missing client fails.
-fn python_with(module: &str) -> Option<String> {
-    let python = std::env::var("PAYGRID_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&python)
-        .args(["-c", &format!("import {module}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ok {
-        return Some(python);
-    }
-    assert!(
-        std::env::var_os("PAYGRID_REQUIRE_CLIENTS").is_none(),
-        "`{python}` cannot import `{module}`: run .ci/run, or set PAYGRID_PYTHON"
-    );
-    eprintln!("skipped: `{python}` cannot import `{module}` (run .ci/run to install it)");
-    None
-}
-
 fn run_client(python: &str, args: &[&str]) -> serde_json::Value {
-    let script = format!("{}/tests/clients/mcp_check.py", env!("CARGO_MANIFEST_DIR"));
-    let output = Command::new(python)
-        .arg(&script)
-        .args(args)
-        .output()
-        .expect("run the MCP client");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "MCP client {args:?} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap()
+    run_client_script(python, "mcp_check.py", args)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -51,48 +18,12 @@ async fn official_mcp_clients_drive_paygrid_over_http_and_stdio() {
     let Some(python) = python_with("mcp") else {
         return;
     };
-    let dir = TempDir::new("mcp");
-    let gateway = Part::start(&[
-        "gateway-sim",
-        "--listen",
-        "127.0.0.1:0",
-        "--name",
-        "alpha",
-        "--data-dir",
-        &dir.path("gateway"),
-    ]);
-    let http = free_addr();
-    let control = Part::start(&[
-        "control",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        &dir.path("control"),
-        "--http",
-        &http,
-    ]);
-    let alpha = format!("alpha={}@25", gateway.url);
-    let _exec = Part::start(&[
-        "--control",
-        &control.url,
-        "exec",
-        "--gateway",
-        &alpha,
-        "--data-dir",
-        &dir.path("exec"),
-    ]);
+    let fleet = HttpFleet::start("mcp");
+    // The client submits card-payment@2 by reference: register the spec first.
+    fleet.register_card_payment().await;
+    let (control, http) = (&fleet.control, &fleet.http);
     let mut agents =
         paygrid_proto::v1::agent_hub_client::AgentHubClient::new(channel(&control.url).await);
-    // The client submits card-payment@2 by reference: register the spec first.
-    let mut workflows = Fleet::client(&control.url).await;
-    let warm = submit(
-        &mut workflows,
-        &spec("card-payment"),
-        card("tok_visa"),
-        paygrid_proto::v1::Priority::Unspecified,
-    )
-    .await;
-    wait_terminal(&mut workflows, &warm).await;
     let tools = agents
         .list_tools(paygrid_proto::v1::ListToolsRequest {})
         .await

@@ -14,7 +14,7 @@
 //! `as_of`: running it again gives the same answer, and the answer is stored as the
 //! task's output (durable with its workflow).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -100,7 +100,7 @@ pub fn reconcile(expected: &[Expected], rows: &[Row], as_of: Day, settlement_day
         .iter()
         .map(|e| (e.psp_reference.as_str(), e))
         .collect();
-    let mut seen: HashMap<&str, ()> = HashMap::with_capacity(rows.len());
+    let mut seen: HashSet<&str> = HashSet::with_capacity(rows.len());
     let mut outcome = Outcome {
         rows: rows.len(),
         ..Outcome::default()
@@ -136,7 +136,7 @@ pub fn reconcile(expected: &[Expected], rows: &[Row], as_of: Day, settlement_day
             );
             continue;
         };
-        if seen.insert(row.psp_reference.as_str(), ()).is_some() {
+        if !seen.insert(row.psp_reference.as_str()) {
             found(
                 &mut outcome,
                 Class::Duplicate,
@@ -177,7 +177,7 @@ pub fn reconcile(expected: &[Expected], rows: &[Row], as_of: Day, settlement_day
         found(&mut outcome, kind, row, detail);
     }
     for entry in expected {
-        if seen.contains_key(entry.psp_reference.as_str()) {
+        if seen.contains(entry.psp_reference.as_str()) {
             continue;
         }
         let due = entry.booked_on.plus(settlement_days);

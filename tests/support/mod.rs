@@ -458,3 +458,108 @@ pub fn gateway_stats(gateway: &Part) -> serde_json::Value {
 pub fn card(token: &str) -> serde_json::Value {
     serde_json::json!({"amount_minor": 1250, "currency": "EUR", "card_token": token})
 }
+
+/// The Python that can import `module` (`PAYGRID_PYTHON`, else `python3`), or `None`: the
+/// test says so and skips, unless `PAYGRID_REQUIRE_CLIENTS` is set (as `.ci/run` does),
+/// when a missing client fails it.
+pub fn python_with(module: &str) -> Option<String> {
+    let python = std::env::var("PAYGRID_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&python)
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return Some(python);
+    }
+    assert!(
+        std::env::var_os("PAYGRID_REQUIRE_CLIENTS").is_none(),
+        "`{python}` cannot import `{module}`: run .ci/run, or set PAYGRID_PYTHON"
+    );
+    eprintln!("skipped: `{python}` cannot import `{module}` (run .ci/run to install it)");
+    None
+}
+
+/// Runs `tests/clients/SCRIPT` with `args`; its last stdout line as JSON. Fails the test
+/// with the script's output when it exits non-zero.
+pub fn run_client_script(python: &str, script: &str, args: &[&str]) -> serde_json::Value {
+    let path = format!("{}/tests/clients/{script}", env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new(python)
+        .arg(&path)
+        .args(args)
+        .output()
+        .expect("run the client script");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{script} {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap()
+}
+
+/// A gateway simulator, a control unit serving HTTP at `http` (metrics, MCP, the A2A
+/// card) and one execution unit hosting every shipped agent, each in its own process.
+pub struct HttpFleet {
+    pub exec: Part,
+    pub control: Part,
+    pub gateway: Part,
+    pub http: String,
+    pub dir: TempDir,
+}
+
+impl HttpFleet {
+    pub fn start(what: &str) -> Self {
+        let dir = TempDir::new(what);
+        let gateway = Part::start(&[
+            "gateway-sim",
+            "--listen",
+            "127.0.0.1:0",
+            "--name",
+            "alpha",
+            "--data-dir",
+            &dir.path("gateway"),
+        ]);
+        let http = free_addr();
+        let control = Part::start(&[
+            "control",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &dir.path("control"),
+            "--http",
+            &http,
+        ]);
+        let alpha = format!("alpha={}@25", gateway.url);
+        let exec = Part::start(&[
+            "--control",
+            &control.url,
+            "exec",
+            "--gateway",
+            &alpha,
+            "--data-dir",
+            &dir.path("exec"),
+        ]);
+        Self {
+            exec,
+            control,
+            gateway,
+            http,
+            dir,
+        }
+    }
+
+    /// Runs one card payment to its end, so `card-payment@2` is in the catalog for
+    /// clients that submit it by reference.
+    pub async fn register_card_payment(&self) -> WorkflowsClient<Channel> {
+        let mut workflows = Fleet::client(&self.control.url).await;
+        let warm = submit(
+            &mut workflows,
+            &spec("card-payment"),
+            card("tok_visa"),
+            pb::Priority::Unspecified,
+        )
+        .await;
+        wait_terminal(&mut workflows, &warm).await;
+        workflows
+    }
+}
