@@ -311,6 +311,22 @@ fn effects_done(stats: &serde_json::Value) -> u64 {
         .sum()
 }
 
+/// What the control unit says when the workload stalls: its health (breakers, drains),
+/// the remediation workflows and the workflows still running, for the failure message.
+fn stall_report(fleet: &Fleet) -> String {
+    let url = &fleet.control.url;
+    let mut report = cli(url, &["health"]).1;
+    let (_, remediations) = cli(url, &["list", "--label", "trigger=breaker_opened"]);
+    report.push_str(&remediations);
+    for line in remediations.lines().filter(|l| l.contains("running")) {
+        if let Some(id) = line.split_whitespace().next() {
+            report.push_str(&cli(url, &["status", id]).1);
+        }
+    }
+    report.push_str(&cli(url, &["list", "--status", "running", "--limit", "5"]).1);
+    report
+}
+
 /// Kills a part `KILLS` times while payments flow, each time at a random moment with
 /// gateway calls in flight: after a random number of further effects, as soon as the
 /// gateway reports a request in progress.
@@ -338,10 +354,12 @@ async fn run_with_crashes(kill: impl Fn(&mut Fleet, usize)) {
                 done_at_last_kill = effects_done(&stats);
                 break;
             }
-            assert!(
-                Instant::now() < deadline,
-                "kill {round}: no gateway call in flight (stats {stats})"
-            );
+            if Instant::now() >= deadline {
+                panic!(
+                    "kill {round}: no gateway call in flight (stats {stats})\n{}",
+                    stall_report(&fleet)
+                );
+            }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         kill(&mut fleet, round);

@@ -92,7 +92,7 @@ fn view(core: &Scheduler, breaker: &Breaker, now: u64) -> BreakerView {
         } else {
             0
         },
-        trials_in_flight: breaker.trials_in_flight,
+        trials_in_flight: breaker.trials_in_flight(),
         transitions: breaker.transitions.iter().cloned().collect(),
     }
 }

@@ -11,7 +11,11 @@
 //!   another gateway (`cheapest-healthy`, `fallback: true`) pick one at once; tasks that
 //!   must go to this gateway wait, with the reason in `status`, and do not fail.
 //! - **Half-open**: up to `trials` tasks go through. As many successes close it (the
-//!   window starts empty); a failure opens it again.
+//!   window starts empty); a failure opens it again. Each trial is one attempt, tracked
+//!   by its slot and attempt number: only a trial's answer decides, and a trial that
+//!   ends without a verdict (its agent lost, cancelled, refused, replaced) frees its
+//!   place for another, so a half-open breaker never waits on attempts that will not
+//!   answer.
 //!
 //! Breakers are not durable: after a restart every breaker starts closed and the first
 //! failures open it again (as Envoy's and resilience4j's do).
@@ -20,6 +24,10 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use super::Millis;
+use super::state::Slot;
+
+/// One attempt of one task: a trial, while its breaker is half-open.
+pub type Attempt = (Slot, u32);
 
 /// Thresholds; see the module docs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -96,7 +104,8 @@ pub struct Breaker {
     pub until: Millis,
     /// When it last closed (telemetry windows older than this are not held against it).
     pub closed_at: Millis,
-    pub trials_in_flight: u32,
+    /// The trial attempts in flight (half-open only), at most `trials`.
+    trials: Vec<Attempt>,
     pub trial_successes: u32,
     buckets: [Bucket; BUCKETS as usize],
     pub transitions: VecDeque<Transition>,
@@ -117,7 +126,7 @@ impl Breaker {
             state: BreakerState::Closed,
             until: 0,
             closed_at: 0,
-            trials_in_flight: 0,
+            trials: Vec::new(),
             trial_successes: 0,
             buckets: [Bucket::default(); BUCKETS as usize],
             transitions: VecDeque::new(),
@@ -151,7 +160,7 @@ impl Breaker {
             reason,
         };
         self.state = to;
-        self.trials_in_flight = 0;
+        self.trials.clear();
         self.trial_successes = 0;
         if to == BreakerState::Closed {
             self.closed_at = now;
@@ -169,19 +178,29 @@ impl Breaker {
         self.change(now, BreakerState::Open, reason)
     }
 
-    /// One answer from the gateway's agents.
+    /// Trial attempts in flight.
+    pub fn trials_in_flight(&self) -> u32 {
+        self.trials.len() as u32
+    }
+
+    /// One attempt at the gateway ended: `failed` is its verdict (`None`: it ended without
+    /// one, e.g. its agent was lost or it was cancelled).
     fn record(
         &mut self,
         now: Millis,
         config: &BreakerConfig,
-        failed: bool,
+        attempt: Attempt,
+        failed: Option<bool>,
         latency_ms: u64,
     ) -> Option<Transition> {
         match self.state {
             BreakerState::Open => None,
             BreakerState::HalfOpen => {
-                self.trials_in_flight = self.trials_in_flight.saturating_sub(1);
-                if failed {
+                // Only a trial decides: an answer to an attempt sent before the breaker
+                // opened says nothing about the gateway now.
+                let trial = self.trials.iter().position(|t| *t == attempt)?;
+                self.trials.swap_remove(trial);
+                if failed? {
                     return Some(self.open(now, config, "a trial task failed".into()));
                 }
                 self.trial_successes += 1;
@@ -191,6 +210,7 @@ impl Breaker {
                 })
             }
             BreakerState::Closed => {
+                let failed = failed?;
                 let epoch = now / Self::bucket_ms(config);
                 let bucket = &mut self.buckets[(epoch % BUCKETS) as usize];
                 if bucket.epoch != epoch {
@@ -266,26 +286,29 @@ impl Breakers {
             Some(breaker) => match breaker.state {
                 BreakerState::Closed => true,
                 BreakerState::Open => false,
-                BreakerState::HalfOpen => breaker.trials_in_flight < self.config.trials,
+                BreakerState::HalfOpen => breaker.trials_in_flight() < self.config.trials,
             },
         }
     }
 
-    /// A task went to `gateway`: while half-open, it is one of the trials.
-    pub fn dispatched(&mut self, gateway: &str) {
+    /// An attempt went to `gateway`: while half-open, it is one of the trials.
+    pub fn dispatched(&mut self, gateway: &str, attempt: Attempt) {
         if let Some(breaker) = self.by_gateway.get_mut(gateway)
             && breaker.state == BreakerState::HalfOpen
         {
-            breaker.trials_in_flight += 1;
+            breaker.trials.push(attempt);
         }
     }
 
-    /// One answer (or timeout) from `gateway`'s agents.
+    /// An attempt at `gateway` ended: with an answer or a timeout (`failed` says whether
+    /// it may be the gateway's fault), or without a verdict (`None`: its agent was lost,
+    /// it was cancelled, refused or replaced), which only frees its trial place.
     pub fn record(
         &mut self,
         gateway: &str,
         now: Millis,
-        failed: bool,
+        attempt: Attempt,
+        failed: Option<bool>,
         latency_ms: u64,
     ) -> Option<Transition> {
         let config = self.config;
@@ -296,7 +319,7 @@ impl Breakers {
         }
         self.by_gateway
             .get_mut(gateway)?
-            .record(now, &config, failed, latency_ms)
+            .record(now, &config, attempt, failed, latency_ms)
     }
 
     /// A telemetry report over `window_ms`: opens a closed breaker when its counts pass
@@ -368,6 +391,17 @@ impl Breakers {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::WorkflowId;
+
+    /// Attempt 1 of task 0 of workflow `n`.
+    fn attempt(n: u128) -> Attempt {
+        let slot = Slot {
+            workflow: WorkflowId(n),
+            task: 0,
+            compensation: false,
+        };
+        (slot, 1)
+    }
 
     fn config() -> BreakerConfig {
         BreakerConfig {
@@ -384,19 +418,35 @@ mod tests {
     #[test]
     fn opens_on_errors_half_opens_after_the_cool_down_and_closes_on_trials() {
         let mut breakers = Breakers::new(config());
-        assert!(breakers.record("alpha", 1_000, false, 10).is_none());
-        assert!(breakers.record("alpha", 1_100, true, 10).is_none());
-        assert!(breakers.record("alpha", 1_200, false, 10).is_none());
         assert!(
-            breakers.record("alpha", 1_300, false, 10).is_none(),
+            breakers
+                .record("alpha", 1_000, attempt(0), Some(false), 10)
+                .is_none()
+        );
+        assert!(
+            breakers
+                .record("alpha", 1_100, attempt(0), Some(true), 10)
+                .is_none()
+        );
+        assert!(
+            breakers
+                .record("alpha", 1_200, attempt(0), Some(false), 10)
+                .is_none()
+        );
+        assert!(
+            breakers
+                .record("alpha", 1_300, attempt(0), Some(false), 10)
+                .is_none(),
             "1 of 4"
         );
         assert!(
-            breakers.record("alpha", 1_400, true, 10).is_none(),
+            breakers
+                .record("alpha", 1_400, attempt(0), Some(true), 10)
+                .is_none(),
             "2 of 5"
         );
         let opened = breakers
-            .record("alpha", 1_500, true, 10)
+            .record("alpha", 1_500, attempt(0), Some(true), 10)
             .expect("3 of 6 opens it");
         assert_eq!(
             (opened.from, opened.to),
@@ -409,12 +459,25 @@ mod tests {
         let half = breakers.advance(6_500);
         assert_eq!(half[0].to, BreakerState::HalfOpen);
         // Two trials at most, then no more until they answer.
-        breakers.dispatched("alpha");
+        breakers.dispatched("alpha", attempt(1));
         assert!(breakers.allows("alpha"));
-        breakers.dispatched("alpha");
+        breakers.dispatched("alpha", attempt(2));
         assert!(!breakers.allows("alpha"));
-        assert!(breakers.record("alpha", 6_500, false, 10).is_none());
-        let closed = breakers.record("alpha", 6_600, false, 10).expect("closes");
+        assert!(
+            breakers
+                .record("alpha", 6_500, attempt(0), Some(false), 10)
+                .is_none(),
+            "not a trial: sent before the breaker opened"
+        );
+        assert!(!breakers.allows("alpha"));
+        assert!(
+            breakers
+                .record("alpha", 6_500, attempt(1), Some(false), 10)
+                .is_none()
+        );
+        let closed = breakers
+            .record("alpha", 6_600, attempt(2), Some(false), 10)
+            .expect("closes");
         assert_eq!(closed.to, BreakerState::Closed);
         assert_eq!(breakers.get("alpha").unwrap().transitions.len(), 3);
         assert_eq!(
@@ -428,12 +491,14 @@ mod tests {
     fn a_failed_trial_opens_it_again() {
         let mut breakers = Breakers::new(config());
         for at in 0..4 {
-            breakers.record("alpha", at, true, 10);
+            breakers.record("alpha", at, attempt(0), Some(true), 10);
         }
         assert!(!breakers.allows("alpha"));
         breakers.advance(10_000);
-        breakers.dispatched("alpha");
-        let reopened = breakers.record("alpha", 10_100, true, 10).expect("reopens");
+        breakers.dispatched("alpha", attempt(1));
+        let reopened = breakers
+            .record("alpha", 10_100, attempt(1), Some(true), 10)
+            .expect("reopens");
         assert_eq!(reopened.to, BreakerState::Open);
         assert_eq!(breakers.next_change(), Some(15_100));
     }
@@ -443,14 +508,18 @@ mod tests {
         let mut breakers = Breakers::new(config());
         // Errors older than the window do not count.
         for at in 0..3 {
-            breakers.record("alpha", at, true, 10);
+            breakers.record("alpha", at, attempt(0), Some(true), 10);
         }
         for at in 0..3 {
-            assert!(breakers.record("alpha", 20_000 + at, false, 10).is_none());
+            assert!(
+                breakers
+                    .record("alpha", 20_000 + at, attempt(0), Some(false), 10)
+                    .is_none()
+            );
         }
         assert!(breakers.allows("alpha"));
         for at in 0..4 {
-            breakers.record("beta", 30_000 + at, false, 2_500);
+            breakers.record("beta", 30_000 + at, attempt(0), Some(false), 2_500);
         }
         assert!(!breakers.allows("beta"), "every call was slow");
     }
@@ -492,13 +561,38 @@ mod tests {
             opened.reason
         );
         breakers.advance(45_000);
-        breakers.dispatched("alpha");
-        breakers.dispatched("alpha");
-        breakers.record("alpha", 45_100, false, 10);
-        breakers.record("alpha", 45_200, false, 10);
+        breakers.dispatched("alpha", attempt(1));
+        breakers.dispatched("alpha", attempt(2));
+        breakers.record("alpha", 45_100, attempt(1), Some(false), 10);
+        breakers.record("alpha", 45_200, attempt(2), Some(false), 10);
         assert!(breakers.allows("alpha"));
         // The same failures, still inside the telemetry window: not held against it.
         assert!(breakers.report("alpha", 50_000, 30_000, failing).is_none());
         assert!(breakers.report("alpha", 75_300, 30_000, failing).is_some());
+    }
+
+    #[test]
+    fn a_trial_that_ends_without_a_verdict_frees_its_place() {
+        let mut breakers = Breakers::new(config());
+        breakers.hold("alpha", 0, 1_000, "remediation");
+        breakers.release("alpha", 500, "probe healthy");
+        breakers.dispatched("alpha", attempt(1));
+        breakers.dispatched("alpha", attempt(2));
+        assert!(!breakers.allows("alpha"), "both trials in flight");
+        // The execution unit running both is killed: no answer will come.
+        assert!(breakers.record("alpha", 600, attempt(1), None, 0).is_none());
+        assert!(breakers.record("alpha", 600, attempt(2), None, 0).is_none());
+        assert!(
+            breakers.allows("alpha"),
+            "the lost trials free their places"
+        );
+        assert_eq!(breakers.get("alpha").unwrap().trials_in_flight(), 0);
+        breakers.dispatched("alpha", attempt(3));
+        breakers.dispatched("alpha", attempt(4));
+        breakers.record("alpha", 700, attempt(3), Some(false), 10);
+        let closed = breakers
+            .record("alpha", 800, attempt(4), Some(false), 10)
+            .expect("the new trials close it");
+        assert_eq!(closed.to, BreakerState::Closed);
     }
 }

@@ -378,7 +378,7 @@ impl Scheduler {
             agent_slot.credits -= 1;
             agent_slot.assigned.insert(slot, opened.0);
             if let Some(gateway) = agent_slot.labels.get("gateway") {
-                self.breakers.dispatched(gateway);
+                self.breakers.dispatched(gateway, (slot, opened.0));
             }
         }
         // One timer per attempt, at the earlier of its timeout and its lease; it re-arms

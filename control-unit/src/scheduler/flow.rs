@@ -164,16 +164,14 @@ impl Scheduler {
             return;
         };
         let latency_ms = now.saturating_sub(execution.attempt_started_at);
+        // A late answer to a replaced attempt has no say; it only ends that attempt.
         let failed = match &outcome {
+            _ if execution.attempt != attempt => None,
             Outcome::Retryable { .. } | Outcome::Unknown { .. } => Some(true),
             Outcome::Succeeded { .. } | Outcome::Permanent { .. } => Some(false),
             Outcome::Cancelled | Outcome::Refused => None,
         };
-        if let Some(failed) = failed
-            && execution.attempt == attempt
-        {
-            self.breaker_record(agent, failed, latency_ms, out);
-        }
+        self.breaker_record(agent, (slot, attempt), failed, latency_ms, out);
         let Some(workflow) = self.workflows.get_mut(&slot.workflow) else {
             return;
         };
@@ -312,11 +310,11 @@ impl Scheduler {
                 attempt,
             });
         }
-        if outcome == AttemptOutcome::Timeout
-            && let Some(agent) = &agent
-        {
-            // A gateway that hangs trips its breaker like one that fails.
-            self.breaker_record(agent, true, latency_ms, out);
+        if let Some(agent) = &agent {
+            // A gateway that hangs trips its breaker like one that fails; an expired lease
+            // (the agent went silent) says nothing about the gateway.
+            let failed = (outcome == AttemptOutcome::Timeout).then_some(true);
+            self.breaker_record(agent, (slot, attempt), failed, latency_ms, out);
         }
         self.retry_or_fail(slot, error, out);
     }

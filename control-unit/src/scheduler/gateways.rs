@@ -76,29 +76,26 @@ impl Scheduler {
         transition: breaker::Transition,
         out: &mut Vec<Command>,
     ) {
-        let reopened = transition.to != breaker::BreakerState::Open;
-        let mut skills: Vec<Arc<str>> = Vec::new();
-        for agent in self.agents.values_mut() {
-            if agent.labels.get("gateway") == Some(&transition.gateway) {
-                if reopened {
+        if transition.to != breaker::BreakerState::Open {
+            for agent in self.agents.values_mut() {
+                if agent.labels.get("gateway") == Some(&transition.gateway) {
                     // The breaker decides now: trials (half-open) or all clear (closed).
                     agent.unhealthy_until = 0;
                     agent.consecutive_failures = 0;
                 }
-                skills.extend(agent.skills.iter().cloned());
             }
         }
-        for skill in &skills {
-            self.mark_dirty(skill);
-        }
+        self.mark_gateway_dirty(&transition.gateway);
         out.push(Command::Breaker(transition));
     }
 
-    /// An answer (or a timeout) from an agent: its gateway's breaker counts it.
+    /// An attempt on an agent ended: its gateway's breaker counts the verdict (an answer
+    /// or a timeout; `None` when it ended without one, which only frees a trial place).
     pub(super) fn breaker_record(
         &mut self,
         agent: &AgentId,
-        failed: bool,
+        attempt: breaker::Attempt,
+        failed: Option<bool>,
         latency_ms: u64,
         out: &mut Vec<Command>,
     ) {
@@ -106,9 +103,29 @@ impl Scheduler {
         let Some(gateway) = self.agents.get(agent).and_then(|a| a.labels.get("gateway")) else {
             return;
         };
-        let transition = self.breakers.record(gateway, self.now, failed, latency_ms);
+        let blocked = !self.breakers.allows(gateway);
+        let transition = self
+            .breakers
+            .record(gateway, self.now, attempt, failed, latency_ms);
         if let Some(transition) = transition {
             self.breaker_changed(transition, out);
+        } else if blocked && self.breakers.allows(gateway) {
+            // A trial place freed: the tasks parked on this gateway may go again.
+            let gateway = gateway.clone();
+            self.mark_gateway_dirty(&gateway);
+        }
+    }
+
+    /// Looks again at the tasks the gateway's agents offer.
+    pub(super) fn mark_gateway_dirty(&mut self, gateway: &str) {
+        let skills: Vec<Arc<str>> = self
+            .agents
+            .values()
+            .filter(|a| a.labels.get("gateway").is_some_and(|g| g == gateway))
+            .flat_map(|a| a.skills.iter().cloned())
+            .collect();
+        for skill in &skills {
+            self.mark_dirty(skill);
         }
     }
 }

@@ -633,6 +633,16 @@ impl Scheduler {
         }
         let mut lost: Vec<(Slot, u32)> = slot.assigned.into_iter().collect();
         lost.sort();
+        if let Some(gateway) = slot.labels.get("gateway") {
+            // No verdict on the gateway, but its trials on this agent free their places.
+            for &attempt in &lost {
+                if let Some(transition) = self.breakers.record(gateway, self.now, attempt, None, 0)
+                {
+                    self.breaker_changed(transition, out);
+                }
+            }
+            self.mark_gateway_dirty(gateway);
+        }
         for (task_slot, attempt) in lost {
             self.requeue_lost(
                 task_slot,

@@ -168,3 +168,55 @@ fn work_pinned_to_an_open_gateway_waits_with_the_reason_and_does_not_fail() {
     sim.succeed(0);
     assert_eq!(sim.status(id), WorkflowStatus::Succeeded);
 }
+
+/// The execution unit running a half-open breaker's trials is killed: the trials end
+/// without a verdict and free their places, so the waiting work goes to the gateway's
+/// agent on the restarted unit instead of waiting forever on answers that cannot come.
+#[test]
+fn trials_lost_with_their_agent_free_their_places() {
+    let mut sim = Sim::with_config(config());
+    sim.join(
+        "gw-alpha",
+        &["gateway.capture"],
+        8,
+        &[("gateway", "alpha"), ("cost_bps", "25")],
+    );
+    let mut out = Vec::new();
+    sim.core
+        .gateway_report(sim.now, "alpha", 30_000, 20, 15, &mut out);
+    sim.apply(out);
+    let pinned = spec(PINNED);
+    let ids: Vec<_> = (0..4)
+        .map(|_| sim.submit(&pinned, Priority::Normal, json!({})))
+        .collect();
+    sim.advance(5_000);
+    assert_eq!(sim.inflight.len(), 2, "half-open: two trials");
+    // The unit is killed with both trials in flight.
+    sim.inflight.clear();
+    sim.event(AgentEvent::Left {
+        agent: agent("gw-alpha"),
+    });
+    sim.join(
+        "gw-alpha-2",
+        &["gateway.capture"],
+        8,
+        &[("gateway", "alpha"), ("cost_bps", "25")],
+    );
+    assert_eq!(
+        sim.core.breakers().get("alpha").map(|b| b.state),
+        Some(BreakerState::HalfOpen)
+    );
+    assert_eq!(
+        sim.inflight.len(),
+        2,
+        "the restarted agent gets two new trials"
+    );
+    run(&mut sim, &ids, false);
+    for id in &ids {
+        assert_eq!(sim.status(*id), WorkflowStatus::Succeeded);
+    }
+    assert_eq!(
+        states(&sim).last(),
+        Some(&(BreakerState::HalfOpen, BreakerState::Closed))
+    );
+}
