@@ -319,6 +319,11 @@ pub fn graph(spec: &CompiledSpec, mermaid: bool) -> String {
                     .map(|c| format!(" at {c}"))
                     .unwrap_or_default()
             ),
+            TaskKind::Approval(approval) => format!(
+                "{}\\napproval (default {})",
+                task.id,
+                approval.default.as_str()
+            ),
         }
     };
     let mut out = String::new();

@@ -273,3 +273,29 @@ impl HealthReport {
         }
     }
 }
+
+/// A human decision on an `approval` task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    Approve,
+    Reject,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Approve => "approve",
+            Self::Reject => "reject",
+        }
+    }
+
+    /// `approve` or `reject` (also `approved` / `rejected`, any case).
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "approve" | "approved" => Some(Self::Approve),
+            "reject" | "rejected" => Some(Self::Reject),
+            _ => None,
+        }
+    }
+}

@@ -54,6 +54,8 @@ impl Scheduler {
             task.run.status = TaskStatus::Cancelled;
             task.run.attempt_open = false;
         }
+        let tasks = workflow.tasks.len() as u32;
+        self.forget_approvals(id, tasks);
         for (agent, slot, attempt) in cancels {
             out.push(Command::Cancel {
                 agent,

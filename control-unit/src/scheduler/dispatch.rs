@@ -195,6 +195,9 @@ impl Scheduler {
         if let Some(reason) = self.wait_reason(slot) {
             return reason;
         }
+        if let Some(reason) = self.approval_reason(slot) {
+            return reason;
+        }
         let Some(skill) = self.workflows.get(&slot.workflow).and_then(|w| {
             let compiled = &w.spec.tasks[slot.task as usize];
             if slot.compensation {

@@ -83,6 +83,10 @@ impl Scheduler {
             self.start_wait(id, task, false, out);
             return;
         }
+        if matches!(compiled.kind, TaskKind::Approval(_)) {
+            self.start_approval(id, task, false, out);
+            return;
+        }
         if let Some(workflow) = self.workflows.get_mut(&id) {
             workflow.tasks[task as usize].run.started_at = now;
         }
@@ -486,6 +490,18 @@ impl Scheduler {
 
     /// A task failed for good: the workflow fails (or a compensation failed).
     pub(super) fn fail_task(&mut self, slot: Slot, error: String, out: &mut Vec<Command>) {
+        self.fail_task_with_output(slot, error, None, out);
+    }
+
+    /// As [`Scheduler::fail_task`], keeping an output with the failure (a rejected
+    /// approval's decision).
+    pub(super) fn fail_task_with_output(
+        &mut self,
+        slot: Slot,
+        error: String,
+        output: Option<Arc<str>>,
+        out: &mut Vec<Command>,
+    ) {
         if slot.compensation {
             self.compensation_finished(slot, TaskStatus::Failed, Some(error), None, out);
             return;
@@ -499,6 +515,9 @@ impl Scheduler {
         let was_terminal = task.run.status.is_terminal();
         task.run.status = TaskStatus::Failed;
         task.run.error = Some(error.clone());
+        if output.is_some() {
+            task.run.output.clone_from(&output);
+        }
         task.run.finished_at = now;
         task.run.settling = false;
         let attempt = task.run.attempt;
@@ -518,6 +537,7 @@ impl Scheduler {
                 None,
                 Some(error.clone()),
             )
+            .with_output(output)
             .with_attempt_facts(None, outcome, 0, false),
         );
         if workflow.status == WorkflowStatus::Running {

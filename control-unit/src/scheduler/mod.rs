@@ -9,6 +9,7 @@
 //! - `flow`: task and workflow transitions (readiness, retries, compensation).
 //! - `dispatch`: priority with aging, agent choice by route and load.
 
+pub mod approvals;
 pub mod breaker;
 mod compensation;
 mod dispatch;
@@ -250,6 +251,14 @@ impl Change {
 }
 
 impl Change {
+    /// Sets a task change's output (no-op on others).
+    fn with_output(mut self, value: Option<Arc<str>>) -> Self {
+        if let Self::Task { output, .. } = &mut self {
+            *output = value;
+        }
+        self
+    }
+
     /// Sets the fields a task change carries besides the common ones (no-op on others).
     fn with_attempt_facts(
         mut self,
@@ -322,6 +331,7 @@ pub struct Scheduler {
     dirty_skills: Vec<Arc<str>>,
     breakers: breaker::Breakers,
     waits: waits::Waits,
+    approvals: approvals::Approvals,
     timers: BinaryHeap<Reverse<Timer>>,
     now: Millis,
 }
@@ -339,6 +349,7 @@ impl Scheduler {
             dirty_skills: Vec::new(),
             breakers,
             waits: waits::Waits::default(),
+            approvals: approvals::Approvals::default(),
             timers: BinaryHeap::new(),
             now: 0,
         }
@@ -721,6 +732,11 @@ impl Scheduler {
             return;
         };
         if execution.attempt != timer.attempt {
+            return;
+        }
+        if timer.kind == TimerKind::Approval {
+            let waiting = execution.status == TaskStatus::Running;
+            self.approval_timer(timer.slot, waiting, out);
             return;
         }
         match timer.kind {

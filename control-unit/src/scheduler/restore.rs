@@ -371,12 +371,12 @@ impl Scheduler {
                 task,
                 compensation: false,
             };
-            let waits = matches!(
-                workflow.spec.tasks[task as usize].kind,
-                crate::spec::TaskKind::Wait(_)
-            );
+            let kind = &workflow.spec.tasks[task as usize].kind;
+            let waits = matches!(kind, crate::spec::TaskKind::Wait(_));
+            let approval = matches!(kind, crate::spec::TaskKind::Approval(_));
             match state.run.status {
                 TaskStatus::Running if waits => self.start_wait(id, task, true, out),
+                TaskStatus::Running if approval => self.start_approval(id, task, true, out),
                 TaskStatus::Ready | TaskStatus::Dispatched | TaskStatus::Running => {
                     self.resume_in_flight(slot, out);
                 }

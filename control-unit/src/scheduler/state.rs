@@ -303,6 +303,8 @@ pub enum TimerKind {
     Attempt,
     /// A `waitFor` task's timeout.
     Wait,
+    /// An approval's timeout: its default decision applies.
+    Approval,
 }
 
 /// A deadline; stale timers are ignored when they fire.

@@ -26,6 +26,8 @@ pub trait SkillCatalog {
 
 /// Default attempt timeout when neither the task nor the spec sets one.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an approval waits for a decision unless its spec says.
+const APPROVAL_TIMEOUT_DEFAULT: Duration = Duration::from_secs(24 * 3600);
 
 /// Parses and validates a spec document (YAML, or JSON when it starts with `{`).
 pub fn compile(text: &str, limits: &SpecLimits) -> Result<CompiledSpec, SpecErrors> {
@@ -400,6 +402,7 @@ impl Checker<'_> {
             raw.skill.is_some(),
             raw.checkpoint.is_some(),
             raw.wait_for.is_some(),
+            raw.approval.is_some(),
         ]
         .iter()
         .filter(|d| **d)
@@ -408,7 +411,8 @@ impl Checker<'_> {
             self.task_error(
                 id,
                 None,
-                "a task has one of `skill`, `checkpoint` or `waitFor`, not several".into(),
+                "a task has one of `skill`, `checkpoint`, `waitFor` or `approval`, not several"
+                    .into(),
             );
             return TaskKind::Checkpoint { verify: None };
         }
@@ -427,12 +431,69 @@ impl Checker<'_> {
         if let Some(wait) = &raw.wait_for {
             return TaskKind::Wait(self.wait_for(id, wait));
         }
+        if let Some(approval) = &raw.approval {
+            return TaskKind::Approval(self.approval(id, raw, approval));
+        }
         self.task_error(
             id,
             None,
-            "a task needs a `skill` (or a `checkpoint`, or `waitFor`)".into(),
+            "a task needs a `skill` (or a `checkpoint`, `waitFor` or `approval`)".into(),
         );
         TaskKind::Checkpoint { verify: None }
+    }
+
+    fn approval(
+        &mut self,
+        id: &str,
+        task: &RawTask,
+        raw: &super::raw::RawApproval,
+    ) -> super::Approval {
+        for (present, field) in [
+            (task.with_input.is_some(), "with"),
+            (task.route.is_some(), "route"),
+            (task.compensate.is_some(), "compensate"),
+            (task.retry.is_some(), "retry"),
+        ] {
+            if present {
+                self.task_error(
+                    id,
+                    Some(field),
+                    format!("an approval task has no `{field}`: a person decides, no agent runs"),
+                );
+            }
+        }
+        let prompt = raw.prompt.as_ref().and_then(|text| {
+            match Template::parse(&Value::String(text.clone())) {
+                Ok(template) => Some(template),
+                Err(message) => {
+                    self.task_error(id, Some("approval"), format!("prompt: {message}"));
+                    None
+                }
+            }
+        });
+        let timeout = raw
+            .timeout
+            .as_deref()
+            .and_then(|text| self.duration(Some(id), "approval", text))
+            .unwrap_or(APPROVAL_TIMEOUT_DEFAULT);
+        let default = match raw.default.as_deref() {
+            None => crate::model::Decision::Reject,
+            Some(text) => crate::model::Decision::parse(text).unwrap_or_else(|| {
+                self.task_error(
+                    id,
+                    Some("approval"),
+                    format!("default `{text}`: use approve or reject"),
+                );
+                crate::model::Decision::Reject
+            }),
+        };
+        let required_when = self.condition(id, "approval", raw.required_when.as_deref());
+        super::Approval {
+            prompt,
+            timeout,
+            default,
+            required_when,
+        }
     }
 
     fn wait_for(&mut self, id: &str, raw: &super::raw::RawWaitFor) -> super::WaitFor {
@@ -758,6 +819,14 @@ impl Checker<'_> {
                     );
                 }
             }
+            if let Some(prompt) = task.approval().and_then(|a| a.prompt.as_ref()) {
+                checks.extend(
+                    prompt
+                        .references()
+                        .into_iter()
+                        .map(|r| (r, "approval", false)),
+                );
+            }
             for (reference, key, may_reference_self) in checks {
                 match reference {
                     Reference::Input { name, .. } if !inputs.iter().any(|d| &d.name == name) => {
@@ -781,10 +850,24 @@ impl Checker<'_> {
                     _ => {}
                 }
             }
-            if let (Some(when), Some(regex)) = (&raw[me].when, &when_task) {
-                for capture in regex.captures_iter(when) {
-                    let target = &capture[1];
-                    self.check_task_reference(tasks, task, "when", target, false, &is_ancestor, me);
+            let required_when = raw[me]
+                .approval
+                .as_ref()
+                .and_then(|a| a.required_when.as_ref());
+            for (key, condition) in [("when", raw[me].when.as_ref()), ("approval", required_when)] {
+                if let (Some(condition), Some(regex)) = (condition, &when_task) {
+                    for capture in regex.captures_iter(condition) {
+                        let target = &capture[1];
+                        self.check_task_reference(
+                            tasks,
+                            task,
+                            key,
+                            target,
+                            false,
+                            &is_ancestor,
+                            me,
+                        );
+                    }
                 }
             }
         }

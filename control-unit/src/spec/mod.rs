@@ -173,6 +173,24 @@ pub enum TaskKind {
     Checkpoint { verify: Option<String> },
     /// Waits until `count` other workflows with the labels passed a checkpoint (or ended).
     Wait(WaitFor),
+    /// Waits for a human decision (`approval`).
+    Approval(Approval),
+}
+
+/// A human decision (`approval`): an operator approves or rejects, by CLI, gRPC, MCP or
+/// an A2A message; at the timeout the default decision applies. Approve: the task
+/// succeeds (its output is the decision). Reject: the task fails, and the workflow
+/// compensates.
+#[derive(Debug, Clone)]
+pub struct Approval {
+    /// What the approver is asked: a template over inputs and upstream outputs.
+    pub prompt: Option<Template>,
+    pub timeout: Duration,
+    /// Applied when the timeout passes with no decision.
+    pub default: crate::model::Decision,
+    /// Asked only when this holds; otherwise the task passes at once (approve,
+    /// `required: false`), so that what needs it still runs.
+    pub required_when: Option<Condition>,
 }
 
 /// A dependency on other workflows (`waitFor`).
@@ -213,12 +231,20 @@ impl CompiledTask {
         match &self.kind {
             TaskKind::Skill(skill) => Some(skill),
             TaskKind::Checkpoint { verify } => verify.as_deref(),
-            TaskKind::Wait(_) => None,
+            TaskKind::Wait(_) | TaskKind::Approval(_) => None,
         }
     }
 
     pub fn is_checkpoint(&self) -> bool {
         matches!(self.kind, TaskKind::Checkpoint { .. })
+    }
+
+    /// The approval, for an `approval` task.
+    pub fn approval(&self) -> Option<&Approval> {
+        match &self.kind {
+            TaskKind::Approval(approval) => Some(approval),
+            _ => None,
+        }
     }
 }
 

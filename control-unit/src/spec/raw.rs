@@ -106,6 +106,26 @@ pub struct RawTask {
     /// Waits for other workflows (by label) to pass a checkpoint or end.
     #[serde(default, rename = "waitFor")]
     pub wait_for: Option<RawWaitFor>,
+    /// Waits for a human decision.
+    #[serde(default)]
+    pub approval: Option<RawApproval>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApproval {
+    /// What the approver is asked (a template).
+    #[serde(default)]
+    pub prompt: Option<String>,
+    /// How long to wait for a decision (default 24h).
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// `approve` or `reject` (default): applied at the timeout.
+    #[serde(default)]
+    pub default: Option<String>,
+    /// Asked only when this condition holds; otherwise it passes at once.
+    #[serde(default, rename = "requiredWhen")]
+    pub required_when: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

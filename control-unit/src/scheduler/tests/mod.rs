@@ -587,6 +587,7 @@ fn when_skips_and_routes_pick_labels() {
     assert_eq!(workflow.tasks[3].run.status, TaskStatus::Skipped);
 }
 
+mod approvals;
 mod breakers;
 mod chaos;
 mod restart;
