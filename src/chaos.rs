@@ -37,7 +37,7 @@ pub async fn chaos(endpoint: &str, alpha: &str) -> anyhow::Result<bool> {
     let pay = async |client: &mut WorkflowsClient<_>, n: u32| -> anyhow::Result<u32> {
         let mut ids = Vec::new();
         for i in 0..n {
-            let input = serde_json::json!({"amount_minor": 2000 + i64::from(i), "currency": "EUR", "card_token": "tok_visa"});
+            let input = serde_json::json!({"amount_minor": 2000 + i64::from(i), "currency": "EUR", "card_token": format!("tok_chaos_{i}")});
             let request = pb::SubmitRequest {
                 spec: Some(pb::submit_request::Spec::SpecText(CARD_PAYMENT.to_owned())),
                 input_json: input.to_string(),

@@ -74,6 +74,9 @@ pub enum Command {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// Decide an approval task that waits for a person: approve continues the workflow,
+    /// reject fails the task (the workflow compensates).
+    Approve(crate::operator::ApproveArgs),
     /// List connected agents.
     Agents {
         /// Only agents offering this skill.
@@ -170,6 +173,7 @@ pub async fn run(cli: Cli) -> u8 {
             workflow_id,
             reason,
         } => operator::cancel(&control, &workflow_id, &reason, json).await,
+        Command::Approve(args) => operator::approve(&control, args, json).await,
         Command::Agents { skill } => operator::agents(&control, skill, json).await,
         Command::Validate(args) => operator::validate(args, json),
         Command::Health => operator::health(&control, json).await,

@@ -443,7 +443,6 @@ pub fn build_agents(
 ) -> anyhow::Result<Hosted> {
     let mut broken = Vec::new();
     let mut agents: Vec<Arc<dyn Agent>> = Vec::new();
-    let mut ledger_shared = None;
     for name in &args.agents {
         match name.as_str() {
             "gateway" => {
@@ -468,23 +467,17 @@ pub fn build_agents(
                     None => LedgerAgent::new(),
                 };
                 broken.extend(ledger.broken());
-                ledger_shared = Some(ledger.shared());
                 agents.push(Arc::new(ledger));
             }
-            // Hosted beside the ledger it reads; placed after it in the list.
+            // Asks the ledger agent (in any execution unit) as a peer.
             "reconcile" => {
-                let Some(ledger) = ledger_shared.clone() else {
-                    anyhow::bail!(crate::operator::UsageError(
-                        "the reconcile agent reads the ledger: host `ledger` before it".into()
-                    ));
-                };
                 let gateways = args
                     .gateways
                     .iter()
                     .map(|g| (g.name.clone(), g.url.clone()))
                     .collect();
                 agents.push(Arc::new(paygrid_agents::reconcile::ReconcileAgent::new(
-                    ledger, gateways,
+                    gateways,
                 )));
             }
             "verify" => agents.push(Arc::new(VerifyAgent)),

@@ -1,7 +1,8 @@
 //! A2A v1.0, tested with a client nobody here wrote: the A2A project's Python SDK
 //! (`a2a-sdk[grpc]` >= 1.3, installed by `.ci/run`), which finds the gRPC interface through
 //! the agent card at `/.well-known/agent-card.json`, starts a card payment, follows it with
-//! `SubscribeToTask` to COMPLETED and cancels another task. The script is
+//! `SubscribeToTask` to COMPLETED, cancels another task, and approves a payment the risk
+//! check sent to review (INPUT_REQUIRED) with an A2A message. The script is
 //! `tests/clients/a2a_check.py`.
 
 #![allow(clippy::unwrap_used)]
@@ -20,7 +21,7 @@ async fn the_a2a_sdk_drives_paygrid_over_grpc_from_its_agent_card() {
         return;
     };
     let fleet = HttpFleet::start("a2a");
-    // The client submits card-payment@2 by reference: register the spec first.
+    // The client submits card-payment@3 by reference: register the spec first.
     let mut workflows = fleet.register_card_payment().await;
     let (control, http_addr) = (&fleet.control, &fleet.http);
     let card = http(http_addr, "GET", "/.well-known/agent-card.json", None);
@@ -33,7 +34,7 @@ async fn the_a2a_sdk_drives_paygrid_over_grpc_from_its_agent_card() {
         .filter_map(|s| s["id"].as_str())
         .collect();
     assert!(
-        skills.contains(&"card-payment@2") && skills.contains(&"risk.score"),
+        skills.contains(&"card-payment@3") && skills.contains(&"risk.score"),
         "{skills:?}"
     );
 
@@ -53,4 +54,30 @@ async fn the_a2a_sdk_drives_paygrid_over_grpc_from_its_agent_card() {
         cancelled.status,
         paygrid_proto::v1::WorkflowStatus::Cancelled as i32
     );
+
+    // The review: INPUT_REQUIRED until the approval message, then COMPLETED; the control
+    // unit kept who decided, through A2A, and why.
+    let states = seen["review_states"].as_array().unwrap();
+    assert!(
+        states.contains(&serde_json::json!("TASK_STATE_INPUT_REQUIRED")),
+        "{seen}"
+    );
+    assert_eq!(states.last().unwrap(), "TASK_STATE_COMPLETED", "{seen}");
+    let reviewed = get(&mut workflows, seen["reviewed"].as_str().unwrap()).await;
+    assert_eq!(
+        reviewed.status,
+        paygrid_proto::v1::WorkflowStatus::Succeeded as i32
+    );
+    let review = reviewed
+        .tasks
+        .iter()
+        .find(|t| t.task_id == "review")
+        .unwrap();
+    let decision: serde_json::Value = serde_json::from_str(&review.output_json).unwrap();
+    assert_eq!(decision["decision"], "approve");
+    assert_eq!(decision["decided_by"], "a2a-check");
+    assert_eq!(decision["via"], "a2a");
+    assert_eq!(decision["note"], "known customer");
+    assert!(decision["prompt"].as_str().unwrap().contains("750000 EUR"));
+    assert!(!review.approval.as_ref().unwrap().pending);
 }

@@ -811,12 +811,12 @@ async fn a_settlement_batch_waits_for_500_payments_across_a_restart() {
             let amount = 9_000 + n;
             (
                 marketplace.clone(),
-                json!({"amount_minor": amount, "currency": "EUR", "card_token": "tok_visa", "batch": "2026-11-24", "seller_a_minor": 3000, "seller_b_minor": 2500, "seller_c_minor": 2000, "platform_fee_minor": amount - 7500}),
+                json!({"amount_minor": amount, "currency": "EUR", "card_token": format!("tok_visa_{n}"), "batch": "2026-11-24", "seller_a_minor": 3000, "seller_b_minor": 2500, "seller_c_minor": 2000, "platform_fee_minor": amount - 7500}),
             )
         } else {
             (
                 card.clone(),
-                json!({"amount_minor": 1000 + n, "currency": "EUR", "card_token": "tok_visa"}),
+                json!({"amount_minor": 1000 + n, "currency": "EUR", "card_token": format!("tok_visa_{n}")}),
             )
         };
         pb::SubmitRequest {
@@ -946,4 +946,121 @@ async fn a_settlement_batch_waits_for_500_payments_across_a_restart() {
             assert_eq!(balance["credits_posted"], fees, "{balance}");
         }
     }
+}
+
+/// Waits until the workflow's approval task waits for a decision.
+async fn wait_for_approval(
+    client: &mut pb::workflows_client::WorkflowsClient<tonic::transport::Channel>,
+    id: &str,
+) -> pb::TaskState {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let workflow = get(client, id).await;
+        if let Some(waiting) = workflow
+            .tasks
+            .iter()
+            .find(|t| t.approval.as_ref().is_some_and(|a| a.pending))
+        {
+            return waiting.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no approval waits: {workflow:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A payment the risk check sends to review waits for an operator, across a control-unit
+/// restart; `paygrid approve` lets it go on (audited: who, through what, why), and a
+/// rejected one is never authorized at the gateway.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_review_waits_for_an_operator_across_a_restart_and_is_audited() {
+    let mut fleet = Fleet::start(&[], 1);
+    fleet.wait_for_skills(SHIPPED_SKILLS).await;
+    let mut client = fleet.workflows().await;
+    let spec = spec("card-payment");
+    let big = json!({"amount_minor": 620_000, "currency": "EUR", "card_token": "tok_visa"});
+    let approved = submit(&mut client, &spec, big.clone(), pb::Priority::Unspecified).await;
+    let rejected = submit(&mut client, &spec, big, pb::Priority::Unspecified).await;
+    let waiting = wait_for_approval(&mut client, &approved).await;
+    assert_eq!(waiting.task_id, "review");
+    let approval = waiting.approval.unwrap();
+    assert!(approval.prompt.contains("620000 EUR"), "{approval:?}");
+    assert_eq!(approval.default_decision, "reject");
+    assert!(
+        waiting
+            .waiting_reason
+            .starts_with("awaiting approval: Risk review"),
+        "{}",
+        waiting.waiting_reason
+    );
+    wait_for_approval(&mut client, &rejected).await;
+    let (_, status) = cli(&fleet.control.url, &["status", &approved]);
+    assert!(status.contains("awaiting approval"), "{status}");
+
+    fleet.control.restart();
+    let mut client = fleet.workflows().await;
+    wait_for_approval(&mut client, &approved).await;
+    let url = fleet.control.url.clone();
+    // A task that is not an approval, and a decision that is neither, are refused.
+    let (code, _) = cli(
+        &url,
+        &["approve", &approved, "authorize", "--decision", "approve"],
+    );
+    assert_ne!(code, 0);
+    let (code, _) = cli(&url, &["approve", &approved, "--decision", "maybe"]);
+    assert_ne!(code, 0);
+    let (code, out) = cli(
+        &url,
+        &[
+            "approve",
+            &approved,
+            "review",
+            "--decision",
+            "approve",
+            "--note",
+            "customer called",
+            "--by",
+            "alice",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("approved by alice"), "{out}");
+    let (code, out) = cli(
+        &url,
+        &["approve", &rejected, "--decision", "reject", "--by", "bob"],
+    );
+    assert_eq!(code, 0, "{out}");
+    // Twice: the approval no longer waits.
+    let (code, _) = cli(
+        &url,
+        &["approve", &rejected, "--decision", "approve", "--by", "eve"],
+    );
+    assert_ne!(code, 0);
+
+    let done = wait_terminal(&mut client, &approved).await;
+    assert_eq!(
+        done.status,
+        pb::WorkflowStatus::Succeeded as i32,
+        "{done:#?}"
+    );
+    let decision: serde_json::Value =
+        serde_json::from_str(&task(&done, "review").output_json).unwrap();
+    assert_eq!(decision["decision"], "approve");
+    assert_eq!(decision["decided_by"], "alice");
+    assert_eq!(decision["via"], "cli");
+    assert_eq!(decision["note"], "customer called");
+    let failed = wait_terminal(&mut client, &rejected).await;
+    assert_ne!(failed.status, pb::WorkflowStatus::Succeeded as i32);
+    let review = task(&failed, "review");
+    assert_eq!(review.error, "rejected by bob via cli");
+    assert_eq!(
+        task(&failed, "authorize").attempts,
+        0,
+        "a rejected payment is never authorized"
+    );
+    let stats = gateway_stats(&fleet.gateway);
+    assert_eq!(stats["authorizations"], 1, "{stats}");
+    assert_eq!(stats["captures"], 1, "{stats}");
 }

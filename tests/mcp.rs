@@ -19,7 +19,7 @@ async fn official_mcp_clients_drive_paygrid_over_http_and_stdio() {
         return;
     };
     let fleet = HttpFleet::start("mcp");
-    // The client submits card-payment@2 by reference: register the spec first.
+    // The client submits card-payment@3 by reference: register the spec first.
     fleet.register_card_payment().await;
     let (control, http) = (&fleet.control, &fleet.http);
     let mut agents =

@@ -527,8 +527,7 @@ async fn a_failing_gateway_opens_its_breaker_and_payments_go_to_the_fallback() {
     let pay = async |client: &mut pb::workflows_client::WorkflowsClient<_>, n: usize| {
         let mut ids = Vec::new();
         for i in 0..n {
-            let input =
-                json!({"amount_minor": 1000 + i, "currency": "EUR", "card_token": "tok_visa"});
+            let input = json!({"amount_minor": 1000 + i, "currency": "EUR", "card_token": format!("tok_visa_{i}")});
             ids.push(
                 submit(
                     client,

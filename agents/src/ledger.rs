@@ -42,7 +42,7 @@ fn sub_merchant(merchant: &str) -> String {
 
 /// A movement the ledger expects in a gateway's settlement report: what reconciliation
 /// matches report rows against (by PSP reference).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Expected {
     pub row_type: RowType,
     pub psp_reference: String,
@@ -439,11 +439,6 @@ impl LedgerAgent {
         }
     }
 
-    /// The ledger itself, for the reconciliation agent hosted beside it.
-    pub fn shared(&self) -> Arc<Mutex<Ledger>> {
-        self.ledger.clone()
-    }
-
     /// Fires when the ledger's journal failed: the host must stop (exit code 70).
     pub fn broken(&self) -> Option<tokio_util::sync::CancellationToken> {
         self.journal.as_ref().map(crate::journal::Journal::broken)
@@ -492,6 +487,36 @@ impl Default for LedgerAgent {
     }
 }
 
+/// One page of `ledger.expected`: the gateway's expected movements booked up to
+/// `booked_until`, from position `after`, at most `limit` (default 2,000).
+fn expected_page(ledger: &Ledger, input: &Value) -> TaskOutcome {
+    let Some(gateway) = input.get("gateway").and_then(Value::as_str) else {
+        return TaskOutcome::permanent("invalid_input", "`gateway` must be a string");
+    };
+    let until = match input.get("booked_until").and_then(Value::as_str) {
+        Some(text) => match Day::parse(text) {
+            Ok(day) => Some(day),
+            Err(e) => {
+                return TaskOutcome::permanent("invalid_input", format!("`booked_until`: {e}"));
+            }
+        },
+        None => None,
+    };
+    let after = input.get("after").and_then(Value::as_u64).unwrap_or(0) as usize;
+    let limit = input
+        .get("limit")
+        .and_then(Value::as_u64)
+        .map_or(2_000, |l| l.clamp(1, 5_000)) as usize;
+    let all: Vec<Expected> = ledger
+        .expected(gateway)
+        .into_iter()
+        .filter(|e| until.is_none_or(|until| e.booked_on <= until))
+        .collect();
+    let page: Vec<&Expected> = all.iter().skip(after).take(limit).collect();
+    let next = (after + page.len() < all.len()).then_some(after + page.len());
+    TaskOutcome::Succeeded(json!({"gateway": gateway, "entries": page, "next": next}))
+}
+
 #[async_trait::async_trait]
 impl Agent for LedgerAgent {
     fn card(&self) -> AgentCard {
@@ -506,6 +531,13 @@ impl Agent for LedgerAgent {
                     input_schema: json!({"type": "object", "required": ["event"], "properties": {"event": {"type": "string", "enum": ["authorize", "capture", "void", "refund", "settle", "split", "payouts"]}, "payment_id": {"type": "string"}, "amount_minor": {"type": "integer"}, "currency": {"type": "string"}, "gateway": {"type": "string"}, "psp_reference": {"type": "string"}, "batch": {"type": "string"}, "platform_fee_minor": {"type": "integer"}, "shares": {"type": "array"}, "payouts": {"type": "array"}, "booked_on": {"type": "string", "format": "date"}}}),
                     output_schema: json!({"type": "object", "properties": {"payment_id": {"type": "string"}, "status": {"type": "string"}, "amount_minor": {"type": "integer"}}}),
                     effect: SkillEffect::State,
+                },
+                SkillSpec {
+                    name: "ledger.expected".into(),
+                    description: "Read-only: the movements the ledger expects in a gateway's settlement reports (captures, refunds, payouts with their PSP reference), booked up to a date, a page at a time; what reconciliation asks for as a peer".into(),
+                    input_schema: json!({"type": "object", "required": ["gateway"], "properties": {"gateway": {"type": "string"}, "booked_until": {"type": "string", "format": "date"}, "after": {"type": "integer", "minimum": 0, "description": "the `next` of the previous page"}, "limit": {"type": "integer", "minimum": 1, "maximum": 5000}}}),
+                    output_schema: json!({"type": "object", "properties": {"gateway": {"type": "string"}, "entries": {"type": "array"}, "next": {"type": ["integer", "null"]}}}),
+                    effect: SkillEffect::ReadOnly,
                 },
                 SkillSpec {
                     name: "ledger.payout_plan".into(),
@@ -525,6 +557,9 @@ impl Agent for LedgerAgent {
             .ledger
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if task.skill == "ledger.expected" {
+            return expected_page(&ledger, &task.input);
+        }
         if task.skill == "ledger.payout_plan" {
             let Some(batch) = task.input.get("batch").and_then(Value::as_str) else {
                 return TaskOutcome::permanent("invalid_input", "`batch` must be a string");

@@ -13,9 +13,12 @@
 //! The run is a pure function of the ledger and the reports with a value date up to
 //! `as_of`: running it again gives the same answer, and the answer is stored as the
 //! task's output (durable with its workflow).
+//!
+//! The ledger's side comes from the ledger agent, asked as a peer (`ledger.expected`,
+//! page by page) through the control unit: the reconciliation agent holds no ledger and
+//! may run in any execution unit.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,13 +26,15 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use paygrid_execution_unit::{Agent, AgentCard, Role, SkillEffect, SkillSpec, Task, TaskOutcome};
+use paygrid_execution_unit::{
+    Agent, AgentCard, PeerRequest, Role, SkillEffect, SkillSpec, Task, TaskOutcome,
+};
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::dates::Day;
 use crate::gateway_sim::{Row, RowType, parse_report};
-use crate::ledger::{Expected, Ledger};
+use crate::ledger::Expected;
 
 /// How a row or a ledger entry came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -210,18 +215,20 @@ pub fn reconcile(expected: &[Expected], rows: &[Row], as_of: Day, settlement_day
 const LISTED_MAX: usize = 200;
 
 pub struct ReconcileAgent {
-    ledger: Arc<Mutex<Ledger>>,
     gateways: HashMap<String, String>,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
+/// The ledger skill asked for the expected movements.
+pub const LEDGER_EXPECTED: &str = "ledger.expected";
+
 impl ReconcileAgent {
-    /// Reconciles `ledger` against the gateways (name → base URL).
-    pub fn new(ledger: Arc<Mutex<Ledger>>, gateways: HashMap<String, String>) -> Self {
+    /// Reconciles the ledger (asked of the ledger agent) against the gateways (name →
+    /// base URL).
+    pub fn new(gateways: HashMap<String, String>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
         Self {
-            ledger,
             gateways: gateways
                 .into_iter()
                 .map(|(name, url)| (name, url.trim_end_matches('/').to_owned()))
@@ -295,6 +302,34 @@ impl ReconcileAgent {
     }
 }
 
+/// Every movement the ledger expects of `gateway`, booked up to `as_of`: asked of the
+/// ledger agent, a page at a time, as a peer.
+async fn expected_from_ledger(
+    task: &Task,
+    gateway: &str,
+    as_of: Day,
+) -> Result<Vec<Expected>, TaskOutcome> {
+    let mut expected = Vec::new();
+    let mut after = 0u64;
+    loop {
+        let input = json!({"gateway": gateway, "booked_until": as_of.to_string(), "after": after});
+        let page = task
+            .peers
+            .ask(PeerRequest::for_task(LEDGER_EXPECTED, input, task))
+            .await
+            .map_err(|e| TaskOutcome::retryable("ledger_unavailable", e.to_string()))?;
+        let entries: Vec<Expected> =
+            serde_json::from_value(page["entries"].clone()).map_err(|e| {
+                TaskOutcome::retryable("ledger_unavailable", format!("{LEDGER_EXPECTED}: {e}"))
+            })?;
+        expected.extend(entries);
+        match page["next"].as_u64() {
+            Some(next) if next > after => after = next,
+            _ => return Ok(expected),
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl Agent for ReconcileAgent {
     fn card(&self) -> AgentCard {
@@ -343,16 +378,9 @@ impl Agent for ReconcileAgent {
             Ok(reports) => reports,
             Err(outcome) => return outcome,
         };
-        let expected: Vec<Expected> = {
-            let ledger = self
-                .ledger
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            ledger
-                .expected(&gateway)
-                .into_iter()
-                .filter(|e| e.booked_on <= as_of)
-                .collect()
+        let expected = match expected_from_ledger(&task, &gateway, as_of).await {
+            Ok(expected) => expected,
+            Err(outcome) => return outcome,
         };
         let outcome = reconcile(&expected, &rows, as_of, settlement_days);
         let count = |class: Class| outcome.counts.get(&class).copied().unwrap_or(0);

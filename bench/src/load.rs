@@ -414,7 +414,7 @@ fn assignment_and_result_sizes(task_ms: u64) -> (usize, usize) {
             workflow_name: "bench-seq3".into(),
             settle: false,
         }],
-        cancellations: Vec::new(),
+        ..Default::default()
     };
     let result = pb::AgentMessage {
         credits: 1,

@@ -241,7 +241,11 @@ impl Catalog {
         let workflow = workflow_from_snapshot(snapshot, spec)
             .map_err(|e| ControlError::Internal(format!("stored workflow {id}: {e}")))?;
         let waiting = vec![String::new(); workflow.tasks.len()];
-        Ok(Some(WorkflowView { workflow, waiting }))
+        Ok(Some(WorkflowView {
+            workflow,
+            waiting,
+            approvals: Vec::new(),
+        }))
     }
 
     /// A page of workflows: the actor's page of those in memory, merged with the store's

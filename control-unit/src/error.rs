@@ -36,6 +36,8 @@ pub enum ControlError {
     Submit(#[from] SubmitError),
     #[error(transparent)]
     Cancel(#[from] CancelError),
+    #[error(transparent)]
+    Approval(#[from] crate::scheduler::approvals::ApprovalError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
     /// A broken invariant: a bug, or stored data this release cannot read.

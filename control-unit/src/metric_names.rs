@@ -62,3 +62,11 @@ pub const RECONCILIATION_MISMATCHES: Metric = Metric {
     name: "paygrid_reconciliation_mismatches",
     help: "Mismatches the latest reconciliation run of a gateway found, by kind.",
 };
+pub const PEER_MESSAGES: Metric = Metric {
+    name: "paygrid_peer_messages_total",
+    help: "Peer messages between agents, by kind (request, answer), outcome (delivered, refused) and refusal reason.",
+};
+pub const PEER_ROUND_TRIP: Metric = Metric {
+    name: "paygrid_peer_round_trip_seconds",
+    help: "From a peer request to its answer (or failure) in the control unit, by skill and outcome.",
+};

@@ -17,6 +17,8 @@ pub struct WorkflowView {
     pub workflow: Workflow,
     /// Per task (spec order): why a ready task waits; empty otherwise.
     pub waiting: Vec<String>,
+    /// The approvals waiting for a decision, by task index.
+    pub approvals: Vec<(u32, crate::scheduler::approvals::PendingApproval)>,
 }
 
 /// One line of a workflow list.
@@ -145,6 +147,8 @@ pub struct Frame {
     pub assignments: Vec<Assignment>,
     /// (task, attempt)
     pub cancellations: Vec<(Slot, u32)>,
+    /// Peer messages for the agent, passed through as the router (`peers`) wrote them.
+    pub peer: Vec<paygrid_proto::v1::PeerMessage>,
 }
 
 /// The latest health report of one subject, from one reporting execution unit.

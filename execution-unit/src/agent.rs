@@ -118,6 +118,8 @@ pub struct Task {
     pub tracestate: String,
     /// Fires when the control unit cancels the task or the unit shuts down hard.
     pub cancel: CancellationToken,
+    /// Ask other agents (their read-only skills) through the control unit.
+    pub peers: crate::peer::Peers,
 }
 
 impl Task {

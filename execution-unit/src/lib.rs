@@ -10,12 +10,15 @@
 //! - [`agent`]: the `Agent` trait and the types it sees.
 //! - [`runtime`]: sessions, credits, heartbeats, drain.
 //! - [`health`]: rolling health of hosted agents and their gateways, relayed by support agents.
+//! - [`peer`]: asking other agents (their read-only skills) through the control unit.
 
 pub mod agent;
 pub mod health;
 pub mod metric_names;
+pub mod peer;
 pub mod runtime;
 
 pub use agent::{Agent, AgentCard, Role, SkillEffect, SkillSpec, Task, TaskOutcome};
 pub use health::HealthCollector;
+pub use peer::{PeerError, PeerRequest, Peers};
 pub use runtime::{ExecutionUnit, ExecutionUnitConfig};

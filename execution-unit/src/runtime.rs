@@ -10,6 +10,7 @@ use paygrid_proto::v1 as pb;
 use paygrid_proto::v1::agent_hub_client::AgentHubClient;
 use paygrid_proto::{AGENT_ID_METADATA, SESSION_TOKEN_METADATA};
 use paygrid_telemetry::semconv;
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
@@ -18,8 +19,9 @@ use tonic::transport::Endpoint;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::agent::{Agent, AgentCard, Task, TaskOutcome};
+use crate::agent::{Agent, AgentCard, SkillEffect, Task, TaskOutcome};
 use crate::metric_names;
+use crate::peer::Peers;
 
 /// Execution unit settings.
 #[derive(Debug, Clone)]
@@ -130,6 +132,11 @@ struct AgentRunner {
     credits_owed: u32,
     /// The id the control unit gave this agent at its last registration.
     agent_id: Arc<str>,
+    /// This agent's door to its peers, and the queue of its outgoing peer messages.
+    peers: Peers,
+    peer_outbound: mpsc::Receiver<pb::PeerMessage>,
+    /// Peer requests this agent serves at once (beside its task slots).
+    peer_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl AgentRunner {
@@ -137,7 +144,14 @@ impl AgentRunner {
         let card = agent.card();
         // One result per slot at most is ever waiting: the channel never blocks a task long.
         let (results_sender, results) = mpsc::channel(card.max_concurrency as usize + 16);
+        let (peers, peer_outbound) = Peers::new(&card.name);
+        let peer_slots = Arc::new(tokio::sync::Semaphore::new(
+            card.max_concurrency.max(1) as usize
+        ));
         Self {
+            peers,
+            peer_outbound,
+            peer_slots,
             agent,
             card,
             config,
@@ -246,9 +260,8 @@ impl AgentRunner {
                 std::mem::take(&mut self.credits_owed)
             },
             results: std::mem::take(batch),
-            running: Vec::new(),
             draining,
-            health: Vec::new(),
+            ..Default::default()
         };
         if let Err(failed) = frames.send(frame).await {
             self.undelivered.extend(failed.0.results);
@@ -291,7 +304,7 @@ impl AgentRunner {
             results: std::mem::take(&mut self.undelivered),
             running: self.running_refs(),
             draining: shutdown.is_cancelled(),
-            health: Vec::new(),
+            ..Default::default()
         };
         let _ = frames.send(opening).await;
         let mut inbound = client
@@ -341,6 +354,18 @@ impl AgentRunner {
                         if frames.send(frame).await.is_err() {
                             return Err(SessionError::Closed);
                         }
+                    }
+                }
+                Some(first) = self.peer_outbound.recv() => {
+                    let mut peer = vec![first];
+                    while peer.len() < crate::peer::OUTBOUND_MAX {
+                        match self.peer_outbound.try_recv() {
+                            Ok(next) => peer.push(next),
+                            Err(_) => break,
+                        }
+                    }
+                    if frames.send(pb::AgentMessage { peer, ..Default::default() }).await.is_err() {
+                        return Err(SessionError::Closed);
                     }
                 }
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
@@ -412,6 +437,13 @@ impl AgentRunner {
         draining: bool,
         frames: &mpsc::Sender<pb::AgentMessage>,
     ) {
+        for peer in message.peer {
+            if peer.in_reply_to.is_empty() {
+                self.serve_peer(peer);
+            } else {
+                self.peers.answered(peer);
+            }
+        }
         for cancellation in message.cancellations {
             let key = (
                 cancellation.workflow_id,
@@ -452,6 +484,82 @@ impl AgentRunner {
         }
     }
 
+    /// A peer's request, routed by the control unit: runs the read-only skill it asks
+    /// for (beside the task slots, at most `max_concurrency` at once) and answers.
+    fn serve_peer(&mut self, request: pb::PeerMessage) {
+        let read_only = self
+            .card
+            .skills
+            .iter()
+            .any(|s| s.name == request.skill && s.effect == SkillEffect::ReadOnly);
+        let input = serde_json::from_slice::<Value>(&request.data_json);
+        let permit = self.peer_slots.clone().try_acquire_owned();
+        let refused = |why: String| {
+            let peers = self.peers.clone();
+            let answer = peer_answer(&request, Err(why));
+            async move { peers.reply(answer).await }
+        };
+        let (input, permit) = match (read_only, input, permit) {
+            (true, Ok(input), Ok(permit)) => (input, permit),
+            (false, _, _) => {
+                let why = format!(
+                    "agent {} has no read-only skill {}",
+                    self.card.name, request.skill
+                );
+                self.tasks.spawn(refused(why));
+                return;
+            }
+            (true, Err(error), _) => {
+                self.tasks
+                    .spawn(refused(format!("the request's input is not JSON: {error}")));
+                return;
+            }
+            (true, Ok(_), Err(_)) => {
+                let why = format!("agent {} is busy serving peers", self.card.name);
+                self.tasks.spawn(refused(why));
+                return;
+            }
+        };
+        let deadline = request.deadline_unix_ms;
+        let task = Task {
+            workflow_id: request.context_id.clone(),
+            workflow_name: String::new(),
+            task_id: format!("peer:{}", request.from_agent),
+            skill: request.skill.clone(),
+            attempt: 1,
+            input,
+            idempotency_key: format!("peer:{}", request.message_id),
+            deadline_unix_ms: deadline,
+            settle: false,
+            traceparent: request.traceparent.clone(),
+            tracestate: request.tracestate.clone(),
+            cancel: tokio_util::sync::CancellationToken::new(),
+            peers: self.peers.clone(),
+        };
+        let span = peer_span(&request, &self.agent_id);
+        let handled = span.clone();
+        let (agent, peers) = (self.agent.clone(), self.peers.clone());
+        let time_left = task.time_left();
+        let work = async move {
+            let _permit = permit;
+            let outcome = tokio::time::timeout(time_left, agent.handle(task)).await;
+            let data = match outcome {
+                Ok(TaskOutcome::Succeeded(value)) => Ok(value),
+                Ok(
+                    TaskOutcome::Retryable { code, message }
+                    | TaskOutcome::Permanent { code, message }
+                    | TaskOutcome::Unknown { code, message },
+                ) => Err(format!("{code}: {message}")),
+                Err(_) => Err("the peer ran out of time".to_owned()),
+            };
+            if let Err(error) = &data {
+                paygrid_telemetry::context::record_error(&handled, "peer_error", error, false);
+            }
+            peers.reply(peer_answer(&request, data)).await;
+        };
+        self.tasks.spawn(work.instrument(span));
+    }
+
     fn start(&mut self, assignment: pb::Assignment, task_ref: pb::TaskRef) {
         let cancel = CancellationToken::new();
         self.running.insert(
@@ -468,6 +576,7 @@ impl AgentRunner {
         );
         let agent = self.agent.clone();
         let results = self.results_sender.clone();
+        let peers = self.peers.clone();
         let span = handling_span(&assignment, &task_ref, &self.agent_id);
         let handling = span.clone();
         let work = async move {
@@ -493,6 +602,7 @@ impl AgentRunner {
                         traceparent: assignment.traceparent,
                         tracestate: assignment.tracestate,
                         cancel: cancel.clone(),
+                        peers,
                     };
                     let work = async {
                         if task.settle {
@@ -534,6 +644,42 @@ fn handling_span(assignment: &pb::Assignment, task: &pb::TaskRef, agent_id: &str
     span.set_attribute(semconv::TASK_ATTEMPT, i64::from(task.attempt));
     span.set_attribute(semconv::SKILL, assignment.skill.clone());
     span.set_attribute(semconv::AGENT_ID, agent_id.to_owned());
+    span
+}
+
+/// The answer to a peer's request: the skill's output, or why there is none.
+fn peer_answer(request: &pb::PeerMessage, data: Result<Value, String>) -> pb::PeerMessage {
+    let mut answer = pb::PeerMessage {
+        message_id: format!("{}-answer", request.message_id),
+        in_reply_to: request.message_id.clone(),
+        skill: request.skill.clone(),
+        ..Default::default()
+    };
+    match data {
+        Ok(value) => answer.data_json = serde_json::to_vec(&value).unwrap_or_default().into(),
+        Err(error) => answer.error = error,
+    }
+    answer
+}
+
+/// The agent's handling of a peer's request: a child of the control unit's `peer` span.
+fn peer_span(request: &pb::PeerMessage, agent_id: &str) -> tracing::Span {
+    if !paygrid_telemetry::otel::exporting() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        target: "paygrid::agent",
+        "handle peer",
+        otel.name = format!("handle peer {}", request.skill),
+        otel.kind = "server",
+    );
+    paygrid_telemetry::context::set_parent(&span, &request.traceparent, &request.tracestate);
+    span.set_attribute(semconv::SKILL, request.skill.clone());
+    span.set_attribute(semconv::AGENT_ID, agent_id.to_owned());
+    span.set_attribute(semconv::PEER_FROM, request.from_agent.clone());
+    if !request.context_id.is_empty() {
+        span.set_attribute(semconv::WORKFLOW_ID, request.context_id.clone());
+    }
     span
 }
 

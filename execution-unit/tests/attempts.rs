@@ -201,7 +201,7 @@ async fn two_attempts_of_one_task_are_tracked_apart() {
     frames
         .send(Ok(pb::ControlMessage {
             assignments: vec![assignment(1), assignment(2)],
-            cancellations: Vec::new(),
+            ..Default::default()
         }))
         .await
         .unwrap();

@@ -51,6 +51,14 @@ pub fn workflow(w: &pb::Workflow) -> Value {
             if !t.waiting_reason.is_empty() {
                 task["waiting"] = json!(t.waiting_reason);
             }
+            if let Some(approval) = &t.approval {
+                task["approval"] = json!({
+                    "prompt": approval.prompt,
+                    "pending": approval.pending,
+                    "timeout_at_ms": approval.timeout_at_ms,
+                    "default": approval.default_decision,
+                });
+            }
             task
         })
         .collect();

@@ -8,7 +8,7 @@
 //! ([`serve_stdio`]).
 //!
 //! - Operator tools: `submit_workflow`, `get_workflow`, `list_workflows`,
-//!   `cancel_workflow`, `validate_spec`, `list_agents`, `health`.
+//!   `cancel_workflow`, `approve_task`, `validate_spec`, `list_agents`, `health`.
 //! - Agent tools: every skill a connected agent offers (`AgentHub.ListTools`), called
 //!   through `AgentHub.CallTool` (a durable one-task workflow). A skill that moves money
 //!   is annotated destructive and takes a required `idempotency_key` argument.
@@ -110,7 +110,7 @@ fn operator_tools() -> Vec<Tool> {
             "Start a workflow from a spec (YAML or JSON text, or NAME@VERSION of a spec already submitted). Returns its id; the same idempotency_key returns the same workflow.",
             json!({"type": "object", "properties": {
                 "spec_text": {"type": "string", "description": "the spec, YAML or JSON"},
-                "spec_ref": {"type": "string", "description": "NAME@VERSION, e.g. card-payment@2"},
+                "spec_ref": {"type": "string", "description": "NAME@VERSION, e.g. card-payment@3"},
                 "input": {"type": "object", "description": "the workflow's input"},
                 "priority": {"type": "string", "enum": ["critical", "high", "normal", "low"]},
                 "labels": {"type": "object", "additionalProperties": {"type": "string"}},
@@ -143,6 +143,18 @@ fn operator_tools() -> Vec<Tool> {
             annotations(false, true, true),
         ),
         tool(
+            "approve_task",
+            "Decide an approval task a workflow waits for (status INPUT_REQUIRED, e.g. a risk review): approve continues the payment, reject fails it (nothing is authorized, or what was done is compensated). Recorded with who decided and why.",
+            json!({"type": "object", "required": ["workflow_id", "decision", "decided_by"], "properties": {
+                "workflow_id": {"type": "string"},
+                "task_id": {"type": "string", "description": "the approval task; default: the one the workflow waits for"},
+                "decision": {"type": "string", "enum": ["approve", "reject"]},
+                "decided_by": {"type": "string", "description": "the person deciding"},
+                "note": {"type": "string", "description": "why"}
+            }}),
+            annotations(false, false, true),
+        ),
+        tool(
             "validate_spec",
             "Check a spec (and optionally an input) without running it; errors name the task, line and column.",
             json!({"type": "object", "required": ["spec_text"], "properties": {"spec_text": {"type": "string"}, "input": {"type": "object"}}}),
@@ -163,11 +175,12 @@ fn operator_tools() -> Vec<Tool> {
     ]
 }
 
-const OPERATOR_TOOLS: [&str; 7] = [
+const OPERATOR_TOOLS: [&str; 8] = [
     "submit_workflow",
     "get_workflow",
     "list_workflows",
     "cancel_workflow",
+    "approve_task",
     "validate_spec",
     "list_agents",
     "health",
@@ -392,6 +405,46 @@ impl PaygridMcp {
                     json!({"workflow_id": id, "status": convert::workflow_status(answer.status)}),
                 ))
             }
+            "approve_task" => {
+                let id = string_arg(args, "workflow_id", true)?.unwrap_or_default();
+                let decision = match string_arg(args, "decision", true)?.unwrap_or_default() {
+                    "approve" => pb::Decision::Approve,
+                    "reject" => pb::Decision::Reject,
+                    other => {
+                        return Err(failure(format!(
+                            "`decision` must be approve or reject, not `{other}`"
+                        )));
+                    }
+                };
+                let mut request = tonic::Request::new(pb::ApproveRequest {
+                    workflow_id: id.to_owned(),
+                    task_id: string_arg(args, "task_id", false)?
+                        .unwrap_or_default()
+                        .to_owned(),
+                    decision: decision.into(),
+                    note: string_arg(args, "note", false)?
+                        .unwrap_or_default()
+                        .to_owned(),
+                    decided_by: string_arg(args, "decided_by", true)?
+                        .unwrap_or_default()
+                        .to_owned(),
+                });
+                request.metadata_mut().insert(
+                    "paygrid-client",
+                    tonic::metadata::MetadataValue::from_static("mcp"),
+                );
+                let answer = workflows
+                    .approve(request)
+                    .await
+                    .map_err(|s| status_error(&s))?
+                    .into_inner();
+                Ok(structured(json!({
+                    "workflow_id": id,
+                    "task_id": answer.task_id,
+                    "decision": if decision == pb::Decision::Approve { "approve" } else { "reject" },
+                    "status": convert::workflow_status(answer.status),
+                })))
+            }
             "validate_spec" => {
                 let text = string_arg(args, "spec_text", true)?.unwrap_or_default();
                 let input = match args.get("input") {
@@ -485,7 +538,7 @@ impl ServerHandler for PaygridMcp {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_resources().build())
             .with_server_info(Implementation::new("paygrid", env!("CARGO_PKG_VERSION")))
             .with_instructions(
-                "Paygrid runs durable payment workflows on agents. Submit a workflow (submit_workflow with spec_ref such as card-payment@2 and its input), follow it with get_workflow or read paygrid://workflows/{id}; call an agent skill directly as a tool. Money-moving tools need an idempotency_key.",
+                "Paygrid runs durable payment workflows on agents. Submit a workflow (submit_workflow with spec_ref such as card-payment@3 and its input), follow it with get_workflow or read paygrid://workflows/{id}; call an agent skill directly as a tool. Money-moving tools need an idempotency_key.",
             )
     }
 

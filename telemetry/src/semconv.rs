@@ -6,6 +6,9 @@ pub const TASK_ID: &str = "paygrid.task.id";
 pub const TASK_ATTEMPT: &str = "paygrid.task.attempt";
 pub const SKILL: &str = "paygrid.skill";
 pub const AGENT_ID: &str = "paygrid.agent.id";
+/// Peer messaging: the agent that asked and the agent that answers.
+pub const PEER_FROM: &str = "paygrid.peer.from";
+pub const PEER_TO: &str = "paygrid.peer.to";
 pub const GATEWAY: &str = "paygrid.gateway";
 pub const AMOUNT_MINOR: &str = "paygrid.amount.minor";
 pub const CURRENCY: &str = "paygrid.currency";

@@ -1,7 +1,9 @@
 """An A2A client nobody at Paygrid wrote (the A2A project's Python SDK, `a2a-sdk[grpc]`
 >= 1.3) against Paygrid: finds the gRPC interface through the agent card, sends a message
-that starts a card payment, follows it with SubscribeToTask to COMPLETED, and cancels
-another one. Prints one JSON line; exits non-zero on a failed check.
+that starts a card payment, follows it with SubscribeToTask to COMPLETED, cancels
+another one, and answers a payment the risk check sent to review (INPUT_REQUIRED) with an
+approval message, after which it completes. Prints one JSON line; exits non-zero on a
+failed check.
 
     python a2a_check.py http://HTTP_ADDR
 """
@@ -37,7 +39,7 @@ async def run(base):
         grpc_channel_factory=lambda url: grpc.aio.insecure_channel(url.removeprefix("http://")),
     )
     client = await create_client(base, client_config=config)
-    payment = {"spec_ref": "card-payment@2", "input": {"amount_minor": 1250, "currency": "EUR", "card_token": "tok_visa"}}
+    payment = {"spec_ref": "card-payment@3", "input": {"amount_minor": 1250, "currency": "EUR", "card_token": "tok_visa"}}
     request = pb.SendMessageRequest(message=data_message(payment),
                                     configuration=pb.SendMessageConfiguration(return_immediately=True))
     task = None
@@ -74,6 +76,40 @@ async def run(base):
     cancelled = await client.cancel_task(pb.CancelTaskRequest(id=parked.id))
     check(cancelled.status.state == pb.TASK_STATE_CANCELED, f"cancelled: {cancelled.status}")
     seen["cancelled"] = cancelled.id
+
+    # A payment over the review threshold: the task stops at INPUT_REQUIRED, asking.
+    review = {"spec_ref": "card-payment@3", "input": {"amount_minor": 750000, "currency": "EUR", "card_token": "tok_review"}}
+    reviewed, review_states = None, []
+    async for event in client.send_message(pb.SendMessageRequest(message=data_message(review))):
+        if event.HasField("task"):
+            reviewed = event.task
+            review_states.append(pb.TaskState.Name(event.task.status.state))
+        elif event.HasField("status_update"):
+            review_states.append(pb.TaskState.Name(event.status_update.status.state))
+        if review_states and review_states[-1] == "TASK_STATE_INPUT_REQUIRED":
+            break
+    check(reviewed is not None, "the review payment answered a task")
+    waiting = await client.get_task(pb.GetTaskRequest(id=reviewed.id))
+    check(waiting.status.state == pb.TASK_STATE_INPUT_REQUIRED, f"it needs input: {waiting.status} after {review_states}")
+    question = waiting.status.message.parts[0].text
+    check("review" in question and "750000" in question, f"the status message asks the question: {question}")
+    # The answer: a message to that task, in its context.
+    answer = data_message({"decision": "approve", "note": "known customer", "decided_by": "a2a-check"})
+    answer.task_id = reviewed.id
+    answer.context_id = waiting.context_id
+    async for event in client.send_message(pb.SendMessageRequest(message=answer)):
+        if event.HasField("task"):
+            review_states.append(pb.TaskState.Name(event.task.status.state))
+        elif event.HasField("status_update"):
+            review_states.append(pb.TaskState.Name(event.status_update.status.state))
+    done = await client.get_task(pb.GetTaskRequest(id=reviewed.id))
+    check(done.status.state == pb.TASK_STATE_COMPLETED, f"approved, it completed: {done.status} after {review_states}")
+    outputs = json_format.MessageToDict(done.artifacts[0].parts[0].data)
+    check(outputs["review"]["decision"] == "approve" and outputs["review"]["decided_by"] == "a2a-check",
+          f"the decision is in the outputs: {outputs.get('review')}")
+    seen["reviewed"] = reviewed.id
+    seen["review_states"] = review_states
+    seen["question"] = question
     print(json.dumps(seen))
 
 

@@ -2,7 +2,8 @@
 Paygrid: over streamable HTTP (a URL) or stdio (`paygrid mcp`, spawned).
 
 Lists the tools, submits a card payment, reads it as a resource and follows it to
-success, then makes a call with a bad argument and checks the tool error names the field.
+success, then makes a call with a bad argument and checks the tool error names the field,
+and approves a payment the risk check sent to review with the `approve_task` tool.
 Prints one JSON line with what it saw; exits non-zero on any failed check.
 
     python mcp_check.py http://127.0.0.1:PORT/mcp
@@ -33,7 +34,7 @@ async def run(server):
         tools = (await client.list_tools()).tools
         names = {tool.name: tool for tool in tools}
         for wanted in ["submit_workflow", "get_workflow", "list_workflows", "cancel_workflow",
-                       "validate_spec", "list_agents", "health", "risk.score", "gateway.capture"]:
+                       "approve_task", "validate_spec", "list_agents", "health", "risk.score", "gateway.capture"]:
             check(wanted in names, f"tool {wanted} listed (got {sorted(names)})")
         capture = names["gateway.capture"]
         check(capture.annotations is not None and capture.annotations.destructive_hint is True,
@@ -44,7 +45,7 @@ async def run(server):
         seen["tools"] = len(tools)
 
         submitted = await client.call_tool("submit_workflow", {
-            "spec_ref": "card-payment@2",
+            "spec_ref": "card-payment@3",
             "input": {"amount_minor": 1250, "currency": "EUR", "card_token": "tok_visa"},
             "idempotency_key": f"mcp-{server if isinstance(server, str) else 'stdio'}",
         })
@@ -84,6 +85,39 @@ async def run(server):
         scored = await client.call_tool("risk.score", {"amount_minor": 1250, "currency": "EUR", "card_token": "tok_visa"})
         check(not scored.is_error and "decision" in scored.structured_content,
               f"risk.score runs as a tool: {text_of(scored)}")
+
+        # A payment the risk check sends to review waits for a person's decision.
+        review = await client.call_tool("submit_workflow", {
+            "spec_ref": "card-payment@3",
+            "input": {"amount_minor": 640000, "currency": "EUR", "card_token": "tok_review"},
+            "idempotency_key": f"mcp-review-{server if isinstance(server, str) else 'stdio'}",
+        })
+        check(not review.is_error, f"the review payment was submitted: {text_of(review)}")
+        review_id = review.structured_content["workflow_id"]
+        deadline = time.monotonic() + 60
+        pending = None
+        while time.monotonic() < deadline and pending is None:
+            body = json.loads((await client.read_resource(f"paygrid://workflows/{review_id}")).contents[0].text)
+            pending = next((t for t in body["tasks"] if t.get("approval", {}).get("pending")), None)
+            if pending is None:
+                await asyncio.sleep(0.1)
+        check(pending is not None and pending["task_id"] == "review", f"the review waits: {body}")
+        check("640000" in pending["approval"]["prompt"], f"it asks the question: {pending}")
+        bad_decision = await client.call_tool("approve_task", {"workflow_id": review_id, "decision": "maybe", "decided_by": "mcp-check"})
+        check(bad_decision.is_error and "decision" in text_of(bad_decision), f"a bad decision names the field: {text_of(bad_decision)}")
+        approved = await client.call_tool("approve_task", {
+            "workflow_id": review_id, "decision": "approve", "decided_by": "mcp-check", "note": "verified by phone"})
+        check(not approved.is_error and approved.structured_content["task_id"] == "review", f"approved: {text_of(approved)}")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            body = json.loads((await client.read_resource(f"paygrid://workflows/{review_id}")).contents[0].text)
+            if body["status"] not in ("pending", "running", "compensating"):
+                break
+            await asyncio.sleep(0.1)
+        check(body["status"] == "succeeded", f"the reviewed payment succeeded: {body['status']}")
+        decided = next(t for t in body["tasks"] if t["task_id"] == "review")["output"]
+        check(decided["decided_by"] == "mcp-check" and decided["via"] == "mcp", f"the decision is kept: {decided}")
+        seen["reviewed"] = review_id
     print(json.dumps(seen))
 
 

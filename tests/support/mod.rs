@@ -548,7 +548,7 @@ impl HttpFleet {
         }
     }
 
-    /// Runs one card payment to its end, so `card-payment@2` is in the catalog for
+    /// Runs one card payment to its end, so `card-payment@3` is in the catalog for
     /// clients that submit it by reference.
     pub async fn register_card_payment(&self) -> WorkflowsClient<Channel> {
         let mut workflows = Fleet::client(&self.control.url).await;

@@ -54,6 +54,10 @@ enum Reply {
         oneshot::Sender<Result<WorkflowStatus, ControlError>>,
         Result<WorkflowStatus, ControlError>,
     ),
+    Approve(
+        oneshot::Sender<Result<(String, WorkflowStatus), ControlError>>,
+        Result<(String, WorkflowStatus), ControlError>,
+    ),
 }
 
 impl Reply {
@@ -63,6 +67,9 @@ impl Reply {
                 let _ = reply.send(result);
             }
             Self::Cancel(reply, result) => {
+                let _ = reply.send(result);
+            }
+            Self::Approve(reply, result) => {
                 let _ = reply.send(result);
             }
         }
@@ -86,9 +93,15 @@ pub(super) fn view(core: &Scheduler, workflow: &Workflow) -> WorkflowView {
             _ => String::new(),
         })
         .collect();
+    let approvals = core
+        .pending_approvals(workflow.id)
+        .into_iter()
+        .map(|(task, pending)| (task, pending.clone()))
+        .collect();
     WorkflowView {
         workflow: workflow.clone(),
         waiting,
+        approvals,
     }
 }
 
@@ -201,6 +214,25 @@ impl Actor {
                     .map_err(ControlError::from);
                 self.replies.push(Reply::Cancel(reply, result));
             }
+            Input::Approve {
+                id,
+                task,
+                decision,
+                reply,
+            } => {
+                let result = self
+                    .core
+                    .decide(now, id, task.as_deref(), decision, &mut out)
+                    .map(|task| {
+                        let status = self
+                            .core
+                            .workflow(id)
+                            .map_or(WorkflowStatus::Running, |w| w.status);
+                        (task, status)
+                    })
+                    .map_err(ControlError::from);
+                self.replies.push(Reply::Approve(reply, result));
+            }
             Input::Get { id, reply } => {
                 let _ = reply.send(self.core.workflow(id).map(|w| view(&self.core, w)));
             }
@@ -227,12 +259,12 @@ impl Actor {
                 reply,
             } => {
                 let opened = self.agents.open_session(agent, &token, sender);
-                let reply_value = opened.map(|(session, joined)| {
+                let reply_value = opened.map(|(session, joined, card)| {
                     self.core.handle(now, joined, &mut out);
                     self.config
                         .metrics
                         .count(&crate::metric_names::AGENT_SESSIONS_OPENED, &[], 1);
-                    session
+                    (session, card)
                 });
                 let _ = reply.send(reply_value);
             }

@@ -71,7 +71,7 @@ impl Agents {
         agent: AgentId,
         token: &str,
         sender: SessionSender,
-    ) -> Result<(u64, AgentEvent), ControlError> {
+    ) -> Result<(u64, AgentEvent, AgentCard), ControlError> {
         let record = self.records.get_mut(&agent).ok_or_else(|| {
             ControlError::NotFound(format!(
                 "agent {agent} is not registered: call Register first"
@@ -106,7 +106,7 @@ impl Agents {
             max_concurrency: card.max_concurrency.max(1),
         };
         tracing::info!(agent = %agent, "agent session opened");
-        Ok((session, joined))
+        Ok((session, joined, card.clone()))
     }
 
     /// Closes a session if it is the agent's current one; true when the agent left.

@@ -55,6 +55,8 @@ pub struct RuntimeConfig {
     pub watchers_per_workflow_max: usize,
     /// Frames buffered per agent session beyond its concurrency.
     pub session_buffer: usize,
+    /// Bounds of peer messaging between agents.
+    pub peers: crate::peers::PeerConfig,
     pub heartbeat_interval: Duration,
     /// Extra time the actor waits for more inputs before a group commit when the batch is
     /// not full (zero: commit as soon as the previous commit is done).
@@ -74,6 +76,7 @@ impl Default for RuntimeConfig {
             watch_buffer: 1_024,
             watchers_per_workflow_max: 64,
             session_buffer: 256,
+            peers: crate::peers::PeerConfig::default(),
             heartbeat_interval: Duration::from_secs(2),
             flush_interval: Duration::ZERO,
             metrics: paygrid_telemetry::metrics::Registry::new(),
@@ -113,6 +116,13 @@ pub enum Input {
         reason: String,
         reply: oneshot::Sender<Result<WorkflowStatus, ControlError>>,
     },
+    /// A decision on an approval task (`None`: the one the workflow waits for).
+    Approve {
+        id: WorkflowId,
+        task: Option<String>,
+        decision: crate::scheduler::approvals::DecisionBy,
+        reply: oneshot::Sender<Result<(String, WorkflowStatus), ControlError>>,
+    },
     Get {
         id: WorkflowId,
         reply: oneshot::Sender<Option<WorkflowView>>,
@@ -136,7 +146,8 @@ pub enum Input {
         agent: AgentId,
         token: String,
         sender: SessionSender,
-        reply: oneshot::Sender<Result<u64, ControlError>>,
+        /// The session's number and the agent's card.
+        reply: oneshot::Sender<Result<(u64, crate::model::AgentCard), ControlError>>,
     },
     CloseSession {
         agent: AgentId,

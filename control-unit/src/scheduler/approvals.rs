@@ -243,8 +243,9 @@ impl Scheduler {
                 state,
             });
         }
-        self.approvals.by_slot.remove(&slot);
-        self.apply_decision(slot, &decision, false, out);
+        let pending = self.approvals.by_slot.remove(&slot);
+        let prompt = pending.map(|p| p.prompt).unwrap_or_default();
+        self.apply_decision(slot, &prompt, &decision, false, out);
         Ok(task_id)
     }
 
@@ -290,7 +291,7 @@ impl Scheduler {
             via: "timeout".into(),
             note: "no decision before the approval's timeout: its default applies".into(),
         };
-        self.apply_decision(slot, &decision, true, out);
+        self.apply_decision(slot, &pending.prompt, &decision, true, out);
     }
 
     /// Ends the approval: approve succeeds the task, reject fails it (and so stops and
@@ -299,6 +300,7 @@ impl Scheduler {
     fn apply_decision(
         &mut self,
         slot: Slot,
+        prompt: &str,
         decision: &DecisionBy,
         default_applied: bool,
         out: &mut Vec<Command>,
@@ -306,6 +308,7 @@ impl Scheduler {
         let output = json!({
             "decision": decision.decision.as_str(),
             "required": true,
+            "prompt": prompt,
             "decided_by": decision.by,
             "via": decision.via,
             "decided_at_ms": self.now,
@@ -357,9 +360,12 @@ impl Scheduler {
     }
 }
 
+/// How a waiting approval's detail begins (in `status` and the Watch stream).
+pub const AWAITING: &str = "awaiting approval: ";
+
 fn describe(pending: &PendingApproval) -> String {
     format!(
-        "awaiting approval: {} (default {} at {} ms)",
+        "{AWAITING}{} (default {} at {} ms)",
         pending.prompt,
         pending.default.as_str(),
         pending.timeout_at

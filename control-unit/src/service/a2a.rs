@@ -3,14 +3,18 @@
 //! agent card served at `/.well-known/agent-card.json` on its HTTP listener.
 //!
 //! An A2A task is a Paygrid workflow (its id is the workflow id):
-//! - `SendMessage` with a data part `{"spec_ref": "card-payment@2", "input": {...}}` (or
+//! - `SendMessage` with a data part `{"spec_ref": "card-payment@3", "input": {...}}` (or
 //!   `"spec_text"`) starts a workflow; `{"skill": "risk.score", "input": {...}}` one tool
 //!   call (a one-task workflow). The message id is the idempotency key, so a retried
 //!   message starts nothing new. Anything else is `INVALID_ARGUMENT` naming what is
 //!   accepted.
-//! - States: pending → SUBMITTED, running / compensating → WORKING, succeeded →
+//! - States: pending → SUBMITTED, running / compensating → WORKING, running with an
+//!   approval waiting → INPUT_REQUIRED (its message asks the question), succeeded →
 //!   COMPLETED (task outputs as one data artifact), failed / compensated → FAILED,
 //!   cancelled → CANCELED.
+//! - A follow-up message to an INPUT_REQUIRED task (`task_id` set) decides its approval:
+//!   a data part `{"decision": "approve" | "reject", "note": "..."}` or a text part
+//!   starting with approve or reject.
 //! - `GetTask`, `ListTasks` (paged like `List`), `CancelTask`, `SendStreamingMessage` and
 //!   `SubscribeToTask` (a status update per workflow change, the artifact, the final
 //!   status). Push notifications are not offered (`UNIMPLEMENTED`, and the card says so).
@@ -28,7 +32,8 @@ use tonic::{Request, Response, Status};
 use super::tools::ToolsService;
 use super::workflows::WorkflowsService;
 use crate::error::ControlError;
-use crate::model::WorkflowId;
+use crate::model::{Decision, WorkflowId};
+use crate::scheduler::approvals::DecisionBy;
 
 /// Label keeping a task's A2A context id on its workflow.
 pub const LABEL_CONTEXT: &str = "a2a.context_id";
@@ -54,10 +59,7 @@ impl A2aService {
         message: &a2a::Message,
     ) -> Result<WorkflowId, ControlError> {
         if !message.task_id.is_empty() {
-            return Err(ControlError::invalid(format!(
-                "task {}: follow-up messages to a task are not accepted (it has no input to ask for)",
-                message.task_id
-            )));
+            return self.answer(message).await;
         }
         let accepted = "send one data part: {\"spec_ref\": \"NAME@VERSION\", \"input\": {...}} or {\"spec_text\": \"...\", \"input\": {...}} to start a workflow, or {\"skill\": \"SKILL\", \"input\": {...}} for one tool call";
         let data = message
@@ -115,6 +117,69 @@ impl A2aService {
             .workflow_id
             .parse()
             .map_err(ControlError::Internal)
+    }
+
+    /// A follow-up message to a task in INPUT_REQUIRED: the decision on the approval it
+    /// waits for, as a data part `{"decision": "approve" | "reject", "note": "...",
+    /// "task": "review", "decided_by": "..."}` or a text part starting with approve or
+    /// reject.
+    async fn answer(&self, message: &a2a::Message) -> Result<WorkflowId, ControlError> {
+        let id = parse_id(&message.task_id)?;
+        let expected = "answer an INPUT_REQUIRED task with a data part {\"decision\": \"approve\" or \"reject\", \"note\": \"...\"} or a text part starting with approve or reject";
+        let data = message.parts.iter().find_map(|part| match &part.content {
+            Some(a2a::part::Content::Data(value)) => Some(from_proto_value(value)),
+            _ => None,
+        });
+        let text = message.parts.iter().find_map(|part| match &part.content {
+            Some(a2a::part::Content::Text(text)) => Some(text.clone()),
+            _ => None,
+        });
+        let field = |name: &str| {
+            data.as_ref()
+                .and_then(|d| d.get(name))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        let (decision, note) = match (field("decision"), &text) {
+            (Some(decision), _) => (decision, field("note").unwrap_or_default()),
+            (None, Some(text)) => {
+                let mut words = text.trim().splitn(2, char::is_whitespace);
+                let first = words.next().unwrap_or_default();
+                let first = first.trim_end_matches(|c: char| !c.is_alphanumeric());
+                (
+                    first.to_owned(),
+                    words.next().unwrap_or_default().trim().to_owned(),
+                )
+            }
+            (None, None) => return Err(ControlError::invalid(expected.to_owned())),
+        };
+        let decision = Decision::parse(&decision)
+            .ok_or_else(|| ControlError::invalid(format!("decision `{decision}`: {expected}")))?;
+        let by = field("decided_by")
+            .or_else(|| {
+                let metadata = message.metadata.as_ref()?;
+                match &metadata.fields.get("decided_by")?.kind {
+                    Some(prost_types::value::Kind::StringValue(by)) => Some(by.clone()),
+                    _ => None,
+                }
+            })
+            .unwrap_or_else(|| {
+                if message.context_id.is_empty() {
+                    "a2a client".to_owned()
+                } else {
+                    format!("a2a context {}", message.context_id)
+                }
+            });
+        let decision = DecisionBy {
+            decision,
+            by,
+            via: "a2a".into(),
+            note,
+        };
+        self.workflows
+            .approve_workflow(id, field("task"), decision)
+            .await?;
+        Ok(id)
     }
 
     async fn task(&self, id: WorkflowId) -> Result<a2a::Task, ControlError> {
@@ -233,7 +298,7 @@ fn status_filter(state: i32) -> Result<pb::WorkflowStatus, ControlError> {
     Ok(match a2a::TaskState::try_from(state) {
         Ok(a2a::TaskState::Unspecified) | Err(_) => pb::WorkflowStatus::Unspecified,
         Ok(a2a::TaskState::Submitted) => pb::WorkflowStatus::Pending,
-        Ok(a2a::TaskState::Working) => pb::WorkflowStatus::Running,
+        Ok(a2a::TaskState::Working | a2a::TaskState::InputRequired) => pb::WorkflowStatus::Running,
         Ok(a2a::TaskState::Completed) => pb::WorkflowStatus::Succeeded,
         Ok(a2a::TaskState::Failed) => pb::WorkflowStatus::Failed,
         Ok(a2a::TaskState::Canceled) => pb::WorkflowStatus::Cancelled,
@@ -262,7 +327,16 @@ fn text_message(task: &str, context: &str, text: String) -> a2a::Message {
 
 /// A workflow as an A2A task.
 fn task_of(workflow: &pb::Workflow) -> a2a::Task {
-    let state = state_of(workflow.status);
+    let awaiting = workflow
+        .tasks
+        .iter()
+        .find(|t| t.approval.as_ref().is_some_and(|a| a.pending));
+    let state = match awaiting {
+        Some(_) if workflow.status == pb::WorkflowStatus::Running as i32 => {
+            a2a::TaskState::InputRequired
+        }
+        _ => state_of(workflow.status),
+    };
     let context = workflow
         .labels
         .get(LABEL_CONTEXT)
@@ -276,6 +350,13 @@ fn task_of(workflow: &pb::Workflow) -> a2a::Task {
         .or_else(|| Some(workflow.error.clone()).filter(|e| !e.is_empty()));
     let message = match state {
         a2a::TaskState::Failed | a2a::TaskState::Canceled => failure,
+        a2a::TaskState::InputRequired => awaiting.map(|t| {
+            let approval = t.approval.clone().unwrap_or_default();
+            format!(
+                "task `{}` awaits approval: {} (default {} at the timeout). Reply to this task with a data part {{\"decision\": \"approve\" or \"reject\", \"note\": \"...\"}}.",
+                t.task_id, approval.prompt, approval.default_decision
+            )
+        }),
         a2a::TaskState::Working => workflow
             .tasks
             .iter()
@@ -411,7 +492,10 @@ impl a2a::a2a_service_server::A2aService for A2aService {
             .is_some_and(|c| c.return_immediately);
         if blocking {
             // Past the wait the task is answered as it is (WORKING), and goes on.
-            let _ = tokio::time::timeout(BLOCKING_WAIT, self.workflows.wait_ended(id)).await;
+            // It also answers when the task needs input (INPUT_REQUIRED), as A2A's
+            // interrupted states do.
+            let _ =
+                tokio::time::timeout(BLOCKING_WAIT, self.workflows.wait_ended_or_input(id)).await;
         }
         let task = self.task(id).await?;
         Ok(Response::new(a2a::SendMessageResponse {
@@ -466,6 +550,11 @@ impl a2a::a2a_service_server::A2aService for A2aService {
         let mut tasks = Vec::with_capacity(page.workflows.len());
         for summary in &page.workflows {
             let mut task = self.task(parse_id(&summary.workflow_id)?).await?;
+            // WORKING and INPUT_REQUIRED are both running workflows: keep the one asked.
+            let state = task.status.as_ref().map_or(0, |s| s.state);
+            if request.status != 0 && state != request.status {
+                continue;
+            }
             if !request.include_artifacts.unwrap_or(false) {
                 task.artifacts.clear();
             }

@@ -22,6 +22,8 @@ pub struct AgentHubService {
     catalog: Arc<Catalog>,
     config: RuntimeConfig,
     tools: super::tools::ToolsService,
+    /// Routes peer messages between the agents' sessions.
+    peers: Arc<crate::peers::PeerRouter>,
 }
 
 impl AgentHubService {
@@ -31,11 +33,16 @@ impl AgentHubService {
         config: RuntimeConfig,
         workflows: super::workflows::WorkflowsService,
     ) -> Self {
+        let peers = Arc::new(crate::peers::PeerRouter::new(
+            config.peers.clone(),
+            config.metrics.clone(),
+        ));
         Self {
             tools: super::tools::ToolsService::new(handle.clone(), workflows),
             handle,
             catalog,
             config,
+            peers,
         }
     }
 }
@@ -90,7 +97,8 @@ impl AgentHub for AgentHubService {
         let token = metadata(&request, SESSION_TOKEN_METADATA)?;
         let mut inbound = request.into_inner();
         let (sender, receiver) = tokio::sync::mpsc::channel(self.config.session_buffer);
-        let session = self
+        let peer_sender = sender.clone();
+        let (session, card) = self
             .handle
             .ask(|reply| Input::OpenSession {
                 agent: agent.clone(),
@@ -99,12 +107,17 @@ impl AgentHub for AgentHubService {
                 reply,
             })
             .await??;
+        let peers = self.peers.clone();
+        peers.connect(agent.clone(), session, peer_sender, &card);
         let handle = self.handle.clone();
         // Owned by the session: ends when the agent's stream ends.
         tokio::spawn(async move {
             while let Some(message) = inbound.next().await {
                 match message {
                     Ok(mut message) => {
+                        if !message.peer.is_empty() {
+                            peers.route(&agent, std::mem::take(&mut message.peer));
+                        }
                         let reports: Vec<_> = std::mem::take(&mut message.health)
                             .into_iter()
                             .map(convert::health_report_from_pb)
@@ -131,6 +144,7 @@ impl AgentHub for AgentHubService {
                     }
                 }
             }
+            peers.disconnect(&agent, session);
             let _ = handle.send(Input::CloseSession { agent, session }).await;
         });
         // Frames become protobuf here, on the session's task, not in the actor.

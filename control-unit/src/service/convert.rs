@@ -100,6 +100,36 @@ fn history(execution: &Execution, compensation: bool) -> Vec<pb::AttemptRecord> 
         .collect()
 }
 
+/// An approval task's question, timeout and default; pending while it waits.
+fn approval_to_pb(
+    view: &WorkflowView,
+    task: u32,
+    run: &Execution,
+    approval: &crate::spec::Approval,
+) -> pb::ApprovalState {
+    let pending = view.approvals.iter().find(|(t, _)| *t == task);
+    let prompt = match pending {
+        Some((_, pending)) => pending.prompt.clone(),
+        None => run
+            .output
+            .as_deref()
+            .and_then(|o| serde_json::from_str::<serde_json::Value>(o).ok())
+            .and_then(|o| o["prompt"].as_str().map(str::to_owned))
+            .unwrap_or_default(),
+    };
+    let timeout_at = match pending {
+        Some((_, pending)) => pending.timeout_at,
+        None if run.started_at > 0 => run.started_at + approval.timeout.as_millis() as u64,
+        None => 0,
+    };
+    pb::ApprovalState {
+        prompt,
+        pending: pending.is_some(),
+        timeout_at_ms: ms(timeout_at),
+        default_decision: approval.default.as_str().into(),
+    }
+}
+
 /// The full workflow, as `Get` returns it.
 pub fn workflow_to_pb(view: &WorkflowView) -> pb::Workflow {
     let workflow = &view.workflow;
@@ -145,6 +175,9 @@ pub fn workflow_to_pb(view: &WorkflowView) -> pb::Workflow {
                 history: task_history,
                 ready_at_ms: ms(run.ready_at),
                 attempt_started_at_ms: ms(run.attempt_started_at),
+                approval: compiled
+                    .approval()
+                    .map(|approval| approval_to_pb(view, compiled.index, run, approval)),
             }
         })
         .collect();
@@ -262,6 +295,7 @@ pub fn frame_to_pb(frame: Frame) -> pb::ControlMessage {
             .into_iter()
             .map(|(slot, attempt)| task_ref_to_pb(slot, attempt))
             .collect(),
+        peer: frame.peer,
     }
 }
 

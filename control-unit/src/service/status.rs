@@ -4,6 +4,7 @@
 use tonic::{Code, Status};
 
 use crate::error::ControlError;
+use crate::scheduler::approvals::ApprovalError;
 use crate::scheduler::{CancelError, SubmitError};
 use crate::store::StoreError;
 
@@ -32,6 +33,15 @@ impl From<ControlError> for Status {
                 }
                 StoreError::Corrupt(_) => Code::DataLoss,
                 StoreError::Unsupported(_) => Code::FailedPrecondition,
+            },
+            ControlError::Approval(approval) => match approval {
+                ApprovalError::WorkflowNotFound(_) | ApprovalError::NoSuchTask { .. } => {
+                    Code::NotFound
+                }
+                ApprovalError::NotAnApproval(_) => Code::InvalidArgument,
+                ApprovalError::NotPending { .. }
+                | ApprovalError::NonePending(_)
+                | ApprovalError::Ambiguous { .. } => Code::FailedPrecondition,
             },
             ControlError::Internal(_) => Code::Internal,
         };

@@ -17,9 +17,10 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use crate::catalog::Catalog;
 use crate::error::ControlError;
-use crate::model::WorkflowId;
+use crate::model::{Decision, WorkflowId, WorkflowStatus};
 use crate::runtime::{Handle, Input, Submission, now_ms};
 use crate::scheduler::NewWorkflow;
+use crate::scheduler::approvals::{ApprovalError, DecisionBy};
 use crate::spec::{SpecErrors, SpecLimits, compile};
 use crate::views::ListQuery;
 
@@ -61,6 +62,29 @@ impl WorkflowsService {
         }
     }
 
+    /// Returns when the workflow has ended or waits for a person (an approval): the
+    /// states where a blocking A2A `SendMessage` answers.
+    pub async fn wait_ended_or_input(&self, id: WorkflowId) {
+        use crate::views::EventBody;
+        let Ok(mut events) = self.events(id).await else {
+            return;
+        };
+        while let Some(event) = events.recv().await {
+            let waits_for_input = match &event.body {
+                EventBody::Snapshot(view) => !view.approvals.is_empty(),
+                EventBody::Task {
+                    status: crate::model::TaskStatus::Running,
+                    detail: Some(detail),
+                    ..
+                } => detail.starts_with(crate::scheduler::approvals::AWAITING),
+                _ => false,
+            };
+            if waits_for_input {
+                return;
+            }
+        }
+    }
+
     /// The workflow's events from now on (a snapshot first); the channel closes after its
     /// terminal event.
     pub async fn events(
@@ -84,6 +108,52 @@ impl WorkflowsService {
             .ask(|reply| Input::Cancel { id, reason, reply })
             .await??;
         Ok(())
+    }
+
+    /// A decision on an approval task (`task` `None`: the one the workflow waits for),
+    /// for the gRPC method and callers inside the control unit (A2A). A workflow no
+    /// longer in memory has ended: FAILED_PRECONDITION, not NOT_FOUND.
+    pub async fn approve_workflow(
+        &self,
+        id: WorkflowId,
+        task: Option<String>,
+        decision: DecisionBy,
+    ) -> Result<(String, WorkflowStatus), ControlError> {
+        if decision.by.trim().is_empty() {
+            return Err(ControlError::invalid(
+                "decided_by is required: who takes the decision",
+            ));
+        }
+        if decision.by.chars().count() > DECIDED_BY_MAX {
+            return Err(ControlError::invalid(format!(
+                "decided_by is longer than {DECIDED_BY_MAX} characters"
+            )));
+        }
+        if decision.note.chars().count() > NOTE_MAX {
+            return Err(ControlError::invalid(format!(
+                "note is longer than {NOTE_MAX} characters"
+            )));
+        }
+        let result = self
+            .handle
+            .ask(|reply| Input::Approve {
+                id,
+                task,
+                decision,
+                reply,
+            })
+            .await?;
+        match result {
+            Err(ControlError::Approval(ApprovalError::WorkflowNotFound(_)))
+                if self.catalog.stored_workflow(id).await?.is_some() =>
+            {
+                Err(ControlError::Approval(ApprovalError::NotPending {
+                    task: "(any)".into(),
+                    state: format!("workflow {id} has ended"),
+                }))
+            }
+            other => other,
+        }
     }
 
     /// `List`, as protobuf, for callers inside the control unit.
@@ -324,6 +394,37 @@ impl Workflows for WorkflowsService {
         Ok(Response::new(Box::pin(events)))
     }
 
+    async fn approve(
+        &self,
+        request: Request<pb::ApproveRequest>,
+    ) -> Result<Response<pb::ApproveResponse>, Status> {
+        let via = client_name(request.metadata());
+        let request = request.into_inner();
+        let id = parse_id(&request.workflow_id)?;
+        let decision = match pb::Decision::try_from(request.decision) {
+            Ok(pb::Decision::Approve) => Decision::Approve,
+            Ok(pb::Decision::Reject) => Decision::Reject,
+            _ => {
+                return Err(ControlError::invalid(
+                    "decision is required: DECISION_APPROVE or DECISION_REJECT",
+                )
+                .into());
+            }
+        };
+        let task = (!request.task_id.is_empty()).then_some(request.task_id);
+        let decision = DecisionBy {
+            decision,
+            by: request.decided_by,
+            via,
+            note: request.note,
+        };
+        let (task_id, status) = self.approve_workflow(id, task, decision).await?;
+        Ok(Response::new(pb::ApproveResponse {
+            task_id,
+            status: convert::workflow_status_to_pb(status).into(),
+        }))
+    }
+
     async fn validate(
         &self,
         request: Request<pb::ValidateRequest>,
@@ -360,4 +461,23 @@ impl Workflows for WorkflowsService {
             .collect();
         Ok(Response::new(response))
     }
+}
+
+/// Longest `decided_by` accepted.
+const DECIDED_BY_MAX: usize = 128;
+/// Longest approval note accepted.
+const NOTE_MAX: usize = 2_000;
+
+/// The client a call came through, from its `paygrid-client` metadata (`cli`, `mcp`),
+/// else `grpc`: recorded with a decision.
+fn client_name(metadata: &tonic::metadata::MetadataMap) -> String {
+    metadata
+        .get("paygrid-client")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 16
+                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+        .map_or_else(|| "grpc".to_owned(), str::to_ascii_lowercase)
 }
