@@ -378,3 +378,109 @@ async fn breaker_transitions_are_span_events() {
         ]
     );
 }
+
+/// Two agents in two execution units exchange a peer message inside one workflow: the
+/// reconciliation agent asks the ledger agent for what it expects (`ledger.expected`),
+/// through the control unit. The trace shows it: the reconciliation's handling → its
+/// `peer ask` → the control unit's `peer` span → the ledger's `handle peer`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_message_between_two_agents_is_in_the_workflows_trace() {
+    let receiver = Receiver::start().await;
+    let mut fleet = Fleet::start_with(&[], 0, Some(&receiver.url));
+    fleet.add_exec(
+        "exec-payments",
+        &["--agents", "gateway,risk,ledger,verify,notify"],
+    );
+    fleet.add_exec("exec-reconcile", &["--agents", "reconcile"]);
+    fleet
+        .wait_for_skills(&["gateway.authorize", "ledger.expected", "reconcile.gateway"])
+        .await;
+    let mut client = fleet.workflows().await;
+    let payment = submit(
+        &mut client,
+        &spec("card-payment"),
+        card("tok_visa"),
+        pb::Priority::Unspecified,
+    )
+    .await;
+    let paid = wait_terminal(&mut client, &payment).await;
+    assert_eq!(paid.status, pb::WorkflowStatus::Succeeded as i32);
+
+    let reconcile = "apiVersion: paygrid/v1\nkind: Workflow\nname: peer-reconcile\nversion: 1\ntasks:\n  - id: reconcile\n    skill: reconcile.gateway\n    with: { gateway: alpha }\n";
+    let mut request = tonic::Request::new(pb::SubmitRequest {
+        spec: Some(pb::submit_request::Spec::SpecText(reconcile.into())),
+        input_json: "{}".into(),
+        ..Default::default()
+    });
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01")
+            .parse()
+            .unwrap(),
+    );
+    let id = client
+        .submit(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .workflow_id;
+    let done = wait_terminal(&mut client, &id).await;
+    assert_eq!(
+        done.status,
+        pb::WorkflowStatus::Succeeded as i32,
+        "{done:#?}"
+    );
+    let output: serde_json::Value =
+        serde_json::from_str(&task(&done, "reconcile").output_json).unwrap();
+    assert_eq!(
+        output["expected"], 1,
+        "the ledger agent answered with the payment's capture: {output}"
+    );
+
+    let spans = receiver
+        .wait_until(Duration::from_secs(30), |spans| {
+            [
+                "handle reconcile.gateway",
+                "peer ask ledger.expected",
+                "peer ledger.expected",
+                "handle peer ledger.expected",
+            ]
+            .iter()
+            .all(|name| {
+                spans
+                    .iter()
+                    .any(|s| s.trace_id() == CALLER_TRACE && s.name() == *name)
+            })
+        })
+        .await;
+    let trace: Vec<Received> = spans
+        .into_iter()
+        .filter(|s| s.trace_id() == CALLER_TRACE)
+        .collect();
+    let handle = one(&trace, "handle reconcile.gateway");
+    assert_eq!(handle.service, "paygrid-exec");
+    let ask = one(&trace, "peer ask ledger.expected");
+    assert_eq!(ask.service, "paygrid-exec");
+    assert_eq!(ask.parent_id(), handle.span_id(), "asked while handling");
+    let routed = one(&trace, "peer ledger.expected");
+    assert_eq!(routed.service, "paygrid-control");
+    assert_eq!(routed.parent_id(), ask.span_id());
+    assert_eq!(
+        routed.attr("paygrid.workflow.id").as_deref(),
+        Some(id.as_str())
+    );
+    assert_eq!(routed.status_code(), 1, "answered");
+    let served = one(&trace, "handle peer ledger.expected");
+    assert_eq!(served.service, "paygrid-exec");
+    assert_eq!(served.parent_id(), routed.span_id());
+    assert_eq!(
+        served.attr("paygrid.peer.from"),
+        routed.attr("paygrid.peer.from"),
+        "the ledger sees who asked"
+    );
+    assert_ne!(
+        routed.attr("paygrid.peer.from"),
+        routed.attr("paygrid.peer.to"),
+        "between two agents"
+    );
+}

@@ -17,7 +17,6 @@ pub mod catalog;
 pub mod error;
 pub mod metric_names;
 pub mod model;
-pub mod peers;
 pub mod reconciliation;
 pub mod remediation;
 pub mod runtime;

@@ -147,8 +147,6 @@ pub struct Frame {
     pub assignments: Vec<Assignment>,
     /// (task, attempt)
     pub cancellations: Vec<(Slot, u32)>,
-    /// Peer messages for the agent, passed through as the router (`peers`) wrote them.
-    pub peer: Vec<paygrid_proto::v1::PeerMessage>,
 }
 
 /// The latest health report of one subject, from one reporting execution unit.

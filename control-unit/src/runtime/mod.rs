@@ -55,8 +55,6 @@ pub struct RuntimeConfig {
     pub watchers_per_workflow_max: usize,
     /// Frames buffered per agent session beyond its concurrency.
     pub session_buffer: usize,
-    /// Bounds of peer messaging between agents.
-    pub peers: crate::peers::PeerConfig,
     pub heartbeat_interval: Duration,
     /// Extra time the actor waits for more inputs before a group commit when the batch is
     /// not full (zero: commit as soon as the previous commit is done).
@@ -76,7 +74,6 @@ impl Default for RuntimeConfig {
             watch_buffer: 1_024,
             watchers_per_workflow_max: 64,
             session_buffer: 256,
-            peers: crate::peers::PeerConfig::default(),
             heartbeat_interval: Duration::from_secs(2),
             flush_interval: Duration::ZERO,
             metrics: paygrid_telemetry::metrics::Registry::new(),

@@ -23,7 +23,7 @@ pub struct AgentHubService {
     config: RuntimeConfig,
     tools: super::tools::ToolsService,
     /// Routes peer messages between the agents' sessions.
-    peers: Arc<crate::peers::PeerRouter>,
+    peers: Arc<super::peers::PeerRouter>,
 }
 
 impl AgentHubService {
@@ -33,8 +33,8 @@ impl AgentHubService {
         config: RuntimeConfig,
         workflows: super::workflows::WorkflowsService,
     ) -> Self {
-        let peers = Arc::new(crate::peers::PeerRouter::new(
-            config.peers.clone(),
+        let peers = Arc::new(super::peers::PeerRouter::new(
+            super::peers::PeerConfig::default(),
             config.metrics.clone(),
         ));
         Self {
@@ -97,7 +97,7 @@ impl AgentHub for AgentHubService {
         let token = metadata(&request, SESSION_TOKEN_METADATA)?;
         let mut inbound = request.into_inner();
         let (sender, receiver) = tokio::sync::mpsc::channel(self.config.session_buffer);
-        let peer_sender = sender.clone();
+        let (peer_sender, peer_receiver) = tokio::sync::mpsc::channel(self.peers.session_buffer());
         let (session, card) = self
             .handle
             .ask(|reply| Input::OpenSession {
@@ -148,9 +148,22 @@ impl AgentHub for AgentHubService {
             let _ = handle.send(Input::CloseSession { agent, session }).await;
         });
         // Frames become protobuf here, on the session's task, not in the actor.
+        // The actor's frames, then an end mark: the session ends when the actor ends it.
         let frames = ReceiverStream::new(receiver)
-            .map(|frame| frame.map(convert::frame_to_pb).map_err(Status::from));
-        Ok(Response::new(Box::pin(frames)))
+            .map(|frame| Some(frame.map(convert::frame_to_pb).map_err(Status::from)))
+            .chain(tokio_stream::once(None));
+        // Peer messages, routed at the edge, join the same stream.
+        let peer = ReceiverStream::new(peer_receiver).map(|message| {
+            Some(Ok(pb::ControlMessage {
+                peer: vec![message],
+                ..Default::default()
+            }))
+        });
+        let merged = frames
+            .merge(peer)
+            .take_while(Option::is_some)
+            .filter_map(|message| message);
+        Ok(Response::new(Box::pin(merged)))
     }
 
     async fn health(

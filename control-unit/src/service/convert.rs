@@ -295,7 +295,7 @@ pub fn frame_to_pb(frame: Frame) -> pb::ControlMessage {
             .into_iter()
             .map(|(slot, attempt)| task_ref_to_pb(slot, attempt))
             .collect(),
-        peer: frame.peer,
+        peer: Vec::new(),
     }
 }
 

@@ -5,12 +5,14 @@
 //! - `status`: every `ControlError` as a gRPC status, the one place codes are chosen.
 //! - `workflows`: Submit, Get, List, Cancel, Watch, Validate.
 //! - `agents`: Register, Session, ListAgents, Health, DrainGateway.
+//! - `peers`: peer messages between agents, routed over their sessions.
 //! - `tools`: ListTools, CallTool (behind `AgentHub`).
 //! - `a2a`: the A2A v1.0 gRPC binding and agent card over workflows and tools.
 
 pub mod a2a;
 pub mod agents;
 pub mod convert;
+pub mod peers;
 mod status;
 pub mod tools;
 pub mod workflows;

@@ -3,10 +3,10 @@
 //! the two agents' sessions. The control unit is the only route: agents never dial each
 //! other, so a peer is reachable only while it holds a session here.
 //!
-//! The router is its own owner, beside the actor (which schedules tasks and never sees a
-//! peer message): the session tasks hand it frames, and it writes to the target's
-//! session with `try_send`, so a slow or full peer gets a refusal, never a stalled
-//! sender. Everything it holds is bounded: the message size, each agent's rate (a token
+//! The router is its own owner at the gRPC edge, beside the actor (which schedules tasks
+//! and never sees a peer message): the session tasks hand it what agents send, and it
+//! writes to the target's session (a bounded channel merged into its response stream)
+//! with `try_send`, so a slow or full peer gets a refusal, never a stalled sender. Everything it holds is bounded: the message size, each agent's rate (a token
 //! bucket), and the requests awaiting an answer (each with a deadline).
 //!
 //! Only read-only skills may be asked for: an effect (a booking, a capture) goes through
@@ -26,8 +26,9 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::metric_names;
 use crate::model::{AgentCard, AgentId, SkillEffect};
-use crate::runtime::SessionSender;
-use crate::views::Frame;
+
+/// Where the router writes an agent's peer messages (merged into its session stream).
+pub type PeerSender = tokio::sync::mpsc::Sender<pb::PeerMessage>;
 
 /// Bounds of peer messaging.
 #[derive(Debug, Clone)]
@@ -40,6 +41,8 @@ pub struct PeerConfig {
     pub burst: f64,
     /// Requests awaiting an answer, over all agents.
     pub pending_max: usize,
+    /// Peer messages queued for one agent's session.
+    pub session_buffer: usize,
     /// The longest an answer is awaited, whatever the request's deadline says.
     pub timeout_max: Duration,
 }
@@ -51,6 +54,7 @@ impl Default for PeerConfig {
             rate_per_s: 200.0,
             burst: 400.0,
             pending_max: 10_000,
+            session_buffer: 64,
             timeout_max: Duration::from_secs(60),
         }
     }
@@ -82,7 +86,7 @@ impl Bucket {
 
 struct Endpoint {
     session: u64,
-    sender: SessionSender,
+    sender: PeerSender,
     /// Skills and whether a peer may ask for them (read-only).
     skills: Vec<(String, SkillEffect)>,
     bucket: Bucket,
@@ -98,16 +102,10 @@ impl Endpoint {
 
     /// Hands one message to the agent's session, without waiting.
     fn deliver(&self, message: pb::PeerMessage) -> Result<(), &'static str> {
-        let frame = Frame {
-            peer: vec![message],
-            ..Frame::default()
-        };
-        self.sender
-            .try_send(Ok(frame))
-            .map_err(|error| match error {
-                tokio::sync::mpsc::error::TrySendError::Full(_) => "its session is full",
-                tokio::sync::mpsc::error::TrySendError::Closed(_) => "its session closed",
-            })
+        self.sender.try_send(message).map_err(|error| match error {
+            tokio::sync::mpsc::error::TrySendError::Full(_) => "its session is full",
+            tokio::sync::mpsc::error::TrySendError::Closed(_) => "its session closed",
+        })
     }
 }
 
@@ -144,6 +142,11 @@ pub struct PeerRouter {
 }
 
 impl PeerRouter {
+    /// Peer messages queued for one agent's session, at most.
+    pub fn session_buffer(&self) -> usize {
+        self.config.session_buffer
+    }
+
     pub fn new(config: PeerConfig, metrics: Arc<Registry>) -> Self {
         Self {
             inner: Mutex::new(Inner::default()),
@@ -157,7 +160,7 @@ impl PeerRouter {
     }
 
     /// An agent opened its session (`session` numbers it): it may send and be asked.
-    pub fn connect(&self, agent: AgentId, session: u64, sender: SessionSender, card: &AgentCard) {
+    pub fn connect(&self, agent: AgentId, session: u64, sender: PeerSender, card: &AgentCard) {
         let endpoint = Endpoint {
             session,
             sender,
@@ -494,4 +497,168 @@ fn request_span(from: &AgentId, to: &AgentId, message: &pb::PeerMessage) -> trac
         span.set_attribute(semconv::WORKFLOW_ID, message.context_id.clone());
     }
     span
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{AgentRole, SkillCard};
+    use tokio::sync::mpsc;
+
+    type Inbox = mpsc::Receiver<pb::PeerMessage>;
+
+    fn card(skills: &[(&str, SkillEffect)]) -> AgentCard {
+        AgentCard {
+            name: "test".into(),
+            role: AgentRole::Service,
+            version: "1".into(),
+            skills: skills
+                .iter()
+                .map(|(name, effect)| SkillCard {
+                    name: (*name).into(),
+                    description: String::new(),
+                    input_schema: "{}".into(),
+                    output_schema: "{}".into(),
+                    effect: *effect,
+                })
+                .collect(),
+            max_concurrency: 4,
+            labels: Default::default(),
+        }
+    }
+
+    fn join(router: &PeerRouter, name: &str, skills: &[(&str, SkillEffect)]) -> (AgentId, Inbox) {
+        let (sender, inbox) = mpsc::channel(8);
+        let id = AgentId(name.into());
+        router.connect(id.clone(), 1, sender, &card(skills));
+        (id, inbox)
+    }
+
+    fn next(inbox: &mut Inbox) -> pb::PeerMessage {
+        inbox.try_recv().expect("a peer message")
+    }
+
+    fn ask(id: &str, skill: &str) -> pb::PeerMessage {
+        pb::PeerMessage {
+            message_id: id.into(),
+            skill: skill.into(),
+            data_json: br#"{"gateway":"alpha"}"#.to_vec().into(),
+            context_id: "wf-1".into(),
+            ..Default::default()
+        }
+    }
+
+    fn router(config: PeerConfig) -> PeerRouter {
+        PeerRouter::new(config, Registry::new())
+    }
+
+    const LEDGER: &[(&str, SkillEffect)] = &[
+        ("ledger.expected", SkillEffect::ReadOnly),
+        ("ledger.post", SkillEffect::State),
+    ];
+
+    #[test]
+    fn a_request_goes_to_the_peer_and_its_answer_back_under_the_askers_id() {
+        let router = router(PeerConfig::default());
+        let (reconcile, mut asker) = join(&router, "reconcile", LEDGER);
+        let (ledger, mut peer) = join(&router, "ledger", LEDGER);
+        router.route(&reconcile, vec![ask("r-1", "ledger.expected")]);
+        let request = next(&mut peer);
+        assert_eq!(request.from_agent, "reconcile", "never back to the sender");
+        assert_eq!(request.to_agent, "ledger");
+        assert_ne!(request.message_id, "r-1", "the router's own id");
+        assert_eq!(&request.data_json[..], br#"{"gateway":"alpha"}"#);
+        assert_eq!(router.pending(), 1);
+        // Only the peer it went to may answer it.
+        let forged = pb::PeerMessage {
+            in_reply_to: request.message_id.clone(),
+            data_json: b"{}".to_vec().into(),
+            ..Default::default()
+        };
+        router.route(&reconcile, vec![forged]);
+        assert!(asker.try_recv().is_err());
+        let answer = pb::PeerMessage {
+            message_id: "a-1".into(),
+            in_reply_to: request.message_id,
+            data_json: br#"{"entries":[]}"#.to_vec().into(),
+            ..Default::default()
+        };
+        router.route(&ledger, vec![answer]);
+        let answered = next(&mut asker);
+        assert_eq!(answered.in_reply_to, "r-1");
+        assert_eq!(answered.from_agent, "ledger");
+        assert_eq!(&answered.data_json[..], br#"{"entries":[]}"#);
+        assert!(answered.error.is_empty());
+        assert_eq!(router.pending(), 0);
+    }
+
+    #[test]
+    fn what_cannot_be_delivered_is_refused_to_the_sender_naming_why() {
+        let config = PeerConfig {
+            message_bytes_max: 64,
+            ..PeerConfig::default()
+        };
+        let router = router(config);
+        let (reconcile, mut asker) = join(&router, "reconcile", &[]);
+        let (_ledger, mut peer) = join(&router, "ledger", LEDGER);
+        let refusal = |router: &PeerRouter, message: pb::PeerMessage, asker: &mut Inbox| {
+            router.route(&reconcile, vec![message]);
+            let refused = next(asker);
+            assert_eq!(refused.from_agent, CONTROL);
+            refused.error
+        };
+        let error = refusal(&router, ask("r-1", "nobody.offers"), &mut asker);
+        assert_eq!(error, "no connected peer offers skill nobody.offers");
+        let error = refusal(&router, ask("r-2", "ledger.post"), &mut asker);
+        assert!(error.contains("changes state"), "{error}");
+        let mut large = ask("r-3", "ledger.expected");
+        large.data_json = vec![b' '; 65].into();
+        let error = refusal(&router, large, &mut asker);
+        assert_eq!(error, "data_json is 65 bytes; the limit is 64");
+        let mut pinned = ask("r-4", "ledger.expected");
+        pinned.to_agent = "elsewhere".into();
+        let error = refusal(&router, pinned, &mut asker);
+        assert_eq!(error, "agent elsewhere is not connected");
+        assert!(peer.try_recv().is_err(), "nothing reached the peer");
+        assert_eq!(router.pending(), 0);
+    }
+
+    #[test]
+    fn each_agent_is_held_to_its_rate() {
+        let config = PeerConfig {
+            rate_per_s: 0.001,
+            burst: 3.0,
+            ..PeerConfig::default()
+        };
+        let router = router(config);
+        let (reconcile, mut asker) = join(&router, "reconcile", &[]);
+        let (_ledger, mut peer) = join(&router, "ledger", LEDGER);
+        let burst: Vec<_> = (0..5)
+            .map(|n| ask(&format!("r-{n}"), "ledger.expected"))
+            .collect();
+        router.route(&reconcile, burst);
+        let delivered = std::iter::from_fn(|| peer.try_recv().ok()).count();
+        assert_eq!(delivered, 3, "the burst");
+        let refused: Vec<String> = std::iter::from_fn(|| asker.try_recv().ok())
+            .map(|m| m.error)
+            .collect();
+        assert_eq!(refused.len(), 2);
+        assert!(refused[0].starts_with("rate limit"), "{refused:?}");
+    }
+
+    #[test]
+    fn a_peer_that_leaves_fails_what_it_was_asked() {
+        let router = router(PeerConfig::default());
+        let (reconcile, mut asker) = join(&router, "reconcile", &[]);
+        let (ledger, mut peer) = join(&router, "ledger", LEDGER);
+        router.route(&reconcile, vec![ask("r-1", "ledger.expected")]);
+        let _ = next(&mut peer);
+        router.disconnect(&ledger, 2);
+        assert_eq!(router.pending(), 1, "another session's end changes nothing");
+        router.disconnect(&ledger, 1);
+        let failed = next(&mut asker);
+        assert_eq!(failed.in_reply_to, "r-1");
+        assert_eq!(failed.error, "peer ledger disconnected before answering");
+        assert_eq!(router.pending(), 0);
+    }
 }
