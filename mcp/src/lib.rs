@@ -38,6 +38,8 @@ use tonic::transport::{Channel, Endpoint};
 
 /// The URI scheme of workflow resources.
 const WORKFLOW_URI: &str = "paygrid://workflows/";
+/// The URI scheme of spec resources (`paygrid://specs/NAME@VERSION`).
+const SPEC_URI: &str = "paygrid://specs/";
 
 /// The MCP server: a client of one control unit.
 #[derive(Clone)]
@@ -586,6 +588,31 @@ impl ServerHandler for PaygridMcp {
         _context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
         let cursor = request.and_then(|r| r.cursor).unwrap_or_default();
+        // The specs come first, on the first page; the workflows page after them.
+        let mut resources: Vec<Resource> = Vec::new();
+        if cursor.is_empty() {
+            let specs = self
+                .workflows
+                .clone()
+                .list_specs(pb::ListSpecsRequest {})
+                .await
+                .map_err(|s| {
+                    ErrorData::internal_error(format!("control unit: {}", s.message()), None)
+                })?
+                .into_inner()
+                .specs;
+            resources.extend(specs.iter().map(|spec| {
+                let reference = format!("{}@{}", spec.name, spec.version);
+                let description = if spec.description.is_empty() {
+                    "workflow spec".to_owned()
+                } else {
+                    spec.description.clone()
+                };
+                Resource::new(format!("{SPEC_URI}{reference}"), reference)
+                    .with_description(description)
+                    .with_mime_type("application/yaml")
+            }));
+        }
         let page = self
             .workflows
             .clone()
@@ -597,18 +624,14 @@ impl ServerHandler for PaygridMcp {
             .await
             .map_err(|s| ErrorData::internal_error(format!("control unit: {}", s.message()), None))?
             .into_inner();
-        let resources: Vec<Resource> = page
-            .workflows
-            .iter()
-            .map(|w| {
-                Resource::new(
-                    format!("{WORKFLOW_URI}{}", w.workflow_id),
-                    format!("{}@{} {}", w.name, w.version, w.workflow_id),
-                )
-                .with_description(format!("workflow {}", convert::workflow_status(w.status)))
-                .with_mime_type("application/json")
-            })
-            .collect();
+        resources.extend(page.workflows.iter().map(|w| {
+            Resource::new(
+                format!("{WORKFLOW_URI}{}", w.workflow_id),
+                format!("{}@{} {}", w.name, w.version, w.workflow_id),
+            )
+            .with_description(format!("workflow {}", convert::workflow_status(w.status)))
+            .with_mime_type("application/json")
+        }));
         let mut result = ListResourcesResult::with_all_items(resources);
         if !page.next_page_token.is_empty() {
             result.next_cursor = Some(page.next_page_token);
@@ -625,6 +648,9 @@ impl ServerHandler for PaygridMcp {
             ResourceTemplate::new(format!("{WORKFLOW_URI}{{id}}"), "workflow")
                 .with_description("A workflow: status, tasks, outputs, errors (card data masked)")
                 .with_mime_type("application/json"),
+            ResourceTemplate::new(format!("{SPEC_URI}{{name}}@{{version}}"), "spec")
+                .with_description("A workflow spec submitted before, as its YAML text")
+                .with_mime_type("application/yaml"),
         ]))
     }
 
@@ -633,10 +659,36 @@ impl ServerHandler for PaygridMcp {
         request: ReadResourceRequestParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
+        let not_found = |s: tonic::Status| match s.code() {
+            tonic::Code::NotFound | tonic::Code::InvalidArgument => {
+                ErrorData::resource_not_found(s.message().to_owned(), None)
+            }
+            _ => ErrorData::internal_error(format!("control unit: {}", s.message()), None),
+        };
+        if let Some(reference) = request.uri.strip_prefix(SPEC_URI) {
+            let spec = self
+                .workflows
+                .clone()
+                .get_spec(pb::GetSpecRequest {
+                    spec_ref: reference.to_owned(),
+                })
+                .await
+                .map_err(not_found)?
+                .into_inner();
+            return Ok(
+                ReadResourceResult::new(vec![ResourceContents::TextResourceContents {
+                    uri: request.uri.clone(),
+                    mime_type: Some("application/yaml".into()),
+                    text: spec.text,
+                    meta: None,
+                }])
+                .into(),
+            );
+        }
         let Some(id) = request.uri.strip_prefix(WORKFLOW_URI) else {
             return Err(ErrorData::resource_not_found(
                 format!(
-                    "`{}` is not a Paygrid resource (paygrid://workflows/ID)",
+                    "`{}` is not a Paygrid resource (paygrid://workflows/ID or paygrid://specs/NAME@VERSION)",
                     request.uri
                 ),
                 None,
@@ -649,12 +701,7 @@ impl ServerHandler for PaygridMcp {
                 workflow_id: id.to_owned(),
             })
             .await
-            .map_err(|s| match s.code() {
-                tonic::Code::NotFound | tonic::Code::InvalidArgument => {
-                    ErrorData::resource_not_found(s.message().to_owned(), None)
-                }
-                _ => ErrorData::internal_error(format!("control unit: {}", s.message()), None),
-            })?
+            .map_err(not_found)?
             .into_inner();
         let text = serde_json::to_string_pretty(&convert::workflow(&workflow)).unwrap_or_default();
         Ok(

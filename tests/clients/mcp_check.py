@@ -68,6 +68,14 @@ async def run(server):
         templates = (await client.list_resource_templates()).resource_templates
         check(any(t.uri_template == "paygrid://workflows/{id}" for t in templates),
               "the workflow resource template is listed")
+        check(any(t.uri_template.startswith("paygrid://specs/") for t in templates),
+              "the spec resource template is listed")
+        listed = [str(r.uri) for r in (await client.list_resources()).resources]
+        check("paygrid://specs/card-payment@3" in listed, f"the submitted spec is a resource: {listed[:5]}")
+        spec_text = (await client.read_resource("paygrid://specs/card-payment@3")).contents[0].text
+        check("name: card-payment" in spec_text and "approval:" in spec_text,
+              f"the spec reads as its text: {spec_text[:80]}")
+        seen["spec_resource"] = "paygrid://specs/card-payment@3"
 
         got = await client.call_tool("get_workflow", {"workflow_id": workflow_id})
         check(not got.is_error and got.structured_content["status"] == "succeeded",

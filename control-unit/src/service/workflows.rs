@@ -394,6 +394,47 @@ impl Workflows for WorkflowsService {
         Ok(Response::new(Box::pin(events)))
     }
 
+    async fn get_spec(
+        &self,
+        request: Request<pb::GetSpecRequest>,
+    ) -> Result<Response<pb::SpecInfo>, Status> {
+        let reference = request.into_inner().spec_ref;
+        let spec = self.catalog.by_ref(&reference).await?;
+        Ok(Response::new(pb::SpecInfo {
+            name: spec.name.clone(),
+            version: spec.version,
+            hash: spec.hash.clone(),
+            description: spec.description.clone().unwrap_or_default(),
+            text: redact_text(&spec.text),
+        }))
+    }
+
+    async fn list_specs(
+        &self,
+        _request: Request<pb::ListSpecsRequest>,
+    ) -> Result<Response<pb::ListSpecsResponse>, Status> {
+        let specs = self
+            .catalog
+            .known_specs()
+            .into_iter()
+            .filter_map(|(reference, description)| {
+                let (name, version) = reference.rsplit_once('@')?;
+                Some(pb::SpecInfo {
+                    name: name.to_owned(),
+                    version: version.parse().ok()?,
+                    description: description.unwrap_or_default(),
+                    hash: self
+                        .catalog
+                        .cached(&reference)
+                        .map(|s| s.hash.clone())
+                        .unwrap_or_default(),
+                    text: String::new(),
+                })
+            })
+            .collect();
+        Ok(Response::new(pb::ListSpecsResponse { specs }))
+    }
+
     async fn approve(
         &self,
         request: Request<pb::ApproveRequest>,
