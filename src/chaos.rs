@@ -31,13 +31,15 @@ async fn succeeds(client: &mut WorkflowsClient<Channel>, id: &str) -> anyhow::Re
 /// and trial payments close the breaker. Prints each step; true when every payment
 /// succeeded and the remediation finished.
 pub async fn chaos(endpoint: &str, alpha: &str) -> anyhow::Result<bool> {
+    // A card per payment: the risk agent reviews a card used more than 20 times a minute.
+    static CARDS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let channel = connect(endpoint).await?;
     let mut client = WorkflowsClient::new(channel.clone());
     let mut hub = AgentHubClient::new(channel);
     let pay = async |client: &mut WorkflowsClient<_>, n: u32| -> anyhow::Result<u32> {
         let mut ids = Vec::new();
         for i in 0..n {
-            let input = serde_json::json!({"amount_minor": 2000 + i64::from(i), "currency": "EUR", "card_token": format!("tok_chaos_{i}")});
+            let input = serde_json::json!({"amount_minor": 2000 + i64::from(i), "currency": "EUR", "card_token": format!("tok_chaos_{}", CARDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed))});
             let request = pb::SubmitRequest {
                 spec: Some(pb::submit_request::Spec::SpecText(CARD_PAYMENT.to_owned())),
                 input_json: input.to_string(),

@@ -450,6 +450,8 @@ async fn health_shows_a_failing_gateway() {
 /// transitions are in `paygrid health --json` and in the metrics.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_gateway_opens_its_breaker_and_payments_go_to_the_fallback() {
+    // A card per payment: the risk agent reviews a card used more than 20 times a minute.
+    static CARDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let dir = TempDir::new("breaker");
     let control_metrics = free_addr();
     let gateway = |name: &str, cost: &str| {
@@ -527,7 +529,8 @@ async fn a_failing_gateway_opens_its_breaker_and_payments_go_to_the_fallback() {
     let pay = async |client: &mut pb::workflows_client::WorkflowsClient<_>, n: usize| {
         let mut ids = Vec::new();
         for i in 0..n {
-            let input = json!({"amount_minor": 1000 + i, "currency": "EUR", "card_token": format!("tok_visa_{i}")});
+            let card = CARDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let input = json!({"amount_minor": 1000 + i, "currency": "EUR", "card_token": format!("tok_visa_{card}")});
             ids.push(
                 submit(
                     client,
