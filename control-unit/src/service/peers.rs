@@ -559,7 +559,8 @@ mod tests {
 
     #[test]
     fn a_request_goes_to_the_peer_and_its_answer_back_under_the_askers_id() {
-        let router = router(PeerConfig::default());
+        let metrics = Registry::new();
+        let router = PeerRouter::new(PeerConfig::default(), metrics.clone());
         let (reconcile, mut asker) = join(&router, "reconcile", LEDGER);
         let (ledger, mut peer) = join(&router, "ledger", LEDGER);
         router.route(&reconcile, vec![ask("r-1", "ledger.expected")]);
@@ -590,6 +591,15 @@ mod tests {
         assert_eq!(&answered.data_json[..], br#"{"entries":[]}"#);
         assert!(answered.error.is_empty());
         assert_eq!(router.pending(), 0);
+        let rendered = metrics.render();
+        for line in [
+            "paygrid_peer_messages_total{kind=\"request\",outcome=\"delivered\",reason=\"\"} 1",
+            "paygrid_peer_messages_total{kind=\"answer\",outcome=\"delivered\",reason=\"\"} 1",
+            "paygrid_peer_messages_total{kind=\"answer\",outcome=\"refused\",reason=\"unexpected\"} 1",
+            "paygrid_peer_round_trip_seconds_count{skill=\"ledger.expected\",outcome=\"ok\"} 1",
+        ] {
+            assert!(rendered.contains(line), "{line} in\n{rendered}");
+        }
     }
 
     #[test]
