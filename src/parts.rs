@@ -38,6 +38,9 @@ pub struct ControlArgs {
     /// Remediation rules (YAML; docs/remediation.md). Default: the shipped rules.
     #[arg(long)]
     pub remediation_rules: Option<std::path::PathBuf>,
+    /// Concurrency and rate limits per skill, gateway and key (YAML; docs/limits.md).
+    #[arg(long)]
+    pub limits: Option<std::path::PathBuf>,
 }
 
 /// Circuit breakers per gateway (docs/breakers.md).
@@ -352,6 +355,14 @@ pub async fn control(args: ControlArgs) -> anyhow::Result<u8> {
         })?;
         config.runtime.remediation = paygrid_control_unit::remediation::Rules::parse(&text)
             .map_err(|e| crate::operator::UsageError(format!("{}: {e}", path.display())))?;
+    }
+    if let Some(path) = &args.limits {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            crate::operator::UsageError(format!("cannot read {}: {e}", path.display()))
+        })?;
+        config.runtime.scheduler.limits =
+            paygrid_control_unit::scheduler::limits::LimitRules::parse(&text)
+                .map_err(|e| crate::operator::UsageError(format!("{}: {e}", path.display())))?;
     }
     announce("control", addr);
     if let Some(http_addr) = args.http {

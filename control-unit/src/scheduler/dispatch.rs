@@ -39,6 +39,9 @@ impl Scope for WorkflowScope<'_> {
     fn workflow_name(&self) -> String {
         self.0.spec.name.clone()
     }
+    fn label(&self, name: &str) -> Option<String> {
+        self.0.labels.get(name).cloned()
+    }
 }
 
 impl Scheduler {
@@ -55,8 +58,12 @@ impl Scheduler {
                 continue;
             }
             match self.choose_agent(skill, entry.slot) {
-                Ok(Some(agent)) => self.assign(skill, agent, entry, out),
-                Ok(None) => parked.push((class, entry)),
+                Ok(Choice::Agent(agent)) => self.assign(skill, agent, entry, out),
+                Ok(Choice::Busy) => parked.push((class, entry)),
+                Ok(Choice::Limited(retry_at)) => {
+                    self.limits.held_back(skill, retry_at);
+                    parked.push((class, entry));
+                }
                 Err(error) => self.fail_task(entry.slot, error, out),
             }
         }
@@ -151,14 +158,49 @@ impl Scheduler {
         Ok((admitted, policy, ignore_breaker))
     }
 
-    /// The agent a slot should go to now; `Ok(None)` when every eligible agent is busy,
-    /// or its gateway's breaker is open.
-    fn choose_agent(&self, skill: &Arc<str>, slot: Slot) -> Result<Option<AgentId>, String> {
+    /// The agent a slot should go to now; `Busy` when every eligible agent is busy, or
+    /// its gateway's breaker is open; `Limited` when a limit holds it back (every
+    /// eligible agent's gateway, or the task itself).
+    fn choose_agent(&self, skill: &Arc<str>, slot: Slot) -> Result<Choice, String> {
         let (admitted, policy, ignore_breaker) = self.route_agents(skill, slot)?;
         let now = self.now;
-        let candidates = admitted
+        let mut limited: Option<Option<Millis>> = None;
+        let scope = WorkflowScope(&self.workflows[&slot.workflow]);
+        if !self.limits.is_empty()
+            && let Err(held) = self.limits.check(now, skill, None, &scope)
+        {
+            return Ok(Choice::Limited(held.retry_at));
+        }
+        let mut hold = |retry_at: Option<Millis>| {
+            let earliest = match (limited.flatten(), retry_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            limited = Some(earliest);
+        };
+        let candidates: Vec<&AgentSlot> = admitted
             .into_iter()
             .filter(|agent| agent.credits > 0 && !agent.draining)
+            // A gateway at its limit takes no more: routed work overflows to another.
+            .filter(|agent| {
+                let gateway = agent.labels.get("gateway");
+                if self.limits.is_empty() || gateway.is_none() {
+                    return true;
+                }
+                match self
+                    .limits
+                    .check(now, skill, gateway.map(String::as_str), &scope)
+                {
+                    Ok(()) => true,
+                    Err(held) => {
+                        hold(held.retry_at);
+                        false
+                    }
+                }
+            })
+            .collect();
+        let candidates = candidates
+            .into_iter()
             // An open breaker takes its gateway out at once; half-open, a few trials.
             .filter(|agent| {
                 ignore_breaker
@@ -186,7 +228,11 @@ impl Scheduler {
                     .min_by_key(|a| (a.cost_bps, Reverse(a.credits), a.id.clone()))
             }
         };
-        Ok(chosen.map(|a| a.id.clone()))
+        Ok(match (chosen, limited) {
+            (Some(agent), _) => Choice::Agent(agent.id.clone()),
+            (None, Some(retry_at)) => Choice::Limited(retry_at),
+            (None, None) => Choice::Busy,
+        })
     }
 
     /// Why a ready task has not been dispatched, for status output: no agent its route
@@ -214,6 +260,27 @@ impl Scheduler {
         };
         if admitted.is_empty() {
             return format!("no connected agent offers skill {skill}");
+        }
+        if !self.limits.is_empty() {
+            let scope = WorkflowScope(&self.workflows[&slot.workflow]);
+            if let Err(held) = self.limits.check(self.now, skill, None, &scope) {
+                return held.reason;
+            }
+            let held: Vec<String> = admitted
+                .iter()
+                .filter_map(|a| {
+                    let gateway = a.labels.get("gateway")?;
+                    self.limits
+                        .check(self.now, skill, Some(gateway), &scope)
+                        .err()
+                })
+                .map(|held| held.reason)
+                .collect();
+            if held.len() == admitted.len()
+                && let Some(first) = held.into_iter().next()
+            {
+                return first;
+            }
         }
         let mut open: Vec<&str> = admitted
             .iter()
@@ -268,6 +335,16 @@ impl Scheduler {
         else {
             return;
         };
+        if !self.limits.is_empty() {
+            let gateway = self
+                .agents
+                .get(&agent)
+                .and_then(|a| a.labels.get("gateway"))
+                .map(String::as_str);
+            let scope = WorkflowScope(&self.workflows[&slot.workflow]);
+            self.limits
+                .acquire(now, slot, attempt, skill, gateway, &scope);
+        }
         record(
             out,
             slot.workflow,
@@ -394,6 +471,15 @@ impl Scheduler {
         }));
         Some(opened)
     }
+}
+
+/// Where a ready task goes now.
+enum Choice {
+    Agent(AgentId),
+    /// Every eligible agent is busy (or its gateway's breaker is open).
+    Busy,
+    /// A limit holds it back; a rate limit says when it lets the next one through.
+    Limited(Option<Millis>),
 }
 
 /// An assignment's content, prepared before its attempt opens.

@@ -176,6 +176,7 @@ impl Scheduler {
             Outcome::Cancelled | Outcome::Refused => None,
         };
         self.breaker_record(agent, (slot, attempt), failed, latency_ms, out);
+        self.limits_release(slot, attempt);
         let Some(workflow) = self.workflows.get_mut(&slot.workflow) else {
             return;
         };
@@ -320,6 +321,7 @@ impl Scheduler {
             let failed = (outcome == AttemptOutcome::Timeout).then_some(true);
             self.breaker_record(agent, (slot, attempt), failed, latency_ms, out);
         }
+        self.limits_release(slot, attempt);
         self.retry_or_fail(slot, error, out);
     }
 

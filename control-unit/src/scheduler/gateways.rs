@@ -116,6 +116,16 @@ impl Scheduler {
         }
     }
 
+    /// An attempt ended, however: the limits' places it held free.
+    pub(super) fn limits_release(&mut self, slot: super::Slot, attempt: u32) {
+        if self.limits.is_empty() {
+            return;
+        }
+        for skill in self.limits.release(slot, attempt) {
+            self.mark_dirty(&skill);
+        }
+    }
+
     /// Looks again at the tasks the gateway's agents offer.
     pub(super) fn mark_gateway_dirty(&mut self, gateway: &str) {
         let skills: Vec<Arc<str>> = self

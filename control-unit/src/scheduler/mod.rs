@@ -15,6 +15,7 @@ mod compensation;
 mod dispatch;
 mod flow;
 mod gateways;
+pub mod limits;
 pub mod restore;
 pub mod state;
 mod waits;
@@ -63,6 +64,8 @@ pub struct SchedulerConfig {
     /// The delay before the first lookup, doubled per lookup up to `settle_backoff_max`.
     pub settle_backoff_initial: Duration,
     pub settle_backoff_max: Duration,
+    /// Concurrency and rate limits per skill, gateway and key.
+    pub limits: limits::LimitRules,
 }
 
 impl Default for SchedulerConfig {
@@ -84,6 +87,7 @@ impl Default for SchedulerConfig {
             settle_lookups_max: 10,
             settle_backoff_initial: Duration::from_secs(1),
             settle_backoff_max: Duration::from_secs(30),
+            limits: limits::LimitRules::default(),
         }
     }
 }
@@ -332,6 +336,8 @@ pub struct Scheduler {
     breakers: breaker::Breakers,
     waits: waits::Waits,
     approvals: approvals::Approvals,
+    /// Concurrency and rate limits (see `limits`).
+    limits: limits::Limits,
     timers: BinaryHeap<Reverse<Timer>>,
     now: Millis,
 }
@@ -339,6 +345,7 @@ pub struct Scheduler {
 impl Scheduler {
     pub fn new(config: SchedulerConfig) -> Self {
         let breakers = breaker::Breakers::new(config.breaker);
+        let limits = limits::Limits::new(config.limits.clone());
         Self {
             config,
             workflows: BTreeMap::new(),
@@ -350,6 +357,7 @@ impl Scheduler {
             breakers,
             waits: waits::Waits::default(),
             approvals: approvals::Approvals::default(),
+            limits,
             timers: BinaryHeap::new(),
             now: 0,
         }
@@ -409,10 +417,10 @@ impl Scheduler {
     /// [`Scheduler::tick`].
     pub fn next_deadline(&self) -> Option<Millis> {
         let timer = self.timers.peek().map(|Reverse(timer)| timer.at);
-        match (timer, self.breakers.next_change()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [timer, self.breakers.next_change(), self.limits.next_wake()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Starts a workflow: its root tasks become ready.
@@ -570,6 +578,9 @@ impl Scheduler {
         for transition in self.breakers.advance(self.now) {
             self.breaker_changed(transition, out);
         }
+        for skill in self.limits.tick(self.now) {
+            self.mark_dirty(&skill);
+        }
         while let Some(Reverse(timer)) = self.timers.peek().copied() {
             if timer.at > self.now {
                 break;
@@ -644,6 +655,9 @@ impl Scheduler {
         }
         let mut lost: Vec<(Slot, u32)> = slot.assigned.into_iter().collect();
         lost.sort();
+        for &(task_slot, attempt) in &lost {
+            self.limits_release(task_slot, attempt);
+        }
         if let Some(gateway) = slot.labels.get("gateway") {
             // No verdict on the gateway, but its trials on this agent free their places.
             for &attempt in &lost {

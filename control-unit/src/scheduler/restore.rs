@@ -420,12 +420,26 @@ impl Scheduler {
         execution.attempt_open = execution.attempt > 0;
         if execution.attempt > 0 && execution.is_in_flight() {
             execution.lease_until = lease_until;
+            let attempt = execution.attempt;
             self.timers.push(Reverse(Timer {
                 at: execution.deadline.min(lease_until),
                 slot,
-                attempt: execution.attempt,
+                attempt,
                 kind: TimerKind::Attempt,
             }));
+            // Still running somewhere: it counts against the limits that do not depend
+            // on its agent's gateway (unknown until the agent is back).
+            if !self.limits.is_empty() {
+                let workflow = &self.workflows[&slot.workflow];
+                let compiled = &workflow.spec.tasks[slot.task as usize];
+                let skill = match (&compiled.compensate, slot.compensation) {
+                    (Some(compensation), true) => compensation.skill.as_str(),
+                    _ => compiled.skill().unwrap_or_default(),
+                };
+                let scope = super::dispatch::WorkflowScope(workflow);
+                self.limits
+                    .acquire(self.now, slot, attempt, skill, None, &scope);
+            }
         } else {
             self.make_ready(slot, out);
         }

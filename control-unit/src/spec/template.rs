@@ -18,6 +18,8 @@ pub enum Reference {
     WorkflowId,
     /// `workflow.name`
     WorkflowName,
+    /// `labels.NAME`: one of the workflow's labels.
+    Label(String),
 }
 
 impl Reference {
@@ -44,8 +46,9 @@ impl Reference {
             )),
             ["workflow", "id"] => Ok(Self::WorkflowId),
             ["workflow", "name"] => Ok(Self::WorkflowName),
+            ["labels", name] => Ok(Self::Label((*name).to_owned())),
             _ => Err(format!(
-                "malformed reference `{path}`: use inputs.NAME, tasks.ID.output.FIELD, workflow.id or workflow.name"
+                "malformed reference `{path}`: use inputs.NAME, tasks.ID.output.FIELD, labels.NAME, workflow.id or workflow.name"
             )),
         }
     }
@@ -74,6 +77,10 @@ pub trait Scope {
     fn task_output(&self, task: &str) -> Option<Value>;
     fn workflow_id(&self) -> String;
     fn workflow_name(&self) -> String;
+    /// One of the workflow's labels.
+    fn label(&self, _name: &str) -> Option<String> {
+        None
+    }
 }
 
 impl Template {
@@ -184,6 +191,12 @@ fn resolve_reference(reference: &Reference, scope: &dyn Scope) -> Result<Value, 
         ),
         Reference::WorkflowId => return Ok(Value::String(scope.workflow_id())),
         Reference::WorkflowName => return Ok(Value::String(scope.workflow_name())),
+        Reference::Label(name) => {
+            return scope
+                .label(name)
+                .map(Value::String)
+                .ok_or_else(|| format!("`labels.{name}` has no value"));
+        }
     };
     let mut current = root.ok_or_else(|| format!("`{label}` has no value"))?;
     let mut path = label;

@@ -590,5 +590,6 @@ fn when_skips_and_routes_pick_labels() {
 mod approvals;
 mod breakers;
 mod chaos;
+mod limits;
 mod restart;
 mod waits;

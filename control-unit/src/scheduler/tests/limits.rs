@@ -1,0 +1,202 @@
+//! Limits in the core: a key limited to 2 concurrent tasks never has 3 running, and its
+//! neighbours are not held back; a rate limit spaces dispatches; a routed task overflows
+//! to the dearer gateway only when the cheap one is at its limit, a pinned one waits
+//! with the reason; a lost agent gives its places back.
+
+use serde_json::json;
+
+use super::*;
+use crate::scheduler::limits::LimitRules;
+
+const CHARGE: &str = "apiVersion: paygrid/v1\nkind: Workflow\nname: charge\nversion: 1\ninputs:\n  merchant: { type: string }\ntasks:\n  - id: charge\n    skill: charge\n";
+const ROUTED: &str = "apiVersion: paygrid/v1\nkind: Workflow\nname: routed\nversion: 1\ntasks:\n  - id: authorize\n    skill: gateway.authorize\n    route: { policy: cheapest-healthy, fallback: true }\n";
+const PINNED: &str = "apiVersion: paygrid/v1\nkind: Workflow\nname: pinned\nversion: 1\ntasks:\n  - id: capture\n    skill: gateway.authorize\n    route: { labels: { gateway: alpha } }\n";
+
+fn with_limits(text: &str) -> Sim {
+    Sim::with_config(SchedulerConfig {
+        limits: LimitRules::parse(text).expect("limits"),
+        ..SchedulerConfig::default()
+    })
+}
+
+fn running_for(sim: &Sim, merchant: &str) -> usize {
+    sim.inflight
+        .iter()
+        .filter(|(_, a)| {
+            sim.core
+                .workflow(a.slot.workflow)
+                .is_some_and(|w| w.input["merchant"] == merchant)
+        })
+        .count()
+}
+
+#[test]
+fn a_key_limited_to_two_never_has_three_running_and_others_go_on() {
+    let mut sim = with_limits(
+        "concurrency:\n  - { name: per-merchant, skill: charge, key: \"{{ inputs.merchant }}\", max: 2 }\n",
+    );
+    sim.join("worker", &["charge"], 16, &[]);
+    let charge = spec(CHARGE);
+    let big: Vec<_> = (0..6)
+        .map(|_| sim.submit(&charge, Priority::Normal, json!({"merchant": "big"})))
+        .collect();
+    let small = sim.submit(&charge, Priority::Normal, json!({"merchant": "small"}));
+    assert_eq!(running_for(&sim, "big"), 2);
+    assert_eq!(
+        running_for(&sim, "small"),
+        1,
+        "another key is not held back"
+    );
+    let reason = sim.core.waiting_reason(Slot {
+        workflow: big[5],
+        task: 0,
+        compensation: false,
+    });
+    assert_eq!(
+        reason,
+        "waiting: concurrency limit per-merchant [big] (2 of 2 running)"
+    );
+    let mut most = 0;
+    while !sim.inflight.is_empty() {
+        most = most.max(running_for(&sim, "big"));
+        sim.succeed(0);
+    }
+    assert_eq!(most, 2, "never 3 running for one key");
+    for id in big.iter().chain([&small]) {
+        assert_eq!(sim.status(*id), WorkflowStatus::Succeeded);
+    }
+}
+
+#[test]
+fn a_rate_limit_spaces_the_dispatches() {
+    let mut sim = with_limits("rate:\n  - { gateway: alpha, per_second: 10, burst: 2 }\n");
+    sim.join(
+        "gw-alpha",
+        &["gateway.authorize"],
+        64,
+        &[("gateway", "alpha"), ("cost_bps", "25")],
+    );
+    let pinned = spec(PINNED);
+    let ids: Vec<_> = (0..30)
+        .map(|_| sim.submit(&pinned, Priority::Normal, json!({})))
+        .collect();
+    assert_eq!(sim.inflight.len(), 2, "the burst goes at once");
+    let reason = sim.core.waiting_reason(Slot {
+        workflow: ids[29],
+        task: 0,
+        compensation: false,
+    });
+    assert_eq!(reason, "waiting: rate limit gateway=alpha 10/s");
+    let start = sim.now;
+    for _ in 0..10_000 {
+        if ids.iter().all(|id| sim.status(*id).is_terminal()) {
+            break;
+        }
+        while !sim.inflight.is_empty() {
+            sim.succeed(0);
+        }
+        if let Some(at) = sim.core.next_deadline() {
+            sim.advance(at.saturating_sub(sim.now).max(1));
+        }
+    }
+    let times: Vec<u64> = sim.dispatch_log.iter().map(|(_, a)| a.deadline).collect();
+    assert_eq!(times.len(), 30);
+    // 2 at once, then one per 100 ms: 28 more take 2.8 s.
+    assert_eq!(times[29] - times[0], 2_800, "{times:?}");
+    assert!(sim.now >= start + 2_800);
+    for window in times.windows(3) {
+        assert!(window[2] - window[0] >= 100, "{times:?}");
+    }
+}
+
+#[test]
+fn routed_work_overflows_only_at_the_cheap_gateways_limit_and_pinned_work_waits() {
+    let mut sim = with_limits("concurrency:\n  - { gateway: alpha, max: 3 }\n");
+    for (name, gateway, cost) in [("gw-alpha", "alpha", "25"), ("gw-beta", "beta", "30")] {
+        sim.join(
+            name,
+            &["gateway.authorize"],
+            64,
+            &[("gateway", gateway), ("cost_bps", cost)],
+        );
+    }
+    let routed = spec(ROUTED);
+    for _ in 0..2 {
+        sim.submit(&routed, Priority::Normal, json!({}));
+    }
+    let on = |sim: &Sim, name: &str| {
+        sim.inflight
+            .iter()
+            .filter(|(a, _)| *a == agent(name))
+            .count()
+    };
+    assert_eq!(
+        (on(&sim, "gw-alpha"), on(&sim, "gw-beta")),
+        (2, 0),
+        "cheapest first"
+    );
+    for _ in 0..3 {
+        sim.submit(&routed, Priority::Normal, json!({}));
+    }
+    assert_eq!(
+        (on(&sim, "gw-alpha"), on(&sim, "gw-beta")),
+        (3, 2),
+        "past alpha's limit, the rest overflows to beta"
+    );
+    let pinned = sim.submit(&spec(PINNED), Priority::Normal, json!({}));
+    assert_eq!(on(&sim, "gw-alpha"), 3, "a task pinned to alpha waits");
+    let reason = sim.core.waiting_reason(Slot {
+        workflow: pinned,
+        task: 0,
+        compensation: false,
+    });
+    assert_eq!(
+        reason,
+        "waiting: concurrency limit gateway=alpha (3 of 3 running)"
+    );
+    let first_alpha = sim
+        .inflight
+        .iter()
+        .position(|(a, _)| *a == agent("gw-alpha"))
+        .unwrap();
+    sim.succeed(first_alpha);
+    assert_eq!(
+        on(&sim, "gw-alpha"),
+        3,
+        "the freed place went to the pinned task"
+    );
+    assert_eq!(sim.inflight.last().unwrap().1.slot.workflow, pinned);
+}
+
+#[test]
+fn a_lost_agent_gives_its_places_back() {
+    let mut sim = with_limits("concurrency:\n  - { skill: charge, max: 2 }\n");
+    sim.join("worker", &["charge"], 8, &[]);
+    let charge = spec(CHARGE);
+    let ids: Vec<_> = (0..3)
+        .map(|_| sim.submit(&charge, Priority::Normal, json!({"merchant": "m"})))
+        .collect();
+    assert_eq!(sim.inflight.len(), 2);
+    sim.inflight.clear();
+    sim.event(AgentEvent::Left {
+        agent: agent("worker"),
+    });
+    sim.join("worker-2", &["charge"], 8, &[]);
+    sim.run_to_quiet();
+    for id in ids {
+        assert_eq!(sim.status(id), WorkflowStatus::Succeeded);
+    }
+}
+
+#[test]
+fn a_bad_limits_file_is_refused_naming_what_is_wrong() {
+    let zero = LimitRules::parse("concurrency:\n  - { name: none, max: 0 }\n").unwrap_err();
+    assert_eq!(zero, "concurrency limit `none`: max must be at least 1");
+    let rate = LimitRules::parse("rate:\n  - { gateway: alpha, per_second: 0 }\n").unwrap_err();
+    assert_eq!(
+        rate,
+        "rate limit `gateway=alpha`: per_second must be above 0"
+    );
+    let unknown = LimitRules::parse("concurrency:\n  - { maximum: 3 }\n").unwrap_err();
+    assert!(unknown.contains("maximum"), "{unknown}");
+}
