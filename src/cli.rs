@@ -97,6 +97,9 @@ pub enum Command {
     /// Reconciliation runs (ledger against the gateways' settlement reports): the runs,
     /// one run's mismatches, or a new run (`--start GATEWAY`).
     Reconcile(crate::reconcile::ReconcileArgs),
+    /// The concurrency and rate limits in force and what they count now; `set FILE`
+    /// replaces them (kept across restarts), `clear` removes them.
+    Limits(crate::limits::LimitsArgs),
     /// Audit a ledger kept by an execution unit: balances, transfers, debits = credits.
     Ledger {
         /// The execution unit's --data-dir (holding ledger.sqlite3).
@@ -183,6 +186,7 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Graph { file, format } => operator::graph(&file, format),
         Command::Ledger { data_dir } => operator::ledger(&data_dir, json),
         Command::Reconcile(args) => crate::reconcile::reconcile(&control, args, json).await,
+        Command::Limits(args) => crate::limits::limits(&control, args, json).await,
         Command::Bench(args) => paygrid_bench::load::run(args).await.map(|()| EXIT_OK),
         Command::BenchEcho { listen } => {
             paygrid_bench::ceiling::echo_server(listen, crate::parts::shutdown_signal())

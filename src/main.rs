@@ -2,6 +2,7 @@
 
 mod chaos;
 mod cli;
+mod limits;
 mod operator;
 mod output;
 mod parts;

@@ -363,6 +363,7 @@ pub async fn control(args: ControlArgs) -> anyhow::Result<u8> {
         config.runtime.scheduler.limits =
             paygrid_control_unit::scheduler::limits::LimitRules::parse(&text)
                 .map_err(|e| crate::operator::UsageError(format!("{}: {e}", path.display())))?;
+        config.limits_given = true;
     }
     announce("control", addr);
     if let Some(http_addr) = args.http {

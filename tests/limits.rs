@@ -127,3 +127,90 @@ async fn a_gateway_rate_and_a_merchant_concurrency_limit_hold_over_a_run() {
         }
     }
 }
+
+/// The risk task of `id`, when it waits: its reason.
+async fn risk_waiting(
+    client: &mut pb::workflows_client::WorkflowsClient<tonic::transport::Channel>,
+    id: &str,
+) -> String {
+    task(&get(client, id).await, "risk").waiting_reason.clone()
+}
+
+/// Limits change at run time (`paygrid limits set`), hold back work with the reason in
+/// `status`, survive a control-unit restart, and `paygrid limits clear` lets the held
+/// work go. A bad document is refused and changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_change_at_run_time_and_survive_a_restart() {
+    let mut fleet = Fleet::start(&[], 1);
+    fleet.wait_for_skills(SHIPPED_SKILLS).await;
+    let url = fleet.control.url.clone();
+    let (code, shown) = cli(&url, &["limits"]);
+    assert_eq!((code, shown.trim()), (0, "no limits"));
+    let bad = fleet.dir.0.join("bad.yaml");
+    std::fs::write(&bad, "rate:\n  - { skill: risk.score, per_second: 0 }\n").unwrap();
+    let (code, _) = cli(&url, &["limits", "set", bad.to_str().unwrap()]);
+    assert_ne!(code, 0, "a bad document is refused");
+    let (_, shown) = cli(&url, &["limits"]);
+    assert_eq!(shown.trim(), "no limits", "and changes nothing");
+
+    // One risk score per 10 s: the second payment's risk task waits.
+    let slow = fleet.dir.0.join("slow.yaml");
+    std::fs::write(&slow, "rate:\n  - { skill: risk.score, per_second: 0.1 }\n").unwrap();
+    let (code, shown) = cli(&url, &["limits", "set", slow.to_str().unwrap()]);
+    assert_eq!(code, 0, "{shown}");
+    assert!(shown.contains("0 concurrency and 1 rate limits"), "{shown}");
+    let mut client = fleet.workflows().await;
+    let card = spec("card-payment");
+    let first = submit(&mut client, &card, card_input(1), pb::Priority::Unspecified).await;
+    let second = submit(&mut client, &card, card_input(2), pb::Priority::Unspecified).await;
+    let done = wait_terminal(&mut client, &first).await;
+    assert_eq!(done.status, pb::WorkflowStatus::Succeeded as i32);
+    let reason = "waiting: rate limit skill=risk.score 0.1/s";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while risk_waiting(&mut client, &second).await != reason {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:#?}",
+            get(&mut client, &second).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, status) = cli(&url, &["status", &second]);
+    assert!(status.contains(reason), "{status}");
+
+    // After a restart the limit is still there (the bucket starts full: one goes, the
+    // next waits).
+    fleet.control.restart();
+    let mut client = fleet.workflows().await;
+    let (_, shown) = cli(&url, &["--json", "limits"]);
+    let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(shown["rate_rules"], 1, "{shown}");
+    let third = submit(&mut client, &card, card_input(3), pb::Priority::Unspecified).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting = [
+            risk_waiting(&mut client, &second).await,
+            risk_waiting(&mut client, &third).await,
+        ];
+        if waiting.iter().filter(|w| w.as_str() == reason).count() == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{waiting:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let (code, shown) = cli(&url, &["limits", "clear"]);
+    assert_eq!((code, shown.trim()), (0, "no limits"));
+    for id in [&second, &third] {
+        let done = wait_terminal(&mut client, id).await;
+        assert_eq!(
+            done.status,
+            pb::WorkflowStatus::Succeeded as i32,
+            "{done:#?}"
+        );
+    }
+}
+
+fn card_input(i: u32) -> serde_json::Value {
+    json!({"amount_minor": 1000 + i, "currency": "EUR", "card_token": format!("tok_visa_{i}")})
+}

@@ -39,6 +39,10 @@ pub struct ControlConfig {
     pub retention: Option<std::time::Duration>,
     /// The HTTP listener: `GET /metrics`, and the routes given (MCP, ...).
     pub http: Option<HttpConfig>,
+    /// The limits in `runtime.scheduler.limits` were given at start (`--limits FILE`):
+    /// they replace the stored ones. Otherwise the limits last set at run time (kept in
+    /// the store) apply.
+    pub limits_given: bool,
 }
 
 /// The control unit's one HTTP listener (bound by the caller, so it can say where) and
@@ -55,6 +59,8 @@ pub async fn serve(
     config: ControlConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let mut config = config;
+    load_limits(&mut config).await?;
     let stop = tokio_util::sync::CancellationToken::new();
     let catalog = Arc::new(Catalog::new(config.limits.clone(), config.store.clone()));
     register_remediation_specs(&catalog, &config.runtime.remediation).await;
@@ -124,6 +130,7 @@ pub async fn serve(
             catalog,
             config.runtime,
             workflows,
+            config.store.clone(),
         )))
         .serve_with_incoming_shutdown(no_delay(listener), {
             // The actor cancels `stop` when it cannot go on (a failed commit).
@@ -267,4 +274,28 @@ pub fn no_delay(
             let _ = stream.set_nodelay(true);
         })
     })
+}
+
+/// Limits given at start are stored (they replace what was set at run time); without
+/// them, the stored ones apply.
+async fn load_limits(config: &mut ControlConfig) -> Result<(), ServeError> {
+    use crate::scheduler::limits::{LimitRules, SETTING};
+    let Some(store) = &config.store else {
+        return Ok(());
+    };
+    let store_error = |e: crate::store::StoreError| ServeError::Control(e.into());
+    if config.limits_given {
+        let text = &config.runtime.scheduler.limits.source;
+        store
+            .put_setting(SETTING, text)
+            .await
+            .map_err(store_error)?;
+    } else if let Some(text) = store.setting(SETTING).await.map_err(store_error)? {
+        config.runtime.scheduler.limits = LimitRules::parse(&text).map_err(|e| {
+            ServeError::Control(crate::error::ControlError::Internal(format!(
+                "the stored limits no longer parse ({e}); start with --limits FILE to replace them"
+            )))
+        })?;
+    }
+    Ok(())
 }

@@ -250,6 +250,18 @@ async fn suite(store: Arc<dyn Store>) {
     assert!(store.load(old.id).await.unwrap().is_none());
     assert!(store.load(recent.id).await.unwrap().is_some());
     assert!(store.load(id).await.unwrap().is_some());
+
+    // Settings changed at run time: absent, stored, replaced.
+    assert_eq!(store.setting("limits").await.unwrap(), None);
+    store.put_setting("limits", "rate: []").await.unwrap();
+    store
+        .put_setting("limits", "concurrency: []")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.setting("limits").await.unwrap().as_deref(),
+        Some("concurrency: []")
+    );
 }
 
 fn temp_dir(name: &str) -> PathBuf {

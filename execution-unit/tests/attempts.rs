@@ -94,6 +94,20 @@ impl AgentHub for Hub {
     ) -> Result<Response<pb::CallToolResponse>, Status> {
         Err(Status::unimplemented("not in this test"))
     }
+
+    async fn get_limits(
+        &self,
+        _request: Request<pb::GetLimitsRequest>,
+    ) -> Result<Response<pb::LimitsState>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    async fn set_limits(
+        &self,
+        _request: Request<pb::SetLimitsRequest>,
+    ) -> Result<Response<pb::LimitsState>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
 }
 
 /// An agent whose attempts run until the test releases them, each by its number.

@@ -106,6 +106,16 @@ pub(super) fn view(core: &Scheduler, workflow: &Workflow) -> WorkflowView {
 }
 
 impl Actor {
+    fn limits_view(&self) -> super::LimitsView {
+        let limits = self.core.limits();
+        super::LimitsView {
+            source: limits.rules().source.clone(),
+            concurrency_rules: limits.rules().concurrency.len(),
+            rate_rules: limits.rules().rate.len(),
+            running: limits.running(),
+        }
+    }
+
     pub(super) fn new(
         config: RuntimeConfig,
         store: Option<Arc<dyn Store>>,
@@ -232,6 +242,13 @@ impl Actor {
                     })
                     .map_err(ControlError::from);
                 self.replies.push(Reply::Approve(reply, result));
+            }
+            Input::SetLimits { rules, reply } => {
+                self.core.set_limits(now, rules);
+                let _ = reply.send(self.limits_view());
+            }
+            Input::GetLimits { reply } => {
+                let _ = reply.send(self.limits_view());
             }
             Input::Get { id, reply } => {
                 let _ = reply.send(self.core.workflow(id).map(|w| view(&self.core, w)));

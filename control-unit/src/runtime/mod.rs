@@ -103,6 +103,16 @@ pub struct Submitted {
     pub status: Option<WorkflowStatus>,
 }
 
+/// The limits in force: their document, rule counts, and (rule, key, running, max) for
+/// every concurrency count above zero.
+#[derive(Debug, Clone, Default)]
+pub struct LimitsView {
+    pub source: String,
+    pub concurrency_rules: usize,
+    pub rate_rules: usize,
+    pub running: Vec<(String, String, u32, u32)>,
+}
+
 pub enum Input {
     Submit {
         submission: Box<Submission>,
@@ -123,6 +133,14 @@ pub enum Input {
     Get {
         id: WorkflowId,
         reply: oneshot::Sender<Option<WorkflowView>>,
+    },
+    /// New limits, already checked (and stored, when there is a store).
+    SetLimits {
+        rules: crate::scheduler::limits::LimitRules,
+        reply: oneshot::Sender<LimitsView>,
+    },
+    GetLimits {
+        reply: oneshot::Sender<LimitsView>,
     },
     /// Workflows in memory; the catalog merges the store's.
     List {

@@ -23,6 +23,9 @@ use serde::Deserialize;
 use super::{Millis, Slot};
 use crate::spec::{Scope, Template};
 
+/// The store setting that keeps limits changed at run time.
+pub const SETTING: &str = "limits";
+
 /// Which attempts a rule counts.
 #[derive(Debug, Clone, Default)]
 pub struct Selector {
@@ -58,6 +61,8 @@ pub struct RateRule {
 pub struct LimitRules {
     pub concurrency: Vec<ConcurrencyRule>,
     pub rate: Vec<RateRule>,
+    /// The document they were parsed from (what `paygrid limits` shows and stores).
+    pub source: String,
 }
 
 impl LimitRules {
@@ -75,8 +80,14 @@ impl LimitRules {
     ///   - { gateway: alpha, per_second: 100, burst: 10 }
     /// ```
     pub fn parse(text: &str) -> Result<Self, String> {
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
         let raw: RawLimits = serde_norway::from_str(text).map_err(|e| format!("limits: {e}"))?;
-        let mut rules = Self::default();
+        let mut rules = Self {
+            source: text.to_owned(),
+            ..Self::default()
+        };
         for (index, rule) in raw.concurrency.into_iter().enumerate() {
             let name = rule
                 .name
@@ -328,6 +339,34 @@ impl Limits {
         Ok(())
     }
 
+    /// The rules change (`paygrid limits set`): the counts start again from the
+    /// attempts running now, each given with its skill, its agent's gateway and its
+    /// workflow; rate buckets start full.
+    pub fn replace<'a>(
+        &mut self,
+        rules: LimitRules,
+        running: impl Iterator<Item = (Slot, u32, &'a str, Option<&'a str>, &'a dyn Scope)>,
+    ) {
+        *self = Self::new(rules);
+        if self.rules.is_empty() {
+            return;
+        }
+        for (slot, attempt, skill, gateway, scope) in running {
+            let (concurrency, _) = self.applicable(skill, gateway, scope);
+            self.hold(slot, attempt, concurrency);
+        }
+    }
+
+    fn hold(&mut self, slot: Slot, attempt: u32, concurrency: Vec<Counted>) {
+        if concurrency.is_empty() {
+            return;
+        }
+        for counted in &concurrency {
+            *self.running.entry(counted.clone()).or_insert(0) += 1;
+        }
+        self.held.insert((slot, attempt), concurrency);
+    }
+
     /// An attempt starts on an agent of `gateway`: it takes its places and tokens (the
     /// caller checked it may).
     pub fn acquire(
@@ -348,13 +387,7 @@ impl Limits {
             let tat = self.tat.entry(counted.clone()).or_insert(0.0);
             *tat = tat.max(now as f64) + interval;
         }
-        if concurrency.is_empty() {
-            return;
-        }
-        for counted in &concurrency {
-            *self.running.entry(counted.clone()).or_insert(0) += 1;
-        }
-        self.held.insert((slot, attempt), concurrency);
+        self.hold(slot, attempt, concurrency);
     }
 
     /// An attempt ended, however: its places free. Returns the skills to look at again.

@@ -590,6 +590,58 @@ impl Scheduler {
         }
     }
 
+    /// New limits (`paygrid limits set`): counted again from the attempts running now,
+    /// and every queue looked at again (a limit may have loosened).
+    pub fn set_limits(&mut self, now: Millis, rules: limits::LimitRules) {
+        self.advance(now);
+        let mut running = Vec::new();
+        for agent in self.agents.values() {
+            let gateway = agent.labels.get("gateway").map(String::as_str);
+            for (&slot, &attempt) in &agent.assigned {
+                let Some(workflow) = self.workflows.get(&slot.workflow) else {
+                    continue;
+                };
+                let compiled = &workflow.spec.tasks[slot.task as usize];
+                let skill = match (&compiled.compensate, slot.compensation) {
+                    (Some(compensation), true) => compensation.skill.as_str(),
+                    _ => compiled.skill().unwrap_or_default(),
+                };
+                running.push((
+                    slot,
+                    attempt,
+                    skill,
+                    gateway,
+                    dispatch::WorkflowScope(workflow),
+                ));
+            }
+        }
+        let mut limits = limits::Limits::default();
+        limits.replace(
+            rules,
+            running
+                .iter()
+                .map(|(slot, attempt, skill, gateway, scope)| {
+                    (
+                        *slot,
+                        *attempt,
+                        *skill,
+                        *gateway,
+                        scope as &dyn crate::spec::Scope,
+                    )
+                }),
+        );
+        self.limits = limits;
+        let skills: Vec<Arc<str>> = self.skills.keys().cloned().collect();
+        for skill in &skills {
+            self.mark_dirty(skill);
+        }
+    }
+
+    /// The limits in force and what they count now.
+    pub fn limits(&self) -> &limits::Limits {
+        &self.limits
+    }
+
     /// Hands ready tasks to agents with free slots; call after a batch of events.
     pub fn dispatch(&mut self, now: Millis, out: &mut Vec<Command>) {
         self.advance(now);

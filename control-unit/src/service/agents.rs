@@ -24,6 +24,8 @@ pub struct AgentHubService {
     tools: super::tools::ToolsService,
     /// Routes peer messages between the agents' sessions.
     peers: Arc<super::peers::PeerRouter>,
+    /// Where limits changed at run time are kept.
+    store: Option<Arc<dyn crate::store::Store>>,
 }
 
 impl AgentHubService {
@@ -32,6 +34,7 @@ impl AgentHubService {
         catalog: Arc<Catalog>,
         config: RuntimeConfig,
         workflows: super::workflows::WorkflowsService,
+        store: Option<Arc<dyn crate::store::Store>>,
     ) -> Self {
         let peers = Arc::new(super::peers::PeerRouter::new(
             super::peers::PeerConfig::default(),
@@ -43,6 +46,7 @@ impl AgentHubService {
             catalog,
             config,
             peers,
+            store,
         }
     }
 }
@@ -216,6 +220,47 @@ impl AgentHub for AgentHubService {
         }))
     }
 
+    async fn get_limits(
+        &self,
+        _request: Request<pb::GetLimitsRequest>,
+    ) -> Result<Response<pb::LimitsState>, Status> {
+        let view = self.handle.ask(|reply| Input::GetLimits { reply }).await?;
+        Ok(Response::new(convert::limits_to_pb(&view)))
+    }
+
+    async fn set_limits(
+        &self,
+        request: Request<pb::SetLimitsRequest>,
+    ) -> Result<Response<pb::LimitsState>, Status> {
+        let text = request.into_inner().limits_yaml;
+        if text.len() > LIMITS_BYTES_MAX {
+            return Err(ControlError::invalid(format!(
+                "limits_yaml is {} bytes; the limit is {LIMITS_BYTES_MAX}",
+                text.len()
+            ))
+            .into());
+        }
+        let rules = crate::scheduler::limits::LimitRules::parse(&text)
+            .map_err(ControlError::InvalidArgument)?;
+        // Durable first: a change the store refused is not applied.
+        if let Some(store) = &self.store {
+            store
+                .put_setting(crate::scheduler::limits::SETTING, &text)
+                .await
+                .map_err(ControlError::from)?;
+        }
+        let view = self
+            .handle
+            .ask(|reply| Input::SetLimits { rules, reply })
+            .await?;
+        tracing::info!(
+            concurrency = view.concurrency_rules,
+            rate = view.rate_rules,
+            "limits changed"
+        );
+        Ok(Response::new(convert::limits_to_pb(&view)))
+    }
+
     async fn list_tools(
         &self,
         _request: Request<pb::ListToolsRequest>,
@@ -244,3 +289,6 @@ impl AgentHub for AgentHubService {
         }))
     }
 }
+
+/// The largest limits document `SetLimits` takes.
+const LIMITS_BYTES_MAX: usize = 256 * 1024;

@@ -584,6 +584,24 @@ fn skill_effect_from_pb(effect: i32) -> SkillEffect {
     }
 }
 
+pub fn limits_to_pb(view: &crate::runtime::LimitsView) -> pb::LimitsState {
+    pb::LimitsState {
+        limits_yaml: view.source.clone(),
+        concurrency_rules: view.concurrency_rules as u32,
+        rate_rules: view.rate_rules as u32,
+        running: view
+            .running
+            .iter()
+            .map(|(rule, key, running, max)| pb::LimitUsage {
+                rule: rule.clone(),
+                key: key.clone(),
+                running: *running,
+                max: *max,
+            })
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -120,6 +120,10 @@ pub trait Store: Send + Sync + 'static {
     async fn prune(&self, before_ms: u64) -> Result<Pruned, StoreError>;
     /// Stored workflows after `after` in id order, with their latest snapshot.
     async fn list(&self, query: ListQuery) -> Result<Vec<Snapshot>, StoreError>;
+    /// A setting changed at run time (e.g. `limits`), if one was stored.
+    async fn setting(&self, name: &str) -> Result<Option<String>, StoreError>;
+    /// Stores a setting, durable when this returns.
+    async fn put_setting(&self, name: &str, value: &str) -> Result<(), StoreError>;
 }
 
 /// What a prune deleted.

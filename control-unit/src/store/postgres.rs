@@ -39,6 +39,12 @@ const MIGRATIONS: &[&str] = &[
          hash TEXT NOT NULL,
          PRIMARY KEY (name, version)
      );",
+    // 3: settings changed at run time (limits).
+    "CREATE TABLE settings (
+         name TEXT PRIMARY KEY,
+         value TEXT NOT NULL,
+         updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+     );",
 ];
 
 pub struct PostgresStore {
@@ -297,6 +303,28 @@ impl Store for PostgresStore {
             .await
             .map_err(pg)?;
         Ok(row.map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))))
+    }
+
+    async fn setting(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let row = self
+            .reader
+            .query_opt("SELECT value FROM settings WHERE name = $1", &[&name])
+            .await
+            .map_err(pg)?;
+        Ok(row.map(|r| r.get::<_, String>(0)))
+    }
+
+    async fn put_setting(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        let writer = self.writer.lock().await;
+        writer
+            .execute(
+                "INSERT INTO settings (name, value) VALUES ($1, $2)
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = now()",
+                &[&name, &value],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(())
     }
 
     async fn list(&self, query: ListQuery) -> Result<Vec<Snapshot>, StoreError> {

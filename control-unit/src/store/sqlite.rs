@@ -45,6 +45,12 @@ const MIGRATIONS: &[&str] = &[
          hash TEXT NOT NULL,
          PRIMARY KEY (name, version)
      ) WITHOUT ROWID;",
+    // 3: settings changed at run time (limits).
+    "CREATE TABLE settings (
+         name TEXT PRIMARY KEY,
+         value TEXT NOT NULL,
+         updated_at INTEGER NOT NULL
+     );",
 ];
 
 pub struct SqliteStore {
@@ -260,6 +266,34 @@ impl Store for SqliteStore {
                     |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
                 )
                 .optional()
+        })
+        .await
+    }
+
+    async fn setting(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let name = name.to_owned();
+        self.with(move |connection| {
+            connection
+                .query_row(
+                    "SELECT value FROM settings WHERE name = ?1",
+                    params![name],
+                    |r| r.get::<_, String>(0),
+                )
+                .optional()
+        })
+        .await
+    }
+
+    async fn put_setting(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        let (name, value) = (name.to_owned(), value.to_owned());
+        self.with(move |connection| {
+            connection
+                .execute(
+                    "INSERT INTO settings (name, value, updated_at) VALUES (?1, ?2, strftime('%s','now'))
+                     ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                    params![name, value],
+                )
+                .map(|_| ())
         })
         .await
     }
