@@ -681,7 +681,7 @@ pub async fn health(endpoint: &str, json: bool) -> anyhow::Result<u8> {
         .await
         .map_err(anyhow::Error::new)?
         .into_inner();
-    let (entries, breakers) = (response.entries, response.breakers);
+    let (entries, breakers, adaptive) = (response.entries, response.breakers, response.adaptive);
     if json {
         let mut items: Vec<Value> = entries
             .iter()
@@ -697,6 +697,9 @@ pub async fn health(endpoint: &str, json: bool) -> anyhow::Result<u8> {
                 .map(|t| serde_json::json!({"at_ms": t.at_ms, "from": t.from, "to": t.to, "reason": t.reason}))
                 .collect();
             serde_json::json!({"kind": "breaker", "subject": b.gateway, "state": b.state, "requests": b.requests, "errors": b.errors, "slow": b.slow, "open_until_ms": b.open_until_ms, "trials_in_flight": b.trials_in_flight, "transitions": transitions})
+        }));
+        items.extend(adaptive.iter().map(|a| {
+            serde_json::json!({"kind": "adaptive_limit", "subject": a.gateway, "limit": a.limit, "running": a.running, "min": a.min, "max": a.max, "latency_target_ms": a.latency_target_ms})
         }));
         println!("{}", Value::Array(items));
         return Ok(EXIT_OK);
@@ -721,6 +724,24 @@ pub async fn health(endpoint: &str, json: bool) -> anyhow::Result<u8> {
             println!(
                 "{:<8} {:<10} {:>8} {:>7} {:>6}  {}",
                 b.gateway, b.state, b.requests, b.errors, b.slow, last
+            );
+        }
+    }
+    if !adaptive.is_empty() {
+        println!();
+        println!(
+            "{:<8} {:>6} {:>8} {:>6} {:>6}  latency target",
+            "ADAPTIVE", "LIMIT", "RUNNING", "MIN", "MAX"
+        );
+        for a in &adaptive {
+            println!(
+                "{:<8} {:>6.0} {:>8} {:>6} {:>6}  {} ms",
+                a.gateway,
+                a.limit.floor(),
+                a.running,
+                a.min,
+                a.max,
+                a.latency_target_ms
             );
         }
     }

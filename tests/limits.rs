@@ -214,3 +214,106 @@ async fn limits_change_at_run_time_and_survive_a_restart() {
 fn card_input(i: u32) -> serde_json::Value {
     json!({"amount_minor": 1000 + i, "currency": "EUR", "card_token": format!("tok_visa_{i}")})
 }
+
+/// The adaptive limit of gateway alpha, as `paygrid health` shows it.
+fn adaptive_limit(control: &str) -> f64 {
+    let (_, shown) = cli(control, &["--json", "health"]);
+    let items: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    items
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["kind"] == "adaptive_limit" && i["subject"] == "alpha")
+        .and_then(|i| i["limit"].as_f64())
+        .unwrap()
+}
+
+/// A gateway whose latency rises from a few ms to 500 ms gets a lower adaptive limit and
+/// no timeouts; the limit is in `paygrid health` and in the metrics.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_that_slows_down_gets_a_lower_adaptive_limit_and_no_timeouts() {
+    let dir = TempDir::new("adaptive");
+    let limits = dir.0.join("limits.yaml");
+    std::fs::write(
+        &limits,
+        "adaptive:\n  - { gateway: alpha, initial: 8, min: 2, max: 32, latency_target_ms: 250 }\n",
+    )
+    .unwrap();
+    let gateway = Part::start(&["gateway-sim", "--listen", "127.0.0.1:0", "--name", "alpha"]);
+    let http_addr = free_addr();
+    let limits_arg = limits.display().to_string();
+    let control = Part::start(&[
+        "control",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &dir.path("control"),
+        "--http",
+        &http_addr,
+        "--limits",
+        &limits_arg,
+    ]);
+    let gateway_arg = format!("alpha={}@25", gateway.url);
+    let _exec = Part::start(&[
+        "--control",
+        &control.url,
+        "exec",
+        "--name",
+        "exec-adaptive",
+        "--gateway",
+        &gateway_arg,
+    ]);
+    let mut client = Fleet::client(&control.url).await;
+    let card = spec("card-payment");
+    let pay =
+        async |client: &mut pb::workflows_client::WorkflowsClient<tonic::transport::Channel>,
+               from: u32,
+               n: u32| {
+            let mut ids = Vec::new();
+            for i in from..from + n {
+                ids.push(submit(client, &card, card_input(i), pb::Priority::Unspecified).await);
+            }
+            let mut finals = Vec::new();
+            for id in &ids {
+                finals.push(wait_terminal(client, id).await);
+            }
+            finals
+        };
+    for done in pay(&mut client, 0, 60).await {
+        assert_eq!(done.status, pb::WorkflowStatus::Succeeded as i32);
+    }
+    let fast = adaptive_limit(&control.url);
+    assert!(fast >= 8.0, "fast answers keep or raise the limit: {fast}");
+
+    http(
+        &gateway.url,
+        "PUT",
+        "/v1/admin/faults",
+        Some(r#"{"latency_ms": 500}"#),
+    );
+    let finals = pay(&mut client, 100, 30).await;
+    let slow = adaptive_limit(&control.url);
+    eprintln!("adaptive limit of alpha: {fast} while fast, {slow} at 500 ms");
+    assert!(
+        slow < fast && slow <= 6.0,
+        "the limit came down from {fast} to {slow}"
+    );
+    for done in &finals {
+        assert_eq!(
+            done.status,
+            pb::WorkflowStatus::Succeeded as i32,
+            "{done:#?}"
+        );
+        for task in &done.tasks {
+            assert!(
+                task.history.iter().all(|a| a.outcome != "timeout"),
+                "no timeouts: {task:#?}"
+            );
+        }
+    }
+    let metrics = scrape(&http_addr);
+    assert!(
+        metrics.contains("paygrid_gateway_concurrency_limit{gateway=\"alpha\"}"),
+        "{metrics}"
+    );
+}

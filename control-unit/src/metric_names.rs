@@ -70,3 +70,7 @@ pub const PEER_ROUND_TRIP: Metric = Metric {
     name: "paygrid_peer_round_trip_seconds",
     help: "From a peer request to its answer (or failure) in the control unit, by skill and outcome.",
 };
+pub const GATEWAY_CONCURRENCY_LIMIT: Metric = Metric {
+    name: "paygrid_gateway_concurrency_limit",
+    help: "A gateway's adaptive concurrency limit now (attempts at once), by gateway.",
+};

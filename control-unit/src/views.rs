@@ -190,4 +190,16 @@ pub struct BreakerView {
 pub struct HealthSnapshot {
     pub entries: Vec<HealthEntry>,
     pub breakers: Vec<BreakerView>,
+    pub adaptive: Vec<AdaptiveView>,
+}
+
+/// An adaptive concurrency limit on a gateway, as it stands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdaptiveView {
+    pub gateway: String,
+    pub limit: f64,
+    pub running: u32,
+    pub min: u32,
+    pub max: u32,
+    pub latency_target_ms: u64,
 }

@@ -307,6 +307,7 @@ impl Actor {
                 let _ = reply.send(HealthSnapshot {
                     entries: self.health.entries(),
                     breakers: super::health::breakers(&self.core, now),
+                    adaptive: super::health::adaptive(&self.core),
                 });
             }
             Input::DrainGateway {

@@ -96,3 +96,19 @@ fn view(core: &Scheduler, breaker: &Breaker, now: u64) -> BreakerView {
         transitions: breaker.transitions.iter().cloned().collect(),
     }
 }
+
+/// The adaptive concurrency limits, as they stand.
+pub(super) fn adaptive(core: &Scheduler) -> Vec<crate::views::AdaptiveView> {
+    core.limits()
+        .adaptive()
+        .into_iter()
+        .map(|(rule, state)| crate::views::AdaptiveView {
+            gateway: rule.gateway.clone(),
+            limit: state.limit,
+            running: state.running,
+            min: rule.min,
+            max: rule.max,
+            latency_target_ms: rule.latency_target_ms,
+        })
+        .collect()
+}

@@ -128,6 +128,13 @@ pub(super) fn refresh_gauges(metrics: &Registry, core: &Scheduler, agents_connec
         );
     }
     metrics.gauge(&names::AGENT_SESSIONS, &[], agents_connected as i64);
+    for (rule, state) in core.limits().adaptive() {
+        metrics.gauge(
+            &names::GATEWAY_CONCURRENCY_LIMIT,
+            &[("gateway", rule.gateway.as_str())],
+            i64::from(state.allowed()),
+        );
+    }
 }
 
 /// A breaker's transition: its state gauge, a counter, a log line, and a span with the

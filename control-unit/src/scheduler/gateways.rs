@@ -103,6 +103,11 @@ impl Scheduler {
         let Some(gateway) = self.agents.get(agent).and_then(|a| a.labels.get("gateway")) else {
             return;
         };
+        if let Some(failed) = failed
+            && !self.limits.is_empty()
+        {
+            self.limits.sample(self.now, gateway, latency_ms, failed);
+        }
         let blocked = !self.breakers.allows(gateway);
         let transition = self
             .breakers

@@ -56,18 +56,34 @@ pub struct RateRule {
     pub burst: u32,
 }
 
+/// An adaptive concurrency limit on a gateway (AIMD, as Netflix's concurrency-limits):
+/// an answer slower than `latency_target_ms`, a retryable failure or a timeout cuts the
+/// limit by `backoff` (at most once per `latency_target_ms`, so one slow burst is one
+/// cut); an answer in time while the limit is at least half used raises it by one.
+#[derive(Debug, Clone)]
+pub struct AdaptiveRule {
+    pub name: String,
+    pub gateway: String,
+    pub initial: u32,
+    pub min: u32,
+    pub max: u32,
+    pub latency_target_ms: u64,
+    pub backoff: f64,
+}
+
 /// Every limit, as configured.
 #[derive(Debug, Clone, Default)]
 pub struct LimitRules {
     pub concurrency: Vec<ConcurrencyRule>,
     pub rate: Vec<RateRule>,
+    pub adaptive: Vec<AdaptiveRule>,
     /// The document they were parsed from (what `paygrid limits` shows and stores).
     pub source: String,
 }
 
 impl LimitRules {
     pub fn is_empty(&self) -> bool {
-        self.concurrency.is_empty() && self.rate.is_empty()
+        self.concurrency.is_empty() && self.rate.is_empty() && self.adaptive.is_empty()
     }
 
     /// Parses the limits file (YAML or JSON):
@@ -134,6 +150,49 @@ impl LimitRules {
                 burst: rule.burst.unwrap_or(1).max(1),
             });
         }
+        for (index, rule) in raw.adaptive.into_iter().enumerate() {
+            let name = rule
+                .name
+                .clone()
+                .unwrap_or_else(|| default_name(&rule, "adaptive", index));
+            let Some(gateway) = rule.gateway.clone() else {
+                return Err(format!("adaptive limit `{name}`: gateway is required"));
+            };
+            if rule.skill.is_some() || rule.key.is_some() || rule.per_second.is_some() {
+                return Err(format!(
+                    "adaptive limit `{name}`: takes gateway, initial, min, max, latency_target_ms and backoff"
+                ));
+            }
+            let min = rule.min.unwrap_or(1).max(1);
+            let max = rule.max.unwrap_or(1_000);
+            let initial = rule.initial.unwrap_or(min.max(max / 10));
+            if max < min || !(min..=max).contains(&initial) {
+                return Err(format!(
+                    "adaptive limit `{name}`: needs min <= initial <= max (got {min}, {initial}, {max})"
+                ));
+            }
+            let backoff = rule.backoff.unwrap_or(0.9);
+            if !(0.1..1.0).contains(&backoff) {
+                return Err(format!(
+                    "adaptive limit `{name}`: backoff must be in [0.1, 1), got {backoff}"
+                ));
+            }
+            let latency_target_ms = rule.latency_target_ms.unwrap_or(1_000);
+            if latency_target_ms == 0 {
+                return Err(format!(
+                    "adaptive limit `{name}`: latency_target_ms must be above 0"
+                ));
+            }
+            rules.adaptive.push(AdaptiveRule {
+                name,
+                gateway,
+                initial,
+                min,
+                max,
+                latency_target_ms,
+                backoff,
+            });
+        }
         Ok(rules)
     }
 }
@@ -145,6 +204,8 @@ struct RawLimits {
     concurrency: Vec<RawRule>,
     #[serde(default)]
     rate: Vec<RawRule>,
+    #[serde(default)]
+    adaptive: Vec<RawRule>,
 }
 
 /// One rule as written; which fields it needs depends on its section.
@@ -167,6 +228,15 @@ struct RawRule {
     per_second: Option<f64>,
     #[serde(default)]
     burst: Option<u32>,
+    /// Adaptive: the limit's start, floor, ceiling, latency target and cut.
+    #[serde(default)]
+    initial: Option<u32>,
+    #[serde(default)]
+    min: Option<u32>,
+    #[serde(default)]
+    latency_target_ms: Option<u64>,
+    #[serde(default)]
+    backoff: Option<f64>,
 }
 
 impl RawRule {
@@ -223,6 +293,25 @@ pub struct Limits {
     blocked: HashSet<Arc<str>>,
     /// When the earliest held-back rate limit lets a task through.
     wake_at: Option<Millis>,
+    /// Each adaptive rule's limit now, and what runs under it.
+    adaptive: Vec<Adaptive>,
+    /// The adaptive rule each dispatched attempt counts under.
+    held_adaptive: HashMap<(Slot, u32), usize>,
+}
+
+/// An adaptive limit's state.
+#[derive(Debug, Clone, Default)]
+pub struct Adaptive {
+    pub limit: f64,
+    pub running: u32,
+    last_cut: Option<Millis>,
+}
+
+impl Adaptive {
+    /// The whole attempts it lets run.
+    pub fn allowed(&self) -> u32 {
+        self.limit.floor() as u32
+    }
 }
 
 /// Why a task may not go to an agent now.
@@ -235,10 +324,54 @@ pub struct Held {
 
 impl Limits {
     pub fn new(rules: LimitRules) -> Self {
+        let adaptive = rules
+            .adaptive
+            .iter()
+            .map(|rule| Adaptive {
+                limit: f64::from(rule.initial),
+                ..Adaptive::default()
+            })
+            .collect();
         Self {
             rules,
+            adaptive,
             ..Self::default()
         }
+    }
+
+    /// The adaptive rule of `gateway`, if it has one.
+    fn adaptive_of(&self, gateway: Option<&str>) -> Option<usize> {
+        let gateway = gateway?;
+        self.rules
+            .adaptive
+            .iter()
+            .position(|r| r.gateway == gateway)
+    }
+
+    /// An answer (or timeout) from an agent of `gateway`: the adaptive limit learns from
+    /// its latency and whether it failed.
+    pub fn sample(&mut self, now: Millis, gateway: &str, latency_ms: u64, failed: bool) {
+        let Some(index) = self.adaptive_of(Some(gateway)) else {
+            return;
+        };
+        let rule = &self.rules.adaptive[index];
+        let state = &mut self.adaptive[index];
+        if failed || latency_ms > rule.latency_target_ms {
+            let cooled = state
+                .last_cut
+                .is_none_or(|at| now >= at + rule.latency_target_ms);
+            if cooled {
+                state.limit = (state.limit * rule.backoff).max(f64::from(rule.min));
+                state.last_cut = Some(now);
+            }
+        } else if state.running * 2 >= state.allowed() {
+            state.limit = (state.limit + 1.0).min(f64::from(rule.max));
+        }
+    }
+
+    /// Each adaptive limit now: (rule, gateway, limit, running, min, max, target ms).
+    pub fn adaptive(&self) -> Vec<(&AdaptiveRule, &Adaptive)> {
+        self.rules.adaptive.iter().zip(&self.adaptive).collect()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -303,6 +436,22 @@ impl Limits {
         if self.rules.is_empty() {
             return Ok(());
         }
+        if let Some(index) = self.adaptive_of(gateway) {
+            let state = &self.adaptive[index];
+            if state.running >= state.allowed() {
+                let rule = &self.rules.adaptive[index];
+                return Err(Held {
+                    reason: format!(
+                        "waiting: adaptive limit {} ({} of {} running; answers slower than {} ms or failing cut it)",
+                        rule.name,
+                        state.running,
+                        state.allowed(),
+                        rule.latency_target_ms
+                    ),
+                    retry_at: None,
+                });
+            }
+        }
         let (concurrency, rate) = self.applicable(skill, gateway, scope);
         for counted in &concurrency {
             let rule = &self.rules.concurrency[counted.0];
@@ -354,6 +503,7 @@ impl Limits {
         for (slot, attempt, skill, gateway, scope) in running {
             let (concurrency, _) = self.applicable(skill, gateway, scope);
             self.hold(slot, attempt, concurrency);
+            self.hold_adaptive(slot, attempt, gateway);
         }
     }
 
@@ -388,10 +538,25 @@ impl Limits {
             *tat = tat.max(now as f64) + interval;
         }
         self.hold(slot, attempt, concurrency);
+        self.hold_adaptive(slot, attempt, gateway);
+    }
+
+    fn hold_adaptive(&mut self, slot: Slot, attempt: u32, gateway: Option<&str>) {
+        if let Some(index) = self.adaptive_of(gateway) {
+            self.adaptive[index].running += 1;
+            self.held_adaptive.insert((slot, attempt), index);
+        }
     }
 
     /// An attempt ended, however: its places free. Returns the skills to look at again.
     pub fn release(&mut self, slot: Slot, attempt: u32) -> Vec<Arc<str>> {
+        if let Some(index) = self.held_adaptive.remove(&(slot, attempt)) {
+            let state = &mut self.adaptive[index];
+            state.running = state.running.saturating_sub(1);
+            if !self.held.contains_key(&(slot, attempt)) {
+                return self.blocked.drain().collect();
+            }
+        }
         let Some(counted) = self.held.remove(&(slot, attempt)) else {
             return Vec::new();
         };

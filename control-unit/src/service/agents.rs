@@ -182,6 +182,18 @@ impl AgentHub for AgentHubService {
                 .map(convert::health_entry_to_pb)
                 .collect(),
             breakers: health.breakers.iter().map(convert::breaker_to_pb).collect(),
+            adaptive: health
+                .adaptive
+                .iter()
+                .map(|a| pb::AdaptiveLimit {
+                    gateway: a.gateway.clone(),
+                    limit: a.limit,
+                    running: a.running,
+                    min: a.min,
+                    max: a.max,
+                    latency_target_ms: a.latency_target_ms,
+                })
+                .collect(),
         }))
     }
 

@@ -200,3 +200,86 @@ fn a_bad_limits_file_is_refused_naming_what_is_wrong() {
     let unknown = LimitRules::parse("concurrency:\n  - { maximum: 3 }\n").unwrap_err();
     assert!(unknown.contains("maximum"), "{unknown}");
 }
+
+const TIMED: &str = "apiVersion: paygrid/v1\nkind: Workflow\nname: timed\nversion: 1\ndefaults:\n  timeout: 5s\ntasks:\n  - id: capture\n    skill: gateway.authorize\n    route: { labels: { gateway: alpha } }\n";
+
+/// Answers `answers` attempts, each `latency` ms after its dispatch, earliest first.
+fn serve_with_latency(sim: &mut Sim, latency: u64, answers: usize) {
+    for _ in 0..answers {
+        let Some((index, due)) = sim
+            .inflight
+            .iter()
+            .enumerate()
+            .map(|(i, (_, a))| (i, a.deadline - 5_000 + latency))
+            .min_by_key(|(_, due)| *due)
+        else {
+            return;
+        };
+        if due > sim.now {
+            sim.advance(due - sim.now);
+        }
+        let index = sim
+            .inflight
+            .iter()
+            .position(|(_, a)| a.deadline - 5_000 + latency == due)
+            .unwrap_or(index);
+        sim.succeed(index);
+    }
+}
+
+fn adaptive_limit(sim: &Sim) -> f64 {
+    sim.core.limits().adaptive()[0].1.limit
+}
+
+#[test]
+fn a_gateway_that_slows_down_gets_a_lower_adaptive_limit_and_no_timeouts_then_recovers() {
+    let mut sim = with_limits(
+        "adaptive:\n  - { gateway: alpha, initial: 10, min: 2, max: 40, latency_target_ms: 250 }\n",
+    );
+    sim.join(
+        "gw-alpha",
+        &["gateway.authorize"],
+        64,
+        &[("gateway", "alpha"), ("cost_bps", "25")],
+    );
+    let timed = spec(TIMED);
+    let ids: Vec<_> = (0..3_000)
+        .map(|_| sim.submit(&timed, Priority::Normal, json!({})))
+        .collect();
+    assert_eq!(sim.inflight.len(), 10, "the initial limit");
+    // Fast answers (5 ms) while the limit is used: it grows to its ceiling.
+    serve_with_latency(&mut sim, 5, 300);
+    assert_eq!(adaptive_limit(&sim), 40.0);
+    assert_eq!(sim.inflight.len(), 40);
+    // The gateway slows to 500 ms: the limit comes down instead of piling up work.
+    serve_with_latency(&mut sim, 500, 400);
+    let slow = adaptive_limit(&sim);
+    assert!(slow <= 10.0, "the limit came down to {slow}");
+    assert!(sim.inflight.len() <= 10, "{} in flight", sim.inflight.len());
+    let reason = sim.core.waiting_reason(Slot {
+        workflow: ids[2_999],
+        task: 0,
+        compensation: false,
+    });
+    assert!(
+        reason.starts_with("waiting: adaptive limit gateway=alpha"),
+        "{reason}"
+    );
+    // It recovers: fast answers raise it again.
+    serve_with_latency(&mut sim, 5, 400);
+    assert_eq!(adaptive_limit(&sim), 40.0);
+    let timeouts = sim
+        .records
+        .iter()
+        .filter(|r| {
+            matches!(
+                &r.change,
+                Change::Task {
+                    outcome: Some(AttemptOutcome::Timeout),
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(timeouts, 0, "no attempt timed out");
+}
