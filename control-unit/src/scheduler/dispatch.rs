@@ -46,12 +46,12 @@ impl Scope for WorkflowScope<'_> {
 
 impl Scheduler {
     pub(super) fn dispatch_skill(&mut self, skill: &Arc<str>, out: &mut Vec<Command>) {
-        let mut parked: Vec<(usize, ReadyEntry)> = Vec::new();
+        let mut parked: Vec<(usize, ReadyEntry, Option<Arc<str>>)> = Vec::new();
         loop {
             if !self.skill_has_credit(skill) || parked.len() >= self.config.parked_scan_max {
                 break;
             }
-            let Some((class, entry)) = self.pop_next(skill) else {
+            let Some((class, entry, key)) = self.pop_next(skill) else {
                 break;
             };
             if !self.entry_is_current(&entry) {
@@ -59,17 +59,17 @@ impl Scheduler {
             }
             match self.choose_agent(skill, entry.slot) {
                 Ok(Choice::Agent(agent)) => self.assign(skill, agent, entry, out),
-                Ok(Choice::Busy) => parked.push((class, entry)),
+                Ok(Choice::Busy) => parked.push((class, entry, key)),
                 Ok(Choice::Limited(retry_at)) => {
                     self.limits.held_back(skill, retry_at);
-                    parked.push((class, entry));
+                    parked.push((class, entry, key));
                 }
                 Err(error) => self.fail_task(entry.slot, error, out),
             }
         }
         if let Some(queue) = self.skills.get_mut(skill) {
-            for (class, entry) in parked.into_iter().rev() {
-                queue.ready[class].push_front(entry);
+            for (class, entry, key) in parked.into_iter().rev() {
+                queue.ready[class].push_front(entry, key);
             }
         }
     }
@@ -84,8 +84,9 @@ impl Scheduler {
         })
     }
 
-    /// Pops the queue head with the earliest `ready_at + aging[class]`.
-    fn pop_next(&mut self, skill: &Arc<str>) -> Option<(usize, ReadyEntry)> {
+    /// Pops the queue head with the earliest `ready_at + aging[class]` (with its fairness
+    /// key, to put it back under if it cannot go).
+    fn pop_next(&mut self, skill: &Arc<str>) -> Option<(usize, ReadyEntry, Option<Arc<str>>)> {
         let aging = self.config.priority_aging;
         let queue = self.skills.get_mut(skill)?;
         let class = (0..4)
@@ -96,7 +97,9 @@ impl Scheduler {
             })
             .min()?
             .1;
-        queue.ready[class].pop_front().map(|entry| (class, entry))
+        queue.ready[class]
+            .pop_front()
+            .map(|(entry, key)| (class, entry, key))
     }
 
     fn entry_is_current(&self, entry: &ReadyEntry) -> bool {

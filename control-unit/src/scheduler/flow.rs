@@ -141,12 +141,20 @@ impl Scheduler {
             .with_attempt_facts(None, None, lookups, settling),
         );
         self.mark_dirty(&skill);
+        let key = self.workflows.get(&slot.workflow).and_then(|w| {
+            self.limits
+                .rules()
+                .fairness_key(&super::dispatch::WorkflowScope(w))
+        });
         if let Some(queue) = self.skills.get_mut(&skill) {
-            queue.ready[priority.index()].push_back(ReadyEntry {
-                slot,
-                attempt,
-                ready_at: now,
-            });
+            queue.ready[priority.index()].push_back(
+                ReadyEntry {
+                    slot,
+                    attempt,
+                    ready_at: now,
+                },
+                key,
+            );
         }
     }
 

@@ -77,6 +77,8 @@ pub struct LimitRules {
     pub concurrency: Vec<ConcurrencyRule>,
     pub rate: Vec<RateRule>,
     pub adaptive: Vec<AdaptiveRule>,
+    /// Within a priority class, ready tasks take turns by this key (round robin).
+    pub fairness_key: Option<Template>,
     /// The document they were parsed from (what `paygrid limits` shows and stores).
     pub source: String,
 }
@@ -84,6 +86,16 @@ pub struct LimitRules {
 impl LimitRules {
     pub fn is_empty(&self) -> bool {
         self.concurrency.is_empty() && self.rate.is_empty() && self.adaptive.is_empty()
+    }
+
+    /// The fairness key of a workflow (`""` when it does not resolve: those share a turn).
+    pub fn fairness_key(&self, scope: &dyn Scope) -> Option<Arc<str>> {
+        let template = self.fairness_key.as_ref()?;
+        Some(match template.resolve(scope) {
+            Ok(serde_json::Value::String(text)) => Arc::from(text),
+            Ok(other) => Arc::from(other.to_string()),
+            Err(_) => Arc::from(""),
+        })
     }
 
     /// Parses the limits file (YAML or JSON):
@@ -150,6 +162,12 @@ impl LimitRules {
                 burst: rule.burst.unwrap_or(1).max(1),
             });
         }
+        if let Some(fairness) = raw.fairness {
+            rules.fairness_key = Some(
+                Template::parse(&serde_json::Value::String(fairness.key))
+                    .map_err(|e| format!("fairness: key: {e}"))?,
+            );
+        }
         for (index, rule) in raw.adaptive.into_iter().enumerate() {
             let name = rule
                 .name
@@ -206,6 +224,15 @@ struct RawLimits {
     rate: Vec<RawRule>,
     #[serde(default)]
     adaptive: Vec<RawRule>,
+    #[serde(default)]
+    fairness: Option<RawFairness>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFairness {
+    /// Ready tasks of one priority take turns by this key's value.
+    key: String,
 }
 
 /// One rule as written; which fields it needs depends on its section.

@@ -631,6 +631,19 @@ impl Scheduler {
                 }),
         );
         self.limits = limits;
+        // Ready tasks take their turns under the new fairness key (or none).
+        for queue in self.skills.values_mut() {
+            for class in &mut queue.ready {
+                for entry in class.drain() {
+                    let key = self.workflows.get(&entry.slot.workflow).and_then(|w| {
+                        self.limits
+                            .rules()
+                            .fairness_key(&dispatch::WorkflowScope(w))
+                    });
+                    class.push_back(entry, key);
+                }
+            }
+        }
         let skills: Vec<Arc<str>> = self.skills.keys().cloned().collect();
         for skill in &skills {
             self.mark_dirty(skill);

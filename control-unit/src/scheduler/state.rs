@@ -284,14 +284,104 @@ pub struct ReadyEntry {
 #[derive(Debug, Default)]
 pub struct SkillQueue {
     pub agents: Vec<AgentId>,
-    /// One FIFO per priority class.
-    pub ready: [VecDeque<ReadyEntry>; 4],
+    /// One queue per priority class.
+    pub ready: [ClassQueue; 4],
     pub dirty: bool,
 }
 
 impl SkillQueue {
     pub fn ready_len(&self) -> usize {
-        self.ready.iter().map(VecDeque::len).sum()
+        self.ready.iter().map(ClassQueue::len).sum()
+    }
+}
+
+/// One priority class's ready tasks of a skill: FIFO, or, when a fairness key is
+/// configured, round robin over the keys' own FIFOs (each key one task per turn), so a
+/// burst of one key delays another key's task by at most one task per busy key.
+#[derive(Debug, Default)]
+pub struct ClassQueue {
+    /// Every entry, without fairness.
+    fifo: VecDeque<ReadyEntry>,
+    /// The keys with entries, in turn order (the front key goes next).
+    turns: VecDeque<Arc<str>>,
+    by_key: HashMap<Arc<str>, VecDeque<ReadyEntry>>,
+    fair_len: usize,
+}
+
+impl ClassQueue {
+    pub fn len(&self) -> usize {
+        self.fifo.len() + self.fair_len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends an entry: to the FIFO (`key` `None`), or to its key's queue.
+    pub fn push_back(&mut self, entry: ReadyEntry, key: Option<Arc<str>>) {
+        let Some(key) = key else {
+            self.fifo.push_back(entry);
+            return;
+        };
+        let queue = self.by_key.entry(key.clone()).or_default();
+        if queue.is_empty() {
+            self.turns.push_back(key);
+        }
+        queue.push_back(entry);
+        self.fair_len += 1;
+    }
+
+    /// Puts back an entry taken by `pop_front` (its key goes first again).
+    pub fn push_front(&mut self, entry: ReadyEntry, key: Option<Arc<str>>) {
+        let Some(key) = key else {
+            self.fifo.push_front(entry);
+            return;
+        };
+        let queue = self.by_key.entry(key.clone()).or_default();
+        if let Some(at) = self.turns.iter().position(|k| *k == key) {
+            self.turns.remove(at);
+        }
+        self.turns.push_front(key);
+        queue.push_front(entry);
+        self.fair_len += 1;
+    }
+
+    /// The entry that goes next.
+    pub fn front(&self) -> Option<&ReadyEntry> {
+        match self.turns.front() {
+            Some(key) => self.by_key.get(key).and_then(VecDeque::front),
+            None => self.fifo.front(),
+        }
+    }
+
+    /// Takes the next entry (and its key); the key's turn passes to the next key.
+    pub fn pop_front(&mut self) -> Option<(ReadyEntry, Option<Arc<str>>)> {
+        let Some(key) = self.turns.pop_front() else {
+            return self.fifo.pop_front().map(|entry| (entry, None));
+        };
+        let queue = self.by_key.get_mut(&key)?;
+        let entry = queue.pop_front()?;
+        self.fair_len -= 1;
+        if queue.is_empty() {
+            self.by_key.remove(&key);
+        } else {
+            self.turns.push_back(key.clone());
+        }
+        Some((entry, Some(key)))
+    }
+
+    /// Every entry, emptying the queue (to sort them again under a new fairness key).
+    pub fn drain(&mut self) -> Vec<ReadyEntry> {
+        let mut all: Vec<ReadyEntry> = self.fifo.drain(..).collect();
+        for key in std::mem::take(&mut self.turns) {
+            if let Some(queue) = self.by_key.remove(&key) {
+                all.extend(queue);
+            }
+        }
+        self.by_key.clear();
+        self.fair_len = 0;
+        all.sort_by_key(|e| e.ready_at);
+        all
     }
 }
 
@@ -314,4 +404,77 @@ pub struct Timer {
     pub slot: Slot,
     pub attempt: u32,
     pub kind: TimerKind,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn entry(n: u32) -> ReadyEntry {
+        ReadyEntry {
+            slot: Slot {
+                workflow: WorkflowId(u128::from(n)),
+                task: 0,
+                compensation: false,
+            },
+            attempt: n,
+            ready_at: u64::from(n),
+        }
+    }
+
+    proptest! {
+        /// Whatever the keys and the pops and put-backs in between, every entry comes
+        /// out once, each key's entries in their order, and while two keys have entries
+        /// neither goes twice in a row.
+        #[test]
+        fn round_robin_over_keys_loses_nothing_and_takes_turns(
+            keys in proptest::collection::vec(0u8..4, 1..200),
+            put_backs in proptest::collection::vec(any::<bool>(), 0..50),
+        ) {
+            let mut queue = ClassQueue::default();
+            for (n, key) in keys.iter().enumerate() {
+                queue.push_back(entry(n as u32), Some(Arc::from(key.to_string())));
+            }
+            prop_assert_eq!(queue.len(), keys.len());
+            let mut out: Vec<(u32, Arc<str>)> = Vec::new();
+            let mut put_backs = put_backs.into_iter();
+            while let Some((popped, key)) = queue.pop_front() {
+                if put_backs.next() == Some(true) {
+                    queue.push_front(popped, key);
+                    let (again, key) = queue.pop_front().unwrap();
+                    out.push((again.attempt, key.unwrap()));
+                } else {
+                    out.push((popped.attempt, key.unwrap()));
+                }
+            }
+            prop_assert!(queue.is_empty());
+            let mut seen: Vec<u32> = out.iter().map(|(n, _)| *n).collect();
+            seen.sort_unstable();
+            prop_assert_eq!(seen, (0..keys.len() as u32).collect::<Vec<_>>());
+            for key in 0u8..4 {
+                let key = key.to_string();
+                let order: Vec<u32> = out.iter().filter(|(_, k)| **k == *key).map(|(n, _)| *n).collect();
+                prop_assert!(order.windows(2).all(|w| w[0] < w[1]), "key {} out of order: {:?}", key, order);
+            }
+            // Round robin: the keys in the order they first came, one entry each per
+            // round, a key leaving the rounds when it has none left (a put-back changes
+            // nothing).
+            let mut rounds: Vec<(String, VecDeque<u32>)> = Vec::new();
+            for (n, key) in keys.iter().enumerate() {
+                let key = key.to_string();
+                match rounds.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, queue)) => queue.push_back(n as u32),
+                    None => rounds.push((key, VecDeque::from([n as u32]))),
+                }
+            }
+            let mut expected: Vec<u32> = Vec::new();
+            while rounds.iter().any(|(_, q)| !q.is_empty()) {
+                for (_, queue) in &mut rounds {
+                    expected.extend(queue.pop_front());
+                }
+            }
+            prop_assert_eq!(out.iter().map(|(n, _)| *n).collect::<Vec<_>>(), expected);
+        }
+    }
 }

@@ -283,3 +283,33 @@ fn a_gateway_that_slows_down_gets_a_lower_adaptive_limit_and_no_timeouts_then_re
         .count();
     assert_eq!(timeouts, 0, "no attempt timed out");
 }
+
+#[test]
+fn one_merchants_burst_does_not_hold_back_anothers_payment() {
+    let fair = "fairness: { key: \"{{ inputs.merchant }}\" }\n";
+    for (limits, fair_turns) in [(fair, true), ("", false)] {
+        let mut sim = with_limits(limits);
+        sim.join("worker", &["charge"], 1, &[]);
+        let charge = spec(CHARGE);
+        for _ in 0..200 {
+            sim.submit(&charge, Priority::Normal, json!({"merchant": "big"}));
+        }
+        let small = sim.submit(&charge, Priority::Normal, json!({"merchant": "small"}));
+        let mut served_before = 0;
+        while sim.status(small) != WorkflowStatus::Succeeded {
+            let index = sim.inflight.len() - 1;
+            if sim.inflight[index].1.slot.workflow != small {
+                served_before += 1;
+            }
+            sim.succeed(index);
+        }
+        if fair_turns {
+            assert!(
+                served_before <= 2,
+                "with fairness the small merchant waits for at most the running task and one turn: {served_before}"
+            );
+        } else {
+            assert_eq!(served_before, 200, "FIFO: behind the whole burst");
+        }
+    }
+}
