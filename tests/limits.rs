@@ -317,3 +317,140 @@ async fn a_gateway_that_slows_down_gets_a_lower_adaptive_limit_and_no_timeouts()
         "{metrics}"
     );
 }
+
+/// The value of one metric line (`name{labels} value`), 0 when absent.
+fn metric(metrics: &str, line_start: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// Cost-aware overflow: at low load every payment goes to the cheaper gateway (alpha);
+/// when alpha is at its concurrency limit, routed authorizations overflow to beta, never
+/// more than 2 attempts run on alpha, and the metrics give each gateway's share and fees.
+#[tokio::test(flavor = "multi_thread")]
+async fn work_overflows_to_the_dearer_gateway_only_at_the_cheaper_ones_limit() {
+    let dir = TempDir::new("overflow");
+    let limits = dir.0.join("limits.yaml");
+    std::fs::write(&limits, "concurrency:\n  - { gateway: alpha, max: 2 }\n").unwrap();
+    let gateway =
+        |name: &str| Part::start(&["gateway-sim", "--listen", "127.0.0.1:0", "--name", name]);
+    let (alpha, beta) = (gateway("alpha"), gateway("beta"));
+    let http_addr = free_addr();
+    let limits_arg = limits.display().to_string();
+    let control = Part::start(&[
+        "control",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &dir.path("control"),
+        "--http",
+        &http_addr,
+        "--limits",
+        &limits_arg,
+    ]);
+    let (alpha_arg, beta_arg) = (
+        format!("alpha={}@25", alpha.url),
+        format!("beta={}@30", beta.url),
+    );
+    let _exec = Part::start(&[
+        "--control",
+        &control.url,
+        "exec",
+        "--name",
+        "exec-overflow",
+        "--gateway",
+        &alpha_arg,
+        "--gateway",
+        &beta_arg,
+    ]);
+    let mut client = Fleet::client(&control.url).await;
+    let card = spec("card-payment");
+    // Low load, one payment at a time: all on alpha.
+    for i in 0..5 {
+        let id = submit(&mut client, &card, card_input(i), pb::Priority::Unspecified).await;
+        let done = wait_terminal(&mut client, &id).await;
+        assert_eq!(task_output(&done, "capture")["gateway"], "alpha");
+    }
+    let metrics = scrape(&http_addr);
+    let on = |metrics: &str, gateway: &str| {
+        metric(
+            metrics,
+            &format!(
+                "paygrid_gateway_dispatches_total{{gateway=\"{gateway}\",skill=\"gateway.authorize\"}}"
+            ),
+        )
+    };
+    assert_eq!(
+        (on(&metrics, "alpha"), on(&metrics, "beta")),
+        (5, 0),
+        "{metrics}"
+    );
+
+    // Peak: 20 at once, every gateway call taking 300 ms: alpha fills, the rest overflows.
+    for part in [&alpha, &beta] {
+        http(
+            &part.url,
+            "PUT",
+            "/v1/admin/faults",
+            Some(r#"{"latency_ms": 300}"#),
+        );
+    }
+    let mut ids = Vec::new();
+    for i in 100..120 {
+        ids.push(submit(&mut client, &card, card_input(i), pb::Priority::Unspecified).await);
+    }
+    let mut on_alpha: Vec<(i64, i64)> = Vec::new();
+    let mut fees = std::collections::HashMap::new();
+    for id in &ids {
+        let done = wait_terminal(&mut client, id).await;
+        assert_eq!(
+            done.status,
+            pb::WorkflowStatus::Succeeded as i32,
+            "{done:#?}"
+        );
+        let capture = task_output(&done, "capture");
+        let gateway = capture["gateway"].as_str().unwrap().to_owned();
+        let bps = if gateway == "alpha" { 25 } else { 30 };
+        *fees.entry(gateway.clone()).or_insert(0) +=
+            capture["amount_minor"].as_i64().unwrap() * bps / 10_000;
+        if gateway == "alpha" {
+            for name in ["authorize", "capture"] {
+                for attempt in &task(&done, name).history {
+                    on_alpha.push((attempt.started_at_ms, attempt.finished_at_ms));
+                }
+            }
+        }
+    }
+    let metrics = scrape(&http_addr);
+    assert!(on(&metrics, "beta") > 0, "overflow reached beta: {metrics}");
+    assert!(on(&metrics, "alpha") > 5, "alpha kept its share: {metrics}");
+    for (start, _) in &on_alpha {
+        let running = on_alpha
+            .iter()
+            .filter(|(s, f)| s <= start && start < f)
+            .count();
+        assert!(running <= 2, "{running} attempts on alpha at {start}");
+    }
+    for (gateway, fee) in fees {
+        let shown = metric(
+            &metrics,
+            &format!("paygrid_gateway_cost_minor_total{{gateway=\"{gateway}\",currency=\"EUR\"}}"),
+        );
+        if gateway == "alpha" {
+            assert!(
+                shown >= fee as u64,
+                "alpha's fees {shown} include this run's {fee}"
+            );
+        } else {
+            assert_eq!(shown, fee as u64, "beta's fees");
+        }
+    }
+}
+
+fn task_output(workflow: &pb::Workflow, name: &str) -> serde_json::Value {
+    serde_json::from_str(&task(workflow, name).output_json).unwrap()
+}

@@ -74,3 +74,11 @@ pub const GATEWAY_CONCURRENCY_LIMIT: Metric = Metric {
     name: "paygrid_gateway_concurrency_limit",
     help: "A gateway's adaptive concurrency limit now (attempts at once), by gateway.",
 };
+pub const GATEWAY_DISPATCHES: Metric = Metric {
+    name: "paygrid_gateway_dispatches_total",
+    help: "Attempts sent to a gateway's agents, by gateway and skill: each gateway's share of the traffic.",
+};
+pub const GATEWAY_COST: Metric = Metric {
+    name: "paygrid_gateway_cost_minor_total",
+    help: "Fees of succeeded captures at each gateway's cost_bps, in minor units, by gateway and currency.",
+};

@@ -9,6 +9,18 @@ use crate::model::{Priority, TaskStatus};
 use crate::scheduler::breaker::{BreakerState, Transition};
 use crate::scheduler::{Change, Record, Scheduler, Slot};
 
+/// The skill whose successes carry the gateway's fee.
+const CAPTURE: &str = "gateway.capture";
+
+/// A capture's amount and currency, from its output.
+fn captured(output: &str) -> Option<(i64, String)> {
+    let output: serde_json::Value = serde_json::from_str(output).ok()?;
+    Some((
+        output["amount_minor"].as_i64()?,
+        output["currency"].as_str().unwrap_or("").to_owned(),
+    ))
+}
+
 /// Metrics from one committed change.
 pub(super) fn observe(metrics: &Registry, core: &Scheduler, record: &Record) {
     let Some(workflow) = core.workflow(record.workflow) else {
@@ -27,6 +39,8 @@ pub(super) fn observe(metrics: &Registry, core: &Scheduler, record: &Record) {
             compensation,
             status,
             detail,
+            agent,
+            output,
             ..
         } => {
             let compiled = &workflow.spec.tasks[*task as usize];
@@ -48,6 +62,38 @@ pub(super) fn observe(metrics: &Registry, core: &Scheduler, record: &Record) {
             };
             let seconds = |from: u64| record.at.saturating_sub(from) as f64 / 1000.0;
             let by_skill = [("skill", skill)];
+            // Which gateway takes the traffic, and what it costs: each dispatch to a
+            // gateway's agent, and each capture's fee at that gateway's `cost_bps`.
+            let gateway_agent = agent
+                .as_ref()
+                .or(execution.agent.as_ref())
+                .and_then(|a| core.agent(a));
+            if let Some(gateway_agent) = gateway_agent
+                && let Some(gateway) = gateway_agent.labels.get("gateway")
+            {
+                if *status == TaskStatus::Dispatched {
+                    metrics.count(
+                        &names::GATEWAY_DISPATCHES,
+                        &[("gateway", gateway.as_str()), ("skill", skill)],
+                        1,
+                    );
+                }
+                if *status == TaskStatus::Succeeded
+                    && skill == CAPTURE
+                    && gateway_agent.cost_bps != u32::MAX
+                    && let Some((amount, currency)) = output.as_deref().and_then(captured)
+                {
+                    let fee = amount * i64::from(gateway_agent.cost_bps) / 10_000;
+                    metrics.count(
+                        &names::GATEWAY_COST,
+                        &[
+                            ("gateway", gateway.as_str()),
+                            ("currency", currency.as_str()),
+                        ],
+                        u64::try_from(fee).unwrap_or(0),
+                    );
+                }
+            }
             match status {
                 TaskStatus::Dispatched => metrics.observe(
                     &names::DISPATCH_LATENCY,
