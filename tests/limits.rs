@@ -454,3 +454,104 @@ async fn work_overflows_to_the_dearer_gateway_only_at_the_cheaper_ones_limit() {
 fn task_output(workflow: &pb::Workflow, name: &str) -> serde_json::Value {
     serde_json::from_str(&task(workflow, name).output_json).unwrap()
 }
+
+/// A submit storm past a merchant's share: the excess is refused with
+/// RESOURCE_EXHAUSTED and a `retry-after-ms` hint, another merchant is admitted at once,
+/// the refused submissions get in when retried with their keys, and every accepted
+/// workflow finishes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_submit_storm_past_a_keys_share_is_refused_with_a_hint_and_nothing_accepted_is_lost() {
+    let dir = TempDir::new("admission");
+    let limits = dir.0.join("limits.yaml");
+    std::fs::write(
+        &limits,
+        "admission: { key: \"{{ inputs.merchant }}\", max_active: 5 }\n",
+    )
+    .unwrap();
+    let gateway = Part::start(&["gateway-sim", "--listen", "127.0.0.1:0", "--name", "alpha"]);
+    http(
+        &gateway.url,
+        "PUT",
+        "/v1/admin/faults",
+        Some(r#"{"capture_latency_ms": 300}"#),
+    );
+    let limits_arg = limits.display().to_string();
+    let control = Part::start(&[
+        "control",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &dir.path("control"),
+        "--limits",
+        &limits_arg,
+    ]);
+    let gateway_arg = format!("alpha={}@25", gateway.url);
+    let _exec = Part::start(&[
+        "--control",
+        &control.url,
+        "exec",
+        "--name",
+        "exec-admission",
+        "--gateway",
+        &gateway_arg,
+    ]);
+    let card = std::sync::Arc::new(spec("card-payment"));
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut storm = tokio::task::JoinSet::new();
+    for i in 0..30u32 {
+        let (url, card, refused) = (control.url.clone(), card.clone(), refused.clone());
+        storm.spawn(async move {
+            let mut client = Fleet::client(&url).await;
+            let request = pb::SubmitRequest {
+                spec: Some(pb::submit_request::Spec::SpecText((*card).clone())),
+                input_json: json!({"amount_minor": 1000 + i, "currency": "EUR", "card_token": format!("tok_visa_{i}"), "merchant": "big"}).to_string(),
+                idempotency_key: format!("storm-{i}"),
+                ..Default::default()
+            };
+            loop {
+                match client.submit(request.clone()).await {
+                    Ok(accepted) => return accepted.into_inner().workflow_id,
+                    Err(status) => {
+                        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
+                        assert!(status.message().contains("key `big`"), "{status}");
+                        let hint = status.metadata().get("retry-after-ms").unwrap();
+                        assert_eq!(hint.to_str().unwrap(), "1000");
+                        refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        // A tenth of the hint keeps the test short.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+    }
+    // Mid-storm, another merchant gets in at once.
+    let mut client = Fleet::client(&control.url).await;
+    let small = client
+        .submit(pb::SubmitRequest {
+            spec: Some(pb::submit_request::Spec::SpecText((*card).clone())),
+            input_json: json!({"amount_minor": 777, "currency": "EUR", "card_token": "tok_small", "merchant": "small"}).to_string(),
+            ..Default::default()
+        })
+        .await
+        .expect("another merchant is admitted")
+        .into_inner()
+        .workflow_id;
+    let mut ids = vec![small];
+    while let Some(id) = storm.join_next().await {
+        ids.push(id.unwrap());
+    }
+    assert!(
+        refused.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "the storm went past the share"
+    );
+    let unique: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), 31, "one workflow per payment");
+    for id in &ids {
+        let done = wait_terminal(&mut client, id).await;
+        assert_eq!(
+            done.status,
+            pb::WorkflowStatus::Succeeded as i32,
+            "{done:#?}"
+        );
+    }
+}

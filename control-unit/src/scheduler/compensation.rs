@@ -258,6 +258,10 @@ impl Scheduler {
             workflow.error = detail.clone().or(workflow.error.take());
         }
         record(out, id, now, Change::Workflow { status, detail });
+        if let Some(workflow) = self.workflows.get(&id) {
+            self.limits
+                .finished(&super::dispatch::WorkflowScope(workflow));
+        }
         // Workflows waiting on this one's end count it (before it may leave memory).
         self.workflow_progressed(id, out);
         self.active -= 1;

@@ -79,6 +79,9 @@ pub struct LimitRules {
     pub adaptive: Vec<AdaptiveRule>,
     /// Within a priority class, ready tasks take turns by this key (round robin).
     pub fairness_key: Option<Template>,
+    /// At most `max_active` running workflows per value of this key: past it, `Submit`
+    /// is refused for that key (RESOURCE_EXHAUSTED, with a retry hint).
+    pub admission: Option<(Template, u32)>,
     /// The document they were parsed from (what `paygrid limits` shows and stores).
     pub source: String,
 }
@@ -168,6 +171,14 @@ impl LimitRules {
                     .map_err(|e| format!("fairness: key: {e}"))?,
             );
         }
+        if let Some(admission) = raw.admission {
+            if admission.max_active == 0 {
+                return Err("admission: max_active must be at least 1".into());
+            }
+            let key = Template::parse(&serde_json::Value::String(admission.key))
+                .map_err(|e| format!("admission: key: {e}"))?;
+            rules.admission = Some((key, admission.max_active));
+        }
         for (index, rule) in raw.adaptive.into_iter().enumerate() {
             let name = rule
                 .name
@@ -226,6 +237,16 @@ struct RawLimits {
     adaptive: Vec<RawRule>,
     #[serde(default)]
     fairness: Option<RawFairness>,
+    #[serde(default)]
+    admission: Option<RawAdmission>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmission {
+    /// Running workflows are counted per value of this key.
+    key: String,
+    max_active: u32,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -322,6 +343,8 @@ pub struct Limits {
     wake_at: Option<Millis>,
     /// Each adaptive rule's limit now, and what runs under it.
     adaptive: Vec<Adaptive>,
+    /// Running workflows per admission key value.
+    admitted: HashMap<Arc<str>, u32>,
     /// The adaptive rule each dispatched attempt counts under.
     held_adaptive: HashMap<(Slot, u32), usize>,
 }
@@ -363,6 +386,50 @@ impl Limits {
             rules,
             adaptive,
             ..Self::default()
+        }
+    }
+
+    /// The admission key of a workflow, when admission is limited per key.
+    fn admission_key(&self, scope: &dyn Scope) -> Option<(Arc<str>, u32)> {
+        let (template, max) = self.rules.admission.as_ref()?;
+        // A workflow the key does not apply to (no such input) is not counted.
+        let key = match template.resolve(scope).ok()? {
+            serde_json::Value::String(text) => Arc::from(text),
+            other => Arc::from(other.to_string()),
+        };
+        Some((key, *max))
+    }
+
+    /// A new workflow asks to run: counted under its key, or refused with the key and
+    /// its count when the key is at its share.
+    pub fn admit(&mut self, scope: &dyn Scope) -> Result<(), (String, u32, u32)> {
+        let Some((key, max)) = self.admission_key(scope) else {
+            return Ok(());
+        };
+        let active = self.admitted.entry(key.clone()).or_insert(0);
+        if *active >= max {
+            return Err((key.to_string(), *active, max));
+        }
+        *active += 1;
+        Ok(())
+    }
+
+    /// A workflow counted before (restored after a restart, or recounted) runs.
+    pub fn readmit(&mut self, scope: &dyn Scope) {
+        if let Some((key, _)) = self.admission_key(scope) {
+            *self.admitted.entry(key).or_insert(0) += 1;
+        }
+    }
+
+    /// A workflow ended: its key's count goes down.
+    pub fn finished(&mut self, scope: &dyn Scope) {
+        if let Some((key, _)) = self.admission_key(scope)
+            && let Some(active) = self.admitted.get_mut(&key)
+        {
+            *active = active.saturating_sub(1);
+            if *active == 0 {
+                self.admitted.remove(&key);
+            }
         }
     }
 

@@ -315,7 +315,29 @@ pub enum SubmitError {
     Duplicate(WorkflowId),
     #[error("{active} workflows are running, the limit is {limit}: retry later")]
     Overloaded { active: usize, limit: usize },
+    #[error(
+        "{active} workflows of key `{key}` are running, its limit is {limit}: retry later (other keys are admitted)"
+    )]
+    KeyOverloaded {
+        key: String,
+        active: u32,
+        limit: u32,
+    },
 }
+
+impl SubmitError {
+    /// How long a refused caller should wait before retrying, for the errors that are
+    /// about load.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            Self::Overloaded { .. } | Self::KeyOverloaded { .. } => Some(RETRY_AFTER_MS),
+            Self::Duplicate(_) => None,
+        }
+    }
+}
+
+/// The retry hint given with a refusal for load: long enough for running work to end.
+pub const RETRY_AFTER_MS: u64 = 1_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CancelError {
@@ -472,6 +494,9 @@ impl Scheduler {
             compensation_failures: 0,
             cancel_requested: false,
         };
+        self.limits
+            .admit(&dispatch::WorkflowScope(&workflow))
+            .map_err(|(key, active, limit)| SubmitError::KeyOverloaded { key, active, limit })?;
         let roots: Vec<u32> = workflow
             .spec
             .tasks
@@ -630,6 +655,11 @@ impl Scheduler {
                     )
                 }),
         );
+        for workflow in self.workflows.values() {
+            if !workflow.status.is_terminal() {
+                limits.readmit(&dispatch::WorkflowScope(workflow));
+            }
+        }
         self.limits = limits;
         // Ready tasks take their turns under the new fairness key (or none).
         for queue in self.skills.values_mut() {

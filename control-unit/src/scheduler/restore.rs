@@ -347,6 +347,10 @@ impl Scheduler {
             return Ok(id);
         }
         self.active += 1;
+        if let Some(workflow) = self.workflows.get(&id) {
+            self.limits
+                .readmit(&super::dispatch::WorkflowScope(workflow));
+        }
         match status {
             WorkflowStatus::Compensating => self.resume_compensation(id, out),
             _ => self.resume_running(id, &order, out),

@@ -8,6 +8,9 @@ use crate::scheduler::approvals::ApprovalError;
 use crate::scheduler::{CancelError, SubmitError};
 use crate::store::StoreError;
 
+/// The metadata of a refusal for load: milliseconds to wait before retrying.
+pub const RETRY_AFTER_METADATA: &str = "retry-after-ms";
+
 impl From<ControlError> for Status {
     fn from(error: ControlError) -> Self {
         let code = match &error {
@@ -21,9 +24,10 @@ impl From<ControlError> for Status {
             ControlError::AlreadyExists(_)
             | ControlError::KeyReused { .. }
             | ControlError::Submit(SubmitError::Duplicate(_)) => Code::AlreadyExists,
-            ControlError::Exhausted(_) | ControlError::Submit(SubmitError::Overloaded { .. }) => {
-                Code::ResourceExhausted
-            }
+            ControlError::Exhausted(_)
+            | ControlError::Submit(
+                SubmitError::Overloaded { .. } | SubmitError::KeyOverloaded { .. },
+            ) => Code::ResourceExhausted,
             ControlError::Unauthenticated(_) => Code::Unauthenticated,
             ControlError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             ControlError::Store(store) => match store {
@@ -45,7 +49,18 @@ impl From<ControlError> for Status {
             },
             ControlError::Internal(_) => Code::Internal,
         };
-        Status::new(code, error.to_string())
+        let retry_after = match &error {
+            ControlError::Submit(submit) => submit.retry_after_ms(),
+            _ => None,
+        };
+        let mut status = Status::new(code, error.to_string());
+        if let Some(ms) = retry_after {
+            // The hint as metadata a client can read without parsing the message.
+            status
+                .metadata_mut()
+                .insert(RETRY_AFTER_METADATA, ms.into());
+        }
+        status
     }
 }
 

@@ -313,3 +313,47 @@ fn one_merchants_burst_does_not_hold_back_anothers_payment() {
         }
     }
 }
+
+#[test]
+fn a_key_over_its_share_is_refused_and_others_are_admitted() {
+    let mut sim = with_limits("admission: { key: \"{{ inputs.merchant }}\", max_active: 3 }\n");
+    sim.join("worker", &["charge"], 1, &[]);
+    let charge = spec(CHARGE);
+    let big: Vec<_> = (0..3)
+        .map(|_| sim.submit(&charge, Priority::Normal, json!({"merchant": "big"})))
+        .collect();
+    let mut out = Vec::new();
+    let refused = sim.core.submit(
+        sim.now,
+        NewWorkflow {
+            id: WorkflowId(42),
+            spec: charge.clone(),
+            input: json!({"merchant": "big"}),
+            priority: Priority::Normal,
+            labels: BTreeMap::new(),
+            idempotency_key: None,
+            traceparent: String::new(),
+            trace_parent_span: String::new(),
+            tracestate: String::new(),
+        },
+        &mut out,
+    );
+    assert_eq!(
+        refused,
+        Err(SubmitError::KeyOverloaded {
+            key: "big".into(),
+            active: 3,
+            limit: 3
+        })
+    );
+    assert!(out.is_empty(), "nothing recorded for a refusal");
+    assert_eq!(refused.unwrap_err().retry_after_ms(), Some(1_000));
+    let small = sim.submit(&charge, Priority::Normal, json!({"merchant": "small"}));
+    // One of big's ends: big is admitted again.
+    while sim.status(big[0]) != WorkflowStatus::Succeeded {
+        sim.succeed(0);
+    }
+    sim.submit(&charge, Priority::Normal, json!({"merchant": "big"}));
+    sim.run_to_quiet();
+    assert_eq!(sim.status(small), WorkflowStatus::Succeeded);
+}
