@@ -3,9 +3,11 @@
 //! as the ceiling's echo process) and `paygrid store-bench`.
 //!
 //! - [`load`]: the load generator against real processes, next to the raw ceiling.
+//! - [`allocation`]: limits, fairness and overflow scenarios (`burst`, `cost`).
 //! - [`ceiling`]: the raw gRPC stream ceiling (echo server and client).
 //! - [`store`]: append throughput of a store.
 
+pub mod allocation;
 pub mod ceiling;
 pub mod load;
 pub mod store;

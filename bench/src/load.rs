@@ -26,12 +26,13 @@ use crate::ceiling::ceiling;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Scenarios to run, comma-separated: seq3, card, fanout, priority.
+    /// Scenarios to run, comma-separated: seq3, card, fanout, priority; and burst, slowdown, cost
+    /// (resource allocation, each on its own processes: docs/limits.md).
     #[arg(
         long,
         value_delimiter = ',',
         default_value = "seq3,card,fanout,priority",
-        value_parser = ["seq3", "card", "fanout", "priority"]
+        value_parser = ["seq3", "card", "fanout", "priority", "burst", "slowdown", "cost"]
     )]
     pub scenarios: Vec<String>,
     /// Workflows per scenario (default depends on the scenario and --quick).
@@ -64,13 +65,13 @@ pub struct BenchArgs {
 }
 
 /// A part started as its own process, killed on drop.
-struct Process {
+pub(crate) struct Process {
     child: Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Process {
-    fn start(args: &[&str]) -> anyhow::Result<Self> {
+    pub(crate) fn start(args: &[&str]) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("locate the paygrid binary")?;
         let mut child = Command::new(exe)
             .args(args)
@@ -136,7 +137,7 @@ fn status_kb(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -165,10 +166,10 @@ fn fanout_spec(task_ms: u64) -> String {
 const HOLD_SPEC: &str = "apiVersion: paygrid/v1\nkind: Workflow\nname: bench-hold\nversion: 1\ntasks:\n  - id: wait\n    skill: bench.hold\n";
 
 /// One finished workflow as the client saw it.
-struct Sample {
-    id: String,
-    latency: Duration,
-    succeeded: bool,
+pub(crate) struct Sample {
+    pub(crate) id: String,
+    pub(crate) latency: Duration,
+    pub(crate) succeeded: bool,
     critical: bool,
 }
 
@@ -190,10 +191,10 @@ async fn follow(client: &mut WorkflowsClient<Channel>, id: &str) -> anyhow::Resu
     Ok(status == pb::WorkflowStatus::Succeeded)
 }
 
-type InputFn = Arc<dyn Fn(usize) -> (String, pb::Priority) + Send + Sync>;
+pub(crate) type InputFn = Arc<dyn Fn(usize) -> (String, pb::Priority) + Send + Sync>;
 
 /// Closed loop at `concurrency`, or open loop at `rate`; returns every sample.
-async fn load(
+pub(crate) async fn load(
     channel: Channel,
     spec: Arc<String>,
     count: usize,
@@ -429,7 +430,7 @@ fn assignment_and_result_sizes(task_ms: u64) -> (usize, usize) {
     (assignment.encoded_len(), result.encoded_len())
 }
 
-async fn wait_for_skill(channel: Channel, skill: &str) -> anyhow::Result<()> {
+pub(crate) async fn wait_for_skill(channel: Channel, skill: &str) -> anyhow::Result<()> {
     let mut client = pb::agent_hub_client::AgentHubClient::new(channel);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -659,7 +660,31 @@ async fn half_load(peak: f64, args: &BenchArgs, parts: &Parts) -> anyhow::Result
     Ok(summary)
 }
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
+    let allocation: Vec<&str> = crate::allocation::SCENARIOS
+        .into_iter()
+        .filter(|s| args.scenarios.iter().any(|a| a == s))
+        .collect();
+    if !allocation.is_empty() {
+        let results = crate::allocation::run(&args, &allocation).await?;
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let out = PathBuf::from(format!("target/paygrid-bench/allocation-{secs}.json"));
+        if let Some(parent) = out.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(
+            &out,
+            serde_json::to_string_pretty(&json!({"scenarios": results}))?,
+        )?;
+        println!("report: {}", out.display());
+        args.scenarios
+            .retain(|s| !crate::allocation::SCENARIOS.contains(&s.as_str()));
+        if args.scenarios.is_empty() {
+            return Ok(());
+        }
+    }
     let mut parts = start_parts(&args).await?;
     println!(
         "paygrid bench: control unit {} (store: {}), {} execution unit(s), tasks sleep {} ms",

@@ -22,7 +22,8 @@
 //! Faults (`PUT /v1/admin/faults`): `latency_ms`, `capture_latency_ms`, `fail_next`
 //! (503 before the effect), `fail_after_next` (500 after the effect was applied and
 //! stored), `fail_rate` (503 before the effect, at random), `slow_rate` with
-//! `slow_latency_min_ms`..`slow_latency_max_ms` (a share of requests is slow).
+//! `slow_latency_min_ms`..`slow_latency_max_ms` (a share of requests is slow),
+//! `latency_per_in_flight_ms` (each request takes longer the more are in flight).
 
 mod idempotency;
 mod payments;
@@ -76,6 +77,9 @@ pub struct Faults {
     pub slow_rate: f64,
     pub slow_latency_min_ms: u64,
     pub slow_latency_max_ms: u64,
+    /// Added per request already in flight: a gateway that slows down under load, as
+    /// real ones do (a queue in front of a fixed capacity).
+    pub latency_per_in_flight_ms: u64,
 }
 
 /// Counters for tests and operators (`GET /v1/stats`).
@@ -235,8 +239,11 @@ async fn apply_effect(
     if let Err(answer) = idempotency::begin(&sim, &key, &fingerprint) {
         return *answer;
     }
-    let latency = latency(&sim.lock().faults, effect);
-    sim.in_flight.fetch_add(1, Ordering::SeqCst);
+    let busy = sim.in_flight.fetch_add(1, Ordering::SeqCst);
+    let latency = {
+        let faults = &sim.lock().faults;
+        latency(faults, effect) + busy * faults.latency_per_in_flight_ms
+    };
     let mut guard = idempotency::InFlightGuard {
         sim: &sim,
         key: key.clone(),
