@@ -319,7 +319,21 @@ async fn slowdown(args: &BenchArgs) -> anyhow::Result<Value> {
             }
             let mut latencies: Vec<f64> = samples.iter().map(|s| ms(s.latency)).collect();
             latencies.sort_by(f64::total_cmp);
+            // What governed dispatch: the adaptive limit and the breaker, at the end.
+            let health = pb::agent_hub_client::AgentHubClient::new(fleet.channel.clone())
+                .health(pb::HealthRequest {})
+                .await?
+                .into_inner();
+            let limit = health.adaptive.first().map(|a| a.limit);
+            let breaker_opened = health
+                .breakers
+                .iter()
+                .flat_map(|b| &b.transitions)
+                .filter(|t| t.to == "open")
+                .count();
             phases.push(json!({
+                "adaptive_limit": limit,
+                "breaker_opened": breaker_opened,
                 "phase": phase,
                 "payments_per_s": samples.len() as f64 / elapsed.as_secs_f64(),
                 "p99_ms": percentile(&latencies, 99.0),
@@ -396,19 +410,24 @@ fn print(result: &Value) {
                 "slowdown: card payments at 48 in flight, 1 s timeouts; then alpha slows 25 ms per request in flight"
             );
             println!(
-                "  {:<9} {:<8} {:>8} {:>10} {:>10} {:>8}",
-                "mode", "phase", "wf/s", "p99 ms", "timeouts", "failed"
+                "  {:<9} {:<8} {:>8} {:>10} {:>10} {:>8} {:>7} {:>8}",
+                "mode", "phase", "wf/s", "p99 ms", "timeouts", "failed", "limit", "opened"
             );
             for mode in result["modes"].as_array().into_iter().flatten() {
                 for phase in mode["phases"].as_array().into_iter().flatten() {
+                    let limit = phase["adaptive_limit"]
+                        .as_f64()
+                        .map_or("-".to_owned(), |l| format!("{l:.0}"));
                     println!(
-                        "  {:<9} {:<8} {:>8.0} {:>10.0} {:>10} {:>8}",
+                        "  {:<9} {:<8} {:>8.0} {:>10.0} {:>10} {:>8} {:>7} {:>8}",
                         mode["mode"].as_str().unwrap_or(""),
                         phase["phase"].as_str().unwrap_or(""),
                         phase["payments_per_s"].as_f64().unwrap_or(0.0),
                         phase["p99_ms"].as_f64().unwrap_or(0.0),
                         phase["timeouts"].as_u64().unwrap_or(0),
-                        phase["failed"].as_u64().unwrap_or(0)
+                        phase["failed"].as_u64().unwrap_or(0),
+                        limit,
+                        phase["breaker_opened"].as_u64().unwrap_or(0)
                     );
                 }
             }
