@@ -11,7 +11,8 @@
 //! fingerprints are SHA-256 over a canonical form, stable across releases and restarts.
 //!
 //! Test card tokens: `tok_decline` is declined at authorize (402 `card_declined`);
-//! `tok_capture_decline` authorizes but its capture is refused (402 `capture_declined`).
+//! `tok_capture_decline` authorizes but its capture is refused (402 `capture_declined`);
+//! `tok_decline_N` and `tok_capture_decline_N` behave the same (a distinct card each).
 //!
 //! Settlement (see `settlement`): captures, refunds and payouts wait in the open batch;
 //! `POST /v1/settlement-batches` closes it, `GET /v1/settlement-batches` lists them and

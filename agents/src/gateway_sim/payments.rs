@@ -117,7 +117,7 @@ fn authorize(sim: &Sim, inner: &mut Inner, serial: u64, request: &Value) -> (Sta
             "amount_minor (> 0), currency and card_token are required",
         );
     };
-    if token == "tok_decline" {
+    if is_test_token(token, "tok_decline") {
         inner.stats.declines += 1;
         return error(
             StatusCode::PAYMENT_REQUIRED,
@@ -161,7 +161,7 @@ fn capture(
         Ok(payment) => payment,
         Err(answer) => return answer,
     };
-    if payment.card_token == "tok_capture_decline" {
+    if is_test_token(&payment.card_token, "tok_capture_decline") {
         return error(
             StatusCode::PAYMENT_REQUIRED,
             "capture_declined",
@@ -375,4 +375,12 @@ fn close_batch(sim: &Sim, inner: &mut Inner, request: &Value) -> (StatusCode, Va
         StatusCode::CREATED,
         json!({"batch_id": batch.batch_id, "value_date": batch.value_date, "rows": batch.rows.len(), "planted": batch.planted, "gateway": sim.name}),
     )
+}
+
+/// A test card token: `base` itself, or `base_SUFFIX` (one card per payment, e.g.
+/// `tok_decline_17`, so that a risk check counting uses per card sees distinct cards).
+fn is_test_token(token: &str, base: &str) -> bool {
+    token
+        .strip_prefix(base)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('_'))
 }
