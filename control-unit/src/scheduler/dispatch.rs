@@ -169,8 +169,9 @@ impl Scheduler {
         let now = self.now;
         let mut limited: Option<Option<Millis>> = None;
         let scope = WorkflowScope(&self.workflows[&slot.workflow]);
+        let critical = self.workflows[&slot.workflow].priority == crate::model::Priority::Critical;
         if !self.limits.is_empty()
-            && let Err(held) = self.limits.check(now, skill, None, &scope)
+            && let Err(held) = self.limits.check(now, skill, None, &scope, critical)
         {
             return Ok(Choice::Limited(held.retry_at));
         }
@@ -192,7 +193,7 @@ impl Scheduler {
                 }
                 match self
                     .limits
-                    .check(now, skill, gateway.map(String::as_str), &scope)
+                    .check(now, skill, gateway.map(String::as_str), &scope, critical)
                 {
                     Ok(()) => true,
                     Err(held) => {
@@ -266,7 +267,9 @@ impl Scheduler {
         }
         if !self.limits.is_empty() {
             let scope = WorkflowScope(&self.workflows[&slot.workflow]);
-            if let Err(held) = self.limits.check(self.now, skill, None, &scope) {
+            let critical =
+                self.workflows[&slot.workflow].priority == crate::model::Priority::Critical;
+            if let Err(held) = self.limits.check(self.now, skill, None, &scope, critical) {
                 return held.reason;
             }
             let held: Vec<String> = admitted
@@ -274,7 +277,7 @@ impl Scheduler {
                 .filter_map(|a| {
                     let gateway = a.labels.get("gateway")?;
                     self.limits
-                        .check(self.now, skill, Some(gateway), &scope)
+                        .check(self.now, skill, Some(gateway), &scope, critical)
                         .err()
                 })
                 .map(|held| held.reason)

@@ -45,6 +45,8 @@ pub struct ConcurrencyRule {
     pub name: String,
     pub selector: Selector,
     pub max: u32,
+    /// Places only critical work may take: other work stops at `max - reserve_critical`.
+    pub reserve_critical: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -138,10 +140,17 @@ impl LimitRules {
                 }
                 Some(max) => max,
             };
+            let reserve_critical = rule.reserve_critical.unwrap_or(0);
+            if reserve_critical >= max {
+                return Err(format!(
+                    "concurrency limit `{name}`: reserve_critical ({reserve_critical}) must be below max ({max})"
+                ));
+            }
             rules.concurrency.push(ConcurrencyRule {
                 selector: rule.selector(&name)?,
                 name,
                 max,
+                reserve_critical,
             });
         }
         for (index, rule) in raw.rate.into_iter().enumerate() {
@@ -285,6 +294,9 @@ struct RawRule {
     latency_target_ms: Option<u64>,
     #[serde(default)]
     backoff: Option<f64>,
+    /// Concurrency: places kept for critical work.
+    #[serde(default)]
+    reserve_critical: Option<u32>,
 }
 
 impl RawRule {
@@ -526,6 +538,7 @@ impl Limits {
         skill: &str,
         gateway: Option<&str>,
         scope: &dyn Scope,
+        critical: bool,
     ) -> Result<(), Held> {
         if self.rules.is_empty() {
             return Ok(());
@@ -550,10 +563,20 @@ impl Limits {
         for counted in &concurrency {
             let rule = &self.rules.concurrency[counted.0];
             let running = self.running.get(counted).copied().unwrap_or(0);
-            if running >= rule.max {
+            let cap = if critical {
+                rule.max
+            } else {
+                rule.max - rule.reserve_critical
+            };
+            if running >= cap {
+                let kept = if critical || rule.reserve_critical == 0 {
+                    String::new()
+                } else {
+                    format!("; {} kept for critical work", rule.reserve_critical)
+                };
                 return Err(Held {
                     reason: format!(
-                        "waiting: concurrency limit {}{} ({running} of {} running)",
+                        "waiting: concurrency limit {}{} ({running} of {} running{kept})",
                         rule.name,
                         key_suffix(&counted.1),
                         rule.max

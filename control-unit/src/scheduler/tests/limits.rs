@@ -357,3 +357,49 @@ fn a_key_over_its_share_is_refused_and_others_are_admitted() {
     sim.run_to_quiet();
     assert_eq!(sim.status(small), WorkflowStatus::Succeeded);
 }
+
+#[test]
+fn critical_work_keeps_its_reserved_places() {
+    let mut sim = with_limits(
+        "concurrency:\n  - { name: charges, skill: charge, max: 4, reserve_critical: 1 }\n",
+    );
+    sim.join("worker", &["charge"], 16, &[]);
+    let charge = spec(CHARGE);
+    let normal: Vec<_> = (0..6)
+        .map(|_| sim.submit(&charge, Priority::Normal, json!({"merchant": "m"})))
+        .collect();
+    assert_eq!(
+        sim.inflight.len(),
+        3,
+        "normal work stops short of the reserved place"
+    );
+    let reason = sim.core.waiting_reason(Slot {
+        workflow: normal[5],
+        task: 0,
+        compensation: false,
+    });
+    assert_eq!(
+        reason,
+        "waiting: concurrency limit charges (3 of 4 running; 1 kept for critical work)"
+    );
+    let critical = sim.submit(&charge, Priority::Critical, json!({"merchant": "m"}));
+    assert_eq!(
+        sim.inflight.len(),
+        4,
+        "critical work takes the reserved place"
+    );
+    assert_eq!(sim.inflight[3].1.slot.workflow, critical);
+    let second = sim.submit(&charge, Priority::Critical, json!({"merchant": "m"}));
+    assert_eq!(sim.inflight.len(), 4, "and no more than max");
+    sim.run_to_quiet();
+    for id in normal.iter().chain([&critical, &second]) {
+        assert_eq!(sim.status(*id), WorkflowStatus::Succeeded);
+    }
+    let refused =
+        LimitRules::parse("concurrency:\n  - { name: all, max: 2, reserve_critical: 2 }\n")
+            .unwrap_err();
+    assert_eq!(
+        refused,
+        "concurrency limit `all`: reserve_critical (2) must be below max (2)"
+    );
+}
