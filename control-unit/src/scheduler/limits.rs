@@ -60,8 +60,9 @@ pub struct RateRule {
 
 /// An adaptive concurrency limit on a gateway (AIMD, as Netflix's concurrency-limits):
 /// an answer slower than `latency_target_ms`, a retryable failure or a timeout cuts the
-/// limit by `backoff` (at most once per `latency_target_ms`, so one slow burst is one
-/// cut); an answer in time while the limit is at least half used raises it by one.
+/// limit by `backoff` (default 0.5; at most once per `latency_target_ms`, so one slow
+/// burst is one cut); an answer in time while the limit is at least half used raises it
+/// by one.
 #[derive(Debug, Clone)]
 pub struct AdaptiveRule {
     pub name: String,
@@ -209,7 +210,10 @@ impl LimitRules {
                     "adaptive limit `{name}`: needs min <= initial <= max (got {min}, {initial}, {max})"
                 ));
             }
-            let backoff = rule.backoff.unwrap_or(0.9);
+            // Halved once per latency target, as TCP halves its window once per round trip:
+            // a gentler cut (0.9) lets abandoned requests pile up at the gateway faster than
+            // the limit comes down (docs/benchmarks.md, `slowdown`).
+            let backoff = rule.backoff.unwrap_or(0.5);
             if !(0.1..1.0).contains(&backoff) {
                 return Err(format!(
                     "adaptive limit `{name}`: backoff must be in [0.1, 1), got {backoff}"
