@@ -1064,3 +1064,58 @@ async fn a_review_waits_for_an_operator_across_a_restart_and_is_audited() {
     assert_eq!(stats["authorizations"], 1, "{stats}");
     assert_eq!(stats["captures"], 1, "{stats}");
 }
+
+/// Oversize labels and idempotency keys are refused with INVALID_ARGUMENT naming the
+/// limit, before anything is compiled or stored (10,000 labels of 100 bytes and a
+/// 10,000-character key used to be accepted).
+#[tokio::test(flavor = "multi_thread")]
+async fn oversize_labels_and_keys_are_refused_naming_the_limit() {
+    let control = Part::start(&["control", "--listen", "127.0.0.1:0", "--store", "memory"]);
+    let mut client = Fleet::client(&control.url).await;
+    let spec = "apiVersion: paygrid/v1\nkind: Workflow\nname: tiny\nversion: 1\ntasks:\n  - id: a\n    skill: nobody.offers\n";
+    let request =
+        |labels: std::collections::HashMap<String, String>, key: String| pb::SubmitRequest {
+            spec: Some(pb::submit_request::Spec::SpecText(spec.into())),
+            input_json: "{}".into(),
+            labels,
+            idempotency_key: key,
+            ..Default::default()
+        };
+    let refused =
+        async |client: &mut pb::workflows_client::WorkflowsClient<tonic::transport::Channel>,
+               request: pb::SubmitRequest| {
+            let status = client.submit(request).await.unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
+            status.message().to_owned()
+        };
+    let many: std::collections::HashMap<String, String> = (0..10_000)
+        .map(|i| (format!("k{i}"), "v".repeat(100)))
+        .collect();
+    assert_eq!(
+        refused(&mut client, request(many, String::new())).await,
+        "10000 labels; the limit is 64"
+    );
+    assert_eq!(
+        refused(&mut client, request(Default::default(), "k".repeat(10_000))).await,
+        "idempotency_key is 10000 bytes; the limit is 255"
+    );
+    let long_key = [("x".repeat(100), "v".to_owned())].into();
+    assert!(
+        refused(&mut client, request(long_key, String::new()))
+            .await
+            .ends_with("is 100 bytes; keys are 1 to 63 bytes")
+    );
+    let long_value = [("merchant".to_owned(), "v".repeat(1_000))].into();
+    assert_eq!(
+        refused(&mut client, request(long_value, String::new())).await,
+        "label `merchant` has a value of 1000 bytes; the limit is 256"
+    );
+    // At the limits, accepted.
+    let fine: std::collections::HashMap<String, String> = (0..64)
+        .map(|i| (format!("k{i}"), "v".repeat(256)))
+        .collect();
+    client
+        .submit(request(fine, "k".repeat(255)))
+        .await
+        .expect("at the limits");
+}

@@ -35,6 +35,9 @@ use crate::error::ControlError;
 use crate::model::{Decision, WorkflowId};
 use crate::scheduler::approvals::DecisionBy;
 
+/// Longest message or context id (they become an idempotency key and a label value).
+const A2A_ID_BYTES_MAX: usize = 200;
+
 /// Label keeping a task's A2A context id on its workflow.
 pub const LABEL_CONTEXT: &str = "a2a.context_id";
 
@@ -75,6 +78,17 @@ impl A2aService {
             Some(input @ Value::Object(_)) => input.clone(),
             Some(_) => return Err(ControlError::invalid("`input` must be an object")),
         };
+        for (field, value) in [
+            ("message_id", &message.message_id),
+            ("context_id", &message.context_id),
+        ] {
+            if value.len() > A2A_ID_BYTES_MAX {
+                return Err(ControlError::invalid(format!(
+                    "{field} is {} bytes; the limit is {A2A_ID_BYTES_MAX}",
+                    value.len()
+                )));
+            }
+        }
         let key = if message.message_id.is_empty() {
             String::new()
         } else {

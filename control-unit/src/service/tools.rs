@@ -81,6 +81,12 @@ impl ToolsService {
         let schema: Value = serde_json::from_str(&tool.skill.input_schema).unwrap_or(Value::Null);
         tools::schema::validate(&schema, &arguments, "arguments")
             .map_err(|e| ControlError::invalid(format!("tool `{tool_name}`: {e}")))?;
+        if key.len() > IDEMPOTENCY_KEY_BYTES_MAX {
+            return Err(ControlError::invalid(format!(
+                "idempotency_key is {} bytes; the limit is {IDEMPOTENCY_KEY_BYTES_MAX}",
+                key.len()
+            )));
+        }
         if tool.skill.effect == SkillEffect::MovesMoney && key.is_empty() {
             return Err(ControlError::invalid(format!(
                 "idempotency_key is required: the tool `{tool_name}` moves money"
@@ -178,3 +184,6 @@ impl ToolsService {
         })
     }
 }
+
+/// Longest idempotency key a caller gives (Stripe's limit), before the call's prefix.
+const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;

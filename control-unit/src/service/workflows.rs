@@ -337,6 +337,14 @@ impl Workflows for WorkflowsService {
         &self,
         request: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitResponse>, Status> {
+        // The cheap checks first: nothing is compiled or parsed for an oversize request.
+        // (Internal callers, tools and A2A, check what their callers gave at their edge.)
+        let message = request.get_ref();
+        check_labels_and_key(
+            &message.labels,
+            &message.idempotency_key,
+            &self.catalog.limits,
+        )?;
         Ok(Response::new(
             WorkflowsService::submit(self, request).await?,
         ))
@@ -521,4 +529,44 @@ fn client_name(metadata: &tonic::metadata::MetadataMap) -> String {
                 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
         .map_or_else(|| "grpc".to_owned(), str::to_ascii_lowercase)
+}
+
+/// Labels and idempotency key within their limits, or `INVALID_ARGUMENT` naming the limit.
+pub(crate) fn check_labels_and_key(
+    labels: &std::collections::HashMap<String, String>,
+    key: &str,
+    limits: &SpecLimits,
+) -> Result<(), ControlError> {
+    if key.len() > limits.idempotency_key_bytes_max {
+        return Err(ControlError::invalid(format!(
+            "idempotency_key is {} bytes; the limit is {}",
+            key.len(),
+            limits.idempotency_key_bytes_max
+        )));
+    }
+    if labels.len() > limits.labels_max {
+        return Err(ControlError::invalid(format!(
+            "{} labels; the limit is {}",
+            labels.len(),
+            limits.labels_max
+        )));
+    }
+    for (name, value) in labels {
+        if name.is_empty() || name.len() > limits.label_key_bytes_max {
+            let shown: String = name.chars().take(40).collect();
+            return Err(ControlError::invalid(format!(
+                "label key `{shown}` is {} bytes; keys are 1 to {} bytes",
+                name.len(),
+                limits.label_key_bytes_max
+            )));
+        }
+        if value.len() > limits.label_value_bytes_max {
+            return Err(ControlError::invalid(format!(
+                "label `{name}` has a value of {} bytes; the limit is {}",
+                value.len(),
+                limits.label_value_bytes_max
+            )));
+        }
+    }
+    Ok(())
 }

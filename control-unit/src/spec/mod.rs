@@ -49,6 +49,12 @@ pub struct SpecLimits {
     pub name_length_max: usize,
     /// Most retry attempts a task may ask for.
     pub attempts_max: u32,
+    /// Most labels on one workflow, and the longest label key and value, in bytes.
+    pub labels_max: usize,
+    pub label_key_bytes_max: usize,
+    pub label_value_bytes_max: usize,
+    /// Longest idempotency key, in bytes (Stripe's limit: 255).
+    pub idempotency_key_bytes_max: usize,
 }
 
 impl Default for SpecLimits {
@@ -61,6 +67,10 @@ impl Default for SpecLimits {
             input_bytes_max: 64 * 1024,
             name_length_max: 64,
             attempts_max: 100,
+            labels_max: 64,
+            label_key_bytes_max: 63,
+            label_value_bytes_max: 256,
+            idempotency_key_bytes_max: 255,
         }
     }
 }
