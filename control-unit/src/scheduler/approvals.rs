@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::dispatch::WorkflowScope;
 use super::flow::condition_context;
-use super::{Change, Command, Millis, Scheduler, Slot, Timer, TimerKind, record};
+use super::{Command, Millis, Scheduler, Slot, Timer, TimerKind};
 use crate::model::{Decision, TaskStatus, WorkflowId, WorkflowStatus};
 use crate::spec::TaskKind;
 
@@ -78,7 +78,6 @@ impl Scheduler {
         resumed: bool,
         out: &mut Vec<Command>,
     ) {
-        let now = self.now;
         let slot = Slot {
             workflow: id,
             task,
@@ -127,29 +126,17 @@ impl Scheduler {
                 }
             },
         };
-        let Some(workflow) = self.workflows.get_mut(&id) else {
-            return;
-        };
-        let execution = &mut workflow.tasks[task as usize].run;
-        execution.status = TaskStatus::Running;
-        if execution.started_at == 0 {
-            execution.started_at = now;
-        }
-        let pending = PendingApproval {
-            prompt,
-            timeout_at: execution.started_at + approval.timeout.as_millis() as u64,
+        let pending_at = |started_at: u64| PendingApproval {
+            prompt: prompt.clone(),
+            timeout_at: started_at + approval.timeout.as_millis() as u64,
             default: approval.default,
         };
-        if !resumed {
-            workflow.updated_at = now;
-            let detail = describe(&pending);
-            record(
-                out,
-                id,
-                now,
-                Change::task(task, false, TaskStatus::Running, 0, None, Some(detail)),
-            );
-        }
+        let Some(started_at) =
+            self.begin_waiting(id, task, resumed, |at| describe(&pending_at(at)), out)
+        else {
+            return;
+        };
+        let pending = pending_at(started_at);
         self.timers.push(Reverse(Timer {
             at: pending.timeout_at,
             slot,

@@ -100,6 +100,39 @@ impl Scheduler {
         );
     }
 
+    /// A task that waits for something no agent does (a `waitFor`, an approval) starts
+    /// waiting: running, with the detail `describe` gives (from when it started) recorded
+    /// unless it resumes after a restart. Returns when it started: its timeout counts
+    /// from then, across restarts.
+    pub(super) fn begin_waiting(
+        &mut self,
+        id: WorkflowId,
+        task: u32,
+        resumed: bool,
+        describe: impl FnOnce(u64) -> String,
+        out: &mut Vec<Command>,
+    ) -> Option<u64> {
+        let now = self.now;
+        let workflow = self.workflows.get_mut(&id)?;
+        let execution = &mut workflow.tasks[task as usize].run;
+        execution.status = TaskStatus::Running;
+        if execution.started_at == 0 {
+            execution.started_at = now;
+        }
+        let started_at = execution.started_at;
+        if !resumed {
+            workflow.updated_at = now;
+            let detail = describe(started_at);
+            record(
+                out,
+                id,
+                now,
+                Change::task(task, false, TaskStatus::Running, 0, None, Some(detail)),
+            );
+        }
+        Some(started_at)
+    }
+
     /// Puts a slot in its skill's ready queue.
     pub(super) fn make_ready(&mut self, slot: Slot, out: &mut Vec<Command>) {
         let now = self.now;
@@ -141,11 +174,15 @@ impl Scheduler {
             .with_attempt_facts(None, None, lookups, settling),
         );
         self.mark_dirty(&skill);
-        let key = self.workflows.get(&slot.workflow).and_then(|w| {
-            self.limits
-                .rules()
-                .fairness_key(&super::dispatch::WorkflowScope(w))
-        });
+        // Only with a fairness key does a ready task's queue depend on its workflow.
+        let key = match self.limits.rules().fairness_key {
+            None => None,
+            Some(_) => self.workflows.get(&slot.workflow).and_then(|w| {
+                self.limits
+                    .rules()
+                    .fairness_key(&super::dispatch::WorkflowScope(w))
+            }),
+        };
         if let Some(queue) = self.skills.get_mut(&skill) {
             queue.ready[priority.index()].push_back(
                 ReadyEntry {

@@ -671,23 +671,22 @@ impl Limits {
 
     /// An attempt ended, however: its places free. Returns the skills to look at again.
     pub fn release(&mut self, slot: Slot, attempt: u32) -> Vec<Arc<str>> {
-        if let Some(index) = self.held_adaptive.remove(&(slot, attempt)) {
+        let adaptive = self.held_adaptive.remove(&(slot, attempt));
+        if let Some(index) = adaptive {
             let state = &mut self.adaptive[index];
             state.running = state.running.saturating_sub(1);
-            if !self.held.contains_key(&(slot, attempt)) {
-                return self.blocked.drain().collect();
-            }
         }
-        let Some(counted) = self.held.remove(&(slot, attempt)) else {
-            return Vec::new();
-        };
-        for key in counted {
-            if let Some(running) = self.running.get_mut(&key) {
+        let counted = self.held.remove(&(slot, attempt));
+        for key in counted.iter().flatten() {
+            if let Some(running) = self.running.get_mut(key) {
                 *running = running.saturating_sub(1);
                 if *running == 0 {
-                    self.running.remove(&key);
+                    self.running.remove(key);
                 }
             }
+        }
+        if adaptive.is_none() && counted.is_none() {
+            return Vec::new();
         }
         self.blocked.drain().collect()
     }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::dispatch::WorkflowScope;
-use super::{Change, Command, Scheduler, Slot, Timer, TimerKind, Workflow, record};
+use super::{Command, Scheduler, Slot, Timer, TimerKind, Workflow};
 use crate::model::{TaskStatus, WorkflowId};
 use crate::spec::{TaskKind, WaitFor};
 
@@ -121,7 +121,6 @@ impl Scheduler {
         resumed: bool,
         out: &mut Vec<Command>,
     ) {
-        let now = self.now;
         let slot = Slot {
             workflow: id,
             task,
@@ -153,25 +152,10 @@ impl Scheduler {
                 state.arrived.insert(other.id);
             }
         }
-        let Some(workflow) = self.workflows.get_mut(&id) else {
+        let Some(started_at) = self.begin_waiting(id, task, resumed, |_| state.describe(), out)
+        else {
             return;
         };
-        let execution = &mut workflow.tasks[task as usize].run;
-        execution.status = TaskStatus::Running;
-        if execution.started_at == 0 {
-            execution.started_at = now;
-        }
-        let started_at = execution.started_at;
-        if !resumed {
-            workflow.updated_at = now;
-            let detail = state.describe();
-            record(
-                out,
-                id,
-                now,
-                Change::task(task, false, TaskStatus::Running, 0, None, Some(detail)),
-            );
-        }
         if let Some(timeout) = wait.timeout {
             self.timers.push(Reverse(Timer {
                 at: started_at + timeout.as_millis() as u64,
