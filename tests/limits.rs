@@ -14,45 +14,79 @@ use support::*;
 const PAYMENTS: usize = 40;
 const RATE: f64 = 20.0;
 
+/// A control unit started with `--limits` (the YAML given), gateway simulators (name,
+/// bps), one execution unit serving them, and the control unit's HTTP listener.
+struct Limited {
+    // Dropped in this order: the execution unit first.
+    _exec: Part,
+    control: Part,
+    gateways: Vec<Part>,
+    http: String,
+    _dir: TempDir,
+}
+
+impl Limited {
+    fn start(name: &str, limits: &str, gateways: &[(&str, u32)]) -> Self {
+        let dir = TempDir::new(name);
+        let file = dir.0.join("limits.yaml");
+        std::fs::write(&file, limits).unwrap();
+        let parts: Vec<Part> = gateways
+            .iter()
+            .map(|(gateway, _)| {
+                Part::start(&["gateway-sim", "--listen", "127.0.0.1:0", "--name", gateway])
+            })
+            .collect();
+        let http = free_addr();
+        let file = file.display().to_string();
+        let control = Part::start(&[
+            "control",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &dir.path("control"),
+            "--http",
+            &http,
+            "--limits",
+            &file,
+        ]);
+        let gateway_args: Vec<String> = gateways
+            .iter()
+            .zip(&parts)
+            .map(|((gateway, bps), part)| format!("{gateway}={}@{bps}", part.url))
+            .collect();
+        let exec_name = format!("exec-{name}");
+        let mut args = vec!["--control", &control.url, "exec", "--name", &exec_name];
+        for gateway in &gateway_args {
+            args.extend(["--gateway", gateway.as_str()]);
+        }
+        let exec = Part::start(&args);
+        Self {
+            _exec: exec,
+            control,
+            gateways: parts,
+            http,
+            _dir: dir,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_gateway_rate_and_a_merchant_concurrency_limit_hold_over_a_run() {
-    let dir = TempDir::new("limits");
-    let limits = dir.0.join("limits.yaml");
-    std::fs::write(
-        &limits,
-        format!(
+    let fleet = Limited::start(
+        "limits",
+        &format!(
             "rate:\n  - {{ skill: gateway.authorize, gateway: alpha, per_second: {RATE}, burst: 1 }}\nconcurrency:\n  - {{ name: captures-per-merchant, skill: gateway.capture, key: \"{{{{ inputs.merchant }}}}\", max: 2 }}\n"
         ),
-    )
-    .unwrap();
-    let gateway = Part::start(&["gateway-sim", "--listen", "127.0.0.1:0", "--name", "alpha"]);
+        &[("alpha", 25)],
+    );
     // Captures take 500 ms: one merchant has one every 100 ms, so 5 would overlap without the limit.
     http(
-        &gateway.url,
+        &fleet.gateways[0].url,
         "PUT",
         "/v1/admin/faults",
         Some(r#"{"capture_latency_ms": 500}"#),
     );
-    let limits_arg = limits.display().to_string();
-    let control = Part::start(&[
-        "control",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        &dir.path("control"),
-        "--limits",
-        &limits_arg,
-    ]);
-    let gateway_arg = format!("alpha={}@25", gateway.url);
-    let _exec = Part::start(&[
-        "--control",
-        &control.url,
-        "exec",
-        "--name",
-        "exec-limits",
-        "--gateway",
-        &gateway_arg,
-    ]);
+    let control = &fleet.control;
     let mut client = Fleet::client(&control.url).await;
     let card = spec("card-payment");
     let mut ids = Vec::new();
@@ -232,37 +266,12 @@ fn adaptive_limit(control: &str) -> f64 {
 /// no timeouts; the limit is in `paygrid health` and in the metrics.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_gateway_that_slows_down_gets_a_lower_adaptive_limit_and_no_timeouts() {
-    let dir = TempDir::new("adaptive");
-    let limits = dir.0.join("limits.yaml");
-    std::fs::write(
-        &limits,
+    let fleet = Limited::start(
+        "adaptive",
         "adaptive:\n  - { gateway: alpha, initial: 8, min: 2, max: 32, latency_target_ms: 250 }\n",
-    )
-    .unwrap();
-    let gateway = Part::start(&["gateway-sim", "--listen", "127.0.0.1:0", "--name", "alpha"]);
-    let http_addr = free_addr();
-    let limits_arg = limits.display().to_string();
-    let control = Part::start(&[
-        "control",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        &dir.path("control"),
-        "--http",
-        &http_addr,
-        "--limits",
-        &limits_arg,
-    ]);
-    let gateway_arg = format!("alpha={}@25", gateway.url);
-    let _exec = Part::start(&[
-        "--control",
-        &control.url,
-        "exec",
-        "--name",
-        "exec-adaptive",
-        "--gateway",
-        &gateway_arg,
-    ]);
+        &[("alpha", 25)],
+    );
+    let (control, gateway, http_addr) = (&fleet.control, &fleet.gateways[0], &fleet.http);
     let mut client = Fleet::client(&control.url).await;
     let card = spec("card-payment");
     let pay =
@@ -333,40 +342,13 @@ fn metric(metrics: &str, line_start: &str) -> u64 {
 /// more than 2 attempts run on alpha, and the metrics give each gateway's share and fees.
 #[tokio::test(flavor = "multi_thread")]
 async fn work_overflows_to_the_dearer_gateway_only_at_the_cheaper_ones_limit() {
-    let dir = TempDir::new("overflow");
-    let limits = dir.0.join("limits.yaml");
-    std::fs::write(&limits, "concurrency:\n  - { gateway: alpha, max: 2 }\n").unwrap();
-    let gateway =
-        |name: &str| Part::start(&["gateway-sim", "--listen", "127.0.0.1:0", "--name", name]);
-    let (alpha, beta) = (gateway("alpha"), gateway("beta"));
-    let http_addr = free_addr();
-    let limits_arg = limits.display().to_string();
-    let control = Part::start(&[
-        "control",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        &dir.path("control"),
-        "--http",
-        &http_addr,
-        "--limits",
-        &limits_arg,
-    ]);
-    let (alpha_arg, beta_arg) = (
-        format!("alpha={}@25", alpha.url),
-        format!("beta={}@30", beta.url),
+    let fleet = Limited::start(
+        "overflow",
+        "concurrency:\n  - { gateway: alpha, max: 2 }\n",
+        &[("alpha", 25), ("beta", 30)],
     );
-    let _exec = Part::start(&[
-        "--control",
-        &control.url,
-        "exec",
-        "--name",
-        "exec-overflow",
-        "--gateway",
-        &alpha_arg,
-        "--gateway",
-        &beta_arg,
-    ]);
+    let (control, http_addr) = (&fleet.control, &fleet.http);
+    let (alpha, beta) = (&fleet.gateways[0], &fleet.gateways[1]);
     let mut client = Fleet::client(&control.url).await;
     let card = spec("card-payment");
     // Low load, one payment at a time: all on alpha.
@@ -461,40 +443,18 @@ fn task_output(workflow: &pb::Workflow, name: &str) -> serde_json::Value {
 /// workflow finishes.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_submit_storm_past_a_keys_share_is_refused_with_a_hint_and_nothing_accepted_is_lost() {
-    let dir = TempDir::new("admission");
-    let limits = dir.0.join("limits.yaml");
-    std::fs::write(
-        &limits,
+    let fleet = Limited::start(
+        "admission",
         "admission: { key: \"{{ inputs.merchant }}\", max_active: 5 }\n",
-    )
-    .unwrap();
-    let gateway = Part::start(&["gateway-sim", "--listen", "127.0.0.1:0", "--name", "alpha"]);
+        &[("alpha", 25)],
+    );
     http(
-        &gateway.url,
+        &fleet.gateways[0].url,
         "PUT",
         "/v1/admin/faults",
         Some(r#"{"capture_latency_ms": 300}"#),
     );
-    let limits_arg = limits.display().to_string();
-    let control = Part::start(&[
-        "control",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        &dir.path("control"),
-        "--limits",
-        &limits_arg,
-    ]);
-    let gateway_arg = format!("alpha={}@25", gateway.url);
-    let _exec = Part::start(&[
-        "--control",
-        &control.url,
-        "exec",
-        "--name",
-        "exec-admission",
-        "--gateway",
-        &gateway_arg,
-    ]);
+    let control = &fleet.control;
     let card = std::sync::Arc::new(spec("card-payment"));
     let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut storm = tokio::task::JoinSet::new();
