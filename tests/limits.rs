@@ -320,7 +320,7 @@ async fn a_gateway_that_slows_down_gets_a_lower_adaptive_limit_and_no_timeouts()
             );
         }
     }
-    let metrics = scrape(&http_addr);
+    let metrics = scrape(http_addr);
     assert!(
         metrics.contains("paygrid_gateway_concurrency_limit{gateway=\"alpha\"}"),
         "{metrics}"
@@ -357,7 +357,7 @@ async fn work_overflows_to_the_dearer_gateway_only_at_the_cheaper_ones_limit() {
         let done = wait_terminal(&mut client, &id).await;
         assert_eq!(task_output(&done, "capture")["gateway"], "alpha");
     }
-    let metrics = scrape(&http_addr);
+    let metrics = scrape(http_addr);
     let on = |metrics: &str, gateway: &str| {
         metric(
             metrics,
@@ -407,7 +407,7 @@ async fn work_overflows_to_the_dearer_gateway_only_at_the_cheaper_ones_limit() {
             }
         }
     }
-    let metrics = scrape(&http_addr);
+    let metrics = scrape(http_addr);
     assert!(on(&metrics, "beta") > 0, "overflow reached beta: {metrics}");
     assert!(on(&metrics, "alpha") > 5, "alpha kept its share: {metrics}");
     for (start, _) in &on_alpha {
