@@ -4,7 +4,7 @@ use paygrid_examples::CARD_PAYMENT;
 use paygrid_proto::v1 as pb;
 use paygrid_proto::v1::agent_hub_client::AgentHubClient;
 use paygrid_proto::v1::workflows_client::WorkflowsClient;
-use tonic::transport::Channel;
+use paygrid_security::AuthChannel as Channel;
 
 use crate::operator::connect;
 
@@ -116,19 +116,11 @@ pub async fn chaos(endpoint: &str, alpha: &str) -> anyhow::Result<bool> {
 
 /// Replaces a gateway simulator's injected faults (`PUT /v1/admin/faults`).
 async fn set_faults(base: &str, body: &'static str) -> anyhow::Result<()> {
-    let host = base.trim_start_matches("http://").to_owned();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(&host)?;
-        write!(
-            stream,
-            "PUT /v1/admin/faults HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )?;
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer)?;
-        anyhow::ensure!(answer.starts_with("HTTP/1.1 200"), "faults not set: {answer}");
-        Ok(())
-    })
-    .await?
+    let security = crate::transport::get().operator_http()?;
+    let url = format!("{base}/v1/admin/faults");
+    let (status, answer) =
+        crate::transport::http_request(&security, http::Method::PUT, &url, Some(body.into()))
+            .await?;
+    anyhow::ensure!(status == 200, "faults not set: {status} {answer}");
+    Ok(())
 }

@@ -45,6 +45,20 @@ pub struct Cli {
         value_name = "URL"
     )]
     pub otlp: Option<String>,
+    /// TLS: a directory with ca.crt, node.crt/node.key (what servers present) and
+    /// client.NAME.crt/.key (what clients present). See docs/security.md.
+    #[arg(long, global = true, env = "PAYGRID_CERTS_DIR", value_name = "DIR")]
+    pub certs_dir: Option<PathBuf>,
+    /// The client certificate to present: client.NAME.crt in --certs-dir (default:
+    /// `root` for operator commands, `exec` for execution units, when present).
+    #[arg(long, global = true, env = "PAYGRID_CERT_NAME", value_name = "NAME")]
+    pub cert_name: Option<String>,
+    /// A bearer token (`paygrid token`) sent with every call.
+    #[arg(long, global = true, env = "PAYGRID_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Serve and connect in plaintext without authentication, for loopback experiments.
+    #[arg(long, global = true, env = "PAYGRID_INSECURE")]
+    pub insecure: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -130,6 +144,10 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:0", value_parser = parse_addr)]
         listen: SocketAddr,
     },
+    /// Development certificates: a CA, the node certificate, client certificates.
+    Certs(crate::access::CertsArgs),
+    /// Mint a bearer token signed with the control unit's --token-key.
+    Token(crate::access::TokenArgs),
     /// Print a spec's task graph as Graphviz DOT or Mermaid.
     Graph {
         file: PathBuf,
@@ -161,7 +179,22 @@ impl Command {
 pub async fn run(cli: Cli) -> u8 {
     let json = cli.json;
     let control = cli.control;
-    let result = match cli.command {
+    let certs_dir = match &cli.command {
+        Command::Dev(args) => parts::prepare_dev(args, cli.certs_dir, cli.insecure),
+        _ => Ok(cli.certs_dir),
+    };
+    let result = match certs_dir
+        .and_then(|dir| crate::transport::init(dir, cli.cert_name, cli.token, cli.insecure))
+    {
+        Err(error) => Err(error),
+        Ok(()) => run_command(cli.command, &control, json).await,
+    };
+    finish(result)
+}
+
+async fn run_command(command: Command, control: &str, json: bool) -> anyhow::Result<u8> {
+    let control = control.to_owned();
+    match command {
         Command::Dev(args) => parts::dev(args).await,
         Command::Control(args) => parts::control(args).await,
         Command::Exec(args) => parts::exec(args, &control).await,
@@ -181,7 +214,12 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Validate(args) => operator::validate(args, json),
         Command::Health => operator::health(&control, json).await,
         Command::Tools => crate::tools::list(&control, json).await,
-        Command::Mcp => paygrid_mcp::serve_stdio(&control).await.map(|()| EXIT_OK),
+        Command::Mcp => match crate::transport::get().operator() {
+            Ok(security) => paygrid_mcp::serve_stdio(&control, security)
+                .await
+                .map(|()| EXIT_OK),
+            Err(error) => Err(error),
+        },
         Command::Call(args) => crate::tools::call(&control, args, json).await,
         Command::Graph { file, format } => operator::graph(&file, format),
         Command::Ledger { data_dir } => operator::ledger(&data_dir, json),
@@ -201,7 +239,13 @@ pub async fn run(cli: Cli) -> u8 {
         } => paygrid_bench::store::run(&store, events, batch, single_events, json)
             .await
             .map(|()| EXIT_OK),
-    };
+        Command::Certs(args) => crate::access::certs(args),
+        Command::Token(args) => crate::access::token(args),
+    }
+}
+
+/// The exit code of a command's result, its error printed.
+fn finish(result: anyhow::Result<u8>) -> u8 {
     match result {
         Ok(code) => code,
         Err(error) => {

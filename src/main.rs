@@ -1,5 +1,6 @@
 //! `paygrid`: the one binary. Parses the command line, starts telemetry, runs the part.
 
+mod access;
 mod chaos;
 mod cli;
 mod limits;
@@ -8,6 +9,7 @@ mod output;
 mod parts;
 mod reconcile;
 mod tools;
+mod transport;
 
 use std::process::ExitCode;
 

@@ -9,8 +9,8 @@ use paygrid_control_unit::spec::{SpecLimits, compile};
 use paygrid_proto::v1 as pb;
 use paygrid_proto::v1::agent_hub_client::AgentHubClient;
 use paygrid_proto::v1::workflows_client::WorkflowsClient;
+use paygrid_security::AuthChannel as Channel;
 use serde_json::Value;
-use tonic::transport::Channel;
 use tracing::Instrument;
 
 use crate::cli::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
@@ -115,13 +115,22 @@ pub enum GraphFormat {
     Mermaid,
 }
 
+/// A channel to the control unit with this process's credentials (`--certs-dir`,
+/// `--cert-name`, `--token`).
 pub async fn connect(endpoint: &str) -> anyhow::Result<Channel> {
-    Channel::from_shared(endpoint.to_owned())
-        .map_err(|e| UsageError(format!("`{endpoint}` is not an endpoint URL: {e}")))?
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .connect()
+    let security = crate::transport::get().operator()?;
+    let endpoint_ = security
+        .endpoint(endpoint)
+        .map_err(|e| UsageError(format!("`{endpoint}` is not an endpoint URL: {e}")))?;
+    let hint = if security.is_tls() {
+        ""
+    } else {
+        "; if it serves TLS, give --certs-dir"
+    };
+    security
+        .auth_channel(endpoint_)
         .await
-        .with_context(|| format!("cannot reach the control unit at {endpoint} (is `paygrid control` or `paygrid dev` running?)"))
+        .with_context(|| format!("cannot reach the control unit at {endpoint} (is `paygrid control` or `paygrid dev` running?{hint})"))
 }
 
 fn read(path: &Path) -> anyhow::Result<String> {

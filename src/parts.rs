@@ -41,6 +41,65 @@ pub struct ControlArgs {
     /// Concurrency and rate limits per skill, gateway and key (YAML; docs/limits.md).
     #[arg(long)]
     pub limits: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub access: AccessArgs,
+}
+
+/// Who may do what (docs/security.md).
+#[derive(Debug, Args, Default)]
+pub struct AccessArgs {
+    /// The access policy (YAML): roles of identities and the skills each agent identity
+    /// may offer. Without it, every certificate the CA signed may do everything.
+    #[arg(long, value_name = "FILE")]
+    pub access: Option<std::path::PathBuf>,
+    /// The key bearer tokens are signed with (`paygrid token --key FILE`); without it,
+    /// tokens are refused.
+    #[arg(long, value_name = "FILE")]
+    pub token_key: Option<std::path::PathBuf>,
+}
+
+impl AccessArgs {
+    /// The control unit's security: TLS on both listeners (from the global flags) and
+    /// the policy.
+    pub fn security(&self) -> anyhow::Result<paygrid_control_unit::server::Security> {
+        use paygrid_security::client::{ALPN_H2, ALPN_HTTP1};
+        use paygrid_security::{ClientAuth, Policy};
+        let transport = crate::transport::get();
+        let tokens = match &self.token_key {
+            Some(path) => Some(
+                paygrid_security::token::TokenKey::from_file(path)
+                    .map_err(|e| crate::operator::UsageError(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let grpc_tls = transport.server("the control unit", ClientAuth::Optional, ALPN_H2)?;
+        let http_tls = transport.server(
+            "the control unit's HTTP listener",
+            ClientAuth::Optional,
+            ALPN_HTTP1,
+        )?;
+        let policy = match (&self.access, grpc_tls.is_some()) {
+            (_, false) => Policy::insecure(tokens),
+            (Some(path), true) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    crate::operator::UsageError(format!("cannot read {}: {e}", path.display()))
+                })?;
+                Policy::parse(&text, tokens)
+                    .map_err(|e| crate::operator::UsageError(format!("{}: {e}", path.display())))?
+            }
+            (None, true) => {
+                tracing::warn!(
+                    "no --access policy: every certificate signed by the CA may do everything and offer any skill"
+                );
+                Policy::trust_ca(tokens)
+            }
+        };
+        Ok(paygrid_control_unit::server::Security {
+            grpc_tls,
+            http_tls,
+            policy: Arc::new(policy),
+        })
+    }
 }
 
 /// Circuit breakers per gateway (docs/breakers.md).
@@ -213,8 +272,10 @@ fn parse_gateway(text: &str) -> Result<GatewayArg, String> {
         ),
         None => (rest, 0),
     };
-    if !url.starts_with("http://") {
-        return Err(format!("`{text}`: the URL must start with http://"));
+    if !url.starts_with("http://") && !url.starts_with("https://") {
+        return Err(format!(
+            "`{text}`: the URL must start with http:// or https://"
+        ));
     }
     Ok(GatewayArg {
         name: name.to_owned(),
@@ -318,6 +379,7 @@ pub async fn shutdown_signal() {
 fn http_listener(
     http: SocketAddr,
     grpc: SocketAddr,
+    security: &paygrid_control_unit::server::Security,
 ) -> anyhow::Result<paygrid_control_unit::server::HttpConfig> {
     let listener =
         std::net::TcpListener::bind(http).with_context(|| format!("bind --http {http}"))?;
@@ -329,8 +391,25 @@ fn http_listener(
     } else {
         grpc
     };
-    let routes = paygrid_mcp::router(&format!("http://{grpc_host}"))?;
-    println!("paygrid control http on http://{bound}: /metrics, MCP at http://{bound}/mcp");
+    // MCP calls the control unit with the caller's own token; its connection presents
+    // no certificate of its own.
+    let transport = crate::transport::get();
+    let mcp_client = match &transport.tls {
+        Some(tls) => paygrid_security::ClientSecurity::tls(
+            tls,
+            None,
+            None,
+            paygrid_security::client::ALPN_H2,
+        )?,
+        None => paygrid_security::ClientSecurity::insecure(),
+    };
+    let scheme = transport.scheme();
+    let routes = paygrid_mcp::router(
+        &format!("{scheme}://{grpc_host}"),
+        mcp_client,
+        !security.policy.is_insecure(),
+    )?;
+    println!("paygrid control http on {scheme}://{bound}: /metrics, MCP at {scheme}://{bound}/mcp");
     Ok(paygrid_control_unit::server::HttpConfig {
         listener: std::sync::Arc::new(listener),
         routes,
@@ -338,7 +417,10 @@ fn http_listener(
 }
 
 fn announce(part: &str, addr: SocketAddr) {
-    println!("paygrid {part} listening on http://{addr}");
+    println!(
+        "paygrid {part} listening on {}://{addr}",
+        crate::transport::get().scheme()
+    );
 }
 
 pub async fn control(args: ControlArgs) -> anyhow::Result<u8> {
@@ -365,15 +447,22 @@ pub async fn control(args: ControlArgs) -> anyhow::Result<u8> {
                 .map_err(|e| crate::operator::UsageError(format!("{}: {e}", path.display())))?;
         config.limits_given = true;
     }
+    config.security = args.access.security()?;
     announce("control", addr);
     if let Some(http_addr) = args.http {
-        config.http = Some(http_listener(http_addr, addr)?);
+        config.http = Some(http_listener(http_addr, addr, &config.security)?);
     }
     server::serve(listener, config, shutdown_signal()).await?;
     Ok(EXIT_OK)
 }
 
 pub async fn gateway_sim(args: GatewaySimArgs) -> anyhow::Result<u8> {
+    // Mutual TLS: only parts with a certificate from the CA reach the gateway.
+    let tls = crate::transport::get().server(
+        "the gateway simulator",
+        paygrid_security::ClientAuth::Required,
+        paygrid_security::client::ALPN_HTTP1,
+    )?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("bind {}", args.listen))?;
@@ -396,6 +485,7 @@ pub async fn gateway_sim(args: GatewaySimArgs) -> anyhow::Result<u8> {
             slow_latency_max_ms: args.slow_latency_ms.1,
             ..Faults::default()
         },
+        tls,
     };
     match gateway_sim::serve(listener, config, shutdown_signal()).await {
         Ok(()) => Ok(EXIT_OK),
@@ -452,7 +542,10 @@ pub fn build_agents(
     args: &ExecArgs,
     control: &str,
     health: &Arc<paygrid_execution_unit::HealthCollector>,
+    identity: &str,
 ) -> anyhow::Result<Hosted> {
+    let transport = crate::transport::get();
+    let to_gateways = transport.part_http(identity)?.connector;
     let mut broken = Vec::new();
     let mut agents: Vec<Arc<dyn Agent>> = Vec::new();
     for name in &args.agents {
@@ -469,6 +562,7 @@ pub fn build_agents(
                         &gateway.url,
                         gateway.cost_bps,
                         args.gateway_concurrency,
+                        to_gateways.clone(),
                     )));
                 }
             }
@@ -490,6 +584,7 @@ pub fn build_agents(
                     .collect();
                 agents.push(Arc::new(paygrid_agents::reconcile::ReconcileAgent::new(
                     gateways,
+                    to_gateways.clone(),
                 )));
             }
             "verify" => agents.push(Arc::new(VerifyAgent)),
@@ -498,7 +593,11 @@ pub fn build_agents(
                 health.clone(),
             ))),
             "remediate" => agents.push(Arc::new(
-                paygrid_agents::remediation::RemediationAgent::new(control).map_err(|e| {
+                paygrid_agents::remediation::RemediationAgent::new(
+                    control,
+                    &transport.part_grpc(identity)?,
+                )
+                .map_err(|e| {
                     crate::operator::UsageError(format!("`{control}` is not an endpoint URL: {e}"))
                 })?,
             )),
@@ -514,13 +613,38 @@ pub fn build_agents(
     Ok((agents, broken))
 }
 
+/// The client certificate an execution unit presents: `--cert-name`, else
+/// `client.NAME.crt` for its name, else `client.exec.crt`.
+fn exec_identity(name: &str) -> anyhow::Result<String> {
+    let transport = crate::transport::get();
+    if let Some(cert) = &transport.cert_name {
+        return Ok(cert.clone());
+    }
+    let Some(tls) = &transport.tls else {
+        return Ok(name.to_owned());
+    };
+    [name, "exec"]
+        .into_iter()
+        .find(|candidate| tls.has_client(candidate))
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            crate::operator::UsageError(format!(
+                "no client certificate for execution unit {name}: {} has neither client.{name}.crt nor client.exec.crt; give --cert-name NAME",
+                tls.dir().display()
+            ))
+            .into()
+        })
+}
+
 pub async fn exec(args: ExecArgs, control: &str) -> anyhow::Result<u8> {
     let name = args
         .name
         .clone()
         .unwrap_or_else(|| format!("exec-{}", std::process::id()));
+    let identity = exec_identity(&name)?;
     let mut config = ExecutionUnitConfig::new(name.clone(), control);
-    let (agents, broken) = build_agents(&args, control, &config.health)?;
+    config.security = crate::transport::get().part_grpc(&identity)?;
+    let (agents, broken) = build_agents(&args, control, &config.health, &identity)?;
     config.drain_timeout = Duration::from_millis(args.drain_timeout_ms);
     if let Some(addr) = args.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -563,7 +687,11 @@ async fn dev_gateways(
     let mut gateways = Vec::new();
     for (name, cost_bps) in [("alpha", 25), ("beta", 30)] {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", listener.local_addr()?);
+        let url = format!(
+            "{}://{}",
+            crate::transport::get().scheme(),
+            listener.local_addr()?
+        );
         let sim_stop = stop.clone();
         let config = SimConfig {
             journal: Some(data_dir.join(format!("gateway-{name}.sqlite3"))),
@@ -574,6 +702,11 @@ async fn dev_gateways(
                 latency_ms: 20,
                 ..Faults::default()
             },
+            tls: crate::transport::get().server(
+                "the gateway simulator",
+                paygrid_security::ClientAuth::Required,
+                paygrid_security::client::ALPN_HTTP1,
+            )?,
         };
         tokio::spawn(gateway_sim::serve(listener, config, async move {
             sim_stop.cancelled().await
@@ -587,6 +720,49 @@ async fn dev_gateways(
     Ok(gateways)
 }
 
+const DEV_ACCESS: &str = "access.yaml";
+const DEV_TOKEN_KEY: &str = "token.key";
+
+/// Before `paygrid dev` starts: `--fresh` empties the data dir; unless `--insecure` or
+/// `--certs-dir` is given, a throwaway CA with certificates for every part, a token key
+/// and an access policy are created there (once). Returns the certificates directory.
+pub fn prepare_dev(
+    args: &DevArgs,
+    certs_dir: Option<std::path::PathBuf>,
+    insecure: bool,
+) -> anyhow::Result<Option<std::path::PathBuf>> {
+    if args.fresh && args.data_dir.exists() {
+        std::fs::remove_dir_all(&args.data_dir)
+            .with_context(|| format!("remove {}", args.data_dir.display()))?;
+    }
+    if insecure || certs_dir.is_some() {
+        return Ok(certs_dir);
+    }
+    let dir = args.data_dir.join("certs");
+    if !dir.join("ca.crt").exists() {
+        paygrid_security::certs::create(&dir, &["root", "dev-exec"])?;
+    }
+    let key = args.data_dir.join(DEV_TOKEN_KEY);
+    if !key.exists() {
+        paygrid_security::token::TokenKey::generate(&key)?;
+    }
+    let access = args.data_dir.join(DEV_ACCESS);
+    if !access.exists() {
+        std::fs::write(
+            &access,
+            "# Who may do what in `paygrid dev` (docs/security.md).\n\
+             identities:\n  \
+               root: { role: admin }\n  \
+               # The execution unit: every shipped agent, and operator for its remediation agent.\n  \
+               dev-exec:\n    \
+                 role: operator\n    \
+                 skills: [\"gateway.*\", \"risk.*\", \"ledger.*\", \"reconcile.*\", \"verify.*\", \"notify.*\", \"telemetry.*\", \"remediate.*\", \"sleep.*\"]\n",
+        )
+        .with_context(|| format!("write {}", access.display()))?;
+    }
+    Ok(Some(dir))
+}
+
 /// Everything on loopback: control unit, two gateways, one execution unit, examples.
 pub async fn dev(args: DevArgs) -> anyhow::Result<u8> {
     let stop = CancellationToken::new();
@@ -596,10 +772,6 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<u8> {
             args.listen
         )
     })?;
-    if args.fresh && args.data_dir.exists() {
-        std::fs::remove_dir_all(&args.data_dir)
-            .with_context(|| format!("remove {}", args.data_dir.display()))?;
-    }
     let storage = StorageArgs {
         data_dir: args.data_dir.join("control"),
         store: None,
@@ -609,7 +781,17 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<u8> {
         retained_max: 100_000,
     };
     let (mut config, location) = storage.config().await?;
-    config.http = Some(http_listener(args.http, addr)?);
+    let transport = crate::transport::get();
+    config.security = if transport.tls.is_some() {
+        AccessArgs {
+            access: Some(args.data_dir.join(DEV_ACCESS)),
+            token_key: Some(args.data_dir.join(DEV_TOKEN_KEY)),
+        }
+    } else {
+        AccessArgs::default()
+    }
+    .security()?;
+    config.http = Some(http_listener(args.http, addr, &config.security)?);
     if args.chaos {
         let breaker = &mut config.runtime.scheduler.breaker;
         breaker.min_requests = 3;
@@ -624,7 +806,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<u8> {
     let control = tokio::spawn(server::serve(listener, config, async move {
         control_stop.cancelled().await
     }));
-    let endpoint = format!("http://{addr}");
+    let endpoint = format!("{}://{addr}", transport.scheme());
     let gateways = dev_gateways(&args.data_dir, &stop).await?;
     println!(
         "paygrid dev: control unit on {endpoint}; gateways {}",
@@ -634,7 +816,21 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<u8> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    println!("             try: paygrid --control {endpoint} list    (Ctrl-C to stop)");
+    match &transport.tls {
+        Some(tls) => {
+            println!(
+                "             try: paygrid --certs-dir {} --control {endpoint} list    (Ctrl-C to stop)",
+                tls.dir().display()
+            );
+            println!(
+                "             a token for MCP/A2A clients: paygrid token --key {} --role operator",
+                args.data_dir.join(DEV_TOKEN_KEY).display()
+            );
+        }
+        None => println!(
+            "             try: paygrid --insecure --control {endpoint} list    (Ctrl-C to stop)"
+        ),
+    }
     let alpha_url = gateways.first().map(|g| g.url.clone());
     let gateway_names: Vec<String> = gateways.iter().map(|g| g.name.clone()).collect();
     let exec_args = ExecArgs {
@@ -659,8 +855,9 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<u8> {
         metrics_addr: None,
         data_dir: Some(args.data_dir.join("exec")),
     };
-    let dev_config = ExecutionUnitConfig::new("dev-exec", endpoint.clone());
-    let (agents, broken) = build_agents(&exec_args, &endpoint, &dev_config.health)?;
+    let mut dev_config = ExecutionUnitConfig::new("dev-exec", endpoint.clone());
+    dev_config.security = transport.part_grpc("dev-exec")?;
+    let (agents, broken) = build_agents(&exec_args, &endpoint, &dev_config.health, "dev-exec")?;
     {
         let stop = stop.clone();
         tokio::spawn(async move {

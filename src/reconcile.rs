@@ -5,8 +5,8 @@
 use clap::Args;
 use paygrid_proto::v1 as pb;
 use paygrid_proto::v1::workflows_client::WorkflowsClient;
+use paygrid_security::AuthChannel as Channel;
 use serde_json::{Value, json};
-use tonic::transport::Channel;
 
 use crate::cli::{EXIT_FAILED, EXIT_OK};
 use crate::operator::{UsageError, connect};

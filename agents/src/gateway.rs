@@ -15,10 +15,10 @@ use backon::ExponentialBuilder;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use opentelemetry::trace::Status;
 use paygrid_execution_unit::{Agent, AgentCard, Role, SkillEffect, SkillSpec, Task, TaskOutcome};
+use paygrid_security::Connector;
 use paygrid_telemetry::semconv;
 use serde_json::{Value, json};
 use tracing::Instrument;
@@ -31,7 +31,7 @@ pub struct GatewayAgent {
     cost_bps: u32,
     max_concurrency: u32,
     request_timeout: Duration,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<Connector, Full<Bytes>>,
 }
 
 impl GatewayAgent {
@@ -40,10 +40,9 @@ impl GatewayAgent {
         base_url: impl Into<String>,
         cost_bps: u32,
         max_concurrency: u32,
+        // TLS to the gateway (with this unit's client certificate) or plaintext.
+        connector: Connector,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
         Self {
             name: name.into(),
             base_url: base_url.into().trim_end_matches('/').to_owned(),

@@ -24,11 +24,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use paygrid_execution_unit::{
     Agent, AgentCard, PeerRequest, Role, SkillEffect, SkillSpec, Task, TaskOutcome,
 };
+use paygrid_security::Connector;
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -216,7 +216,7 @@ const LISTED_MAX: usize = 200;
 
 pub struct ReconcileAgent {
     gateways: HashMap<String, String>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<Connector, Full<Bytes>>,
 }
 
 /// The ledger skill asked for the expected movements.
@@ -224,10 +224,8 @@ pub const LEDGER_EXPECTED: &str = "ledger.expected";
 
 impl ReconcileAgent {
     /// Reconciles the ledger (asked of the ledger agent) against the gateways (name →
-    /// base URL).
-    pub fn new(gateways: HashMap<String, String>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+    /// base URL), connecting through `connector` (TLS or plaintext).
+    pub fn new(gateways: HashMap<String, String>, connector: Connector) -> Self {
         Self {
             gateways: gateways
                 .into_iter()

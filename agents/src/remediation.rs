@@ -7,14 +7,13 @@
 //! compensations then undo what it did (a void for a stale authorization).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use paygrid_execution_unit::{Agent, AgentCard, Role, SkillEffect, SkillSpec, Task, TaskOutcome};
 use paygrid_proto::v1 as pb;
 use paygrid_proto::v1::agent_hub_client::AgentHubClient;
 use paygrid_proto::v1::workflows_client::WorkflowsClient;
 use serde_json::{Value, json};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 pub struct RemediationAgent {
     control: Channel,
@@ -22,10 +21,12 @@ pub struct RemediationAgent {
 
 impl RemediationAgent {
     /// An agent that acts on the control unit at `control_endpoint` (connected lazily).
-    pub fn new(control_endpoint: &str) -> Result<Self, tonic::transport::Error> {
-        let control = Endpoint::from_shared(control_endpoint.to_owned())?
-            .connect_timeout(Duration::from_secs(5))
-            .connect_lazy();
+    /// It authenticates as the execution unit (`security`'s client certificate).
+    pub fn new(
+        control_endpoint: &str,
+        security: &paygrid_security::ClientSecurity,
+    ) -> Result<Self, tonic::transport::Error> {
+        let control = security.channel_lazy(security.endpoint(control_endpoint)?);
         Ok(Self { control })
     }
 

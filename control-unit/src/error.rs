@@ -29,6 +29,10 @@ pub enum ControlError {
     Exhausted(String),
     #[error("{0}")]
     Unauthenticated(String),
+    /// Authenticated, but the access policy does not allow it; the message says what is
+    /// missing.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A wait that ran out of time; the work it waited for goes on.
     #[error("{0}")]
     DeadlineExceeded(String),

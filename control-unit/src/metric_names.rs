@@ -82,3 +82,7 @@ pub const GATEWAY_COST: Metric = Metric {
     name: "paygrid_gateway_cost_minor_total",
     help: "Fees of succeeded captures at each gateway's cost_bps, in minor units, by gateway and currency.",
 };
+pub const CALLS_REFUSED: Metric = Metric {
+    name: "paygrid_calls_refused_total",
+    help: "gRPC calls refused before any service saw them, by reason (unauthenticated, permission_denied).",
+};

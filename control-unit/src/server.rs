@@ -43,6 +43,29 @@ pub struct ControlConfig {
     /// they replace the stored ones. Otherwise the limits last set at run time (kept in
     /// the store) apply.
     pub limits_given: bool,
+    /// TLS and who may call what; the default serves plaintext to everyone (tests, and
+    /// `--insecure`).
+    pub security: Security,
+}
+
+/// How the control unit is secured (docs/security.md).
+#[derive(Clone)]
+pub struct Security {
+    /// The gRPC listener's TLS (client certificates verified when given).
+    pub grpc_tls: Option<Arc<rustls::ServerConfig>>,
+    /// The HTTP listener's TLS.
+    pub http_tls: Option<Arc<rustls::ServerConfig>>,
+    pub policy: Arc<paygrid_security::Policy>,
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Self {
+            grpc_tls: None,
+            http_tls: None,
+            policy: Arc::new(paygrid_security::Policy::insecure(None)),
+        }
+    }
 }
 
 /// The control unit's one HTTP listener (bound by the caller, so it can say where) and
@@ -81,7 +104,12 @@ pub async fn serve(
         } else {
             addr
         };
-        format!("http://{host}")
+        let scheme = if config.security.grpc_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{host}")
     };
     let metrics_server = match &config.http {
         Some(http) => Some(serve_http(
@@ -117,9 +145,15 @@ pub async fn serve(
     };
     let (reflection, reflection_alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
     let a2a = crate::service::a2a::A2aService::new(workflows.clone(), tools);
+    let access = crate::service::access::AccessLayer::new(
+        config.security.policy.clone(),
+        config.runtime.metrics.clone(),
+    );
+    let incoming = paygrid_security::net::incoming(listener, config.security.grpc_tls.clone());
     let result = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
+        .layer(access)
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)
@@ -132,7 +166,7 @@ pub async fn serve(
             workflows,
             config.store.clone(),
         )))
-        .serve_with_incoming_shutdown(no_delay(listener), {
+        .serve_with_incoming_shutdown(incoming, {
             // The actor cancels `stop` when it cannot go on (a failed commit).
             let failed = stop.clone();
             async move {
@@ -227,9 +261,11 @@ fn serve_http(
     let app = paygrid_telemetry::metrics::router(config.runtime.metrics.clone(), refresh)
         .merge(card)
         .merge(http.routes.clone());
-    Ok(tokio::spawn(
-        async move { axum::serve(listener, app).await },
-    ))
+    let tls = config.security.http_tls.clone();
+    Ok(tokio::spawn(async move {
+        paygrid_security::net::serve_http(listener, tls, app, std::future::pending()).await;
+        Ok(())
+    }))
 }
 
 /// Deletes terminal workflows past their retention, once a minute.

@@ -15,7 +15,6 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -38,6 +37,9 @@ pub struct ExecutionUnitConfig {
     pub metrics: std::sync::Arc<paygrid_telemetry::metrics::Registry>,
     /// Health windows of this unit's agents and gateways, relayed by support agents.
     pub health: std::sync::Arc<crate::health::HealthCollector>,
+    /// How the unit reaches the control unit: TLS with its client certificate (its
+    /// identity, which the access policy lets offer skills), or plaintext.
+    pub security: paygrid_security::ClientSecurity,
 }
 
 impl ExecutionUnitConfig {
@@ -50,6 +52,7 @@ impl ExecutionUnitConfig {
             reconnect_delay_max: Duration::from_secs(5),
             metrics: paygrid_telemetry::metrics::Registry::new(),
             health: std::sync::Arc::new(crate::health::HealthCollector::default()),
+            security: paygrid_security::ClientSecurity::insecure(),
         }
     }
 }
@@ -210,16 +213,15 @@ impl AgentRunner {
         SessionError,
     > {
         let endpoint = self.config.control_endpoint.clone();
-        let channel = Endpoint::from_shared(endpoint.clone())
+        let security = &self.config.security;
+        let channel = security
+            .endpoint(&endpoint)
             .map_err(|source| SessionError::Endpoint {
                 endpoint: endpoint.clone(),
                 source,
-            })?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .connect()
+            })?;
+        let channel = security
+            .channel(channel)
             .await
             .map_err(|source| SessionError::Connect { endpoint, source })?;
         let mut client = AgentHubClient::new(channel);

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use paygrid_proto::v1 as pb;
 use paygrid_proto::v1::agent_hub_client::AgentHubClient;
 use paygrid_proto::v1::workflows_client::WorkflowsClient;
+use paygrid_security::{AuthChannel, Bearer, ClientSecurity};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
     ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
@@ -34,7 +35,7 @@ use rmcp::model::{
 use rmcp::service::{RequestContext, RoleServer};
 use rmcp::{ErrorData, ServerHandler, ServiceExt};
 use serde_json::{Map, Value, json};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// The URI scheme of workflow resources.
 const WORKFLOW_URI: &str = "paygrid://workflows/";
@@ -44,29 +45,66 @@ const SPEC_URI: &str = "paygrid://specs/";
 /// The MCP server: a client of one control unit.
 #[derive(Clone)]
 pub struct PaygridMcp {
-    workflows: WorkflowsClient<Channel>,
-    hub: AgentHubClient<Channel>,
+    channel: Channel,
+    security: ClientSecurity,
+    workflows: WorkflowsClient<AuthChannel>,
+    hub: AgentHubClient<AuthChannel>,
 }
 
 impl PaygridMcp {
     /// A server talking to the control unit at `endpoint` (connected lazily, so a
-    /// control unit that starts later is found).
-    pub fn new(endpoint: &str) -> anyhow::Result<Self> {
-        let channel = Endpoint::from_shared(endpoint.to_owned())?.connect_lazy();
+    /// control unit that starts later is found), through `security`'s connector and with
+    /// its token.
+    pub fn new(endpoint: &str, security: ClientSecurity) -> anyhow::Result<Self> {
+        let channel = security.channel_lazy(security.endpoint(endpoint)?);
         Ok(Self {
-            workflows: WorkflowsClient::new(channel.clone()),
-            hub: AgentHubClient::new(channel),
+            workflows: WorkflowsClient::new(security.authorize(channel.clone())),
+            hub: AgentHubClient::new(security.authorize(channel.clone())),
+            channel,
+            security,
         })
+    }
+
+    /// The clients for one MCP request: over HTTP, the caller's own `authorization`
+    /// header goes to the control unit, which decides what the caller may do; over stdio,
+    /// the token this server was started with.
+    fn for_request(&self, context: &RequestContext<RoleServer>) -> Self {
+        let forwarded = context
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|parts| parts.headers.get(http::header::AUTHORIZATION))
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| Bearer::new(Some(value)).ok());
+        match forwarded {
+            None => self.clone(),
+            Some(bearer) => {
+                let security = self.security.with_bearer(bearer);
+                Self {
+                    workflows: WorkflowsClient::new(security.authorize(self.channel.clone())),
+                    hub: AgentHubClient::new(security.authorize(self.channel.clone())),
+                    channel: self.channel.clone(),
+                    security,
+                }
+            }
+        }
     }
 }
 
 /// `/mcp` as an axum router: stateless streamable HTTP (protocol 2026-07-28 and the
 /// earlier revisions clients negotiate), JSON answers where a stream is not needed.
-pub fn router(endpoint: &str) -> anyhow::Result<axum::Router> {
+///
+/// Callers authenticate with `authorization: Bearer TOKEN` when `require_token` (the
+/// control unit checks the token and the role of every call); without one they get 401
+/// with `WWW-Authenticate: Bearer`.
+pub fn router(
+    endpoint: &str,
+    security: ClientSecurity,
+    require_token: bool,
+) -> anyhow::Result<axum::Router> {
     use rmcp::transport::streamable_http_server::{
         StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
     };
-    let server = PaygridMcp::new(endpoint)?;
+    let server = PaygridMcp::new(endpoint, security)?;
     let service = StreamableHttpService::new(
         move || Ok(server.clone()),
         Arc::new(LocalSessionManager::default()),
@@ -75,12 +113,31 @@ pub fn router(endpoint: &str) -> anyhow::Result<axum::Router> {
             .with_json_response(true)
             .with_sse_keep_alive(None),
     );
-    Ok(axum::Router::new().nest_service("/mcp", service))
+    let router = axum::Router::new().nest_service("/mcp", service);
+    if !require_token {
+        return Ok(router);
+    }
+    Ok(router.layer(axum::middleware::from_fn(
+        |request: axum::extract::Request, next: axum::middleware::Next| async move {
+            if request.headers().contains_key(http::header::AUTHORIZATION) {
+                return next.run(request).await;
+            }
+            let mut response = axum::response::IntoResponse::into_response((
+                http::StatusCode::UNAUTHORIZED,
+                "MCP needs `authorization: Bearer TOKEN` (paygrid token --role operator ...)",
+            ));
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer realm=\"paygrid\""),
+            );
+            response
+        },
+    )))
 }
 
 /// Serves MCP over stdin/stdout until the client closes it.
-pub async fn serve_stdio(endpoint: &str) -> anyhow::Result<()> {
-    let server = PaygridMcp::new(endpoint)?;
+pub async fn serve_stdio(endpoint: &str, security: ClientSecurity) -> anyhow::Result<()> {
+    let server = PaygridMcp::new(endpoint, security)?;
     let running = server.serve(rmcp::transport::stdio()).await?;
     running.waiting().await?;
     Ok(())
@@ -547,10 +604,11 @@ impl ServerHandler for PaygridMcp {
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
+        let this = self.for_request(&context);
         let mut tools = operator_tools();
-        let agent_tools = self
+        let agent_tools = this
             .hub
             .clone()
             .list_tools(pb::ListToolsRequest {})
@@ -570,14 +628,15 @@ impl ServerHandler for PaygridMcp {
     async fn call_tool(
         &self,
         request: CallToolRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
+        let this = self.for_request(&context);
         let args = request.arguments.clone().unwrap_or_default();
         let name: &str = &request.name;
         let answer = if OPERATOR_TOOLS.contains(&name) {
-            self.operator_call(name, &args).await
+            this.operator_call(name, &args).await
         } else {
-            self.agent_call(name, args).await
+            this.agent_call(name, args).await
         };
         Ok(answer.unwrap_or_else(tool_error))
     }
@@ -585,13 +644,14 @@ impl ServerHandler for PaygridMcp {
     async fn list_resources(
         &self,
         request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
+        let this = self.for_request(&context);
         let cursor = request.and_then(|r| r.cursor).unwrap_or_default();
         // The specs come first, on the first page; the workflows page after them.
         let mut resources: Vec<Resource> = Vec::new();
         if cursor.is_empty() {
-            let specs = self
+            let specs = this
                 .workflows
                 .clone()
                 .list_specs(pb::ListSpecsRequest {})
@@ -613,7 +673,7 @@ impl ServerHandler for PaygridMcp {
                     .with_mime_type("application/yaml")
             }));
         }
-        let page = self
+        let page = this
             .workflows
             .clone()
             .list(pb::ListWorkflowsRequest {
@@ -657,8 +717,9 @@ impl ServerHandler for PaygridMcp {
     async fn read_resource(
         &self,
         request: ReadResourceRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
+        let this = self.for_request(&context);
         let not_found = |s: tonic::Status| match s.code() {
             tonic::Code::NotFound | tonic::Code::InvalidArgument => {
                 ErrorData::resource_not_found(s.message().to_owned(), None)
@@ -666,7 +727,7 @@ impl ServerHandler for PaygridMcp {
             _ => ErrorData::internal_error(format!("control unit: {}", s.message()), None),
         };
         if let Some(reference) = request.uri.strip_prefix(SPEC_URI) {
-            let spec = self
+            let spec = this
                 .workflows
                 .clone()
                 .get_spec(pb::GetSpecRequest {
@@ -694,7 +755,7 @@ impl ServerHandler for PaygridMcp {
                 None,
             ));
         };
-        let workflow = self
+        let workflow = this
             .workflows
             .clone()
             .get(pb::GetWorkflowRequest {

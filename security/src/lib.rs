@@ -4,12 +4,14 @@
 //! certificates of `paygrid dev`. Decisions and the threat model: docs/security.md.
 
 pub mod certs;
+pub mod client;
 pub mod identity;
 pub mod net;
 pub mod policy;
 pub mod tls;
 pub mod token;
 
-pub use net::{Bearer, Connector, PeerInfo};
+pub use client::ClientSecurity;
+pub use net::{AuthChannel, Bearer, Connector, PeerInfo};
 pub use policy::{Policy, Role};
 pub use tls::{ClientAuth, Tls, TlsError};

@@ -206,19 +206,25 @@ impl Connector {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let https = uri.scheme_str() == Some("https");
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let tcp = TcpStream::connect((host, port)).await?;
+        let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect((host, port)))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("{uri}: connect timed out after 5 s"),
+                )
+            })??;
         let _ = tcp.set_nodelay(true);
+        // With TLS configured every connection is TLS, whatever the scheme says: a
+        // plaintext `http://` left in a configuration never sends anything in the clear.
         match (&self.tls, https) {
-            (Some(tls), true) => {
+            (Some(tls), _) => {
                 let name = ServerName::try_from(host.to_owned())
                     .map_err(|_| invalid("not a host name or address"))?;
                 Ok(Stream::Tls(Box::new(tls.connect(name, tcp).await?)))
             }
             (None, true) => Err(invalid(
                 "https needs the CA to trust: give --certs-dir (or use http:// with --insecure)",
-            )),
-            (Some(_), false) => Err(invalid(
-                "plaintext http:// refused while TLS is configured: use https://",
             )),
             (None, false) => Ok(Stream::Plain(tcp)),
         }

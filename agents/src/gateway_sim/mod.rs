@@ -64,6 +64,8 @@ pub struct SimConfig {
     /// A fixed fee per settlement batch and currency (a `fee` row), in minor units.
     pub batch_fee_minor: i64,
     pub faults: Faults,
+    /// Serve HTTPS with this configuration (client certificates required), or plaintext.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Injected faults; replace them at run time with `PUT /v1/admin/faults`.
@@ -559,15 +561,7 @@ pub async fn serve(
             }
         }
     };
-    {
-        use axum::serve::ListenerExt;
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        axum::serve(listener, router(sim))
-    }
-    .with_graceful_shutdown(stop)
-    .await?;
+    paygrid_security::net::serve_http(listener, config.tls, router(sim), stop).await;
     match broken {
         Some(broken) if broken.is_cancelled() => Err(ServeError::JournalFailed),
         _ => Ok(()),

@@ -71,11 +71,27 @@ impl AgentHub for AgentHubService {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let caller = super::access::caller(&request).cloned();
         let request = request.into_inner();
         let card = request
             .card
             .ok_or_else(|| ControlError::invalid("agent card is required"))?;
         let card = AgentCard::try_from(card)?;
+        if let Some(caller) = &caller
+            && let Some(skill) = card.skills.iter().find(|s| !caller.may_offer(&s.name))
+        {
+            return Err(ControlError::PermissionDenied(format!(
+                "{} may not offer skill `{}`: the access policy allows it {}",
+                caller.describe(),
+                skill.name,
+                if caller.skills.is_empty() {
+                    "no skills".to_owned()
+                } else {
+                    caller.skills.join(", ")
+                }
+            ))
+            .into());
+        }
         for skill in &card.skills {
             self.catalog.learn_skill(&skill.name, &skill.output_schema);
         }

@@ -7,9 +7,11 @@
 //! - `agents`: Register, Session, ListAgents, Health, DrainGateway.
 //! - `peers`: peer messages between agents, routed over their sessions.
 //! - `tools`: ListTools, CallTool (behind `AgentHub`).
+//! - `access`: who may call what (certificates, tokens, roles), checked before any service.
 //! - `a2a`: the A2A v1.0 gRPC binding and agent card over workflows and tools.
 
 pub mod a2a;
+pub mod access;
 pub mod agents;
 pub mod convert;
 pub mod peers;

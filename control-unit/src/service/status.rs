@@ -29,6 +29,7 @@ impl From<ControlError> for Status {
                 SubmitError::Overloaded { .. } | SubmitError::KeyOverloaded { .. },
             ) => Code::ResourceExhausted,
             ControlError::Unauthenticated(_) => Code::Unauthenticated,
+            ControlError::PermissionDenied(_) => Code::PermissionDenied,
             ControlError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             ControlError::Store(store) => match store {
                 // The database is unreachable or refused the statement: worth a retry.

@@ -448,6 +448,8 @@ impl Workflows for WorkflowsService {
         request: Request<pb::ApproveRequest>,
     ) -> Result<Response<pb::ApproveResponse>, Status> {
         let via = client_name(request.metadata());
+        // An authenticated caller decides as itself, whatever decided_by says.
+        let proven = super::access::authenticated(&request);
         let request = request.into_inner();
         let id = parse_id(&request.workflow_id)?;
         let decision = match pb::Decision::try_from(request.decision) {
@@ -463,7 +465,7 @@ impl Workflows for WorkflowsService {
         let task = (!request.task_id.is_empty()).then_some(request.task_id);
         let decision = DecisionBy {
             decision,
-            by: request.decided_by,
+            by: proven.unwrap_or(request.decided_by),
             via,
             note: request.note,
         };
