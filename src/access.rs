@@ -105,3 +105,94 @@ pub fn token(args: TokenArgs) -> anyhow::Result<u8> {
     );
     Ok(EXIT_OK)
 }
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only actions of this caller (certificate name or token subject).
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Only this action: submit, cancel, approve, set_limits.
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Only actions on this workflow.
+    #[arg(long)]
+    pub workflow: Option<String>,
+    /// Records older than this sequence (the next page).
+    #[arg(long)]
+    pub before: Option<u64>,
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+}
+
+/// `2026-12-02 06:31:07.123` (UTC) of unix milliseconds.
+fn utc(ms: i64) -> String {
+    let ms = ms.max(0) as u64;
+    let day = paygrid_agents::dates::Day(i32::try_from(ms / 86_400_000).unwrap_or(i32::MAX));
+    let of_day = ms % 86_400_000;
+    format!(
+        "{day} {:02}:{:02}:{:02}.{:03}",
+        of_day / 3_600_000,
+        of_day / 60_000 % 60,
+        of_day / 1_000 % 60,
+        of_day % 1_000
+    )
+}
+
+pub async fn audit(control: &str, args: AuditArgs, json: bool) -> anyhow::Result<u8> {
+    use paygrid_proto::v1 as pb;
+    let mut client =
+        pb::workflows_client::WorkflowsClient::new(crate::operator::connect(control).await?);
+    let entries = client
+        .list_audit(pb::ListAuditRequest {
+            actor: args.actor.unwrap_or_default(),
+            action: args.action.unwrap_or_default(),
+            target: args.workflow.unwrap_or_default(),
+            before_sequence: args.before.unwrap_or(0),
+            limit: args.limit,
+        })
+        .await?
+        .into_inner()
+        .entries;
+    if json {
+        for e in &entries {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "sequence": e.sequence, "at": utc(e.at_unix_ms), "actor": e.actor,
+                    "proof": e.proof, "role": e.role, "origin": e.origin, "action": e.action,
+                    "target": e.target, "detail": e.detail, "outcome": e.outcome,
+                })
+            );
+        }
+        return Ok(EXIT_OK);
+    }
+    if entries.is_empty() {
+        println!("no audit records");
+        return Ok(EXIT_OK);
+    }
+    for e in &entries {
+        let role = if e.role.is_empty() {
+            String::new()
+        } else {
+            format!(", {}", e.role)
+        };
+        println!(
+            "#{:<6} {}  {} ({}{role}) from {}  {} {}  -> {}\n        {}",
+            e.sequence,
+            utc(e.at_unix_ms),
+            e.actor,
+            e.proof,
+            if e.origin.is_empty() { "-" } else { &e.origin },
+            e.action,
+            if e.target.is_empty() { "-" } else { &e.target },
+            e.outcome,
+            e.detail
+        );
+    }
+    if let Some(last) = entries.last()
+        && entries.len() == args.limit as usize
+    {
+        println!("more: paygrid audit --before {}", last.sequence);
+    }
+    Ok(EXIT_OK)
+}

@@ -148,6 +148,9 @@ pub enum Command {
     Certs(crate::access::CertsArgs),
     /// Mint a bearer token signed with the control unit's --token-key.
     Token(crate::access::TokenArgs),
+    /// The audit log: who submitted, cancelled, approved or changed limits, when, from
+    /// where, and what came of it (newest first; needs the admin role).
+    Audit(crate::access::AuditArgs),
     /// Print a spec's task graph as Graphviz DOT or Mermaid.
     Graph {
         file: PathBuf,
@@ -241,6 +244,7 @@ async fn run_command(command: Command, control: &str, json: bool) -> anyhow::Res
             .map(|()| EXIT_OK),
         Command::Certs(args) => crate::access::certs(args),
         Command::Token(args) => crate::access::token(args),
+        Command::Audit(args) => crate::access::audit(&control, args, json).await,
     }
 }
 

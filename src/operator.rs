@@ -402,6 +402,12 @@ pub async fn approve(endpoint: &str, args: ApproveArgs, json: bool) -> anyhow::R
         .map_err(anyhow::Error::new)?
         .into_inner();
     let status = output::status_name(response.status);
+    // The control unit records the authenticated caller, whatever --by said.
+    let by = if response.decided_by.is_empty() {
+        by
+    } else {
+        response.decided_by
+    };
     let decided = if decision == pb::Decision::Approve {
         "approved"
     } else {

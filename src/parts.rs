@@ -650,11 +650,16 @@ pub async fn exec(args: ExecArgs, control: &str) -> anyhow::Result<u8> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("bind metrics {addr}"))?;
-        let registry = config.metrics.clone();
-        tokio::spawn(paygrid_telemetry::metrics::serve(
+        let tls = crate::transport::get().server(
+            "the execution unit's metrics",
+            paygrid_security::ClientAuth::Optional,
+            paygrid_security::client::ALPN_HTTP1,
+        )?;
+        let routes = paygrid_telemetry::metrics::router(config.metrics.clone(), || async {});
+        tokio::spawn(paygrid_security::net::serve_http(
             listener,
-            registry,
-            || async {},
+            tls,
+            routes,
             std::future::pending(),
         ));
     }

@@ -38,7 +38,7 @@ async fn the_a2a_sdk_drives_paygrid_over_grpc_from_its_agent_card() {
         "{skills:?}"
     );
 
-    let seen = run_client(&python, &[&format!("http://{http_addr}")]);
+    let seen = run_client(&python, &[&format!("https://{http_addr}")]);
     assert_eq!(
         seen["states"],
         serde_json::json!(["TASK_STATE_WORKING", "TASK_STATE_COMPLETED"]),

@@ -66,9 +66,8 @@ async fn submit_all(
             ids.clone(),
         );
         submitters.spawn(async move {
-            let channel = tonic::transport::Endpoint::from_shared(url)
-                .unwrap()
-                .connect_lazy();
+            let security = client_security();
+            let channel = security.channel_lazy(security.endpoint(&url).unwrap());
             let mut client = pb::workflows_client::WorkflowsClient::new(channel);
             loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
@@ -298,7 +297,7 @@ fn audit(fleet: &Fleet, finals: &HashMap<usize, pb::Workflow>) {
         "authorizations = captures + voids: {stats}"
     );
     let ledger_dir = fleet.dir.path("exec-0");
-    let output = std::process::Command::new(BIN)
+    let output = paygrid()
         .args(["--json", "ledger", "--data-dir", &ledger_dir])
         .output()
         .unwrap();

@@ -20,7 +20,7 @@ async fn card_payment_succeeds_across_processes() {
         "{}/examples/specs/card-payment.yaml",
         env!("CARGO_MANIFEST_DIR")
     );
-    let output = tokio::process::Command::new(BIN)
+    let output = paygrid_async()
         .args([
             "--control",
             &fleet.control.url,
@@ -314,7 +314,7 @@ fn cli_validate_names_task_and_line() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("bad.yaml");
     std::fs::write(&path, "apiVersion: paygrid/v1\nkind: Workflow\nname: bad\nversion: 1\ntasks:\n  - id: a\n    skill: s\n    needs: [b]\n  - id: b\n    skill: s\n    needs: [a]\n").unwrap();
-    let output = std::process::Command::new(BIN)
+    let output = paygrid()
         .args(["validate", path.to_str().unwrap()])
         .output()
         .unwrap();
@@ -326,7 +326,7 @@ fn cli_validate_names_task_and_line() {
         "{stderr}"
     );
     assert!(stderr.contains("line "), "{stderr}");
-    let ok = std::process::Command::new(BIN)
+    let ok = paygrid()
         .args([
             "validate",
             &format!(
@@ -926,7 +926,7 @@ async fn a_settlement_batch_waits_for_500_payments_across_a_restart() {
     assert_eq!(reconciled["expected"], PAYMENTS + 3, "{reconciled}");
     // The ledger balances; the sub-merchants were paid all they were owed, the platform
     // kept its fees.
-    let ledger = std::process::Command::new(BIN)
+    let ledger = paygrid()
         .args(["--json", "ledger", "--data-dir", &fleet.dir.path("exec-0")])
         .output()
         .unwrap();
@@ -1021,8 +1021,11 @@ async fn a_review_waits_for_an_operator_across_a_restart_and_is_audited() {
             "approve",
             "--note",
             "customer called",
+            // The decision is alice's, proven by her token, whatever --by claims.
             "--by",
-            "alice",
+            "mallory",
+            "--token",
+            &token("alice", paygrid_security::Role::Operator),
         ],
     );
     assert_eq!(code, 0, "{out}");
@@ -1054,7 +1057,8 @@ async fn a_review_waits_for_an_operator_across_a_restart_and_is_audited() {
     let failed = wait_terminal(&mut client, &rejected).await;
     assert_ne!(failed.status, pb::WorkflowStatus::Succeeded as i32);
     let review = task(&failed, "review");
-    assert_eq!(review.error, "rejected by bob via cli");
+    // The CLI presented the `root` certificate: that is who rejected, not `--by bob`.
+    assert_eq!(review.error, "rejected by root via cli");
     assert_eq!(
         task(&failed, "authorize").attempts,
         0,

@@ -32,7 +32,7 @@ async fn official_mcp_clients_drive_paygrid_over_http_and_stdio() {
         .tools;
     assert!(tools.iter().any(|t| t.name == "gateway.capture"));
 
-    let over_http = run_client(&python, &[&format!("http://{http}/mcp")]);
+    let over_http = run_client(&python, &[&format!("https://{http}/mcp")]);
     assert_eq!(over_http["protocol"], "2026-07-28", "{over_http}");
     assert_eq!(over_http["tasks"][0], "risk");
     let over_stdio = run_client(&python, &["stdio", BIN, &control.url]);

@@ -152,11 +152,11 @@ async fn card_numbers_and_cvvs_never_appear() {
         "{:?}",
         workflow.labels
     );
-    let status = std::process::Command::new(BIN)
+    let status = paygrid()
         .args(["--control", &control.url, "status", &id])
         .output()
         .unwrap();
-    let json_status = std::process::Command::new(BIN)
+    let json_status = paygrid()
         .args(["--control", &control.url, "--json", "status", &id])
         .output()
         .unwrap();
@@ -339,7 +339,7 @@ async fn health_shows_a_failing_gateway() {
         .await;
     let mut client = fleet.workflows().await;
     let health = |fleet: &Fleet| {
-        let output = std::process::Command::new(BIN)
+        let output = paygrid()
             .args(["--control", &fleet.control.url, "--json", "health"])
             .output()
             .unwrap();
@@ -406,7 +406,7 @@ async fn health_shows_a_failing_gateway() {
 
     // The same report, per skill in `paygrid health` and per agent in `paygrid agents`.
     let cli = |args: &[&str]| {
-        let output = std::process::Command::new(BIN)
+        let output = paygrid()
             .args(["--control", &fleet.control.url])
             .args(args)
             .output()
@@ -501,7 +501,7 @@ async fn a_failing_gateway_opens_its_breaker_and_payments_go_to_the_fallback() {
     ]);
     let mut client = support::Fleet::client(&control.url).await;
     let breaker = |control: &Part| {
-        let output = std::process::Command::new(BIN)
+        let output = paygrid()
             .args(["--control", &control.url, "--json", "health"])
             .output()
             .unwrap();
@@ -610,7 +610,7 @@ async fn a_failing_gateway_opens_its_breaker_and_payments_go_to_the_fallback() {
         assert!(Instant::now() < deadline, "no remediation started");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let listed = std::process::Command::new(BIN)
+    let listed = paygrid()
         .args([
             "--control",
             &control.url,

@@ -81,6 +81,11 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Catalog {
+    /// The store the catalog reads from, when there is one.
+    pub fn store(&self) -> Option<&Arc<dyn Store>> {
+        self.store.as_ref()
+    }
+
     pub fn new(limits: SpecLimits, store: Option<Arc<dyn Store>>) -> Self {
         Self {
             specs: Mutex::new(SpecCache::default()),

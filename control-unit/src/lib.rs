@@ -13,6 +13,7 @@
 //! - [`metric_names`]: every metric's name and help text.
 //! - [`remediation`]: rules that start remediation workflows (a breaker opened).
 //! - [`server`]: serving both, with gRPC health and reflection.
+pub mod audit;
 pub mod catalog;
 pub mod error;
 pub mod metric_names;

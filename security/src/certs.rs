@@ -79,6 +79,17 @@ pub fn add_client(dir: &Path, name: &str) -> Result<(), CertsError> {
     client(dir, &issuer, name)
 }
 
+/// A new node certificate and key signed by the CA in `dir` (its `ca.key`), replacing
+/// `node.crt`/`node.key`: what a certificate rotation writes.
+pub fn renew_node(dir: &Path) -> Result<(), CertsError> {
+    let path = dir.join("ca.key");
+    let text = std::fs::read_to_string(&path).map_err(|source| CertsError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    node(dir, &Issuer::new(ca_params()?, KeyPair::from_pem(&text)?))
+}
+
 fn node(dir: &Path, issuer: &Issuer<'_, KeyPair>) -> Result<(), CertsError> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(vec!["localhost".to_owned()])?;

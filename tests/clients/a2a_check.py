@@ -6,14 +6,20 @@ approval message, after which it completes. Prints one JSON line; exits non-zero
 failed check.
 
     python a2a_check.py http://HTTP_ADDR
+
+With TLS and tokens on (as Paygrid runs by default), PAYGRID_CERTS_DIR names the
+directory holding the CA (ca.crt) to trust and PAYGRID_TOKEN the bearer token to send.
 """
 
 import asyncio
 import json
+import os
+import ssl
 import sys
 import uuid
 
 import grpc
+import httpx
 from google.protobuf import json_format, struct_pb2
 
 from a2a.client import ClientConfig, create_client
@@ -33,10 +39,27 @@ def data_message(payload):
 
 async def run(base):
     seen = {}
+    certs, token = os.environ.get("PAYGRID_CERTS_DIR"), os.environ.get("PAYGRID_TOKEN")
+
+    def channel(url):
+        target = url.removeprefix("https://").removeprefix("http://")
+        if not certs:
+            return grpc.aio.insecure_channel(target)
+        with open(os.path.join(certs, "ca.crt"), "rb") as ca:
+            credentials = grpc.ssl_channel_credentials(root_certificates=ca.read())
+        if token:
+            credentials = grpc.composite_channel_credentials(
+                credentials, grpc.access_token_call_credentials(token))
+        return grpc.aio.secure_channel(target, credentials)
+
+    http = None
+    if certs:
+        http = httpx.AsyncClient(verify=ssl.create_default_context(cafile=os.path.join(certs, "ca.crt")))
     config = ClientConfig(
         streaming=True,
         supported_protocol_bindings=["GRPC"],
-        grpc_channel_factory=lambda url: grpc.aio.insecure_channel(url.removeprefix("http://")),
+        grpc_channel_factory=channel,
+        httpx_client=http,
     )
     client = await create_client(base, client_config=config)
     payment = {"spec_ref": "card-payment@3", "input": {"amount_minor": 1250, "currency": "EUR", "card_token": "tok_visa"}}

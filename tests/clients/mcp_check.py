@@ -8,14 +8,24 @@ Prints one JSON line with what it saw; exits non-zero on any failed check.
 
     python mcp_check.py http://127.0.0.1:PORT/mcp
     python mcp_check.py stdio /path/to/paygrid http://127.0.0.1:50051
+
+With TLS and tokens on (as Paygrid runs by default), PAYGRID_CERTS_DIR names the
+directory holding the CA (ca.crt) to trust and PAYGRID_TOKEN the bearer token to send.
 """
 
 import asyncio
 import json
+import os
+import ssl
 import sys
 import time
 
+import httpx2
 from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+
+CERTS = os.environ.get("PAYGRID_CERTS_DIR")
+TOKEN = os.environ.get("PAYGRID_TOKEN")
 
 
 def check(condition, message):
@@ -27,7 +37,7 @@ def text_of(result):
     return "".join(getattr(block, "text", "") for block in result.content)
 
 
-async def run(server):
+async def run(server, label):
     seen = {}
     async with Client(server) as client:
         seen["protocol"] = client.protocol_version
@@ -47,7 +57,7 @@ async def run(server):
         submitted = await client.call_tool("submit_workflow", {
             "spec_ref": "card-payment@3",
             "input": {"amount_minor": 1250, "currency": "EUR", "card_token": "tok_visa"},
-            "idempotency_key": f"mcp-{server if isinstance(server, str) else 'stdio'}",
+            "idempotency_key": f"mcp-{label}",
         })
         check(not submitted.is_error, f"submit_workflow succeeded: {text_of(submitted)}")
         workflow_id = submitted.structured_content["workflow_id"]
@@ -98,7 +108,7 @@ async def run(server):
         review = await client.call_tool("submit_workflow", {
             "spec_ref": "card-payment@3",
             "input": {"amount_minor": 640000, "currency": "EUR", "card_token": "tok_review"},
-            "idempotency_key": f"mcp-review-{server if isinstance(server, str) else 'stdio'}",
+            "idempotency_key": f"mcp-review-{label}",
         })
         check(not review.is_error, f"the review payment was submitted: {text_of(review)}")
         review_id = review.structured_content["workflow_id"]
@@ -131,10 +141,26 @@ async def run(server):
 
 def main():
     if sys.argv[1] == "stdio":
-        server = StdioServerParameters(command=sys.argv[2], args=["--control", sys.argv[3], "mcp"])
+        # The stdio server is `paygrid mcp`, given the credentials as flags (the SDK
+        # passes the child only a minimal environment).
+        args = ["--control", sys.argv[3], "mcp"]
+        if CERTS:
+            args = ["--certs-dir", CERTS] + args
+        if TOKEN:
+            args = ["--token", TOKEN] + args
+        server = StdioServerParameters(command=sys.argv[2], args=args)
+        label = "stdio"
     else:
-        server = sys.argv[1]
-    asyncio.run(run(server))
+        url = sys.argv[1]
+        label = url
+        server = url
+        if CERTS or TOKEN:
+            verify = ssl.create_default_context(cafile=os.path.join(CERTS, "ca.crt")) if CERTS else True
+            headers = {"Authorization": f"Bearer {TOKEN}"} if TOKEN else None
+            http = httpx2.AsyncClient(headers=headers, verify=verify,
+                                      timeout=httpx2.Timeout(30.0, read=300.0))
+            server = streamable_http_client(url, http_client=http)
+    asyncio.run(run(server, label))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,72 @@ use tonic::transport::Channel;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_paygrid");
 
+/// The certificates every part of every test presents (a CA made once per test binary,
+/// with the node certificate and the clients `root` and `exec`), and a token key beside
+/// them: the tests run with TLS and authentication on, as Paygrid runs by default.
+/// A part started with `--insecure` gets none of it.
+pub fn certs() -> &'static std::path::Path {
+    static CERTS: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    CERTS.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("paygrid-test-certs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        paygrid_security::certs::create(&dir, &["root", "exec"]).expect("test certificates");
+        paygrid_security::token::TokenKey::generate(&dir.join("token.key")).expect("token key");
+        dir
+    })
+}
+
+/// The token key in [`certs`], for `--token-key`.
+pub fn token_key() -> String {
+    certs().join("token.key").display().to_string()
+}
+
+/// A bearer token for `subject` with `role`, valid for an hour.
+pub fn token(subject: &str, role: paygrid_security::Role) -> String {
+    paygrid_security::token::TokenKey::from_file(&certs().join("token.key"))
+        .expect("token key")
+        .mint(subject, role, paygrid_security::token::now_secs(), 3600)
+}
+
+/// Sets the certificates directory on a command unless it runs `--insecure` or names
+/// its own.
+fn secure(command: &mut Command, args: &[&str]) {
+    if !args
+        .iter()
+        .any(|a| *a == "--insecure" || *a == "--certs-dir")
+    {
+        command.env("PAYGRID_CERTS_DIR", certs());
+    }
+}
+
+/// `paygrid` as a command, with the test certificates (TLS, presenting `root`).
+pub fn paygrid() -> Command {
+    let mut command = Command::new(BIN);
+    command.env("PAYGRID_CERTS_DIR", certs());
+    command
+}
+
+/// [`paygrid`] for async tests.
+pub fn paygrid_async() -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(BIN);
+    command.env("PAYGRID_CERTS_DIR", certs());
+    command
+}
+
+fn url_in(line: &str) -> String {
+    line.split_whitespace()
+        .find(|w| w.starts_with("http://") || w.starts_with("https://"))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// `127.0.0.1:PORT` of `http://…` or `https://…`.
+pub fn host_of(url: &str) -> &str {
+    url.trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+}
+
 /// The skills the card-payment example needs, all offered by a default `paygrid exec`.
 pub const SHIPPED_SKILLS: &[&str] = &[
     "gateway.authorize",
@@ -59,7 +125,7 @@ impl Part {
         self.kill();
         let mut args = self.args.clone();
         if let Some(listen) = args.iter().position(|a| a == "--listen") {
-            let addr = self.url.trim_start_matches("http://").to_owned();
+            let addr = host_of(&self.url).to_owned();
             let deadline = Instant::now() + Duration::from_secs(30);
             while std::net::TcpListener::bind(&addr).is_err() {
                 assert!(Instant::now() < deadline, "port {addr} never came free");
@@ -78,6 +144,7 @@ impl Part {
     fn spawn(args: &[&str], log: Option<&std::path::Path>) -> (Child, String) {
         let mut command = Command::new(BIN);
         command.args(args).stdout(Stdio::piped());
+        secure(&mut command, args);
         match log {
             Some(path) => {
                 let file = std::fs::File::create(path).expect("log file");
@@ -98,11 +165,7 @@ impl Part {
             !line.is_empty(),
             "paygrid {args:?} exited before it was ready"
         );
-        let url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_default()
-            .to_owned();
+        let url = url_in(&line);
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || {
             let mut sink = String::new();
@@ -190,6 +253,7 @@ impl Fleet {
         args.extend_from_slice(&otlp_args);
         let gateway = Part::start(&args);
         let control_dir = dir.path("control");
+        let token_key = token_key();
         let mut args = vec![
             "control",
             "--listen",
@@ -202,6 +266,8 @@ impl Fleet {
             "1000",
             "--data-dir",
             &control_dir,
+            "--token-key",
+            &token_key,
         ];
         args.extend_from_slice(&otlp_args);
         let control = Part::start(&args);
@@ -282,14 +348,26 @@ impl Fleet {
     }
 }
 
+/// How test clients reach the parts: TLS with the CA of [`certs`], presenting `root`.
+pub fn client_security() -> paygrid_security::ClientSecurity {
+    paygrid_security::ClientSecurity::tls(
+        &paygrid_security::Tls::new(certs()),
+        Some("root"),
+        None,
+        paygrid_security::client::ALPN_H2,
+    )
+    .expect("client TLS")
+}
+
 pub async fn channel(url: &str) -> Channel {
+    channel_with(url, &client_security()).await
+}
+
+/// A channel with other credentials (another certificate, none, a token).
+pub async fn channel_with(url: &str, security: &paygrid_security::ClientSecurity) -> Channel {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match Channel::from_shared(url.to_owned())
-            .expect("url")
-            .connect()
-            .await
-        {
+        match security.channel(security.endpoint(url).expect("url")).await {
             Ok(channel) => return channel,
             Err(error) => {
                 assert!(
@@ -380,14 +458,55 @@ pub fn task<'a>(workflow: &'a pb::Workflow, id: &str) -> &'a pb::TaskState {
         .unwrap_or_else(|| panic!("no task {id}"))
 }
 
+/// Read and write, plaintext or TLS.
+pub trait Io: Read + Write {}
+impl<T: Read + Write> Io for T {}
+
+/// A connection to a part's HTTP listener: TLS with the test CA, presenting `root`.
+pub fn connect_http(host: &str) -> std::io::Result<Box<dyn Io>> {
+    static CONFIG: std::sync::OnceLock<std::sync::Arc<rustls::ClientConfig>> =
+        std::sync::OnceLock::new();
+    let config = CONFIG.get_or_init(|| {
+        paygrid_security::Tls::new(certs())
+            .client(Some("root"), &[b"http/1.1"])
+            .expect("client TLS")
+    });
+    let host = host_of(host);
+    let tcp = TcpStream::connect(host)?;
+    let name = host
+        .rsplit_once(':')
+        .map_or(host, |(name, _)| name)
+        .to_owned();
+    let name = rustls::pki_types::ServerName::try_from(name).expect("server name");
+    let session =
+        rustls::ClientConnection::new(config.clone(), name).map_err(std::io::Error::other)?;
+    Ok(Box::new(rustls::StreamOwned::new(session, tcp)))
+}
+
+/// Reads an HTTP/1.1 response to its end (`Connection: close`); a TLS peer that closes
+/// without `close_notify` still ends it.
+fn read_all(stream: &mut dyn Io) -> String {
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(error) => panic!("read: {error}"),
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
 /// A minimal HTTP/1.1 call to the gateway simulator; returns the JSON body.
 pub fn http(base: &str, method: &str, path: &str, body: Option<&str>) -> serde_json::Value {
-    let host = base.trim_start_matches("http://");
-    let mut stream = TcpStream::connect(host).expect("connect to gateway");
+    let host = host_of(base);
+    let mut stream = connect_http(host).expect("connect to gateway");
     let body = body.unwrap_or("");
     write!(stream, "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).expect("write");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read");
+    stream.flush().expect("flush");
+    let response = read_all(&mut *stream);
     let (_, body) = response.split_once("\r\n\r\n").expect("http response");
     serde_json::from_str(body).unwrap_or_else(|e| panic!("gateway answered {response}: {e}"))
 }
@@ -395,11 +514,11 @@ pub fn http(base: &str, method: &str, path: &str, body: Option<&str>) -> serde_j
 /// An HTTP/1.1 call with an `Idempotency-Key` header (the simulator's effects need one);
 /// returns the status and the body as text.
 pub fn http_keyed(base: &str, method: &str, path: &str, key: &str, body: &str) -> (u16, String) {
-    let host = base.trim_start_matches("http://");
-    let mut stream = TcpStream::connect(host).expect("connect to gateway");
+    let host = host_of(base);
+    let mut stream = connect_http(host).expect("connect to gateway");
     write!(stream, "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nIdempotency-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).expect("write");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read");
+    stream.flush().expect("flush");
+    let response = read_all(&mut *stream);
     let (head, body) = response.split_once("\r\n\r\n").expect("http response");
     let status = head
         .split_whitespace()
@@ -411,12 +530,10 @@ pub fn http_keyed(base: &str, method: &str, path: &str, key: &str, body: &str) -
 
 /// Runs the `paygrid` CLI against a control unit; its exit code and stdout.
 pub fn cli(control: &str, args: &[&str]) -> (i32, String) {
-    let output = Command::new(BIN)
-        .arg("--control")
-        .arg(control)
-        .args(args)
-        .output()
-        .expect("run paygrid");
+    let mut command = Command::new(BIN);
+    command.arg("--control").arg(control).args(args);
+    secure(&mut command, args);
+    let output = command.output().expect("run paygrid");
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -433,14 +550,14 @@ pub fn free_addr() -> String {
 pub fn scrape(addr: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(mut stream) = TcpStream::connect(addr) {
+        if let Ok(mut stream) = connect_http(addr) {
             write!(
                 stream,
                 "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
             )
             .expect("write");
-            let mut response = String::new();
-            stream.read_to_string(&mut response).expect("read");
+            stream.flush().expect("flush");
+            let response = read_all(&mut *stream);
             if let Some((_, body)) = response.split_once("\r\n\r\n") {
                 return body.to_owned();
             }
@@ -483,9 +600,17 @@ pub fn python_with(module: &str) -> Option<String> {
 /// with the script's output when it exits non-zero.
 pub fn run_client_script(python: &str, script: &str, args: &[&str]) -> serde_json::Value {
     let path = format!("{}/tests/clients/{script}", env!("CARGO_MANIFEST_DIR"));
+    // The script trusts the test CA and authenticates as itself (`a2a_check.py` is
+    // `a2a-check`), an operator.
+    let subject = script.trim_end_matches(".py").replace('_', "-");
     let output = Command::new(python)
         .arg(&path)
         .args(args)
+        .env("PAYGRID_CERTS_DIR", certs())
+        .env(
+            "PAYGRID_TOKEN",
+            token(&subject, paygrid_security::Role::Operator),
+        )
         .output()
         .expect("run the client script");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -528,6 +653,8 @@ impl HttpFleet {
             &dir.path("control"),
             "--http",
             &http,
+            "--token-key",
+            &token_key(),
         ]);
         let alpha = format!("alpha={}@25", gateway.url);
         let exec = Part::start(&[

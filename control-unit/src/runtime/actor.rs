@@ -38,6 +38,10 @@ pub(super) struct Actor {
     pub(super) out: Vec<Command>,
     /// Answers held until the batch that produced them is durable.
     replies: Vec<Reply>,
+    /// Audit records to write with the next group commit.
+    audit: Vec<crate::audit::AuditRecord>,
+    /// The audit log when there is no store.
+    audit_memory: crate::audit::MemoryLog,
     /// Workflow, task and attempt spans, exported as the history ends them.
     pub(super) spans: crate::traces::SpanRecorder,
     /// Remediation rules and the runs in progress.
@@ -61,6 +65,21 @@ enum Reply {
 }
 
 impl Reply {
+    /// What came of the action (`ok`, `existing`, or the refusal), and the workflow it
+    /// created or found.
+    fn outcome(&self) -> (String, Option<String>) {
+        match self {
+            Self::Submit(_, Ok(submitted)) => (
+                if submitted.created { "ok" } else { "existing" }.to_owned(),
+                Some(submitted.id.to_string()),
+            ),
+            Self::Cancel(_, Ok(_)) | Self::Approve(_, Ok(_)) => ("ok".to_owned(), None),
+            Self::Submit(_, Err(error)) => (error.to_string(), None),
+            Self::Cancel(_, Err(error)) => (error.to_string(), None),
+            Self::Approve(_, Err(error)) => (error.to_string(), None),
+        }
+    }
+
     fn send(self) {
         match self {
             Self::Submit(reply, result) => {
@@ -134,6 +153,8 @@ impl Actor {
             sequence: 0,
             out: Vec::with_capacity(1024),
             replies: Vec::new(),
+            audit: Vec::new(),
+            audit_memory: crate::audit::MemoryLog::default(),
             spans: crate::traces::SpanRecorder::default(),
             remediation: Remediation::new(config_rules),
         }
@@ -209,6 +230,26 @@ impl Actor {
         Ok(())
     }
 
+    /// An action and its record: the record takes the action's outcome and goes into the
+    /// same group commit.
+    fn audited(&mut self, mut record: crate::audit::AuditRecord, input: Input) {
+        let before = self.replies.len();
+        self.input(input);
+        record.outcome = "ok".to_owned();
+        if let Some(reply) = self.replies.get(before) {
+            let (outcome, target) = reply.outcome();
+            record.outcome = outcome;
+            if let Some(target) = target {
+                record.target = target;
+            }
+        }
+        if self.persistence.is_durable() {
+            self.audit.push(record);
+        } else {
+            self.audit_memory.push(record);
+        }
+    }
+
     fn input(&mut self, input: Input) {
         let now = now_ms();
         let mut out = std::mem::take(&mut self.out);
@@ -246,6 +287,15 @@ impl Actor {
             Input::SetLimits { rules, reply } => {
                 self.core.set_limits(now, rules);
                 let _ = reply.send(self.limits_view());
+            }
+            Input::Audited { record, input } => {
+                // The action takes and gives back `out` itself.
+                self.out = std::mem::take(&mut out);
+                self.audited(*record, *input);
+                out = std::mem::take(&mut self.out);
+            }
+            Input::ListAudit { query, reply } => {
+                let _ = reply.send(self.audit_memory.list(&query));
             }
             Input::GetLimits { reply } => {
                 let _ = reply.send(self.limits_view());
@@ -433,9 +483,10 @@ impl Actor {
         }
         self.out = out;
         if self.persistence.is_durable() {
-            let batch =
+            let mut batch =
                 self.persistence
                     .batch(&self.core, &self.idempotency, &records, self.sequence);
+            batch.audit = std::mem::take(&mut self.audit);
             self.persistence.commit(batch).await?;
         }
         let exporting = paygrid_telemetry::otel::exporting();

@@ -114,6 +114,17 @@ pub struct LimitsView {
 }
 
 pub enum Input {
+    /// An action with its audit record: both go into the same group commit, and the
+    /// action's reply waits for it.
+    Audited {
+        record: Box<crate::audit::AuditRecord>,
+        input: Box<Input>,
+    },
+    /// The audit log kept in memory (a control unit without a store).
+    ListAudit {
+        query: crate::audit::AuditQuery,
+        reply: oneshot::Sender<Vec<crate::audit::AuditRecord>>,
+    },
     Submit {
         submission: Box<Submission>,
         reply: oneshot::Sender<Result<Submitted, ControlError>>,

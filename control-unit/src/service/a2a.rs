@@ -169,7 +169,9 @@ impl A2aService {
         };
         let decision = Decision::parse(&decision)
             .ok_or_else(|| ControlError::invalid(format!("decision `{decision}`: {expected}")))?;
-        let by = field("decided_by")
+        // An authenticated caller decides as itself, whatever the message says.
+        let by = crate::audit::authenticated_name()
+            .or_else(|| field("decided_by"))
             .or_else(|| {
                 let metadata = message.metadata.as_ref()?;
                 match &metadata.fields.get("decided_by")?.kind {

@@ -163,13 +163,17 @@ where
         );
         match checked {
             Ok(caller) => {
-                if let Some(caller) = caller {
-                    request.extensions_mut().insert(caller);
-                }
                 // The clone is ready-checked the same way tower's examples do it.
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
-                Box::pin(inner.call(request))
+                match caller {
+                    Some(caller) => {
+                        request.extensions_mut().insert(caller.clone());
+                        // Audit records of what this call does name its caller.
+                        Box::pin(crate::audit::scope(caller, inner.call(request)))
+                    }
+                    None => Box::pin(inner.call(request)),
+                }
             }
             Err(error) => {
                 let reason = match error {

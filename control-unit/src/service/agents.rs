@@ -279,7 +279,14 @@ impl AgentHub for AgentHubService {
         }
         let view = self
             .handle
-            .ask(|reply| Input::SetLimits { rules, reply })
+            .ask(|reply| Input::Audited {
+                record: Box::new(crate::audit::record(
+                    "set_limits",
+                    "limits",
+                    format!("{} bytes of limits", text.len()),
+                )),
+                input: Box::new(Input::SetLimits { rules, reply }),
+            })
             .await?;
         tracing::info!(
             concurrency = view.concurrency_rules,

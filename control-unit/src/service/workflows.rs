@@ -104,8 +104,12 @@ impl WorkflowsService {
         id: WorkflowId,
         reason: String,
     ) -> Result<(), ControlError> {
+        let record = crate::audit::record("cancel", id.to_string(), reason.clone());
         self.handle
-            .ask(|reply| Input::Cancel { id, reason, reply })
+            .ask(|reply| Input::Audited {
+                record: Box::new(record),
+                input: Box::new(Input::Cancel { id, reason, reply }),
+            })
             .await??;
         Ok(())
     }
@@ -134,13 +138,27 @@ impl WorkflowsService {
                 "note is longer than {NOTE_MAX} characters"
             )));
         }
+        let record = crate::audit::record(
+            "approve",
+            id.to_string(),
+            format!(
+                "{} {} by {} via {}",
+                decision.decision.as_str(),
+                task.as_deref().unwrap_or("the waiting approval"),
+                decision.by,
+                decision.via
+            ),
+        );
         let result = self
             .handle
-            .ask(|reply| Input::Approve {
-                id,
-                task,
-                decision,
-                reply,
+            .ask(|reply| Input::Audited {
+                record: Box::new(record),
+                input: Box::new(Input::Approve {
+                    id,
+                    task,
+                    decision,
+                    reply,
+                }),
             })
             .await?;
         match result {
@@ -216,6 +234,19 @@ impl WorkflowsService {
             .map(|(key, value)| (redact_text(&key), redact_text(&value)))
             .collect();
         let key = Some(request.idempotency_key).filter(|k| !k.is_empty());
+        let record = crate::audit::record(
+            "submit",
+            "",
+            format!(
+                "{}@{} priority {}{}",
+                spec.name,
+                spec.version,
+                priority.as_str(),
+                key.as_deref()
+                    .map(|k| format!(" idempotency key {k}"))
+                    .unwrap_or_default()
+            ),
+        );
         let submission = Submission {
             fingerprint: crate::runtime::fingerprint(&spec.hash, &input, priority, &labels),
             new: NewWorkflow {
@@ -232,9 +263,12 @@ impl WorkflowsService {
         };
         let submitted = self
             .handle
-            .ask(|reply| Input::Submit {
-                submission: Box::new(submission),
-                reply,
+            .ask(|reply| Input::Audited {
+                record: Box::new(record),
+                input: Box::new(Input::Submit {
+                    submission: Box::new(submission),
+                    reply,
+                }),
             })
             .await??;
         self.catalog.accepted(&spec);
@@ -378,9 +412,13 @@ impl Workflows for WorkflowsService {
         } else {
             request.reason
         };
+        let record = crate::audit::record("cancel", id.to_string(), reason.clone());
         let status = self
             .handle
-            .ask(|reply| Input::Cancel { id, reason, reply })
+            .ask(|reply| Input::Audited {
+                record: Box::new(record),
+                input: Box::new(Input::Cancel { id, reason, reply }),
+            })
             .await??;
         Ok(Response::new(pb::CancelWorkflowResponse {
             status: convert::workflow_status_to_pb(status).into(),
@@ -463,9 +501,10 @@ impl Workflows for WorkflowsService {
             }
         };
         let task = (!request.task_id.is_empty()).then_some(request.task_id);
+        let decided_by = proven.unwrap_or(request.decided_by);
         let decision = DecisionBy {
             decision,
-            by: proven.unwrap_or(request.decided_by),
+            by: decided_by.clone(),
             via,
             note: request.note,
         };
@@ -473,6 +512,50 @@ impl Workflows for WorkflowsService {
         Ok(Response::new(pb::ApproveResponse {
             task_id,
             status: convert::workflow_status_to_pb(status).into(),
+            decided_by,
+        }))
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        let request = request.into_inner();
+        let filter = |text: String| Some(text).filter(|t| !t.is_empty());
+        let query = crate::audit::AuditQuery {
+            actor: filter(request.actor),
+            action: filter(request.action),
+            target: filter(request.target),
+            before: Some(request.before_sequence).filter(|b| *b > 0),
+            limit: match request.limit {
+                0 => 100,
+                n => n.min(1_000) as usize,
+            },
+        };
+        let records = match self.catalog.store() {
+            Some(store) => store.audit(query).await.map_err(ControlError::from)?,
+            None => {
+                self.handle
+                    .ask(|reply| Input::ListAudit { query, reply })
+                    .await?
+            }
+        };
+        Ok(Response::new(pb::ListAuditResponse {
+            entries: records
+                .into_iter()
+                .map(|r| pb::AuditEntry {
+                    sequence: r.sequence,
+                    at_unix_ms: r.at_ms as i64,
+                    actor: r.actor,
+                    proof: r.proof,
+                    role: r.role,
+                    origin: r.origin,
+                    action: r.action,
+                    target: r.target,
+                    detail: r.detail,
+                    outcome: r.outcome,
+                })
+                .collect(),
         }))
     }
 

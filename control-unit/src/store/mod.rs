@@ -75,11 +75,17 @@ pub struct Batch {
     pub specs: Vec<SpecWrite>,
     pub workflows: Vec<WorkflowWrite>,
     pub events: Vec<EventWrite>,
+    /// Audit records of the actions this batch makes durable (their `sequence` is
+    /// assigned by the store).
+    pub audit: Vec<crate::audit::AuditRecord>,
 }
 
 impl Batch {
     pub fn is_empty(&self) -> bool {
-        self.specs.is_empty() && self.workflows.is_empty() && self.events.is_empty()
+        self.specs.is_empty()
+            && self.workflows.is_empty()
+            && self.events.is_empty()
+            && self.audit.is_empty()
     }
 }
 
@@ -124,6 +130,11 @@ pub trait Store: Send + Sync + 'static {
     async fn setting(&self, name: &str) -> Result<Option<String>, StoreError>;
     /// Stores a setting, durable when this returns.
     async fn put_setting(&self, name: &str, value: &str) -> Result<(), StoreError>;
+    /// Audit records, newest first, as `query` filters them.
+    async fn audit(
+        &self,
+        query: crate::audit::AuditQuery,
+    ) -> Result<Vec<crate::audit::AuditRecord>, StoreError>;
 }
 
 /// What a prune deleted.

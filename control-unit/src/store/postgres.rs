@@ -45,6 +45,20 @@ const MIGRATIONS: &[&str] = &[
          value TEXT NOT NULL,
          updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
      );",
+    // 4: the audit log (docs/security.md); kept apart from workflow retention.
+    "CREATE TABLE audit (
+         sequence BIGSERIAL PRIMARY KEY,
+         at BIGINT NOT NULL,
+         actor TEXT NOT NULL,
+         proof TEXT NOT NULL,
+         role TEXT NOT NULL,
+         origin TEXT NOT NULL,
+         action TEXT NOT NULL,
+         target TEXT NOT NULL,
+         detail TEXT NOT NULL,
+         outcome TEXT NOT NULL
+     );
+     CREATE INDEX audit_target ON audit (target);",
 ];
 
 pub struct PostgresStore {
@@ -197,7 +211,67 @@ impl Store for PostgresStore {
                 .await
                 .map_err(pg)?;
         }
+        if !batch.audit.is_empty() {
+            let a = &batch.audit;
+            let at: Vec<i64> = a.iter().map(|r| r.at_ms as i64).collect();
+            let column = |f: fn(&crate::audit::AuditRecord) -> &str| -> Vec<&str> {
+                a.iter().map(f).collect()
+            };
+            // UNNEST keeps the order of the arrays: sequences follow the batch's order.
+            transaction
+                .execute(
+                    "INSERT INTO audit (at, actor, proof, role, origin, action, target, detail, outcome)
+                     SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[])",
+                    &[
+                        &at,
+                        &column(|r| &r.actor),
+                        &column(|r| &r.proof),
+                        &column(|r| &r.role),
+                        &column(|r| &r.origin),
+                        &column(|r| &r.action),
+                        &column(|r| &r.target),
+                        &column(|r| &r.detail),
+                        &column(|r| &r.outcome),
+                    ],
+                )
+                .await
+                .map_err(pg)?;
+        }
         transaction.commit().await.map_err(pg)
+    }
+
+    async fn audit(
+        &self,
+        query: crate::audit::AuditQuery,
+    ) -> Result<Vec<crate::audit::AuditRecord>, StoreError> {
+        let before = query.before.map(|b| b as i64);
+        let limit = query.limit as i64;
+        let rows = self
+            .reader
+            .query(
+                "SELECT sequence, at, actor, proof, role, origin, action, target, detail, outcome FROM audit
+                 WHERE ($1::text IS NULL OR actor = $1) AND ($2::text IS NULL OR action = $2)
+                   AND ($3::text IS NULL OR target = $3) AND ($4::int8 IS NULL OR sequence < $4)
+                 ORDER BY sequence DESC LIMIT $5",
+                &[&query.actor, &query.action, &query.target, &before, &limit],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(rows
+            .iter()
+            .map(|r| crate::audit::AuditRecord {
+                sequence: r.get::<_, i64>(0) as u64,
+                at_ms: r.get::<_, i64>(1) as u64,
+                actor: r.get(2),
+                proof: r.get(3),
+                role: r.get(4),
+                origin: r.get(5),
+                action: r.get(6),
+                target: r.get(7),
+                detail: r.get(8),
+                outcome: r.get(9),
+            })
+            .collect())
     }
 
     async fn recover(&self, terminal_max: usize) -> Result<Recovered, StoreError> {

@@ -51,6 +51,20 @@ const MIGRATIONS: &[&str] = &[
          value TEXT NOT NULL,
          updated_at INTEGER NOT NULL
      );",
+    // 4: the audit log (docs/security.md); kept apart from workflow retention.
+    "CREATE TABLE audit (
+         sequence INTEGER PRIMARY KEY AUTOINCREMENT,
+         at INTEGER NOT NULL,
+         actor TEXT NOT NULL,
+         proof TEXT NOT NULL,
+         role TEXT NOT NULL,
+         origin TEXT NOT NULL,
+         action TEXT NOT NULL,
+         target TEXT NOT NULL,
+         detail TEXT NOT NULL,
+         outcome TEXT NOT NULL
+     );
+     CREATE INDEX audit_target ON audit (target);",
 ];
 
 pub struct SqliteStore {
@@ -185,6 +199,25 @@ pub fn write_batch(
             event.change
         ])?;
     }
+    if !batch.audit.is_empty() {
+        let mut insert = transaction.prepare_cached(
+            "INSERT INTO audit (at, actor, proof, role, origin, action, target, detail, outcome)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?;
+        for r in &batch.audit {
+            insert.execute(params![
+                r.at_ms as i64,
+                r.actor,
+                r.proof,
+                r.role,
+                r.origin,
+                r.action,
+                r.target,
+                r.detail,
+                r.outcome
+            ])?;
+        }
+    }
     Ok(())
 }
 
@@ -294,6 +327,46 @@ impl Store for SqliteStore {
                     params![name, value],
                 )
                 .map(|_| ())
+        })
+        .await
+    }
+
+    async fn audit(
+        &self,
+        query: crate::audit::AuditQuery,
+    ) -> Result<Vec<crate::audit::AuditRecord>, StoreError> {
+        self.with(move |connection| {
+            connection
+                .prepare_cached(
+                    "SELECT sequence, at, actor, proof, role, origin, action, target, detail, outcome FROM audit
+                     WHERE (?1 IS NULL OR actor = ?1) AND (?2 IS NULL OR action = ?2)
+                       AND (?3 IS NULL OR target = ?3) AND (?4 IS NULL OR sequence < ?4)
+                     ORDER BY sequence DESC LIMIT ?5",
+                )?
+                .query_map(
+                    params![
+                        query.actor,
+                        query.action,
+                        query.target,
+                        query.before.map(|b| b as i64),
+                        query.limit as i64
+                    ],
+                    |r| {
+                        Ok(crate::audit::AuditRecord {
+                            sequence: r.get::<_, i64>(0)? as u64,
+                            at_ms: r.get::<_, i64>(1)? as u64,
+                            actor: r.get(2)?,
+                            proof: r.get(3)?,
+                            role: r.get(4)?,
+                            origin: r.get(5)?,
+                            action: r.get(6)?,
+                            target: r.get(7)?,
+                            detail: r.get(8)?,
+                            outcome: r.get(9)?,
+                        })
+                    },
+                )?
+                .collect()
         })
         .await
     }

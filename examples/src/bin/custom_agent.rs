@@ -56,8 +56,27 @@ async fn main() {
     let endpoint = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "http://127.0.0.1:50051".into());
-    let unit = ExecutionUnit::new(ExecutionUnitConfig::new("fx-example", endpoint))
-        .host(Arc::new(FxAgent));
+    let mut config = ExecutionUnitConfig::new("fx-example", endpoint);
+    // With TLS (PAYGRID_CERTS_DIR), the agent presents client.NAME.crt
+    // (PAYGRID_CERT_NAME, default `exec`): its identity, which the access policy lets
+    // offer `fx.convert` (docs/security.md).
+    if let Some(dir) = std::env::var_os("PAYGRID_CERTS_DIR") {
+        let name = std::env::var("PAYGRID_CERT_NAME").unwrap_or_else(|_| "exec".into());
+        let tls = paygrid_security::Tls::new(dir);
+        config.security = match paygrid_security::ClientSecurity::tls(
+            &tls,
+            Some(&name),
+            None,
+            paygrid_security::client::ALPN_H2,
+        ) {
+            Ok(security) => security,
+            Err(error) => {
+                eprintln!("error: {error}");
+                std::process::exit(2);
+            }
+        };
+    }
+    let unit = ExecutionUnit::new(config).host(Arc::new(FxAgent));
     unit.run(shutdown_on_ctrl_c()).await;
 }
 
