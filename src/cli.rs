@@ -148,6 +148,8 @@ pub enum Command {
     Certs(crate::access::CertsArgs),
     /// Mint a bearer token signed with the control unit's --token-key.
     Token(crate::access::TokenArgs),
+    /// A cluster of control units on one PostgreSQL: members, partitions, epochs, leases.
+    Cluster(crate::cluster::ClusterArgs),
     /// The audit log: who submitted, cancelled, approved or changed limits, when, from
     /// where, and what came of it (newest first; needs the admin role).
     Audit(crate::access::AuditArgs),
@@ -245,6 +247,7 @@ async fn run_command(command: Command, control: &str, json: bool) -> anyhow::Res
         Command::Certs(args) => crate::access::certs(args),
         Command::Token(args) => crate::access::token(args),
         Command::Audit(args) => crate::access::audit(&control, args, json).await,
+        Command::Cluster(args) => crate::cluster::cluster(args, json).await,
     }
 }
 

@@ -3,6 +3,7 @@
 mod access;
 mod chaos;
 mod cli;
+mod cluster;
 mod limits;
 mod operator;
 mod output;

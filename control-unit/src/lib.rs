@@ -15,6 +15,7 @@
 //! - [`server`]: serving both, with gRPC health and reflection.
 pub mod audit;
 pub mod catalog;
+pub mod cluster;
 pub mod error;
 pub mod metric_names;
 pub mod model;

@@ -466,3 +466,107 @@ async fn a_failed_commit_stops_the_control_unit_with_the_error() {
         "{stopped:?}"
     );
 }
+
+/// The ownership protocol's statements against a real PostgreSQL: a partition is taken
+/// once per epoch, renewed only by its holder, and a commit's fence locks the lease rows,
+/// so a takeover waits for the commit and the old owner's next commit is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn partition_leases_take_renew_and_fence_on_postgres() {
+    use paygrid_control_unit::cluster::postgres::{PgLeases, fence};
+    let Some(cluster) = Postgres::start("pg-leases") else {
+        eprintln!("SKIPPED partition_leases: PostgreSQL server binaries not found");
+        return;
+    };
+    let url = cluster.url();
+    let ttl = std::time::Duration::from_secs(30);
+    let a = PgLeases::connect(&url, "cu-a", ttl, 8).await.unwrap();
+    let b = PgLeases::connect(&url, "cu-b", ttl, 16).await.unwrap();
+    let table = a.read().await.unwrap();
+    // The first member sized the cluster.
+    assert_eq!(table.leases.len(), 8);
+    assert!(
+        table
+            .leases
+            .iter()
+            .all(|l| l.owner.is_none() && l.epoch == 0)
+    );
+
+    assert_eq!(a.take(0, 0).await.unwrap(), Some(1));
+    // Seen epoch is stale, then the lease is held: b gets nothing.
+    assert_eq!(b.take(0, 0).await.unwrap(), None);
+    assert_eq!(b.take(0, 1).await.unwrap(), None);
+    assert_eq!(a.renew(&[(0, 1)]).await.unwrap(), vec![0]);
+    assert_eq!(b.renew(&[(0, 1)]).await.unwrap(), Vec::<u32>::new());
+
+    // a's lease runs out (given back here) while nobody has taken it yet: a commit of
+    // a's still holds the epoch, and its fence locks the lease row ...
+    a.give_back(0, 1).await.unwrap();
+    let (mut writer, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let transaction = writer.transaction().await.unwrap();
+    assert!(
+        fence(&transaction, "cu-a", &[(0, 1)])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // ... so b's takeover waits for that commit.
+    let takeover = tokio::spawn(async move { b.take(0, 1).await.map(|e| (e, b)) });
+    let (watcher, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting == 1 {
+            break;
+        }
+        assert!(
+            !takeover.is_finished(),
+            "the takeover did not wait for the commit"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the takeover never blocked"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    transaction.commit().await.unwrap();
+    let (epoch, b) = takeover.await.unwrap().unwrap();
+    assert_eq!(epoch, Some(2));
+
+    // a's next commit under epoch 1 is fenced; b's under epoch 2 goes on.
+    let transaction = writer.transaction().await.unwrap();
+    assert_eq!(
+        fence(&transaction, "cu-a", &[(0, 1)]).await.unwrap(),
+        vec![0]
+    );
+    assert!(
+        fence(&transaction, "cu-b", &[(0, 2)])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    transaction.rollback().await.unwrap();
+
+    a.heartbeat("https://127.0.0.1:1", "").await.unwrap();
+    b.heartbeat("https://127.0.0.1:2", "").await.unwrap();
+    let live: Vec<String> = a
+        .live_members()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(live, ["cu-a", "cu-b"]);
+}

@@ -59,6 +59,20 @@ const MIGRATIONS: &[&str] = &[
          outcome TEXT NOT NULL
      );
      CREATE INDEX audit_target ON audit (target);",
+    // 5: several control units (docs/cluster.md): partition leases and members.
+    "CREATE TABLE cluster_partitions (
+         partition INT PRIMARY KEY,
+         owner TEXT,
+         epoch BIGINT NOT NULL DEFAULT 0,
+         expires_at TIMESTAMPTZ NOT NULL DEFAULT 'epoch'
+     );
+     CREATE TABLE cluster_members (
+         name TEXT PRIMARY KEY,
+         grpc_url TEXT NOT NULL,
+         http_url TEXT NOT NULL DEFAULT '',
+         started_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+         heartbeat_at TIMESTAMPTZ NOT NULL DEFAULT now()
+     );",
 ];
 
 pub struct PostgresStore {
@@ -75,11 +89,11 @@ impl Drop for PostgresStore {
     }
 }
 
-fn pg(error: tokio_postgres::Error) -> StoreError {
+pub(crate) fn pg(error: tokio_postgres::Error) -> StoreError {
     StoreError::Postgres(error.to_string())
 }
 
-async fn client(url: &str) -> Result<(Client, tokio::task::JoinHandle<()>), StoreError> {
+pub(crate) async fn client(url: &str) -> Result<(Client, tokio::task::JoinHandle<()>), StoreError> {
     let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(pg)?;
     let task = tokio::spawn(async move {
         if let Err(error) = connection.await {
@@ -102,7 +116,7 @@ impl PostgresStore {
     }
 }
 
-async fn migrate(client: &mut Client) -> Result<(), StoreError> {
+pub(crate) async fn migrate(client: &mut Client) -> Result<(), StoreError> {
     client
         .batch_execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
         .await
