@@ -43,6 +43,57 @@ pub struct ControlArgs {
     pub limits: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub access: AccessArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// Several control units on one PostgreSQL (docs/cluster.md).
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    /// Join the cluster on --store postgres://... as this member (a name unique in it):
+    /// the control unit owns a share of the workflows' partitions.
+    #[arg(long, value_name = "NAME")]
+    pub cluster_member: Option<String>,
+    /// Partitions of a new cluster (fixed once the first member started).
+    #[arg(long, default_value_t = paygrid_control_unit::cluster::DEFAULT_PARTITIONS)]
+    pub partitions: u32,
+    /// Partition lease time, in milliseconds: a dead member's partitions are taken over
+    /// after it.
+    #[arg(long, default_value_t = 10_000)]
+    pub partition_lease_ms: u64,
+}
+
+impl ClusterArgs {
+    fn config(
+        &self,
+        store: Option<&str>,
+    ) -> anyhow::Result<Option<paygrid_control_unit::server::ClusterConfig>> {
+        let Some(member) = &self.cluster_member else {
+            return Ok(None);
+        };
+        let Some(url) = store.filter(|s| s.starts_with("postgres")) else {
+            anyhow::bail!(crate::operator::UsageError(
+                "--cluster-member needs --store postgres://...: members share one PostgreSQL"
+                    .into()
+            ));
+        };
+        if self.partition_lease_ms < 300 {
+            anyhow::bail!(crate::operator::UsageError(
+                "--partition-lease-ms must be at least 300".into()
+            ));
+        }
+        let ttl = self.partition_lease_ms;
+        Ok(Some(paygrid_control_unit::server::ClusterConfig {
+            member: member.clone(),
+            store_url: url.to_owned(),
+            partitions: self.partitions.max(1),
+            timing: paygrid_control_unit::cluster::lease::LeaseTiming {
+                ttl_ms: ttl,
+                margin_ms: ttl / 10,
+                renew_every_ms: ttl / 3,
+            },
+        }))
+    }
 }
 
 /// Who may do what (docs/security.md).
@@ -448,6 +499,7 @@ pub async fn control(args: ControlArgs) -> anyhow::Result<u8> {
         config.limits_given = true;
     }
     config.security = args.access.security()?;
+    config.cluster = args.cluster.config(args.storage.store.as_deref())?;
     announce("control", addr);
     if let Some(http_addr) = args.http {
         config.http = Some(http_listener(http_addr, addr, &config.security)?);
@@ -642,9 +694,17 @@ pub async fn exec(args: ExecArgs, control: &str) -> anyhow::Result<u8> {
         .clone()
         .unwrap_or_else(|| format!("exec-{}", std::process::id()));
     let identity = exec_identity(&name)?;
-    let mut config = ExecutionUnitConfig::new(name.clone(), control);
+    // Several control units (a cluster, docs/cluster.md): one session set to each, the
+    // same agents serving all of them.
+    let controls: Vec<&str> = control
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    let first = controls.first().copied().unwrap_or(control);
+    let mut config = ExecutionUnitConfig::new(name.clone(), first);
     config.security = crate::transport::get().part_grpc(&identity)?;
-    let (agents, broken) = build_agents(&args, control, &config.health, &identity)?;
+    let (agents, broken) = build_agents(&args, first, &config.health, &identity)?;
     config.drain_timeout = Duration::from_millis(args.drain_timeout_ms);
     if let Some(addr) = args.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -663,11 +723,25 @@ pub async fn exec(args: ExecArgs, control: &str) -> anyhow::Result<u8> {
             std::future::pending(),
         ));
     }
+    let shutdown = CancellationToken::new();
+    let mut units = tokio::task::JoinSet::new();
+    for control in &controls[1..] {
+        let mut other = ExecutionUnitConfig::new(name.clone(), *control);
+        other.security = config.security.clone();
+        other.metrics = config.metrics.clone();
+        other.health = config.health.clone();
+        other.drain_timeout = config.drain_timeout;
+        let mut unit = ExecutionUnit::new(other);
+        for agent in &agents {
+            unit = unit.host(agent.clone());
+        }
+        units.spawn(unit.run(shutdown.clone()));
+    }
     let mut unit = ExecutionUnit::new(config);
     for agent in agents {
         unit = unit.host(agent);
     }
-    let shutdown = CancellationToken::new();
+    units.spawn(unit.run(shutdown.clone()));
     let trigger = shutdown.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -675,7 +749,7 @@ pub async fn exec(args: ExecArgs, control: &str) -> anyhow::Result<u8> {
     });
     println!("paygrid exec {name} started");
     tokio::select! {
-        () = unit.run(shutdown) => Ok(EXIT_OK),
+        _ = units.join_all() => Ok(EXIT_OK),
         () = any_broken(broken) => Err(FatalError(
             "the ledger's journal failed: memory is ahead of disk; restart to replay it".into(),
         )

@@ -33,6 +33,10 @@ pub enum ControlError {
     /// missing.
     #[error("{0}")]
     PermissionDenied(String),
+    /// In a cluster: the workflow's partition is another control unit's (retry there, or
+    /// later).
+    #[error("{0}")]
+    NotOwner(String),
     /// A wait that ran out of time; the work it waited for goes on.
     #[error("{0}")]
     DeadlineExceeded(String),

@@ -86,3 +86,15 @@ pub const CALLS_REFUSED: Metric = Metric {
     name: "paygrid_calls_refused_total",
     help: "gRPC calls refused before any service saw them, by reason (unauthenticated, permission_denied).",
 };
+pub const PARTITIONS_OWNED: Metric = Metric {
+    name: "paygrid_partitions_owned",
+    help: "Partitions this control unit owns in its cluster (docs/cluster.md).",
+};
+pub const PARTITION_CHANGES: Metric = Metric {
+    name: "paygrid_partition_changes_total",
+    help: "Partitions this control unit gained or lost, by change.",
+};
+pub const FENCED_COMMITS: Metric = Metric {
+    name: "paygrid_fenced_commits_total",
+    help: "Group commits refused because a partition they wrote had passed to another control unit.",
+};

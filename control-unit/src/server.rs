@@ -46,6 +46,20 @@ pub struct ControlConfig {
     /// TLS and who may call what; the default serves plaintext to everyone (tests, and
     /// `--insecure`).
     pub security: Security,
+    /// Member of a cluster of control units on one PostgreSQL (docs/cluster.md).
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// A control unit's place in a cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// This member's name, unique in the cluster.
+    pub member: String,
+    /// The cluster's PostgreSQL (the store's).
+    pub store_url: String,
+    /// Partitions, if this member is the first (the count is fixed after).
+    pub partitions: u32,
+    pub timing: crate::cluster::lease::LeaseTiming,
 }
 
 /// How the control unit is secured (docs/security.md).
@@ -85,6 +99,7 @@ pub async fn serve(
     let mut config = config;
     load_limits(&mut config).await?;
     let stop = tokio_util::sync::CancellationToken::new();
+    let membership = join_cluster(&listener, &mut config, &stop).await?;
     let catalog = Arc::new(Catalog::new(config.limits.clone(), config.store.clone()));
     register_remediation_specs(&catalog, &config.runtime.remediation).await;
     let (handle, actor) = runtime::start(
@@ -95,7 +110,8 @@ pub async fn serve(
     )
     .await?;
     let workflows =
-        WorkflowsService::new(handle.clone(), catalog.clone(), config.runtime.watch_buffer);
+        WorkflowsService::new(handle.clone(), catalog.clone(), config.runtime.watch_buffer)
+            .with_ownership(config.runtime.ownership.clone());
     let tools = crate::service::tools::ToolsService::new(handle.clone(), workflows.clone());
     let grpc_url = {
         let addr = listener.local_addr().map_err(ServeError::Http)?;
@@ -184,11 +200,68 @@ pub async fn serve(
     if let Some(pruner) = pruner {
         pruner.abort();
     }
+    if let Some(membership) = membership {
+        // Its leases run out by themselves; the others take the partitions then.
+        membership.abort();
+    }
     if let Some(metrics_server) = metrics_server {
         metrics_server.abort();
     }
     stopped??;
     Ok(result?)
+}
+
+/// Joins the cluster, when configured: starts the member's lease task and waits for its
+/// first share of partitions (at most one lease time: a dead member's partitions free up
+/// by then) before the actor recovers them.
+async fn join_cluster(
+    listener: &TcpListener,
+    config: &mut ControlConfig,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Result<Option<tokio::task::JoinHandle<()>>, ServeError> {
+    use crate::cluster::membership::{self, Ownership};
+    let Some(cluster) = config.cluster.clone() else {
+        return Ok(None);
+    };
+    let timing = cluster.timing;
+    let leases = crate::cluster::postgres::PgLeases::connect(
+        &cluster.store_url,
+        &cluster.member,
+        std::time::Duration::from_millis(timing.ttl_ms),
+        cluster.partitions,
+    )
+    .await
+    .map_err(|e| ServeError::Control(e.into()))?;
+    let partitions = leases
+        .read()
+        .await
+        .map_err(|e| ServeError::Control(e.into()))?
+        .leases
+        .len() as u32;
+    let ownership = Ownership::new(cluster.member.clone(), partitions);
+    let mut first = ownership.watch();
+    let addr = listener.local_addr().map_err(ServeError::Http)?;
+    let scheme = if config.security.grpc_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let task = tokio::spawn(membership::run(
+        leases,
+        ownership.clone(),
+        timing,
+        format!("{scheme}://{addr}"),
+        config.runtime.metrics.clone(),
+        stop.clone(),
+    ));
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_millis(timing.ttl_ms),
+        first.changed(),
+    )
+    .await;
+    tracing::info!(member = %cluster.member, owned = ownership.owned().len(), partitions, "joined the cluster");
+    config.runtime.ownership = Some(ownership);
+    Ok(Some(task))
 }
 
 /// The shipped remediation workflows go into the catalog, and the specs the rules start

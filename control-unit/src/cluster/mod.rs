@@ -8,6 +8,7 @@
 //! - `postgres`: the lease and member tables, and their statements.
 
 pub mod lease;
+pub mod membership;
 pub mod postgres;
 
 /// Partitions of a new cluster, unless the first member says otherwise.

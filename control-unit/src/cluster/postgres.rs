@@ -62,6 +62,16 @@ impl PgLeases {
             )
             .await
             .map_err(pg)?;
+        // A lease statement never waits longer than a third of the lease for a row lock
+        // (a stalled member's commit holding its fence): it fails, and is tried again at
+        // the next round.
+        client
+            .batch_execute(&format!(
+                "SET lock_timeout = {}",
+                (ttl.as_millis() / 3).max(100)
+            ))
+            .await
+            .map_err(pg)?;
         Ok(Self {
             client,
             connection,
@@ -184,7 +194,8 @@ pub async fn members(
     client: &impl GenericClient,
     within: Option<Duration>,
 ) -> Result<Vec<MemberRow>, StoreError> {
-    let within_ms = within.map_or(f64::MAX, |d| d.as_millis() as f64);
+    // Without a bound: everyone heard from in the last thirty years.
+    let within_ms = within.map_or(1e12, |d| d.as_millis() as f64);
     let rows = client
         .query(
             "SELECT name, grpc_url, http_url,

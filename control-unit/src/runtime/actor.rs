@@ -49,6 +49,25 @@ pub(super) struct Actor {
 }
 
 /// An answer held until the group commit.
+/// Why an actor stopped.
+pub(super) enum Stopped {
+    Shutdown,
+    /// Its partitions changed: the runtime starts a new actor from the store.
+    Rebalance,
+}
+
+/// Resolves when the owned partitions change (never outside a cluster).
+async fn owned_changed(watch: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    match watch {
+        Some(watch) => {
+            if watch.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
 enum Reply {
     Submit(
         oneshot::Sender<Result<Submitted, ControlError>>,
@@ -141,13 +160,14 @@ impl Actor {
         catalog: Arc<Catalog>,
     ) -> Self {
         let config_rules = config.remediation.clone();
+        let ownership = config.ownership.clone();
         Self {
             core: Scheduler::new(config.scheduler.clone()),
             watchers: Watchers::new(config.watchers_per_workflow_max),
             config,
             agents: Agents::default(),
             health: HealthView::default(),
-            persistence: Persistence::new(store),
+            persistence: Persistence::new(store, ownership),
             idempotency: HashMap::new(),
             catalog,
             sequence: 0,
@@ -160,11 +180,27 @@ impl Actor {
         }
     }
 
+    /// Runs until shutdown, or until the partitions it owns change (in a cluster); gives
+    /// the input channel back either way.
     pub(super) async fn run(
-        mut self,
+        self,
         mut receiver: mpsc::Receiver<Input>,
         shutdown: CancellationToken,
-    ) -> Result<(), ControlError> {
+    ) -> (Result<Stopped, ControlError>, mpsc::Receiver<Input>) {
+        let stopped = self.serve(&mut receiver, shutdown).await;
+        (stopped, receiver)
+    }
+
+    async fn serve(
+        mut self,
+        receiver: &mut mpsc::Receiver<Input>,
+        shutdown: CancellationToken,
+    ) -> Result<Stopped, ControlError> {
+        let mut ownership = self.config.ownership.as_ref().map(|o| {
+            let mut watch = o.watch();
+            watch.borrow_and_update();
+            watch
+        });
         let mut batch = Vec::with_capacity(self.config.batch_max);
         // Stale-authorization rules look at the running workflows now and then.
         let mut scan = self.config.remediation.scan_interval().map(|every| {
@@ -208,6 +244,10 @@ impl Actor {
                     }
                 }
                 () = shutdown.cancelled() => break,
+                () = owned_changed(&mut ownership) => {
+                    tracing::info!("partitions changed: starting again from the store");
+                    return Ok(Stopped::Rebalance);
+                }
             }
             // A flush may leave work for another (remediation started after a commit,
             // agents dropped for a full session): commit it now, not at the next input.
@@ -219,6 +259,18 @@ impl Actor {
                 flushed = self.flush().await;
             }
             if let Err(error) = flushed {
+                if let crate::store::StoreError::Fenced(partitions) = &error {
+                    // Another member holds these partitions now: nothing of the batch was
+                    // written, acknowledged or sent. Start again from the store.
+                    tracing::warn!(
+                        ?partitions,
+                        "commit fenced: partitions passed to another control unit"
+                    );
+                    self.config
+                        .metrics
+                        .count(&crate::metric_names::FENCED_COMMITS, &[], 1);
+                    return Ok(Stopped::Rebalance);
+                }
                 // Nothing from this batch was acknowledged or sent. Crash-only: stop
                 // everything, and let the next start recover from the last durable commit.
                 tracing::error!(%error, "group commit failed; stopping the control unit");
@@ -227,7 +279,7 @@ impl Actor {
             }
         }
         tracing::info!("scheduler stopped");
-        Ok(())
+        Ok(Stopped::Shutdown)
     }
 
     /// An action and its record: the record takes the action's outcome and goes into the

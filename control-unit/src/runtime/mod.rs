@@ -63,6 +63,10 @@ pub struct RuntimeConfig {
     pub metrics: Arc<paygrid_telemetry::metrics::Registry>,
     /// Remediation rules (`--remediation-rules`, or the shipped ones).
     pub remediation: crate::remediation::Rules,
+    /// In a cluster (docs/cluster.md): the partitions this control unit owns. The actor
+    /// holds only their workflows, fences every commit by their epochs, and starts again
+    /// from the store when they change.
+    pub ownership: Option<Arc<crate::cluster::membership::Ownership>>,
 }
 
 impl Default for RuntimeConfig {
@@ -78,6 +82,7 @@ impl Default for RuntimeConfig {
             flush_interval: Duration::ZERO,
             metrics: paygrid_telemetry::metrics::Registry::new(),
             remediation: crate::remediation::Rules::defaults(),
+            ownership: None,
         }
     }
 }
@@ -245,9 +250,25 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<(Handle, tokio::task::JoinHandle<Result<(), ControlError>>), ControlError> {
     let (inputs, receiver) = mpsc::channel(config.inputs_max);
-    let mut actor = actor::Actor::new(config, store, catalog);
+    let mut actor = actor::Actor::new(config.clone(), store.clone(), catalog.clone());
     actor.recover().await?;
-    let task = tokio::spawn(actor.run(receiver, shutdown));
+    let task = tokio::spawn(async move {
+        let mut receiver = receiver;
+        let mut actor = actor;
+        loop {
+            let (stopped, back) = actor.run(receiver, shutdown.clone()).await;
+            receiver = back;
+            match stopped? {
+                actor::Stopped::Shutdown => return Ok(()),
+                // The partitions changed (or a commit was fenced): start again from the
+                // store, as after a crash; inputs wait in the channel meanwhile.
+                actor::Stopped::Rebalance => {
+                    actor = actor::Actor::new(config.clone(), store.clone(), catalog.clone());
+                    actor.recover().await?;
+                }
+            }
+        }
+    });
     Ok((Handle { inputs }, task))
 }
 

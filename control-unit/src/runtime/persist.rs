@@ -14,14 +14,20 @@ use crate::store::{Batch, EventWrite, SpecWrite, Store, StoreError, WorkflowWrit
 
 pub(super) struct Persistence {
     store: Option<Arc<dyn Store>>,
+    /// In a cluster: what this member owns, to fence commits with.
+    ownership: Option<Arc<crate::cluster::membership::Ownership>>,
     /// Spec hashes already in the store.
     stored_specs: HashSet<String>,
 }
 
 impl Persistence {
-    pub(super) fn new(store: Option<Arc<dyn Store>>) -> Self {
+    pub(super) fn new(
+        store: Option<Arc<dyn Store>>,
+        ownership: Option<Arc<crate::cluster::membership::Ownership>>,
+    ) -> Self {
         Self {
             store,
+            ownership,
             stored_specs: HashSet::new(),
         }
     }
@@ -106,7 +112,28 @@ impl Persistence {
                 }),
             });
         }
+        batch.fence = self.fence(&batch);
         batch
+    }
+
+    /// In a cluster: the (partition, epoch) of every workflow the batch writes; a
+    /// partition no longer owned goes with epoch 0, which no lease has, so the whole
+    /// commit is refused.
+    fn fence(&self, batch: &Batch) -> Option<(String, Vec<(u32, u64)>)> {
+        let ownership = self.ownership.as_ref()?;
+        let mut written: Vec<(u32, u64)> = batch
+            .workflows
+            .iter()
+            .map(|w| w.id)
+            .chain(batch.events.iter().map(|e| e.workflow))
+            .map(|id| {
+                let partition = crate::cluster::partition_of(&id, ownership.partitions);
+                (partition, ownership.epoch(partition).unwrap_or(0))
+            })
+            .collect();
+        written.sort_unstable();
+        written.dedup();
+        Some((ownership.member.clone(), written))
     }
 }
 
@@ -151,6 +178,13 @@ impl Actor {
         let mut out = std::mem::take(&mut self.out);
         for workflow in recovered.workflows {
             let id = workflow.snapshot.id.clone();
+            // In a cluster, the workflows of other members' partitions are theirs.
+            if let Some(ownership) = &self.persistence.ownership
+                && let Ok(parsed) = id.parse::<WorkflowId>()
+                && !ownership.owns_workflow(&parsed)
+            {
+                continue;
+            }
             let Some(spec) = specs.get(&workflow.snapshot.spec_hash).cloned() else {
                 tracing::error!(workflow = %id, "spec of stored workflow is missing");
                 failed += 1;

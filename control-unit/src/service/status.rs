@@ -14,7 +14,7 @@ pub const RETRY_AFTER_METADATA: &str = "retry-after-ms";
 impl From<ControlError> for Status {
     fn from(error: ControlError) -> Self {
         let code = match &error {
-            ControlError::ShuttingDown => Code::Unavailable,
+            ControlError::ShuttingDown | ControlError::NotOwner(_) => Code::Unavailable,
             ControlError::InvalidSpec(_) | ControlError::InvalidArgument(_) => {
                 Code::InvalidArgument
             }
@@ -33,9 +33,10 @@ impl From<ControlError> for Status {
             ControlError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             ControlError::Store(store) => match store {
                 // The database is unreachable or refused the statement: worth a retry.
-                StoreError::Sqlite { .. } | StoreError::Postgres(_) | StoreError::Join(_) => {
-                    Code::Unavailable
-                }
+                StoreError::Sqlite { .. }
+                | StoreError::Postgres(_)
+                | StoreError::Join(_)
+                | StoreError::Fenced(_) => Code::Unavailable,
                 StoreError::Corrupt(_) => Code::DataLoss,
                 StoreError::Unsupported(_) => Code::FailedPrecondition,
             },

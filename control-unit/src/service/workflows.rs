@@ -30,6 +30,8 @@ pub struct WorkflowsService {
     catalog: Arc<Catalog>,
     /// Events buffered per watcher.
     watch_buffer: usize,
+    /// In a cluster: new workflows get ids in partitions this control unit owns.
+    ownership: Option<Arc<crate::cluster::membership::Ownership>>,
 }
 
 impl WorkflowsService {
@@ -38,7 +40,16 @@ impl WorkflowsService {
             handle,
             catalog,
             watch_buffer,
+            ownership: None,
         }
+    }
+
+    pub fn with_ownership(
+        mut self,
+        ownership: Option<Arc<crate::cluster::membership::Ownership>>,
+    ) -> Self {
+        self.ownership = ownership;
+        self
     }
 
     /// `Submit`, for callers inside the control unit (tool calls).
@@ -250,7 +261,12 @@ impl WorkflowsService {
         let submission = Submission {
             fingerprint: crate::runtime::fingerprint(&spec.hash, &input, priority, &labels),
             new: NewWorkflow {
-                id: WorkflowId::generate(now_ms()),
+                id: match &self.ownership {
+                    None => WorkflowId::generate(now_ms()),
+                    Some(ownership) => ownership
+                        .new_id(now_ms(), key.as_deref())
+                        .map_err(ControlError::NotOwner)?,
+                },
                 spec: spec.clone(),
                 input,
                 priority,

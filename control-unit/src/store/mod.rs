@@ -26,6 +26,10 @@ pub enum StoreError {
     },
     #[error("postgres: {0}")]
     Postgres(String),
+    /// A cluster member's commit wrote partitions whose lease another member holds now:
+    /// nothing of the batch was written.
+    #[error("fenced: partitions {0:?} belong to another control unit now")]
+    Fenced(Vec<u32>),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("store task failed: {0}")]
@@ -78,6 +82,9 @@ pub struct Batch {
     /// Audit records of the actions this batch makes durable (their `sequence` is
     /// assigned by the store).
     pub audit: Vec<crate::audit::AuditRecord>,
+    /// In a cluster: the member and the (partition, epoch) of every workflow written;
+    /// the commit writes nothing unless the member still holds each epoch.
+    pub fence: Option<(String, Vec<(u32, u64)>)>,
 }
 
 impl Batch {

@@ -90,7 +90,11 @@ impl Drop for PostgresStore {
 }
 
 pub(crate) fn pg(error: tokio_postgres::Error) -> StoreError {
-    StoreError::Postgres(error.to_string())
+    // The server's own message ("relation ... does not exist") says more than "db error".
+    match error.as_db_error() {
+        Some(db) => StoreError::Postgres(format!("{} ({})", db.message(), db.code().code())),
+        None => StoreError::Postgres(error.to_string()),
+    }
 }
 
 pub(crate) async fn client(url: &str) -> Result<(Client, tokio::task::JoinHandle<()>), StoreError> {
@@ -108,6 +112,13 @@ impl PostgresStore {
         let (mut writer, writer_task) = client(url).await?;
         let (reader, reader_task) = client(url).await?;
         migrate(&mut writer).await?;
+        // A group commit takes milliseconds. A writer that sits inside one for a second
+        // is stalled (paused, partitioned): PostgreSQL ends its transaction, so the lease
+        // rows its fence locked are free for a takeover (docs/cluster.md).
+        writer
+            .batch_execute("SET idle_in_transaction_session_timeout = 1000")
+            .await
+            .map_err(pg)?;
         Ok(Self {
             writer: Mutex::new(writer),
             reader,
@@ -159,6 +170,13 @@ impl Store for PostgresStore {
         }
         let mut writer = self.writer.lock().await;
         let transaction = writer.transaction().await.map_err(pg)?;
+        if let Some((member, written)) = &batch.fence {
+            let lost = crate::cluster::postgres::fence(&transaction, member, written).await?;
+            if !lost.is_empty() {
+                transaction.rollback().await.map_err(pg)?;
+                return Err(StoreError::Fenced(lost));
+            }
+        }
         if !batch.specs.is_empty() {
             let hashes: Vec<&str> = batch.specs.iter().map(|s| s.hash.as_str()).collect();
             let texts: Vec<&str> = batch.specs.iter().map(|s| &*s.text).collect();
