@@ -178,6 +178,38 @@ async fn a_paused_member_s_partitions_are_taken_over_and_nothing_runs_twice() {
         }
         ids.push(id.unwrap_or_else(|| panic!("payment {n}: neither member took it")));
     }
+    // A call about another member's workflow names the owner and its address.
+    let parked = Fleet::client(&a.url)
+        .await
+        .submit(pb::SubmitRequest {
+            spec: Some(pb::submit_request::Spec::SpecText(
+                "apiVersion: paygrid/v1\nkind: Workflow\nname: parked\nversion: 1\ntasks:\n  - id: wait\n    skill: nobody.offers\n".into(),
+            )),
+            input_json: "{}".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .workflow_id;
+    let cancel = pb::CancelWorkflowRequest {
+        workflow_id: parked.clone(),
+        reason: "test".into(),
+    };
+    let moved = Fleet::client(&b.url)
+        .await
+        .cancel(cancel.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(moved.code(), tonic::Code::Unavailable, "{moved:?}");
+    assert!(
+        moved
+            .message()
+            .contains("owned by control unit cu-a at https://"),
+        "{moved:?}"
+    );
+    Fleet::client(&a.url).await.cancel(cancel).await.unwrap();
+
     // Pause cu-a with its payments in flight, past its lease: cu-b takes everything.
     let pid = a.child.id().to_string();
     assert!(

@@ -17,6 +17,9 @@ pub struct Ownership {
     pub member: String,
     pub partitions: u32,
     owned: RwLock<BTreeMap<u32, u64>>,
+    /// Every partition's owner (member name) and every live member's gRPC address, as of
+    /// the last lease round: where to send a call about another member's workflow.
+    directory: RwLock<(BTreeMap<u32, String>, BTreeMap<String, String>)>,
     generation: tokio::sync::watch::Sender<u64>,
 }
 
@@ -26,6 +29,7 @@ impl Ownership {
             member: member.into(),
             partitions: partitions.max(1),
             owned: RwLock::new(BTreeMap::new()),
+            directory: RwLock::new((BTreeMap::new(), BTreeMap::new())),
             generation: tokio::sync::watch::channel(0).0,
         })
     }
@@ -46,6 +50,46 @@ impl Ownership {
     pub fn owns_workflow(&self, id: &crate::model::WorkflowId) -> bool {
         self.epoch(super::partition_of(id, self.partitions))
             .is_some()
+    }
+
+    /// Refuses a call about a workflow another member owns, naming that member and its
+    /// address (as Redis Cluster answers MOVED): `None` when this member owns it.
+    pub fn elsewhere(&self, id: &crate::model::WorkflowId) -> Option<String> {
+        let partition = super::partition_of(id, self.partitions);
+        if self.epoch(partition).is_some() {
+            return None;
+        }
+        let directory = self.directory.read().unwrap_or_else(|e| e.into_inner());
+        Some(match directory.0.get(&partition) {
+            Some(owner) => format!(
+                "workflow {id} is in partition {partition}, owned by control unit {owner} at {}: send this call there",
+                directory
+                    .1
+                    .get(owner)
+                    .map_or("an unknown address", String::as_str)
+            ),
+            None => format!(
+                "workflow {id} is in partition {partition}, which no control unit owns right now: retry shortly"
+            ),
+        })
+    }
+
+    fn record_directory(
+        &self,
+        table: &super::postgres::LeaseTable,
+        members: &[super::postgres::MemberRow],
+    ) {
+        let owners = table
+            .leases
+            .iter()
+            .filter(|l| l.expires_at_ms > table.now_ms)
+            .filter_map(|l| l.owner.clone().map(|owner| (l.partition, owner)))
+            .collect();
+        let addresses = members
+            .iter()
+            .map(|m| (m.name.clone(), m.grpc_url.clone()))
+            .collect();
+        *self.directory.write().unwrap_or_else(|e| e.into_inner()) = (owners, addresses);
     }
 
     /// A new workflow id in a partition this member owns: the idempotency key's partition
@@ -124,7 +168,7 @@ pub async fn run(
             () = stop.cancelled() => return,
             _ = every.tick() => {}
         }
-        if let Err(error) = step(&leases, &mut member, &grpc_url, &local).await {
+        if let Err(error) = step(&leases, &ownership, &mut member, &grpc_url, &local).await {
             tracing::warn!(%error, "cluster lease round failed; beliefs lapse at their deadline");
         }
         member.expire(local());
@@ -155,13 +199,16 @@ pub async fn run(
 
 async fn step(
     leases: &PgLeases,
+    ownership: &Ownership,
     member: &mut Member,
     grpc_url: &str,
     local: &impl Fn() -> u64,
 ) -> Result<(), crate::store::StoreError> {
     leases.heartbeat(grpc_url, "").await?;
-    let live = leases.live_members().await?.len().max(1);
+    let members = leases.live_members().await?;
+    let live = members.len().max(1);
     let table = leases.read().await?;
+    ownership.record_directory(&table, &members);
     let now = local();
     member.expire(now);
     let plan = member.plan(now, &table.leases, table.now_ms, live);

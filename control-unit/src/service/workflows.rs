@@ -44,6 +44,14 @@ impl WorkflowsService {
         }
     }
 
+    /// In a cluster: refuses a call about a workflow another member owns, naming it.
+    fn owned_here(&self, id: WorkflowId) -> Result<(), ControlError> {
+        match self.ownership.as_ref().and_then(|o| o.elsewhere(&id)) {
+            Some(message) => Err(ControlError::NotOwner(message)),
+            None => Ok(()),
+        }
+    }
+
     pub fn with_ownership(
         mut self,
         ownership: Option<Arc<crate::cluster::membership::Ownership>>,
@@ -102,6 +110,7 @@ impl WorkflowsService {
         &self,
         id: WorkflowId,
     ) -> Result<tokio::sync::mpsc::Receiver<crate::views::WorkflowEvent>, ControlError> {
+        self.owned_here(id)?;
         let (sender, receiver) = tokio::sync::mpsc::channel(self.watch_buffer);
         self.handle
             .ask(|reply| Input::Watch { id, sender, reply })
@@ -115,6 +124,7 @@ impl WorkflowsService {
         id: WorkflowId,
         reason: String,
     ) -> Result<(), ControlError> {
+        self.owned_here(id)?;
         let record = crate::audit::record("cancel", id.to_string(), reason.clone());
         self.handle
             .ask(|reply| Input::Audited {
@@ -134,6 +144,7 @@ impl WorkflowsService {
         task: Option<String>,
         decision: DecisionBy,
     ) -> Result<(String, WorkflowStatus), ControlError> {
+        self.owned_here(id)?;
         if decision.by.trim().is_empty() {
             return Err(ControlError::invalid(
                 "decided_by is required: who takes the decision",
@@ -428,6 +439,7 @@ impl Workflows for WorkflowsService {
         } else {
             request.reason
         };
+        self.owned_here(id)?;
         let record = crate::audit::record("cancel", id.to_string(), reason.clone());
         let status = self
             .handle
@@ -448,6 +460,7 @@ impl Workflows for WorkflowsService {
         request: Request<pb::WatchWorkflowRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let id = parse_id(&request.into_inner().workflow_id)?;
+        self.owned_here(id)?;
         let (sender, receiver) = tokio::sync::mpsc::channel(self.watch_buffer);
         self.handle
             .ask(|reply| Input::Watch { id, sender, reply })
