@@ -96,5 +96,5 @@ pub const PARTITION_CHANGES: Metric = Metric {
 };
 pub const FENCED_COMMITS: Metric = Metric {
     name: "paygrid_fenced_commits_total",
-    help: "Group commits refused because a partition they wrote had passed to another control unit.",
+    help: "Group commits refused: a partition they wrote had passed to another control unit, or the database ended a stalled commit.",
 };

@@ -24,6 +24,9 @@ use crate::store::Store;
 use crate::views::{Frame, HealthSnapshot, ListQuery, Page, WorkflowSummary, WorkflowView};
 
 pub(super) struct Actor {
+    /// In a cluster: changes when the owned partitions do. Subscribed before recovery,
+    /// so a change during recovery (which read the set before it) restarts the actor.
+    owned_watch: Option<tokio::sync::watch::Receiver<u64>>,
     pub(super) core: Scheduler,
     pub(super) config: RuntimeConfig,
     pub(super) agents: Agents,
@@ -161,7 +164,13 @@ impl Actor {
     ) -> Self {
         let config_rules = config.remediation.clone();
         let ownership = config.ownership.clone();
+        let owned_watch = ownership.as_ref().map(|o| {
+            let mut watch = o.watch();
+            watch.borrow_and_update();
+            watch
+        });
         Self {
+            owned_watch,
             core: Scheduler::new(config.scheduler.clone()),
             watchers: Watchers::new(config.watchers_per_workflow_max),
             config,
@@ -196,11 +205,7 @@ impl Actor {
         receiver: &mut mpsc::Receiver<Input>,
         shutdown: CancellationToken,
     ) -> Result<Stopped, ControlError> {
-        let mut ownership = self.config.ownership.as_ref().map(|o| {
-            let mut watch = o.watch();
-            watch.borrow_and_update();
-            watch
-        });
+        let mut ownership = self.owned_watch.take();
         let mut batch = Vec::with_capacity(self.config.batch_max);
         // Stale-authorization rules look at the running workflows now and then.
         let mut scan = self.config.remediation.scan_interval().map(|every| {
@@ -259,13 +264,13 @@ impl Actor {
                 flushed = self.flush().await;
             }
             if let Err(error) = flushed {
-                if let crate::store::StoreError::Fenced(partitions) = &error {
-                    // Another member holds these partitions now: nothing of the batch was
-                    // written, acknowledged or sent. Start again from the store.
-                    tracing::warn!(
-                        ?partitions,
-                        "commit fenced: partitions passed to another control unit"
-                    );
+                if let crate::store::StoreError::Fenced(_)
+                | crate::store::StoreError::Interrupted(_) = &error
+                {
+                    // Another member holds these partitions now, or the database ended a
+                    // stalled commit: nothing of the batch was written, acknowledged or
+                    // sent. Start again from the store.
+                    tracing::warn!(%error, "commit refused; starting again from the store");
                     self.config
                         .metrics
                         .count(&crate::metric_names::FENCED_COMMITS, &[], 1);

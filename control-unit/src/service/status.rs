@@ -36,7 +36,8 @@ impl From<ControlError> for Status {
                 StoreError::Sqlite { .. }
                 | StoreError::Postgres(_)
                 | StoreError::Join(_)
-                | StoreError::Fenced(_) => Code::Unavailable,
+                | StoreError::Fenced(_)
+                | StoreError::Interrupted(_) => Code::Unavailable,
                 StoreError::Corrupt(_) => Code::DataLoss,
                 StoreError::Unsupported(_) => Code::FailedPrecondition,
             },

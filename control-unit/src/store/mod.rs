@@ -30,6 +30,10 @@ pub enum StoreError {
     /// nothing of the batch was written.
     #[error("fenced: partitions {0:?} belong to another control unit now")]
     Fenced(Vec<u32>),
+    /// The database ended the connection in the middle of a commit (a stalled
+    /// transaction, a restart) and a new one is open: nothing of the batch was written.
+    #[error("commit interrupted, nothing written: {0}")]
+    Interrupted(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("store task failed: {0}")]

@@ -76,6 +76,7 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 pub struct PostgresStore {
+    url: String,
     writer: Mutex<Client>,
     reader: Client,
     connections: Vec<tokio::task::JoinHandle<()>>,
@@ -97,6 +98,123 @@ pub(crate) fn pg(error: tokio_postgres::Error) -> StoreError {
     }
 }
 
+/// One group commit in one transaction (fenced by its partitions' epochs, in a cluster).
+async fn write_batch(writer: &mut Client, batch: &Batch) -> Result<(), StoreError> {
+    let transaction = writer.transaction().await.map_err(pg)?;
+    if let Some((member, written)) = &batch.fence {
+        let lost = crate::cluster::postgres::fence(&transaction, member, written).await?;
+        if !lost.is_empty() {
+            transaction.rollback().await.map_err(pg)?;
+            return Err(StoreError::Fenced(lost));
+        }
+    }
+    if !batch.specs.is_empty() {
+        let hashes: Vec<&str> = batch.specs.iter().map(|s| s.hash.as_str()).collect();
+        let texts: Vec<&str> = batch.specs.iter().map(|s| &*s.text).collect();
+        let names: Vec<&str> = batch.specs.iter().map(|s| s.name.as_str()).collect();
+        let versions: Vec<i64> = batch.specs.iter().map(|s| i64::from(s.version)).collect();
+        transaction
+            .execute("INSERT INTO specs (hash, text) SELECT * FROM UNNEST($1::text[], $2::text[]) ON CONFLICT DO NOTHING", &[&hashes, &texts])
+            .await
+            .map_err(pg)?;
+        transaction
+            .execute("INSERT INTO spec_refs (name, version, hash) SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[]) ON CONFLICT DO NOTHING", &[&names, &versions, &hashes])
+            .await
+            .map_err(pg)?;
+    }
+    if !batch.workflows.is_empty() {
+        let w = &batch.workflows;
+        let ids: Vec<String> = w.iter().map(|w| w.id.to_string()).collect();
+        let names: Vec<&str> = w.iter().map(|w| w.name.as_str()).collect();
+        let hashes: Vec<&str> = w.iter().map(|w| w.spec_hash.as_str()).collect();
+        let statuses: Vec<&str> = w.iter().map(|w| status_name(w.status)).collect();
+        let terminal: Vec<bool> = w.iter().map(|w| w.status.is_terminal()).collect();
+        let keys: Vec<Option<&str>> = w.iter().map(|w| w.idempotency_key.as_deref()).collect();
+        let fingerprints: Vec<i64> = w.iter().map(|w| w.fingerprint as i64).collect();
+        let created: Vec<i64> = w.iter().map(|w| w.created_at as i64).collect();
+        let updated: Vec<i64> = w.iter().map(|w| w.updated_at as i64).collect();
+        let snapshots: Vec<Option<&[u8]>> = w
+            .iter()
+            .map(|w| w.snapshot.as_ref().map(|(b, _)| b.as_slice()))
+            .collect();
+        let sequences: Vec<Option<i64>> = w
+            .iter()
+            .map(|w| w.snapshot.as_ref().map(|(_, s)| *s as i64))
+            .collect();
+        // Rows of one workflow may repeat in a batch: keep the last per id.
+        transaction
+            .execute(
+                "INSERT INTO workflows (id, name, spec_hash, status, terminal, idempotency_key, fingerprint, created_at, updated_at, snapshot, snapshot_sequence)
+                 SELECT DISTINCT ON (id) id, name, spec_hash, status, terminal, key, fingerprint, created_at, updated_at, snapshot, COALESCE(sequence, 0)
+                 FROM (SELECT *, row_number() OVER () AS position FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::text[], $7::int8[], $8::int8[], $9::int8[], $10::bytea[], $11::int8[])
+                       AS r(id, name, spec_hash, status, terminal, key, fingerprint, created_at, updated_at, snapshot, sequence)) rows
+                 ORDER BY id, position DESC
+                 ON CONFLICT (id) DO UPDATE SET
+                     status = excluded.status,
+                     terminal = excluded.terminal,
+                     updated_at = excluded.updated_at,
+                     snapshot = COALESCE(excluded.snapshot, workflows.snapshot),
+                     snapshot_sequence = CASE WHEN excluded.snapshot IS NULL THEN workflows.snapshot_sequence ELSE excluded.snapshot_sequence END",
+                &[&ids, &names, &hashes, &statuses, &terminal, &keys, &fingerprints, &created, &updated, &snapshots, &sequences],
+            )
+            .await
+            .map_err(pg)?;
+    }
+    if !batch.events.is_empty() {
+        let e = &batch.events;
+        let ids: Vec<String> = e.iter().map(|e| e.workflow.to_string()).collect();
+        let sequences: Vec<i64> = e.iter().map(|e| e.sequence as i64).collect();
+        let at: Vec<i64> = e.iter().map(|e| e.at as i64).collect();
+        let changes: Vec<&[u8]> = e.iter().map(|e| e.change.as_slice()).collect();
+        transaction
+            .execute(
+                "INSERT INTO events (workflow_id, sequence, at, change) SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::bytea[]) ON CONFLICT DO NOTHING",
+                &[&ids, &sequences, &at, &changes],
+            )
+            .await
+            .map_err(pg)?;
+    }
+    if !batch.audit.is_empty() {
+        let a = &batch.audit;
+        let at: Vec<i64> = a.iter().map(|r| r.at_ms as i64).collect();
+        let column =
+            |f: fn(&crate::audit::AuditRecord) -> &str| -> Vec<&str> { a.iter().map(f).collect() };
+        // UNNEST keeps the order of the arrays: sequences follow the batch's order.
+        transaction
+            .execute(
+                "INSERT INTO audit (at, actor, proof, role, origin, action, target, detail, outcome)
+                 SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[])",
+                &[
+                    &at,
+                    &column(|r| &r.actor),
+                    &column(|r| &r.proof),
+                    &column(|r| &r.role),
+                    &column(|r| &r.origin),
+                    &column(|r| &r.action),
+                    &column(|r| &r.target),
+                    &column(|r| &r.detail),
+                    &column(|r| &r.outcome),
+                ],
+            )
+            .await
+            .map_err(pg)?;
+    }
+    transaction.commit().await.map_err(pg)
+}
+
+/// The writer's connection. A group commit takes milliseconds: a writer that sits inside
+/// one for a second is stalled (paused, partitioned), and PostgreSQL ends its transaction,
+/// so the lease rows its fence locked are free for a takeover (docs/cluster.md). Its
+/// connection task ends with the connection.
+async fn writer_client(url: &str) -> Result<Client, StoreError> {
+    let (writer, _task) = client(url).await?;
+    writer
+        .batch_execute("SET idle_in_transaction_session_timeout = 1000")
+        .await
+        .map_err(pg)?;
+    Ok(writer)
+}
+
 pub(crate) async fn client(url: &str) -> Result<(Client, tokio::task::JoinHandle<()>), StoreError> {
     let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(pg)?;
     let task = tokio::spawn(async move {
@@ -112,17 +230,14 @@ impl PostgresStore {
         let (mut writer, writer_task) = client(url).await?;
         let (reader, reader_task) = client(url).await?;
         migrate(&mut writer).await?;
-        // A group commit takes milliseconds. A writer that sits inside one for a second
-        // is stalled (paused, partitioned): PostgreSQL ends its transaction, so the lease
-        // rows its fence locked are free for a takeover (docs/cluster.md).
-        writer
-            .batch_execute("SET idle_in_transaction_session_timeout = 1000")
-            .await
-            .map_err(pg)?;
+        drop(writer);
+        writer_task.abort();
+        let writer = writer_client(url).await?;
         Ok(Self {
+            url: url.to_owned(),
             writer: Mutex::new(writer),
             reader,
-            connections: vec![writer_task, reader_task],
+            connections: vec![reader_task],
         })
     }
 }
@@ -169,107 +284,19 @@ impl Store for PostgresStore {
             return Ok(());
         }
         let mut writer = self.writer.lock().await;
-        let transaction = writer.transaction().await.map_err(pg)?;
-        if let Some((member, written)) = &batch.fence {
-            let lost = crate::cluster::postgres::fence(&transaction, member, written).await?;
-            if !lost.is_empty() {
-                transaction.rollback().await.map_err(pg)?;
-                return Err(StoreError::Fenced(lost));
+        let result = write_batch(&mut writer, &batch).await;
+        if result.is_err() && writer.is_closed() {
+            // The server ended the connection mid-commit (a stalled transaction past
+            // `idle_in_transaction_session_timeout`, a restart): nothing was written.
+            // With a new connection the control unit can start again from the store.
+            if let Ok(fresh) = writer_client(&self.url).await {
+                *writer = fresh;
+                return Err(StoreError::Interrupted(
+                    result.err().map(|e| e.to_string()).unwrap_or_default(),
+                ));
             }
         }
-        if !batch.specs.is_empty() {
-            let hashes: Vec<&str> = batch.specs.iter().map(|s| s.hash.as_str()).collect();
-            let texts: Vec<&str> = batch.specs.iter().map(|s| &*s.text).collect();
-            let names: Vec<&str> = batch.specs.iter().map(|s| s.name.as_str()).collect();
-            let versions: Vec<i64> = batch.specs.iter().map(|s| i64::from(s.version)).collect();
-            transaction
-                .execute("INSERT INTO specs (hash, text) SELECT * FROM UNNEST($1::text[], $2::text[]) ON CONFLICT DO NOTHING", &[&hashes, &texts])
-                .await
-                .map_err(pg)?;
-            transaction
-                .execute("INSERT INTO spec_refs (name, version, hash) SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[]) ON CONFLICT DO NOTHING", &[&names, &versions, &hashes])
-                .await
-                .map_err(pg)?;
-        }
-        if !batch.workflows.is_empty() {
-            let w = &batch.workflows;
-            let ids: Vec<String> = w.iter().map(|w| w.id.to_string()).collect();
-            let names: Vec<&str> = w.iter().map(|w| w.name.as_str()).collect();
-            let hashes: Vec<&str> = w.iter().map(|w| w.spec_hash.as_str()).collect();
-            let statuses: Vec<&str> = w.iter().map(|w| status_name(w.status)).collect();
-            let terminal: Vec<bool> = w.iter().map(|w| w.status.is_terminal()).collect();
-            let keys: Vec<Option<&str>> = w.iter().map(|w| w.idempotency_key.as_deref()).collect();
-            let fingerprints: Vec<i64> = w.iter().map(|w| w.fingerprint as i64).collect();
-            let created: Vec<i64> = w.iter().map(|w| w.created_at as i64).collect();
-            let updated: Vec<i64> = w.iter().map(|w| w.updated_at as i64).collect();
-            let snapshots: Vec<Option<&[u8]>> = w
-                .iter()
-                .map(|w| w.snapshot.as_ref().map(|(b, _)| b.as_slice()))
-                .collect();
-            let sequences: Vec<Option<i64>> = w
-                .iter()
-                .map(|w| w.snapshot.as_ref().map(|(_, s)| *s as i64))
-                .collect();
-            // Rows of one workflow may repeat in a batch: keep the last per id.
-            transaction
-                .execute(
-                    "INSERT INTO workflows (id, name, spec_hash, status, terminal, idempotency_key, fingerprint, created_at, updated_at, snapshot, snapshot_sequence)
-                     SELECT DISTINCT ON (id) id, name, spec_hash, status, terminal, key, fingerprint, created_at, updated_at, snapshot, COALESCE(sequence, 0)
-                     FROM (SELECT *, row_number() OVER () AS position FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::text[], $7::int8[], $8::int8[], $9::int8[], $10::bytea[], $11::int8[])
-                           AS r(id, name, spec_hash, status, terminal, key, fingerprint, created_at, updated_at, snapshot, sequence)) rows
-                     ORDER BY id, position DESC
-                     ON CONFLICT (id) DO UPDATE SET
-                         status = excluded.status,
-                         terminal = excluded.terminal,
-                         updated_at = excluded.updated_at,
-                         snapshot = COALESCE(excluded.snapshot, workflows.snapshot),
-                         snapshot_sequence = CASE WHEN excluded.snapshot IS NULL THEN workflows.snapshot_sequence ELSE excluded.snapshot_sequence END",
-                    &[&ids, &names, &hashes, &statuses, &terminal, &keys, &fingerprints, &created, &updated, &snapshots, &sequences],
-                )
-                .await
-                .map_err(pg)?;
-        }
-        if !batch.events.is_empty() {
-            let e = &batch.events;
-            let ids: Vec<String> = e.iter().map(|e| e.workflow.to_string()).collect();
-            let sequences: Vec<i64> = e.iter().map(|e| e.sequence as i64).collect();
-            let at: Vec<i64> = e.iter().map(|e| e.at as i64).collect();
-            let changes: Vec<&[u8]> = e.iter().map(|e| e.change.as_slice()).collect();
-            transaction
-                .execute(
-                    "INSERT INTO events (workflow_id, sequence, at, change) SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::bytea[]) ON CONFLICT DO NOTHING",
-                    &[&ids, &sequences, &at, &changes],
-                )
-                .await
-                .map_err(pg)?;
-        }
-        if !batch.audit.is_empty() {
-            let a = &batch.audit;
-            let at: Vec<i64> = a.iter().map(|r| r.at_ms as i64).collect();
-            let column = |f: fn(&crate::audit::AuditRecord) -> &str| -> Vec<&str> {
-                a.iter().map(f).collect()
-            };
-            // UNNEST keeps the order of the arrays: sequences follow the batch's order.
-            transaction
-                .execute(
-                    "INSERT INTO audit (at, actor, proof, role, origin, action, target, detail, outcome)
-                     SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[])",
-                    &[
-                        &at,
-                        &column(|r| &r.actor),
-                        &column(|r| &r.proof),
-                        &column(|r| &r.role),
-                        &column(|r| &r.origin),
-                        &column(|r| &r.action),
-                        &column(|r| &r.target),
-                        &column(|r| &r.detail),
-                        &column(|r| &r.outcome),
-                    ],
-                )
-                .await
-                .map_err(pg)?;
-        }
-        transaction.commit().await.map_err(pg)
+        result
     }
 
     async fn audit(
