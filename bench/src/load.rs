@@ -50,9 +50,14 @@ pub struct BenchArgs {
     /// Execution units.
     #[arg(long, default_value_t = 1)]
     pub execs: usize,
-    /// `durable` (the embedded store, real fsync) or `memory`.
+    /// `durable` (the embedded store, real fsync), `memory`, or `postgres://...` (the
+    /// control units then run as a cluster, docs/cluster.md).
     #[arg(long, default_value = "durable")]
     pub store: String,
+    /// Control units, members of one cluster on the --store PostgreSQL; the load is spread
+    /// over them (each workflow submitted and followed at one member).
+    #[arg(long, default_value_t = 1)]
+    pub control_units: usize,
     /// Workflows held in flight for the memory measurement (0 skips it).
     #[arg(long)]
     pub inflight: Option<usize>,
@@ -206,10 +211,24 @@ pub(crate) async fn load(
     rate: Option<f64>,
     input: InputFn,
 ) -> anyhow::Result<(Vec<Sample>, Duration)> {
+    load_doors(vec![channel], spec, count, concurrency, rate, input).await
+}
+
+/// As [`load`], workflow `i` submitted and followed at door `i % doors`.
+async fn load_doors(
+    doors: Vec<Channel>,
+    spec: Arc<String>,
+    count: usize,
+    concurrency: usize,
+    rate: Option<f64>,
+    input: InputFn,
+) -> anyhow::Result<(Vec<Sample>, Duration)> {
     let started = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
-    let one = |i: usize, channel: Channel, spec: Arc<String>, input: InputFn| async move {
-        let mut client = WorkflowsClient::new(channel);
+    let doors: Arc<[Channel]> = doors.into();
+    let channel = doors.clone();
+    let one = |i: usize, doors: Arc<[Channel]>, spec: Arc<String>, input: InputFn| async move {
+        let mut client = WorkflowsClient::new(doors[i % doors.len()].clone());
         let (input_json, priority) = input(i);
         let t0 = Instant::now();
         let id = client
@@ -489,44 +508,88 @@ fn start_execs(
 struct Parts {
     execs: Vec<Process>,
     control: Process,
+    /// The other members of a cluster.
+    members: Vec<Process>,
+    /// A channel to each control unit.
+    doors: Vec<Channel>,
     gateway: Process,
     echo: Process,
     channel: Channel,
     dir: PathBuf,
 }
 
+impl Parts {
+    /// CPU seconds of every control unit.
+    fn control_cpu(&self) -> f64 {
+        std::iter::once(&self.control)
+            .chain(&self.members)
+            .map(|c| cpu_seconds(c.pid()))
+            .sum()
+    }
+}
+
 async fn start_parts(args: &BenchArgs) -> anyhow::Result<Parts> {
     let dir = std::env::temp_dir().join(format!("paygrid-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let control_dir = dir.join("control").display().to_string();
+    let cluster = args.store.starts_with("postgres");
+    anyhow::ensure!(
+        cluster || args.control_units == 1,
+        "--control-units {} needs --store postgres://...: members share one PostgreSQL",
+        args.control_units
+    );
     let store_args: Vec<&str> = if args.store == "memory" {
         vec!["--store", "memory"]
+    } else if cluster {
+        vec!["--store", &args.store]
     } else {
         vec!["--data-dir", &control_dir]
     };
-    let mut control_args = vec!["control", "--listen", "127.0.0.1:0"];
-    control_args.extend(store_args);
-    let control = Process::start(&control_args)?;
+    let mut controls = Vec::new();
+    for k in 0..args.control_units.max(1) {
+        let name = format!("bench-cu-{k}");
+        let mut control_args = vec!["control", "--listen", "127.0.0.1:0"];
+        control_args.extend(store_args.iter().copied());
+        if cluster {
+            control_args.extend(["--cluster-member", &name]);
+        }
+        controls.push(Process::start(&control_args)?);
+    }
+    let control = controls.remove(0);
+    let members = controls;
+    let all: Vec<String> = std::iter::once(&control)
+        .chain(&members)
+        .map(|c| c.url.clone())
+        .collect();
+    let all = all.join(",");
     let gateway = Process::start(&["gateway-sim", "--listen", "127.0.0.1:0", "--name", "alpha"])?;
     let echo = Process::start(&["bench-echo", "--listen", "127.0.0.1:0"])?;
     let execs = start_execs(
-        &control.url,
+        &all,
         &gateway.url,
         args.execs,
         "sleep,gateway,risk,ledger,verify,notify",
         1024,
         args.task_ms,
     )?;
-    let channel = Channel::from_shared(control.url.clone())?
-        .tcp_nodelay(true)
-        .connect()
-        .await?;
+    let mut doors = Vec::new();
+    for url in all.split(',') {
+        doors.push(
+            Channel::from_shared(url.to_owned())?
+                .tcp_nodelay(true)
+                .connect()
+                .await?,
+        );
+    }
+    let channel = doors[0].clone();
     for skill in ["bench.sleep", "gateway.authorize", "ledger.post"] {
         wait_for_skill(channel.clone(), skill).await?;
     }
     Ok(Parts {
         execs,
         control,
+        members,
+        doors,
         gateway,
         echo,
         channel,
@@ -608,10 +671,10 @@ async fn scenario(name: &str, args: &BenchArgs, parts: &mut Parts) -> anyhow::Re
 
 /// Runs one scenario and prints its row.
 async fn measure(name: &str, args: &BenchArgs, parts: &mut Parts) -> anyhow::Result<Value> {
-    let cpu_before = cpu_seconds(parts.control.pid());
+    let cpu_before = parts.control_cpu();
     let plan = scenario(name, args, parts).await?;
-    let (samples, elapsed) = load(
-        parts.channel.clone(),
+    let (samples, elapsed) = load_doors(
+        parts.doors.clone(),
         Arc::new(plan.spec),
         plan.count,
         plan.concurrency,
@@ -629,7 +692,7 @@ async fn measure(name: &str, args: &BenchArgs, parts: &mut Parts) -> anyhow::Res
         &samples,
         elapsed,
         plan.tasks,
-        cpu_seconds(parts.control.pid()) - cpu_before,
+        parts.control_cpu() - cpu_before,
         &hops,
     );
     print_row(&summary);
@@ -640,9 +703,9 @@ async fn measure(name: &str, args: &BenchArgs, parts: &mut Parts) -> anyhow::Res
 async fn half_load(peak: f64, args: &BenchArgs, parts: &Parts) -> anyhow::Result<Value> {
     let half = (peak / 2.0).max(1.0);
     let count = ((half * if args.quick { 4.0 } else { 10.0 }) as usize).max(100);
-    let cpu_before = cpu_seconds(parts.control.pid());
-    let (samples, elapsed) = load(
-        parts.channel.clone(),
+    let cpu_before = parts.control_cpu();
+    let (samples, elapsed) = load_doors(
+        parts.doors.clone(),
         Arc::new(seq3_spec(args.task_ms)),
         count,
         0,
@@ -656,7 +719,7 @@ async fn half_load(peak: f64, args: &BenchArgs, parts: &Parts) -> anyhow::Result
         &samples,
         elapsed,
         3,
-        cpu_seconds(parts.control.pid()) - cpu_before,
+        parts.control_cpu() - cpu_before,
         &hops,
     );
     summary["rate_per_s"] = json!(half);
@@ -691,8 +754,12 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     }
     let mut parts = start_parts(&args).await?;
     println!(
-        "paygrid bench: control unit {} (store: {}), {} execution unit(s), tasks sleep {} ms",
-        parts.control.url, args.store, args.execs, args.task_ms
+        "paygrid bench: {} control unit(s) at {} (store: {}), {} execution unit(s), tasks sleep {} ms",
+        1 + parts.members.len(),
+        parts.control.url,
+        args.store,
+        args.execs,
+        args.task_ms
     );
     let mut results = Vec::new();
     for name in &args.scenarios {

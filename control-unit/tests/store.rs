@@ -440,6 +440,18 @@ async fn partition_leases_take_renew_and_fence_on_postgres() {
     );
     transaction.rollback().await.unwrap();
 
+    // cu-b restarts under the same name: it takes its partition back at once, under a
+    // new epoch that fences its previous incarnation.
+    let reborn = PgLeases::connect(&url, "cu-b", ttl, 8).await.unwrap();
+    assert_eq!(reborn.take(0, 2).await.unwrap(), Some(3));
+    let transaction = writer.transaction().await.unwrap();
+    assert_eq!(
+        fence(&transaction, "cu-b", &[(0, 2)]).await.unwrap(),
+        vec![0]
+    );
+    transaction.rollback().await.unwrap();
+    drop(reborn);
+
     a.heartbeat("https://127.0.0.1:1", "").await.unwrap();
     b.heartbeat("https://127.0.0.1:2", "").await.unwrap();
     let live: Vec<String> = a

@@ -127,7 +127,10 @@ impl Member {
                 .iter()
                 .filter(|lease| {
                     !self.held.contains_key(&lease.partition)
-                        && (lease.owner.is_none() || lease.expires_at_ms <= table_now)
+                        && (lease.owner.is_none()
+                            // Held under this name before a restart: take it back now.
+                            || lease.owner.as_deref() == Some(self.name.as_str())
+                            || lease.expires_at_ms <= table_now)
                 })
                 .take(share - mine)
                 .map(|lease| (lease.partition, lease.epoch))
@@ -204,7 +207,9 @@ mod simulation {
     impl Table {
         fn take(&mut self, now: u64, who: &str, partition: u32, seen: u64) -> Option<u64> {
             let lease = &mut self.leases[partition as usize];
-            let free = lease.owner.is_none() || lease.expires_at_ms <= now;
+            let free = lease.owner.is_none()
+                || lease.owner.as_deref() == Some(who)
+                || lease.expires_at_ms <= now;
             if lease.epoch != seen || !free {
                 return None;
             }

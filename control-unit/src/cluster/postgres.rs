@@ -89,15 +89,17 @@ impl PgLeases {
         read(&self.client).await
     }
 
-    /// Takes `partition` if its epoch is still `seen` and nobody holds it (or the lease
-    /// expired); the new epoch when it did.
+    /// Takes `partition` if its epoch is still `seen` and nobody holds it, the lease
+    /// expired, or it was this member's before a restart (the new epoch fences the old
+    /// incarnation); the new epoch when it did.
     pub async fn take(&self, partition: u32, seen: u64) -> Result<Option<u64>, StoreError> {
         let row = self
             .client
             .query_opt(
                 "UPDATE cluster_partitions
                  SET owner = $1, epoch = epoch + 1, expires_at = now() + $4 * interval '1 millisecond'
-                 WHERE partition = $2 AND epoch = $3 AND (owner IS NULL OR expires_at <= now())
+                 WHERE partition = $2 AND epoch = $3
+                   AND (owner IS NULL OR owner = $1 OR expires_at <= now())
                  RETURNING epoch",
                 &[&self.name, &(partition as i32), &(seen as i64), &(self.ttl_ms() as f64)],
             )
