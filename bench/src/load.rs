@@ -518,6 +518,37 @@ struct Parts {
     dir: PathBuf,
 }
 
+/// Waits until `members` cluster members each hold their share of the partitions, so the
+/// load does not start in the middle of a rebalance.
+async fn wait_for_spread(store: &str, members: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (live, table) = paygrid_control_unit::cluster::postgres::snapshot(store).await?;
+        let share = table.leases.len().div_ceil(members.max(1));
+        let held = |name: &str| {
+            table
+                .leases
+                .iter()
+                .filter(|l| l.owner.as_deref() == Some(name) && l.expires_at_ms > table.now_ms)
+                .count()
+        };
+        let spread = (0..members)
+            .map(|k| held(&format!("bench-cu-{k}")))
+            .collect::<Vec<_>>();
+        if spread.iter().all(|h| *h > 0 && *h <= share)
+            && spread.iter().sum::<usize>() == table.leases.len()
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "partitions never spread over {members} members: {spread:?} ({} live)",
+            live.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 impl Parts {
     /// CPU seconds of every control unit.
     fn control_cpu(&self) -> f64 {
@@ -572,6 +603,9 @@ async fn start_parts(args: &BenchArgs) -> anyhow::Result<Parts> {
         1024,
         args.task_ms,
     )?;
+    if cluster {
+        wait_for_spread(&args.store, args.control_units).await?;
+    }
     let mut doors = Vec::new();
     for url in all.split(',') {
         doors.push(
