@@ -103,6 +103,44 @@ fn wait_for_spread(url: &str, members: usize, partitions: u64) {
     }
 }
 
+/// Waits until every workflow of `ids` ended, asserting it succeeded; reads them at the
+/// member `door`. On a timeout, says who owns what in the cluster at `store`.
+async fn all_succeed(door: &str, store: &str, ids: &[String], within: Duration) {
+    let mut client = Fleet::client(door).await;
+    let deadline = Instant::now() + within;
+    for id in ids {
+        loop {
+            let workflow = client
+                .get(pb::GetWorkflowRequest {
+                    workflow_id: id.clone(),
+                })
+                .await
+                .map(tonic::Response::into_inner);
+            if let Ok(workflow) = &workflow
+                && is_terminal(workflow.status)
+            {
+                assert_eq!(
+                    workflow.status,
+                    pb::WorkflowStatus::Succeeded as i32,
+                    "{workflow:#?}"
+                );
+                break;
+            }
+            if Instant::now() >= deadline {
+                let view = paygrid()
+                    .args(["cluster", "--store", store, "--partitions"])
+                    .output()
+                    .unwrap();
+                panic!(
+                    "{id} never ended: {workflow:?}\n{}",
+                    String::from_utf8_lossy(&view.stdout)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 async fn submit_to(url: &str, n: usize) -> String {
     let mut client = Fleet::client(url).await;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -251,32 +289,9 @@ async fn a_paused_member_s_partitions_are_taken_over_and_nothing_runs_twice() {
             .success()
     );
 
-    // Every payment ends, once, succeeded: read from whichever member owns it (either
-    // serves Get from the store as well).
-    let mut client = Fleet::client(&b.url).await;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    for id in &ids {
-        loop {
-            let workflow = client
-                .get(pb::GetWorkflowRequest {
-                    workflow_id: id.clone(),
-                })
-                .await
-                .map(tonic::Response::into_inner);
-            if let Ok(workflow) = &workflow
-                && is_terminal(workflow.status)
-            {
-                assert_eq!(
-                    workflow.status,
-                    pb::WorkflowStatus::Succeeded as i32,
-                    "{workflow:#?}"
-                );
-                break;
-            }
-            assert!(Instant::now() < deadline, "{id} never ended: {workflow:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    // Every payment ends, once, succeeded: read at cu-b, whichever member owns it (Get
+    // serves any workflow, from the store when another member owns it).
+    all_succeed(&b.url, &url, &ids, Duration::from_secs(90)).await;
     let stats = gateway_stats(&gateway);
     assert_eq!(stats["captures"], 30, "one capture per payment: {stats}");
     // cu-a knows it lost its partitions; any commit it tried under the old epochs was
@@ -442,39 +457,7 @@ async fn three_members_share_3000_payments_through_a_kill_and_a_pause() {
     unique.dedup();
     assert_eq!(unique.len(), PAYMENTS, "one workflow per payment");
     // Every payment ends succeeded: read at cu-3 (Get serves any workflow).
-    let mut client = Fleet::client(&members[2].url).await;
-    let deadline = Instant::now() + Duration::from_secs(180);
-    for id in &ids {
-        loop {
-            let workflow = client
-                .get(pb::GetWorkflowRequest {
-                    workflow_id: id.clone(),
-                })
-                .await
-                .map(tonic::Response::into_inner);
-            if let Ok(workflow) = &workflow
-                && is_terminal(workflow.status)
-            {
-                assert_eq!(
-                    workflow.status,
-                    pb::WorkflowStatus::Succeeded as i32,
-                    "{workflow:#?}"
-                );
-                break;
-            }
-            if Instant::now() >= deadline {
-                let view = paygrid()
-                    .args(["cluster", "--store", &url, "--partitions"])
-                    .output()
-                    .unwrap();
-                panic!(
-                    "{id} never ended: {workflow:?}\n{}",
-                    String::from_utf8_lossy(&view.stdout)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    all_succeed(&members[2].url, &url, &ids, Duration::from_secs(180)).await;
     let stats = gateway_stats(&gateway);
     assert_eq!(
         stats["captures"], PAYMENTS,
