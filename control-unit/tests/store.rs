@@ -463,3 +463,22 @@ async fn partition_leases_take_renew_and_fence_on_postgres() {
         .collect();
     assert_eq!(live, ["cu-a", "cu-b"]);
 }
+
+/// Control units of a cluster starting together on a fresh database: one migrates, the
+/// others wait for it (they used to race on `CREATE TABLE IF NOT EXISTS`).
+#[tokio::test(flavor = "multi_thread")]
+async fn control_units_starting_together_migrate_once() {
+    let Some(cluster) = Postgres::start("pg-together") else {
+        eprintln!("SKIPPED migrate-together: PostgreSQL server binaries not found");
+        return;
+    };
+    let url = cluster.url();
+    let (a, b, c) = tokio::join!(
+        paygrid_control_unit::store::open(&url),
+        paygrid_control_unit::store::open(&url),
+        paygrid_control_unit::store::open(&url),
+    );
+    for store in [a, b, c] {
+        store.unwrap();
+    }
+}

@@ -243,14 +243,16 @@ impl PostgresStore {
 }
 
 pub(crate) async fn migrate(client: &mut Client) -> Result<(), StoreError> {
-    client
-        .batch_execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
-        .await
-        .map_err(pg)?;
-    // One control unit migrates at a time.
+    // One control unit migrates at a time, from the very first statement: control units
+    // of a cluster starting together would otherwise race even on `CREATE TABLE IF NOT
+    // EXISTS` (PostgreSQL answers one of them with a duplicate key in `pg_type`). The
+    // advisory lock is held until the transaction ends.
     let transaction = client.transaction().await.map_err(pg)?;
     transaction
-        .batch_execute("LOCK TABLE schema_migrations IN EXCLUSIVE MODE")
+        .batch_execute(
+            "SELECT pg_advisory_xact_lock(7364206);
+             CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+        )
         .await
         .map_err(pg)?;
     let current: i64 = transaction
