@@ -141,30 +141,6 @@ async fn all_succeed(door: &str, store: &str, ids: &[String], within: Duration) 
     }
 }
 
-async fn submit_to(url: &str, n: usize) -> String {
-    let mut client = Fleet::client(url).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let answer = client
-            .submit(pb::SubmitRequest {
-                spec: Some(pb::submit_request::Spec::SpecText(spec("card-payment"))),
-                input_json: card(&format!("tok_cluster_{n}")).to_string(),
-                idempotency_key: format!("cluster-{n}"),
-                ..Default::default()
-            })
-            .await;
-        match answer {
-            Ok(response) => return response.into_inner().workflow_id,
-            // The key's partition is the other member's, or partitions are moving.
-            Err(status) if status.code() == tonic::Code::Unavailable => {
-                assert!(Instant::now() < deadline, "submit {n}: {status:?}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(status) => panic!("submit {n}: {status:?}"),
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_paused_member_s_partitions_are_taken_over_and_nothing_runs_twice() {
     let Some(database) = postgres::Postgres::start("cluster-pause") else {
@@ -173,18 +149,8 @@ async fn a_paused_member_s_partitions_are_taken_over_and_nothing_runs_twice() {
     };
     let url = database.url();
     let dir = TempDir::new("cluster");
-    let gateway = Part::start(&[
-        "gateway-sim",
-        "--listen",
-        "127.0.0.1:0",
-        "--name",
-        "alpha",
-        "--data-dir",
-        &dir.path("gateway"),
-        // Real gateways answer in 0.2 to 2 s: payments are in flight at the pause.
-        "--latency-ms",
-        "200",
-    ]);
+    // Real gateways answer in 0.2 to 2 s: payments are in flight at the pause.
+    let gateway = gateway_sim(&dir, &["--latency-ms", "200"]);
     let a_http = free_addr();
     let a = member(&dir, &url, "cu-a", &a_http);
     wait_for_shares(&url, &[("cu-a", 8)]);
@@ -214,25 +180,10 @@ async fn a_paused_member_s_partitions_are_taken_over_and_nothing_runs_twice() {
     let _ledger = exec(&both, "exec-ledger", "ledger");
 
     // Twenty payments through either door: a keyed submit goes to the key's owner.
+    let both_doors = [a.url.clone(), b.url.clone()];
     let mut ids = Vec::new();
     for n in 0..20 {
-        let mut id = None;
-        for door in [&a, &b] {
-            let mut client = Fleet::client(&door.url).await;
-            if let Ok(response) = client
-                .submit(pb::SubmitRequest {
-                    spec: Some(pb::submit_request::Spec::SpecText(spec("card-payment"))),
-                    input_json: card(&format!("tok_cluster_{n}")).to_string(),
-                    idempotency_key: format!("cluster-{n}"),
-                    ..Default::default()
-                })
-                .await
-            {
-                id = Some(response.into_inner().workflow_id);
-                break;
-            }
-        }
-        ids.push(id.unwrap_or_else(|| panic!("payment {n}: neither member took it")));
+        ids.push(submit_anywhere(&both_doors, "cluster", n).await);
     }
     // A call about another member's workflow names the owner and its address.
     let parked = Fleet::client(&a.url)
@@ -267,27 +218,14 @@ async fn a_paused_member_s_partitions_are_taken_over_and_nothing_runs_twice() {
     Fleet::client(&a.url).await.cancel(cancel).await.unwrap();
 
     // Pause cu-a with its payments in flight, past its lease: cu-b takes everything.
-    let pid = a.child.id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-STOP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(&a, "-STOP");
     wait_for_shares(&url, &[("cu-b", 8)]);
     // More payments meanwhile, all through cu-b.
     for n in 20..30 {
-        ids.push(submit_to(&b.url, n).await);
+        ids.push(submit_anywhere(std::slice::from_ref(&b.url), "cluster", n).await);
     }
     // cu-a wakes up: its leases are gone; it rejoins and the partitions spread again.
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-CONT", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(&a, "-CONT");
 
     // Every payment ends, once, succeeded: read at cu-b, whichever member owns it (Get
     // serves any workflow, from the store when another member owns it).
@@ -314,9 +252,9 @@ async fn a_paused_member_s_partitions_are_taken_over_and_nothing_runs_twice() {
     drop(b);
 }
 
-/// Submits payment `n` at whichever live member takes it (the key's owner), retrying
-/// while partitions move or a member is down.
-async fn submit_anywhere(doors: &[String], n: usize) -> String {
+/// Submits payment `label`-`n` at whichever of `doors` takes it (the key's owner),
+/// retrying while partitions move or a member is down.
+async fn submit_anywhere(doors: &[String], label: &str, n: usize) -> String {
     let deadline = Instant::now() + Duration::from_secs(120);
     let security = client_security();
     let mut turn = n;
@@ -327,8 +265,8 @@ async fn submit_anywhere(doors: &[String], n: usize) -> String {
         let answer = pb::workflows_client::WorkflowsClient::new(channel)
             .submit(pb::SubmitRequest {
                 spec: Some(pb::submit_request::Spec::SpecText(spec("card-payment"))),
-                input_json: card(&format!("tok_scale_{n}")).to_string(),
-                idempotency_key: format!("scale-{n}"),
+                input_json: card(&format!("tok_{label}_{n}")).to_string(),
+                idempotency_key: format!("{label}-{n}"),
                 ..Default::default()
             })
             .await;
@@ -368,22 +306,18 @@ async fn three_members_share_3000_payments_through_a_kill_and_a_pause() {
     };
     let url = database.url();
     let dir = TempDir::new("cluster-scale");
-    let gateway = Part::start(&[
-        "gateway-sim",
-        "--listen",
-        "127.0.0.1:0",
-        "--name",
-        "alpha",
-        "--data-dir",
-        &dir.path("gateway"),
-        // Mostly quick, 5 % of requests like a slow card network.
-        "--latency-ms",
-        "20",
-        "--slow-rate",
-        "0.05",
-        "--slow-latency-ms",
-        "200-2000",
-    ]);
+    // Mostly quick, 5 % of requests like a slow card network.
+    let gateway = gateway_sim(
+        &dir,
+        &[
+            "--latency-ms",
+            "20",
+            "--slow-rate",
+            "0.05",
+            "--slow-latency-ms",
+            "200-2000",
+        ],
+    );
     let mut members = Vec::new();
     let mut https = Vec::new();
     for name in ["cu-1", "cu-2", "cu-3"] {
@@ -427,7 +361,7 @@ async fn three_members_share_3000_payments_through_a_kill_and_a_pause() {
                 if n >= PAYMENTS {
                     return;
                 }
-                let id = submit_anywhere(&doors, n).await;
+                let id = submit_anywhere(&doors, "scale", n).await;
                 ids.lock().await.push(id);
             }
         });

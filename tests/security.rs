@@ -390,18 +390,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 async fn payment_through_proxies(insecure: bool) -> (Vec<u8>, i32) {
     let dir = TempDir::new(if insecure { "wire-plain" } else { "wire-tls" });
     let flag: &[&str] = if insecure { &["--insecure"] } else { &[] };
-    let gateway_dir = dir.path("gateway");
-    let mut args = vec![
-        "gateway-sim",
-        "--listen",
-        "127.0.0.1:0",
-        "--name",
-        "alpha",
-        "--data-dir",
-        &gateway_dir,
-    ];
-    args.extend_from_slice(flag);
-    let gateway = Part::start(&args);
+    let gateway = gateway_sim(&dir, flag);
     let control_dir = dir.path("control");
     let mut args = vec![
         "control",

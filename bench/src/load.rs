@@ -226,7 +226,6 @@ async fn load_doors(
     let started = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
     let doors: Arc<[Channel]> = doors.into();
-    let channel = doors.clone();
     let one = |i: usize, doors: Arc<[Channel]>, spec: Arc<String>, input: InputFn| async move {
         let mut client = WorkflowsClient::new(doors[i % doors.len()].clone());
         let (input_json, priority) = input(i);
@@ -254,8 +253,8 @@ async fn load_doors(
         None => {
             let next = Arc::new(AtomicUsize::new(0));
             for _ in 0..concurrency.max(1) {
-                let (next, channel, spec, input) =
-                    (next.clone(), channel.clone(), spec.clone(), input.clone());
+                let (next, doors, spec, input) =
+                    (next.clone(), doors.clone(), spec.clone(), input.clone());
                 workers.spawn(async move {
                     let mut mine = Vec::new();
                     loop {
@@ -263,7 +262,7 @@ async fn load_doors(
                         if i >= count {
                             return Ok::<_, anyhow::Error>(mine);
                         }
-                        mine.push(one(i, channel.clone(), spec.clone(), input.clone()).await?);
+                        mine.push(one(i, doors.clone(), spec.clone(), input.clone()).await?);
                     }
                 });
             }
@@ -276,8 +275,8 @@ async fn load_doors(
             let mut running = tokio::task::JoinSet::new();
             for i in 0..count {
                 ticker.tick().await;
-                let (channel, spec, input) = (channel.clone(), spec.clone(), input.clone());
-                running.spawn(one(i, channel, spec, input));
+                let (doors, spec, input) = (doors.clone(), spec.clone(), input.clone());
+                running.spawn(one(i, doors, spec, input));
                 // Reap as we go so the set stays bounded by what is in flight.
                 while let Some(done) = running.try_join_next() {
                     samples.push(done??);

@@ -135,33 +135,42 @@ pub enum AuthError {
     Header,
 }
 
+/// Role and skill patterns by identity, as the policy file gives them.
+type Grants = BTreeMap<String, (Option<Role>, Arc<[String]>)>;
+
 #[derive(Debug, Clone)]
 pub struct Policy {
-    /// `None`: every certificate from the CA is an admin that may offer any skill.
-    identities: Option<BTreeMap<String, Grant>>,
+    /// Role and skill patterns by identity; `None`: every certificate from the CA is an
+    /// admin that may offer any skill. Shared with every caller, not copied per call.
+    identities: Option<Grants>,
     tokens: Option<TokenKey>,
     /// Plaintext serving: callers without credentials are let in as admins.
     insecure: bool,
+    /// `["*"]`, and nothing: the skills of a fully trusted caller and of a token holder.
+    any_skill: Arc<[String]>,
+    no_skill: Arc<[String]>,
 }
 
 impl Policy {
+    fn new(identities: Option<Grants>, tokens: Option<TokenKey>, insecure: bool) -> Self {
+        Self {
+            identities,
+            tokens,
+            insecure,
+            any_skill: Arc::new(["*".to_owned()]),
+            no_skill: Arc::new([]),
+        }
+    }
+
     /// Every CA certificate trusted fully; tokens verified with `tokens`, when given.
     pub fn trust_ca(tokens: Option<TokenKey>) -> Self {
-        Self {
-            identities: None,
-            tokens,
-            insecure: false,
-        }
+        Self::new(None, tokens, false)
     }
 
     /// No authentication (plaintext on loopback): everyone is an admin, tokens still
     /// name the caller when given.
     pub fn insecure(tokens: Option<TokenKey>) -> Self {
-        Self {
-            identities: None,
-            tokens,
-            insecure: true,
-        }
+        Self::new(None, tokens, true)
     }
 
     pub fn parse(text: &str, tokens: Option<TokenKey>) -> Result<Self, String> {
@@ -173,19 +182,16 @@ impl Policy {
                 ));
             }
         }
-        Ok(Self {
-            identities: Some(file.identities),
-            tokens,
-            insecure: false,
-        })
+        let identities = file
+            .identities
+            .into_iter()
+            .map(|(name, grant)| (name, (grant.role, grant.skills.into())))
+            .collect();
+        Ok(Self::new(Some(identities), tokens, false))
     }
 
     pub fn is_insecure(&self) -> bool {
         self.insecure
-    }
-
-    pub fn has_identities(&self) -> bool {
-        self.identities.is_some()
     }
 
     /// Who is calling: a bearer token wins over the connection's certificate (a client
@@ -209,23 +215,23 @@ impl Policy {
                 name: claims.sub.into(),
                 proof: Proof::Token,
                 role: Some(claims.role),
-                skills: Arc::new([]),
+                skills: self.no_skill.clone(),
                 from,
             });
         }
         if let Some(name) = peer.and_then(|p| p.identity.clone()) {
             let (role, skills) = match &self.identities {
-                None => (Some(Role::Admin), vec!["*".to_owned()]),
+                None => (Some(Role::Admin), self.any_skill.clone()),
                 Some(identities) => match identities.get(&*name) {
-                    Some(grant) => (grant.role, grant.skills.clone()),
-                    None => (None, Vec::new()),
+                    Some((role, skills)) => (*role, skills.clone()),
+                    None => (None, self.no_skill.clone()),
                 },
             };
             return Ok(Caller {
                 name,
                 proof: Proof::Certificate,
                 role,
-                skills: skills.into(),
+                skills,
                 from,
             });
         }
@@ -234,7 +240,7 @@ impl Policy {
                 name: "anonymous".into(),
                 proof: Proof::None,
                 role: Some(Role::Admin),
-                skills: vec!["*".to_owned()].into(),
+                skills: self.any_skill.clone(),
                 from,
             });
         }

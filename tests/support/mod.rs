@@ -212,6 +212,23 @@ impl Drop for TempDir {
     }
 }
 
+/// Gateway simulator `alpha` on a free port, journaling under `dir/gateway`, with `extra`
+/// arguments (faults, latency, `--insecure`, ...).
+pub fn gateway_sim(dir: &TempDir, extra: &[&str]) -> Part {
+    let journal = dir.path("gateway");
+    let mut args = vec![
+        "gateway-sim",
+        "--listen",
+        "127.0.0.1:0",
+        "--name",
+        "alpha",
+        "--data-dir",
+        &journal,
+    ];
+    args.extend_from_slice(extra);
+    Part::start(&args)
+}
+
 /// A control unit, one gateway simulator and one execution unit, each its own process.
 pub struct Fleet {
     // Dropped in this order: execution units first, so they do not log a lost session.
@@ -237,21 +254,10 @@ impl Fleet {
             Some(url) => vec!["--otlp", url],
             None => Vec::new(),
         };
-        let gateway_dir = dir.path("gateway");
-        let mut args = vec![
-            "gateway-sim",
-            "--listen",
-            "127.0.0.1:0",
-            "--name",
-            "alpha",
-            "--cost-bps",
-            "25",
-            "--data-dir",
-            &gateway_dir,
-        ];
+        let mut args = vec!["--cost-bps", "25"];
         args.extend_from_slice(gateway_args);
         args.extend_from_slice(&otlp_args);
-        let gateway = Part::start(&args);
+        let gateway = gateway_sim(&dir, &args);
         let control_dir = dir.path("control");
         let token_key = token_key();
         let mut args = vec![
@@ -635,15 +641,7 @@ pub struct HttpFleet {
 impl HttpFleet {
     pub fn start(what: &str) -> Self {
         let dir = TempDir::new(what);
-        let gateway = Part::start(&[
-            "gateway-sim",
-            "--listen",
-            "127.0.0.1:0",
-            "--name",
-            "alpha",
-            "--data-dir",
-            &dir.path("gateway"),
-        ]);
+        let gateway = gateway_sim(&dir, &[]);
         let http = free_addr();
         let control = Part::start(&[
             "control",

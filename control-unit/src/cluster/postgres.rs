@@ -196,14 +196,13 @@ pub async fn members(
     client: &impl GenericClient,
     within: Option<Duration>,
 ) -> Result<Vec<MemberRow>, StoreError> {
-    // Without a bound: everyone heard from in the last thirty years.
-    let within_ms = within.map_or(1e12, |d| d.as_millis() as f64);
+    let within_ms = within.map(|d| d.as_millis() as f64);
     let rows = client
         .query(
             "SELECT name, grpc_url, http_url,
                     (extract(epoch from now() - heartbeat_at) * 1000)::int8
              FROM cluster_members
-             WHERE now() - heartbeat_at < $1 * interval '1 millisecond'
+             WHERE $1::float8 IS NULL OR now() - heartbeat_at < $1 * interval '1 millisecond'
              ORDER BY name",
             &[&within_ms],
         )

@@ -94,14 +94,6 @@ pub fn caller<T>(request: &tonic::Request<T>) -> Option<&Caller> {
     request.extensions().get::<Caller>()
 }
 
-/// The name a caller proved (certificate or token), for records such as an approval's
-/// `decided_by`; `None` when serving without authentication.
-pub fn authenticated<T>(request: &tonic::Request<T>) -> Option<String> {
-    caller(request)
-        .filter(|c| c.proof != paygrid_security::policy::Proof::None)
-        .map(|c| c.name.to_string())
-}
-
 /// The tower layer that runs [`check`] on every call.
 #[derive(Clone)]
 pub struct AccessLayer {
