@@ -69,7 +69,7 @@ pub enum Command {
     /// loopback; submits the example workflows and shows their progress.
     Dev(parts::DevArgs),
     /// Run a control unit.
-    Control(parts::ControlArgs),
+    Control(Box<parts::ControlArgs>),
     /// Run an execution unit hosting agents.
     Exec(parts::ExecArgs),
     /// Run a simulated payment gateway (HTTP).
@@ -201,7 +201,7 @@ async fn run_command(command: Command, control: &str, json: bool) -> anyhow::Res
     let control = control.to_owned();
     match command {
         Command::Dev(args) => parts::dev(args).await,
-        Command::Control(args) => parts::control(args).await,
+        Command::Control(args) => parts::control(*args).await,
         Command::Exec(args) => parts::exec(args, &control).await,
         Command::GatewaySim(args) => parts::gateway_sim(args).await,
         Command::Submit(args) => operator::submit(&control, args, json).await,

@@ -61,6 +61,10 @@ pub struct ClusterArgs {
     /// after it.
     #[arg(long, default_value_t = 10_000)]
     pub partition_lease_ms: u64,
+    /// The gRPC URL other members and execution units reach this member at
+    /// (`https://HOST:PORT`); default: the listen address.
+    #[arg(long, value_name = "URL")]
+    pub advertise_url: Option<String>,
 }
 
 impl ClusterArgs {
@@ -92,6 +96,8 @@ impl ClusterArgs {
                 margin_ms: ttl / 10,
                 renew_every_ms: ttl / 3,
             },
+            peers: crate::transport::get().member()?,
+            advertise_url: self.advertise_url.clone(),
         }))
     }
 }
@@ -701,7 +707,12 @@ pub async fn exec(args: ExecArgs, control: &str) -> anyhow::Result<u8> {
         .map(str::trim)
         .filter(|c| !c.is_empty())
         .collect();
-    let first = controls.first().copied().unwrap_or(control);
+    if controls.is_empty() {
+        anyhow::bail!(crate::operator::UsageError(
+            "--control names no control unit".into()
+        ));
+    }
+    let first = controls[0];
     let mut config = ExecutionUnitConfig::new(name.clone(), first);
     config.security = crate::transport::get().part_grpc(&identity)?;
     let (agents, broken) = build_agents(&args, first, &config.health, &identity)?;
@@ -724,36 +735,113 @@ pub async fn exec(args: ExecArgs, control: &str) -> anyhow::Result<u8> {
         ));
     }
     let shutdown = CancellationToken::new();
-    let mut units = tokio::task::JoinSet::new();
-    for control in &controls[1..] {
-        let mut other = ExecutionUnitConfig::new(name.clone(), *control);
-        other.security = config.security.clone();
-        other.metrics = config.metrics.clone();
-        other.health = config.health.clone();
-        other.drain_timeout = config.drain_timeout;
-        let mut unit = ExecutionUnit::new(other);
+    let unit_for = |control: &str| {
+        let mut each = ExecutionUnitConfig::new(name.clone(), control);
+        each.security = config.security.clone();
+        each.metrics = config.metrics.clone();
+        each.health = config.health.clone();
+        each.drain_timeout = config.drain_timeout;
+        let mut unit = ExecutionUnit::new(each);
         for agent in &agents {
             unit = unit.host(agent.clone());
         }
-        units.spawn(unit.run(shutdown.clone()));
+        unit
+    };
+    let mut units = tokio::task::JoinSet::new();
+    for control in &controls {
+        units.spawn(unit_for(control).run(shutdown.clone()));
     }
-    let mut unit = ExecutionUnit::new(config);
-    for agent in agents {
-        unit = unit.host(agent);
-    }
-    units.spawn(unit.run(shutdown.clone()));
+    // In a cluster, the members the given ones name are served too, as they join.
+    let (found, mut discovered) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(discover_members(
+        controls.iter().map(|c| c.to_string()).collect(),
+        config.security.clone(),
+        found,
+        shutdown.clone(),
+    ));
     let trigger = shutdown.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
         trigger.cancel();
     });
     println!("paygrid exec {name} started");
-    tokio::select! {
-        _ = units.join_all() => Ok(EXIT_OK),
-        () = any_broken(broken) => Err(FatalError(
-            "the ledger's journal failed: memory is ahead of disk; restart to replay it".into(),
-        )
-        .into()),
+    let broken = any_broken(broken);
+    tokio::pin!(broken);
+    loop {
+        tokio::select! {
+            joined = units.join_next() => if joined.is_none() {
+                return Ok(EXIT_OK);
+            },
+            Some(control) = discovered.recv() => {
+                let control: String = control;
+                tracing::info!(%control, "serving a newly discovered control unit");
+                units.spawn(unit_for(&control).run(shutdown.clone()));
+            }
+            () = &mut broken => return Err(FatalError(
+                "the ledger's journal failed: memory is ahead of disk; restart to replay it".into(),
+            )
+            .into()),
+        }
+    }
+}
+
+/// How often an execution unit asks the cluster for its members.
+const DISCOVER_EVERY: Duration = Duration::from_secs(2);
+
+/// Asks the control units served (`known`, and those found since) for the members of
+/// their cluster every [`DISCOVER_EVERY`], and sends each member not served yet to
+/// `found`. Stops when a control unit answers that it is in no cluster, or at shutdown.
+async fn discover_members(
+    mut known: Vec<String>,
+    security: paygrid_security::ClientSecurity,
+    found: tokio::sync::mpsc::Sender<String>,
+    shutdown: CancellationToken,
+) {
+    use paygrid_proto::v1::agent_hub_client::AgentHubClient;
+    let normal = |url: &str| url.trim_end_matches('/').to_owned();
+    let mut served: std::collections::HashSet<String> = known.iter().map(|u| normal(u)).collect();
+    let mut turn = 0usize;
+    loop {
+        // One member answers per round, in turn: any of them knows the whole cluster.
+        let url = known[turn % known.len()].clone();
+        turn += 1;
+        let answer = match security.endpoint(&url) {
+            Ok(endpoint) => {
+                let channel = security.authorize(security.channel_lazy(endpoint));
+                let mut request =
+                    tonic::Request::new(paygrid_proto::v1::ListMembersRequest::default());
+                request.set_timeout(Duration::from_secs(5));
+                AgentHubClient::new(channel).list_members(request).await
+            }
+            Err(error) => {
+                tracing::warn!(%url, %error, "control unit URL");
+                return;
+            }
+        };
+        match answer {
+            Ok(answer) => {
+                let answer = answer.into_inner();
+                if answer.answered_by.is_empty() {
+                    // Not a cluster: nothing to discover.
+                    return;
+                }
+                for member in answer.members {
+                    if !member.url.is_empty() && served.insert(normal(&member.url)) {
+                        known.push(member.url.clone());
+                        if found.send(member.url).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            Err(status) => {
+                tracing::debug!(%url, %status, "asking for the cluster's members");
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(DISCOVER_EVERY) => {}
+        }
     }
 }
 

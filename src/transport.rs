@@ -102,6 +102,21 @@ impl Transport {
         self.client(Some(name), ALPN_H2)
     }
 
+    /// A cluster member's client to the other members (forwarding calls): the node
+    /// certificate, which the others believe about the caller it forwards.
+    pub fn member(&self) -> anyhow::Result<ClientSecurity> {
+        match &self.tls {
+            None => Ok(ClientSecurity::insecure()),
+            Some(tls) => Ok(ClientSecurity::tls(
+                tls,
+                Some(paygrid_security::policy::NODE_IDENTITY),
+                None,
+                ALPN_H2,
+            )
+            .map_err(|e| UsageError(e.to_string()))?),
+        }
+    }
+
     /// A part's HTTP client (to gateways) presenting `client.NAME`.
     pub fn part_http(&self, name: &str) -> anyhow::Result<ClientSecurity> {
         self.client(Some(name), ALPN_HTTP1)

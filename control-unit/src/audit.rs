@@ -67,8 +67,19 @@ pub fn record(action: &str, target: impl Into<String>, detail: impl Into<String>
         .into();
         record.role = caller.role.map(|r| r.name().to_owned()).unwrap_or_default();
         record.origin = caller.from.map(|a| a.to_string()).unwrap_or_default();
+        if let Some(member) = &caller.via {
+            // Forwarded by another cluster member, which authenticated the caller.
+            record.origin = format!("{} via {member}", record.origin)
+                .trim_start()
+                .to_owned();
+        }
     });
     record
+}
+
+/// The caller of the call being served (`None` outside a call, or on unchecked paths).
+pub fn caller() -> Option<Caller> {
+    CALLER.try_with(Caller::clone).ok()
 }
 
 /// The name the caller of the call being served proved (certificate or token); `None`

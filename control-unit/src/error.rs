@@ -37,6 +37,9 @@ pub enum ControlError {
     /// later).
     #[error("{0}")]
     NotOwner(String),
+    /// In a cluster: the answer of the member a call was forwarded to, passed on as it is.
+    #[error("{}", .0.message())]
+    Remote(Box<tonic::Status>),
     /// A wait that ran out of time; the work it waited for goes on.
     #[error("{0}")]
     DeadlineExceeded(String),

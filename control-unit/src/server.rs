@@ -60,6 +60,12 @@ pub struct ClusterConfig {
     /// Partitions, if this member is the first (the count is fixed after).
     pub partitions: u32,
     pub timing: crate::cluster::lease::LeaseTiming,
+    /// How this member reaches the others to forward calls: TLS presenting the node
+    /// certificate, or plaintext (`--insecure`).
+    pub peers: paygrid_security::ClientSecurity,
+    /// The gRPC address other members and execution units reach this one at; `None`:
+    /// the listen address (loopback for an unspecified one).
+    pub advertise_url: Option<String>,
 }
 
 /// How the control unit is secured (docs/security.md).
@@ -111,22 +117,20 @@ pub async fn serve(
     .await?;
     let workflows =
         WorkflowsService::new(handle.clone(), catalog.clone(), config.runtime.watch_buffer)
-            .with_ownership(config.runtime.ownership.clone());
+            .with_cluster(
+                config
+                    .cluster
+                    .as_ref()
+                    .zip(config.runtime.ownership.clone())
+                    .map(|(cluster, ownership)| {
+                        Arc::new(crate::cluster::forward::Forwarder::new(
+                            ownership,
+                            cluster.peers.clone(),
+                        ))
+                    }),
+            );
     let tools = crate::service::tools::ToolsService::new(handle.clone(), workflows.clone());
-    let grpc_url = {
-        let addr = listener.local_addr().map_err(ServeError::Http)?;
-        let host = if addr.ip().is_unspecified() {
-            SocketAddr::from(([127, 0, 0, 1], addr.port()))
-        } else {
-            addr
-        };
-        let scheme = if config.security.grpc_tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        format!("{scheme}://{host}")
-    };
+    let grpc_url = listen_url(&listener, &config)?;
     let metrics_server = match &config.http {
         Some(http) => Some(serve_http(
             http,
@@ -211,6 +215,23 @@ pub async fn serve(
     Ok(result?)
 }
 
+/// `https://HOST:PORT` (or `http://`) of the gRPC listener; loopback for an unspecified
+/// address.
+fn listen_url(listener: &TcpListener, config: &ControlConfig) -> Result<String, ServeError> {
+    let addr = listener.local_addr().map_err(ServeError::Http)?;
+    let host = if addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    };
+    let scheme = if config.security.grpc_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    Ok(format!("{scheme}://{host}"))
+}
+
 /// Joins the cluster, when configured: starts the member's lease task and waits for its
 /// first share of partitions (at most one lease time: a dead member's partitions free up
 /// by then) before the actor recovers them.
@@ -240,17 +261,15 @@ async fn join_cluster(
         .len() as u32;
     let ownership = Ownership::new(cluster.member.clone(), partitions);
     let mut first = ownership.watch();
-    let addr = listener.local_addr().map_err(ServeError::Http)?;
-    let scheme = if config.security.grpc_tls.is_some() {
-        "https"
-    } else {
-        "http"
+    let url = match cluster.advertise_url.clone() {
+        Some(url) => url,
+        None => listen_url(listener, config)?,
     };
     let task = tokio::spawn(membership::run(
         leases,
         ownership.clone(),
         timing,
-        format!("{scheme}://{addr}"),
+        url,
         config.runtime.metrics.clone(),
         stop.clone(),
     ));

@@ -108,6 +108,13 @@ impl AgentHub for Hub {
     ) -> Result<Response<pb::LimitsState>, Status> {
         Err(Status::unimplemented("not in this test"))
     }
+
+    async fn list_members(
+        &self,
+        _request: Request<pb::ListMembersRequest>,
+    ) -> Result<Response<pb::ListMembersResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
 }
 
 /// An agent whose attempts run until the test releases them, each by its number.

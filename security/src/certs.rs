@@ -19,6 +19,10 @@ pub enum CertsError {
         path: String,
         source: std::io::Error,
     },
+    #[error(
+        "a client may not be named `{0}`: it is the name of the servers' certificate, which members of a cluster trust to forward calls"
+    )]
+    ReservedName(String),
 }
 
 fn write(dir: &Path, name: &str, text: &str, secret: bool) -> Result<(), CertsError> {
@@ -108,6 +112,9 @@ fn node(dir: &Path, issuer: &Issuer<'_, KeyPair>) -> Result<(), CertsError> {
 }
 
 fn client(dir: &Path, issuer: &Issuer<'_, KeyPair>, name: &str) -> Result<(), CertsError> {
+    if name == crate::policy::NODE_IDENTITY {
+        return Err(CertsError::ReservedName(name.to_owned()));
+    }
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.distinguished_name.push(DnType::CommonName, name);

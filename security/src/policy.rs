@@ -88,7 +88,18 @@ pub struct Caller {
     /// Skill patterns it may offer as an agent.
     pub skills: Arc<[String]>,
     pub from: Option<std::net::SocketAddr>,
+    /// The cluster member that forwarded this call to the workflow's owner, having
+    /// authenticated the caller at its door (docs/cluster.md).
+    pub via: Option<Arc<str>>,
 }
+
+/// The name in the servers' certificate (`node.crt`): what control units present to each
+/// other when one forwards a call to another.
+pub const NODE_IDENTITY: &str = "node";
+
+/// The header of a forwarded call: who the caller proved to be at the member it called,
+/// and that member. Believed only from a peer presenting the node certificate.
+pub const FORWARDED_FOR: &str = "x-paygrid-forwarded-for";
 
 impl Caller {
     pub fn may(&self, needed: Role) -> bool {
@@ -104,12 +115,88 @@ impl Caller {
 
     /// `alice (token)`, `exec-payments (certificate)`: for messages and the audit log.
     pub fn describe(&self) -> String {
+        let via = self
+            .via
+            .as_ref()
+            .map(|member| format!(", via {member}"))
+            .unwrap_or_default();
         match self.proof {
-            Proof::Certificate => format!("{} (certificate)", self.name),
-            Proof::Token => format!("{} (token)", self.name),
-            Proof::None => format!("{} (unauthenticated, --insecure)", self.name),
+            Proof::Certificate => format!("{} (certificate{via})", self.name),
+            Proof::Token => format!("{} (token{via})", self.name),
+            Proof::None => format!("{} (unauthenticated, --insecure{via})", self.name),
         }
     }
+
+    /// The [`FORWARDED_FOR`] value that carries this caller to another member:
+    /// `proof.role.from.hex(name).hex(member)` (hex: names may hold any character).
+    pub fn forwarded_header(&self, member: &str) -> String {
+        let proof = match self.proof {
+            Proof::Certificate => "certificate",
+            Proof::Token => "token",
+            Proof::None => "none",
+        };
+        let from = self.from.map(|a| a.to_string()).unwrap_or_default();
+        format!(
+            "{proof}.{}.{}.{}.{}",
+            self.role.map_or("none", Role::name),
+            hex(from.as_bytes()),
+            hex(self.name.as_bytes()),
+            hex(member.as_bytes())
+        )
+    }
+
+    /// The caller a member forwarded, when `self` (the direct peer) is a member (it
+    /// presented the node certificate; or nobody proves anything, `--insecure`) and
+    /// `header` is well formed; `None` otherwise.
+    pub fn forwarded(&self, header: &str) -> Option<Caller> {
+        let member = match self.proof {
+            Proof::Certificate => &*self.name == NODE_IDENTITY,
+            Proof::None => true,
+            Proof::Token => false,
+        };
+        if !member {
+            return None;
+        }
+        let mut parts = header.split('.');
+        let proof = match parts.next()? {
+            "certificate" => Proof::Certificate,
+            "token" => Proof::Token,
+            "none" => Proof::None,
+            _ => return None,
+        };
+        let role = match parts.next()? {
+            "none" => None,
+            name => Some(name.parse::<Role>().ok()?),
+        };
+        let from = String::from_utf8(unhex(parts.next()?)?).ok()?;
+        let name = String::from_utf8(unhex(parts.next()?)?).ok()?;
+        let member = String::from_utf8(unhex(parts.next()?)?).ok()?;
+        if parts.next().is_some() || name.is_empty() {
+            return None;
+        }
+        Some(Caller {
+            name: name.into(),
+            proof,
+            role,
+            skills: Arc::new([]),
+            from: from.parse().ok(),
+            via: Some(member.into()),
+        })
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// `gateway.*` matches `gateway.capture`; `*` matches everything; otherwise exact.
@@ -217,6 +304,7 @@ impl Policy {
                 role: Some(claims.role),
                 skills: self.no_skill.clone(),
                 from,
+                via: None,
             });
         }
         if let Some(name) = peer.and_then(|p| p.identity.clone()) {
@@ -233,6 +321,7 @@ impl Policy {
                 role,
                 skills,
                 from,
+                via: None,
             });
         }
         if self.insecure {
@@ -242,6 +331,7 @@ impl Policy {
                 role: Some(Role::Admin),
                 skills: self.any_skill.clone(),
                 from,
+                via: None,
             });
         }
         Err(AuthError::Missing)
@@ -304,5 +394,39 @@ mod tests {
                 .unwrap_err(),
             AuthError::NoTokenKey
         );
+    }
+
+    #[test]
+    fn a_forwarded_caller_is_believed_from_a_member_only() {
+        let policy = Policy::trust_ca(None);
+        let alice = Caller {
+            name: "alice. o'hara".into(),
+            proof: Proof::Token,
+            role: Some(Role::Operator),
+            skills: Arc::new([]),
+            from: Some("10.0.0.7:4100".parse().unwrap()),
+            via: None,
+        };
+        let header = alice.forwarded_header("cu-1");
+        let member = policy
+            .authenticate(Some(&peer(NODE_IDENTITY)), None, 0)
+            .unwrap();
+        let forwarded = member.forwarded(&header).unwrap();
+        assert_eq!(&*forwarded.name, "alice. o'hara");
+        assert_eq!(forwarded.proof, Proof::Token);
+        assert_eq!(forwarded.role, Some(Role::Operator));
+        assert_eq!(forwarded.from, alice.from);
+        assert!(
+            forwarded.skills.is_empty(),
+            "a forwarded caller offers no skills"
+        );
+        assert_eq!(forwarded.describe(), "alice. o'hara (token, via cu-1)");
+        // Anyone else claiming to forward is not believed.
+        let mallory = policy
+            .authenticate(Some(&peer("mallory")), None, 0)
+            .unwrap();
+        assert!(mallory.forwarded(&header).is_none());
+        assert!(member.forwarded("token.admin.zz.61.61").is_none());
+        assert!(member.forwarded("token.root..61.61").is_none());
     }
 }

@@ -52,26 +52,57 @@ impl Ownership {
             .is_some()
     }
 
-    /// Refuses a call about a workflow another member owns, naming that member and its
-    /// address (as Redis Cluster answers MOVED): `None` when this member owns it.
-    pub fn elsewhere(&self, id: &crate::model::WorkflowId) -> Option<String> {
+    /// The live members as of the last lease round: name, gRPC address, partitions held.
+    pub fn members(&self) -> Vec<(String, String, u32)> {
+        let directory = self.directory.read().unwrap_or_else(|e| e.into_inner());
+        directory
+            .1
+            .iter()
+            .map(|(name, url)| {
+                let held = directory.0.values().filter(|owner| *owner == name).count();
+                (name.clone(), url.clone(), held as u32)
+            })
+            .collect()
+    }
+
+    /// Where a call about workflow `id` is served.
+    pub fn place_of(&self, id: &crate::model::WorkflowId) -> Place {
         let partition = super::partition_of(id, self.partitions);
+        self.place(partition, || {
+            format!("workflow {id} is in partition {partition}")
+        })
+    }
+
+    /// Where a submission with idempotency key `key` is served (one member checks each
+    /// key: the owner of its partition).
+    pub fn place_of_key(&self, key: &str) -> Place {
+        let partition = super::partition_of_key(key, self.partitions);
+        self.place(partition, || {
+            format!("this idempotency key belongs to partition {partition}")
+        })
+    }
+
+    fn place(&self, partition: u32, what: impl Fn() -> String) -> Place {
         if self.epoch(partition).is_some() {
-            return None;
+            return Place::Here;
         }
         let directory = self.directory.read().unwrap_or_else(|e| e.into_inner());
-        Some(match directory.0.get(&partition) {
-            Some(owner) => format!(
-                "workflow {id} is in partition {partition}, owned by control unit {owner} at {}: send this call there",
-                directory
-                    .1
-                    .get(owner)
-                    .map_or("an unknown address", String::as_str)
-            ),
-            None => format!(
-                "workflow {id} is in partition {partition}, which no control unit owns right now: retry shortly"
-            ),
-        })
+        match directory.0.get(&partition) {
+            Some(owner) if owner != &self.member => match directory.1.get(owner) {
+                Some(url) => Place::Member {
+                    name: owner.clone(),
+                    url: url.clone(),
+                },
+                None => Place::Nobody(format!(
+                    "{}, owned by control unit {owner}, whose address is unknown: retry shortly",
+                    what()
+                )),
+            },
+            _ => Place::Nobody(format!(
+                "{}, which no control unit owns right now (partitions are moving): retry shortly",
+                what()
+            )),
+        }
     }
 
     fn record_directory(
@@ -147,6 +178,17 @@ impl Ownership {
         self.generation.send_modify(|g| *g += 1);
         true
     }
+}
+
+/// Where a call about a workflow is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Place {
+    /// This member owns the workflow's partition.
+    Here,
+    /// Another member does, at `url`.
+    Member { name: String, url: String },
+    /// Nobody does as far as this member knows (a takeover under way): why.
+    Nobody(String),
 }
 
 /// Runs the member until `stop`: every renewal period, heartbeat, read, plan, act.

@@ -6,7 +6,10 @@
 //!   owns, when to renew, what to take or give back), shared by the real lease table and
 //!   the simulation that checks it.
 //! - `postgres`: the lease and member tables, and their statements.
+//! - `membership`: the member's background task and what it owns now.
+//! - [`forward`]: calls about another member's workflows, sent to their owner.
 
+pub mod forward;
 pub mod lease;
 pub mod membership;
 pub mod postgres;

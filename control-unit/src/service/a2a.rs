@@ -26,7 +26,7 @@ use std::time::Duration;
 use paygrid_proto::a2a;
 use paygrid_proto::v1 as pb;
 use serde_json::{Value, json};
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::tools::ToolsService;
@@ -216,7 +216,7 @@ impl A2aService {
             let mut last = None;
             let mut first = true;
             loop {
-                let more = events.recv().await.is_some();
+                let more = events.next().await.is_some();
                 let Ok(workflow) = workflows.get_pb(id).await else {
                     return;
                 };

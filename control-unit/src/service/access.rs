@@ -21,6 +21,8 @@ pub enum Need {
     Role(Role),
     /// An agent identity: one the policy lets offer skills.
     Agent,
+    /// Anyone authenticated (the cluster's directory: no workflow data in it).
+    Caller,
 }
 
 /// The need of each method, by its gRPC path. Unknown methods need `admin`.
@@ -37,6 +39,7 @@ pub fn needed(path: &str) -> Need {
         ("paygrid.v1.Workflows", "ListAudit") => R(Role::Admin),
         ("paygrid.v1.Workflows", _) => R(Role::Viewer),
         ("paygrid.v1.AgentHub", "Register" | "Session") => Agent,
+        ("paygrid.v1.AgentHub", "ListMembers") => Need::Caller,
         ("paygrid.v1.AgentHub", "CallTool" | "SetLimits" | "DrainGateway") => R(Role::Operator),
         ("paygrid.v1.AgentHub", "ListAgents" | "Health" | "ListTools" | "GetLimits") => {
             R(Role::Viewer)
@@ -51,19 +54,31 @@ pub fn needed(path: &str) -> Need {
 }
 
 /// Checks a call: the caller, or the status that refuses it.
+/// A call another cluster member forwarded (its `forwarded` header, see
+/// [`paygrid_security::policy::FORWARDED_FOR`]) is checked as the caller that member
+/// authenticated, when the direct peer proved it is a member.
 pub fn check(
     policy: &Policy,
     path: &str,
     peer: Option<&PeerInfo>,
     authorization: Option<&str>,
+    forwarded: Option<&str>,
 ) -> Result<Option<Caller>, ControlError> {
     let need = needed(path);
     if need == Need::Nothing {
         return Ok(None);
     }
-    let caller = policy
+    let mut caller = policy
         .authenticate(peer, authorization, paygrid_security::token::now_secs())
         .map_err(|e| ControlError::Unauthenticated(e.to_string()))?;
+    if let Some(header) = forwarded {
+        caller = caller.forwarded(header).ok_or_else(|| {
+            ControlError::PermissionDenied(format!(
+                "{} may not forward calls: only cluster members (the node certificate) may",
+                caller.describe()
+            ))
+        })?;
+    }
     let method = path.trim_start_matches('/');
     match need {
         Need::Nothing => {}
@@ -84,7 +99,7 @@ pub fn check(
                 caller.describe()
             )));
         }
-        Need::Agent => {}
+        Need::Agent | Need::Caller => {}
     }
     Ok(Some(caller))
 }
@@ -152,6 +167,10 @@ where
                 .headers()
                 .get(http::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok()),
+            request
+                .headers()
+                .get(paygrid_security::policy::FORWARDED_FOR)
+                .and_then(|v| v.to_str().ok()),
         );
         match checked {
             Ok(caller) => {
@@ -201,6 +220,7 @@ mod tests {
             Need::Role(Role::Viewer)
         );
         assert_eq!(needed("/paygrid.v1.AgentHub/Session"), Need::Agent);
+        assert_eq!(needed("/paygrid.v1.AgentHub/ListMembers"), Need::Caller);
         assert_eq!(
             needed("/paygrid.v1.AgentHub/CallTool"),
             Need::Role(Role::Operator)

@@ -248,6 +248,28 @@ impl AgentHub for AgentHubService {
         }))
     }
 
+    async fn list_members(
+        &self,
+        _request: Request<pb::ListMembersRequest>,
+    ) -> Result<Response<pb::ListMembersResponse>, Status> {
+        let Some(ownership) = &self.config.ownership else {
+            return Ok(Response::new(pb::ListMembersResponse::default()));
+        };
+        let members = ownership
+            .members()
+            .into_iter()
+            .map(|(name, url, partitions)| pb::ClusterMember {
+                name,
+                url,
+                partitions,
+            })
+            .collect();
+        Ok(Response::new(pb::ListMembersResponse {
+            members,
+            answered_by: ownership.member.clone(),
+        }))
+    }
+
     async fn get_limits(
         &self,
         _request: Request<pb::GetLimitsRequest>,

@@ -13,7 +13,12 @@ pub const RETRY_AFTER_METADATA: &str = "retry-after-ms";
 
 impl From<ControlError> for Status {
     fn from(error: ControlError) -> Self {
+        let error = match error {
+            ControlError::Remote(status) => return *status,
+            error => error,
+        };
         let code = match &error {
+            ControlError::Remote(_) => Code::Unknown,
             ControlError::ShuttingDown | ControlError::NotOwner(_) => Code::Unavailable,
             ControlError::InvalidSpec(_) | ControlError::InvalidArgument(_) => {
                 Code::InvalidArgument

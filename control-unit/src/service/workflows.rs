@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use crate::catalog::Catalog;
+use crate::cluster::forward::{EventStream, Forwarder, Owner};
 use crate::error::ControlError;
 use crate::model::{Decision, WorkflowId, WorkflowStatus};
 use crate::runtime::{Handle, Input, Submission, now_ms};
@@ -30,8 +31,9 @@ pub struct WorkflowsService {
     catalog: Arc<Catalog>,
     /// Events buffered per watcher.
     watch_buffer: usize,
-    /// In a cluster: new workflows get ids in partitions this control unit owns.
-    ownership: Option<Arc<crate::cluster::membership::Ownership>>,
+    /// In a cluster: new workflows get ids in partitions this control unit owns, and
+    /// calls about other members' workflows go to their owners.
+    cluster: Option<Arc<Forwarder>>,
 }
 
 impl WorkflowsService {
@@ -40,23 +42,20 @@ impl WorkflowsService {
             handle,
             catalog,
             watch_buffer,
-            ownership: None,
+            cluster: None,
         }
     }
 
-    /// In a cluster: refuses a call about a workflow another member owns, naming it.
-    fn owned_here(&self, id: WorkflowId) -> Result<(), ControlError> {
-        match self.ownership.as_ref().and_then(|o| o.elsewhere(&id)) {
-            Some(message) => Err(ControlError::NotOwner(message)),
-            None => Ok(()),
+    /// In a cluster: the owner of workflow `id`, when it is another member.
+    fn owner_of(&self, id: WorkflowId) -> Result<Option<Owner>, ControlError> {
+        match &self.cluster {
+            None => Ok(None),
+            Some(cluster) => cluster.route(&id),
         }
     }
 
-    pub fn with_ownership(
-        mut self,
-        ownership: Option<Arc<crate::cluster::membership::Ownership>>,
-    ) -> Self {
-        self.ownership = ownership;
+    pub fn with_cluster(mut self, cluster: Option<Arc<Forwarder>>) -> Self {
+        self.cluster = cluster;
         self
     }
 
@@ -70,32 +69,31 @@ impl WorkflowsService {
 
     /// Returns when the workflow has ended (or has left memory, which only ended ones do).
     pub async fn wait_ended(&self, id: WorkflowId) {
-        let (sender, mut receiver) = tokio::sync::mpsc::channel(self.watch_buffer);
-        if let Ok(Ok(())) = self
-            .handle
-            .ask(|reply| Input::Watch { id, sender, reply })
-            .await
-        {
+        if let Ok(mut events) = self.events(id).await {
             // The stream ends at the workflow's terminal event.
-            while receiver.recv().await.is_some() {}
+            while events.next().await.is_some() {}
         }
     }
 
     /// Returns when the workflow has ended or waits for a person (an approval): the
     /// states where a blocking A2A `SendMessage` answers.
     pub async fn wait_ended_or_input(&self, id: WorkflowId) {
-        use crate::views::EventBody;
+        use pb::workflow_event::Body;
         let Ok(mut events) = self.events(id).await else {
             return;
         };
-        while let Some(event) = events.recv().await {
+        while let Some(Ok(event)) = events.next().await {
             let waits_for_input = match &event.body {
-                EventBody::Snapshot(view) => !view.approvals.is_empty(),
-                EventBody::Task {
-                    status: crate::model::TaskStatus::Running,
-                    detail: Some(detail),
-                    ..
-                } => detail.starts_with(crate::scheduler::approvals::AWAITING),
+                Some(Body::Snapshot(workflow)) => workflow
+                    .tasks
+                    .iter()
+                    .any(|task| task.approval.as_ref().is_some_and(|a| a.pending)),
+                Some(Body::Task(task)) => {
+                    task.status == pb::TaskStatus::Running as i32
+                        && task
+                            .detail
+                            .starts_with(crate::scheduler::approvals::AWAITING)
+                }
                 _ => false,
             };
             if waits_for_input {
@@ -104,35 +102,47 @@ impl WorkflowsService {
         }
     }
 
-    /// The workflow's events from now on (a snapshot first); the channel closes after its
-    /// terminal event.
-    pub async fn events(
-        &self,
-        id: WorkflowId,
-    ) -> Result<tokio::sync::mpsc::Receiver<crate::views::WorkflowEvent>, ControlError> {
-        self.owned_here(id)?;
+    /// The workflow's events from now on (a snapshot first), as `Watch` streams them,
+    /// from its owner wherever it runs in the cluster; the stream ends after its terminal
+    /// event.
+    pub async fn events(&self, id: WorkflowId) -> Result<EventStream, ControlError> {
+        if let Some(owner) = self.owner_of(id)? {
+            return owner.watch(id).await;
+        }
         let (sender, receiver) = tokio::sync::mpsc::channel(self.watch_buffer);
         self.handle
             .ask(|reply| Input::Watch { id, sender, reply })
             .await??;
-        Ok(receiver)
+        Ok(Box::pin(
+            ReceiverStream::new(receiver).map(|event| Ok(convert::event_to_pb(&event))),
+        ))
     }
 
-    /// `Cancel`, for callers inside the control unit.
+    /// `Cancel`, for the gRPC method and callers inside the control unit: the workflow's
+    /// status after it.
     pub async fn cancel_workflow(
         &self,
         id: WorkflowId,
         reason: String,
-    ) -> Result<(), ControlError> {
-        self.owned_here(id)?;
+    ) -> Result<WorkflowStatus, ControlError> {
+        if let Some(owner) = self.owner_of(id)? {
+            let answer = owner
+                .cancel(pb::CancelWorkflowRequest {
+                    workflow_id: id.to_string(),
+                    reason,
+                })
+                .await?;
+            return convert::workflow_status_from_pb(answer.status).ok_or_else(|| {
+                ControlError::Internal(format!("the owner of {id} answered no status"))
+            });
+        }
         let record = crate::audit::record("cancel", id.to_string(), reason.clone());
         self.handle
             .ask(|reply| Input::Audited {
                 record: Box::new(record),
                 input: Box::new(Input::Cancel { id, reason, reply }),
             })
-            .await??;
-        Ok(())
+            .await?
     }
 
     /// A decision on an approval task (`task` `None`: the one the workflow waits for),
@@ -144,7 +154,6 @@ impl WorkflowsService {
         task: Option<String>,
         decision: DecisionBy,
     ) -> Result<(String, WorkflowStatus), ControlError> {
-        self.owned_here(id)?;
         if decision.by.trim().is_empty() {
             return Err(ControlError::invalid(
                 "decided_by is required: who takes the decision",
@@ -159,6 +168,29 @@ impl WorkflowsService {
             return Err(ControlError::invalid(format!(
                 "note is longer than {NOTE_MAX} characters"
             )));
+        }
+        if let Some(owner) = self.owner_of(id)? {
+            let via = decision.via.clone();
+            let answer = owner
+                .approve(
+                    pb::ApproveRequest {
+                        workflow_id: id.to_string(),
+                        task_id: task.unwrap_or_default(),
+                        decision: match decision.decision {
+                            Decision::Approve => pb::Decision::Approve,
+                            Decision::Reject => pb::Decision::Reject,
+                        }
+                        .into(),
+                        note: decision.note,
+                        decided_by: decision.by,
+                    },
+                    &via,
+                )
+                .await?;
+            let status = convert::workflow_status_from_pb(answer.status).ok_or_else(|| {
+                ControlError::Internal(format!("the owner of {id} answered no status"))
+            })?;
+            return Ok((answer.task_id, status));
         }
         let record = crate::audit::record(
             "approve",
@@ -219,6 +251,14 @@ impl WorkflowsService {
         &self,
         request: Request<pb::SubmitRequest>,
     ) -> Result<pb::SubmitResponse, ControlError> {
+        // One member checks each idempotency key: its partition's owner takes the call.
+        if let Some(cluster) = &self.cluster
+            && !request.get_ref().idempotency_key.is_empty()
+            && let Some(owner) = cluster.route_key(&request.get_ref().idempotency_key)?
+        {
+            let (metadata, _, message) = request.into_parts();
+            return owner.submit(message, &metadata).await;
+        }
         let (traceparent, trace_parent_span, tracestate) = workflow_trace(request.metadata());
         let request = request.into_inner();
         let spec = match request.spec {
@@ -272,9 +312,10 @@ impl WorkflowsService {
         let submission = Submission {
             fingerprint: crate::runtime::fingerprint(&spec.hash, &input, priority, &labels),
             new: NewWorkflow {
-                id: match &self.ownership {
+                id: match &self.cluster {
                     None => WorkflowId::generate(now_ms()),
-                    Some(ownership) => ownership
+                    Some(cluster) => cluster
+                        .ownership
                         .new_id(now_ms(), key.as_deref())
                         .map_err(ControlError::NotOwner)?,
                 },
@@ -439,15 +480,7 @@ impl Workflows for WorkflowsService {
         } else {
             request.reason
         };
-        self.owned_here(id)?;
-        let record = crate::audit::record("cancel", id.to_string(), reason.clone());
-        let status = self
-            .handle
-            .ask(|reply| Input::Audited {
-                record: Box::new(record),
-                input: Box::new(Input::Cancel { id, reason, reply }),
-            })
-            .await??;
+        let status = self.cancel_workflow(id, reason).await?;
         Ok(Response::new(pb::CancelWorkflowResponse {
             status: convert::workflow_status_to_pb(status).into(),
         }))
@@ -460,13 +493,7 @@ impl Workflows for WorkflowsService {
         request: Request<pb::WatchWorkflowRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let id = parse_id(&request.into_inner().workflow_id)?;
-        self.owned_here(id)?;
-        let (sender, receiver) = tokio::sync::mpsc::channel(self.watch_buffer);
-        self.handle
-            .ask(|reply| Input::Watch { id, sender, reply })
-            .await??;
-        let events = ReceiverStream::new(receiver).map(|event| Ok(convert::event_to_pb(&event)));
-        Ok(Response::new(Box::pin(events)))
+        Ok(Response::new(self.events(id).await?))
     }
 
     async fn get_spec(
