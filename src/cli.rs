@@ -67,7 +67,7 @@ pub struct Cli {
 pub enum Command {
     /// Control unit + execution unit with every agent + two simulated gateways, on
     /// loopback; submits the example workflows and shows their progress.
-    Dev(parts::DevArgs),
+    Dev(crate::dev::DevArgs),
     /// Run a control unit.
     Control(Box<parts::ControlArgs>),
     /// Run an execution unit hosting agents.
@@ -185,7 +185,7 @@ pub async fn run(cli: Cli) -> u8 {
     let json = cli.json;
     let control = cli.control;
     let certs_dir = match &cli.command {
-        Command::Dev(args) => parts::prepare_dev(args, cli.certs_dir, cli.insecure),
+        Command::Dev(args) => crate::dev::prepare_dev(args, cli.certs_dir, cli.insecure),
         _ => Ok(cli.certs_dir),
     };
     let result = match certs_dir
@@ -200,7 +200,7 @@ pub async fn run(cli: Cli) -> u8 {
 async fn run_command(command: Command, control: &str, json: bool) -> anyhow::Result<u8> {
     let control = control.to_owned();
     match command {
-        Command::Dev(args) => parts::dev(args).await,
+        Command::Dev(args) => crate::dev::dev(args).await,
         Command::Control(args) => parts::control(*args).await,
         Command::Exec(args) => parts::exec(args, &control).await,
         Command::GatewaySim(args) => parts::gateway_sim(args).await,

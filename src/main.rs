@@ -4,6 +4,8 @@ mod access;
 mod chaos;
 mod cli;
 mod cluster;
+mod dev;
+mod devdb;
 mod limits;
 mod operator;
 mod output;
