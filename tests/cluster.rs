@@ -157,7 +157,8 @@ async fn a_paused_member_s_partitions_are_taken_over_and_nothing_runs_twice() {
     let a_http = free_addr();
     let a = member(&dir, &url, "cu-a", &a_http);
     wait_for_shares(&url, &[("cu-a", 8)]);
-    let b = member(&dir, &url, "cu-b", &free_addr());
+    let b_http = free_addr();
+    let b = member(&dir, &url, "cu-b", &b_http);
     wait_for_shares(&url, &[("cu-a", 4), ("cu-b", 4)]);
     let alpha = format!("alpha={}@25", gateway.url);
     let exec = |control: &str, name: &str, agents: &str| {
@@ -188,7 +189,7 @@ async fn a_paused_member_s_partitions_are_taken_over_and_nothing_runs_twice() {
     for n in 0..20 {
         ids.push(submit_anywhere(&both_doors, "cluster", n).await);
     }
-    any_door_works(&a.url, &b.url).await;
+    any_door_works(&a.url, &b.url, &b_http).await;
 
     // Pause cu-a with its payments in flight, past its lease: cu-b takes everything.
     signal(&a, "-STOP");
@@ -231,7 +232,7 @@ const PARKED: &str = "apiVersion: paygrid/v1\nkind: Workflow\nname: parked\nvers
 /// Calls about one member's workflow work at the other: it forwards them to the owner as
 /// the caller it authenticated (checked there again, and audited with the door it came
 /// through), one idempotency key is one workflow whichever door takes it.
-async fn any_door_works(a: &str, b: &str) {
+async fn any_door_works(a: &str, b: &str, b_http: &str) {
     // An unkeyed submission lands in a partition of the member that takes it: cu-a.
     let parked = Fleet::client(a)
         .await
@@ -334,6 +335,33 @@ async fn any_door_works(a: &str, b: &str) {
     let (first, second) = (keyed(a).await, keyed(b).await);
     assert!(first.created && !second.created, "{first:?} {second:?}");
     assert_eq!(first.workflow_id, second.workflow_id);
+
+    // An A2A client nobody here wrote (the A2A project's Python SDK) finds cu-b by its
+    // agent card, and follows and cancels there a task cu-a owns.
+    let Some(python) = python_with("a2a.client") else {
+        return;
+    };
+    let parked = Fleet::client(a)
+        .await
+        .submit(pb::SubmitRequest {
+            spec: Some(pb::submit_request::Spec::SpecText(PARKED.into())),
+            input_json: "{}".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .workflow_id;
+    let seen = run_client_script(
+        &python,
+        "a2a_check.py",
+        &["--door", &format!("https://{b_http}"), &parked],
+    );
+    assert_eq!(
+        seen["door_states"].as_array().unwrap().last().unwrap(),
+        "TASK_STATE_CANCELED",
+        "{seen}"
+    );
 }
 
 /// Submits payment `label`-`n` at whichever of `doors` takes it (the key's owner),

@@ -6,6 +6,10 @@ approval message, after which it completes. Prints one JSON line; exits non-zero
 failed check.
 
     python a2a_check.py http://HTTP_ADDR
+    python a2a_check.py --door http://HTTP_ADDR TASK_ID
+
+The second form is for a cluster (docs/cluster.md): through the member at HTTP_ADDR, it
+follows and cancels TASK_ID, a task another member owns.
 
 With TLS and tokens on (as Paygrid runs by default), PAYGRID_CERTS_DIR names the
 directory holding the CA (ca.crt) to trust and PAYGRID_TOKEN the bearer token to send.
@@ -37,7 +41,7 @@ def data_message(payload):
     return pb.Message(message_id=str(uuid.uuid4()), role=pb.ROLE_USER, parts=[pb.Part(data=value)])
 
 
-async def run(base):
+async def run(base, door_task=None):
     seen = {}
     certs, token = os.environ.get("PAYGRID_CERTS_DIR"), os.environ.get("PAYGRID_TOKEN")
 
@@ -62,6 +66,10 @@ async def run(base):
         httpx_client=http,
     )
     client = await create_client(base, client_config=config)
+    if door_task:
+        await through_a_door(client, door_task, seen)
+        print(json.dumps(seen))
+        return
     payment = {"spec_ref": "card-payment@3", "input": {"amount_minor": 1250, "currency": "EUR", "card_token": "tok_visa"}}
     request = pb.SendMessageRequest(message=data_message(payment),
                                     configuration=pb.SendMessageConfiguration(return_immediately=True))
@@ -136,5 +144,33 @@ async def run(base):
     print(json.dumps(seen))
 
 
+async def through_a_door(client, task_id, seen):
+    """Follows and cancels a task owned by another member than the one called."""
+    task = await client.get_task(pb.GetTaskRequest(id=task_id))
+    check(task.status.state == pb.TASK_STATE_WORKING, f"the parked task works: {task.status}")
+    states = []
+
+    async def follow():
+        async for event in client.subscribe(pb.SubscribeToTaskRequest(id=task_id)):
+            if event.HasField("status_update"):
+                states.append(pb.TaskState.Name(event.status_update.status.state))
+            elif event.HasField("task"):
+                states.append(pb.TaskState.Name(event.task.status.state))
+            if len(states) == 1:
+                subscribed.set()
+
+    subscribed = asyncio.Event()
+    follower = asyncio.create_task(follow())
+    await asyncio.wait_for(subscribed.wait(), 30)
+    cancelled = await client.cancel_task(pb.CancelTaskRequest(id=task_id))
+    check(cancelled.status.state == pb.TASK_STATE_CANCELED, f"cancelled: {cancelled.status}")
+    await asyncio.wait_for(follower, 30)
+    check(states[-1] == "TASK_STATE_CANCELED", f"the subscription saw it end: {states}")
+    seen["door_states"] = states
+
+
 if __name__ == "__main__":
-    asyncio.run(run(sys.argv[1]))
+    if sys.argv[1] == "--door":
+        asyncio.run(run(sys.argv[2], sys.argv[3]))
+    else:
+        asyncio.run(run(sys.argv[1]))
