@@ -88,6 +88,32 @@ pub enum Command {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// Pause a workflow: nothing new of it is dispatched until `resume`; running tasks
+    /// finish.
+    Pause(crate::operations::OperateArgs),
+    /// Resume a paused workflow.
+    Resume(crate::operations::OperateArgs),
+    /// Run a failed workflow again from its failed task (refused once anything was
+    /// compensated).
+    Retry {
+        #[command(flatten)]
+        args: crate::operations::OperateArgs,
+        /// The failed task (default: whichever failed).
+        #[arg(long)]
+        task: Option<String>,
+    },
+    /// Run a failed or succeeded workflow again from a checkpoint it passed; effects
+    /// already taken keep their idempotency keys (docs/operations.md).
+    Redrive {
+        #[command(flatten)]
+        args: crate::operations::OperateArgs,
+        /// The checkpoint.
+        #[arg(long = "from", value_name = "CHECKPOINT")]
+        checkpoint: String,
+    },
+    /// One operation over every workflow a filter matches; a dry run (the count) unless
+    /// --yes.
+    Bulk(crate::operations::BulkArgs),
     /// Decide an approval task that waits for a person: approve continues the workflow,
     /// reject fails the task (the workflow compensates).
     Approve(crate::operator::ApproveArgs),
@@ -215,6 +241,19 @@ async fn run_command(command: Command, control: &str, json: bool) -> anyhow::Res
             reason,
         } => operator::cancel(&control, &workflow_id, &reason, json).await,
         Command::Approve(args) => operator::approve(&control, args, json).await,
+        Command::Pause(args) => {
+            crate::operations::operate(&control, "pause", args, None, json).await
+        }
+        Command::Resume(args) => {
+            crate::operations::operate(&control, "resume", args, None, json).await
+        }
+        Command::Retry { args, task } => {
+            crate::operations::operate(&control, "retry", args, task, json).await
+        }
+        Command::Redrive { args, checkpoint } => {
+            crate::operations::operate(&control, "redrive", args, Some(checkpoint), json).await
+        }
+        Command::Bulk(args) => crate::operations::bulk(&control, args, json).await,
         Command::Agents { skill } => operator::agents(&control, skill, json).await,
         Command::Validate(args) => operator::validate(args, json),
         Command::Health => operator::health(&control, json).await,

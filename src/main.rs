@@ -7,6 +7,7 @@ mod cluster;
 mod dev;
 mod devdb;
 mod limits;
+mod operations;
 mod operator;
 mod output;
 mod parts;

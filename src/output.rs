@@ -68,6 +68,7 @@ pub fn workflow_json(w: &pb::Workflow) -> Value {
         "status": status_name(w.status), "priority": priority_name(w.priority), "labels": w.labels,
         "idempotency_key": w.idempotency_key, "input": json_text(&w.input_json), "error": redact_text(&w.error),
         "created_at_ms": w.created_at_ms, "updated_at_ms": w.updated_at_ms, "traceparent": w.traceparent,
+        "paused": (!w.paused.is_empty()).then(|| redact_text(&w.paused)),
         "tasks": tasks,
     })
 }
@@ -105,6 +106,13 @@ pub fn workflow_text(w: &pb::Workflow) -> String {
         priority_name(w.priority)
     );
     out.push_str(&format!("  input: {}\n", redact_text(&w.input_json)));
+    if !w.paused.is_empty() {
+        out.push_str(&format!(
+            "  paused: {} (paygrid resume {} lets it go on)\n",
+            redact_text(&w.paused),
+            w.workflow_id
+        ));
+    }
     if !w.error.is_empty() {
         out.push_str(&format!("  error: {}\n", redact_text(&w.error)));
     }

@@ -49,6 +49,8 @@ pub enum ControlError {
     Cancel(#[from] CancelError),
     #[error(transparent)]
     Approval(#[from] crate::scheduler::approvals::ApprovalError),
+    #[error(transparent)]
+    Operation(#[from] crate::scheduler::operations::OperationError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
     /// A broken invariant: a bug, or stored data this release cannot read.

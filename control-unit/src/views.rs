@@ -34,6 +34,7 @@ pub struct WorkflowSummary {
     pub labels: BTreeMap<String, String>,
     pub tasks_total: u32,
     pub tasks_done: u32,
+    pub paused: bool,
 }
 
 impl WorkflowSummary {
@@ -53,6 +54,7 @@ impl WorkflowSummary {
                 .iter()
                 .filter(|t| t.run.status.is_terminal())
                 .count() as u32,
+            paused: workflow.paused.is_some(),
         }
     }
 
@@ -73,6 +75,7 @@ impl WorkflowSummary {
                 .iter()
                 .filter(|t| t.run.status.is_terminal())
                 .count() as u32,
+            paused: snapshot.paused.is_some(),
         })
     }
 }

@@ -184,6 +184,83 @@ impl Owner {
             .into_inner())
     }
 
+    /// An operation (docs/operations.md) on the owner's workflow `id`.
+    pub async fn operate(
+        mut self,
+        id: WorkflowId,
+        operation: &crate::runtime::Operation,
+    ) -> Result<crate::runtime::Operated, ControlError> {
+        use crate::runtime::Operation;
+        let (task_id, reason) = match operation {
+            Operation::Pause { reason } | Operation::Cancel { reason } => {
+                (String::new(), reason.clone())
+            }
+            Operation::Resume => (String::new(), String::new()),
+            Operation::Retry { task } => (task.clone().unwrap_or_default(), String::new()),
+            Operation::Redrive { checkpoint } => (checkpoint.clone(), String::new()),
+        };
+        let message = pb::OperateRequest {
+            workflow_id: id.to_string(),
+            task_id,
+            reason,
+        };
+        let answer = match operation {
+            Operation::Cancel { reason } => {
+                let request = self.unary(
+                    pb::CancelWorkflowRequest {
+                        workflow_id: id.to_string(),
+                        reason: reason.clone(),
+                    },
+                    None,
+                );
+                let status = self.client.cancel(request).await.map_err(remote)?;
+                pb::OperateResponse {
+                    status: status.into_inner().status,
+                    ..Default::default()
+                }
+            }
+            Operation::Pause { .. } => {
+                let request = self.unary(message, None);
+                self.client
+                    .pause(request)
+                    .await
+                    .map_err(remote)?
+                    .into_inner()
+            }
+            Operation::Resume => {
+                let request = self.unary(message, None);
+                self.client
+                    .resume(request)
+                    .await
+                    .map_err(remote)?
+                    .into_inner()
+            }
+            Operation::Retry { .. } => {
+                let request = self.unary(message, None);
+                self.client
+                    .retry_task(request)
+                    .await
+                    .map_err(remote)?
+                    .into_inner()
+            }
+            Operation::Redrive { .. } => {
+                let request = self.unary(message, None);
+                self.client
+                    .redrive(request)
+                    .await
+                    .map_err(remote)?
+                    .into_inner()
+            }
+        };
+        Ok(crate::runtime::Operated {
+            status: crate::service::convert::workflow_status_from_pb(answer.status).ok_or_else(
+                || ControlError::Internal(format!("the owner of {id} answered no status")),
+            )?,
+            tasks: answer.tasks,
+            paused: answer.paused,
+        })
+    }
+
     pub async fn watch(mut self, id: WorkflowId) -> Result<EventStream, ControlError> {
         let request = self.request(
             pb::WatchWorkflowRequest {

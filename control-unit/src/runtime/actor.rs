@@ -13,7 +13,10 @@ use super::agents::Agents;
 use super::health::HealthView;
 use super::persist::Persistence;
 use super::watchers::Watchers;
-use super::{IdempotencyIndex, Input, RuntimeConfig, Submission, Submitted, now_ms};
+use super::{
+    BulkOutcome, IdempotencyIndex, Input, Operated, Operation, RuntimeConfig, Submission,
+    Submitted, now_ms,
+};
 use crate::catalog::Catalog;
 use crate::error::ControlError;
 use crate::model::{AgentId, TaskStatus, WorkflowId, WorkflowStatus};
@@ -84,6 +87,11 @@ enum Reply {
         oneshot::Sender<Result<(String, WorkflowStatus), ControlError>>,
         Result<(String, WorkflowStatus), ControlError>,
     ),
+    Operate(
+        oneshot::Sender<Result<Operated, ControlError>>,
+        Result<Operated, ControlError>,
+    ),
+    Bulk(oneshot::Sender<BulkOutcome>, BulkOutcome),
 }
 
 impl Reply {
@@ -95,10 +103,23 @@ impl Reply {
                 if submitted.created { "ok" } else { "existing" }.to_owned(),
                 Some(submitted.id.to_string()),
             ),
-            Self::Cancel(_, Ok(_)) | Self::Approve(_, Ok(_)) => ("ok".to_owned(), None),
+            Self::Cancel(_, Ok(_)) | Self::Approve(_, Ok(_)) | Self::Operate(_, Ok(_)) => {
+                ("ok".to_owned(), None)
+            }
             Self::Submit(_, Err(error)) => (error.to_string(), None),
             Self::Cancel(_, Err(error)) => (error.to_string(), None),
             Self::Approve(_, Err(error)) => (error.to_string(), None),
+            Self::Operate(_, Err(error)) => (error.to_string(), None),
+            Self::Bulk(_, outcome) => (
+                format!(
+                    "{}{} matched, {} applied, {} refused",
+                    if outcome.dry_run { "dry run: " } else { "" },
+                    outcome.matched.len(),
+                    outcome.applied,
+                    outcome.refused.len()
+                ),
+                None,
+            ),
         }
     }
 
@@ -113,6 +134,12 @@ impl Reply {
             Self::Approve(reply, result) => {
                 let _ = reply.send(result);
             }
+            Self::Operate(reply, result) => {
+                let _ = reply.send(result);
+            }
+            Self::Bulk(reply, outcome) => {
+                let _ = reply.send(outcome);
+            }
         }
     }
 }
@@ -124,6 +151,10 @@ pub(super) fn view(core: &Scheduler, workflow: &Workflow) -> WorkflowView {
         .iter()
         .enumerate()
         .map(|(task, state)| match state.run.status {
+            TaskStatus::Ready if workflow.paused.is_some() => format!(
+                "workflow paused: {}",
+                workflow.paused.as_deref().unwrap_or_default()
+            ),
             // Ready: why no agent took it; running with no agent: a `waitFor`.
             TaskStatus::Ready | TaskStatus::Running if state.run.agent.is_none() => core
                 .waiting_reason(crate::scheduler::Slot {
@@ -341,6 +372,42 @@ impl Actor {
                     .map_err(ControlError::from);
                 self.replies.push(Reply::Approve(reply, result));
             }
+            Input::Operate {
+                id,
+                operation,
+                reply,
+            } => {
+                let result = self.operate(now, id, operation, &mut out);
+                self.replies.push(Reply::Operate(reply, result));
+            }
+            Input::Bulk {
+                filter,
+                operation,
+                dry_run,
+                limit,
+                reply,
+            } => {
+                let mut outcome = BulkOutcome {
+                    matched: self
+                        .core
+                        .workflows()
+                        .filter(|w| self.core.matches(w, &filter))
+                        .map(|w| w.id)
+                        .take(limit)
+                        .collect(),
+                    dry_run,
+                    ..BulkOutcome::default()
+                };
+                if !dry_run {
+                    for id in outcome.matched.clone() {
+                        match self.operate(now, id, operation.clone(), &mut out) {
+                            Ok(_) => outcome.applied += 1,
+                            Err(error) => outcome.refused.push(format!("{id}: {error}")),
+                        }
+                    }
+                }
+                self.replies.push(Reply::Bulk(reply, outcome));
+            }
             Input::SetLimits { rules, reply } => {
                 self.core.set_limits(now, rules);
                 let _ = reply.send(self.limits_view());
@@ -484,6 +551,38 @@ impl Actor {
     }
 
     /// A page of the workflows in memory.
+    /// One operator operation on one workflow; its changes go into `out`.
+    fn operate(
+        &mut self,
+        now: u64,
+        id: WorkflowId,
+        operation: Operation,
+        out: &mut Vec<Command>,
+    ) -> Result<Operated, ControlError> {
+        let tasks = match operation {
+            Operation::Pause { reason } => {
+                self.core.pause(now, id, &reason, out)?;
+                Vec::new()
+            }
+            Operation::Resume => {
+                self.core.resume(now, id, out)?;
+                Vec::new()
+            }
+            Operation::Retry { task } => self.core.retry(now, id, task.as_deref(), out)?,
+            Operation::Redrive { checkpoint } => self.core.redrive(now, id, &checkpoint, out)?,
+            Operation::Cancel { reason } => {
+                self.core.cancel(now, id, &reason, out)?;
+                Vec::new()
+            }
+        };
+        let workflow = self.core.workflow(id);
+        Ok(Operated {
+            status: workflow.map_or(WorkflowStatus::Cancelled, |w| w.status),
+            tasks,
+            paused: workflow.is_some_and(|w| w.paused.is_some()),
+        })
+    }
+
     fn list(&self, query: &ListQuery) -> Page {
         let mut workflows = Vec::new();
         for workflow in self.core.workflows_after(query.after) {

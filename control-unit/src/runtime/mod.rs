@@ -118,6 +118,56 @@ pub struct LimitsView {
     pub running: Vec<(String, String, u32, u32)>,
 }
 
+/// An operation on accepted work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operation {
+    Pause {
+        reason: String,
+    },
+    Resume,
+    /// `task`: the failed task (`None`: whichever failed).
+    Retry {
+        task: Option<String>,
+    },
+    Redrive {
+        checkpoint: String,
+    },
+    Cancel {
+        reason: String,
+    },
+}
+
+impl Operation {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Pause { .. } => "pause",
+            Self::Resume => "resume",
+            Self::Retry { .. } => "retry",
+            Self::Redrive { .. } => "redrive",
+            Self::Cancel { .. } => "cancel",
+        }
+    }
+}
+
+/// A workflow after an operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operated {
+    pub status: WorkflowStatus,
+    /// The tasks that run again (retry, re-drive).
+    pub tasks: Vec<String>,
+    pub paused: bool,
+}
+
+/// What a bulk operation matched and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BulkOutcome {
+    pub matched: Vec<WorkflowId>,
+    pub applied: usize,
+    /// `ID: why`, for each workflow the operation refused.
+    pub refused: Vec<String>,
+    pub dry_run: bool,
+}
+
 pub enum Input {
     /// An action with its audit record: both go into the same group commit, and the
     /// action's reply waits for it.
@@ -149,6 +199,21 @@ pub enum Input {
     Get {
         id: WorkflowId,
         reply: oneshot::Sender<Option<WorkflowView>>,
+    },
+    /// An operator's operation on one workflow (docs/operations.md).
+    Operate {
+        id: WorkflowId,
+        operation: Operation,
+        reply: oneshot::Sender<Result<Operated, ControlError>>,
+    },
+    /// One operation over every workflow in memory a filter matches (up to `limit`);
+    /// `dry_run` only counts them.
+    Bulk {
+        filter: crate::scheduler::operations::Filter,
+        operation: Operation,
+        dry_run: bool,
+        limit: usize,
+        reply: oneshot::Sender<BulkOutcome>,
     },
     /// New limits, already checked (and stored, when there is a store).
     SetLimits {

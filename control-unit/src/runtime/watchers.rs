@@ -79,7 +79,16 @@ impl Watchers {
 /// A recorded change as a watcher sees it; `None` for records a watcher does not see.
 fn event(record: &Record, workflow: &Workflow, sequence: u64) -> Option<WorkflowEvent> {
     let body = match &record.change {
-        Change::Created | Change::CancelRequested { .. } => return None,
+        Change::Created | Change::CancelRequested { .. } | Change::Reopened(_) => return None,
+        // Shown as the workflow's state with the operation in the detail.
+        Change::Paused { reason } => EventBody::Workflow {
+            status: workflow.status,
+            detail: Some(format!("paused: {reason}")),
+        },
+        Change::Resumed => EventBody::Workflow {
+            status: workflow.status,
+            detail: Some("resumed".into()),
+        },
         Change::Workflow { status, detail } => EventBody::Workflow {
             status: *status,
             detail: detail.clone(),

@@ -111,7 +111,9 @@ impl Scheduler {
                     workflow.status,
                     WorkflowStatus::Running | WorkflowStatus::Compensating
                 );
+                // A paused workflow's entries are dropped; resuming queues them again.
                 running
+                    && workflow.paused.is_none()
                     && workflow.execution(entry.slot).is_some_and(|e| {
                         e.status == TaskStatus::Ready && e.attempt == entry.attempt
                     })
@@ -398,10 +400,15 @@ impl Scheduler {
         if compiled.is_checkpoint() && !slot.compensation {
             input = checkpoint_input(workflow, input);
         }
-        let idempotency_key = if slot.compensation {
-            format!("{}:{}:compensate", slot.workflow, compiled.id)
-        } else {
-            format!("{}:{}", slot.workflow, compiled.id)
+        // A retried task whose attempts all failed definitely runs under a new key
+        // generation (scheduler::operations).
+        let generation = workflow
+            .execution(slot)
+            .map_or(0, |execution| execution.generation);
+        let idempotency_key = match (slot.compensation, generation) {
+            (true, _) => format!("{}:{}:compensate", slot.workflow, compiled.id),
+            (false, 0) => format!("{}:{}", slot.workflow, compiled.id),
+            (false, generation) => format!("{}:{}:r{generation}", slot.workflow, compiled.id),
         };
         Ok(Prepared {
             input_json: serde_json::to_vec(&input)

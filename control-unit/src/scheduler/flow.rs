@@ -139,18 +139,6 @@ impl Scheduler {
         let Some(workflow) = self.workflows.get_mut(&slot.workflow) else {
             return;
         };
-        let priority = workflow.priority;
-        let spec = workflow.spec.clone();
-        let compiled = &spec.tasks[slot.task as usize];
-        let skill: Arc<str> = if slot.compensation {
-            compiled
-                .compensate
-                .as_ref()
-                .map_or("", |c| c.skill.as_str())
-                .into()
-        } else {
-            compiled.skill().unwrap_or_default().into()
-        };
         let Some(execution) = workflow.execution_mut(slot) else {
             return;
         };
@@ -173,22 +161,40 @@ impl Scheduler {
             )
             .with_attempt_facts(None, None, lookups, settling),
         );
-        self.mark_dirty(&skill);
+        self.enqueue(slot, attempt, now);
+    }
+
+    /// Queues a ready slot for its skill's agents.
+    pub(super) fn enqueue(&mut self, slot: Slot, attempt: u32, ready_at: super::Millis) {
+        let Some(workflow) = self.workflows.get(&slot.workflow) else {
+            return;
+        };
+        let priority = workflow.priority;
+        let compiled = &workflow.spec.tasks[slot.task as usize];
+        let skill: Arc<str> = if slot.compensation {
+            compiled
+                .compensate
+                .as_ref()
+                .map_or("", |c| c.skill.as_str())
+                .into()
+        } else {
+            compiled.skill().unwrap_or_default().into()
+        };
         // Only with a fairness key does a ready task's queue depend on its workflow.
         let key = match self.limits.rules().fairness_key {
             None => None,
-            Some(_) => self.workflows.get(&slot.workflow).and_then(|w| {
-                self.limits
-                    .rules()
-                    .fairness_key(&super::dispatch::WorkflowScope(w))
-            }),
+            Some(_) => self
+                .limits
+                .rules()
+                .fairness_key(&super::dispatch::WorkflowScope(workflow)),
         };
+        self.mark_dirty(&skill);
         if let Some(queue) = self.skills.get_mut(&skill) {
             queue.ready[priority.index()].push_back(
                 ReadyEntry {
                     slot,
                     attempt,
-                    ready_at: now,
+                    ready_at,
                 },
                 key,
             );

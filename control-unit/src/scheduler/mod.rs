@@ -16,6 +16,7 @@ mod dispatch;
 mod flow;
 mod gateways;
 pub mod limits;
+pub mod operations;
 pub mod restore;
 pub mod state;
 mod waits;
@@ -225,6 +226,13 @@ pub enum Change {
     CancelRequested {
         reason: String,
     },
+    /// An operator paused the workflow's dispatches.
+    Paused {
+        reason: String,
+    },
+    Resumed,
+    /// An operator's retry or re-drive: these tasks run again.
+    Reopened(operations::Reset),
 }
 
 impl Change {
@@ -288,7 +296,7 @@ impl Change {
     }
 }
 
-fn is_zero(value: &u32) -> bool {
+pub(crate) fn is_zero(value: &u32) -> bool {
     *value == 0
 }
 
@@ -493,6 +501,7 @@ impl Scheduler {
             compensating: None,
             compensation_failures: 0,
             cancel_requested: false,
+            paused: None,
         };
         self.limits
             .admit(&dispatch::WorkflowScope(&workflow))

@@ -43,6 +43,9 @@ pub struct Snapshot {
     pub created_at: u64,
     pub updated_at: u64,
     pub cancel_requested: bool,
+    /// Paused by an operator: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<String>,
     pub compensation_failures: u32,
     pub compensation_stack: Vec<u32>,
     pub compensating: Option<u32>,
@@ -83,6 +86,7 @@ impl Workflow {
             created_at: self.created_at,
             updated_at: self.updated_at,
             cancel_requested: self.cancel_requested,
+            paused: self.paused.clone(),
             compensation_failures: self.compensation_failures,
             compensation_stack: self.compensation_stack.clone(),
             compensating: self.compensating,
@@ -97,6 +101,9 @@ fn apply(workflow: &mut Workflow, at: u64, change: &Change) -> Result<(), Restor
     match change {
         Change::Created => {}
         Change::CancelRequested { .. } => workflow.cancel_requested = true,
+        Change::Paused { reason } => workflow.paused = Some(reason.clone()),
+        Change::Resumed => workflow.paused = None,
+        Change::Reopened(reset) => super::operations::apply_reset(workflow, reset),
         Change::Workflow { status, detail } => {
             workflow.status = *status;
             if detail.is_some() {
@@ -544,5 +551,6 @@ pub fn workflow_from_snapshot(
         compensating: snapshot.compensating,
         compensation_failures: snapshot.compensation_failures,
         cancel_requested: snapshot.cancel_requested,
+        paused: snapshot.paused.clone(),
     })
 }

@@ -108,9 +108,17 @@ pub struct Execution {
     /// Dispatches so far: attempts at the effect plus settlement lookups. The wire
     /// attempt number; `attempt - lookups` is what `max_attempts` bounds.
     pub attempt: u32,
-    /// Settlement lookups dispatched so far.
+    /// Settlement lookups dispatched so far (in this run).
     #[serde(default)]
     pub lookups: u32,
+    /// Dispatches before an operator's retry or re-drive reset the task: `max_attempts`
+    /// bounds the attempts after it.
+    #[serde(default, skip_serializing_if = "super::is_zero")]
+    pub attempts_before: u32,
+    /// The idempotency key's generation: 0 is `WORKFLOW:TASK`; a retry of a task whose
+    /// attempts all failed definitely moves it on (docs/operations.md).
+    #[serde(default, skip_serializing_if = "super::is_zero")]
+    pub generation: u32,
     /// The attempts ran out and one of them may have taken effect: the next dispatches
     /// are settlement lookups (same key) until an answer is definite.
     #[serde(default)]
@@ -139,6 +147,8 @@ impl Execution {
             status,
             attempt: 0,
             lookups: 0,
+            attempts_before: 0,
+            generation: 0,
             settling: false,
             attempt_open: false,
             agent: None,
@@ -162,7 +172,9 @@ impl Execution {
 
     /// Attempts at the effect so far (settlement lookups not counted).
     pub fn effect_attempts(&self) -> u32 {
-        self.attempt.saturating_sub(self.lookups)
+        self.attempt
+            .saturating_sub(self.lookups)
+            .saturating_sub(self.attempts_before)
     }
 
     /// `attempt` is the current attempt, its agent was lost (or the control unit
@@ -226,6 +238,8 @@ pub struct Workflow {
     pub compensating: Option<u32>,
     pub compensation_failures: u32,
     pub cancel_requested: bool,
+    /// Paused by an operator (why, and by whom): nothing of it is dispatched.
+    pub paused: Option<String>,
 }
 
 impl Workflow {

@@ -35,7 +35,11 @@ pub fn needed(path: &str) -> Need {
     match (service, method) {
         ("grpc.health.v1.Health", _) => Nothing,
         (service, _) if service.starts_with("grpc.reflection.") => R(Role::Viewer),
-        ("paygrid.v1.Workflows", "Submit" | "Cancel" | "Approve") => R(Role::Operator),
+        (
+            "paygrid.v1.Workflows",
+            "Submit" | "Cancel" | "Approve" | "Pause" | "Resume" | "RetryTask" | "Redrive"
+            | "BulkOperate",
+        ) => R(Role::Operator),
         ("paygrid.v1.Workflows", "ListAudit") => R(Role::Admin),
         ("paygrid.v1.Workflows", _) => R(Role::Viewer),
         ("paygrid.v1.AgentHub", "Register" | "Session") => Agent,

@@ -200,6 +200,7 @@ pub fn workflow_to_pb(view: &WorkflowView) -> pb::Workflow {
         created_at_ms: ms(workflow.created_at),
         updated_at_ms: ms(workflow.updated_at),
         traceparent: workflow.traceparent.clone(),
+        paused: workflow.paused.clone().unwrap_or_default(),
     }
 }
 
@@ -219,6 +220,7 @@ pub fn summary_to_pb(summary: &WorkflowSummary) -> pb::WorkflowSummary {
             .collect(),
         tasks_total: summary.tasks_total,
         tasks_done: summary.tasks_done,
+        paused: summary.paused,
     }
 }
 

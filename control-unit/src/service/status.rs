@@ -55,6 +55,14 @@ impl From<ControlError> for Status {
                 | ApprovalError::NonePending(_)
                 | ApprovalError::Ambiguous { .. } => Code::FailedPrecondition,
             },
+            ControlError::Operation(operation) => {
+                use crate::scheduler::operations::OperationError;
+                match operation {
+                    OperationError::NotFound(_) => Code::NotFound,
+                    OperationError::Refused(_) => Code::FailedPrecondition,
+                    OperationError::Invalid(_) => Code::InvalidArgument,
+                }
+            }
             ControlError::Internal(_) => Code::Internal,
         };
         let retry_after = match &error {

@@ -591,5 +591,6 @@ mod approvals;
 mod breakers;
 mod chaos;
 mod limits;
+mod operations;
 mod restart;
 mod waits;
