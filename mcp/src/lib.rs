@@ -8,7 +8,9 @@
 //! ([`serve_stdio`]).
 //!
 //! - Operator tools: `submit_workflow`, `get_workflow`, `list_workflows`,
-//!   `cancel_workflow`, `approve_task`, `validate_spec`, `list_agents`, `health`.
+//!   `cancel_workflow`, `pause_workflow`, `resume_workflow`, `retry_workflow`,
+//!   `redrive_workflow`, `bulk_operation`, `approve_task`, `validate_spec`,
+//!   `list_agents`, `health`.
 //! - Agent tools: every skill a connected agent offers (`AgentHub.ListTools`), called
 //!   through `AgentHub.CallTool` (a durable one-task workflow). A skill that moves money
 //!   is annotated destructive and takes a required `idempotency_key` argument.
@@ -202,6 +204,46 @@ fn operator_tools() -> Vec<Tool> {
             annotations(false, true, true),
         ),
         tool(
+            "pause_workflow",
+            "Pause a running workflow: nothing new of it is dispatched until resumed; running tasks finish. Durable and audited.",
+            json!({"type": "object", "required": ["workflow_id"], "properties": {"workflow_id": {"type": "string"}, "reason": {"type": "string"}}}),
+            annotations(false, false, false),
+        ),
+        tool(
+            "resume_workflow",
+            "Resume a paused workflow.",
+            json!({"type": "object", "required": ["workflow_id"], "properties": {"workflow_id": {"type": "string"}}}),
+            annotations(false, false, false),
+        ),
+        tool(
+            "retry_workflow",
+            "Run a failed workflow again from its failed task (refused once anything was compensated). Tasks that took effects keep their idempotency keys; nothing is taken twice.",
+            json!({"type": "object", "required": ["workflow_id"], "properties": {"workflow_id": {"type": "string"}, "task_id": {"type": "string", "description": "the failed task; default: whichever failed"}}}),
+            annotations(false, false, false),
+        ),
+        tool(
+            "redrive_workflow",
+            "Run a failed (nothing compensated) or succeeded workflow again from a checkpoint it passed: the checkpoint and every task after it. Effects already taken keep their idempotency keys.",
+            json!({"type": "object", "required": ["workflow_id", "checkpoint"], "properties": {"workflow_id": {"type": "string"}, "checkpoint": {"type": "string"}}}),
+            annotations(false, false, false),
+        ),
+        tool(
+            "bulk_operation",
+            "One operation (pause, resume, retry, cancel, redrive) over every workflow a filter matches. dry_run (the default) only counts them: call again with dry_run false to apply.",
+            json!({"type": "object", "required": ["operation"], "properties": {
+                "operation": {"type": "string", "enum": ["pause", "resume", "retry", "cancel", "redrive"]},
+                "status": {"type": "string", "enum": ["pending", "running", "succeeded", "failed", "compensating", "compensated", "cancelled"]},
+                "name": {"type": "string"},
+                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                "skill": {"type": "string", "description": "workflows with an unfinished task of this skill"},
+                "gateway": {"type": "string", "description": "workflows with an unfinished task at (or waiting for) this gateway"},
+                "task_id": {"type": "string", "description": "redrive: the checkpoint; retry: the task"},
+                "reason": {"type": "string"},
+                "dry_run": {"type": "boolean", "default": true}
+            }}),
+            annotations(false, true, false),
+        ),
+        tool(
             "approve_task",
             "Decide an approval task a workflow waits for (status INPUT_REQUIRED, e.g. a risk review): approve continues the payment, reject fails it (nothing is authorized, or what was done is compensated). Recorded with who decided and why.",
             json!({"type": "object", "required": ["workflow_id", "decision", "decided_by"], "properties": {
@@ -234,11 +276,16 @@ fn operator_tools() -> Vec<Tool> {
     ]
 }
 
-const OPERATOR_TOOLS: [&str; 8] = [
+const OPERATOR_TOOLS: [&str; 13] = [
     "submit_workflow",
     "get_workflow",
     "list_workflows",
     "cancel_workflow",
+    "pause_workflow",
+    "resume_workflow",
+    "retry_workflow",
+    "redrive_workflow",
+    "bulk_operation",
     "approve_task",
     "validate_spec",
     "list_agents",
@@ -463,6 +510,94 @@ impl PaygridMcp {
                 Ok(structured(
                     json!({"workflow_id": id, "status": convert::workflow_status(answer.status)}),
                 ))
+            }
+            "pause_workflow" | "resume_workflow" | "retry_workflow" | "redrive_workflow" => {
+                let id = string_arg(args, "workflow_id", true)?.unwrap_or_default();
+                let task = match name {
+                    "redrive_workflow" => string_arg(args, "checkpoint", true)?,
+                    _ => string_arg(args, "task_id", false)?,
+                };
+                let request = pb::OperateRequest {
+                    workflow_id: id.to_owned(),
+                    task_id: task.unwrap_or_default().to_owned(),
+                    reason: string_arg(args, "reason", false)?
+                        .unwrap_or("from MCP")
+                        .to_owned(),
+                };
+                let answer = match name {
+                    "pause_workflow" => workflows.pause(request).await,
+                    "resume_workflow" => workflows.resume(request).await,
+                    "retry_workflow" => workflows.retry_task(request).await,
+                    _ => workflows.redrive(request).await,
+                }
+                .map_err(|s| status_error(&s))?
+                .into_inner();
+                Ok(structured(json!({
+                    "workflow_id": id,
+                    "status": convert::workflow_status(answer.status),
+                    "paused": answer.paused,
+                    "tasks_run_again": answer.tasks,
+                })))
+            }
+            "bulk_operation" => {
+                let operation = match string_arg(args, "operation", true)?.unwrap_or_default() {
+                    "pause" => pb::Operation::Pause,
+                    "resume" => pb::Operation::Resume,
+                    "retry" => pb::Operation::Retry,
+                    "cancel" => pb::Operation::Cancel,
+                    "redrive" => pb::Operation::Redrive,
+                    other => {
+                        return Err(failure(format!(
+                            "`operation` must be pause, resume, retry, cancel or redrive, not `{other}`"
+                        )));
+                    }
+                };
+                let status = match string_arg(args, "status", false)? {
+                    None => pb::WorkflowStatus::Unspecified,
+                    Some(text) => pb::WorkflowStatus::from_str_name(&format!(
+                        "WORKFLOW_STATUS_{}",
+                        text.to_ascii_uppercase()
+                    ))
+                    .ok_or_else(|| failure(format!("`status` {text} is not a workflow status")))?,
+                };
+                let labels = args
+                    .get("labels")
+                    .and_then(Value::as_object)
+                    .map(|labels| {
+                        labels
+                            .iter()
+                            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let text = |field: &str| -> Result<String, String> {
+                    Ok(string_arg(args, field, false)?
+                        .unwrap_or_default()
+                        .to_owned())
+                };
+                let answer = workflows
+                    .bulk_operate(pb::BulkOperateRequest {
+                        operation: operation.into(),
+                        status: status.into(),
+                        name: text("name")?,
+                        labels,
+                        skill: text("skill")?,
+                        gateway: text("gateway")?,
+                        dry_run: args.get("dry_run").and_then(Value::as_bool).unwrap_or(true),
+                        reason: text("reason")?,
+                        task_id: text("task_id")?,
+                        limit: 0,
+                    })
+                    .await
+                    .map_err(|s| status_error(&s))?
+                    .into_inner();
+                Ok(structured(json!({
+                    "dry_run": answer.dry_run,
+                    "matched": answer.matched,
+                    "workflow_ids": answer.workflow_ids,
+                    "applied": answer.applied,
+                    "refused": answer.refused,
+                })))
             }
             "approve_task" => {
                 let id = string_arg(args, "workflow_id", true)?.unwrap_or_default();

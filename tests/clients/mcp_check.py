@@ -44,7 +44,8 @@ async def run(server, label):
         tools = (await client.list_tools()).tools
         names = {tool.name: tool for tool in tools}
         for wanted in ["submit_workflow", "get_workflow", "list_workflows", "cancel_workflow",
-                       "approve_task", "validate_spec", "list_agents", "health", "risk.score", "gateway.capture"]:
+                       "approve_task", "validate_spec", "list_agents", "health", "risk.score", "gateway.capture",
+                       "pause_workflow", "resume_workflow", "retry_workflow", "redrive_workflow", "bulk_operation"]:
             check(wanted in names, f"tool {wanted} listed (got {sorted(names)})")
         capture = names["gateway.capture"]
         check(capture.annotations is not None and capture.annotations.destructive_hint is True,
@@ -136,6 +137,26 @@ async def run(server, label):
         decided = next(t for t in body["tasks"] if t["task_id"] == "review")["output"]
         check(decided["decided_by"] == "mcp-check" and decided["via"] == "mcp", f"the decision is kept: {decided}")
         seen["reviewed"] = review_id
+
+        # Operations: pause and resume a parked workflow, then a bulk cancel (dry run first).
+        parked = await client.call_tool("submit_workflow", {
+            "spec_text": "apiVersion: paygrid/v1\nkind: Workflow\nname: mcp-parked\nversion: 1\ntasks:\n  - id: wait\n    skill: nobody.offers\n",
+            "labels": {"mcp-batch": label},
+        })
+        check(not parked.is_error, f"parked: {text_of(parked)}")
+        parked_id = parked.structured_content["workflow_id"]
+        paused = await client.call_tool("pause_workflow", {"workflow_id": parked_id, "reason": "asking the bank"})
+        check(not paused.is_error and paused.structured_content["paused"] is True, f"paused: {text_of(paused)}")
+        twice = await client.call_tool("pause_workflow", {"workflow_id": parked_id})
+        check(twice.is_error and "paused already" in text_of(twice), f"pausing twice is refused: {text_of(twice)}")
+        resumed = await client.call_tool("resume_workflow", {"workflow_id": parked_id})
+        check(not resumed.is_error and resumed.structured_content["paused"] is False, f"resumed: {text_of(resumed)}")
+        dry = await client.call_tool("bulk_operation", {"operation": "cancel", "labels": {"mcp-batch": label}})
+        check(not dry.is_error and dry.structured_content["dry_run"] is True and dry.structured_content["matched"] == 1,
+              f"a bulk operation counts first: {text_of(dry)}")
+        done = await client.call_tool("bulk_operation", {"operation": "cancel", "labels": {"mcp-batch": label}, "dry_run": False})
+        check(not done.is_error and done.structured_content["applied"] == 1, f"then applies: {text_of(done)}")
+        seen["operations"] = ["pause", "resume", "bulk cancel"]
     print(json.dumps(seen))
 
 
