@@ -111,6 +111,19 @@ pub enum Command {
         #[arg(long = "from", value_name = "CHECKPOINT")]
         checkpoint: String,
     },
+    /// Pause all dispatch of a skill or to a gateway (maintenance): its tasks wait,
+    /// running ones finish; kept until `resume-dispatch`, across restarts.
+    PauseDispatch {
+        #[command(flatten)]
+        on: crate::operations::HoldArgs,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Resume dispatch of a skill or to a gateway.
+    ResumeDispatch {
+        #[command(flatten)]
+        on: crate::operations::HoldArgs,
+    },
     /// One operation over every workflow a filter matches; a dry run (the count) unless
     /// --yes.
     Bulk(crate::operations::BulkArgs),
@@ -254,6 +267,12 @@ async fn run_command(command: Command, control: &str, json: bool) -> anyhow::Res
             crate::operations::operate(&control, "redrive", args, Some(checkpoint), json).await
         }
         Command::Bulk(args) => crate::operations::bulk(&control, args, json).await,
+        Command::PauseDispatch { on, reason } => {
+            crate::operations::hold(&control, on, reason, true, json).await
+        }
+        Command::ResumeDispatch { on } => {
+            crate::operations::hold(&control, on, String::new(), false, json).await
+        }
         Command::Agents { skill } => operator::agents(&control, skill, json).await,
         Command::Validate(args) => operator::validate(args, json),
         Command::Health => operator::health(&control, json).await,

@@ -17,6 +17,18 @@ pub struct OperateArgs {
     pub reason: String,
 }
 
+/// What to pause or resume dispatch of.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct HoldArgs {
+    /// A skill (e.g. gateway.capture).
+    #[arg(long)]
+    pub skill: Option<String>,
+    /// A gateway (e.g. alpha).
+    #[arg(long)]
+    pub gateway: Option<String>,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum BulkOperation {
     Pause,
@@ -95,6 +107,60 @@ pub async fn operate(
         println!("workflow {}: {done}", args.workflow_id);
     }
     Ok(EXIT_OK)
+}
+
+/// `paygrid pause-dispatch` / `resume-dispatch`: prints the holds in force after.
+pub async fn hold(
+    endpoint: &str,
+    args: HoldArgs,
+    reason: String,
+    pause: bool,
+    json: bool,
+) -> anyhow::Result<u8> {
+    use paygrid_proto::v1::agent_hub_client::AgentHubClient;
+    let mut client = AgentHubClient::new(connect(endpoint).await?);
+    let request = pb::DispatchHoldRequest {
+        skill: args.skill.unwrap_or_default(),
+        gateway: args.gateway.unwrap_or_default(),
+        reason,
+    };
+    let holds = if pause {
+        client.pause_dispatch(request).await
+    } else {
+        client.resume_dispatch(request).await
+    }
+    .map_err(anyhow::Error::new)?
+    .into_inner();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"skills": holds.skills, "gateways": holds.gateways})
+        );
+    } else {
+        print!("{}", holds_text(&holds));
+    }
+    Ok(EXIT_OK)
+}
+
+/// The dispatch holds, one line each (or that there are none).
+pub fn holds_text(holds: &pb::DispatchHolds) -> String {
+    let mut lines: Vec<String> = holds
+        .skills
+        .iter()
+        .map(|(skill, why)| format!("dispatch of skill {skill} paused: {why}\n"))
+        .chain(
+            holds
+                .gateways
+                .iter()
+                .map(|(gateway, why)| format!("dispatch to gateway {gateway} paused: {why}\n")),
+        )
+        .collect();
+    lines.sort();
+    if lines.is_empty() {
+        "no dispatch is paused\n".to_owned()
+    } else {
+        lines.concat()
+    }
 }
 
 pub async fn bulk(endpoint: &str, args: BulkArgs, json: bool) -> anyhow::Result<u8> {

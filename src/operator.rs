@@ -696,6 +696,7 @@ pub async fn health(endpoint: &str, json: bool) -> anyhow::Result<u8> {
         .await
         .map_err(anyhow::Error::new)?
         .into_inner();
+    let holds = response.holds.unwrap_or_default();
     let (entries, breakers, adaptive) = (response.entries, response.breakers, response.adaptive);
     if json {
         let mut items: Vec<Value> = entries
@@ -715,6 +716,12 @@ pub async fn health(endpoint: &str, json: bool) -> anyhow::Result<u8> {
         }));
         items.extend(adaptive.iter().map(|a| {
             serde_json::json!({"kind": "adaptive_limit", "subject": a.gateway, "limit": a.limit, "running": a.running, "min": a.min, "max": a.max, "latency_target_ms": a.latency_target_ms})
+        }));
+        items.extend(holds.skills.iter().map(|(skill, why)| {
+            serde_json::json!({"kind": "dispatch_paused", "subject": format!("skill {skill}"), "reason": why})
+        }));
+        items.extend(holds.gateways.iter().map(|(gateway, why)| {
+            serde_json::json!({"kind": "dispatch_paused", "subject": format!("gateway {gateway}"), "reason": why})
         }));
         println!("{}", Value::Array(items));
         return Ok(EXIT_OK);
@@ -741,6 +748,10 @@ pub async fn health(endpoint: &str, json: bool) -> anyhow::Result<u8> {
                 b.gateway, b.state, b.requests, b.errors, b.slow, last
             );
         }
+    }
+    if !holds.skills.is_empty() || !holds.gateways.is_empty() {
+        println!();
+        print!("{}", crate::operations::holds_text(&holds));
     }
     if !adaptive.is_empty() {
         println!();

@@ -226,6 +226,60 @@ async fn pause_resume_retry_and_bulk_through_the_real_parts() {
         assert_eq!(workflow.status, pb::WorkflowStatus::Cancelled as i32);
     }
 
+    // Dispatch to gateway alpha paused for maintenance: a new payment waits, across a
+    // restart of the control unit, until dispatch is resumed.
+    let (code, out) = cli(
+        &control,
+        &[
+            "pause-dispatch",
+            "--gateway",
+            "alpha",
+            "--reason",
+            "alpha maintenance",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("dispatch to gateway alpha paused: alpha maintenance"),
+        "{out}"
+    );
+    let held = submit(
+        &mut client,
+        &spec("card-payment"),
+        card("tok_visa"),
+        pb::Priority::Unspecified,
+    )
+    .await;
+    let waiting = |w: &pb::Workflow| {
+        w.tasks.iter().any(|t| {
+            t.waiting_reason == "waiting: dispatch to gateway alpha (alpha maintenance) is paused"
+        })
+    };
+    until(
+        &mut client,
+        &held,
+        "waiting for the paused gateway",
+        waiting,
+    )
+    .await;
+    let (code, health) = cli(&control, &["health"]);
+    assert_eq!(code, 0);
+    assert!(
+        health.contains("dispatch to gateway alpha paused"),
+        "{health}"
+    );
+    let mut fleet = fleet;
+    fleet.control.restart();
+    let control = fleet.control.url.clone();
+    let mut client = fleet.workflows().await;
+    fleet.wait_for_skills(SHIPPED_SKILLS).await;
+    until(&mut client, &held, "still waiting after a restart", waiting).await;
+    let (code, out) = cli(&control, &["resume-dispatch", "--gateway", "alpha"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("no dispatch is paused"), "{out}");
+    let workflow = wait_terminal(&mut client, &held).await;
+    assert_eq!(workflow.status, pb::WorkflowStatus::Succeeded as i32);
+
     // Every operation is in the audit log, with who and what came of it.
     let audit = client
         .list_audit(pb::ListAuditRequest::default())
@@ -243,6 +297,8 @@ async fn pause_resume_retry_and_bulk_through_the_real_parts() {
         ("retry", "ok"),
         ("bulk cancel", "3 matched, 3 applied, 0 refused"),
         ("bulk cancel", "dry run: 3 matched, 0 applied, 0 refused"),
+        ("pause dispatch", "ok"),
+        ("resume dispatch", "ok"),
     ] {
         assert!(seen.contains(&wanted), "{wanted:?} not in {seen:?}");
     }

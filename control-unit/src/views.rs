@@ -194,6 +194,7 @@ pub struct HealthSnapshot {
     pub entries: Vec<HealthEntry>,
     pub breakers: Vec<BreakerView>,
     pub adaptive: Vec<AdaptiveView>,
+    pub holds: crate::scheduler::operations::Holds,
 }
 
 /// An adaptive concurrency limit on a gateway, as it stands.

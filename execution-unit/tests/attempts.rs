@@ -109,6 +109,20 @@ impl AgentHub for Hub {
         Err(Status::unimplemented("not in this test"))
     }
 
+    async fn pause_dispatch(
+        &self,
+        _request: Request<pb::DispatchHoldRequest>,
+    ) -> Result<Response<pb::DispatchHolds>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    async fn resume_dispatch(
+        &self,
+        _request: Request<pb::DispatchHoldRequest>,
+    ) -> Result<Response<pb::DispatchHolds>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
     async fn list_members(
         &self,
         _request: Request<pb::ListMembersRequest>,

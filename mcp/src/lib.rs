@@ -244,6 +244,18 @@ fn operator_tools() -> Vec<Tool> {
             annotations(false, true, false),
         ),
         tool(
+            "pause_dispatch",
+            "Pause all dispatch of a skill or to a gateway (maintenance): its tasks wait, running ones finish; held until resume_dispatch, across restarts. Give one of skill or gateway.",
+            json!({"type": "object", "properties": {"skill": {"type": "string"}, "gateway": {"type": "string"}, "reason": {"type": "string"}}}),
+            annotations(false, false, true),
+        ),
+        tool(
+            "resume_dispatch",
+            "Resume dispatch of a skill or to a gateway. Give one of skill or gateway.",
+            json!({"type": "object", "properties": {"skill": {"type": "string"}, "gateway": {"type": "string"}}}),
+            annotations(false, false, true),
+        ),
+        tool(
             "approve_task",
             "Decide an approval task a workflow waits for (status INPUT_REQUIRED, e.g. a risk review): approve continues the payment, reject fails it (nothing is authorized, or what was done is compensated). Recorded with who decided and why.",
             json!({"type": "object", "required": ["workflow_id", "decision", "decided_by"], "properties": {
@@ -276,7 +288,9 @@ fn operator_tools() -> Vec<Tool> {
     ]
 }
 
-const OPERATOR_TOOLS: [&str; 13] = [
+const OPERATOR_TOOLS: [&str; 15] = [
+    "pause_dispatch",
+    "resume_dispatch",
     "submit_workflow",
     "get_workflow",
     "list_workflows",
@@ -538,6 +552,29 @@ impl PaygridMcp {
                     "paused": answer.paused,
                     "tasks_run_again": answer.tasks,
                 })))
+            }
+            "pause_dispatch" | "resume_dispatch" => {
+                let request = pb::DispatchHoldRequest {
+                    skill: string_arg(args, "skill", false)?
+                        .unwrap_or_default()
+                        .to_owned(),
+                    gateway: string_arg(args, "gateway", false)?
+                        .unwrap_or_default()
+                        .to_owned(),
+                    reason: string_arg(args, "reason", false)?
+                        .unwrap_or("from MCP")
+                        .to_owned(),
+                };
+                let holds = if name == "pause_dispatch" {
+                    hub.pause_dispatch(request).await
+                } else {
+                    hub.resume_dispatch(request).await
+                }
+                .map_err(|s| status_error(&s))?
+                .into_inner();
+                Ok(structured(
+                    json!({"paused_skills": holds.skills, "paused_gateways": holds.gateways}),
+                ))
             }
             "bulk_operation" => {
                 let operation = match string_arg(args, "operation", true)?.unwrap_or_default() {

@@ -482,6 +482,7 @@ impl Actor {
                     entries: self.health.entries(),
                     breakers: super::health::breakers(&self.core, now),
                     adaptive: super::health::adaptive(&self.core),
+                    holds: self.core.holds().clone(),
                 });
             }
             Input::DrainGateway {
@@ -493,6 +494,12 @@ impl Actor {
                 self.core
                     .drain_gateway(now, &gateway, for_ms, &reason, &mut out);
                 let _ = reply.send(super::health::breaker(&self.core, &gateway, now));
+            }
+            Input::Hold { on, reason, reply } => {
+                let mut holds = self.core.holds().clone();
+                holds.set(&on, reason.as_deref());
+                self.core.set_holds(now, holds.clone());
+                let _ = reply.send(holds);
             }
             Input::ForgetKeys(keys) => {
                 for key in keys {

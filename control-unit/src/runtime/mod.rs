@@ -267,6 +267,13 @@ pub enum Input {
         /// `None` when the gateway has no breaker (never drained, never answered).
         reply: oneshot::Sender<Option<crate::views::BreakerView>>,
     },
+    /// Pauses (`reason` given) or resumes dispatch of a skill or to a gateway; answers
+    /// the holds after, which the caller stores.
+    Hold {
+        on: crate::scheduler::operations::HoldOn,
+        reason: Option<String>,
+        reply: oneshot::Sender<crate::scheduler::operations::Holds>,
+    },
     /// Idempotency keys of workflows pruned from the store.
     ForgetKeys(Vec<String>),
     /// Refresh the gauges computed on demand, before a scrape.

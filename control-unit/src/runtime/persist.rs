@@ -147,11 +147,38 @@ fn spec_write(spec: &CompiledSpec) -> SpecWrite {
 }
 
 impl Actor {
+    /// The dispatch holds and the limits kept in the store (limits given at start were
+    /// stored before the actor started, so the store's are the ones in force).
+    async fn recover_settings(&mut self, store: &dyn Store) -> Result<(), ControlError> {
+        use crate::scheduler::limits::{LimitRules, SETTING};
+        use crate::scheduler::operations::{HOLDS_SETTING, Holds};
+        let now = super::now_ms();
+        if let Some(text) = store.setting(HOLDS_SETTING).await? {
+            match serde_json::from_str::<Holds>(&text) {
+                Ok(holds) => self.core.set_holds(now, holds),
+                Err(error) => {
+                    return Err(ControlError::Internal(format!(
+                        "the stored dispatch holds do not parse: {error}"
+                    )));
+                }
+            }
+        }
+        if let Some(text) = store.setting(SETTING).await?
+            && let Ok(rules) = LimitRules::parse(&text)
+        {
+            self.core.set_limits(now, rules);
+        }
+        Ok(())
+    }
+
     /// Rebuilds the scheduler and the catalog from the store.
     pub(super) async fn recover(&mut self) -> Result<(), ControlError> {
         let Some(store) = self.persistence.store.clone() else {
             return Ok(());
         };
+        // Settings changed at run time (here or by another cluster member) before any
+        // workflow is back, so nothing is dispatched past a hold.
+        self.recover_settings(store.as_ref()).await?;
         let recovered = store
             .recover(self.config.scheduler.workflows_retained_max)
             .await?;

@@ -46,6 +46,10 @@ impl Scope for WorkflowScope<'_> {
 
 impl Scheduler {
     pub(super) fn dispatch_skill(&mut self, skill: &Arc<str>, out: &mut Vec<Command>) {
+        // An operator paused this skill: its tasks stay queued until released.
+        if !self.holds.skills.is_empty() && self.holds.skills.contains_key(&**skill) {
+            return;
+        }
         let mut parked: Vec<(usize, ReadyEntry, Option<Arc<str>>)> = Vec::new();
         loop {
             if !self.skill_has_credit(skill) || parked.len() >= self.config.parked_scan_max {
@@ -214,6 +218,14 @@ impl Scheduler {
                         .labels
                         .get("gateway")
                         .is_none_or(|gateway| self.breakers.allows(gateway))
+            })
+            // A gateway an operator paused gets nothing, probes included.
+            .filter(|agent| {
+                self.holds.gateways.is_empty()
+                    || agent
+                        .labels
+                        .get("gateway")
+                        .is_none_or(|gateway| !self.holds.gateways.contains_key(gateway))
             });
         let chosen = match policy {
             RoutePolicy::LeastLoaded => {
@@ -266,6 +278,11 @@ impl Scheduler {
         };
         if admitted.is_empty() {
             return format!("no connected agent offers skill {skill}");
+        }
+        if let Some(held) =
+            self.held_reason(skill, admitted.iter().map(|a| a.labels.get("gateway")))
+        {
+            return held;
         }
         if !self.limits.is_empty() {
             let scope = WorkflowScope(&self.workflows[&slot.workflow]);

@@ -132,7 +132,7 @@ impl Scheduler {
     }
 
     /// Looks again at the tasks the gateway's agents offer.
-    pub(super) fn mark_gateway_dirty(&mut self, gateway: &str) {
+    pub(crate) fn mark_gateway_dirty(&mut self, gateway: &str) {
         let skills: Vec<Arc<str>> = self
             .agents
             .values()

@@ -368,6 +368,8 @@ pub struct Scheduler {
     approvals: approvals::Approvals,
     /// Concurrency and rate limits (see `limits`).
     limits: limits::Limits,
+    /// Skills and gateways an operator paused dispatch of (see `operations`).
+    holds: operations::Holds,
     timers: BinaryHeap<Reverse<Timer>>,
     now: Millis,
 }
@@ -388,6 +390,7 @@ impl Scheduler {
             waits: waits::Waits::default(),
             approvals: approvals::Approvals::default(),
             limits,
+            holds: operations::Holds::default(),
             timers: BinaryHeap::new(),
             now: 0,
         }

@@ -489,3 +489,110 @@ impl Scheduler {
         true
     }
 }
+
+/// Dispatch held for maintenance: skills and gateways nothing is sent to until released,
+/// each with why. Kept in the store (setting [`HOLDS_SETTING`]) across restarts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Holds {
+    #[serde(default)]
+    pub skills: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub gateways: std::collections::BTreeMap<String, String>,
+}
+
+/// The store setting holding [`Holds`] (JSON).
+pub const HOLDS_SETTING: &str = "dispatch_holds";
+
+/// What a hold is on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldOn {
+    Skill(String),
+    Gateway(String),
+}
+
+impl Holds {
+    pub fn is_empty(&self) -> bool {
+        self.skills.is_empty() && self.gateways.is_empty()
+    }
+
+    /// Holds `on` for `reason`, or releases it (`None`); the holds after.
+    pub fn set(&mut self, on: &HoldOn, reason: Option<&str>) {
+        let (map, name) = match on {
+            HoldOn::Skill(name) => (&mut self.skills, name),
+            HoldOn::Gateway(name) => (&mut self.gateways, name),
+        };
+        match reason {
+            Some(reason) => {
+                map.insert(name.clone(), reason.to_owned());
+            }
+            None => {
+                map.remove(name);
+            }
+        }
+    }
+}
+
+impl Scheduler {
+    pub fn holds(&self) -> &Holds {
+        &self.holds
+    }
+
+    /// Replaces the dispatch holds (already stored): held skills and gateways get
+    /// nothing new; released ones are looked at again.
+    pub fn set_holds(&mut self, now: u64, holds: Holds) {
+        self.advance(now);
+        let released_skills: Vec<String> = self
+            .holds
+            .skills
+            .keys()
+            .filter(|s| !holds.skills.contains_key(*s))
+            .cloned()
+            .collect();
+        let released_gateways: Vec<String> = self
+            .holds
+            .gateways
+            .keys()
+            .filter(|g| !holds.gateways.contains_key(*g))
+            .cloned()
+            .collect();
+        self.holds = holds;
+        for skill in released_skills {
+            self.mark_dirty(&std::sync::Arc::from(skill.as_str()));
+        }
+        for gateway in released_gateways {
+            self.mark_gateway_dirty(&gateway);
+        }
+    }
+
+    /// Why dispatch of `skill` (to agents of `gateways`) is held, if it is.
+    pub(super) fn held_reason<'a>(
+        &self,
+        skill: &str,
+        mut gateways: impl Iterator<Item = Option<&'a String>>,
+    ) -> Option<String> {
+        if let Some(reason) = self.holds.skills.get(skill) {
+            return Some(format!(
+                "waiting: dispatch of skill {skill} is paused: {reason}"
+            ));
+        }
+        if self.holds.gateways.is_empty() {
+            return None;
+        }
+        let mut held = Vec::new();
+        let all_held = gateways.all(|gateway| match gateway {
+            Some(gateway) => match self.holds.gateways.get(gateway) {
+                Some(reason) => {
+                    held.push(format!("{gateway} ({reason})"));
+                    true
+                }
+                None => false,
+            },
+            None => false,
+        });
+        (all_held && !held.is_empty()).then(|| {
+            held.sort();
+            held.dedup();
+            format!("waiting: dispatch to gateway {} is paused", held.join(", "))
+        })
+    }
+}

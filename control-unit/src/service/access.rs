@@ -44,7 +44,10 @@ pub fn needed(path: &str) -> Need {
         ("paygrid.v1.Workflows", _) => R(Role::Viewer),
         ("paygrid.v1.AgentHub", "Register" | "Session") => Agent,
         ("paygrid.v1.AgentHub", "ListMembers") => Need::Caller,
-        ("paygrid.v1.AgentHub", "CallTool" | "SetLimits" | "DrainGateway") => R(Role::Operator),
+        (
+            "paygrid.v1.AgentHub",
+            "CallTool" | "SetLimits" | "DrainGateway" | "PauseDispatch" | "ResumeDispatch",
+        ) => R(Role::Operator),
         ("paygrid.v1.AgentHub", "ListAgents" | "Health" | "ListTools" | "GetLimits") => {
             R(Role::Viewer)
         }

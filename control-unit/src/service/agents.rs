@@ -65,6 +65,67 @@ fn metadata(
         })
 }
 
+impl AgentHubService {
+    /// Pauses (`hold`) or resumes dispatch of a skill or to a gateway: applied, audited
+    /// and stored (the store's holds are the ones a restart or a cluster member reads).
+    async fn hold(
+        &self,
+        request: pb::DispatchHoldRequest,
+        hold: bool,
+    ) -> Result<pb::DispatchHolds, ControlError> {
+        use crate::scheduler::operations::{HOLDS_SETTING, HoldOn};
+        let on = match (request.skill.is_empty(), request.gateway.is_empty()) {
+            (false, true) => HoldOn::Skill(request.skill),
+            (true, false) => HoldOn::Gateway(request.gateway),
+            _ => {
+                return Err(ControlError::invalid(
+                    "give one of skill or gateway: what to pause or resume dispatch of",
+                ));
+            }
+        };
+        let reason = hold.then(|| {
+            if request.reason.is_empty() {
+                "paused by operator".to_owned()
+            } else {
+                request.reason.clone()
+            }
+        });
+        let (kind, name) = match &on {
+            HoldOn::Skill(name) => ("skill", name.clone()),
+            HoldOn::Gateway(name) => ("gateway", name.clone()),
+        };
+        let record = crate::audit::record(
+            if hold {
+                "pause dispatch"
+            } else {
+                "resume dispatch"
+            },
+            format!("{kind} {name}"),
+            reason.clone().unwrap_or_default(),
+        );
+        let holds = self
+            .handle
+            .ask(|reply| Input::Audited {
+                record: Box::new(record),
+                input: Box::new(Input::Hold { on, reason, reply }),
+            })
+            .await?;
+        if let Some(store) = &self.store {
+            let text = serde_json::to_string(&holds)
+                .map_err(|e| ControlError::Internal(format!("dispatch holds: {e}")))?;
+            store.put_setting(HOLDS_SETTING, &text).await?;
+        }
+        Ok(holds_to_pb(&holds))
+    }
+}
+
+fn holds_to_pb(holds: &crate::scheduler::operations::Holds) -> pb::DispatchHolds {
+    pb::DispatchHolds {
+        skills: holds.skills.clone().into_iter().collect(),
+        gateways: holds.gateways.clone().into_iter().collect(),
+    }
+}
+
 #[tonic::async_trait]
 impl AgentHub for AgentHubService {
     async fn register(
@@ -198,6 +259,7 @@ impl AgentHub for AgentHubService {
                 .map(convert::health_entry_to_pb)
                 .collect(),
             breakers: health.breakers.iter().map(convert::breaker_to_pb).collect(),
+            holds: Some(holds_to_pb(&health.holds)),
             adaptive: health
                 .adaptive
                 .iter()
@@ -211,6 +273,20 @@ impl AgentHub for AgentHubService {
                 })
                 .collect(),
         }))
+    }
+
+    async fn pause_dispatch(
+        &self,
+        request: Request<pb::DispatchHoldRequest>,
+    ) -> Result<Response<pb::DispatchHolds>, Status> {
+        Ok(Response::new(self.hold(request.into_inner(), true).await?))
+    }
+
+    async fn resume_dispatch(
+        &self,
+        request: Request<pb::DispatchHoldRequest>,
+    ) -> Result<Response<pb::DispatchHolds>, Status> {
+        Ok(Response::new(self.hold(request.into_inner(), false).await?))
     }
 
     async fn drain_gateway(

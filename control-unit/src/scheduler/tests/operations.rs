@@ -239,3 +239,57 @@ fn a_filter_finds_the_workflows_waiting_on_a_skill_or_a_gateway() {
     };
     assert_eq!(matching(&by_name), [on_alpha]);
 }
+
+/// Dispatch of a skill, or to a gateway, paused by an operator: nothing goes until it is
+/// resumed; other gateways still serve the skill.
+#[test]
+fn paused_dispatch_of_a_skill_or_a_gateway_holds_its_tasks() {
+    use crate::scheduler::operations::{HoldOn, Holds};
+    let mut sim = Sim::new();
+    sim.join("alpha", &["work"], 2, &[("gateway", "alpha")]);
+    let mut holds = Holds::default();
+    holds.set(&HoldOn::Gateway("alpha".into()), Some("alpha maintenance"));
+    sim.core.set_holds(sim.now, holds.clone());
+    let id = sim.submit(&spec(CHAIN2), Priority::Normal, serde_json::json!({}));
+    assert!(sim.inflight.is_empty(), "dispatched to a paused gateway");
+    let reason = sim.core.waiting_reason(Slot {
+        workflow: id,
+        task: 0,
+        compensation: false,
+    });
+    assert_eq!(
+        reason,
+        "waiting: dispatch to gateway alpha (alpha maintenance) is paused"
+    );
+    // Another gateway still takes the skill.
+    sim.join("beta", &["work"], 2, &[("gateway", "beta")]);
+    sim.advance(1);
+    assert_eq!(sim.inflight.len(), 1);
+    assert_eq!(sim.inflight[0].0, agent("beta"));
+    // Pausing the skill holds it everywhere: a, running, finishes; b waits.
+    holds.set(&HoldOn::Skill("work".into()), Some("ledger migration"));
+    sim.core.set_holds(sim.now, holds.clone());
+    sim.succeed(0);
+    sim.advance(1);
+    assert!(
+        sim.inflight.is_empty(),
+        "dispatched a paused skill: {:?}",
+        sim.inflight
+    );
+    let reason = sim.core.waiting_reason(Slot {
+        workflow: id,
+        task: 1,
+        compensation: false,
+    });
+    assert_eq!(
+        reason,
+        "waiting: dispatch of skill work is paused: ledger migration"
+    );
+    holds.set(&HoldOn::Skill("work".into()), None);
+    holds.set(&HoldOn::Gateway("alpha".into()), None);
+    sim.core.set_holds(sim.now, holds);
+    sim.advance(1);
+    assert_eq!(sim.inflight.len(), 1, "released: b goes");
+    sim.succeed(0);
+    assert_eq!(sim.status(id), WorkflowStatus::Succeeded);
+}
