@@ -20,6 +20,7 @@ async fn succeeds(client: &mut WorkflowsClient<Channel>, id: &str) -> anyhow::Re
     let workflow = client
         .get(pb::GetWorkflowRequest {
             workflow_id: id.to_owned(),
+            ..Default::default()
         })
         .await?
         .into_inner();

@@ -52,6 +52,9 @@ pub struct DevArgs {
     /// ports follow --listen's.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
     pub control_units: u16,
+    /// Jaeger's UI (e.g. http://localhost:16686): the console links each workflow's trace.
+    #[arg(long, env = "PAYGRID_JAEGER_URL")]
+    pub jaeger_url: Option<String>,
 }
 
 /// The two simulated gateways of `paygrid dev`, journaled under `data_dir`, stopped
@@ -186,7 +189,12 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<u8> {
         } else {
             SocketAddr::from(([127, 0, 0, 1], 0))
         };
-        config.http = Some(http_listener(http, addr, &config.security)?);
+        config.http = Some(http_listener(
+            http,
+            addr,
+            &config.security,
+            args.jaeger_url.clone(),
+        )?);
         if args.chaos {
             let breaker = &mut config.runtime.scheduler.breaker;
             breaker.min_requests = 3;

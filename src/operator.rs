@@ -260,6 +260,7 @@ pub async fn follow(
     let workflow = client
         .get(pb::GetWorkflowRequest {
             workflow_id: id.to_owned(),
+            ..Default::default()
         })
         .await
         .map_err(anyhow::Error::new)?
@@ -283,6 +284,7 @@ pub async fn status(endpoint: &str, id: &str, json: bool) -> anyhow::Result<u8> 
     let workflow = client
         .get(pb::GetWorkflowRequest {
             workflow_id: id.to_owned(),
+            ..Default::default()
         })
         .await
         .map_err(anyhow::Error::new)?
@@ -616,6 +618,7 @@ pub async fn run_examples(endpoint: &str, payments: u32) -> anyhow::Result<bool>
         let workflow = client
             .get(pb::GetWorkflowRequest {
                 workflow_id: id.clone(),
+                ..Default::default()
             })
             .await
             .map_err(anyhow::Error::new)?

@@ -29,9 +29,13 @@ pub struct ControlArgs {
     /// Lease of a dispatched task without heartbeats, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     pub lease_ttl_ms: u64,
-    /// Serve HTTP at ADDR: Prometheus metrics at /metrics, MCP (streamable HTTP) at /mcp.
+    /// Serve HTTP at ADDR: the web console at /, Prometheus metrics at /metrics, MCP
+    /// (streamable HTTP) at /mcp.
     #[arg(long = "http", alias = "metrics-addr", value_parser = parse_addr)]
     pub http: Option<SocketAddr>,
+    /// Jaeger's UI (e.g. http://localhost:16686): the console links each workflow's trace.
+    #[arg(long, env = "PAYGRID_JAEGER_URL")]
+    pub jaeger_url: Option<String>,
     #[command(flatten)]
     pub storage: StorageArgs,
     #[command(flatten)]
@@ -406,12 +410,14 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// The control unit's HTTP listener, bound, with MCP at `/mcp` talking to the control
-/// unit's gRPC address `grpc`; says where it is.
+/// The control unit's HTTP listener, bound, with the web console at `/` and MCP at
+/// `/mcp`, both talking to the control unit's gRPC address `grpc`; says where it is.
+/// `jaeger_url`: where the console's trace links point.
 pub fn http_listener(
     http: SocketAddr,
     grpc: SocketAddr,
     security: &paygrid_control_unit::server::Security,
+    jaeger_url: Option<String>,
 ) -> anyhow::Result<paygrid_control_unit::server::HttpConfig> {
     let listener =
         std::net::TcpListener::bind(http).with_context(|| format!("bind --http {http}"))?;
@@ -436,12 +442,23 @@ pub fn http_listener(
         None => paygrid_security::ClientSecurity::insecure(),
     };
     let scheme = transport.scheme();
+    let console = paygrid_console::router(
+        &format!("{scheme}://{grpc_host}"),
+        mcp_client.clone(),
+        paygrid_console::ConsoleOptions {
+            jaeger_url,
+            require_token: !security.policy.is_insecure(),
+        },
+    )?;
     let routes = paygrid_mcp::router(
         &format!("{scheme}://{grpc_host}"),
         mcp_client,
         !security.policy.is_insecure(),
-    )?;
-    println!("paygrid control http on {scheme}://{bound}: /metrics, MCP at {scheme}://{bound}/mcp");
+    )?
+    .merge(console);
+    println!(
+        "paygrid control http on {scheme}://{bound}: console at {scheme}://{bound}/, /metrics, MCP at {scheme}://{bound}/mcp"
+    );
     Ok(paygrid_control_unit::server::HttpConfig {
         listener: std::sync::Arc::new(listener),
         routes,
@@ -483,7 +500,12 @@ pub async fn control(args: ControlArgs) -> anyhow::Result<u8> {
     config.cluster = args.cluster.config(args.storage.store.as_deref())?;
     announce("control", addr);
     if let Some(http_addr) = args.http {
-        config.http = Some(http_listener(http_addr, addr, &config.security)?);
+        config.http = Some(http_listener(
+            http_addr,
+            addr,
+            &config.security,
+            args.jaeger_url.clone(),
+        )?);
     }
     server::serve(listener, config, shutdown_signal()).await?;
     Ok(EXIT_OK)

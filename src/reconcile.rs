@@ -162,6 +162,7 @@ async fn runs_of(client: &mut WorkflowsClient<Channel>, id: &str) -> anyhow::Res
     let workflow = client
         .get(pb::GetWorkflowRequest {
             workflow_id: id.to_owned(),
+            ..Default::default()
         })
         .await
         .map_err(anyhow::Error::new)?
@@ -330,6 +331,7 @@ async fn start(
     let workflow = client
         .get(pb::GetWorkflowRequest {
             workflow_id: submitted.workflow_id.clone(),
+            ..Default::default()
         })
         .await
         .map_err(anyhow::Error::new)?

@@ -116,6 +116,7 @@ async fn all_succeed(door: &str, store: &str, ids: &[String], within: Duration) 
             let workflow = client
                 .get(pb::GetWorkflowRequest {
                     workflow_id: id.clone(),
+                    ..Default::default()
                 })
                 .await
                 .map(tonic::Response::into_inner);

@@ -126,6 +126,7 @@ async fn wait_all_terminal(
             if let Ok(workflow) = client
                 .get(pb::GetWorkflowRequest {
                     workflow_id: id.clone(),
+                    ..Default::default()
                 })
                 .await
             {

@@ -226,6 +226,7 @@ async fn a_token_s_role_decides_what_its_holder_may_do() {
     watcher
         .get(pb::GetWorkflowRequest {
             workflow_id: id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap();

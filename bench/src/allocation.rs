@@ -221,6 +221,7 @@ async fn cost(args: &BenchArgs) -> anyhow::Result<Value> {
             let workflow = client
                 .get(pb::GetWorkflowRequest {
                     workflow_id: sample.id.clone(),
+                    ..Default::default()
                 })
                 .await?
                 .into_inner();
@@ -307,6 +308,7 @@ async fn slowdown(args: &BenchArgs) -> anyhow::Result<Value> {
                 let workflow = client
                     .get(pb::GetWorkflowRequest {
                         workflow_id: sample.id.clone(),
+                        ..Default::default()
                     })
                     .await?
                     .into_inner();

@@ -310,6 +310,7 @@ async fn hop_overheads(channel: Channel, samples: &[Sample], fanout: bool) -> Ov
         let Ok(workflow) = client
             .get(pb::GetWorkflowRequest {
                 workflow_id: sample.id.clone(),
+                ..Default::default()
             })
             .await
         else {

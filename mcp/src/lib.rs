@@ -464,6 +464,7 @@ impl PaygridMcp {
                 let workflow = workflows
                     .get(pb::GetWorkflowRequest {
                         workflow_id: id.to_owned(),
+                        ..Default::default()
                     })
                     .await
                     .map_err(|s| status_error(&s))?
@@ -932,6 +933,7 @@ impl ServerHandler for PaygridMcp {
             .clone()
             .get(pb::GetWorkflowRequest {
                 workflow_id: id.to_owned(),
+                ..Default::default()
             })
             .await
             .map_err(not_found)?

@@ -450,6 +450,7 @@ pub async fn get(client: &mut WorkflowsClient<Channel>, id: &str) -> pb::Workflo
     client
         .get(pb::GetWorkflowRequest {
             workflow_id: id.to_owned(),
+            ..Default::default()
         })
         .await
         .expect("get")

@@ -261,6 +261,22 @@ impl Owner {
         })
     }
 
+    /// The owner's workflow of idempotency key `key`.
+    pub async fn find_key(mut self, key: &str) -> Result<WorkflowId, ControlError> {
+        let request = self.unary(
+            pb::GetWorkflowRequest {
+                workflow_id: String::new(),
+                idempotency_key: key.to_owned(),
+            },
+            None,
+        );
+        let workflow = self.client.get(request).await.map_err(remote)?.into_inner();
+        workflow
+            .workflow_id
+            .parse()
+            .map_err(|e| ControlError::Internal(format!("the owner answered a bad id: {e}")))
+    }
+
     pub async fn watch(mut self, id: WorkflowId) -> Result<EventStream, ControlError> {
         let request = self.request(
             pb::WatchWorkflowRequest {

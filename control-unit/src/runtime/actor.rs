@@ -372,6 +372,9 @@ impl Actor {
                     .map_err(ControlError::from);
                 self.replies.push(Reply::Approve(reply, result));
             }
+            Input::FindKey { key, reply } => {
+                let _ = reply.send(self.idempotency.get(&key).map(|(id, _)| *id));
+            }
             Input::Operate {
                 id,
                 operation,

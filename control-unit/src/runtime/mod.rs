@@ -200,6 +200,11 @@ pub enum Input {
         id: WorkflowId,
         reply: oneshot::Sender<Option<WorkflowView>>,
     },
+    /// The workflow submitted with an idempotency key, if this control unit knows it.
+    FindKey {
+        key: String,
+        reply: oneshot::Sender<Option<WorkflowId>>,
+    },
     /// An operator's operation on one workflow (docs/operations.md).
     Operate {
         id: WorkflowId,

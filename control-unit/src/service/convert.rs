@@ -160,6 +160,11 @@ pub fn workflow_to_pb(view: &WorkflowView) -> pb::Workflow {
                     .unwrap_or_default(),
                 waiting_reason,
                 checkpoint: compiled.is_checkpoint(),
+                needs: compiled
+                    .needs
+                    .iter()
+                    .map(|need| view.workflow.spec.tasks[*need as usize].id.clone())
+                    .collect(),
                 started_at_ms: ms(run.started_at),
                 finished_at_ms: ms(run.finished_at),
                 compensation_status: state

@@ -308,6 +308,29 @@ impl WorkflowsService {
         }
     }
 
+    /// The workflow of an idempotency key (in a cluster, the key's partition owner knows
+    /// it).
+    async fn find_key(&self, key: &str) -> Result<WorkflowId, ControlError> {
+        if let Some(cluster) = &self.cluster
+            && let Some(owner) = cluster.route_key(key)?
+        {
+            return owner.find_key(key).await;
+        }
+        let key = key.to_owned();
+        let found = self
+            .handle
+            .ask(|reply| Input::FindKey {
+                key: key.clone(),
+                reply,
+            })
+            .await?;
+        found.ok_or_else(|| {
+            ControlError::NotFound(format!(
+                "no workflow was submitted with idempotency key `{key}`"
+            ))
+        })
+    }
+
     /// `List`, as protobuf, for callers inside the control unit.
     pub async fn list_pb(
         &self,
@@ -606,7 +629,12 @@ impl Workflows for WorkflowsService {
         &self,
         request: Request<pb::GetWorkflowRequest>,
     ) -> Result<Response<pb::Workflow>, Status> {
-        let id = parse_id(&request.into_inner().workflow_id)?;
+        let request = request.into_inner();
+        let id = if request.workflow_id.is_empty() && !request.idempotency_key.is_empty() {
+            self.find_key(&request.idempotency_key).await?
+        } else {
+            parse_id(&request.workflow_id)?
+        };
         Ok(Response::new(self.get_pb(id).await?))
     }
 
