@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use paygrid_proto::v1 as pb;
 use serde_json::json;
@@ -68,6 +68,37 @@ impl Limited {
             _dir: dir,
         }
     }
+
+    /// Waits until every gateway's agent is connected: routing compares gateways only
+    /// among the connected ones.
+    async fn wait_for_gateways(&self) {
+        let security = client_security();
+        let channel = security.channel_lazy(security.endpoint(&self.control.url).unwrap());
+        let mut hub = pb::agent_hub_client::AgentHubClient::new(channel);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let agents = hub
+                .list_agents(pb::ListAgentsRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .agents;
+            let connected = agents
+                .iter()
+                .filter(|a| a.connected)
+                .filter(|a| {
+                    a.card
+                        .as_ref()
+                        .is_some_and(|c| c.labels.contains_key("gateway"))
+                })
+                .count();
+            if connected == self.gateways.len() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "gateway agents never connected");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -79,6 +110,7 @@ async fn a_gateway_rate_and_a_merchant_concurrency_limit_hold_over_a_run() {
         ),
         &[("alpha", 25)],
     );
+    fleet.wait_for_gateways().await;
     // Captures take 500 ms: one merchant has one every 100 ms, so 5 would overlap without the limit.
     http(
         &fleet.gateways[0].url,
@@ -271,6 +303,7 @@ async fn a_gateway_that_slows_down_gets_a_lower_adaptive_limit_and_no_timeouts()
         "adaptive:\n  - { gateway: alpha, initial: 8, min: 2, max: 32, latency_target_ms: 250 }\n",
         &[("alpha", 25)],
     );
+    fleet.wait_for_gateways().await;
     let (control, gateway, http_addr) = (&fleet.control, &fleet.gateways[0], &fleet.http);
     let mut client = Fleet::client(&control.url).await;
     let card = spec("card-payment");
@@ -347,6 +380,7 @@ async fn work_overflows_to_the_dearer_gateway_only_at_the_cheaper_ones_limit() {
         "concurrency:\n  - { gateway: alpha, max: 2 }\n",
         &[("alpha", 25), ("beta", 30)],
     );
+    fleet.wait_for_gateways().await;
     let (control, http_addr) = (&fleet.control, &fleet.http);
     let (alpha, beta) = (&fleet.gateways[0], &fleet.gateways[1]);
     let mut client = Fleet::client(&control.url).await;
@@ -448,6 +482,7 @@ async fn a_submit_storm_past_a_keys_share_is_refused_with_a_hint_and_nothing_acc
         "admission: { key: \"{{ inputs.merchant }}\", max_active: 5 }\n",
         &[("alpha", 25)],
     );
+    fleet.wait_for_gateways().await;
     http(
         &fleet.gateways[0].url,
         "PUT",
