@@ -14,6 +14,7 @@ pub mod a2a;
 pub mod access;
 pub mod agents;
 pub mod convert;
+mod operations;
 pub mod peers;
 mod status;
 pub mod tools;

@@ -19,17 +19,16 @@ use crate::catalog::Catalog;
 use crate::cluster::forward::{EventStream, Forwarder, Owner};
 use crate::error::ControlError;
 use crate::model::{Decision, WorkflowId, WorkflowStatus};
-use crate::runtime::{BulkOutcome, Handle, Input, Operated, Operation, Submission, now_ms};
+use crate::runtime::{Handle, Input, Submission, now_ms};
 use crate::scheduler::NewWorkflow;
 use crate::scheduler::approvals::{ApprovalError, DecisionBy};
-use crate::scheduler::operations::OperationError;
 use crate::spec::{SpecErrors, SpecLimits, compile};
 use crate::views::ListQuery;
 
 #[derive(Clone)]
 pub struct WorkflowsService {
-    handle: Handle,
-    catalog: Arc<Catalog>,
+    pub(super) handle: Handle,
+    pub(super) catalog: Arc<Catalog>,
     /// Events buffered per watcher.
     watch_buffer: usize,
     /// In a cluster: new workflows get ids in partitions this control unit owns, and
@@ -48,7 +47,7 @@ impl WorkflowsService {
     }
 
     /// In a cluster: the owner of workflow `id`, when it is another member.
-    fn owner_of(&self, id: WorkflowId) -> Result<Option<Owner>, ControlError> {
+    pub(super) fn owner_of(&self, id: WorkflowId) -> Result<Option<Owner>, ControlError> {
         match &self.cluster {
             None => Ok(None),
             Some(cluster) => cluster.route(&id),
@@ -144,85 +143,6 @@ impl WorkflowsService {
                 input: Box::new(Input::Cancel { id, reason, reply }),
             })
             .await?
-    }
-
-    /// An operation on one workflow (docs/operations.md), at its owner, audited with
-    /// the operation. A workflow no longer in memory has ended long ago:
-    /// FAILED_PRECONDITION, not NOT_FOUND.
-    pub async fn operate(
-        &self,
-        id: WorkflowId,
-        operation: Operation,
-    ) -> Result<Operated, ControlError> {
-        if let Operation::Pause { reason } | Operation::Cancel { reason } = &operation
-            && reason.chars().count() > NOTE_MAX
-        {
-            return Err(ControlError::invalid(format!(
-                "reason is longer than {NOTE_MAX} characters"
-            )));
-        }
-        if let Some(owner) = self.owner_of(id)? {
-            return owner.operate(id, &operation).await;
-        }
-        let record = crate::audit::record(
-            operation.name(),
-            id.to_string(),
-            operation_detail(&operation),
-        );
-        let result = self
-            .handle
-            .ask(|reply| Input::Audited {
-                record: Box::new(record),
-                input: Box::new(Input::Operate {
-                    id,
-                    operation,
-                    reply,
-                }),
-            })
-            .await?;
-        match result {
-            Err(ControlError::Operation(OperationError::NotFound(_)))
-                if self.catalog.stored_workflow(id).await?.is_some() =>
-            {
-                Err(ControlError::Operation(OperationError::Refused(format!(
-                    "workflow {id} ended long ago and left this control unit's memory (only its record is kept): submit it again"
-                ))))
-            }
-            other => other,
-        }
-    }
-
-    /// One operation over the workflows a filter matches (this control unit's), audited
-    /// as one record.
-    pub async fn bulk(
-        &self,
-        filter: crate::scheduler::operations::Filter,
-        operation: Operation,
-        dry_run: bool,
-        limit: usize,
-    ) -> Result<BulkOutcome, ControlError> {
-        let record = crate::audit::record(
-            &format!("bulk {}", operation.name()),
-            "",
-            format!(
-                "{}{}{}",
-                if dry_run { "dry run; " } else { "" },
-                describe_filter(&filter),
-                operation_detail(&operation)
-            ),
-        );
-        self.handle
-            .ask(|reply| Input::Audited {
-                record: Box::new(record),
-                input: Box::new(Input::Bulk {
-                    filter,
-                    operation,
-                    dry_run,
-                    limit,
-                    reply,
-                }),
-            })
-            .await
     }
 
     /// A decision on an approval task (`task` `None`: the one the workflow waits for),
@@ -496,77 +416,7 @@ impl WorkflowsService {
     }
 }
 
-/// What an operation's audit record says besides its name.
-fn operation_detail(operation: &Operation) -> String {
-    match operation {
-        Operation::Pause { reason } | Operation::Cancel { reason } => reason.clone(),
-        Operation::Resume => String::new(),
-        Operation::Retry { task } => task
-            .as_ref()
-            .map(|t| format!("task {t}"))
-            .unwrap_or_default(),
-        Operation::Redrive { checkpoint } => format!("from checkpoint {checkpoint}"),
-    }
-}
-
-fn describe_filter(filter: &crate::scheduler::operations::Filter) -> String {
-    let mut parts = Vec::new();
-    if let Some(status) = filter.status {
-        parts.push(format!("status={}", status.as_str()));
-    }
-    if let Some(name) = &filter.name {
-        parts.push(format!("name={name}"));
-    }
-    for (key, value) in &filter.labels {
-        parts.push(format!("label {key}={value}"));
-    }
-    if let Some(skill) = &filter.skill {
-        parts.push(format!("skill={skill}"));
-    }
-    if let Some(gateway) = &filter.gateway {
-        parts.push(format!("gateway={gateway}"));
-    }
-    if parts.is_empty() {
-        "every workflow; ".to_owned()
-    } else {
-        format!("{}; ", parts.join(" "))
-    }
-}
-
-/// The `OperateRequest` of a single-workflow method, as an operation.
-fn operation_of(
-    method: &str,
-    request: pb::OperateRequest,
-) -> Result<(WorkflowId, Operation), ControlError> {
-    let id = parse_id(&request.workflow_id)?;
-    let task = Some(request.task_id).filter(|t| !t.is_empty());
-    let reason = if request.reason.is_empty() {
-        "requested by operator".to_owned()
-    } else {
-        request.reason
-    };
-    let operation = match method {
-        "pause" => Operation::Pause { reason },
-        "resume" => Operation::Resume,
-        "retry" => Operation::Retry { task },
-        _ => Operation::Redrive {
-            checkpoint: task.ok_or_else(|| {
-                ControlError::invalid("task_id is required: the checkpoint to re-drive from")
-            })?,
-        },
-    };
-    Ok((id, operation))
-}
-
-fn operated_to_pb(operated: Operated) -> pb::OperateResponse {
-    pb::OperateResponse {
-        status: convert::workflow_status_to_pb(operated.status).into(),
-        tasks: operated.tasks,
-        paused: operated.paused,
-    }
-}
-
-fn parse_id(text: &str) -> Result<WorkflowId, ControlError> {
+pub(super) fn parse_id(text: &str) -> Result<WorkflowId, ControlError> {
     text.parse().map_err(ControlError::InvalidArgument)
 }
 
@@ -754,89 +604,43 @@ impl Workflows for WorkflowsService {
         &self,
         request: Request<pb::OperateRequest>,
     ) -> Result<Response<pb::OperateResponse>, Status> {
-        let (id, operation) = operation_of("pause", request.into_inner())?;
-        Ok(Response::new(operated_to_pb(
-            self.operate(id, operation).await?,
-        )))
+        Ok(Response::new(
+            self.operate_pb("pause", request.into_inner()).await?,
+        ))
     }
 
     async fn resume(
         &self,
         request: Request<pb::OperateRequest>,
     ) -> Result<Response<pb::OperateResponse>, Status> {
-        let (id, operation) = operation_of("resume", request.into_inner())?;
-        Ok(Response::new(operated_to_pb(
-            self.operate(id, operation).await?,
-        )))
+        Ok(Response::new(
+            self.operate_pb("resume", request.into_inner()).await?,
+        ))
     }
 
     async fn retry_task(
         &self,
         request: Request<pb::OperateRequest>,
     ) -> Result<Response<pb::OperateResponse>, Status> {
-        let (id, operation) = operation_of("retry", request.into_inner())?;
-        Ok(Response::new(operated_to_pb(
-            self.operate(id, operation).await?,
-        )))
+        Ok(Response::new(
+            self.operate_pb("retry", request.into_inner()).await?,
+        ))
     }
 
     async fn redrive(
         &self,
         request: Request<pb::OperateRequest>,
     ) -> Result<Response<pb::OperateResponse>, Status> {
-        let (id, operation) = operation_of("redrive", request.into_inner())?;
-        Ok(Response::new(operated_to_pb(
-            self.operate(id, operation).await?,
-        )))
+        Ok(Response::new(
+            self.operate_pb("redrive", request.into_inner()).await?,
+        ))
     }
 
     async fn bulk_operate(
         &self,
         request: Request<pb::BulkOperateRequest>,
     ) -> Result<Response<pb::BulkOperateResponse>, Status> {
-        let request = request.into_inner();
-        let task = Some(request.task_id).filter(|t| !t.is_empty());
-        let reason = if request.reason.is_empty() {
-            "bulk operation by operator".to_owned()
-        } else {
-            request.reason
-        };
-        let operation = match pb::Operation::try_from(request.operation) {
-            Ok(pb::Operation::Pause) => Operation::Pause { reason },
-            Ok(pb::Operation::Resume) => Operation::Resume,
-            Ok(pb::Operation::Retry) => Operation::Retry { task },
-            Ok(pb::Operation::Cancel) => Operation::Cancel { reason },
-            Ok(pb::Operation::Redrive) => Operation::Redrive {
-                checkpoint: task.ok_or_else(|| {
-                    ControlError::invalid("task_id is required: the checkpoint to re-drive from")
-                })?,
-            },
-            _ => {
-                return Err(ControlError::invalid(
-                    "operation is required: OPERATION_PAUSE, _RESUME, _RETRY, _CANCEL or _REDRIVE",
-                )
-                .into());
-            }
-        };
-        let filter = crate::scheduler::operations::Filter {
-            status: convert::workflow_status_from_pb(request.status),
-            name: Some(request.name).filter(|n| !n.is_empty()),
-            labels: request.labels.into_iter().collect(),
-            skill: Some(request.skill).filter(|s| !s.is_empty()),
-            gateway: Some(request.gateway).filter(|g| !g.is_empty()),
-        };
-        let limit = match request.limit {
-            0 => 1_000,
-            n => n.min(10_000) as usize,
-        };
-        let outcome = self.bulk(filter, operation, request.dry_run, limit).await?;
-        Ok(Response::new(pb::BulkOperateResponse {
-            matched: outcome.matched.len() as u32,
-            workflow_ids: outcome.matched.iter().map(ToString::to_string).collect(),
-            applied: outcome.applied as u32,
-            refused: outcome.refused,
-            dry_run: outcome.dry_run,
-        }))
+        Ok(Response::new(self.bulk_pb(request.into_inner()).await?))
     }
 
     async fn list_audit(
@@ -923,7 +727,7 @@ impl Workflows for WorkflowsService {
 /// Longest `decided_by` accepted.
 const DECIDED_BY_MAX: usize = 128;
 /// Longest approval note accepted.
-const NOTE_MAX: usize = 2_000;
+pub(super) const NOTE_MAX: usize = 2_000;
 
 /// The client a call came through, from its `paygrid-client` metadata (`cli`, `mcp`),
 /// else `grpc`: recorded with a decision.
