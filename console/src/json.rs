@@ -6,27 +6,11 @@ use paygrid_proto::v1 as pb;
 use paygrid_telemetry::redact::{redact_json, redact_text};
 use serde_json::{Value, json};
 
+pub use paygrid_mcp::convert::{agent, health, task_status, workflow_status};
+
 fn enum_name(name: Option<&str>, prefix: &str) -> String {
     name.map(|n| n.trim_start_matches(prefix).to_lowercase())
         .unwrap_or_else(|| "unknown".into())
-}
-
-pub fn workflow_status(status: i32) -> String {
-    enum_name(
-        pb::WorkflowStatus::try_from(status)
-            .ok()
-            .map(|s| s.as_str_name()),
-        "WORKFLOW_STATUS_",
-    )
-}
-
-fn task_status(status: i32) -> String {
-    enum_name(
-        pb::TaskStatus::try_from(status)
-            .ok()
-            .map(|s| s.as_str_name()),
-        "TASK_STATUS_",
-    )
 }
 
 /// JSON text as a value with card data masked; text that is not JSON, masked.
@@ -148,71 +132,6 @@ pub fn summary_of(w: &pb::Workflow) -> Value {
         "paused": !w.paused.is_empty(),
         "created_at_ms": w.created_at_ms,
         "updated_at_ms": w.updated_at_ms,
-    })
-}
-
-pub fn agent(a: &pb::AgentInfo) -> Value {
-    let card = a.card.clone().unwrap_or_default();
-    json!({
-        "agent_id": a.agent_id,
-        "name": card.name,
-        "execution_unit": a.execution_unit,
-        "connected": a.connected,
-        "skills": card.skills.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
-        "labels": card.labels,
-        "max_concurrency": card.max_concurrency,
-        "inflight": a.inflight,
-        "tasks_completed": a.tasks_completed,
-        "error_rate": a.health.as_ref().map(|h| h.error_rate),
-    })
-}
-
-pub fn health(h: &pb::HealthResponse) -> Value {
-    let entries: Vec<Value> = h
-        .entries
-        .iter()
-        .filter_map(|e| {
-            let r = e.report.as_ref()?;
-            Some(json!({
-                "kind": r.kind,
-                "subject": r.subject,
-                "requests": r.requests,
-                "errors": r.errors,
-                "error_rate": e.error_rate,
-                "latency_p50_ms": r.latency_p50_ms,
-                "latency_p99_ms": r.latency_p99_ms,
-                "reported_by": e.reported_by,
-                "updated_at_ms": e.updated_at_ms,
-            }))
-        })
-        .collect();
-    let breakers: Vec<Value> = h
-        .breakers
-        .iter()
-        .map(|b| {
-            json!({
-                "gateway": b.gateway,
-                "state": b.state,
-                "requests": b.requests,
-                "errors": b.errors,
-                "slow": b.slow,
-                "open_until_ms": b.open_until_ms,
-                "last": b.transitions.last().map(|t| format!("{} → {}: {}", t.from, t.to, redact_text(&t.reason))),
-            })
-        })
-        .collect();
-    let adaptive: Vec<Value> = h
-        .adaptive
-        .iter()
-        .map(|a| json!({"gateway": a.gateway, "limit": a.limit, "running": a.running, "min": a.min, "max": a.max}))
-        .collect();
-    let holds = h.holds.clone().unwrap_or_default();
-    json!({
-        "entries": entries,
-        "breakers": breakers,
-        "adaptive": adaptive,
-        "paused_skills": holds.skills,
-        "paused_gateways": holds.gateways,
     })
 }
 

@@ -1,6 +1,8 @@
-//! Protobuf answers of the control unit as the JSON MCP clients read.
+//! Protobuf answers of the control unit as the JSON MCP clients and the web console
+//! read.
 
 use paygrid_proto::v1 as pb;
+use paygrid_telemetry::redact::redact_text;
 use serde_json::{Value, json};
 
 /// `succeeded`, `running`, ... from the enum's name.
@@ -14,7 +16,7 @@ pub fn workflow_status(status: i32) -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-fn task_status(status: i32) -> String {
+pub fn task_status(status: i32) -> String {
     pb::TaskStatus::try_from(status)
         .map(|s| {
             s.as_str_name()
@@ -96,6 +98,7 @@ pub fn agent(a: &pb::AgentInfo) -> Value {
         "connected": a.connected,
         "skills": card.skills.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
         "labels": card.labels,
+        "max_concurrency": card.max_concurrency,
         "inflight": a.inflight,
         "tasks_completed": a.tasks_completed,
         "error_rate": a.health.as_ref().map(|h| h.error_rate),
@@ -114,15 +117,39 @@ pub fn health(h: &pb::HealthResponse) -> Value {
                 "requests": r.requests,
                 "errors": r.errors,
                 "error_rate": e.error_rate,
+                "latency_p50_ms": r.latency_p50_ms,
                 "latency_p99_ms": r.latency_p99_ms,
                 "reported_by": e.reported_by,
+                "updated_at_ms": e.updated_at_ms,
             }))
         })
         .collect();
     let breakers: Vec<Value> = h
         .breakers
         .iter()
-        .map(|b| json!({"gateway": b.gateway, "state": b.state, "requests": b.requests, "errors": b.errors, "open_until_ms": b.open_until_ms}))
+        .map(|b| {
+            json!({
+                "gateway": b.gateway,
+                "state": b.state,
+                "requests": b.requests,
+                "errors": b.errors,
+                "slow": b.slow,
+                "open_until_ms": b.open_until_ms,
+                "last": b.transitions.last().map(|t| format!("{} → {}: {}", t.from, t.to, redact_text(&t.reason))),
+            })
+        })
         .collect();
-    json!({"entries": entries, "breakers": breakers})
+    let adaptive: Vec<Value> = h
+        .adaptive
+        .iter()
+        .map(|a| json!({"gateway": a.gateway, "limit": a.limit, "running": a.running, "min": a.min, "max": a.max}))
+        .collect();
+    let holds = h.holds.clone().unwrap_or_default();
+    json!({
+        "entries": entries,
+        "breakers": breakers,
+        "adaptive": adaptive,
+        "paused_skills": holds.skills,
+        "paused_gateways": holds.gateways,
+    })
 }

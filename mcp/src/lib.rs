@@ -19,7 +19,7 @@
 //! Bad arguments are tool errors naming the field (`isError: true`), never protocol
 //! failures: the model reading them can fix its call.
 
-mod convert;
+pub mod convert;
 
 use std::borrow::Cow;
 use std::sync::Arc;
