@@ -402,7 +402,7 @@ impl Actor {
                     ..BulkOutcome::default()
                 };
                 if !dry_run {
-                    for id in outcome.matched.clone() {
+                    for &id in &outcome.matched {
                         match self.operate(now, id, operation.clone(), &mut out) {
                             Ok(_) => outcome.applied += 1,
                             Err(error) => outcome.refused.push(format!("{id}: {error}")),

@@ -79,19 +79,9 @@ impl Watchers {
 /// A recorded change as a watcher sees it; `None` for records a watcher does not see.
 fn event(record: &Record, workflow: &Workflow, sequence: u64) -> Option<WorkflowEvent> {
     let body = match &record.change {
-        Change::Created | Change::CancelRequested { .. } => return None,
-        Change::Reopened(reset) => EventBody::Workflow {
-            status: workflow.status,
-            detail: Some(format!(
-                "running again: {}",
-                reset
-                    .tasks
-                    .iter()
-                    .map(|t| workflow.task_id(*t))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
-        },
+        // A retry or re-drive reopens an ended workflow, which nobody watches any more
+        // (a watch ends with its workflow); a new watch starts from its snapshot.
+        Change::Created | Change::CancelRequested { .. } | Change::Reopened(_) => return None,
         // Shown as the workflow's state with the operation in the detail.
         Change::Paused { reason } => EventBody::Workflow {
             status: workflow.status,

@@ -50,11 +50,7 @@ impl Scheduler {
         reason: &str,
         out: &mut Vec<Command>,
     ) -> Result<WorkflowStatus, OperationError> {
-        self.advance(now);
-        let workflow = self
-            .workflows
-            .get_mut(&id)
-            .ok_or(OperationError::NotFound(id))?;
+        let workflow = self.operated(now, id)?;
         if workflow.status.is_terminal() {
             return Err(OperationError::Refused(format!(
                 "workflow {id} is {}: only a running workflow can be paused",
@@ -86,11 +82,7 @@ impl Scheduler {
         id: WorkflowId,
         out: &mut Vec<Command>,
     ) -> Result<WorkflowStatus, OperationError> {
-        self.advance(now);
-        let workflow = self
-            .workflows
-            .get_mut(&id)
-            .ok_or(OperationError::NotFound(id))?;
+        let workflow = self.operated(now, id)?;
         if workflow.paused.is_none() {
             return Err(OperationError::Refused(format!(
                 "workflow {id} is not paused (it is {})",
@@ -103,6 +95,14 @@ impl Scheduler {
         record(out, id, now, Change::Resumed);
         self.requeue_ready(id);
         Ok(status)
+    }
+
+    /// The workflow an operation is on, at `now`.
+    fn operated(&mut self, now: u64, id: WorkflowId) -> Result<&mut Workflow, OperationError> {
+        self.advance(now);
+        self.workflows
+            .get_mut(&id)
+            .ok_or(OperationError::NotFound(id))
     }
 
     /// Puts a workflow's ready tasks back in their queues (their entries were dropped
@@ -146,11 +146,7 @@ impl Scheduler {
         task: Option<&str>,
         out: &mut Vec<Command>,
     ) -> Result<Vec<String>, OperationError> {
-        self.advance(now);
-        let workflow = self
-            .workflows
-            .get(&id)
-            .ok_or(OperationError::NotFound(id))?;
+        let workflow = &*self.operated(now, id)?;
         if workflow.status != WorkflowStatus::Failed {
             return Err(OperationError::Refused(format!(
                 "workflow {id} is {}: only a failed workflow can be retried",
@@ -185,11 +181,7 @@ impl Scheduler {
         checkpoint: &str,
         out: &mut Vec<Command>,
     ) -> Result<Vec<String>, OperationError> {
-        self.advance(now);
-        let workflow = self
-            .workflows
-            .get(&id)
-            .ok_or(OperationError::NotFound(id))?;
+        let workflow = &*self.operated(now, id)?;
         let index = task_index(workflow, checkpoint)?;
         if !matches!(
             workflow.spec.tasks[index as usize].kind,
