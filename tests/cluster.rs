@@ -230,22 +230,27 @@ async fn a_paused_member_s_partitions_are_taken_over_and_nothing_runs_twice() {
 /// A workflow that waits for a skill nobody offers.
 const PARKED: &str = "apiVersion: paygrid/v1\nkind: Workflow\nname: parked\nversion: 1\ntasks:\n  - id: wait\n    skill: nobody.offers\n";
 
-/// Calls about one member's workflow work at the other: it forwards them to the owner as
-/// the caller it authenticated (checked there again, and audited with the door it came
-/// through), one idempotency key is one workflow whichever door takes it.
-async fn any_door_works(a: &str, b: &str, b_http: &str) {
-    // An unkeyed submission lands in a partition of the member that takes it: cu-a.
-    let parked = Fleet::client(a)
+/// Submits a parked workflow at `door` (with idempotency key `key`, when not empty).
+async fn park(door: &str, key: &str) -> pb::SubmitResponse {
+    Fleet::client(door)
         .await
         .submit(pb::SubmitRequest {
             spec: Some(pb::submit_request::Spec::SpecText(PARKED.into())),
             input_json: "{}".into(),
+            idempotency_key: key.into(),
             ..Default::default()
         })
         .await
         .unwrap()
         .into_inner()
-        .workflow_id;
+}
+
+/// Calls about one member's workflow work at the other: it forwards them to the owner as
+/// the caller it authenticated (checked there again, and audited with the door it came
+/// through), one idempotency key is one workflow whichever door takes it.
+async fn any_door_works(a: &str, b: &str, b_http: &str) {
+    // An unkeyed submission lands in a partition of the member that takes it: cu-a.
+    let parked = park(a, "").await.workflow_id;
     let as_user = |name: &str, role| {
         let security = client_security()
             .with_bearer(paygrid_security::Bearer::new(Some(&token(name, role))).unwrap());
@@ -317,23 +322,7 @@ async fn any_door_works(a: &str, b: &str, b_http: &str) {
     );
     assert!(entry.origin.ends_with("via cu-b"), "{entry:?}");
     // One key, one workflow, whichever door takes it (one of them forwards).
-    let keyed = |door: &str| {
-        let door = door.to_owned();
-        async move {
-            Fleet::client(&door)
-                .await
-                .submit(pb::SubmitRequest {
-                    spec: Some(pb::submit_request::Spec::SpecText(PARKED.into())),
-                    input_json: "{}".into(),
-                    idempotency_key: "both-doors".into(),
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner()
-        }
-    };
-    let (first, second) = (keyed(a).await, keyed(b).await);
+    let (first, second) = (park(a, "both-doors").await, park(b, "both-doors").await);
     assert!(first.created && !second.created, "{first:?} {second:?}");
     assert_eq!(first.workflow_id, second.workflow_id);
 
@@ -342,17 +331,7 @@ async fn any_door_works(a: &str, b: &str, b_http: &str) {
     let Some(python) = python_with("a2a.client") else {
         return;
     };
-    let parked = Fleet::client(a)
-        .await
-        .submit(pb::SubmitRequest {
-            spec: Some(pb::submit_request::Spec::SpecText(PARKED.into())),
-            input_json: "{}".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .workflow_id;
+    let parked = park(a, "").await.workflow_id;
     let seen = run_client_script(
         &python,
         "a2a_check.py",

@@ -35,21 +35,9 @@ async fn the_console_follows_pauses_resumes_and_retries_payments_in_chromium() {
     let fleet = HttpFleet::start("console");
     let mut workflows = fleet.register_card_payment().await;
     // A payment that fails while the gateway is down for all its attempts.
-    http(
-        &fleet.gateway.url,
-        "PUT",
-        "/v1/admin/faults",
-        Some(r#"{"fail_next": 1000}"#),
-    );
-    let failed = submit(
-        &mut workflows,
-        &spec("card-payment"),
-        card("tok_visa"),
-        pb::Priority::Unspecified,
-    )
-    .await;
-    let workflow = wait_terminal(&mut workflows, &failed).await;
-    assert_eq!(workflow.status, pb::WorkflowStatus::Failed as i32);
+    let failed = payment_failed_at_gateway(&mut workflows, &fleet.gateway.url)
+        .await
+        .workflow_id;
     // The gateway is back, answering in 2 s as slow real ones do: payments stay in
     // flight long enough to be watched and paused.
     http(

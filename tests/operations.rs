@@ -128,25 +128,8 @@ async fn pause_resume_retry_and_bulk_through_the_real_parts() {
 
     // The gateway is down for every attempt: the payment fails with nothing taken;
     // once it is back, a retry runs it again from the failed task, under a new key.
-    http(
-        &fleet.gateway.url,
-        "PUT",
-        "/v1/admin/faults",
-        Some(r#"{"fail_next": 1000}"#),
-    );
-    let failed = submit(
-        &mut client,
-        &spec("card-payment"),
-        card("tok_visa"),
-        pb::Priority::Unspecified,
-    )
-    .await;
-    let workflow = wait_terminal(&mut client, &failed).await;
-    assert_eq!(
-        workflow.status,
-        pb::WorkflowStatus::Failed as i32,
-        "{workflow:#?}"
-    );
+    let workflow = payment_failed_at_gateway(&mut client, &fleet.gateway.url).await;
+    let failed = workflow.workflow_id.clone();
     assert_eq!(task(&workflow, "authorize").attempts, 4);
     http(&fleet.gateway.url, "PUT", "/v1/admin/faults", Some("{}"));
     let (code, out) = cli(&control, &["retry", &failed, "--task", "authorize"]);

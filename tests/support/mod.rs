@@ -578,6 +578,35 @@ pub fn gateway_stats(gateway: &Part) -> serde_json::Value {
     http(&gateway.url, "GET", "/v1/stats", None)
 }
 
+/// A card payment that failed because the gateway at `gateway_url` refused every
+/// attempt (503s: nothing was taken); the gateway is left refusing. Returns the failed
+/// workflow.
+pub async fn payment_failed_at_gateway(
+    client: &mut WorkflowsClient<Channel>,
+    gateway_url: &str,
+) -> pb::Workflow {
+    http(
+        gateway_url,
+        "PUT",
+        "/v1/admin/faults",
+        Some(r#"{"fail_next": 1000}"#),
+    );
+    let id = submit(
+        client,
+        &spec("card-payment"),
+        card("tok_visa"),
+        pb::Priority::Unspecified,
+    )
+    .await;
+    let workflow = wait_terminal(client, &id).await;
+    assert_eq!(
+        workflow.status,
+        pb::WorkflowStatus::Failed as i32,
+        "{workflow:#?}"
+    );
+    workflow
+}
+
 /// A card payment's input: 12.50 EUR with a test card token.
 pub fn card(token: &str) -> serde_json::Value {
     serde_json::json!({"amount_minor": 1250, "currency": "EUR", "card_token": token})
