@@ -29,6 +29,11 @@ pub struct ControlArgs {
     /// Lease of a dispatched task without heartbeats, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     pub lease_ttl_ms: u64,
+    /// Workflows not yet ended this control unit holds at once; a submission beyond it
+    /// is refused with RESOURCE_EXHAUSTED and a retry-after. Each takes about 1 KiB of
+    /// memory (docs/benchmarks.md).
+    #[arg(long, default_value_t = 200_000)]
+    pub workflows_active_max: usize,
     /// Serve HTTP at ADDR: the web console at /, Prometheus metrics at /metrics, MCP
     /// (streamable HTTP) at /mcp.
     #[arg(long = "http", alias = "metrics-addr", value_parser = parse_addr)]
@@ -479,6 +484,7 @@ pub async fn control(args: ControlArgs) -> anyhow::Result<u8> {
     let (mut config, location) = args.storage.config().await?;
     tracing::info!(store = %location, "control unit state");
     config.runtime.scheduler.lease_ttl = Duration::from_millis(args.lease_ttl_ms);
+    config.runtime.scheduler.workflows_active_max = args.workflows_active_max;
     config.runtime.scheduler.breaker = args.breaker.config()?;
     if let Some(path) = &args.remediation_rules {
         let text = std::fs::read_to_string(path).map_err(|e| {

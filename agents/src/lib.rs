@@ -5,6 +5,7 @@
 //! - [`ledger`]: the double-entry ledger service agent (`ledger.post`, `ledger.payout_plan`).
 //! - [`reconcile`]: the reconciliation service agent (`reconcile.gateway`).
 //! - [`service`]: checkpoint verification, receipts, and the benchmark sleep agent.
+//! - [`precise`]: a sleep without tokio's 1 ms rounding, for the benchmark agent.
 //! - [`telemetry`]: the support agent relaying health to the control unit.
 //! - [`gateway_sim`]: a Stripe-like HTTP gateway with idempotency keys and faults.
 //! - [`journal`]: the append-only file the ledger and the simulator keep money state in.
@@ -14,6 +15,7 @@ pub mod gateway;
 pub mod gateway_sim;
 pub mod journal;
 pub mod ledger;
+pub mod precise;
 pub mod reconcile;
 pub mod remediation;
 pub mod risk;

@@ -117,7 +117,7 @@ impl Agent for SleepAgent {
             .get("sleep_ms")
             .and_then(Value::as_u64)
             .unwrap_or(self.default_sleep_ms);
-        tokio::time::sleep(std::time::Duration::from_millis(sleep_ms)).await;
+        crate::precise::sleep(std::time::Duration::from_millis(sleep_ms)).await;
         // Wall-clock stamps let the benchmark measure scheduling overhead between tasks.
         TaskOutcome::Succeeded(
             json!({"slept_ms": sleep_ms, "received_at_us": received_at_us, "finished_at_us": unix_micros()}),

@@ -81,10 +81,7 @@ async fn fleet(
     }
     exec.extend(exec_args);
     let execs = vec![Process::start(&exec)?];
-    let channel = Channel::from_shared(control.url.clone())?
-        .tcp_nodelay(true)
-        .connect()
-        .await?;
+    let channel = crate::load::connect(&control.url).await?;
     Ok(Fleet {
         _execs: execs,
         _control: control,

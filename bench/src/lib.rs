@@ -4,11 +4,15 @@
 //!
 //! - [`load`]: the load generator against real processes, next to the raw ceiling.
 //! - [`allocation`]: limits, fairness and overflow scenarios (`burst`, `cost`).
+//! - [`follow`]: following workflows to their ends (one `Follow` stream, or `Watch`es).
+//! - [`hold`]: many workflows waiting: memory, accept time, recovery after a crash.
 //! - [`ceiling`]: the raw gRPC stream ceiling (echo server and client).
 //! - [`store`]: append throughput of a store.
 
 pub mod allocation;
 pub mod ceiling;
+pub mod follow;
+pub mod hold;
 pub mod load;
 pub mod store;
 

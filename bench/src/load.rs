@@ -4,7 +4,8 @@
 //! `--store memory`), execution units hosting the benchmark sleep agent and the shipped
 //! agents, a zero-latency gateway simulator, and a ping-pong echo server for the ceiling.
 //! This process is the load generator: it submits through the public gRPC API, closed
-//! loop at concurrency C (or open loop at rate R), and follows each workflow with `Watch`.
+//! loop at concurrency C (or open loop at rate R), and follows the workflows to their ends
+//! on one `Follow` stream per door (or one `Watch` each, `--follow watch`).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
@@ -23,6 +24,7 @@ use serde_json::{Value, json};
 use tonic::transport::Channel;
 
 use crate::ceiling::ceiling;
+use crate::follow::{Completions, FollowMode};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -64,6 +66,10 @@ pub struct BenchArgs {
     /// Finish in under a minute (smaller runs).
     #[arg(long)]
     pub quick: bool,
+    /// How the load generator learns of each workflow's end: one `Follow` stream for all
+    /// (`stream`) or one `Watch` per workflow (`watch`).
+    #[arg(long, value_enum, default_value = "stream")]
+    pub follow: FollowMode,
     /// Where to write the JSON report (default: target/paygrid-bench/bench-UNIXTIME.json).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -109,7 +115,7 @@ impl Process {
         Ok(Self { child, url })
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 }
@@ -119,6 +125,14 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A channel to a part, without Nagle's delay.
+pub(crate) async fn connect(url: &str) -> anyhow::Result<Channel> {
+    Ok(Channel::from_shared(url.to_owned())?
+        .tcp_nodelay(true)
+        .connect()
+        .await?)
 }
 
 /// CPU seconds (user + system) of a process.
@@ -135,7 +149,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 /// A `/proc/PID/status` field in kB (VmRSS, VmHWM).
-fn status_kb(pid: u32, field: &str) -> u64 {
+pub(crate) fn status_kb(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -172,32 +186,12 @@ fn fanout_spec(task_ms: u64) -> String {
     text
 }
 
-const HOLD_SPEC: &str = "apiVersion: paygrid/v1\nkind: Workflow\nname: bench-hold\nversion: 1\ntasks:\n  - id: wait\n    skill: bench.hold\n";
-
 /// One finished workflow as the client saw it.
 pub(crate) struct Sample {
     pub(crate) id: String,
     pub(crate) latency: Duration,
     pub(crate) succeeded: bool,
     critical: bool,
-}
-
-async fn follow(client: &mut WorkflowsClient<Channel>, id: &str) -> anyhow::Result<bool> {
-    let mut stream = client
-        .watch(pb::WatchWorkflowRequest {
-            workflow_id: id.to_owned(),
-        })
-        .await?
-        .into_inner();
-    let mut status = pb::WorkflowStatus::Unspecified;
-    while let Some(event) = stream.message().await? {
-        match event.body {
-            Some(pb::workflow_event::Body::Snapshot(w)) => status = w.status(),
-            Some(pb::workflow_event::Body::Workflow(w)) => status = w.status(),
-            _ => {}
-        }
-    }
-    Ok(status == pb::WorkflowStatus::Succeeded)
 }
 
 pub(crate) type InputFn = Arc<dyn Fn(usize) -> (String, pb::Priority) + Send + Sync>;
@@ -211,7 +205,16 @@ pub(crate) async fn load(
     rate: Option<f64>,
     input: InputFn,
 ) -> anyhow::Result<(Vec<Sample>, Duration)> {
-    load_doors(vec![channel], spec, count, concurrency, rate, input).await
+    load_doors(
+        vec![channel],
+        spec,
+        count,
+        concurrency,
+        rate,
+        input,
+        FollowMode::Stream,
+    )
+    .await
 }
 
 /// As [`load`], workflow `i` submitted and followed at door `i % doors`.
@@ -222,39 +225,58 @@ async fn load_doors(
     concurrency: usize,
     rate: Option<f64>,
     input: InputFn,
+    follow: FollowMode,
 ) -> anyhow::Result<(Vec<Sample>, Duration)> {
+    let mut completions = Vec::new();
+    if follow == FollowMode::Stream {
+        for door in &doors {
+            completions.push(Completions::open(door.clone()).await?);
+        }
+    }
+    let completions: Arc<[Completions]> = completions.into();
     let started = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
     let doors: Arc<[Channel]> = doors.into();
-    let one = |i: usize, doors: Arc<[Channel]>, spec: Arc<String>, input: InputFn| async move {
-        let mut client = WorkflowsClient::new(doors[i % doors.len()].clone());
-        let (input_json, priority) = input(i);
-        let t0 = Instant::now();
-        let id = client
-            .submit(pb::SubmitRequest {
-                spec: Some(pb::submit_request::Spec::SpecText((*spec).clone())),
-                input_json,
-                priority: priority.into(),
-                ..Default::default()
+    let one = move |i: usize, doors: Arc<[Channel]>, spec: Arc<String>, input: InputFn| {
+        let completions = completions.clone();
+        async move {
+            let mut client = WorkflowsClient::new(doors[i % doors.len()].clone());
+            let (input_json, priority) = input(i);
+            let t0 = Instant::now();
+            let id = client
+                .submit(pb::SubmitRequest {
+                    spec: Some(pb::submit_request::Spec::SpecText((*spec).clone())),
+                    input_json,
+                    priority: priority.into(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .workflow_id;
+            let succeeded = match completions.get(i % doors.len()) {
+                Some(completions) => completions.ended(&id).await?,
+                None => crate::follow::watch(&mut client, &id).await?,
+            };
+            Ok::<_, anyhow::Error>(Sample {
+                id,
+                latency: t0.elapsed(),
+                succeeded,
+                critical: priority == pb::Priority::Critical,
             })
-            .await?
-            .into_inner()
-            .workflow_id;
-        let succeeded = follow(&mut client, &id).await?;
-        Ok::<_, anyhow::Error>(Sample {
-            id,
-            latency: t0.elapsed(),
-            succeeded,
-            critical: priority == pb::Priority::Critical,
-        })
+        }
     };
     let mut samples = Vec::with_capacity(count);
     match rate {
         None => {
             let next = Arc::new(AtomicUsize::new(0));
             for _ in 0..concurrency.max(1) {
-                let (next, doors, spec, input) =
-                    (next.clone(), doors.clone(), spec.clone(), input.clone());
+                let (next, doors, spec, input, one) = (
+                    next.clone(),
+                    doors.clone(),
+                    spec.clone(),
+                    input.clone(),
+                    one.clone(),
+                );
                 workers.spawn(async move {
                     let mut mine = Vec::new();
                     loop {
@@ -608,12 +630,7 @@ async fn start_parts(args: &BenchArgs) -> anyhow::Result<Parts> {
     }
     let mut doors = Vec::new();
     for url in all.split(',') {
-        doors.push(
-            Channel::from_shared(url.to_owned())?
-                .tcp_nodelay(true)
-                .connect()
-                .await?,
-        );
+        doors.push(connect(url).await?);
     }
     let channel = doors[0].clone();
     for skill in ["bench.sleep", "gateway.authorize", "ledger.post"] {
@@ -714,6 +731,7 @@ async fn measure(name: &str, args: &BenchArgs, parts: &mut Parts) -> anyhow::Res
         plan.concurrency,
         args.rate,
         plan.input,
+        args.follow,
     )
     .await?;
     let hops = if matches!(name, "seq3" | "fanout") {
@@ -745,6 +763,7 @@ async fn half_load(peak: f64, args: &BenchArgs, parts: &Parts) -> anyhow::Result
         0,
         Some(half),
         Arc::new(|_| ("{}".into(), pb::Priority::Normal)),
+        args.follow,
     )
     .await?;
     let hops = hop_overheads(parts.channel.clone(), &samples, false).await;
@@ -809,7 +828,7 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         .inflight
         .unwrap_or(if args.quick { 10_000 } else { 100_000 });
     let memory = if inflight > 0 {
-        Some(hold(parts.channel.clone(), parts.control.pid(), inflight).await?)
+        Some(crate::hold::hold(&parts.dir, args.store == "memory", inflight).await?)
     } else {
         None
     };
@@ -829,7 +848,7 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         .fold(0.0, f64::max);
     let report = json!({
         "machine": {"cores": std::thread::available_parallelism().map_or(0, |n| n.get())},
-        "settings": {"concurrency": args.concurrency, "rate": args.rate, "task_ms": args.task_ms, "execs": args.execs, "store": args.store, "quick": args.quick},
+        "settings": {"concurrency": args.concurrency, "rate": args.rate, "task_ms": args.task_ms, "execs": args.execs, "store": args.store, "quick": args.quick, "follow": format!("{:?}", args.follow).to_lowercase()},
         "scenarios": results,
         "control_unit": {"peak_rss_kb": peak_rss_kb, "memory_per_inflight_workflow": memory},
         "ceiling": {"round_trips_per_s": ceiling_rate, "assignment_bytes": assignment_bytes, "result_bytes": result_bytes, "window": 256,
@@ -864,6 +883,14 @@ fn print_report(report: &Value) {
             memory["rss_before_kb"],
             memory["rss_after_kb"]
         );
+        println!(
+            "        accepted in {:.1} s ({:.0}/s); store {:.1} MB; after SIGKILL, answering again in {:.1} s (RSS {} kB)",
+            memory["accept_s"].as_f64().unwrap_or(0.0),
+            memory["accepted_per_s"].as_f64().unwrap_or(0.0),
+            memory["store_bytes"].as_f64().unwrap_or(0.0) / 1e6,
+            memory["recover_s"].as_f64().unwrap_or(0.0),
+            memory["rss_recovered_kb"]
+        );
     }
     println!(
         "control unit peak RSS: {} kB",
@@ -878,35 +905,6 @@ fn print_report(report: &Value) {
         ceiling["best_tasks_per_s"].as_f64().unwrap_or(0.0),
         100.0 * ceiling["ratio"].as_f64().unwrap_or(0.0)
     );
-}
-
-async fn hold(channel: Channel, pid: u32, count: usize) -> anyhow::Result<Value> {
-    let before = status_kb(pid, "VmRSS:");
-    let spec = Arc::new(HOLD_SPEC.to_owned());
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..64 {
-        let (channel, spec, next) = (channel.clone(), spec.clone(), next.clone());
-        workers.spawn(async move {
-            let mut client = WorkflowsClient::new(channel);
-            while next.fetch_add(1, Ordering::Relaxed) < count {
-                client
-                    .submit(pb::SubmitRequest {
-                        spec: Some(pb::submit_request::Spec::SpecText((*spec).clone())),
-                        ..Default::default()
-                    })
-                    .await?;
-            }
-            Ok::<_, anyhow::Error>(())
-        });
-    }
-    while let Some(result) = workers.join_next().await {
-        result??;
-    }
-    let after = status_kb(pid, "VmRSS:");
-    Ok(
-        json!({"workflows": count, "rss_before_kb": before, "rss_after_kb": after, "bytes_per_workflow": (after.saturating_sub(before) * 1024) as f64 / count as f64}),
-    )
 }
 
 fn print_row(summary: &Value) {

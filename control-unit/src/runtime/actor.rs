@@ -436,6 +436,7 @@ impl Actor {
             Input::Watch { id, sender, reply } => {
                 let _ = reply.send(self.watchers.watch(&self.core, id, sender, self.sequence));
             }
+            Input::Follow { ids, follower } => self.watchers.follow(&self.core, ids, &follower),
             Input::Register {
                 card,
                 execution_unit,
@@ -667,6 +668,7 @@ impl Actor {
             }
             self.watchers.notify(&self.core, *sequence, record);
         }
+        self.watchers.answer_ended(&self.core, self.sequence);
         for summary in &reconciled {
             summary.observe(&self.config.metrics);
             for start in self.remediation.on_reconciled(summary, &self.core) {

@@ -7,7 +7,7 @@
 //! One job per file:
 //! - `actor`: the loop, inputs, submissions and lists;
 //! - `agents`: registrations and sessions, frames to agents;
-//! - `watchers`: `Watch` streams;
+//! - `watchers`: `Watch` and `Follow` streams;
 //! - `persist`: the batch a commit writes, and recovery at start;
 //! - `health`: the live health view from telemetry agents;
 //! - `observe`: metrics derived from committed changes.
@@ -18,6 +18,8 @@ mod health;
 mod observe;
 mod persist;
 mod watchers;
+
+pub use watchers::{Followed, Follower};
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -238,6 +240,12 @@ pub enum Input {
         sender: WatchSender,
         reply: oneshot::Sender<Result<(), ControlError>>,
     },
+    /// Follows workflows to their ends on one stream: each id is answered once on the
+    /// follower's channel.
+    Follow {
+        ids: Vec<WorkflowId>,
+        follower: Follower,
+    },
     Register {
         card: AgentCard,
         execution_unit: String,
@@ -295,9 +303,17 @@ pub enum Input {
 #[derive(Clone)]
 pub struct Handle {
     inputs: mpsc::Sender<Input>,
+    /// Counts the times the scheduler started again from the store (a rebalance in a
+    /// cluster): what its watchers and followers held is gone then.
+    restarts: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Handle {
+    /// Changes each time the scheduler starts again from the store.
+    pub fn restarts(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.restarts.clone()
+    }
+
     /// Sends an input; `ShuttingDown` once the actor has stopped.
     pub async fn send(&self, input: Input) -> Result<(), ControlError> {
         self.inputs
@@ -327,6 +343,7 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<(Handle, tokio::task::JoinHandle<Result<(), ControlError>>), ControlError> {
     let (inputs, receiver) = mpsc::channel(config.inputs_max);
+    let (restarted, restarts) = tokio::sync::watch::channel(0u64);
     let mut actor = actor::Actor::new(config.clone(), store.clone(), catalog.clone());
     actor.recover().await?;
     let task = tokio::spawn(async move {
@@ -341,12 +358,13 @@ pub async fn start(
                 // store, as after a crash; inputs wait in the channel meanwhile.
                 actor::Stopped::Rebalance => {
                     actor = actor::Actor::new(config.clone(), store.clone(), catalog.clone());
+                    restarted.send_modify(|n| *n += 1);
                     actor.recover().await?;
                 }
             }
         }
     });
-    Ok((Handle { inputs }, task))
+    Ok((Handle { inputs, restarts }, task))
 }
 
 /// Workflow ids with their idempotency fingerprint, by key.

@@ -1,7 +1,13 @@
 //! `Watch` streams: a snapshot when the watch starts, then every committed change of the
 //! workflow, until it ends. A watcher that does not keep up is dropped (bounded buffer).
+//!
+//! `Follow` streams (completion streams): one stream, many workflows, one event per
+//! workflow at its end, sent once the end is durable.
 
 use std::collections::HashMap;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::WatchSender;
 use super::actor::view;
@@ -10,9 +16,71 @@ use crate::model::WorkflowId;
 use crate::scheduler::{Change, Record, Scheduler, Workflow};
 use crate::views::{EventBody, WorkflowEvent};
 
+/// What the actor answers a `Follow` stream: one item per id it was given.
+pub enum Followed {
+    Ended(WorkflowEvent),
+    /// Not in memory: the stream looks for it in the store (ended workflows leave memory).
+    NotInMemory {
+        id: WorkflowId,
+        snapshot: bool,
+    },
+    Refused(WorkflowId, ControlError),
+}
+
+/// One `Follow` stream as the actor holds it (a clone per followed workflow). Its
+/// channel has room for every id the stream may have open, so an answer always fits
+/// (the stream refuses ids beyond that before they reach the actor).
+#[derive(Clone)]
+pub struct Follower {
+    pub sender: mpsc::Sender<Followed>,
+    /// Send each end as a snapshot of the whole workflow, not its status and detail.
+    pub snapshot: bool,
+    /// Cancelled if an answer ever did not fit (it cannot while the stream counts what
+    /// it has open): the stream ends, and its client follows the open workflows again.
+    pub overflow: CancellationToken,
+}
+
+impl Follower {
+    fn answer(&self, answer: Followed) {
+        if self.sender.try_send(answer).is_err() && !self.sender.is_closed() {
+            self.overflow.cancel();
+        }
+    }
+
+    /// `detail` and `at`: the ending change's.
+    fn send_end(
+        &self,
+        core: &Scheduler,
+        workflow: &Workflow,
+        sequence: u64,
+        detail: Option<String>,
+        at: u64,
+    ) {
+        let body = if self.snapshot {
+            EventBody::Snapshot(Box::new(view(core, workflow)))
+        } else {
+            EventBody::Workflow {
+                status: workflow.status,
+                detail,
+            }
+        };
+        self.answer(Followed::Ended(WorkflowEvent {
+            workflow: workflow.id,
+            sequence,
+            at,
+            body,
+        }));
+    }
+}
+
 pub(super) struct Watchers {
     by_workflow: HashMap<WorkflowId, Vec<WatchSender>>,
     per_workflow_max: usize,
+    /// `Follow` streams waiting for each workflow's end.
+    followers: HashMap<WorkflowId, Vec<Follower>>,
+    /// Follows of workflows that had already ended when asked: answered after the next
+    /// commit, so an end is only ever told once it is durable.
+    ended: Vec<(WorkflowId, Follower)>,
 }
 
 impl Watchers {
@@ -20,6 +88,46 @@ impl Watchers {
         Self {
             by_workflow: HashMap::new(),
             per_workflow_max,
+            followers: HashMap::new(),
+            ended: Vec::new(),
+        }
+    }
+
+    /// Follows `ids` to their ends: each is answered once on the follower's channel,
+    /// with its end or why not.
+    pub(super) fn follow(&mut self, core: &Scheduler, ids: Vec<WorkflowId>, follower: &Follower) {
+        for id in ids {
+            let Some(workflow) = core.workflow(id) else {
+                follower.answer(Followed::NotInMemory {
+                    id,
+                    snapshot: follower.snapshot,
+                });
+                continue;
+            };
+            if workflow.status.is_terminal() {
+                self.ended.push((id, follower.clone()));
+                continue;
+            }
+            let followers = self.followers.entry(id).or_default();
+            if followers.len() >= self.per_workflow_max {
+                let error = ControlError::Exhausted(format!(
+                    "workflow {id} has {} followers, the limit",
+                    followers.len()
+                ));
+                follower.answer(Followed::Refused(id, error));
+                continue;
+            }
+            followers.push(follower.clone());
+        }
+    }
+
+    /// After a commit: answers the follows of workflows that had already ended.
+    pub(super) fn answer_ended(&mut self, core: &Scheduler, sequence: u64) {
+        for (id, follower) in self.ended.drain(..) {
+            if let Some(workflow) = core.workflow(id) {
+                let detail = workflow.error.clone();
+                follower.send_end(core, workflow, sequence, detail, workflow.updated_at);
+            }
         }
     }
 
@@ -58,8 +166,21 @@ impl Watchers {
         Ok(())
     }
 
-    /// Sends a committed change to the workflow's watchers.
+    /// Sends a committed change to the workflow's watchers, and its end to its followers.
     pub(super) fn notify(&mut self, core: &Scheduler, sequence: u64, record: &Record) {
+        let ended = match &record.change {
+            Change::Workflow { status, detail } if status.is_terminal() => Some(detail),
+            _ => None,
+        };
+        let done = ended.is_some();
+        if let Some(detail) = ended
+            && let Some(followers) = self.followers.remove(&record.workflow)
+            && let Some(workflow) = core.workflow(record.workflow)
+        {
+            for follower in &followers {
+                follower.send_end(core, workflow, sequence, detail.clone(), record.at);
+            }
+        }
         let Some(watchers) = self.by_workflow.get_mut(&record.workflow) else {
             return;
         };
@@ -69,7 +190,6 @@ impl Watchers {
         if let Some(event) = event(record, workflow, sequence) {
             watchers.retain(|w| w.try_send(event.clone()).is_ok());
         }
-        let done = matches!(record.change, Change::Workflow { status, .. } if status.is_terminal());
         if done || watchers.is_empty() {
             self.by_workflow.remove(&record.workflow);
         }

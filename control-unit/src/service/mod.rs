@@ -4,6 +4,7 @@
 //! - [`convert`]: domain ⇄ protobuf, the one place they meet.
 //! - `status`: every `ControlError` as a gRPC status, the one place codes are chosen.
 //! - `workflows`: Submit, Get, List, Cancel, Watch, Validate.
+//! - `follow`: Follow, one completion stream for many workflows.
 //! - `agents`: Register, Session, ListAgents, Health, DrainGateway.
 //! - `peers`: peer messages between agents, routed over their sessions.
 //! - `tools`: ListTools, CallTool (behind `AgentHub`).
@@ -14,6 +15,7 @@ pub mod a2a;
 pub mod access;
 pub mod agents;
 pub mod convert;
+mod follow;
 mod operations;
 pub mod peers;
 mod status;
@@ -21,4 +23,5 @@ pub mod tools;
 pub mod workflows;
 
 pub use agents::AgentHubService;
+pub use follow::{FOLLOWS_PER_STREAM_MAX, code_name};
 pub use workflows::WorkflowsService;

@@ -30,7 +30,7 @@ pub struct WorkflowsService {
     pub(super) handle: Handle,
     pub(super) catalog: Arc<Catalog>,
     /// Events buffered per watcher.
-    watch_buffer: usize,
+    pub(super) watch_buffer: usize,
     /// In a cluster: new workflows get ids in partitions this control unit owns, and
     /// calls about other members' workflows go to their owners.
     cluster: Option<Arc<Forwarder>>,
@@ -522,6 +522,15 @@ impl Workflows for WorkflowsService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let id = parse_id(&request.into_inner().workflow_id)?;
         Ok(Response::new(self.events(id).await?))
+    }
+
+    type FollowStream = super::follow::FollowStream;
+
+    async fn follow(
+        &self,
+        request: Request<tonic::Streaming<pb::FollowRequest>>,
+    ) -> Result<Response<Self::FollowStream>, Status> {
+        Ok(Response::new(self.follow_stream(request.into_inner())))
     }
 
     async fn get_spec(
