@@ -274,6 +274,20 @@ async fn any_door_works(a: &str, b: &str, b_http: &str) {
         matches!(first.body, Some(pb::workflow_event::Body::Snapshot(_))),
         "{first:?}"
     );
+    // And follow it through cu-b on a completion stream (forwarded to cu-a by a watch).
+    let (follow_ids, outgoing) = tokio::sync::mpsc::channel(1);
+    follow_ids
+        .send(pb::FollowRequest {
+            workflow_ids: vec![parked.clone()],
+            snapshot: false,
+        })
+        .await
+        .unwrap();
+    let mut follow = as_user("vera", paygrid_security::Role::Viewer)
+        .follow(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+        .await
+        .unwrap()
+        .into_inner();
     let refused = as_user("vera", paygrid_security::Role::Viewer)
         .cancel(cancel.clone())
         .await
@@ -295,6 +309,23 @@ async fn any_door_works(a: &str, b: &str, b_http: &str) {
                 if changed.status == pb::WorkflowStatus::Cancelled as i32
         ),
         "the forwarded watch ends with the cancellation: {last:?}"
+    );
+    drop(follow_ids);
+    let ended = follow.message().await.unwrap().unwrap();
+    assert!(
+        matches!(
+            &ended.body,
+            Some(pb::follow_event::Body::Ended(pb::WorkflowEvent {
+                workflow_id,
+                body: Some(pb::workflow_event::Body::Workflow(changed)),
+                ..
+            })) if *workflow_id == parked && changed.status == pb::WorkflowStatus::Cancelled as i32
+        ),
+        "the follow through cu-b ends with the cancellation: {ended:?}"
+    );
+    assert!(
+        follow.message().await.unwrap().is_none(),
+        "the stream ends once its one workflow has"
     );
     // The owner audited it: olga's token and role, through cu-b.
     let audit = Fleet::client(a)

@@ -56,9 +56,10 @@ impl SpanRecorder {
             return;
         }
         for (index, task) in workflow.tasks.iter().enumerate() {
-            for (execution, compensation) in
-                [(Some(&task.run), false), (task.compensation.as_ref(), true)]
-            {
+            for (execution, compensation) in [
+                (Some(&task.run), false),
+                (task.compensation.as_deref(), true),
+            ] {
                 if let Some(execution) = execution
                     && !execution.history.is_empty()
                 {

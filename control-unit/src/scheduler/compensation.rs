@@ -129,7 +129,7 @@ impl Scheduler {
         workflow.compensating = Some(task);
         let mut execution = Execution::new(TaskStatus::Blocked);
         execution.started_at = now;
-        workflow.tasks[task as usize].compensation = Some(execution);
+        workflow.tasks[task as usize].compensation = Some(Box::new(execution));
         record(
             out,
             id,
@@ -167,7 +167,7 @@ impl Scheduler {
         execution.started_at = now;
         execution.finished_at = now;
         execution.error = Some(detail.clone());
-        workflow.tasks[task as usize].compensation = Some(execution);
+        workflow.tasks[task as usize].compensation = Some(Box::new(execution));
         if status == TaskStatus::Failed {
             workflow.compensation_failures += 1;
             let task_id = workflow.task_id(task).to_owned();

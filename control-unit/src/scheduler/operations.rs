@@ -114,9 +114,10 @@ impl Scheduler {
         };
         let mut ready = Vec::new();
         for (index, task) in workflow.tasks.iter().enumerate() {
-            for (execution, compensation) in
-                [(Some(&task.run), false), (task.compensation.as_ref(), true)]
-            {
+            for (execution, compensation) in [
+                (Some(&task.run), false),
+                (task.compensation.as_deref(), true),
+            ] {
                 if let Some(execution) = execution.filter(|e| e.status == TaskStatus::Ready) {
                     ready.push((
                         Slot {

@@ -148,7 +148,7 @@ fn apply_task(workflow: &mut Workflow, at: u64, change: &Change) -> Result<(), R
     let execution = if *compensation {
         state
             .compensation
-            .get_or_insert_with(|| Execution::new(TaskStatus::Blocked))
+            .get_or_insert_with(|| Box::new(Execution::new(TaskStatus::Blocked)))
     } else {
         &mut state.run
     };

@@ -208,7 +208,8 @@ pub struct TaskState {
     /// Needs not yet finished.
     pub pending_needs: u32,
     /// The compensation, once the task succeeded and has one.
-    pub compensation: Option<Execution>,
+    /// Boxed: most tasks never have one, and a waiting workflow should stay under 1 KiB.
+    pub compensation: Option<Box<Execution>>,
 }
 
 /// A workflow instance.
@@ -250,7 +251,7 @@ impl Workflow {
     pub fn execution(&self, slot: Slot) -> Option<&Execution> {
         let task = self.tasks.get(slot.task as usize)?;
         if slot.compensation {
-            task.compensation.as_ref()
+            task.compensation.as_deref()
         } else {
             Some(&task.run)
         }
@@ -259,7 +260,7 @@ impl Workflow {
     pub fn execution_mut(&mut self, slot: Slot) -> Option<&mut Execution> {
         let task = self.tasks.get_mut(slot.task as usize)?;
         if slot.compensation {
-            task.compensation.as_mut()
+            task.compensation.as_deref_mut()
         } else {
             Some(&mut task.run)
         }
