@@ -52,7 +52,9 @@ impl Persistence {
         last_sequence: u64,
     ) -> Batch {
         let mut batch = Batch::default();
+        // Workflows whose row changes, in first-seen order, and whether with a snapshot.
         let mut rows: Vec<(WorkflowId, bool)> = Vec::new();
+        let mut row_of: HashMap<WorkflowId, usize> = HashMap::new();
         for (sequence, record) in records {
             batch.events.push(EventWrite {
                 workflow: record.workflow,
@@ -76,9 +78,12 @@ impl Persistence {
             };
             let is_row_change = snapshot || matches!(record.change, Change::Workflow { .. });
             if is_row_change {
-                match rows.iter_mut().find(|(id, _)| *id == record.workflow) {
-                    Some((_, wants)) => *wants |= snapshot,
-                    None => rows.push((record.workflow, snapshot)),
+                match row_of.get(&record.workflow) {
+                    Some(&row) => rows[row].1 |= snapshot,
+                    None => {
+                        row_of.insert(record.workflow, rows.len());
+                        rows.push((record.workflow, snapshot));
+                    }
                 }
             }
         }

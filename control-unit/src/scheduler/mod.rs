@@ -195,6 +195,7 @@ pub enum Change {
     Created,
     Workflow {
         status: WorkflowStatus,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         detail: Option<String>,
     },
     Task {
@@ -202,11 +203,15 @@ pub enum Change {
         compensation: bool,
         status: TaskStatus,
         attempt: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         agent: Option<AgentId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         detail: Option<String>,
         /// The output, on success.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         output: Option<Arc<str>>,
         /// When the next attempt becomes ready, on backoff.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         retry_at: Option<Millis>,
         /// The attempt's deadline, on dispatch: a restore resumes it with its real
         /// timeout, not the last snapshot's.

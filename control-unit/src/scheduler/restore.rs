@@ -32,6 +32,7 @@ pub struct Snapshot {
     pub input: Value,
     pub priority: Priority,
     pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     pub traceparent: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -39,6 +40,7 @@ pub struct Snapshot {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub tracestate: String,
     pub status: WorkflowStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub created_at: u64,
     pub updated_at: u64,
@@ -48,6 +50,7 @@ pub struct Snapshot {
     pub paused: Option<String>,
     pub compensation_failures: u32,
     pub compensation_stack: Vec<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compensating: Option<u32>,
     pub tasks: Vec<TaskState>,
 }

@@ -48,6 +48,7 @@ pub struct AttemptRecord {
     pub started_at: Millis,
     pub finished_at: Millis,
     pub outcome: AttemptOutcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// A settlement lookup (see [`Execution::settling`]), not an attempt at the effect.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -125,6 +126,7 @@ pub struct Execution {
     pub settling: bool,
     /// A result for `attempt` is still expected and will be accepted.
     pub attempt_open: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentId>,
     pub started_at: Millis,
     pub finished_at: Millis,
@@ -136,7 +138,9 @@ pub struct Execution {
     pub lease_until: Millis,
     pub retry_at: Millis,
     /// Raw JSON output on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<Arc<str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub history: Vec<AttemptRecord>,
 }
@@ -209,6 +213,7 @@ pub struct TaskState {
     pub pending_needs: u32,
     /// The compensation, once the task succeeded and has one.
     /// Boxed: most tasks never have one, and a waiting workflow should stay under 1 KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compensation: Option<Box<Execution>>,
 }
 
