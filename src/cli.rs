@@ -80,8 +80,12 @@ pub enum Command {
     Status { workflow_id: String },
     /// List workflows.
     List(operator::ListArgs),
-    /// Follow a workflow until it ends.
-    Watch { workflow_id: String },
+    /// Follow a workflow until it ends (its changes as they happen); given several, follow
+    /// them all on one stream and print each one's end.
+    Watch {
+        #[arg(required = true)]
+        workflow_ids: Vec<String>,
+    },
     /// Cancel a workflow (running tasks are cancelled, finished ones compensated).
     Cancel {
         workflow_id: String,
@@ -246,9 +250,10 @@ async fn run_command(command: Command, control: &str, json: bool) -> anyhow::Res
         Command::Submit(args) => operator::submit(&control, args, json).await,
         Command::Status { workflow_id } => operator::status(&control, &workflow_id, json).await,
         Command::List(args) => operator::list(&control, args, json).await,
-        Command::Watch { workflow_id } => {
-            operator::watch_command(&control, &workflow_id, json).await
-        }
+        Command::Watch { workflow_ids } => match &workflow_ids[..] {
+            [one] => operator::watch_command(&control, one, json).await,
+            many => crate::follow::watch_many(&control, many, json).await,
+        },
         Command::Cancel {
             workflow_id,
             reason,

@@ -6,6 +6,7 @@ mod cli;
 mod cluster;
 mod dev;
 mod devdb;
+mod follow;
 mod limits;
 mod operations;
 mod operator;

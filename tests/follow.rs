@@ -218,3 +218,65 @@ async fn an_end_from_before_a_restart_is_answered_from_the_store() {
         other => panic!("answered from the store: {other:?}"),
     }
 }
+
+/// `paygrid watch` with several ids follows them on one stream: one line per end, exit 1
+/// when one failed, exit 2 when an id is unknown.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_watches_several_payments_on_one_stream() {
+    let fleet = Fleet::start(&["--latency-ms", "200"], 1);
+    fleet.wait_for_skills(SHIPPED_SKILLS).await;
+    let mut client = fleet.workflows().await;
+    let spec = spec("card-payment");
+    let mut ids = Vec::new();
+    for token in ["tok_visa_cli_1", "tok_visa_cli_2", "tok_decline_cli_3"] {
+        ids.push(submit(&mut client, &spec, card(token), pb::Priority::Normal).await);
+    }
+    let control = fleet.control.url.clone();
+    let args: Vec<String> = ["--json", "watch"]
+        .into_iter()
+        .map(str::to_owned)
+        .chain(ids.iter().cloned())
+        .collect();
+    let (code, stdout) = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli(&control, &args)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 1, "one payment was declined: {stdout}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    for (n, id) in ids.iter().enumerate() {
+        let line = lines
+            .iter()
+            .find(|l| l["workflow_id"] == id.as_str())
+            .unwrap_or_else(|| panic!("{id} printed: {stdout}"));
+        let expected = if n == 2 { "failed" } else { "succeeded" };
+        assert_eq!(line["status"], expected, "{line}");
+    }
+
+    let control = fleet.control.url.clone();
+    let first = ids[0].clone();
+    let (code, stdout) = tokio::task::spawn_blocking(move || {
+        cli(
+            &control,
+            &[
+                "--json",
+                "watch",
+                &first,
+                "01890a5d-ac96-774b-bcce-b302099a8057",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 2, "an unknown id is a usage error: {stdout}");
+    assert!(stdout.contains("NOT_FOUND"), "{stdout}");
+    assert!(
+        stdout.contains("succeeded"),
+        "the known one is still answered: {stdout}"
+    );
+}
