@@ -113,9 +113,17 @@ impl WorkflowsService {
             // An ended workflow that has left memory: its end is in the store.
             Followed::NotInMemory { id, snapshot } => {
                 match self.catalog.stored_workflow(id).await {
-                    Ok(Some(view)) => {
+                    Ok(Some(view)) if view.workflow.status.is_terminal() => {
                         pb::follow_event::Body::Ended(stored_end(id, &view, snapshot))
                     }
+                    // Stored but not ended, and not in memory: the scheduler is starting
+                    // again from the store (a rebalance); it will be back.
+                    Ok(Some(_)) => refused(
+                        id.to_string(),
+                        ControlError::NotOwner(format!(
+                            "workflow {id} is being recovered: follow it again"
+                        )),
+                    ),
                     Ok(None) => refused(
                         id.to_string(),
                         ControlError::NotFound(format!("workflow {id} not found")),
