@@ -7,6 +7,13 @@ pub fn mask_pans(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut i = 0;
     while i < chars.len() {
+        // A UUID (a workflow id, a trace's) is never a card number, though its last group
+        // can be twelve digits that, with the digit before them, pass the Luhn check.
+        if (i == 0 || !chars[i - 1].is_ascii_alphanumeric()) && is_uuid_at(&chars, i) {
+            out.extend(&chars[i..i + 36]);
+            i += 36;
+            continue;
+        }
         if chars[i].is_ascii_digit() {
             // Longest run of digits with single separators.
             let mut end = i;
@@ -51,6 +58,21 @@ pub fn mask_pans(text: &str) -> String {
     out
 }
 
+/// 8-4-4-4-12 hex digits with hyphens at `at`, not followed by more of a word.
+fn is_uuid_at(chars: &[char], at: usize) -> bool {
+    let Some(candidate) = chars.get(at..at + 36) else {
+        return false;
+    };
+    let shaped = candidate.iter().enumerate().all(|(k, c)| match k {
+        8 | 13 | 18 | 23 => *c == '-',
+        _ => c.is_ascii_hexdigit(),
+    });
+    shaped
+        && chars
+            .get(at + 36)
+            .is_none_or(|c| !c.is_ascii_alphanumeric())
+}
+
 fn luhn(digits: &[char]) -> bool {
     let sum: u32 = digits
         .iter()
@@ -72,6 +94,27 @@ fn luhn(digits: &[char]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Seen in CI: a workflow id whose last group was all digits lost its middle to the
+    /// card mask (`acf6-511597413939`: 13 digits passing Luhn).
+    #[test]
+    fn uuids_are_not_card_numbers() {
+        let id = "01a237c1-db38-7b50-acf6-511597413939";
+        assert_eq!(
+            mask_pans(&format!("workflow {id} ended")),
+            format!("workflow {id} ended")
+        );
+        assert_eq!(mask_pans(id), id);
+        assert_eq!(
+            mask_pans(&format!("{id} paid with 4111 1111 1111 1111")),
+            format!("{id} paid with 411111******1111")
+        );
+        // Not a UUID when part of a longer word: the digits are checked as before.
+        assert_eq!(
+            mask_pans("x01a237c1-db38-7b50-acf6-511597413939"),
+            "x01a237c1-db38-7b50-acf651159***3939"
+        );
+    }
 
     #[test]
     fn masks_luhn_valid_numbers_only() {
