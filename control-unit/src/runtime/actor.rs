@@ -434,7 +434,7 @@ impl Actor {
                 let _ = reply.send(self.list(&query));
             }
             Input::Watch { id, sender, reply } => {
-                let _ = reply.send(self.watchers.watch(&self.core, id, sender, self.sequence));
+                let _ = reply.send(self.watchers.watch(&self.core, id, sender));
             }
             Input::Follow { ids, follower } => self.watchers.follow(&self.core, ids, &follower),
             Input::Register {
@@ -668,7 +668,7 @@ impl Actor {
             }
             self.watchers.notify(&self.core, *sequence, record);
         }
-        self.watchers.answer_ended(&self.core, self.sequence);
+        self.watchers.after_commit(&self.core, self.sequence);
         for summary in &reconciled {
             summary.observe(&self.config.metrics);
             for start in self.remediation.on_reconciled(summary, &self.core) {

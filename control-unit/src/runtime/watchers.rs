@@ -1,5 +1,6 @@
-//! `Watch` streams: a snapshot when the watch starts, then every committed change of the
-//! workflow, until it ends. A watcher that does not keep up is dropped (bounded buffer).
+//! `Watch` streams: a snapshot after the commit that follows the watch's start (so a
+//! watcher only sees durable state), then every committed change of the workflow, until
+//! it ends. A watcher that does not keep up is dropped (bounded buffer).
 //!
 //! `Follow` streams (completion streams): one stream, many workflows, one event per
 //! workflow at its end, sent once the end is durable.
@@ -81,6 +82,8 @@ pub(super) struct Watchers {
     /// Follows of workflows that had already ended when asked: answered after the next
     /// commit, so an end is only ever told once it is durable.
     ended: Vec<(WorkflowId, Follower)>,
+    /// Watches asked for since the last commit: their snapshots go out after it.
+    starting: Vec<(WorkflowId, WatchSender)>,
 }
 
 impl Watchers {
@@ -90,6 +93,7 @@ impl Watchers {
             per_workflow_max,
             followers: HashMap::new(),
             ended: Vec::new(),
+            starting: Vec::new(),
         }
     }
 
@@ -121,8 +125,27 @@ impl Watchers {
         }
     }
 
-    /// After a commit: answers the follows of workflows that had already ended.
-    pub(super) fn answer_ended(&mut self, core: &Scheduler, sequence: u64) {
+    /// After a commit: the snapshots of watches started since the last one, and the ends
+    /// of followed workflows that had already ended.
+    pub(super) fn after_commit(&mut self, core: &Scheduler, sequence: u64) {
+        for (id, sender) in std::mem::take(&mut self.starting) {
+            // Gone from memory meanwhile: dropping the sender ends the stream.
+            let Some(workflow) = core.workflow(id) else {
+                continue;
+            };
+            let snapshot = WorkflowEvent {
+                workflow: id,
+                sequence,
+                at: super::now_ms(),
+                body: EventBody::Snapshot(Box::new(view(core, workflow))),
+            };
+            // An ended workflow's snapshot is the whole story.
+            if sender.try_send(snapshot).is_ok() && !workflow.status.is_terminal() {
+                let watchers = self.by_workflow.entry(id).or_default();
+                watchers.retain(|w| !w.is_closed());
+                watchers.push(sender);
+            }
+        }
         for (id, follower) in self.ended.drain(..) {
             if let Some(workflow) = core.workflow(id) {
                 let detail = workflow.error.clone();
@@ -131,38 +154,25 @@ impl Watchers {
         }
     }
 
+    /// Starts a watch: its snapshot goes out after the next commit, so a watcher only
+    /// ever sees durable state; then every committed change until the workflow ends.
     pub(super) fn watch(
         &mut self,
         core: &Scheduler,
         id: WorkflowId,
         sender: WatchSender,
-        sequence: u64,
     ) -> Result<(), ControlError> {
-        let workflow = core
-            .workflow(id)
-            .ok_or_else(|| ControlError::NotFound(format!("workflow {id} not found")))?;
-        let snapshot = WorkflowEvent {
-            workflow: id,
-            sequence,
-            at: super::now_ms(),
-            body: EventBody::Snapshot(Box::new(view(core, workflow))),
-        };
-        let terminal = workflow.status.is_terminal();
-        sender
-            .try_send(snapshot)
-            .map_err(|_| ControlError::Exhausted("watch stream closed".into()))?;
-        if terminal {
-            return Ok(()); // the snapshot is the whole story; dropping the sender ends the stream
+        if core.workflow(id).is_none() {
+            return Err(ControlError::NotFound(format!("workflow {id} not found")));
         }
-        let watchers = self.by_workflow.entry(id).or_default();
-        watchers.retain(|w| !w.is_closed());
-        if watchers.len() >= self.per_workflow_max {
+        let watching = self.by_workflow.get(&id).map_or(0, Vec::len)
+            + self.starting.iter().filter(|(w, _)| *w == id).count();
+        if watching >= self.per_workflow_max {
             return Err(ControlError::Exhausted(format!(
-                "workflow {id} has {} watchers, the limit",
-                watchers.len()
+                "workflow {id} has {watching} watchers, the limit"
             )));
         }
-        watchers.push(sender);
+        self.starting.push((id, sender));
         Ok(())
     }
 
