@@ -308,18 +308,9 @@ pub async fn bulk(State(api): State<Api>, headers: HeaderMap, body: String) -> A
         let body: Value =
             serde_json::from_str(&body).map_err(|e| bad_request(format!("body: {e}")))?;
         let text = |name: &str| body[name].as_str().unwrap_or_default().trim().to_owned();
-        let operation = match text("operation").as_str() {
-            "pause" => pb::Operation::Pause,
-            "resume" => pb::Operation::Resume,
-            "retry" => pb::Operation::Retry,
-            "cancel" => pb::Operation::Cancel,
-            "redrive" => pb::Operation::Redrive,
-            other => {
-                return Err(bad_request(format!(
-                    "operation `{other}`: pause, resume, retry, cancel or redrive"
-                )));
-            }
-        };
+        let name = text("operation");
+        let operation = pb::Operation::from_name(&name)
+            .ok_or_else(|| bad_request(format!("operation `{name}`: {}", pb::Operation::NAMES)))?;
         let labels = labels_from(
             &text("label")
                 .split(',')

@@ -578,18 +578,13 @@ impl PaygridMcp {
                 ))
             }
             "bulk_operation" => {
-                let operation = match string_arg(args, "operation", true)?.unwrap_or_default() {
-                    "pause" => pb::Operation::Pause,
-                    "resume" => pb::Operation::Resume,
-                    "retry" => pb::Operation::Retry,
-                    "cancel" => pb::Operation::Cancel,
-                    "redrive" => pb::Operation::Redrive,
-                    other => {
-                        return Err(failure(format!(
-                            "`operation` must be pause, resume, retry, cancel or redrive, not `{other}`"
-                        )));
-                    }
-                };
+                let name = string_arg(args, "operation", true)?.unwrap_or_default();
+                let operation = pb::Operation::from_name(name).ok_or_else(|| {
+                    failure(format!(
+                        "`operation` must be {}, not `{name}`",
+                        pb::Operation::NAMES
+                    ))
+                })?;
                 let status = match string_arg(args, "status", false)? {
                     None => pb::WorkflowStatus::Unspecified,
                     Some(text) => pb::WorkflowStatus::from_str_name(&format!(

@@ -10,6 +10,17 @@ pub mod v1 {
     tonic::include_proto!("paygrid.v1");
 }
 
+impl v1::Operation {
+    /// The operations as people and tools name them: `pause`, `resume`, `retry`,
+    /// `cancel`, `redrive` (any case).
+    pub const NAMES: &str = "pause, resume, retry, cancel or redrive";
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::from_str_name(&format!("OPERATION_{}", name.trim().to_uppercase()))
+            .filter(|operation| *operation != Self::Unspecified)
+    }
+}
+
 /// The A2A protocol v1.0 (`lf.a2a.v1`), from the A2A project's vendored `a2a.proto`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod a2a {

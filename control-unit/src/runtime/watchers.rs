@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use super::WatchSender;
 use super::actor::view;
@@ -36,16 +35,13 @@ pub struct Follower {
     pub sender: mpsc::Sender<Followed>,
     /// Send each end as a snapshot of the whole workflow, not its status and detail.
     pub snapshot: bool,
-    /// Cancelled if an answer ever did not fit (it cannot while the stream counts what
-    /// it has open): the stream ends, and its client follows the open workflows again.
-    pub overflow: CancellationToken,
 }
 
 impl Follower {
     fn answer(&self, answer: Followed) {
-        if self.sender.try_send(answer).is_err() && !self.sender.is_closed() {
-            self.overflow.cancel();
-        }
+        // The channel has room for every open id: this fails only once the stream is gone.
+        let sent = self.sender.try_send(answer);
+        debug_assert!(!matches!(sent, Err(mpsc::error::TrySendError::Full(_))));
     }
 
     /// `detail` and `at`: the ending change's.

@@ -16,7 +16,6 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
-use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use super::convert;
@@ -26,7 +25,7 @@ use crate::model::WorkflowId;
 use crate::runtime::{Followed, Follower, Input};
 
 /// Workflows one stream may follow before their ends (locally and forwarded, each).
-pub const FOLLOWS_PER_STREAM_MAX: usize = 100_000;
+pub(super) const FOLLOWS_PER_STREAM_MAX: usize = 100_000;
 
 pub type FollowStream = Pin<Box<dyn Stream<Item = Result<pb::FollowEvent, Status>> + Send>>;
 
@@ -39,7 +38,6 @@ struct Answers {
     /// Ids given to the actor and not answered yet: at most [`FOLLOWS_PER_STREAM_MAX`],
     /// the channel's room, so every answer fits.
     open: usize,
-    overflow: CancellationToken,
 }
 
 impl WorkflowsService {
@@ -63,7 +61,6 @@ impl WorkflowsService {
             sender,
             receiver,
             open: 0,
-            overflow: CancellationToken::new(),
         };
         let mut restarts = self.handle.restarts();
         let mut forwarded = JoinSet::new();
@@ -73,12 +70,6 @@ impl WorkflowsService {
                 return; // every id asked for was answered, and the caller sends no more
             }
             tokio::select! {
-                () = answers.overflow.cancelled() => {
-                    let _ = out.send(Err(Status::resource_exhausted(
-                        "an answer did not fit the stream: follow the open workflows again",
-                    ))).await;
-                    return;
-                }
                 Some(answer) = answers.receiver.recv(), if answers.open > 0 => {
                     answers.open -= 1;
                     if self.answer(answer, &out).await.is_err() {
@@ -177,7 +168,6 @@ impl WorkflowsService {
         let follower = Follower {
             sender: answers.sender.clone(),
             snapshot: request.snapshot,
-            overflow: answers.overflow.clone(),
         };
         let count = local.len();
         match self
@@ -313,7 +303,7 @@ async fn refuse(out: &Out, workflow_id: String, error: ControlError) {
 }
 
 /// A gRPC status code as the specification names it.
-pub fn code_name(code: tonic::Code) -> &'static str {
+fn code_name(code: tonic::Code) -> &'static str {
     use tonic::Code;
     match code {
         Code::Ok => "OK",

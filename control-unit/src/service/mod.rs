@@ -23,5 +23,4 @@ pub mod tools;
 pub mod workflows;
 
 pub use agents::AgentHubService;
-pub use follow::{FOLLOWS_PER_STREAM_MAX, code_name};
 pub use workflows::WorkflowsService;
