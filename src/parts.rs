@@ -2,7 +2,9 @@
 //! in `dev.rs`).
 //!
 //! Every server prints one line `paygrid <part> listening on http://ADDR` on stdout once
-//! it is bound, so scripts and tests can start it on port 0 and read the address.
+//! it is bound, so scripts and tests can start it on port 0 and read the address. A
+//! control unit serving HTTP (`--http`) prints `paygrid control http on URL: …` just
+//! before it, once that listener is bound too.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -504,7 +506,8 @@ pub async fn control(args: ControlArgs) -> anyhow::Result<u8> {
     }
     config.security = args.access.security()?;
     config.cluster = args.cluster.config(args.storage.store.as_deref())?;
-    announce("control", addr);
+    // Both listeners are bound before the part says it is ready: a port taken meanwhile
+    // fails the start, never a part that already announced itself.
     if let Some(http_addr) = args.http {
         config.http = Some(http_listener(
             http_addr,
@@ -513,6 +516,7 @@ pub async fn control(args: ControlArgs) -> anyhow::Result<u8> {
             args.jaeger_url.clone(),
         )?);
     }
+    announce("control", addr);
     server::serve(listener, config, shutdown_signal()).await?;
     Ok(EXIT_OK)
 }

@@ -18,11 +18,11 @@ use support::*;
 
 const LEASE_MS: &str = "1500";
 
-fn member(dir: &TempDir, url: &str, name: &str, http: &str) -> Part {
+fn member(dir: &TempDir, url: &str, name: &str) -> Part {
     Part::start(&[
         "control",
         "--http",
-        http,
+        "127.0.0.1:0",
         "--listen",
         "127.0.0.1:0",
         "--data-dir",
@@ -155,11 +155,9 @@ async fn a_paused_member_s_partitions_are_taken_over_and_nothing_runs_twice() {
     let dir = TempDir::new("cluster");
     // Real gateways answer in 0.2 to 2 s: payments are in flight at the pause.
     let gateway = gateway_sim(&dir, &["--latency-ms", "200"]);
-    let a_http = free_addr();
-    let a = member(&dir, &url, "cu-a", &a_http);
+    let a = member(&dir, &url, "cu-a");
     wait_for_shares(&url, &[("cu-a", 8)]);
-    let b_http = free_addr();
-    let b = member(&dir, &url, "cu-b", &b_http);
+    let b = member(&dir, &url, "cu-b");
     wait_for_shares(&url, &[("cu-a", 4), ("cu-b", 4)]);
     let alpha = format!("alpha={}@25", gateway.url);
     let exec = |control: &str, name: &str, agents: &str| {
@@ -190,7 +188,7 @@ async fn a_paused_member_s_partitions_are_taken_over_and_nothing_runs_twice() {
     for n in 0..20 {
         ids.push(submit_anywhere(&both_doors, "cluster", n).await);
     }
-    any_door_works(&a.url, &b.url, &b_http).await;
+    any_door_works(&a.url, &b.url, &b.http).await;
 
     // Pause cu-a with its payments in flight, past its lease: cu-b takes everything.
     signal(&a, "-STOP");
@@ -209,7 +207,7 @@ async fn a_paused_member_s_partitions_are_taken_over_and_nothing_runs_twice() {
     assert_eq!(stats["captures"], 30, "one capture per payment: {stats}");
     // cu-a knows it lost its partitions; any commit it tried under the old epochs was
     // refused (how many depends on what it held at the pause).
-    let metrics = scrape(&a_http);
+    let metrics = scrape(&a.http);
     let lost = metrics
         .lines()
         .find(|l| l.starts_with("paygrid_partition_changes_total{change=\"lost\"}"))
@@ -230,19 +228,30 @@ async fn a_paused_member_s_partitions_are_taken_over_and_nothing_runs_twice() {
 /// A workflow that waits for a skill nobody offers.
 const PARKED: &str = "apiVersion: paygrid/v1\nkind: Workflow\nname: parked\nversion: 1\ntasks:\n  - id: wait\n    skill: nobody.offers\n";
 
-/// Submits a parked workflow at `door` (with idempotency key `key`, when not empty).
+/// Submits a parked workflow at `door` (with idempotency key `key`, when not empty),
+/// retrying while the key's partition has no owner: a member that misses a lease renewal
+/// on a loaded machine moves partitions, and the refusal says to retry shortly.
 async fn park(door: &str, key: &str) -> pb::SubmitResponse {
-    Fleet::client(door)
-        .await
-        .submit(pb::SubmitRequest {
-            spec: Some(pb::submit_request::Spec::SpecText(PARKED.into())),
-            input_json: "{}".into(),
-            idempotency_key: key.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
+    let mut client = Fleet::client(door).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = client
+            .submit(pb::SubmitRequest {
+                spec: Some(pb::submit_request::Spec::SpecText(PARKED.into())),
+                input_json: "{}".into(),
+                idempotency_key: key.into(),
+                ..Default::default()
+            })
+            .await;
+        match answer {
+            Ok(response) => return response.into_inner(),
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                assert!(Instant::now() < deadline, "park at {door}: {status:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(status) => panic!("park at {door}: {status:?}"),
+        }
+    }
 }
 
 /// Calls about one member's workflow work at the other: it forwards them to the owner as
@@ -442,11 +451,8 @@ async fn three_members_share_3000_payments_through_a_kill_and_a_pause() {
         ],
     );
     let mut members = Vec::new();
-    let mut https = Vec::new();
     for name in ["cu-1", "cu-2", "cu-3"] {
-        let http = free_addr();
-        members.push(member(&dir, &url, name, &http));
-        https.push(http);
+        members.push(member(&dir, &url, name));
     }
     wait_for_spread(&url, 3, 8);
     let doors: Vec<String> = members.iter().map(|m| m.url.clone()).collect();
@@ -530,7 +536,7 @@ async fn three_members_share_3000_payments_through_a_kill_and_a_pause() {
     assert_eq!(report["balanced"], true, "{report}");
     assert_eq!(report["transfers"]["posted"], PAYMENTS, "{report}");
     // cu-2 lost its partitions while stopped.
-    let metrics = scrape(&https[1]);
+    let metrics = scrape(&members[1].http);
     let value = |name: &str| {
         metrics
             .lines()

@@ -36,7 +36,6 @@ impl Limited {
                 Part::start(&["gateway-sim", "--listen", "127.0.0.1:0", "--name", gateway])
             })
             .collect();
-        let http = free_addr();
         let file = file.display().to_string();
         let control = Part::start(&[
             "control",
@@ -45,7 +44,7 @@ impl Limited {
             "--data-dir",
             &dir.path("control"),
             "--http",
-            &http,
+            "127.0.0.1:0",
             "--limits",
             &file,
         ]);
@@ -62,9 +61,9 @@ impl Limited {
         let exec = Part::start(&args);
         Self {
             _exec: exec,
+            http: control.http.clone(),
             control,
             gateways: parts,
-            http,
             _dir: dir,
         }
     }

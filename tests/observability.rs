@@ -218,7 +218,7 @@ async fn card_numbers_and_cvvs_never_appear() {
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_endpoints_count_a_known_run() {
     let dir = TempDir::new("metrics");
-    let (control_metrics, exec_metrics) = (free_addr(), free_addr());
+    let exec_metrics = free_addr();
     let gateway = Part::start(&[
         "gateway-sim",
         "--listen",
@@ -236,7 +236,7 @@ async fn metrics_endpoints_count_a_known_run() {
         "--data-dir",
         &data_dir,
         "--metrics-addr",
-        &control_metrics,
+        "127.0.0.1:0",
     ]);
     let gateway_arg = format!("alpha={}@25", gateway.url);
     let _exec = Part::start(&[
@@ -252,7 +252,7 @@ async fn metrics_endpoints_count_a_known_run() {
     ]);
     let mut client = support::Fleet::client(&control.url).await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !scrape(&control_metrics).contains("paygrid_agent_sessions 8") {
+    while !scrape(&control.http).contains("paygrid_agent_sessions 8") {
         assert!(Instant::now() < deadline, "agents never connected");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -285,7 +285,7 @@ async fn metrics_endpoints_count_a_known_run() {
         pb::WorkflowStatus::Failed as i32
     );
 
-    let text = scrape(&control_metrics);
+    let text = scrape(&control.http);
     for line in [
         "paygrid_workflows_finished_total{name=\"card-payment\",status=\"succeeded\"} 1",
         "paygrid_workflows_finished_total{name=\"card-payment\",status=\"failed\"} 1",
@@ -453,7 +453,6 @@ async fn a_failing_gateway_opens_its_breaker_and_payments_go_to_the_fallback() {
     // A card per payment: the risk agent reviews a card used more than 20 times a minute.
     static CARDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let dir = TempDir::new("breaker");
-    let control_metrics = free_addr();
     let gateway = |name: &str, cost: &str| {
         Part::start(&[
             "gateway-sim",
@@ -474,7 +473,7 @@ async fn a_failing_gateway_opens_its_breaker_and_payments_go_to_the_fallback() {
         "--data-dir",
         &data_dir,
         "--metrics-addr",
-        &control_metrics,
+        "127.0.0.1:0",
         // Three failures: as many as mark an agent unhealthy for `cheapest-healthy`, after
         // which alpha sees no more requests to count.
         "--breaker-min-requests",
@@ -709,7 +708,7 @@ async fn a_failing_gateway_opens_its_breaker_and_payments_go_to_the_fallback() {
         1,
         "exactly one remediation"
     );
-    let metrics = scrape(&control_metrics);
+    let metrics = scrape(&control.http);
     for line in [
         "paygrid_breaker_state{gateway=\"alpha\"} 0",
         "paygrid_breaker_transitions_total{gateway=\"alpha\",to=\"open\"}",

@@ -177,7 +177,6 @@ async fn a_day_of_payments_reconciles_with_each_planted_mismatch_found_once() {
         "--data-dir",
         &dir.path("gateway"),
     ]);
-    let metrics = free_addr();
     let control = Part::start(&[
         "control",
         "--listen",
@@ -185,7 +184,7 @@ async fn a_day_of_payments_reconciles_with_each_planted_mismatch_found_once() {
         "--data-dir",
         &dir.path("control"),
         "--metrics-addr",
-        &metrics,
+        "127.0.0.1:0",
     ]);
     let alpha = format!("alpha={}@25", gateway.url);
     let _exec = Part::start(&[
@@ -350,7 +349,7 @@ async fn a_day_of_payments_reconciles_with_each_planted_mismatch_found_once() {
     );
 
     // Metrics count the run; remediation raised an alert for it.
-    let text = scrape(&metrics);
+    let text = scrape(&control.http);
     assert!(
         text.contains("paygrid_reconciliation_mismatches{gateway=\"alpha\",kind=\"late\"} 1"),
         "{text}"

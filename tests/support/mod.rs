@@ -96,6 +96,8 @@ pub const SHIPPED_SKILLS: &[&str] = &[
 pub struct Part {
     pub child: Child,
     pub url: String,
+    /// `ADDR` a control unit serves HTTP at (`--http`), as it printed it; empty without.
+    pub http: String,
     args: Vec<String>,
 }
 
@@ -111,10 +113,11 @@ impl Part {
     }
 
     fn start_with(args: &[&str], log: Option<&std::path::Path>) -> Self {
-        let (child, url) = Self::spawn(args, log);
+        let (child, url, http) = Self::spawn(args, log);
         Self {
             child,
             url,
+            http,
             args: args.iter().map(|a| (*a).to_owned()).collect(),
         }
     }
@@ -133,15 +136,27 @@ impl Part {
             }
             args[listen + 1] = addr;
         }
+        // And its HTTP on the port it had (tests scrape it again).
+        if let Some(http) = args
+            .iter()
+            .position(|a| a == "--http" || a == "--metrics-addr")
+            && !self.http.is_empty()
+        {
+            args[http + 1] = self.http.clone();
+        }
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (child, url) = Self::spawn(&refs, None);
+        let (child, url, http) = Self::spawn(&refs, None);
         self.child = child;
+        self.http = http;
         if !url.is_empty() {
             self.url = url;
         }
     }
 
-    fn spawn(args: &[&str], log: Option<&std::path::Path>) -> (Child, String) {
+    /// Starts the process; answers its URL and, for a control unit serving HTTP, the
+    /// address it serves it at (given as `127.0.0.1:0`, the port is only known once
+    /// bound: a port picked beforehand can be taken by another test's part meanwhile).
+    fn spawn(args: &[&str], log: Option<&std::path::Path>) -> (Child, String, String) {
         let mut command = Command::new(BIN);
         command.args(args).stdout(Stdio::piped());
         secure(&mut command, args);
@@ -159,19 +174,36 @@ impl Part {
         let mut child = command.spawn().expect("start paygrid");
         let stdout = child.stdout.take().expect("stdout");
         let mut reader = BufReader::new(stdout);
-        let mut line = String::new();
-        reader.read_line(&mut line).expect("read the first line");
+        // A control unit serving HTTP says where (`… http on URL: …`) before it says it
+        // is ready (`… listening on URL` or `started`, the last line read).
+        let serves_http = args.first() == Some(&"control")
+            && args
+                .iter()
+                .any(|a| *a == "--http" || *a == "--metrics-addr");
+        let mut http = String::new();
+        let url = loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("read a line");
+            assert!(
+                !line.is_empty(),
+                "paygrid {args:?} exited before it was ready"
+            );
+            if serves_http && http.is_empty() && line.contains(" http on ") {
+                http = host_of(url_in(&line).trim_end_matches(':')).to_owned();
+                continue;
+            }
+            break url_in(&line);
+        };
         assert!(
-            !line.is_empty(),
-            "paygrid {args:?} exited before it was ready"
+            !serves_http || !http.is_empty(),
+            "paygrid {args:?} did not say where it serves HTTP"
         );
-        let url = url_in(&line);
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || {
             let mut sink = String::new();
             let _ = reader.read_to_string(&mut sink);
         });
-        (child, url)
+        (child, url, http)
     }
 
     pub fn kill(&mut self) {
@@ -672,7 +704,6 @@ impl HttpFleet {
     pub fn start(what: &str) -> Self {
         let dir = TempDir::new(what);
         let gateway = gateway_sim(&dir, &[]);
-        let http = free_addr();
         let control = Part::start(&[
             "control",
             "--listen",
@@ -680,7 +711,7 @@ impl HttpFleet {
             "--data-dir",
             &dir.path("control"),
             "--http",
-            &http,
+            "127.0.0.1:0",
             "--token-key",
             &token_key(),
         ]);
@@ -696,9 +727,9 @@ impl HttpFleet {
         ]);
         Self {
             exec,
+            http: control.http.clone(),
             control,
             gateway,
-            http,
             dir,
         }
     }
