@@ -1,5 +1,14 @@
 //! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`, so a commit
 //! is on disk (fsync) when it returns. Calls run on the blocking pool.
+//!
+//! The layout (since migration 5) is shaped by what a WAL commit costs: every page a
+//! commit touches is written whole to the WAL and fsynced. The change log and the
+//! snapshots are append-only tables keyed by position (a commit adds to their last
+//! pages), and the workflow rows are small (about 150 bytes, no snapshot inline), so one
+//! commit writes a few pages per table instead of one page per workflow it touches
+//! (docs/benchmarks.md, "the store's layout"). Changes no workflow needs any more (every
+//! one before the oldest active workflow's snapshot) are cut from the log's head every
+//! [`TRUNCATE_EVERY`] commits.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -65,11 +74,61 @@ const MIGRATIONS: &[&str] = &[
          outcome TEXT NOT NULL
      );
      CREATE INDEX audit_target ON audit (target);",
+    // 5: the layout for the commit's pages: snapshots and changes append-only by
+    // position, the workflow rows small and keyed by id, an index of the active ones'
+    // snapshot sequences (where the log may be cut). Existing data is carried over.
+    "CREATE TABLE snapshots (
+         position INTEGER PRIMARY KEY,
+         workflow_id TEXT NOT NULL,
+         sequence INTEGER NOT NULL,
+         body BLOB NOT NULL
+     );
+     INSERT INTO snapshots (workflow_id, sequence, body)
+         SELECT id, snapshot_sequence, snapshot FROM workflows WHERE snapshot IS NOT NULL
+         ORDER BY snapshot_sequence, id;
+     CREATE INDEX snapshots_by_workflow ON snapshots (workflow_id);
+     CREATE TABLE workflows_v5 (
+         id TEXT PRIMARY KEY,
+         name TEXT NOT NULL,
+         spec_hash TEXT NOT NULL,
+         status TEXT NOT NULL,
+         terminal INTEGER NOT NULL,
+         idempotency_key TEXT,
+         fingerprint INTEGER NOT NULL,
+         created_at INTEGER NOT NULL,
+         updated_at INTEGER NOT NULL,
+         snapshot_position INTEGER,
+         snapshot_sequence INTEGER NOT NULL DEFAULT 0
+     ) WITHOUT ROWID;
+     INSERT INTO workflows_v5
+         SELECT w.id, w.name, w.spec_hash, w.status, w.terminal, w.idempotency_key, w.fingerprint,
+                w.created_at, w.updated_at, s.position, w.snapshot_sequence
+         FROM workflows w LEFT JOIN snapshots s ON s.workflow_id = w.id;
+     CREATE TABLE changes (
+         sequence INTEGER PRIMARY KEY,
+         workflow_id TEXT NOT NULL,
+         at INTEGER NOT NULL,
+         change BLOB NOT NULL
+     );
+     INSERT OR IGNORE INTO changes (sequence, workflow_id, at, change)
+         SELECT e.sequence, e.workflow_id, e.at, e.change FROM events e JOIN workflows w ON w.id = e.workflow_id
+         WHERE w.terminal = 0 AND e.sequence > w.snapshot_sequence ORDER BY e.sequence;
+     DROP TABLE events;
+     DROP TABLE workflows;
+     ALTER TABLE workflows_v5 RENAME TO workflows;
+     CREATE UNIQUE INDEX workflows_by_key ON workflows (idempotency_key) WHERE idempotency_key IS NOT NULL;
+     CREATE INDEX workflows_ended ON workflows (updated_at) WHERE terminal = 1;
+     CREATE INDEX workflows_active ON workflows (snapshot_sequence) WHERE terminal = 0;",
 ];
+
+/// Every this many commits, a commit also cuts the change log's head: the changes every
+/// workflow's latest snapshot already includes.
+pub const TRUNCATE_EVERY: u64 = 32;
 
 pub struct SqliteStore {
     path: PathBuf,
     connection: Arc<Mutex<Connection>>,
+    commits: std::sync::atomic::AtomicU64,
 }
 
 impl SqliteStore {
@@ -94,6 +153,7 @@ impl SqliteStore {
         Ok(Self {
             path: path.to_owned(),
             connection: Arc::new(Mutex::new(connection)),
+            commits: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -159,22 +219,38 @@ pub fn write_batch(
     }
     {
         let mut upsert = transaction.prepare_cached(
-            "INSERT INTO workflows (id, name, spec_hash, status, terminal, idempotency_key, fingerprint, created_at, updated_at, snapshot, snapshot_sequence)
+            "INSERT INTO workflows (id, name, spec_hash, status, terminal, idempotency_key, fingerprint, created_at, updated_at, snapshot_position, snapshot_sequence)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, COALESCE(?11, 0))
              ON CONFLICT (id) DO UPDATE SET
                  status = excluded.status,
                  terminal = excluded.terminal,
                  updated_at = excluded.updated_at,
-                 snapshot = COALESCE(excluded.snapshot, workflows.snapshot),
-                 snapshot_sequence = CASE WHEN excluded.snapshot IS NULL THEN workflows.snapshot_sequence ELSE excluded.snapshot_sequence END",
+                 snapshot_position = COALESCE(excluded.snapshot_position, workflows.snapshot_position),
+                 snapshot_sequence = CASE WHEN excluded.snapshot_position IS NULL THEN workflows.snapshot_sequence ELSE excluded.snapshot_sequence END",
         )?;
+        // A workflow's earlier snapshots stay until it is pruned: deleting one a moment
+        // after it was written rewrites its pages again and frees no page (the table
+        // only grows at its end).
+        let mut append_snapshot = transaction.prepare_cached(
+            "INSERT INTO snapshots (workflow_id, sequence, body) VALUES (?1, ?2, ?3)",
+        )?;
+        let mut compressed = Vec::new();
         for w in &batch.workflows {
-            let (snapshot, sequence) = match &w.snapshot {
-                Some((bytes, sequence)) => (Some(bytes.as_slice()), Some(*sequence as i64)),
+            let id = w.id.to_hyphenated();
+            let id = std::str::from_utf8(&id).expect("hex and hyphens are ASCII");
+            let (position, sequence) = match &w.snapshot {
+                Some((json, sequence)) => {
+                    super::compress_snapshot(json, &mut compressed);
+                    append_snapshot.execute(params![id, *sequence as i64, compressed])?;
+                    (
+                        Some(transaction.last_insert_rowid()),
+                        Some(*sequence as i64),
+                    )
+                }
                 None => (None, None),
             };
             upsert.execute(params![
-                w.id.to_string(),
+                id,
                 w.name,
                 w.spec_hash,
                 status_name(w.status),
@@ -183,17 +259,18 @@ pub fn write_batch(
                 w.fingerprint as i64,
                 w.created_at as i64,
                 w.updated_at as i64,
-                snapshot,
+                position,
                 sequence,
             ])?;
         }
     }
     let mut insert_event = transaction.prepare_cached(
-        "INSERT OR IGNORE INTO events (workflow_id, sequence, at, change) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT OR IGNORE INTO changes (sequence, workflow_id, at, change) VALUES (?2, ?1, ?3, ?4)",
     )?;
     for event in &batch.events {
+        let id = event.workflow.to_hyphenated();
         insert_event.execute(params![
-            event.workflow.to_string(),
+            std::str::from_utf8(&id).expect("hex and hyphens are ASCII"),
             event.sequence as i64,
             event.at as i64,
             event.change
@@ -221,15 +298,38 @@ pub fn write_batch(
     Ok(())
 }
 
+/// Cuts the change log's head: every change at or before the oldest snapshot of an
+/// active workflow is in the latest snapshot of its workflow (a workflow's snapshot
+/// includes every change committed with or before it, and ended workflows have their
+/// final snapshot). With no active workflow, everything logged so far.
+pub fn truncate_log(transaction: &rusqlite::Transaction<'_>) -> Result<usize, rusqlite::Error> {
+    transaction
+        .prepare_cached(
+            "DELETE FROM changes WHERE sequence <= COALESCE(
+                 (SELECT MIN(snapshot_sequence) FROM workflows WHERE terminal = 0),
+                 (SELECT MAX(sequence) FROM snapshots WHERE position = (SELECT MAX(position) FROM snapshots)),
+                 0)",
+        )?
+        .execute([])
+}
+
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
+        let truncate = self
+            .commits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % TRUNCATE_EVERY
+            == TRUNCATE_EVERY - 1;
         self.with(move |connection| {
             let transaction = connection.transaction()?;
             write_batch(&transaction, &batch)?;
+            if truncate {
+                truncate_log(&transaction)?;
+            }
             transaction.commit()
         })
         .await
@@ -244,18 +344,19 @@ impl Store for SqliteStore {
                     .collect::<Result<Vec<_>, _>>()?;
                 let mut workflows = Vec::new();
                 let mut statement = connection.prepare(
-                    "SELECT id, snapshot, fingerprint, terminal FROM workflows WHERE terminal = 0 AND snapshot IS NOT NULL
+                    "SELECT w.id, s.body, w.fingerprint, w.terminal FROM workflows w JOIN snapshots s ON s.position = w.snapshot_position WHERE w.terminal = 0
                      UNION ALL
-                     SELECT * FROM (SELECT id, snapshot, fingerprint, terminal FROM workflows WHERE terminal = 1 AND snapshot IS NOT NULL ORDER BY updated_at DESC LIMIT ?1)",
+                     SELECT * FROM (SELECT w.id, s.body, w.fingerprint, w.terminal FROM workflows w JOIN snapshots s ON s.position = w.snapshot_position WHERE w.terminal = 1 ORDER BY w.updated_at DESC LIMIT ?1)",
                 )?;
                 let mut query = statement.query(params![terminal_max as i64])?;
                 while let Some(row) = query.next()? {
                     workflows.push((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?, row.get::<_, i64>(2)?, row.get::<_, bool>(3)?));
                 }
                 let mut events = Vec::new();
+                // In log order: each workflow's changes come out in its own order.
                 let mut statement = connection.prepare(
-                    "SELECT e.workflow_id, e.at, e.change FROM events e JOIN workflows w ON w.id = e.workflow_id
-                     WHERE w.terminal = 0 AND e.sequence > w.snapshot_sequence ORDER BY e.workflow_id, e.sequence",
+                    "SELECT c.workflow_id, c.at, c.change FROM changes c JOIN workflows w ON w.id = c.workflow_id
+                     WHERE w.terminal = 0 AND c.sequence > w.snapshot_sequence ORDER BY c.sequence",
                 )?;
                 let mut query = statement.query([])?;
                 while let Some(row) = query.next()? {
@@ -265,8 +366,10 @@ impl Store for SqliteStore {
                     .prepare("SELECT idempotency_key, id, fingerprint FROM workflows WHERE idempotency_key IS NOT NULL")?
                     .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))?
                     .collect::<Result<Vec<_>, _>>()?;
-                let last: i64 = connection.query_row("SELECT COALESCE(MAX(sequence), 0) FROM events", [], |r| r.get(0))?;
-                let snapshot_last: i64 = connection.query_row("SELECT COALESCE(MAX(snapshot_sequence), 0) FROM workflows", [], |r| r.get(0))?;
+                // Snapshots are appended in commit order, so the last one has the highest
+                // sequence of them; the log may be cut up to it.
+                let last: i64 = connection.query_row("SELECT COALESCE(MAX(sequence), 0) FROM changes", [], |r| r.get(0))?;
+                let snapshot_last: i64 = connection.query_row("SELECT COALESCE((SELECT sequence FROM snapshots ORDER BY position DESC LIMIT 1), 0)", [], |r| r.get(0))?;
                 Ok((specs, workflows, events, idempotency, last.max(snapshot_last)))
             })
             .await?;
@@ -278,7 +381,7 @@ impl Store for SqliteStore {
             .with(move |connection| {
                 connection
                     .query_row(
-                        "SELECT w.snapshot, s.text FROM workflows w JOIN specs s ON s.hash = w.spec_hash WHERE w.id = ?1 AND w.snapshot IS NOT NULL",
+                        "SELECT n.body, s.text FROM workflows w JOIN snapshots n ON n.position = w.snapshot_position JOIN specs s ON s.hash = w.spec_hash WHERE w.id = ?1",
                         params![id.to_string()],
                         |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?)),
                     )
@@ -375,8 +478,8 @@ impl Store for SqliteStore {
         let rows = self
             .with(move |connection| {
                 let mut statement = connection.prepare_cached(
-                    "SELECT snapshot FROM workflows WHERE id > ?1 AND snapshot IS NOT NULL
-                     AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR name = ?3) ORDER BY id LIMIT ?4",
+                    "SELECT s.body FROM workflows w JOIN snapshots s ON s.position = w.snapshot_position WHERE w.id > ?1
+                     AND (?2 IS NULL OR w.status = ?2) AND (?3 IS NULL OR w.name = ?3) ORDER BY w.id LIMIT ?4",
                 )?;
                 let after = query.after.map(|id| id.to_string()).unwrap_or_default();
                 let status = query.status.map(status_name);
@@ -396,8 +499,9 @@ impl Store for SqliteStore {
                 .prepare("SELECT idempotency_key FROM workflows WHERE terminal = 1 AND updated_at < ?1 AND idempotency_key IS NOT NULL")?
                 .query_map(params![before_ms as i64], |r| r.get::<_, String>(0))?
                 .collect::<Result<Vec<_>, _>>()?;
+            // Their changes went with the log's head (ended workflows need none).
             transaction.execute(
-                "DELETE FROM events WHERE workflow_id IN (SELECT id FROM workflows WHERE terminal = 1 AND updated_at < ?1)",
+                "DELETE FROM snapshots WHERE workflow_id IN (SELECT id FROM workflows WHERE terminal = 1 AND updated_at < ?1)",
                 params![before_ms as i64],
             )?;
             let pruned = transaction.execute("DELETE FROM workflows WHERE terminal = 1 AND updated_at < ?1", params![before_ms as i64])?;
@@ -446,4 +550,335 @@ pub(super) fn assemble(
         idempotency,
         last_sequence: last as u64,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::model::{Priority, TaskStatus, WorkflowStatus};
+    use crate::scheduler::{Change, NewWorkflow, Scheduler, SchedulerConfig};
+    use crate::spec::{SpecLimits, compile};
+    use crate::store::{EventWrite, SpecWrite, WorkflowWrite};
+
+    const SPEC: &str = "apiVersion: paygrid/v1\nkind: Workflow\nname: stored\nversion: 1\ntasks:\n  - id: a\n    skill: s\n  - id: b\n    skill: s\n    needs: [a]\n";
+
+    fn dir(what: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "paygrid-sqlite-{what}-{}-{}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    /// A real workflow's snapshot (JSON) as the control unit takes it.
+    fn snapshot(now: u64) -> (WorkflowId, Vec<u8>, Arc<crate::spec::CompiledSpec>) {
+        let spec = Arc::new(compile(SPEC, &SpecLimits::default()).unwrap());
+        let mut core = Scheduler::new(SchedulerConfig::default());
+        let id = WorkflowId::generate(now);
+        core.submit(
+            now,
+            NewWorkflow {
+                id,
+                spec: spec.clone(),
+                input: serde_json::json!({"amount_minor": 1250}),
+                priority: Priority::Normal,
+                labels: BTreeMap::new(),
+                idempotency_key: None,
+                traceparent: String::new(),
+                trace_parent_span: String::new(),
+                tracestate: String::new(),
+            },
+            &mut Vec::new(),
+        )
+        .unwrap();
+        let json = serde_json::to_vec(&core.workflow(id).unwrap().snapshot()).unwrap();
+        (id, json, spec)
+    }
+
+    fn task(task: u32, status: TaskStatus) -> Vec<u8> {
+        serde_json::to_vec(&Change::Task {
+            task,
+            compensation: false,
+            status,
+            attempt: 1,
+            agent: None,
+            detail: None,
+            output: None,
+            retry_at: None,
+            deadline: None,
+            outcome: None,
+            lookups: 0,
+            settling: false,
+        })
+        .unwrap()
+    }
+
+    /// A file written by the layout before migration 5 (snapshots inline as JSON, one
+    /// event row per change keyed by workflow) opens, is carried over, and recovers the
+    /// same: the active workflow with the changes after its snapshot, the ended one, the
+    /// key, the last sequence.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_store_written_before_migration_5_is_carried_over() {
+        let dir = dir("migrate");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("control.sqlite3");
+        let (active, active_json, spec) = snapshot(1_000);
+        let (ended, ended_json, _) = snapshot(1_001);
+        {
+            let mut connection = Connection::open(&path).unwrap();
+            connection.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)").unwrap();
+            for (index, migration) in MIGRATIONS[..4].iter().enumerate() {
+                let transaction = connection.transaction().unwrap();
+                transaction.execute_batch(migration).unwrap();
+                transaction
+                    .execute(
+                        "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, 0)",
+                        params![index as i64 + 1],
+                    )
+                    .unwrap();
+                transaction.commit().unwrap();
+            }
+            connection
+                .execute(
+                    "INSERT INTO specs (hash, text) VALUES (?1, ?2)",
+                    params![spec.hash, SPEC],
+                )
+                .unwrap();
+            let row = "INSERT INTO workflows (id, name, spec_hash, status, terminal, idempotency_key, fingerprint, created_at, updated_at, snapshot, snapshot_sequence) VALUES (?1, 'stored', ?2, ?3, ?4, ?5, 9, 1000, ?6, ?7, ?8)";
+            connection
+                .execute(
+                    row,
+                    params![
+                        active.to_string(),
+                        spec.hash,
+                        "running",
+                        false,
+                        "key-1",
+                        1_000,
+                        active_json,
+                        2
+                    ],
+                )
+                .unwrap();
+            connection
+                .execute(
+                    row,
+                    params![
+                        ended.to_string(),
+                        spec.hash,
+                        "succeeded",
+                        true,
+                        None::<String>,
+                        1_010,
+                        ended_json,
+                        6
+                    ],
+                )
+                .unwrap();
+            let event =
+                "INSERT INTO events (workflow_id, sequence, at, change) VALUES (?1, ?2, 1000, ?3)";
+            for (id, sequence, change) in [
+                (active, 1, br#"{"kind":"created"}"#.to_vec()),
+                (active, 2, task(0, TaskStatus::Ready)),
+                (active, 3, task(0, TaskStatus::Succeeded)),
+                (ended, 4, br#"{"kind":"created"}"#.to_vec()),
+                (active, 5, task(1, TaskStatus::Ready)),
+                (
+                    ended,
+                    6,
+                    br#"{"kind":"workflow","status":"succeeded"}"#.to_vec(),
+                ),
+            ] {
+                connection
+                    .execute(event, params![id.to_string(), sequence, change])
+                    .unwrap();
+            }
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let recovered = store.recover(10).await.unwrap();
+        assert_eq!(recovered.last_sequence, 6);
+        assert_eq!(recovered.workflows.len(), 2);
+        let restored = recovered
+            .workflows
+            .iter()
+            .find(|w| w.snapshot.id == active.to_string())
+            .expect("the active workflow");
+        assert_eq!(restored.fingerprint, 9);
+        let statuses: Vec<_> = restored
+            .changes
+            .iter()
+            .map(|(_, change)| match change {
+                Change::Task { task, status, .. } => (*task, *status),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            statuses,
+            vec![(0, TaskStatus::Succeeded), (1, TaskStatus::Ready)]
+        );
+        assert_eq!(recovered.idempotency, vec![("key-1".to_owned(), active, 9)]);
+        let (loaded, text) = store.load(ended).await.unwrap().expect("the ended one");
+        assert_eq!(loaded.id, ended.to_string());
+        assert_eq!(text, SPEC);
+        // Only the changes a workflow still needs were carried over.
+        let kept: Vec<i64> = store
+            .with(|c| {
+                c.prepare("SELECT sequence FROM changes ORDER BY sequence")?
+                    .query_map([], |r| r.get(0))?
+                    .collect()
+            })
+            .await
+            .unwrap();
+        assert_eq!(kept, vec![3, 5]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Every [`TRUNCATE_EVERY`] commits the log's head goes: the changes before the
+    /// oldest active workflow's snapshot, never one an active workflow still needs; the
+    /// snapshots are written compressed and read back.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_log_is_cut_before_the_oldest_active_snapshot() {
+        let dir = dir("truncate");
+        let store = SqliteStore::open(&dir.join("control.sqlite3")).unwrap();
+        let (waiting, waiting_json, spec) = snapshot(2_000);
+        let row = |id, status: WorkflowStatus, json: Option<Vec<u8>>, sequence| WorkflowWrite {
+            id,
+            name: "stored".into(),
+            spec_hash: spec.hash.clone(),
+            status,
+            idempotency_key: None,
+            fingerprint: 0,
+            created_at: 2_000,
+            updated_at: 2_000 + sequence,
+            snapshot: json.map(|json| (json, sequence)),
+        };
+        let change = |workflow, sequence, change: Vec<u8>| EventWrite {
+            workflow,
+            sequence,
+            at: 2_000 + sequence,
+            change,
+        };
+        // A workflow that waits (snapshot at 1, then one change of its own at 2).
+        let mut sequence = 2;
+        store
+            .commit(Batch {
+                specs: vec![SpecWrite {
+                    hash: spec.hash.clone(),
+                    name: "stored".into(),
+                    version: 1,
+                    text: Arc::from(SPEC),
+                }],
+                workflows: vec![row(waiting, WorkflowStatus::Running, Some(waiting_json), 1)],
+                events: vec![
+                    change(waiting, 1, br#"{"kind":"created"}"#.to_vec()),
+                    change(waiting, 2, task(0, TaskStatus::Ready)),
+                ],
+                ..Batch::default()
+            })
+            .await
+            .unwrap();
+        // Then many that start and end, one per commit, each ending with a snapshot.
+        for _ in 0..TRUNCATE_EVERY * 2 {
+            let (id, json, _) = snapshot(3_000);
+            sequence += 2;
+            store
+                .commit(Batch {
+                    workflows: vec![row(id, WorkflowStatus::Succeeded, Some(json), sequence)],
+                    events: vec![
+                        change(id, sequence - 1, br#"{"kind":"created"}"#.to_vec()),
+                        change(
+                            id,
+                            sequence,
+                            br#"{"kind":"workflow","status":"succeeded"}"#.to_vec(),
+                        ),
+                    ],
+                    ..Batch::default()
+                })
+                .await
+                .unwrap();
+        }
+        let first = |store: &SqliteStore| {
+            let connection = store.connection.clone();
+            move || -> Option<i64> {
+                connection
+                    .lock()
+                    .unwrap()
+                    .query_row("SELECT MIN(sequence) FROM changes", [], |r| r.get(0))
+                    .unwrap()
+            }
+        };
+        // The waiting workflow's snapshot (1) holds the log: only change 1 may go.
+        assert_eq!(first(&store)(), Some(2));
+        let recovered = store.recover(0).await.unwrap();
+        assert_eq!(recovered.last_sequence, sequence);
+        let restored = &recovered.workflows[0];
+        assert_eq!(restored.snapshot.id, waiting.to_string());
+        assert_eq!(restored.changes.len(), 1, "{:?}", restored.changes);
+        // Once it has a newer snapshot (it ended), the log goes up to the last one.
+        let (_, ended_json, _) = snapshot(2_000);
+        sequence += 1;
+        let ended = row(
+            waiting,
+            WorkflowStatus::Succeeded,
+            Some(ended_json),
+            sequence,
+        );
+        store
+            .commit(Batch {
+                workflows: vec![ended],
+                events: vec![change(
+                    waiting,
+                    sequence,
+                    br#"{"kind":"workflow","status":"succeeded"}"#.to_vec(),
+                )],
+                ..Batch::default()
+            })
+            .await
+            .unwrap();
+        // Up to the next commit that cuts the log (1 + 2 × TRUNCATE_EVERY + 1 so far).
+        for _ in 0..TRUNCATE_EVERY - 2 {
+            let (id, json, _) = snapshot(4_000);
+            sequence += 2;
+            store
+                .commit(Batch {
+                    workflows: vec![row(id, WorkflowStatus::Succeeded, Some(json), sequence)],
+                    events: vec![
+                        change(id, sequence - 1, br#"{"kind":"created"}"#.to_vec()),
+                        change(
+                            id,
+                            sequence,
+                            br#"{"kind":"workflow","status":"succeeded"}"#.to_vec(),
+                        ),
+                    ],
+                    ..Batch::default()
+                })
+                .await
+                .unwrap();
+        }
+        assert_eq!(first(&store)(), None, "everything up to the last snapshot");
+        let recovered = store.recover(10).await.unwrap();
+        assert_eq!(recovered.last_sequence, sequence);
+        assert!(recovered.workflows.iter().all(|w| w.changes.is_empty()));
+        // Stored compressed, read back whole.
+        let (loaded, _) = store.load(waiting).await.unwrap().unwrap();
+        assert_eq!(loaded.name, "stored");
+        let body: Vec<u8> = store
+            .with(move |c| {
+                c.query_row(
+                    "SELECT s.body FROM snapshots s JOIN workflows w ON w.snapshot_position = s.position WHERE w.id = ?1",
+                    params![waiting.to_string()],
+                    |r| r.get(0),
+                )
+            })
+            .await
+            .unwrap();
+        assert_eq!(body[0], crate::store::SNAPSHOT_LZ4);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
