@@ -1,0 +1,314 @@
+//! The embedded store's own layout: the carry-over of older files, the log's cut, the
+//! snapshots' format.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::model::{Priority, TaskStatus, WorkflowStatus};
+use crate::scheduler::{Change, NewWorkflow, Scheduler, SchedulerConfig};
+use crate::spec::{SpecLimits, compile};
+use crate::store::{EventWrite, SpecWrite, WorkflowWrite};
+
+const SPEC: &str = "apiVersion: paygrid/v1\nkind: Workflow\nname: stored\nversion: 1\ntasks:\n  - id: a\n    skill: s\n  - id: b\n    skill: s\n    needs: [a]\n";
+
+fn dir(what: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "paygrid-sqlite-{what}-{}-{}",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// A real workflow's snapshot (JSON) as the control unit takes it.
+fn snapshot(now: u64) -> (WorkflowId, Vec<u8>, Arc<crate::spec::CompiledSpec>) {
+    let spec = Arc::new(compile(SPEC, &SpecLimits::default()).unwrap());
+    let mut core = Scheduler::new(SchedulerConfig::default());
+    let id = WorkflowId::generate(now);
+    core.submit(
+        now,
+        NewWorkflow {
+            id,
+            spec: spec.clone(),
+            input: serde_json::json!({"amount_minor": 1250}),
+            priority: Priority::Normal,
+            labels: BTreeMap::new(),
+            idempotency_key: None,
+            traceparent: String::new(),
+            trace_parent_span: String::new(),
+            tracestate: String::new(),
+        },
+        &mut Vec::new(),
+    )
+    .unwrap();
+    let json = serde_json::to_vec(&core.workflow(id).unwrap().snapshot()).unwrap();
+    (id, json, spec)
+}
+
+fn task(task: u32, status: TaskStatus) -> Vec<u8> {
+    serde_json::to_vec(&Change::Task {
+        task,
+        compensation: false,
+        status,
+        attempt: 1,
+        agent: None,
+        detail: None,
+        output: None,
+        retry_at: None,
+        deadline: None,
+        outcome: None,
+        lookups: 0,
+        settling: false,
+    })
+    .unwrap()
+}
+
+/// A file written by the layout before migration 5 (snapshots inline as JSON, one
+/// event row per change keyed by workflow) opens, is carried over, and recovers the
+/// same: the active workflow with the changes after its snapshot, the ended one, the
+/// key, the last sequence.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_written_before_migration_5_is_carried_over() {
+    let dir = dir("migrate");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("control.sqlite3");
+    let (active, active_json, spec) = snapshot(1_000);
+    let (ended, ended_json, _) = snapshot(1_001);
+    {
+        let mut connection = Connection::open(&path).unwrap();
+        connection.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)").unwrap();
+        for (index, migration) in MIGRATIONS[..4].iter().enumerate() {
+            let transaction = connection.transaction().unwrap();
+            transaction.execute_batch(migration).unwrap();
+            transaction
+                .execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, 0)",
+                    params![index as i64 + 1],
+                )
+                .unwrap();
+            transaction.commit().unwrap();
+        }
+        connection
+            .execute(
+                "INSERT INTO specs (hash, text) VALUES (?1, ?2)",
+                params![spec.hash, SPEC],
+            )
+            .unwrap();
+        let row = "INSERT INTO workflows (id, name, spec_hash, status, terminal, idempotency_key, fingerprint, created_at, updated_at, snapshot, snapshot_sequence) VALUES (?1, 'stored', ?2, ?3, ?4, ?5, 9, 1000, ?6, ?7, ?8)";
+        connection
+            .execute(
+                row,
+                params![
+                    active.to_string(),
+                    spec.hash,
+                    "running",
+                    false,
+                    "key-1",
+                    1_000,
+                    active_json,
+                    2
+                ],
+            )
+            .unwrap();
+        connection
+            .execute(
+                row,
+                params![
+                    ended.to_string(),
+                    spec.hash,
+                    "succeeded",
+                    true,
+                    None::<String>,
+                    1_010,
+                    ended_json,
+                    6
+                ],
+            )
+            .unwrap();
+        let event =
+            "INSERT INTO events (workflow_id, sequence, at, change) VALUES (?1, ?2, 1000, ?3)";
+        for (id, sequence, change) in [
+            (active, 1, br#"{"kind":"created"}"#.to_vec()),
+            (active, 2, task(0, TaskStatus::Ready)),
+            (active, 3, task(0, TaskStatus::Succeeded)),
+            (ended, 4, br#"{"kind":"created"}"#.to_vec()),
+            (active, 5, task(1, TaskStatus::Ready)),
+            (
+                ended,
+                6,
+                br#"{"kind":"workflow","status":"succeeded"}"#.to_vec(),
+            ),
+        ] {
+            connection
+                .execute(event, params![id.to_string(), sequence, change])
+                .unwrap();
+        }
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let recovered = store.recover(10).await.unwrap();
+    assert_eq!(recovered.last_sequence, 6);
+    assert_eq!(recovered.workflows.len(), 2);
+    let restored = recovered
+        .workflows
+        .iter()
+        .find(|w| w.snapshot.id == active.to_string())
+        .expect("the active workflow");
+    assert_eq!(restored.fingerprint, 9);
+    let statuses: Vec<_> = restored
+        .changes
+        .iter()
+        .map(|(_, change)| match change {
+            Change::Task { task, status, .. } => (*task, *status),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![(0, TaskStatus::Succeeded), (1, TaskStatus::Ready)]
+    );
+    assert_eq!(recovered.idempotency, vec![("key-1".to_owned(), active, 9)]);
+    let (loaded, text) = store.load(ended).await.unwrap().expect("the ended one");
+    assert_eq!(loaded.id, ended.to_string());
+    assert_eq!(text, SPEC);
+    // Only the changes a workflow still needs were carried over.
+    let kept: Vec<i64> = store
+        .with(|c| {
+            c.prepare("SELECT sequence FROM changes ORDER BY sequence")?
+                .query_map([], |r| r.get(0))?
+                .collect()
+        })
+        .await
+        .unwrap();
+    assert_eq!(kept, vec![3, 5]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every [`TRUNCATE_EVERY`] commits the log's head goes: the changes before the
+/// oldest active workflow's snapshot, never one an active workflow still needs; the
+/// snapshots are written compressed and read back.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_log_is_cut_before_the_oldest_active_snapshot() {
+    let dir = dir("truncate");
+    let store = SqliteStore::open(&dir.join("control.sqlite3")).unwrap();
+    let (waiting, waiting_json, spec) = snapshot(2_000);
+    let row = |id, status: WorkflowStatus, json: Option<Vec<u8>>, sequence| WorkflowWrite {
+        id,
+        name: "stored".into(),
+        spec_hash: spec.hash.clone(),
+        status,
+        idempotency_key: None,
+        fingerprint: 0,
+        created_at: 2_000,
+        updated_at: 2_000 + sequence,
+        snapshot: json.map(|json| (json, sequence)),
+    };
+    let change = |workflow, sequence, change: Vec<u8>| EventWrite {
+        workflow,
+        sequence,
+        at: 2_000 + sequence,
+        change,
+    };
+    // One workflow's whole life in one commit, ending with its snapshot at `sequence`.
+    let started_and_ended = |sequence: u64| {
+        let (id, json, _) = snapshot(3_000);
+        Batch {
+            workflows: vec![row(id, WorkflowStatus::Succeeded, Some(json), sequence)],
+            events: vec![
+                change(id, sequence - 1, br#"{"kind":"created"}"#.to_vec()),
+                change(
+                    id,
+                    sequence,
+                    br#"{"kind":"workflow","status":"succeeded"}"#.to_vec(),
+                ),
+            ],
+            ..Batch::default()
+        }
+    };
+    // A workflow that waits (snapshot at 1, then one change of its own at 2).
+    let mut sequence = 2;
+    store
+        .commit(Batch {
+            specs: vec![SpecWrite {
+                hash: spec.hash.clone(),
+                name: "stored".into(),
+                version: 1,
+                text: Arc::from(SPEC),
+            }],
+            workflows: vec![row(waiting, WorkflowStatus::Running, Some(waiting_json), 1)],
+            events: vec![
+                change(waiting, 1, br#"{"kind":"created"}"#.to_vec()),
+                change(waiting, 2, task(0, TaskStatus::Ready)),
+            ],
+            ..Batch::default()
+        })
+        .await
+        .unwrap();
+    // Then many that start and end, one per commit, each ending with a snapshot.
+    for _ in 0..TRUNCATE_EVERY * 2 {
+        sequence += 2;
+        store.commit(started_and_ended(sequence)).await.unwrap();
+    }
+    let first = |store: &SqliteStore| {
+        let connection = store.connection.clone();
+        move || -> Option<i64> {
+            connection
+                .lock()
+                .unwrap()
+                .query_row("SELECT MIN(sequence) FROM changes", [], |r| r.get(0))
+                .unwrap()
+        }
+    };
+    // The waiting workflow's snapshot (1) holds the log: only change 1 may go.
+    assert_eq!(first(&store)(), Some(2));
+    let recovered = store.recover(0).await.unwrap();
+    assert_eq!(recovered.last_sequence, sequence);
+    let restored = &recovered.workflows[0];
+    assert_eq!(restored.snapshot.id, waiting.to_string());
+    assert_eq!(restored.changes.len(), 1, "{:?}", restored.changes);
+    // Once it has a newer snapshot (it ended), the log goes up to the last one.
+    let (_, ended_json, _) = snapshot(2_000);
+    sequence += 1;
+    let ended = row(
+        waiting,
+        WorkflowStatus::Succeeded,
+        Some(ended_json),
+        sequence,
+    );
+    store
+        .commit(Batch {
+            workflows: vec![ended],
+            events: vec![change(
+                waiting,
+                sequence,
+                br#"{"kind":"workflow","status":"succeeded"}"#.to_vec(),
+            )],
+            ..Batch::default()
+        })
+        .await
+        .unwrap();
+    // Up to the next commit that cuts the log (1 + 2 × TRUNCATE_EVERY + 1 so far).
+    for _ in 0..TRUNCATE_EVERY - 2 {
+        sequence += 2;
+        store.commit(started_and_ended(sequence)).await.unwrap();
+    }
+    assert_eq!(first(&store)(), None, "everything up to the last snapshot");
+    let recovered = store.recover(10).await.unwrap();
+    assert_eq!(recovered.last_sequence, sequence);
+    assert!(recovered.workflows.iter().all(|w| w.changes.is_empty()));
+    // Stored compressed, read back whole.
+    let (loaded, _) = store.load(waiting).await.unwrap().unwrap();
+    assert_eq!(loaded.name, "stored");
+    let body: Vec<u8> = store
+        .with(move |c| {
+            c.query_row(
+                "SELECT s.body FROM snapshots s JOIN workflows w ON w.snapshot_position = s.position WHERE w.id = ?1",
+                params![waiting.to_string()],
+                |r| r.get(0),
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(body[0], crate::store::SNAPSHOT_LZ4);
+    let _ = std::fs::remove_dir_all(&dir);
+}
