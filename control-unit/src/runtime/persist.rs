@@ -55,14 +55,7 @@ impl Persistence {
         // Workflows whose row changes, in first-seen order, and whether with a snapshot.
         let mut rows: Vec<(WorkflowId, bool)> = Vec::new();
         let mut row_of: HashMap<WorkflowId, usize> = HashMap::new();
-        for (sequence, record) in records {
-            batch.events.push(EventWrite {
-                workflow: record.workflow,
-                sequence: *sequence,
-                at: record.at,
-                change: serde_json::to_vec(&record.change)
-                    .expect("a change is plain data and always serialises to JSON"),
-            });
+        for (_, record) in records {
             let snapshot = match &record.change {
                 Change::Created => true,
                 Change::Workflow { status, .. } => status.is_terminal(),
@@ -87,12 +80,21 @@ impl Persistence {
                 }
             }
         }
+        // Workflows snapshotted by this batch: the snapshot holds every change of theirs
+        // up to `last_sequence`, and recovery reads only the changes after a workflow's
+        // snapshot, so their changes in this batch are not written at all (a payment
+        // created, or ended, in this commit costs one snapshot instead of a row per
+        // change as well).
+        let mut snapshotted: HashSet<WorkflowId> = HashSet::new();
         for (id, snapshot) in rows {
             let Some(workflow) = core.workflow(id) else {
                 continue;
             };
             if self.stored_specs.insert(workflow.spec.hash.clone()) {
                 batch.specs.push(spec_write(&workflow.spec));
+            }
+            if snapshot {
+                snapshotted.insert(id);
             }
             batch.workflows.push(WorkflowWrite {
                 id,
@@ -115,6 +117,18 @@ impl Persistence {
                         last_sequence,
                     )
                 }),
+            });
+        }
+        for (sequence, record) in records {
+            if snapshotted.contains(&record.workflow) {
+                continue;
+            }
+            batch.events.push(EventWrite {
+                workflow: record.workflow,
+                sequence: *sequence,
+                at: record.at,
+                change: serde_json::to_vec(&record.change)
+                    .expect("a change is plain data and always serialises to JSON"),
             });
         }
         batch.fence = self.fence(&batch);
@@ -255,5 +269,100 @@ impl Actor {
             "recovered workflows from the store"
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::model::{AgentId, Priority};
+    use crate::scheduler::{Command, NewWorkflow, SchedulerConfig};
+    use crate::spec::{SpecLimits, compile};
+
+    const SPEC: &str = "apiVersion: paygrid/v1\nkind: Workflow\nname: two\nversion: 1\ntasks:\n  - id: a\n    skill: s\n  - id: b\n    skill: s\n    needs: [a]\n";
+
+    fn records(out: Vec<Command>, sequence: &mut u64) -> Vec<(u64, Record)> {
+        out.into_iter()
+            .filter_map(|command| match command {
+                Command::Record(record) => {
+                    *sequence += 1;
+                    Some((*sequence, record))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A workflow snapshotted by a batch has no change rows in it (its snapshot holds
+    /// them); a workflow changed without a snapshot, or no longer in memory, keeps them.
+    #[test]
+    fn a_batch_writes_the_changes_its_snapshots_do_not_hold() {
+        let spec = Arc::new(compile(SPEC, &SpecLimits::default()).unwrap());
+        let mut core = Scheduler::new(SchedulerConfig::default());
+        let id = WorkflowId(7);
+        let mut out = Vec::new();
+        core.submit(
+            1_000,
+            NewWorkflow {
+                id,
+                spec,
+                input: serde_json::json!({}),
+                priority: Priority::Normal,
+                labels: Default::default(),
+                idempotency_key: None,
+                traceparent: String::new(),
+                trace_parent_span: String::new(),
+                tracestate: String::new(),
+            },
+            &mut out,
+        )
+        .unwrap();
+        let mut sequence = 0;
+        let created = records(out, &mut sequence);
+        assert!(created.len() >= 2, "created and its first task ready");
+        let mut persistence = Persistence::new(None, None);
+        let index = IdempotencyIndex::new();
+
+        let batch = persistence.batch(&core, &index, &created, sequence);
+        assert!(batch.events.is_empty(), "held by the creation snapshot");
+        assert_eq!(batch.workflows.len(), 1);
+        let (_, at) = batch.workflows[0].snapshot.as_ref().expect("a snapshot");
+        assert_eq!(
+            *at, sequence,
+            "the snapshot covers every change of the batch"
+        );
+        assert_eq!(batch.specs.len(), 1);
+
+        let running = Record {
+            workflow: id,
+            at: 1_001,
+            change: Change::task(
+                0,
+                false,
+                TaskStatus::Running,
+                1,
+                Some(AgentId("agent".into())),
+                None,
+            ),
+        };
+        let elsewhere = Record {
+            workflow: WorkflowId(8),
+            ..running.clone()
+        };
+        let later = vec![(sequence + 1, running), (sequence + 2, elsewhere)];
+        let batch = persistence.batch(&core, &index, &later, sequence + 2);
+        assert!(batch.workflows.is_empty());
+        assert!(batch.specs.is_empty(), "the spec is stored once");
+        let written: Vec<(WorkflowId, u64)> = batch
+            .events
+            .iter()
+            .map(|e| (e.workflow, e.sequence))
+            .collect();
+        assert_eq!(
+            written,
+            vec![(id, sequence + 1), (WorkflowId(8), sequence + 2)]
+        );
     }
 }

@@ -119,6 +119,25 @@ const MIGRATIONS: &[&str] = &[
      CREATE UNIQUE INDEX workflows_by_key ON workflows (idempotency_key) WHERE idempotency_key IS NOT NULL;
      CREATE INDEX workflows_ended ON workflows (updated_at) WHERE terminal = 1;
      CREATE INDEX workflows_active ON workflows (snapshot_sequence) WHERE terminal = 0;",
+    // 6: the audit log without AUTOINCREMENT. Its rows are never deleted, so the next
+    // sequence is still one past the highest ever used, and a commit no longer rewrites
+    // `sqlite_sequence`'s page as well.
+    "CREATE TABLE audit_v6 (
+         sequence INTEGER PRIMARY KEY,
+         at INTEGER NOT NULL,
+         actor TEXT NOT NULL,
+         proof TEXT NOT NULL,
+         role TEXT NOT NULL,
+         origin TEXT NOT NULL,
+         action TEXT NOT NULL,
+         target TEXT NOT NULL,
+         detail TEXT NOT NULL,
+         outcome TEXT NOT NULL
+     );
+     INSERT INTO audit_v6 SELECT sequence, at, actor, proof, role, origin, action, target, detail, outcome FROM audit;
+     DROP TABLE audit;
+     ALTER TABLE audit_v6 RENAME TO audit;
+     CREATE INDEX audit_target ON audit (target);",
 ];
 
 /// Every this many commits, a commit also cuts the change log's head: the changes every

@@ -65,11 +65,12 @@ fn task(task: u32, status: TaskStatus) -> Vec<u8> {
 }
 
 /// A file written by the layout before migration 5 (snapshots inline as JSON, one
-/// event row per change keyed by workflow) opens, is carried over, and recovers the
-/// same: the active workflow with the changes after its snapshot, the ended one, the
-/// key, the last sequence.
+/// event row per change keyed by workflow; the audit log with AUTOINCREMENT) opens, is
+/// carried over, and recovers the same: the active workflow with the changes after its
+/// snapshot, the ended one, the key, the last sequence, the audit records and the next
+/// audit sequence.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_store_written_before_migration_5_is_carried_over() {
+async fn a_store_written_by_an_older_layout_is_carried_over() {
     let dir = dir("migrate");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("control.sqlite3");
@@ -144,8 +145,59 @@ async fn a_store_written_before_migration_5_is_carried_over() {
                 .execute(event, params![id.to_string(), sequence, change])
                 .unwrap();
         }
+        for target in ["first", "second"] {
+            connection
+                .execute(
+                    "INSERT INTO audit (at, actor, proof, role, origin, action, target, detail, outcome) VALUES (1, 'ops', 'token', 'operator', 'here', 'submit', ?1, '', 'ok')",
+                    params![target],
+                )
+                .unwrap();
+        }
     }
     let store = SqliteStore::open(&path).unwrap();
+    let third = crate::audit::AuditRecord {
+        at_ms: 2,
+        actor: "ops".into(),
+        action: "cancel".into(),
+        target: "third".into(),
+        ..Default::default()
+    };
+    store
+        .commit(Batch {
+            audit: vec![third],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let audit: Vec<(u64, String)> = store
+        .audit(crate::audit::AuditQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.sequence, r.target))
+        .collect();
+    assert_eq!(
+        audit,
+        vec![
+            (3, "third".to_owned()),
+            (2, "second".to_owned()),
+            (1, "first".to_owned())
+        ]
+    );
+    let audit_table: String = store
+        .with(|c| {
+            c.query_row(
+                "SELECT sql FROM sqlite_schema WHERE name = 'audit'",
+                [],
+                |r| r.get(0),
+            )
+        })
+        .await
+        .unwrap();
+    assert!(!audit_table.contains("AUTOINCREMENT"), "{audit_table}");
     let recovered = store.recover(10).await.unwrap();
     assert_eq!(recovered.last_sequence, 6);
     assert_eq!(recovered.workflows.len(), 2);
