@@ -10,7 +10,7 @@ use crate::error::ControlError;
 use crate::model::{TaskStatus, WorkflowId};
 use crate::scheduler::{Change, Record, Scheduler};
 use crate::spec::CompiledSpec;
-use crate::store::{Batch, EventWrite, SpecWrite, Store, StoreError, WorkflowWrite};
+use crate::store::{Batch, EventWrite, RecoveryPage, SpecWrite, Store, StoreError, WorkflowWrite};
 
 pub(super) struct Persistence {
     store: Option<Arc<dyn Store>>,
@@ -190,6 +190,46 @@ impl Actor {
         Ok(())
     }
 
+    /// Restores one stored workflow: `Some(true)` if it is active, `Some(false)` if it
+    /// ended (or is another cluster member's), `None` if it cannot be restored (logged).
+    fn restore_one(
+        &mut self,
+        now: u64,
+        workflow: crate::store::RecoveredWorkflow,
+        specs: &HashMap<String, Arc<CompiledSpec>>,
+        out: &mut Vec<crate::scheduler::Command>,
+    ) -> Option<bool> {
+        let id = workflow.snapshot.id.clone();
+        // In a cluster, the workflows of other members' partitions are theirs.
+        if let Some(ownership) = &self.persistence.ownership
+            && let Ok(parsed) = id.parse::<WorkflowId>()
+            && !ownership.owns_workflow(&parsed)
+        {
+            return Some(false);
+        }
+        let Some(spec) = specs.get(&workflow.snapshot.spec_hash).cloned() else {
+            tracing::error!(workflow = %id, "spec of stored workflow is missing");
+            return None;
+        };
+        let terminal = workflow.snapshot.status.is_terminal() && workflow.changes.is_empty();
+        match self
+            .core
+            .restore(now, workflow.snapshot, spec, &workflow.changes, out)
+        {
+            Ok(id) if !terminal => {
+                if let Some(workflow) = self.core.workflow(id) {
+                    self.spans.restored(workflow);
+                }
+                Some(true)
+            }
+            Ok(_) => Some(false),
+            Err(error) => {
+                tracing::error!(workflow = %id, %error, "cannot restore workflow");
+                None
+            }
+        }
+    }
+
     /// Rebuilds the scheduler and the catalog from the store.
     pub(super) async fn recover(&mut self) -> Result<(), ControlError> {
         let Some(store) = self.persistence.store.clone() else {
@@ -198,61 +238,56 @@ impl Actor {
         // Settings changed at run time (here or by another cluster member) before any
         // workflow is back, so nothing is dispatched past a hold.
         self.recover_settings(store.as_ref()).await?;
-        let recovered = store
-            .recover(self.config.scheduler.workflows_retained_max)
-            .await?;
+        // Read a page at a time and restore each while the next is read: a start holds
+        // one page of decoded snapshots besides what it restored, never every stored row.
+        let (sender, mut pages) = tokio::sync::mpsc::channel(1);
+        let reading = store.recover_pages(
+            self.config.scheduler.workflows_retained_max,
+            crate::store::RECOVERY_PAGE,
+            sender,
+        );
         let mut specs: HashMap<String, Arc<CompiledSpec>> = HashMap::new();
-        // Specs stored before the catalog kept names get theirs now (idempotent).
+        // Specs stored before the catalog kept names get theirs now (idempotent), once
+        // the reading is done (it holds the store meanwhile).
         let mut names = Batch::default();
-        for (hash, text) in &recovered.specs {
-            match self.catalog.compile_stored(text) {
-                Ok(spec) => {
-                    let spec = Arc::new(spec);
-                    names.specs.push(spec_write(&spec));
-                    self.catalog.recovered(spec.clone());
-                    specs.insert(hash.clone(), spec);
-                }
-                Err(error) => tracing::error!(spec = %hash, %error, "stored spec"),
-            }
-            self.persistence.stored_specs.insert(hash.clone());
-        }
-        if !names.specs.is_empty() {
-            store.commit(names).await?;
-        }
         let now = super::now_ms();
         let (mut active, mut failed) = (0, 0);
         let mut out = std::mem::take(&mut self.out);
-        for workflow in recovered.workflows {
-            let id = workflow.snapshot.id.clone();
-            // In a cluster, the workflows of other members' partitions are theirs.
-            if let Some(ownership) = &self.persistence.ownership
-                && let Ok(parsed) = id.parse::<WorkflowId>()
-                && !ownership.owns_workflow(&parsed)
-            {
-                continue;
-            }
-            let Some(spec) = specs.get(&workflow.snapshot.spec_hash).cloned() else {
-                tracing::error!(workflow = %id, "spec of stored workflow is missing");
-                failed += 1;
-                continue;
-            };
-            let terminal = workflow.snapshot.status.is_terminal() && workflow.changes.is_empty();
-            let restored =
-                self.core
-                    .restore(now, workflow.snapshot, spec, &workflow.changes, &mut out);
-            match restored {
-                Ok(id) if !terminal => {
-                    active += 1;
-                    if let Some(workflow) = self.core.workflow(id) {
-                        self.spans.restored(workflow);
+        let restoring = async {
+            while let Some(page) = pages.recv().await {
+                match page? {
+                    RecoveryPage::Specs(texts) => {
+                        for (hash, text) in &texts {
+                            match self.catalog.compile_stored(text) {
+                                Ok(spec) => {
+                                    let spec = Arc::new(spec);
+                                    names.specs.push(spec_write(&spec));
+                                    self.catalog.recovered(spec.clone());
+                                    specs.insert(hash.clone(), spec);
+                                }
+                                Err(error) => tracing::error!(spec = %hash, %error, "stored spec"),
+                            }
+                            self.persistence.stored_specs.insert(hash.clone());
+                        }
+                    }
+                    RecoveryPage::Workflows(workflows) => {
+                        for workflow in workflows {
+                            match self.restore_one(now, workflow, &specs, &mut out) {
+                                Some(true) => active += 1,
+                                Some(false) => {}
+                                None => failed += 1,
+                            }
+                        }
                     }
                 }
-                Ok(_) => {}
-                Err(error) => {
-                    tracing::error!(workflow = %id, %error, "cannot restore workflow");
-                    failed += 1;
-                }
             }
+            Ok::<(), StoreError>(())
+        };
+        let (recovered, restored) = tokio::join!(reading, restoring);
+        restored?;
+        let recovered = recovered?;
+        if !names.specs.is_empty() {
+            store.commit(names).await?;
         }
         // Every workflow is back: waits count what they see now.
         self.core.recount_waits(&mut out);

@@ -122,12 +122,44 @@ pub struct Recovered {
     pub last_sequence: u64,
 }
 
+/// What a paged recovery sends, in this order: the specs once, then the workflows a page
+/// at a time (a failed read or decode ends the pages).
+#[derive(Debug)]
+pub enum RecoveryPage {
+    Specs(Vec<(String, String)>),
+    Workflows(Vec<RecoveredWorkflow>),
+}
+
+/// Workflows per page of a paged recovery: a start holds one page of decoded snapshots
+/// (and one more in the channel) besides what it has restored, never every stored row.
+pub const RECOVERY_PAGE: usize = 4_096;
+
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Writes a batch in one transaction, durable when this returns.
     async fn commit(&self, batch: Batch) -> Result<(), StoreError>;
     /// Active workflows and up to `terminal_max` recent terminal ones.
     async fn recover(&self, terminal_max: usize) -> Result<Recovered, StoreError>;
+    /// What [`Store::recover`] reads, sent through `pages` (specs first, then the
+    /// workflows at most `page` at a time) as it is read, so the caller restores each page
+    /// while the next is read; returns the rest (`specs` and `workflows` empty). Stops
+    /// early, without error, if the receiver is dropped. By default everything is read
+    /// first and sent as one page (PostgreSQL).
+    async fn recover_pages(
+        &self,
+        terminal_max: usize,
+        page: usize,
+        pages: tokio::sync::mpsc::Sender<Result<RecoveryPage, StoreError>>,
+    ) -> Result<Recovered, StoreError> {
+        let _ = page;
+        let mut recovered = self.recover(terminal_max).await?;
+        let specs = std::mem::take(&mut recovered.specs);
+        let workflows = std::mem::take(&mut recovered.workflows);
+        if pages.send(Ok(RecoveryPage::Specs(specs))).await.is_ok() {
+            let _ = pages.send(Ok(RecoveryPage::Workflows(workflows))).await;
+        }
+        Ok(recovered)
+    }
     /// A stored workflow's latest snapshot and its spec text.
     async fn load(&self, id: WorkflowId) -> Result<Option<(Snapshot, String)>, StoreError>;
     /// The spec stored as `name@version`: its content hash and text.

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    Batch, ListQuery, Pruned, Recovered, RecoveredWorkflow, Store, StoreError, decode_change,
-    decode_snapshot, parse_id, status_name,
+    Batch, ListQuery, Pruned, Recovered, RecoveredWorkflow, RecoveryPage, Store, StoreError,
+    decode_change, decode_snapshot, parse_id, status_name,
 };
 use crate::model::WorkflowId;
 use crate::scheduler::restore::Snapshot;
@@ -360,31 +360,108 @@ impl Store for SqliteStore {
     }
 
     async fn recover(&self, terminal_max: usize) -> Result<Recovered, StoreError> {
-        let rows = self
+        let (sender, mut pages) = tokio::sync::mpsc::channel(2);
+        let collect = async {
+            let mut specs = Vec::new();
+            let mut workflows = Vec::new();
+            while let Some(page) = pages.recv().await {
+                match page? {
+                    RecoveryPage::Specs(read) => specs = read,
+                    RecoveryPage::Workflows(mut read) => workflows.append(&mut read),
+                }
+            }
+            Ok::<_, StoreError>((specs, workflows))
+        };
+        let (rest, collected) = tokio::join!(
+            self.recover_pages(terminal_max, super::RECOVERY_PAGE, sender),
+            collect
+        );
+        let (specs, workflows) = collected?;
+        Ok(Recovered {
+            specs,
+            workflows,
+            ..rest?
+        })
+    }
+
+    /// Reads active workflows (and the most recent terminal ones) and decodes them a page
+    /// at a time on the store's thread, waiting while the channel is full, so a start
+    /// never holds every stored row and every decoded snapshot at once.
+    async fn recover_pages(
+        &self,
+        terminal_max: usize,
+        page: usize,
+        pages: tokio::sync::mpsc::Sender<Result<RecoveryPage, StoreError>>,
+    ) -> Result<Recovered, StoreError> {
+        let page = page.max(1);
+        let rest = self
             .with(move |connection| {
                 let specs = connection
                     .prepare("SELECT hash, text FROM specs")?
                     .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
                     .collect::<Result<Vec<_>, _>>()?;
-                let mut workflows = Vec::new();
-                let mut statement = connection.prepare(
-                    "SELECT w.id, s.body, w.fingerprint, w.terminal FROM workflows w JOIN snapshots s ON s.position = w.snapshot_position WHERE w.terminal = 0
-                     UNION ALL
-                     SELECT * FROM (SELECT w.id, s.body, w.fingerprint, w.terminal FROM workflows w JOIN snapshots s ON s.position = w.snapshot_position WHERE w.terminal = 1 ORDER BY w.updated_at DESC LIMIT ?1)",
-                )?;
-                let mut query = statement.query(params![terminal_max as i64])?;
-                while let Some(row) = query.next()? {
-                    workflows.push((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?, row.get::<_, i64>(2)?, row.get::<_, bool>(3)?));
+                if pages.blocking_send(Ok(RecoveryPage::Specs(specs))).is_err() {
+                    return Ok(None);
                 }
-                let mut events = Vec::new();
-                // In log order: each workflow's changes come out in its own order.
+                // The changes after each active workflow's snapshot: few, since the log's
+                // head is cut. In log order: each workflow's come out in its own order.
+                let mut changes: std::collections::HashMap<String, Vec<(i64, Vec<u8>)>> =
+                    std::collections::HashMap::new();
                 let mut statement = connection.prepare(
                     "SELECT c.workflow_id, c.at, c.change FROM changes c JOIN workflows w ON w.id = c.workflow_id
                      WHERE w.terminal = 0 AND c.sequence > w.snapshot_sequence ORDER BY c.sequence",
                 )?;
                 let mut query = statement.query([])?;
                 while let Some(row) = query.next()? {
-                    events.push((row.get::<_, String>(0)?, row.get::<_, i64>(1)?, row.get::<_, Vec<u8>>(2)?));
+                    changes
+                        .entry(row.get::<_, String>(0)?)
+                        .or_default()
+                        .push((row.get::<_, i64>(1)?, row.get::<_, Vec<u8>>(2)?));
+                }
+                drop(query);
+                let mut statement = connection.prepare(
+                    "SELECT w.id, s.body, w.fingerprint FROM workflows w JOIN snapshots s ON s.position = w.snapshot_position WHERE w.terminal = 0
+                     UNION ALL
+                     SELECT * FROM (SELECT w.id, s.body, w.fingerprint FROM workflows w JOIN snapshots s ON s.position = w.snapshot_position WHERE w.terminal = 1 ORDER BY w.updated_at DESC LIMIT ?1)",
+                )?;
+                let mut query = statement.query(params![terminal_max as i64])?;
+                let mut workflows = Vec::with_capacity(page);
+                while let Some(row) = query.next()? {
+                    let id = row.get_ref(0)?.as_str()?.to_owned();
+                    let fingerprint = row.get::<_, i64>(2)? as u64;
+                    let decoded = decode_snapshot(row.get_ref(1)?.as_blob()?).and_then(|snapshot| {
+                        let changes = changes
+                            .remove(&id)
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(at, change)| Ok((at as u64, decode_change(&change)?)))
+                            .collect::<Result<Vec<_>, StoreError>>()?;
+                        Ok(RecoveredWorkflow {
+                            snapshot,
+                            fingerprint,
+                            changes,
+                        })
+                    });
+                    let workflow = match decoded {
+                        Ok(workflow) => workflow,
+                        Err(error) => {
+                            let _ = pages.blocking_send(Err(error));
+                            return Ok(None);
+                        }
+                    };
+                    workflows.push(workflow);
+                    if workflows.len() == page {
+                        let full = std::mem::replace(&mut workflows, Vec::with_capacity(page));
+                        if pages.blocking_send(Ok(RecoveryPage::Workflows(full))).is_err() {
+                            return Ok(None);
+                        }
+                    }
+                }
+                drop(query);
+                if !workflows.is_empty()
+                    && pages.blocking_send(Ok(RecoveryPage::Workflows(workflows))).is_err()
+                {
+                    return Ok(None);
                 }
                 let idempotency = connection
                     .prepare("SELECT idempotency_key, id, fingerprint FROM workflows WHERE idempotency_key IS NOT NULL")?
@@ -394,10 +471,21 @@ impl Store for SqliteStore {
                 // sequence of them; the log may be cut up to it.
                 let last: i64 = connection.query_row("SELECT COALESCE(MAX(sequence), 0) FROM changes", [], |r| r.get(0))?;
                 let snapshot_last: i64 = connection.query_row("SELECT COALESCE((SELECT sequence FROM snapshots ORDER BY position DESC LIMIT 1), 0)", [], |r| r.get(0))?;
-                Ok((specs, workflows, events, idempotency, last.max(snapshot_last)))
+                Ok(Some((idempotency, last.max(snapshot_last))))
             })
             .await?;
-        assemble(rows)
+        let Some((idempotency, last)) = rest else {
+            return Ok(Recovered::default());
+        };
+        let idempotency = idempotency
+            .into_iter()
+            .map(|(key, id, fingerprint)| Ok((key, parse_id(&id)?, fingerprint as u64)))
+            .collect::<Result<_, StoreError>>()?;
+        Ok(Recovered {
+            idempotency,
+            last_sequence: last as u64,
+            ..Recovered::default()
+        })
     }
 
     async fn load(&self, id: WorkflowId) -> Result<Option<(Snapshot, String)>, StoreError> {

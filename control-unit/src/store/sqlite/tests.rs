@@ -364,3 +364,106 @@ async fn the_log_is_cut_before_the_oldest_active_snapshot() {
     assert_eq!(body[0], crate::store::SNAPSHOT_LZ4);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A paged recovery sends the specs first, then every workflow `recover` reads, at most
+/// a page at a time with each one's changes; and stops without error when the receiver
+/// goes.
+#[tokio::test(flavor = "multi_thread")]
+async fn recovery_comes_in_pages() {
+    let dir = dir("pages");
+    let store = SqliteStore::open(&dir.join("control.sqlite3")).unwrap();
+    let mut batch = Batch::default();
+    let mut ids = Vec::new();
+    for n in 0..5u64 {
+        let (id, json, spec) = snapshot(4_000 + n);
+        if batch.specs.is_empty() {
+            batch.specs.push(SpecWrite {
+                hash: spec.hash.clone(),
+                name: "stored".into(),
+                version: 1,
+                text: Arc::from(SPEC),
+            });
+        }
+        batch.workflows.push(WorkflowWrite {
+            id,
+            name: "stored".into(),
+            spec_hash: spec.hash.clone(),
+            status: WorkflowStatus::Running,
+            idempotency_key: None,
+            fingerprint: n,
+            created_at: 4_000,
+            updated_at: 4_000,
+            snapshot: Some((json, 5)),
+        });
+        ids.push(id);
+    }
+    // One change after the snapshots, for the third workflow.
+    batch.events.push(EventWrite {
+        workflow: ids[2],
+        sequence: 6,
+        at: 4_100,
+        change: task(0, TaskStatus::Ready),
+    });
+    store.commit(batch).await.unwrap();
+
+    let (sender, mut pages) = tokio::sync::mpsc::channel(1);
+    let reading = store.recover_pages(10, 2, sender);
+    let receiving = async {
+        let mut received = Vec::new();
+        while let Some(page) = pages.recv().await {
+            received.push(page.unwrap());
+        }
+        received
+    };
+    let (rest, received) = tokio::join!(reading, receiving);
+    let rest = rest.unwrap();
+    assert_eq!(rest.last_sequence, 6);
+    assert!(rest.specs.is_empty() && rest.workflows.is_empty());
+    let mut sizes = Vec::new();
+    let mut restored = Vec::new();
+    for (n, page) in received.into_iter().enumerate() {
+        match page {
+            RecoveryPage::Specs(specs) => {
+                assert_eq!(n, 0, "the specs come first");
+                assert_eq!(specs.len(), 1);
+            }
+            RecoveryPage::Workflows(workflows) => {
+                assert!(n > 0, "the specs come first");
+                sizes.push(workflows.len());
+                restored.extend(workflows);
+            }
+        }
+    }
+    assert_eq!(sizes, vec![2, 2, 1]);
+    let mut got: Vec<(String, u64, usize)> = restored
+        .iter()
+        .map(|w| (w.snapshot.id.clone(), w.fingerprint, w.changes.len()))
+        .collect();
+    got.sort();
+    let mut want: Vec<(String, u64, usize)> = ids
+        .iter()
+        .enumerate()
+        .map(|(n, id)| (id.to_string(), n as u64, usize::from(n == 2)))
+        .collect();
+    want.sort();
+    assert_eq!(got, want);
+    // `recover` reads the same through the pages.
+    assert_eq!(store.recover(10).await.unwrap().workflows.len(), 5);
+
+    // A receiver that stops after the specs ends the reading, without error.
+    let (sender, mut pages) = tokio::sync::mpsc::channel(1);
+    let reading = store.recover_pages(10, 1, sender);
+    let stopping = async {
+        let first = pages.recv().await;
+        drop(pages);
+        first
+    };
+    let (rest, first) = tokio::join!(reading, stopping);
+    assert!(matches!(first, Some(Ok(RecoveryPage::Specs(_)))));
+    assert_eq!(
+        rest.unwrap().last_sequence,
+        0,
+        "stopped early: nothing else read"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
