@@ -46,6 +46,24 @@ fn snapshot(now: u64) -> (WorkflowId, Vec<u8>, Arc<crate::spec::CompiledSpec>) {
     (id, json, spec)
 }
 
+/// A new file at `path` with the first `applied` migrations, as an older release left it.
+fn at_migration(path: &std::path::Path, applied: usize) -> Connection {
+    let mut connection = Connection::open(path).unwrap();
+    connection.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)").unwrap();
+    for (index, migration) in MIGRATIONS[..applied].iter().enumerate() {
+        let transaction = connection.transaction().unwrap();
+        transaction.execute_batch(migration).unwrap();
+        transaction
+            .execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, 0)",
+                params![index as i64 + 1],
+            )
+            .unwrap();
+        transaction.commit().unwrap();
+    }
+    connection
+}
+
 fn task(task: u32, status: TaskStatus) -> Vec<u8> {
     serde_json::to_vec(&Change::Task {
         task,
@@ -77,19 +95,7 @@ async fn a_store_written_by_an_older_layout_is_carried_over() {
     let (active, active_json, spec) = snapshot(1_000);
     let (ended, ended_json, _) = snapshot(1_001);
     {
-        let mut connection = Connection::open(&path).unwrap();
-        connection.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)").unwrap();
-        for (index, migration) in MIGRATIONS[..4].iter().enumerate() {
-            let transaction = connection.transaction().unwrap();
-            transaction.execute_batch(migration).unwrap();
-            transaction
-                .execute(
-                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, 0)",
-                    params![index as i64 + 1],
-                )
-                .unwrap();
-            transaction.commit().unwrap();
-        }
+        let connection = at_migration(&path, 4);
         connection
             .execute(
                 "INSERT INTO specs (hash, text) VALUES (?1, ?2)",
@@ -465,5 +471,100 @@ async fn recovery_comes_in_pages() {
         0,
         "stopped early: nothing else read"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A prune deletes every snapshot of a pruned workflow (its latest and those it
+/// superseded, found by position), and only theirs; a file written before migration 7
+/// (where an index of workflow ids found them) gets its lists of superseded snapshots
+/// when opened.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_prune_deletes_every_snapshot_of_a_pruned_workflow() {
+    let dir = dir("prune");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("control.sqlite3");
+    let (older, older_json, spec) = snapshot(1_000);
+    {
+        let connection = at_migration(&path, 6);
+        connection
+            .execute(
+                "INSERT INTO specs (hash, text) VALUES (?1, ?2)",
+                params![spec.hash, SPEC],
+            )
+            .unwrap();
+        for sequence in [1, 2] {
+            connection
+                .execute(
+                    "INSERT INTO snapshots (workflow_id, sequence, body) VALUES (?1, ?2, ?3)",
+                    params![older.to_string(), sequence, older_json],
+                )
+                .unwrap();
+        }
+        connection
+            .execute(
+                "INSERT INTO workflows (id, name, spec_hash, status, terminal, fingerprint, created_at, updated_at, snapshot_position, snapshot_sequence) VALUES (?1, 'stored', ?2, 'succeeded', 1, 0, 1000, 1000, 2, 2)",
+                params![older.to_string(), spec.hash],
+            )
+            .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let row = |id, status, json, sequence: u64, updated_at| WorkflowWrite {
+        id,
+        name: "stored".into(),
+        spec_hash: spec.hash.clone(),
+        status,
+        idempotency_key: None,
+        fingerprint: 0,
+        created_at: 1_000,
+        updated_at,
+        snapshot: Some((json, sequence)),
+    };
+    // Written by this layout: created, then ended (two snapshots); and one that stays.
+    let (newer, newer_json, _) = snapshot(1_001);
+    let (kept, kept_json, _) = snapshot(5_000);
+    for write in [
+        row(newer, WorkflowStatus::Running, newer_json.clone(), 3, 1_001),
+        row(newer, WorkflowStatus::Succeeded, newer_json, 4, 1_002),
+        row(kept, WorkflowStatus::Succeeded, kept_json, 5, 5_000),
+    ] {
+        store
+            .commit(Batch {
+                workflows: vec![write],
+                ..Batch::default()
+            })
+            .await
+            .unwrap();
+    }
+    let owners = |store: &SqliteStore| {
+        let connection = store.connection.clone();
+        move || -> Vec<String> {
+            connection
+                .lock()
+                .unwrap()
+                .prepare("SELECT workflow_id FROM snapshots ORDER BY position")
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        }
+    };
+    assert_eq!(owners(&store)().len(), 5);
+    let indexes: i64 = store
+        .with(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'snapshots'",
+                [],
+                |r| r.get(0),
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(indexes, 0, "a commit writes no index of snapshots");
+    let pruned = store.prune(2_000).await.unwrap();
+    assert_eq!(pruned.workflows, 2);
+    assert_eq!(owners(&store)(), vec![kept.to_string()]);
+    let (loaded, _) = store.load(kept).await.unwrap().expect("the kept one");
+    assert_eq!(loaded.id, kept.to_string());
     let _ = std::fs::remove_dir_all(&dir);
 }
