@@ -11,7 +11,6 @@
 //! [`TRUNCATE_EVERY`] commits.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -154,10 +153,40 @@ const MIGRATIONS: &[&str] = &[
 /// workflow's latest snapshot already includes.
 const TRUNCATE_EVERY: u64 = 32;
 
+/// Every this many commits, the checkpointer is asked to copy the WAL into the database.
+const CHECKPOINT_EVERY: u64 = 32;
+
+/// WAL pages past which the writer checkpoints by itself. Under steady load the
+/// checkpointer's checkpoints rarely catch the WAL's end (commits append meanwhile), so
+/// the WAL is reset by these, which find most of it copied already: it grows to about
+/// 40 MB and is then rewritten in place.
+const WAL_BACKSTOP_PAGES: u32 = 10_000;
+
+/// What the checkpointer's last checkpoint reported: WAL frames then, and how many of
+/// them are in the database file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Checkpointed {
+    pub runs: u64,
+    pub wal_frames: i64,
+    pub copied_frames: i64,
+}
+
+/// Work for the store's thread: runs on its connection, answers through its own channel.
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// Jobs waiting for the store's thread (the actor's commits, operator reads, recovery).
+const JOBS_QUEUED_MAX: usize = 64;
+
 pub struct SqliteStore {
     path: PathBuf,
-    connection: Arc<Mutex<Connection>>,
+    /// The store's thread owns the writing connection: every read and commit runs there,
+    /// one at a time, on a thread whose caches stay warm (a blocking pool spread the
+    /// commits over a score of threads).
+    jobs: tokio::sync::mpsc::Sender<Job>,
     commits: std::sync::atomic::AtomicU64,
+    /// Asks the checkpointer thread for a checkpoint; room for one, so asks coalesce.
+    checkpoint: std::sync::mpsc::SyncSender<()>,
+    checkpointed: tokio::sync::watch::Receiver<Checkpointed>,
 }
 
 impl SqliteStore {
@@ -179,10 +208,37 @@ impl SqliteStore {
             )
             .map_err(wrap)?;
         migrate(&mut connection).map_err(wrap)?;
+        connection
+            .pragma_update(None, "wal_autocheckpoint", WAL_BACKSTOP_PAGES)
+            .map_err(wrap)?;
+        let checkpointer = Connection::open(path).map_err(wrap)?;
+        checkpointer
+            .execute_batch("PRAGMA busy_timeout = 5000;")
+            .map_err(wrap)?;
+        let (checkpoint, asked) = std::sync::mpsc::sync_channel(1);
+        let (reports, checkpointed) = tokio::sync::watch::channel(Checkpointed::default());
+        let shown = path.display().to_string();
+        std::thread::Builder::new()
+            .name("paygrid-checkpoint".into())
+            .spawn(move || checkpoints(checkpointer, asked, reports, shown))
+            .map_err(|e| StoreError::Sqlite {
+                path: path.display().to_string(),
+                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+            })?;
+        let (jobs, queued) = tokio::sync::mpsc::channel(JOBS_QUEUED_MAX);
+        std::thread::Builder::new()
+            .name("paygrid-store".into())
+            .spawn(move || serve_jobs(connection, queued))
+            .map_err(|e| StoreError::Sqlite {
+                path: path.display().to_string(),
+                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+            })?;
         Ok(Self {
             path: path.to_owned(),
-            connection: Arc::new(Mutex::new(connection)),
+            jobs,
             commits: std::sync::atomic::AtomicU64::new(0),
+            checkpoint,
+            checkpointed,
         })
     }
 
@@ -190,20 +246,64 @@ impl SqliteStore {
         &self.path
     }
 
+    /// The checkpointer's reports, latest first.
+    pub fn checkpointed(&self) -> tokio::sync::watch::Receiver<Checkpointed> {
+        self.checkpointed.clone()
+    }
+
     async fn with<T: Send + 'static>(
         &self,
         work: impl FnOnce(&mut Connection) -> Result<T, rusqlite::Error> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let connection = self.connection.clone();
+        let (reply, answer) = tokio::sync::oneshot::channel();
         let path = self.path.display().to_string();
-        tokio::task::spawn_blocking(move || {
-            let mut connection = connection
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            work(&mut connection).map_err(|source| StoreError::Sqlite { path, source })
-        })
-        .await
-        .map_err(|e| StoreError::Join(e.to_string()))?
+        let job: Job = Box::new(move |connection| {
+            let _ =
+                reply.send(work(connection).map_err(|source| StoreError::Sqlite { path, source }));
+        });
+        let stopped = || StoreError::Join("the store's thread has stopped".into());
+        self.jobs.send(job).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+/// The store's thread: runs jobs in arrival order until the store is dropped. A job that
+/// panics is rolled back with its transaction and its caller gets an error; the thread
+/// goes on.
+fn serve_jobs(mut connection: Connection, mut queued: tokio::sync::mpsc::Receiver<Job>) {
+    while let Some(job) = queued.blocking_recv() {
+        let run = std::panic::AssertUnwindSafe(|| job(&mut connection));
+        if std::panic::catch_unwind(run).is_err() {
+            tracing::error!("a store job panicked; its transaction was rolled back");
+        }
+    }
+}
+
+/// The checkpointer: copies the WAL's pages into the database file and fsyncs it on its
+/// own thread and connection, so the writer's commits do not pay for it. Ends when the
+/// store is dropped.
+fn checkpoints(
+    connection: Connection,
+    asked: std::sync::mpsc::Receiver<()>,
+    reports: tokio::sync::watch::Sender<Checkpointed>,
+    path: String,
+) {
+    while asked.recv().is_ok() {
+        let checkpoint = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+            Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+        });
+        match checkpoint {
+            Ok((wal_frames, copied_frames)) => reports.send_modify(|last| {
+                *last = Checkpointed {
+                    runs: last.runs + 1,
+                    wal_frames,
+                    copied_frames,
+                }
+            }),
+            Err(error) => {
+                tracing::warn!(%path, %error, "checkpoint failed; the writer's own checkpoints remain")
+            }
+        }
     }
 }
 
@@ -355,20 +455,24 @@ impl Store for SqliteStore {
         if batch.is_empty() {
             return Ok(());
         }
-        let truncate = self
+        let commit = self
             .commits
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            % TRUNCATE_EVERY
-            == TRUNCATE_EVERY - 1;
-        self.with(move |connection| {
-            let transaction = connection.transaction()?;
-            write_batch(&transaction, &batch)?;
-            if truncate {
-                truncate_log(&transaction)?;
-            }
-            transaction.commit()
-        })
-        .await
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let truncate = commit % TRUNCATE_EVERY == TRUNCATE_EVERY - 1;
+        let committed = self
+            .with(move |connection| {
+                let transaction = connection.transaction()?;
+                write_batch(&transaction, &batch)?;
+                if truncate {
+                    truncate_log(&transaction)?;
+                }
+                transaction.commit()
+            })
+            .await;
+        if commit.is_multiple_of(CHECKPOINT_EVERY) {
+            let _ = self.checkpoint.try_send(());
+        }
+        committed
     }
 
     async fn recover(&self, terminal_max: usize) -> Result<Recovered, StoreError> {

@@ -1,6 +1,8 @@
 //! The embedded store's own layout: the carry-over of older files, the log's cut, the
 //! snapshots' format.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+use std::sync::Arc;
+
 use std::collections::BTreeMap;
 
 use super::*;
@@ -307,18 +309,14 @@ async fn the_log_is_cut_before_the_oldest_active_snapshot() {
         sequence += 2;
         store.commit(started_and_ended(sequence)).await.unwrap();
     }
-    let first = |store: &SqliteStore| {
-        let connection = store.connection.clone();
-        move || -> Option<i64> {
-            connection
-                .lock()
-                .unwrap()
-                .query_row("SELECT MIN(sequence) FROM changes", [], |r| r.get(0))
-                .unwrap()
-        }
-    };
+    async fn first(store: &SqliteStore) -> Option<i64> {
+        store
+            .with(|c| c.query_row("SELECT MIN(sequence) FROM changes", [], |r| r.get(0)))
+            .await
+            .unwrap()
+    }
     // The waiting workflow's snapshot (1) holds the log: only change 1 may go.
-    assert_eq!(first(&store)(), Some(2));
+    assert_eq!(first(&store).await, Some(2));
     let recovered = store.recover(0).await.unwrap();
     assert_eq!(recovered.last_sequence, sequence);
     let restored = &recovered.workflows[0];
@@ -350,7 +348,11 @@ async fn the_log_is_cut_before_the_oldest_active_snapshot() {
         sequence += 2;
         store.commit(started_and_ended(sequence)).await.unwrap();
     }
-    assert_eq!(first(&store)(), None, "everything up to the last snapshot");
+    assert_eq!(
+        first(&store).await,
+        None,
+        "everything up to the last snapshot"
+    );
     let recovered = store.recover(10).await.unwrap();
     assert_eq!(recovered.last_sequence, sequence);
     assert!(recovered.workflows.iter().all(|w| w.changes.is_empty()));
@@ -535,21 +537,17 @@ async fn a_prune_deletes_every_snapshot_of_a_pruned_workflow() {
             .await
             .unwrap();
     }
-    let owners = |store: &SqliteStore| {
-        let connection = store.connection.clone();
-        move || -> Vec<String> {
-            connection
-                .lock()
-                .unwrap()
-                .prepare("SELECT workflow_id FROM snapshots ORDER BY position")
-                .unwrap()
-                .query_map([], |r| r.get(0))
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap()
-        }
-    };
-    assert_eq!(owners(&store)().len(), 5);
+    async fn owners(store: &SqliteStore) -> Vec<String> {
+        store
+            .with(|c| {
+                c.prepare("SELECT workflow_id FROM snapshots ORDER BY position")?
+                    .query_map([], |r| r.get(0))?
+                    .collect()
+            })
+            .await
+            .unwrap()
+    }
+    assert_eq!(owners(&store).await.len(), 5);
     let indexes: i64 = store
         .with(|c| {
             c.query_row(
@@ -563,8 +561,67 @@ async fn a_prune_deletes_every_snapshot_of_a_pruned_workflow() {
     assert_eq!(indexes, 0, "a commit writes no index of snapshots");
     let pruned = store.prune(2_000).await.unwrap();
     assert_eq!(pruned.workflows, 2);
-    assert_eq!(owners(&store)(), vec![kept.to_string()]);
+    assert_eq!(owners(&store).await, vec![kept.to_string()]);
     let (loaded, _) = store.load(kept).await.unwrap().expect("the kept one");
     assert_eq!(loaded.id, kept.to_string());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The checkpointer copies the WAL into the database file on its own thread: after
+/// [`CHECKPOINT_EVERY`] + 1 commits (far below the writer's own threshold) it reports a
+/// checkpoint that copied every frame committed, and the commits read back.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_checkpointer_copies_the_wal_off_the_writers_path() {
+    let dir = dir("checkpointer");
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = SqliteStore::open(&dir.join("control.sqlite3")).unwrap();
+    let mut reports = store.checkpointed();
+    let mut ids = Vec::new();
+    for sequence in 1..=CHECKPOINT_EVERY + 1 {
+        let (id, json, spec) = snapshot(1_000 + sequence);
+        ids.push(id);
+        store
+            .commit(Batch {
+                workflows: vec![WorkflowWrite {
+                    id,
+                    name: "stored".into(),
+                    spec_hash: spec.hash.clone(),
+                    status: WorkflowStatus::Running,
+                    idempotency_key: None,
+                    fingerprint: 0,
+                    created_at: 1_000,
+                    updated_at: 1_000,
+                    snapshot: Some((json, sequence)),
+                }],
+                specs: vec![SpecWrite {
+                    hash: spec.hash.clone(),
+                    name: "stored".into(),
+                    version: 1,
+                    text: Arc::from(SPEC),
+                }],
+                ..Batch::default()
+            })
+            .await
+            .unwrap();
+    }
+    // The first and the last commit asked for one; the run after the last copies all.
+    let report = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        reports.wait_for(|report| {
+            report.copied_frames > 0 && report.copied_frames == report.wal_frames
+        }),
+    )
+    .await
+    .expect("a checkpoint within 30 s")
+    .map(|report| *report)
+    .unwrap();
+    assert!(report.runs >= 1, "{report:?}");
+    assert!(
+        report.wal_frames < i64::from(WAL_BACKSTOP_PAGES),
+        "the writer's own checkpoint did not run: {report:?}"
+    );
+    for id in ids {
+        assert!(store.load(id).await.unwrap().is_some(), "{id}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
