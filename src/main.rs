@@ -20,6 +20,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// jemalloc, with its purging on background threads: glibc's malloc was ~15 % of the
+/// control unit's CPU at C=100, and jemalloc cut the CPU per workflow by about a sixth
+/// without the tails mimalloc brought (docs/benchmarks.md, "Issue 17, fourth step").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let service = cli.command.service_name();
