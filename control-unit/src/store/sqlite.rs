@@ -1,5 +1,6 @@
 //! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`, so a commit
-//! is on disk (fsync) when it returns. Calls run on the blocking pool.
+//! is on disk (fsync) when it returns. Calls run on the store's own thread, and a
+//! checkpointer thread copies the WAL into the database file beside it (`threads`).
 //!
 //! The layout (since migration 5) is shaped by what a WAL commit costs: every page a
 //! commit touches is written whole to the WAL and fsynced. The change log and the
@@ -13,6 +14,10 @@
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
+
+mod threads;
+pub use threads::Checkpointed;
+use threads::{JOBS_QUEUED_MAX, Job};
 
 use super::{
     Batch, ListQuery, Pruned, Recovered, RecoveredWorkflow, RecoveryPage, Store, StoreError,
@@ -162,21 +167,6 @@ const CHECKPOINT_EVERY: u64 = 32;
 /// 40 MB and is then rewritten in place.
 const WAL_BACKSTOP_PAGES: u32 = 10_000;
 
-/// What the checkpointer's last checkpoint reported: WAL frames then, and how many of
-/// them are in the database file.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Checkpointed {
-    pub runs: u64,
-    pub wal_frames: i64,
-    pub copied_frames: i64,
-}
-
-/// Work for the store's thread: runs on its connection, answers through its own channel.
-type Job = Box<dyn FnOnce(&mut Connection) + Send>;
-
-/// Jobs waiting for the store's thread (the actor's commits, operator reads, recovery).
-const JOBS_QUEUED_MAX: usize = 64;
-
 pub struct SqliteStore {
     path: PathBuf,
     /// The store's thread owns the writing connection: every read and commit runs there,
@@ -218,21 +208,13 @@ impl SqliteStore {
         let (checkpoint, asked) = std::sync::mpsc::sync_channel(1);
         let (reports, checkpointed) = tokio::sync::watch::channel(Checkpointed::default());
         let shown = path.display().to_string();
-        std::thread::Builder::new()
-            .name("paygrid-checkpoint".into())
-            .spawn(move || checkpoints(checkpointer, asked, reports, shown))
-            .map_err(|e| StoreError::Sqlite {
-                path: path.display().to_string(),
-                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
-            })?;
+        threads::start("paygrid-checkpoint", path, move || {
+            threads::checkpoints(checkpointer, asked, reports, shown)
+        })?;
         let (jobs, queued) = tokio::sync::mpsc::channel(JOBS_QUEUED_MAX);
-        std::thread::Builder::new()
-            .name("paygrid-store".into())
-            .spawn(move || serve_jobs(connection, queued))
-            .map_err(|e| StoreError::Sqlite {
-                path: path.display().to_string(),
-                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
-            })?;
+        threads::start("paygrid-store", path, move || {
+            threads::serve_jobs(connection, queued)
+        })?;
         Ok(Self {
             path: path.to_owned(),
             jobs,
@@ -246,7 +228,7 @@ impl SqliteStore {
         &self.path
     }
 
-    /// The checkpointer's reports, latest first.
+    /// The checkpointer's latest report; wait on the watch for the next.
     pub fn checkpointed(&self) -> tokio::sync::watch::Receiver<Checkpointed> {
         self.checkpointed.clone()
     }
@@ -256,54 +238,19 @@ impl SqliteStore {
         work: impl FnOnce(&mut Connection) -> Result<T, rusqlite::Error> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let path = self.path.display().to_string();
         let job: Job = Box::new(move |connection| {
-            let _ =
-                reply.send(work(connection).map_err(|source| StoreError::Sqlite { path, source }));
+            let _ = reply.send(work(connection));
         });
         let stopped = || StoreError::Join("the store's thread has stopped".into());
         self.jobs.send(job).await.map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
-    }
-}
-
-/// The store's thread: runs jobs in arrival order until the store is dropped. A job that
-/// panics is rolled back with its transaction and its caller gets an error; the thread
-/// goes on.
-fn serve_jobs(mut connection: Connection, mut queued: tokio::sync::mpsc::Receiver<Job>) {
-    while let Some(job) = queued.blocking_recv() {
-        let run = std::panic::AssertUnwindSafe(|| job(&mut connection));
-        if std::panic::catch_unwind(run).is_err() {
-            tracing::error!("a store job panicked; its transaction was rolled back");
-        }
-    }
-}
-
-/// The checkpointer: copies the WAL's pages into the database file and fsyncs it on its
-/// own thread and connection, so the writer's commits do not pay for it. Ends when the
-/// store is dropped.
-fn checkpoints(
-    connection: Connection,
-    asked: std::sync::mpsc::Receiver<()>,
-    reports: tokio::sync::watch::Sender<Checkpointed>,
-    path: String,
-) {
-    while asked.recv().is_ok() {
-        let checkpoint = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-            Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
-        });
-        match checkpoint {
-            Ok((wal_frames, copied_frames)) => reports.send_modify(|last| {
-                *last = Checkpointed {
-                    runs: last.runs + 1,
-                    wal_frames,
-                    copied_frames,
-                }
-            }),
-            Err(error) => {
-                tracing::warn!(%path, %error, "checkpoint failed; the writer's own checkpoints remain")
-            }
-        }
+        // The path is printed only for an error, not for every job.
+        answer
+            .await
+            .map_err(|_| stopped())?
+            .map_err(|source| StoreError::Sqlite {
+                path: self.path.display().to_string(),
+                source,
+            })
     }
 }
 
