@@ -48,8 +48,40 @@ fn snapshot(now: u64) -> (WorkflowId, Vec<u8>, Arc<crate::spec::CompiledSpec>) {
     (id, json, spec)
 }
 
-/// A new file at `path` with the first `applied` migrations, as an older release left it.
-fn at_migration(path: &std::path::Path, applied: usize) -> Connection {
+/// The spec of [`snapshot`]'s workflows, as a commit writes it.
+fn spec_write(hash: &str) -> SpecWrite {
+    SpecWrite {
+        hash: hash.to_owned(),
+        name: "stored".into(),
+        version: 1,
+        text: Arc::from(SPEC),
+    }
+}
+
+/// A workflow row as a commit writes it, created and last updated `at`.
+fn stored(
+    id: WorkflowId,
+    spec_hash: &str,
+    status: WorkflowStatus,
+    at: u64,
+    snapshot: Option<(Vec<u8>, u64)>,
+) -> WorkflowWrite {
+    WorkflowWrite {
+        id,
+        name: "stored".into(),
+        spec_hash: spec_hash.to_owned(),
+        status,
+        idempotency_key: None,
+        fingerprint: 0,
+        created_at: at,
+        updated_at: at,
+        snapshot,
+    }
+}
+
+/// A new file at `path` with the first `applied` migrations and the spec `spec_hash`
+/// (text [`SPEC`]), as an older release left it.
+fn at_migration(path: &std::path::Path, applied: usize, spec_hash: &str) -> Connection {
     let mut connection = Connection::open(path).unwrap();
     connection.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)").unwrap();
     for (index, migration) in MIGRATIONS[..applied].iter().enumerate() {
@@ -63,6 +95,12 @@ fn at_migration(path: &std::path::Path, applied: usize) -> Connection {
             .unwrap();
         transaction.commit().unwrap();
     }
+    connection
+        .execute(
+            "INSERT INTO specs (hash, text) VALUES (?1, ?2)",
+            params![spec_hash, SPEC],
+        )
+        .unwrap();
     connection
 }
 
@@ -97,13 +135,7 @@ async fn a_store_written_by_an_older_layout_is_carried_over() {
     let (active, active_json, spec) = snapshot(1_000);
     let (ended, ended_json, _) = snapshot(1_001);
     {
-        let connection = at_migration(&path, 4);
-        connection
-            .execute(
-                "INSERT INTO specs (hash, text) VALUES (?1, ?2)",
-                params![spec.hash, SPEC],
-            )
-            .unwrap();
+        let connection = at_migration(&path, 4, &spec.hash);
         let row = "INSERT INTO workflows (id, name, spec_hash, status, terminal, idempotency_key, fingerprint, created_at, updated_at, snapshot, snapshot_sequence) VALUES (?1, 'stored', ?2, ?3, ?4, ?5, 9, 1000, ?6, ?7, ?8)";
         connection
             .execute(
@@ -289,12 +321,7 @@ async fn the_log_is_cut_before_the_oldest_active_snapshot() {
     let mut sequence = 2;
     store
         .commit(Batch {
-            specs: vec![SpecWrite {
-                hash: spec.hash.clone(),
-                name: "stored".into(),
-                version: 1,
-                text: Arc::from(SPEC),
-            }],
+            specs: vec![spec_write(&spec.hash)],
             workflows: vec![row(waiting, WorkflowStatus::Running, Some(waiting_json), 1)],
             events: vec![
                 change(waiting, 1, br#"{"kind":"created"}"#.to_vec()),
@@ -385,23 +412,17 @@ async fn recovery_comes_in_pages() {
     for n in 0..5u64 {
         let (id, json, spec) = snapshot(4_000 + n);
         if batch.specs.is_empty() {
-            batch.specs.push(SpecWrite {
-                hash: spec.hash.clone(),
-                name: "stored".into(),
-                version: 1,
-                text: Arc::from(SPEC),
-            });
+            batch.specs.push(spec_write(&spec.hash));
         }
         batch.workflows.push(WorkflowWrite {
-            id,
-            name: "stored".into(),
-            spec_hash: spec.hash.clone(),
-            status: WorkflowStatus::Running,
-            idempotency_key: None,
             fingerprint: n,
-            created_at: 4_000,
-            updated_at: 4_000,
-            snapshot: Some((json, 5)),
+            ..stored(
+                id,
+                &spec.hash,
+                WorkflowStatus::Running,
+                4_000,
+                Some((json, 5)),
+            )
         });
         ids.push(id);
     }
@@ -487,13 +508,7 @@ async fn a_prune_deletes_every_snapshot_of_a_pruned_workflow() {
     let path = dir.join("control.sqlite3");
     let (older, older_json, spec) = snapshot(1_000);
     {
-        let connection = at_migration(&path, 6);
-        connection
-            .execute(
-                "INSERT INTO specs (hash, text) VALUES (?1, ?2)",
-                params![spec.hash, SPEC],
-            )
-            .unwrap();
+        let connection = at_migration(&path, 6, &spec.hash);
         for sequence in [1, 2] {
             connection
                 .execute(
@@ -511,15 +526,8 @@ async fn a_prune_deletes_every_snapshot_of_a_pruned_workflow() {
     }
     let store = SqliteStore::open(&path).unwrap();
     let row = |id, status, json, sequence: u64, updated_at| WorkflowWrite {
-        id,
-        name: "stored".into(),
-        spec_hash: spec.hash.clone(),
-        status,
-        idempotency_key: None,
-        fingerprint: 0,
         created_at: 1_000,
-        updated_at,
-        snapshot: Some((json, sequence)),
+        ..stored(id, &spec.hash, status, updated_at, Some((json, sequence)))
     };
     // Written by this layout: created, then ended (two snapshots); and one that stays.
     let (newer, newer_json, _) = snapshot(1_001);
@@ -582,23 +590,14 @@ async fn the_checkpointer_copies_the_wal_off_the_writers_path() {
         ids.push(id);
         store
             .commit(Batch {
-                workflows: vec![WorkflowWrite {
+                workflows: vec![stored(
                     id,
-                    name: "stored".into(),
-                    spec_hash: spec.hash.clone(),
-                    status: WorkflowStatus::Running,
-                    idempotency_key: None,
-                    fingerprint: 0,
-                    created_at: 1_000,
-                    updated_at: 1_000,
-                    snapshot: Some((json, sequence)),
-                }],
-                specs: vec![SpecWrite {
-                    hash: spec.hash.clone(),
-                    name: "stored".into(),
-                    version: 1,
-                    text: Arc::from(SPEC),
-                }],
+                    &spec.hash,
+                    WorkflowStatus::Running,
+                    1_000,
+                    Some((json, sequence)),
+                )],
+                specs: vec![spec_write(&spec.hash)],
                 ..Batch::default()
             })
             .await
