@@ -1,5 +1,6 @@
 //! `paygrid store-bench`: append throughput of a store, with group commit and with one
-//! commit (fsync) per event. Events look like the scheduler's (a task change as JSON).
+//! commit (fsync) per event. Events look like the scheduler's (a task change with a gateway
+//! output, as the stored record `store::records` writes).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,7 +29,7 @@ fn events(count: usize, first_sequence: u64) -> Vec<EventWrite> {
         lookups: 0,
         settling: false,
     };
-    let bytes = serde_json::to_vec(&change).unwrap_or_default();
+    let bytes = paygrid_control_unit::store::records::encode_change(&change);
     (0..count)
         .map(|i| EventWrite {
             workflow: WorkflowId::generate(1_700_000_000_000 + (i / 7) as u64),

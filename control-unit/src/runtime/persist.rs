@@ -111,11 +111,9 @@ impl Persistence {
                 created_at: workflow.created_at,
                 updated_at: workflow.updated_at,
                 snapshot: snapshot.then(|| {
-                    (
-                        serde_json::to_vec(&workflow.snapshot())
-                            .expect("a snapshot is plain data and always serialises to JSON"),
-                        last_sequence,
-                    )
+                    let mut record = Vec::new();
+                    crate::store::records::encode_snapshot(workflow, &mut record);
+                    (record, last_sequence)
                 }),
             });
         }
@@ -127,8 +125,7 @@ impl Persistence {
                 workflow: record.workflow,
                 sequence: *sequence,
                 at: record.at,
-                change: serde_json::to_vec(&record.change)
-                    .expect("a change is plain data and always serialises to JSON"),
+                change: crate::store::records::encode_change(&record.change),
             });
         }
         batch.fence = self.fence(&batch);

@@ -9,6 +9,7 @@
 //! commit) before it answers or dispatches anything from that batch.
 
 pub mod postgres;
+pub mod records;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use crate::model::{WorkflowId, WorkflowStatus};
 use crate::scheduler::Change;
 use crate::scheduler::restore::Snapshot;
+use records::{decode_change, decode_snapshot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -53,7 +55,8 @@ pub struct WorkflowWrite {
     pub fingerprint: u64,
     pub created_at: u64,
     pub updated_at: u64,
-    /// The snapshot (JSON) and the last change sequence it includes, when one is taken.
+    /// The snapshot (a record, `records`) and the last change sequence it includes, when
+    /// one is taken.
     pub snapshot: Option<(Vec<u8>, u64)>,
 }
 
@@ -63,7 +66,7 @@ pub struct EventWrite {
     pub workflow: WorkflowId,
     pub sequence: u64,
     pub at: u64,
-    /// `Change` as JSON.
+    /// The `Change` as a record (`records`).
     pub change: Vec<u8>,
 }
 
@@ -209,104 +212,10 @@ pub async fn open(location: &str) -> Result<Arc<dyn Store>, StoreError> {
     }
 }
 
-/// A stored snapshot is its JSON as is (which starts with `{`), or this marker followed by
-/// an LZ4 block of the JSON, its length first (4 bytes, little-endian): about 40 % of
-/// the bytes, and a commit's cost here is the pages it writes (docs/benchmarks.md).
-pub const SNAPSHOT_LZ4: u8 = 1;
-
-/// `json` as a compressed snapshot record, in `out` (cleared first; reused by the caller).
-pub fn compress_snapshot(json: &[u8], out: &mut Vec<u8>) {
-    out.clear();
-    out.push(SNAPSHOT_LZ4);
-    out.extend_from_slice(&(json.len() as u32).to_le_bytes());
-    let start = out.len();
-    out.resize(
-        start + lz4_flex::block::get_maximum_output_size(json.len()),
-        0,
-    );
-    let written = lz4_flex::block::compress_into(json, &mut out[start..])
-        .expect("the output has room for the largest block");
-    out.truncate(start + written);
-}
-
-fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, StoreError> {
-    let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt(format!("snapshot: {e}"));
-    match bytes.first() {
-        Some(&SNAPSHOT_LZ4) => {
-            let json =
-                lz4_flex::block::decompress_size_prepended(&bytes[1..]).map_err(|e| corrupt(&e))?;
-            serde_json::from_slice(&json).map_err(|e| corrupt(&e))
-        }
-        _ => serde_json::from_slice(bytes).map_err(|e| corrupt(&e)),
-    }
-}
-
-fn decode_change(bytes: &[u8]) -> Result<Change, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("change: {e}")))
-}
-
 fn parse_id(text: &str) -> Result<WorkflowId, StoreError> {
     text.parse().map_err(|e: String| StoreError::Corrupt(e))
 }
 
 fn status_name(status: WorkflowStatus) -> &'static str {
     status.as_str()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::TaskStatus;
-
-    /// Rows written before absent values were left out (explicit `null`s) still read, and
-    /// rows written now leave them out and read back the same.
-    #[test]
-    fn changes_read_with_or_without_their_absent_values() {
-        let stored = br#"{"kind":"task","task":0,"compensation":false,"status":"ready","attempt":0,"agent":null,"detail":null,"output":null,"retry_at":null}"#;
-        let change = decode_change(stored).expect("an older row reads");
-        let Change::Task {
-            status,
-            agent,
-            output,
-            ..
-        } = &change
-        else {
-            panic!("a task change: {change:?}");
-        };
-        assert_eq!(*status, TaskStatus::Ready);
-        assert!(agent.is_none() && output.is_none());
-        let written = serde_json::to_vec(&change).expect("serialises");
-        assert!(
-            !String::from_utf8_lossy(&written).contains("null"),
-            "absent values are left out: {}",
-            String::from_utf8_lossy(&written)
-        );
-        assert!(written.len() < stored.len());
-        assert_eq!(decode_change(&written).expect("reads back"), change);
-        let ended = br#"{"kind":"workflow","status":"succeeded","detail":null}"#;
-        let change = decode_change(ended).expect("an older row reads");
-        let written = serde_json::to_vec(&change).expect("serialises");
-        assert_eq!(written, br#"{"kind":"workflow","status":"succeeded"}"#);
-    }
-
-    /// A snapshot reads back whether stored as JSON (before migration 5, and in
-    /// PostgreSQL) or compressed; a damaged compressed one is an error, not a panic.
-    #[test]
-    fn snapshots_read_as_json_or_compressed() {
-        let json = br#"{"id":"01a237f5-c61e-7962-91e0-132d1812a7cb","spec_hash":"7593db6c95472441","name":"n","version":1,"input":{},"priority":"normal","labels":{},"traceparent":"","status":"running","created_at":1,"updated_at":2,"cancel_requested":false,"compensation_failures":0,"compensation_stack":[],"tasks":[]}"#;
-        let plain = decode_snapshot(json).expect("JSON reads");
-        let mut compressed = Vec::new();
-        compress_snapshot(json, &mut compressed);
-        assert_eq!(compressed[0], SNAPSHOT_LZ4);
-        let read = decode_snapshot(&compressed).expect("compressed reads");
-        assert_eq!(
-            serde_json::to_value(&read).unwrap(),
-            serde_json::to_value(&plain).unwrap()
-        );
-        compressed.truncate(compressed.len() / 2);
-        assert!(matches!(
-            decode_snapshot(&compressed),
-            Err(StoreError::Corrupt(_))
-        ));
-    }
 }

@@ -312,14 +312,12 @@ pub fn write_batch(
         let mut append_snapshot = transaction.prepare_cached(
             "INSERT INTO snapshots (workflow_id, sequence, body) VALUES (?1, ?2, ?3)",
         )?;
-        let mut compressed = Vec::new();
         for w in &batch.workflows {
             let id = w.id.to_hyphenated();
             let id = id_text(&id);
             let (position, sequence) = match &w.snapshot {
-                Some((json, sequence)) => {
-                    super::compress_snapshot(json, &mut compressed);
-                    append_snapshot.execute(params![id, *sequence as i64, compressed])?;
+                Some((record, sequence)) => {
+                    append_snapshot.execute(params![id, *sequence as i64, record])?;
                     (
                         Some(transaction.last_insert_rowid()),
                         Some(*sequence as i64),

@@ -23,8 +23,8 @@ fn dir(what: &str) -> PathBuf {
     dir
 }
 
-/// A real workflow's snapshot (JSON) as the control unit takes it.
-fn snapshot(now: u64) -> (WorkflowId, Vec<u8>, Arc<crate::spec::CompiledSpec>) {
+/// A real workflow, submitted at `now`.
+fn workflow(now: u64) -> (Scheduler, WorkflowId, Arc<crate::spec::CompiledSpec>) {
     let spec = Arc::new(compile(SPEC, &SpecLimits::default()).unwrap());
     let mut core = Scheduler::new(SchedulerConfig::default());
     let id = WorkflowId::generate(now);
@@ -44,6 +44,20 @@ fn snapshot(now: u64) -> (WorkflowId, Vec<u8>, Arc<crate::spec::CompiledSpec>) {
         &mut Vec::new(),
     )
     .unwrap();
+    (core, id, spec)
+}
+
+/// A real workflow's snapshot as the control unit takes it (a format-2 record).
+fn snapshot(now: u64) -> (WorkflowId, Vec<u8>, Arc<crate::spec::CompiledSpec>) {
+    let (core, id, spec) = workflow(now);
+    let mut record = Vec::new();
+    crate::store::records::encode_snapshot(core.workflow(id).unwrap(), &mut record);
+    (id, record, spec)
+}
+
+/// A real workflow's snapshot as JSON, as files before format 2 hold it.
+fn snapshot_json(now: u64) -> (WorkflowId, Vec<u8>, Arc<crate::spec::CompiledSpec>) {
+    let (core, id, spec) = workflow(now);
     let json = serde_json::to_vec(&core.workflow(id).unwrap().snapshot()).unwrap();
     (id, json, spec)
 }
@@ -132,8 +146,8 @@ async fn a_store_written_by_an_older_layout_is_carried_over() {
     let dir = dir("migrate");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("control.sqlite3");
-    let (active, active_json, spec) = snapshot(1_000);
-    let (ended, ended_json, _) = snapshot(1_001);
+    let (active, active_json, spec) = snapshot_json(1_000);
+    let (ended, ended_json, _) = snapshot_json(1_001);
     {
         let connection = at_migration(&path, 4, &spec.hash);
         let row = "INSERT INTO workflows (id, name, spec_hash, status, terminal, idempotency_key, fingerprint, created_at, updated_at, snapshot, snapshot_sequence) VALUES (?1, 'stored', ?2, ?3, ?4, ?5, 9, 1000, ?6, ?7, ?8)";
@@ -383,7 +397,7 @@ async fn the_log_is_cut_before_the_oldest_active_snapshot() {
     let recovered = store.recover(10).await.unwrap();
     assert_eq!(recovered.last_sequence, sequence);
     assert!(recovered.workflows.iter().all(|w| w.changes.is_empty()));
-    // Stored compressed, read back whole.
+    // Stored as a record, read back whole.
     let (loaded, _) = store.load(waiting).await.unwrap().unwrap();
     assert_eq!(loaded.name, "stored");
     let body: Vec<u8> = store
@@ -396,7 +410,7 @@ async fn the_log_is_cut_before_the_oldest_active_snapshot() {
         })
         .await
         .unwrap();
-    assert_eq!(body[0], crate::store::SNAPSHOT_LZ4);
+    assert_eq!(body[0], crate::store::records::PROTOBUF);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -506,7 +520,9 @@ async fn a_prune_deletes_every_snapshot_of_a_pruned_workflow() {
     let dir = dir("prune");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("control.sqlite3");
-    let (older, older_json, spec) = snapshot(1_000);
+    let (older, older_json, spec) = snapshot_json(1_000);
+    // Version 6 files hold snapshots as format 1 (compressed JSON).
+    let older_json = crate::store::records::compress_snapshot_json(&older_json);
     {
         let connection = at_migration(&path, 6, &spec.hash);
         for sequence in [1, 2] {
