@@ -148,6 +148,35 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
+/// The machine's CPU time so far, in ticks: (stolen by the hypervisor, all).
+fn machine_ticks() -> (u64, u64) {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return (0, 0);
+    };
+    let Some(cpu) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return (0, 0);
+    };
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let ticks: Vec<u64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    (ticks.get(7).copied().unwrap_or(0), ticks.iter().sum())
+}
+
+/// The share of the machine's CPU time the hypervisor took since `before` (percent): on
+/// a shared virtual machine, figures taken while it is high are not comparable.
+fn steal_percent(before: (u64, u64)) -> f64 {
+    let after = machine_ticks();
+    let total = after.1.saturating_sub(before.1);
+    if total == 0 {
+        return 0.0;
+    }
+    100.0 * after.0.saturating_sub(before.0) as f64 / total as f64
+}
+
 /// A `/proc/PID/status` field in kB (VmRSS, VmHWM).
 pub(crate) fn status_kb(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -724,6 +753,7 @@ async fn scenario(name: &str, args: &BenchArgs, parts: &mut Parts) -> anyhow::Re
 async fn measure(name: &str, args: &BenchArgs, parts: &mut Parts) -> anyhow::Result<Value> {
     let cpu_before = parts.control_cpu();
     let plan = scenario(name, args, parts).await?;
+    let machine_before = machine_ticks();
     let (samples, elapsed) = load_doors(
         parts.doors.clone(),
         Arc::new(plan.spec),
@@ -734,12 +764,13 @@ async fn measure(name: &str, args: &BenchArgs, parts: &mut Parts) -> anyhow::Res
         args.follow,
     )
     .await?;
+    let steal = steal_percent(machine_before);
     let hops = if matches!(name, "seq3" | "fanout") {
         hop_overheads(parts.channel.clone(), &samples, name == "fanout").await
     } else {
         Overheads::default()
     };
-    let summary = summarize(
+    let mut summary = summarize(
         name,
         &samples,
         elapsed,
@@ -747,6 +778,7 @@ async fn measure(name: &str, args: &BenchArgs, parts: &mut Parts) -> anyhow::Res
         parts.control_cpu() - cpu_before,
         &hops,
     );
+    summary["cpu_steal_percent"] = json!(steal);
     print_row(&summary);
     Ok(summary)
 }
@@ -756,6 +788,7 @@ async fn half_load(peak: f64, args: &BenchArgs, parts: &Parts) -> anyhow::Result
     let half = (peak / 2.0).max(1.0);
     let count = ((half * if args.quick { 4.0 } else { 10.0 }) as usize).max(100);
     let cpu_before = parts.control_cpu();
+    let machine_before = machine_ticks();
     let (samples, elapsed) = load_doors(
         parts.doors.clone(),
         Arc::new(seq3_spec(args.task_ms)),
@@ -766,6 +799,7 @@ async fn half_load(peak: f64, args: &BenchArgs, parts: &Parts) -> anyhow::Result
         args.follow,
     )
     .await?;
+    let steal = steal_percent(machine_before);
     let hops = hop_overheads(parts.channel.clone(), &samples, false).await;
     let mut summary = summarize(
         "seq3-half-load",
@@ -776,6 +810,7 @@ async fn half_load(peak: f64, args: &BenchArgs, parts: &Parts) -> anyhow::Result
         &hops,
     );
     summary["rate_per_s"] = json!(half);
+    summary["cpu_steal_percent"] = json!(steal);
     print_row(&summary);
     Ok(summary)
 }
@@ -911,7 +946,7 @@ fn print_row(summary: &Value) {
     let l = &summary["latency_ms"];
     let h = &summary["hop_overhead_us"];
     println!(
-        "{:<16} {:>7} wf {:>8.0} wf/s {:>9.0} tasks/s  e2e ms p50 {:>6.1} p90 {:>6.1} p99 {:>6.1} max {:>7.1}  hop us p50 {:>6.0} p99 {:>6.0}  cpu {:>5.1}s  failed {}",
+        "{:<16} {:>7} wf {:>8.0} wf/s {:>9.0} tasks/s  e2e ms p50 {:>6.1} p90 {:>6.1} p99 {:>6.1} max {:>7.1}  hop us p50 {:>6.0} p99 {:>6.0}  cpu {:>5.1}s  failed {}  steal {:.0}%",
         summary["scenario"].as_str().unwrap_or(""),
         summary["workflows"],
         summary["workflows_per_s"].as_f64().unwrap_or(0.0),
@@ -924,6 +959,7 @@ fn print_row(summary: &Value) {
         h["p99"].as_f64().unwrap_or(0.0),
         summary["control_cpu_seconds"].as_f64().unwrap_or(0.0),
         summary["failed"],
+        summary["cpu_steal_percent"].as_f64().unwrap_or(0.0),
     );
     let (ra, rr) = (
         &summary["ready_to_assigned_ms"],
@@ -947,5 +983,21 @@ fn print_row(summary: &Value) {
             p["low"]["p50_ms"].as_f64().unwrap_or(0.0),
             p["low"]["p99_ms"].as_f64().unwrap_or(0.0)
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The machine's ticks are read from `/proc/stat` (steal is one of them), and the
+    /// stolen share is a percentage.
+    #[test]
+    fn the_stolen_share_is_read_from_proc_stat() {
+        let (steal, total) = machine_ticks();
+        assert!(total > 0, "no CPU ticks read from /proc/stat");
+        assert!(steal <= total);
+        let share = steal_percent((steal, total));
+        assert!((0.0..=100.0).contains(&share), "{share}");
     }
 }
