@@ -111,9 +111,10 @@ impl Persistence {
                 created_at: workflow.created_at,
                 updated_at: workflow.updated_at,
                 snapshot: snapshot.then(|| {
-                    let mut record = Vec::new();
-                    crate::store::records::encode_snapshot(workflow, &mut record);
-                    (record, last_sequence)
+                    (
+                        crate::store::records::encode_snapshot(workflow),
+                        last_sequence,
+                    )
                 }),
             });
         }

@@ -50,8 +50,7 @@ fn workflow(now: u64) -> (Scheduler, WorkflowId, Arc<crate::spec::CompiledSpec>)
 /// A real workflow's snapshot as the control unit takes it (a format-2 record).
 fn snapshot(now: u64) -> (WorkflowId, Vec<u8>, Arc<crate::spec::CompiledSpec>) {
     let (core, id, spec) = workflow(now);
-    let mut record = Vec::new();
-    crate::store::records::encode_snapshot(core.workflow(id).unwrap(), &mut record);
+    let record = crate::store::records::encode_snapshot(core.workflow(id).unwrap());
     (id, record, spec)
 }
 
