@@ -14,7 +14,8 @@ use paygrid_proto::v1::workflows_client::WorkflowsClient;
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 
-use crate::load::{Process, connect, status_kb};
+use crate::load::{Process, connect};
+use crate::machine::status_kb;
 
 const HOLD_SPEC: &str = "apiVersion: paygrid/v1\nkind: Workflow\nname: bench-hold\nversion: 1\ntasks:\n  - id: wait\n    skill: bench.hold\n";
 

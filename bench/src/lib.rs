@@ -14,6 +14,7 @@ pub mod ceiling;
 pub mod follow;
 pub mod hold;
 pub mod load;
+pub mod machine;
 pub mod store;
 
 /// The benchmark's own protocol (`paygrid.bench.v1`).
