@@ -185,13 +185,24 @@ async fn card_numbers_and_cvvs_never_appear() {
         ("exec log", std::fs::read_to_string(&exec_log).unwrap()),
         ("spans", format!("{spans:#?}")),
     ];
-    for entry in std::fs::read_dir(&data_dir).unwrap() {
-        let path = entry.unwrap().path();
-        haystacks.push((
-            "store file",
-            String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned(),
-        ));
+    // Every file of the store, the commit log's segments in their directory too.
+    let mut dirs = vec![std::path::PathBuf::from(&data_dir)];
+    let mut segments = 0;
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            segments += usize::from(path.extension().is_some_and(|e| e == "log"));
+            haystacks.push((
+                "store file",
+                String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned(),
+            ));
+        }
     }
+    assert!(segments > 0, "the commit log's segments were read too");
     assert!(
         haystacks[2].1.contains("workflow input held card data"),
         "the control unit says it masked something"

@@ -39,6 +39,7 @@ impl From<ControlError> for Status {
             ControlError::Store(store) => match store {
                 // The database is unreachable or refused the statement: worth a retry.
                 StoreError::Sqlite { .. }
+                | StoreError::Io { .. }
                 | StoreError::Postgres(_)
                 | StoreError::Join(_)
                 | StoreError::Fenced(_)

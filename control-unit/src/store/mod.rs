@@ -26,6 +26,13 @@ pub enum StoreError {
         path: String,
         source: rusqlite::Error,
     },
+    /// The embedded store's commit log (or another file of it) could not be read or
+    /// written.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("postgres: {0}")]
     Postgres(String),
     /// A cluster member's commit wrote partitions whose lease another member holds now:

@@ -201,6 +201,16 @@ const ATTEMPT_OUTCOMES: [AttemptOutcome; 9] = [
     AttemptOutcome::Unknown,
 ];
 
+/// A workflow status's stored code (shared by the embedded store's commit log).
+pub(crate) fn workflow_status_code(status: WorkflowStatus) -> u32 {
+    code(&WORKFLOW_STATUSES, status)
+}
+
+/// The workflow status a stored code names.
+pub(crate) fn workflow_status(code: u32) -> Result<WorkflowStatus, String> {
+    value(&WORKFLOW_STATUSES, code, "workflow status")
+}
+
 fn code<T: PartialEq + Copy>(all: &[T], value: T) -> u32 {
     all.iter()
         .position(|v| *v == value)

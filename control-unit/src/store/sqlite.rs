@@ -1,9 +1,14 @@
-//! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`, so a commit
-//! is on disk (fsync) when it returns. Calls run on the store's own thread, and a
-//! checkpointer thread copies the WAL into the database file beside it (`threads`).
+//! The embedded store: one SQLite file in WAL mode, written through a commit log. A
+//! commit is durable when its entry is in the log (`journal`: one write and one
+//! fdatasync per group of commits); the SQLite thread then applies the logged batches to
+//! the database with `synchronous=NORMAL`, as many as are waiting in one transaction, and
+//! runs every read after the commits sent before it, so reads see every commit that
+//! returned. A checkpointer thread copies the WAL into the database file beside it
+//! (`threads`). On open, the log's entries the database has not applied are applied
+//! first.
 //!
 //! The layout (since migration 5) is shaped by what a WAL commit costs: every page a
-//! commit touches is written whole to the WAL and fsynced. The change log and the
+//! commit touches is written whole to the WAL. The change log and the
 //! snapshots are append-only tables keyed by position (a commit adds to their last
 //! pages), and the workflow rows are small (about 150 bytes, no snapshot inline), so one
 //! commit writes a few pages per table instead of one page per workflow it touches
@@ -15,9 +20,10 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+mod journal;
 mod threads;
 pub use threads::Checkpointed;
-use threads::{JOBS_QUEUED_MAX, Job};
+use threads::{APPLIES_QUEUED_MAX, Failed, JOBS_QUEUED_MAX, Job, Work};
 
 use super::{
     Batch, ListQuery, Pruned, Recovered, RecoveredWorkflow, RecoveryPage, Store, StoreError,
@@ -152,14 +158,26 @@ const MIGRATIONS: &[&str] = &[
           WHERE s.workflow_id = workflows.id AND s.position IS NOT workflows.snapshot_position),
          '');
      DROP INDEX snapshots_by_workflow;",
+    // 8: the commit log (`journal`): the last entry applied, written with the entry's
+    // rows, and a counter the retiring of a segment bumps in a durable commit.
+    "CREATE TABLE commit_log (
+         id INTEGER PRIMARY KEY CHECK (id = 0),
+         applied INTEGER NOT NULL,
+         retired INTEGER NOT NULL
+     );
+     INSERT INTO commit_log (id, applied, retired) VALUES (0, 0, 0);",
 ];
 
-/// Every this many commits, a commit also cuts the change log's head: the changes every
-/// workflow's latest snapshot already includes.
+/// Every this many commits (log entries), the transaction applying them also cuts the
+/// change log's head: the changes every workflow's latest snapshot already includes.
 const TRUNCATE_EVERY: u64 = 32;
 
-/// Every this many commits, the checkpointer is asked to copy the WAL into the database.
+/// Every this many commits (log entries), the checkpointer is asked to copy the WAL into
+/// the database.
 const CHECKPOINT_EVERY: u64 = 32;
+
+/// Logged entries applied again per transaction on open.
+const REPLAY_CHUNK: usize = 256;
 
 /// WAL pages past which the writer checkpoints by itself. Under steady load the
 /// checkpointer's checkpoints rarely catch the WAL's end (commits append meanwhile), so
@@ -169,26 +187,32 @@ const WAL_BACKSTOP_PAGES: u32 = 10_000;
 
 pub struct SqliteStore {
     path: PathBuf,
-    /// The store's thread owns the writing connection: every read and commit runs there,
-    /// one at a time, on a thread whose caches stay warm (a blocking pool spread the
-    /// commits over a score of threads).
-    jobs: tokio::sync::mpsc::Sender<Job>,
-    commits: std::sync::atomic::AtomicU64,
-    /// Asks the checkpointer thread for a checkpoint; room for one, so asks coalesce.
-    checkpoint: std::sync::mpsc::SyncSender<()>,
+    /// To the log's thread: commits, and every read and other write in order after them
+    /// (closed when the store is dropped).
+    jobs: Option<tokio::sync::mpsc::Sender<Work>>,
+    /// Why the store stopped taking work, once a write failed.
+    failed: Failed,
     checkpointed: tokio::sync::watch::Receiver<Checkpointed>,
+    /// The log's thread and the SQLite thread, joined on drop: the log's lock and every
+    /// applied batch are released before the store is gone.
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, journal::SEGMENT_BYTES)
+    }
+
+    /// [`SqliteStore::open`] with the commit log's segments of `segment_bytes`.
+    fn open_with(path: &Path, segment_bytes: u64) -> Result<Self, StoreError> {
         let wrap = |source| StoreError::Sqlite {
             path: path.display().to_string(),
             source,
         };
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| StoreError::Sqlite {
+            std::fs::create_dir_all(parent).map_err(|source| StoreError::Io {
                 path: parent.display().to_string(),
-                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+                source,
             })?;
         }
         let mut connection = Connection::open(path).map_err(wrap)?;
@@ -201,6 +225,33 @@ impl SqliteStore {
         connection
             .pragma_update(None, "wal_autocheckpoint", WAL_BACKSTOP_PAGES)
             .map_err(wrap)?;
+        // The log's entries the database has not applied (a stop before the SQLite
+        // thread caught up), applied now with `synchronous=FULL`, before any read.
+        let dir = journal::directory(path);
+        let applied: i64 = connection
+            .query_row("SELECT applied FROM commit_log", [], |r| r.get(0))
+            .map_err(wrap)?;
+        let found = journal::read(&dir, applied as u64)?;
+        let mut applied = applied as u64;
+        for chunk in found.entries.chunks(REPLAY_CHUNK) {
+            let batches = chunk
+                .iter()
+                .map(|(sequence, payload)| journal::decode(*sequence, payload))
+                .collect::<Result<Vec<_>, _>>()?;
+            applied = chunk.last().map_or(applied, |(sequence, _)| *sequence);
+            threads::apply(&mut connection, &batches, applied, false).map_err(wrap)?;
+        }
+        if !found.entries.is_empty() {
+            tracing::info!(
+                entries = found.entries.len(),
+                applied,
+                "applied the commit log's last entries"
+            );
+        }
+        let (log, spares) = found.writer(&dir, applied, segment_bytes)?;
+        connection
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(wrap)?;
         let checkpointer = Connection::open(path).map_err(wrap)?;
         checkpointer
             .execute_batch("PRAGMA busy_timeout = 5000;")
@@ -211,16 +262,24 @@ impl SqliteStore {
         threads::start("paygrid-checkpoint", path, move || {
             threads::checkpoints(checkpointer, asked, reports, shown)
         })?;
+        let failed = Failed::default();
+        let (applies, to_apply) = std::sync::mpsc::sync_channel(APPLIES_QUEUED_MAX);
+        let sqlite = threads::start("paygrid-store", path, {
+            let failed = failed.clone();
+            move || threads::serve_applies(connection, to_apply, spares, checkpoint, failed)
+        })?;
         let (jobs, queued) = tokio::sync::mpsc::channel(JOBS_QUEUED_MAX);
-        threads::start("paygrid-store", path, move || {
-            threads::serve_jobs(connection, queued)
+        let shown = dir.display().to_string();
+        let logger = threads::start("paygrid-log", path, {
+            let failed = failed.clone();
+            move || threads::serve_commits(log, queued, applies, failed, shown)
         })?;
         Ok(Self {
             path: path.to_owned(),
-            jobs,
-            commits: std::sync::atomic::AtomicU64::new(0),
-            checkpoint,
+            jobs: Some(jobs),
+            failed,
             checkpointed,
+            threads: vec![logger, sqlite],
         })
     }
 
@@ -233,6 +292,20 @@ impl SqliteStore {
         self.checkpointed.clone()
     }
 
+    async fn send(&self, work: Work) -> Result<(), StoreError> {
+        match &self.jobs {
+            Some(jobs) => jobs.send(work).await.map_err(|_| self.stopped()),
+            None => Err(self.stopped()),
+        }
+    }
+
+    fn stopped(&self) -> StoreError {
+        match self.failed.get() {
+            Some(reason) => StoreError::Join(format!("the store stopped: {reason}")),
+            None => StoreError::Join("the store's thread has stopped".into()),
+        }
+    }
+
     async fn with<T: Send + 'static>(
         &self,
         work: impl FnOnce(&mut Connection) -> Result<T, rusqlite::Error> + Send + 'static,
@@ -241,16 +314,24 @@ impl SqliteStore {
         let job: Job = Box::new(move |connection| {
             let _ = reply.send(work(connection));
         });
-        let stopped = || StoreError::Join("the store's thread has stopped".into());
-        self.jobs.send(job).await.map_err(|_| stopped())?;
+        self.send(Work::Run(job)).await?;
         // The path is printed only for an error, not for every job.
         answer
             .await
-            .map_err(|_| stopped())?
+            .map_err(|_| self.stopped())?
             .map_err(|source| StoreError::Sqlite {
                 path: self.path.display().to_string(),
                 source,
             })
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.jobs = None;
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -400,24 +481,9 @@ impl Store for SqliteStore {
         if batch.is_empty() {
             return Ok(());
         }
-        let commit = self
-            .commits
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let truncate = commit % TRUNCATE_EVERY == TRUNCATE_EVERY - 1;
-        let committed = self
-            .with(move |connection| {
-                let transaction = connection.transaction()?;
-                write_batch(&transaction, &batch)?;
-                if truncate {
-                    truncate_log(&transaction)?;
-                }
-                transaction.commit()
-            })
-            .await;
-        if commit.is_multiple_of(CHECKPOINT_EVERY) {
-            let _ = self.checkpoint.try_send(());
-        }
-        committed
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.send(Work::Commit(batch, reply)).await?;
+        answer.await.map_err(|_| self.stopped())?
     }
 
     async fn recover(&self, terminal_max: usize) -> Result<Recovered, StoreError> {
@@ -595,14 +661,18 @@ impl Store for SqliteStore {
 
     async fn put_setting(&self, name: &str, value: &str) -> Result<(), StoreError> {
         let (name, value) = (name.to_owned(), value.to_owned());
+        // Outside the log: durable by a commit with `synchronous=FULL`.
         self.with(move |connection| {
-            connection
+            connection.pragma_update(None, "synchronous", "FULL")?;
+            let stored = connection
                 .execute(
                     "INSERT INTO settings (name, value, updated_at) VALUES (?1, ?2, strftime('%s','now'))
                      ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
                     params![name, value],
                 )
-                .map(|_| ())
+                .map(drop);
+            connection.pragma_update(None, "synchronous", "NORMAL")?;
+            stored
         })
         .await
     }

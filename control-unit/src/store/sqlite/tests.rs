@@ -13,7 +13,7 @@ use crate::store::{EventWrite, SpecWrite, WorkflowWrite};
 
 const SPEC: &str = "apiVersion: paygrid/v1\nkind: Workflow\nname: stored\nversion: 1\ntasks:\n  - id: a\n    skill: s\n  - id: b\n    skill: s\n    needs: [a]\n";
 
-fn dir(what: &str) -> PathBuf {
+pub(super) fn dir(what: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "paygrid-sqlite-{what}-{}-{}",
         std::process::id(),
@@ -48,7 +48,7 @@ fn workflow(now: u64) -> (Scheduler, WorkflowId, Arc<crate::spec::CompiledSpec>)
 }
 
 /// A real workflow's snapshot as the control unit takes it (a format-2 record).
-fn snapshot(now: u64) -> (WorkflowId, Vec<u8>, Arc<crate::spec::CompiledSpec>) {
+pub(super) fn snapshot(now: u64) -> (WorkflowId, Vec<u8>, Arc<crate::spec::CompiledSpec>) {
     let (core, id, spec) = workflow(now);
     let record = crate::store::records::encode_snapshot(core.workflow(id).unwrap());
     (id, record, spec)
@@ -62,7 +62,7 @@ fn snapshot_json(now: u64) -> (WorkflowId, Vec<u8>, Arc<crate::spec::CompiledSpe
 }
 
 /// The spec of [`snapshot`]'s workflows, as a commit writes it.
-fn spec_write(hash: &str) -> SpecWrite {
+pub(super) fn spec_write(hash: &str) -> SpecWrite {
     SpecWrite {
         hash: hash.to_owned(),
         name: "stored".into(),
@@ -72,7 +72,7 @@ fn spec_write(hash: &str) -> SpecWrite {
 }
 
 /// A workflow row as a commit writes it, created and last updated `at`.
-fn stored(
+pub(super) fn stored(
     id: WorkflowId,
     spec_hash: &str,
     status: WorkflowStatus,
@@ -117,7 +117,7 @@ fn at_migration(path: &std::path::Path, applied: usize, spec_hash: &str) -> Conn
     connection
 }
 
-fn task(task: u32, status: TaskStatus) -> Vec<u8> {
+pub(super) fn task(task: u32, status: TaskStatus) -> Vec<u8> {
     serde_json::to_vec(&Change::Task {
         task,
         compensation: false,

@@ -1,18 +1,50 @@
-//! The embedded store's two threads: the store's own thread, which owns the writing
-//! connection and runs every read and commit in arrival order, and the checkpointer,
-//! which copies the WAL into the database file beside it.
+//! The embedded store's threads: the log's thread, which makes commits durable in the
+//! commit log (`journal`) and passes everything on in arrival order; the SQLite thread,
+//! which owns the writing connection, applies the logged batches and runs every read; and
+//! the checkpointer, which copies the WAL into the database file beside it.
 
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
 use rusqlite::Connection;
 
-use crate::store::StoreError;
+use super::journal::{self, Segment};
+use super::{CHECKPOINT_EVERY, TRUNCATE_EVERY, truncate_log, write_batch};
+use crate::store::{Batch, StoreError};
 
-/// Work for the store's thread: runs on its connection, answers through its own channel.
+/// Work for the SQLite thread: runs on its connection, answers through its own channel.
 pub(super) type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
-/// Jobs waiting for the store's thread (the actor's commits, operator reads, recovery).
+/// What the store's callers send the log's thread.
+pub(super) enum Work {
+    Commit(Batch, tokio::sync::oneshot::Sender<Result<(), StoreError>>),
+    /// A read (or a write outside the log: settings, prunes), run after every commit
+    /// sent before it is applied.
+    Run(Job),
+}
+
+/// What the log's thread sends the SQLite thread, in log order.
+pub(super) enum Apply {
+    /// Logged batches, the last one's sequence.
+    Batches(Vec<Batch>, u64),
+    Run(Job),
+    /// A full segment: recycled once its entries are durable in the database.
+    Retire(Segment),
+}
+
+/// Work waiting for the log's thread (the actor's commits, operator reads, recovery).
 pub(super) const JOBS_QUEUED_MAX: usize = 64;
+
+/// Groups waiting for the SQLite thread; when it falls this far behind, the log's thread
+/// waits (and so do commits).
+pub(super) const APPLIES_QUEUED_MAX: usize = 256;
+
+/// Logged batches applied in one transaction at most.
+const APPLY_BATCHES_MAX: usize = 1_024;
+
+/// Why the store stopped taking work, once a write failed: later commits fail with it,
+/// and the next open applies the log again.
+pub(super) type Failed = Arc<OnceLock<String>>;
 
 /// What the checkpointer's last checkpoint reported: WAL frames then, and how many of
 /// them are in the database file.
@@ -28,27 +60,197 @@ pub(super) fn start(
     name: &str,
     path: &Path,
     body: impl FnOnce() + Send + 'static,
-) -> Result<(), StoreError> {
+) -> Result<std::thread::JoinHandle<()>, StoreError> {
     std::thread::Builder::new()
         .name(name.into())
         .spawn(body)
-        .map(drop)
-        .map_err(|e| StoreError::Sqlite {
+        .map_err(|source| StoreError::Io {
             path: path.display().to_string(),
-            source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+            source,
         })
 }
 
-/// The store's thread: runs jobs in arrival order until the store is dropped. A job that
-/// panics is rolled back with its transaction and its caller gets an error; the thread
-/// goes on.
-pub(super) fn serve_jobs(mut connection: Connection, mut queued: tokio::sync::mpsc::Receiver<Job>) {
-    while let Some(job) = queued.blocking_recv() {
-        let run = std::panic::AssertUnwindSafe(|| job(&mut connection));
-        if std::panic::catch_unwind(run).is_err() {
-            tracing::error!("a store job panicked; its transaction was rolled back");
+/// The log's thread: writes each group of waiting commits to the log (one write, one
+/// fdatasync), answers them, and passes the batches, and every other job in between, to
+/// the SQLite thread in the order they came. After a failed write nothing more is
+/// written: what reached the disk is unknown, so the next open reads it again.
+pub(super) fn serve_commits(
+    mut log: journal::Writer,
+    mut queued: tokio::sync::mpsc::Receiver<Work>,
+    applies: std::sync::mpsc::SyncSender<Apply>,
+    failed: Failed,
+    path: String,
+) {
+    let mut batches = Vec::new();
+    let mut replies = Vec::new();
+    let mut next = queued.blocking_recv();
+    while let Some(first) = next.take() {
+        let mut run = None;
+        let mut work = Some(first);
+        while let Some(item) = work.take() {
+            match item {
+                Work::Commit(batch, reply) => {
+                    batches.push(batch);
+                    replies.push(reply);
+                }
+                Work::Run(job) => {
+                    run = Some(job);
+                    break;
+                }
+            }
+            work = queued.try_recv().ok();
+        }
+        if !batches.is_empty() {
+            let appended = match failed.get() {
+                Some(reason) => Err(std::io::Error::other(reason.clone())),
+                None => log.append(&batches),
+            };
+            match appended {
+                Ok(appended) => {
+                    for reply in replies.drain(..) {
+                        let _ = reply.send(Ok(()));
+                    }
+                    let batches = std::mem::take(&mut batches);
+                    let mut sent = applies.send(Apply::Batches(batches, appended.last));
+                    if let Some(segment) = appended.retired {
+                        sent = sent.and_then(|()| applies.send(Apply::Retire(segment)));
+                    }
+                    if sent.is_err() {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    let _ = failed.set(format!("commit log {path}: {error}"));
+                    tracing::error!(%path, %error, "writing the commit log failed; the store takes no more commits");
+                    batches.clear();
+                    for reply in replies.drain(..) {
+                        let _ = reply.send(Err(StoreError::Io {
+                            path: path.clone(),
+                            source: std::io::Error::new(error.kind(), error.to_string()),
+                        }));
+                    }
+                }
+            }
+        }
+        if let Some(job) = run
+            && applies.send(Apply::Run(job)).is_err()
+        {
+            break;
+        }
+        next = queued.blocking_recv();
+    }
+}
+
+/// The SQLite thread: applies logged batches (every batch waiting, in one transaction that
+/// also records the last one's sequence), runs jobs, and recycles retired segments once
+/// the database holds their entries durably. A job that panics is rolled back with its
+/// transaction and its caller gets an error; the thread goes on. After a failed apply it
+/// applies and runs nothing more (their callers get an error): the next open applies the
+/// log again.
+pub(super) fn serve_applies(
+    mut connection: Connection,
+    queued: std::sync::mpsc::Receiver<Apply>,
+    spares: std::sync::mpsc::SyncSender<Segment>,
+    checkpoint: std::sync::mpsc::SyncSender<()>,
+    failed: Failed,
+) {
+    // The cadences count log entries, not transactions (how many entries one takes
+    // depends on the backlog): a transaction cuts the change log when its entries pass a
+    // multiple of TRUNCATE_EVERY, and asks for a checkpoint past one of CHECKPOINT_EVERY.
+    let mut applied: Option<u64> = None;
+    let mut next = None;
+    loop {
+        let Some(item) = next.take().or_else(|| queued.recv().ok()) else {
+            break;
+        };
+        if failed.get().is_some() {
+            continue;
+        }
+        match item {
+            Apply::Batches(mut batches, mut last) => {
+                while batches.len() < APPLY_BATCHES_MAX {
+                    match queued.try_recv() {
+                        Ok(Apply::Batches(more, more_last)) => {
+                            batches.extend(more);
+                            last = more_last;
+                        }
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let before = applied.unwrap_or(last - batches.len() as u64);
+                let passes = |every: u64| last / every != before / every;
+                if let Err(error) = apply(&mut connection, &batches, last, passes(TRUNCATE_EVERY)) {
+                    tracing::error!(%error, last, "applying the commit log failed; the store takes no more commits");
+                    let _ =
+                        failed.set(format!("applying commit log entries up to {last}: {error}"));
+                    continue;
+                }
+                applied = Some(last);
+                if passes(CHECKPOINT_EVERY) {
+                    let _ = checkpoint.try_send(());
+                }
+            }
+            Apply::Run(job) => {
+                let run = std::panic::AssertUnwindSafe(|| job(&mut connection));
+                if std::panic::catch_unwind(run).is_err() {
+                    tracing::error!("a store job panicked; its transaction was rolled back");
+                }
+            }
+            Apply::Retire(segment) => match durable(&mut connection) {
+                Ok(()) => {
+                    // More spares than kept, or the log's thread is gone: its entries
+                    // are durable in the database, so the file goes.
+                    if let Err(
+                        std::sync::mpsc::TrySendError::Full(segment)
+                        | std::sync::mpsc::TrySendError::Disconnected(segment),
+                    ) = spares.try_send(segment)
+                        && let Err(error) = std::fs::remove_file(&segment.path)
+                    {
+                        tracing::warn!(path = %segment.path.display(), %error, "removing a retired log segment failed");
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, "making the applied log durable failed; the store takes no more commits");
+                    let _ = failed.set(format!("making the applied log durable: {error}"));
+                }
+            },
         }
     }
+}
+
+/// Applies logged batches in one transaction that records the last one's sequence.
+pub(super) fn apply(
+    connection: &mut Connection,
+    batches: &[Batch],
+    last: u64,
+    truncate: bool,
+) -> Result<(), rusqlite::Error> {
+    let transaction = connection.transaction()?;
+    for batch in batches {
+        write_batch(&transaction, batch)?;
+    }
+    if truncate {
+        truncate_log(&transaction)?;
+    }
+    transaction
+        .prepare_cached("UPDATE commit_log SET applied = ?1")?
+        .execute([last as i64])?;
+    transaction.commit()
+}
+
+/// Makes every transaction applied so far durable: one commit with `synchronous=FULL`
+/// fsyncs the WAL, and with it the commits before it.
+pub(super) fn durable(connection: &mut Connection) -> Result<(), rusqlite::Error> {
+    connection.pragma_update(None, "synchronous", "FULL")?;
+    let marked = connection
+        .prepare_cached("UPDATE commit_log SET retired = retired + 1")
+        .and_then(|mut statement| statement.execute([]));
+    connection.pragma_update(None, "synchronous", "NORMAL")?;
+    marked.map(drop)
 }
 
 /// The checkpointer: copies the WAL's pages into the database file and fsyncs it on its

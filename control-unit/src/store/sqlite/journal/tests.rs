@@ -1,0 +1,300 @@
+//! The commit log: entries read back, torn and damaged tails, recycled segments, and the
+//! store applying what the database had not applied when it stopped.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use super::*;
+use crate::model::{TaskStatus, WorkflowStatus};
+use crate::store::Store;
+use crate::store::sqlite::SqliteStore;
+use crate::store::sqlite::tests::{dir, snapshot, spec_write, stored, task};
+
+/// A batch with every part: a spec, a workflow with a snapshot and a key, one without,
+/// changes and an audit record.
+fn batch(now: u64) -> (Batch, WorkflowId) {
+    let (id, record, spec) = snapshot(now);
+    let other = WorkflowId::generate(now + 1);
+    let batch = Batch {
+        specs: vec![spec_write(&spec.hash)],
+        workflows: vec![
+            WorkflowWrite {
+                idempotency_key: Some(format!("key-{now}")),
+                fingerprint: u64::MAX - now,
+                ..stored(
+                    id,
+                    &spec.hash,
+                    WorkflowStatus::Running,
+                    now,
+                    Some((record, 7)),
+                )
+            },
+            stored(other, &spec.hash, WorkflowStatus::Cancelled, now + 5, None),
+        ],
+        events: vec![EventWrite {
+            workflow: id,
+            sequence: 8,
+            at: now + 3,
+            change: task(0, TaskStatus::Ready),
+        }],
+        audit: vec![AuditRecord {
+            sequence: 0,
+            at_ms: now,
+            actor: "operator".into(),
+            proof: "token".into(),
+            role: "operator".into(),
+            origin: "127.0.0.1:1".into(),
+            action: "submit".into(),
+            target: id.to_string(),
+            detail: "stored@1".into(),
+            outcome: "ok".into(),
+        }],
+        fence: None,
+    };
+    (batch, id)
+}
+
+/// A writer on an empty log in `dir`, with segments of `segment_bytes`.
+fn writer(dir: &Path, segment_bytes: u64) -> (Writer, std::sync::mpsc::SyncSender<Segment>) {
+    read(dir, 0).unwrap().writer(dir, 0, segment_bytes).unwrap()
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    found.sort();
+    found
+}
+
+fn sequences(found: &Found) -> Vec<u64> {
+    found.entries.iter().map(|(s, _)| *s).collect()
+}
+
+#[test]
+fn every_batch_reads_back_from_its_entry() {
+    let (batch, _) = batch(1_000);
+    let mut bytes = Vec::new();
+    frame(&mut bytes, 41, &batch);
+    frame(&mut bytes, 42, &batch);
+    let read: Vec<_> = entries(&bytes).collect();
+    assert_eq!(read.len(), 2);
+    assert_eq!(read[0].0, 41);
+    assert_eq!(read[1].0, 42);
+    let back = decode(41, read[0].1).unwrap();
+    assert_eq!(format!("{back:?}"), format!("{batch:?}"));
+    // An unknown format is an error naming the entry.
+    let error = decode(7, &[9, 1, 2]).unwrap_err().to_string();
+    assert!(
+        error.contains("entry 7") && error.contains("format"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_torn_or_damaged_tail_ends_the_log() {
+    let dir = dir("torn");
+    let (mut log, _spares) = writer(&dir, SEGMENT_BYTES);
+    for n in 0..3 {
+        let (one, _) = batch(2_000 + n);
+        assert_eq!(log.append(&[one]).unwrap().last, n + 1);
+    }
+    drop(log);
+    let file = segments(&dir).pop().unwrap();
+    let whole = std::fs::read(&file).unwrap();
+    assert_eq!(
+        whole.len() as u64,
+        SEGMENT_BYTES,
+        "the first segment is filled first"
+    );
+    assert_eq!(sequences(&read(&dir, 0).unwrap()), [1, 2, 3]);
+    let end: usize = entries(&whole).map(|(_, p)| HEADER + p.len()).sum();
+    // The last entry cut short (a write the crash interrupted, the zeros of the filled
+    // segment after what reached the disk): the two before it stay.
+    let mut torn = whole.clone();
+    torn[end - 5..end].fill(0);
+    std::fs::write(&file, &torn).unwrap();
+    assert_eq!(sequences(&read(&dir, 0).unwrap()), [1, 2]);
+    // Its payload damaged: the same.
+    let mut damaged = whole.clone();
+    damaged[end - 3] ^= 0x40;
+    std::fs::write(&file, &damaged).unwrap();
+    assert_eq!(sequences(&read(&dir, 0).unwrap()), [1, 2]);
+    // Entries the database applied are not read again.
+    std::fs::write(&file, &whole).unwrap();
+    assert_eq!(sequences(&read(&dir, 2).unwrap()), [3]);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_damaged_entry_before_acknowledged_ones_is_an_error() {
+    let dir = dir("gap");
+    // Segments so small that every entry starts a new one.
+    let (mut log, _spares) = writer(&dir, 64);
+    for n in 0..3 {
+        let (one, _) = batch(3_000 + n);
+        let appended = log.append(&[one]).unwrap();
+        assert_eq!(appended.retired.is_some(), n > 0, "entry {}", n + 1);
+    }
+    drop(log);
+    let files = segments(&dir);
+    assert_eq!(files.len(), 3);
+    let mut second = std::fs::read(&files[1]).unwrap();
+    second[HEADER + 10] ^= 0x01;
+    std::fs::write(&files[1], &second).unwrap();
+    let error = read(&dir, 0).err().unwrap().to_string();
+    assert!(
+        error.contains("entry 2 is missing or damaged") && error.contains("entries 3 to 3"),
+        "{error}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_recycled_segment_reads_only_its_new_entries() {
+    let dir = dir("recycled");
+    let (mut log, spares) = writer(&dir, 64);
+    // Entry 1, large, in the first segment; entry 2 in a new one, retiring the first.
+    let (mut large, _) = batch(4_000);
+    large.specs[0].text = Arc::from("x".repeat(4_096));
+    assert!(log.append(&[large]).unwrap().retired.is_none());
+    let (two, _) = batch(4_001);
+    let retired = log.append(&[two]).unwrap().retired.unwrap();
+    assert_eq!(retired.last, 1);
+    // The database holds entry 1 durably: the segment is written again from its start,
+    // over entry 1's bytes.
+    let recycled = retired.path.clone();
+    spares.send(retired).unwrap();
+    let (three, _) = batch(4_002);
+    let appended = log.append(&[three]).unwrap();
+    assert_eq!(appended.last, 3);
+    assert_eq!(appended.retired.unwrap().last, 2);
+    drop(log);
+    assert_eq!(
+        segments(&dir).len(),
+        2,
+        "no third file while a spare was ready"
+    );
+    let bytes = std::fs::read(&recycled).unwrap();
+    assert!(bytes.len() > 4_096, "entry 1's old bytes are still there");
+    let in_recycled: Vec<u64> = entries(&bytes).map(|(s, _)| s).collect();
+    assert_eq!(
+        in_recycled,
+        [3],
+        "the old entry after the new one is not read"
+    );
+    assert_eq!(sequences(&read(&dir, 1).unwrap()), [2, 3]);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn logged_commits_the_database_missed_are_applied_on_open() {
+    let dir = dir("replay");
+    let path = dir.join("control.sqlite3");
+    // A store that stopped after logging two commits and before applying them: the
+    // database is at migration 8 with nothing applied, the log holds both.
+    drop(SqliteStore::open(&path).unwrap());
+    let (first, id) = batch(5_000);
+    let (second, other) = batch(6_000);
+    let (mut log, _spares) = writer(&directory(&path), SEGMENT_BYTES);
+    log.append(&[first]).unwrap();
+    log.append(&[second]).unwrap();
+    drop(log);
+
+    let store = SqliteStore::open(&path).unwrap();
+    let recovered = store.recover(10).await.unwrap();
+    let active: Vec<&str> = recovered
+        .workflows
+        .iter()
+        .map(|w| w.snapshot.id.as_str())
+        .collect();
+    assert!(
+        active.contains(&id.to_string().as_str()) && active.contains(&other.to_string().as_str()),
+        "{active:?}"
+    );
+    let changes = recovered
+        .workflows
+        .iter()
+        .find(|w| w.snapshot.id == id.to_string())
+        .unwrap()
+        .changes
+        .len();
+    assert_eq!(changes, 1, "the change after the snapshot");
+    assert_eq!(recovered.idempotency.len(), 2);
+    let audit = store
+        .audit(crate::audit::AuditQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(audit.len(), 2);
+    // Applied once: opening again applies nothing twice.
+    drop(store);
+    let store = SqliteStore::open(&path).unwrap();
+    let snapshots = store
+        .with(|c| {
+            c.query_row(
+                "SELECT COUNT(*), (SELECT applied FROM commit_log) FROM snapshots",
+                [],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(snapshots, (2, 2));
+    drop(store);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_store_open_twice_is_refused() {
+    let dir = dir("twice");
+    let path = dir.join("control.sqlite3");
+    let store = SqliteStore::open(&path).unwrap();
+    let error = SqliteStore::open(&path).err().unwrap().to_string();
+    assert!(error.contains("open in another process"), "{error}");
+    drop(store);
+    drop(SqliteStore::open(&path).unwrap());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn full_segments_are_retired_and_written_again() {
+    let dir = dir("segments");
+    let path = dir.join("control.sqlite3");
+    // Segments of 4 KiB: a few entries each, so commits retire and recycle many.
+    let store = SqliteStore::open_with(&path, 4_096).unwrap();
+    let mut ids = Vec::new();
+    for n in 0..60 {
+        let (one, id) = batch(10_000 + n * 10);
+        ids.push(id);
+        store.commit(one).await.unwrap();
+    }
+    drop(store);
+    let files = segments(&directory(&path));
+    assert!(
+        files.len() <= 1 + SPARES_MAX,
+        "retired segments are recycled, not piled up: {files:?}"
+    );
+    let store = SqliteStore::open_with(&path, 4_096).unwrap();
+    let retired: i64 = store
+        .with(|c| c.query_row("SELECT retired FROM commit_log", [], |r| r.get(0)))
+        .await
+        .unwrap();
+    assert!(retired >= 5, "{retired} segments retired");
+    let recovered = store.recover(1_000).await.unwrap();
+    assert_eq!(recovered.idempotency.len(), 60);
+    for id in ids {
+        assert!(
+            recovered
+                .workflows
+                .iter()
+                .any(|w| w.snapshot.id == id.to_string())
+        );
+    }
+    drop(store);
+    let _ = std::fs::remove_dir_all(dir);
+}
