@@ -9,6 +9,7 @@ use super::*;
 use crate::model::{Priority, TaskStatus, WorkflowStatus};
 use crate::scheduler::{Change, NewWorkflow, Scheduler, SchedulerConfig};
 use crate::spec::{SpecLimits, compile};
+use crate::store::sqlite::migrations::MIGRATIONS;
 use crate::store::{EventWrite, SpecWrite, WorkflowWrite};
 
 const SPEC: &str = "apiVersion: paygrid/v1\nkind: Workflow\nname: stored\nversion: 1\ntasks:\n  - id: a\n    skill: s\n  - id: b\n    skill: s\n    needs: [a]\n";
