@@ -114,10 +114,12 @@ impl SqliteStore {
                 "applied the commit log's last entries"
             );
         }
+        // What the database holds may not be on disk yet even with nothing to apply
+        // again (the last process applied it with synchronous=NORMAL and was killed; the
+        // WAL is in the page cache): made durable before the segments holding it are
+        // written over. This also leaves the connection at synchronous=NORMAL.
+        threads::durable(&mut connection).map_err(wrap)?;
         let (log, spares) = found.writer(&dir, applied, segment_bytes)?;
-        connection
-            .pragma_update(None, "synchronous", "NORMAL")
-            .map_err(wrap)?;
         let checkpointer = Connection::open(path).map_err(wrap)?;
         checkpointer
             .execute_batch("PRAGMA busy_timeout = 5000;")
