@@ -127,14 +127,21 @@ impl SqliteStore {
         let (checkpoint, asked) = std::sync::mpsc::sync_channel(1);
         let (reports, checkpointed) = tokio::sync::watch::channel(Checkpointed::default());
         let shown = path.display().to_string();
-        threads::start("paygrid-checkpoint", path, move || {
+        let checkpointing = threads::start("paygrid-checkpoint", path, move || {
             threads::checkpoints(checkpointer, asked, reports, shown)
         })?;
         let failed = Failed::default();
         let (applies, to_apply) = std::sync::mpsc::sync_channel(APPLIES_QUEUED_MAX);
         let sqlite = threads::start("paygrid-store", path, {
             let failed = failed.clone();
-            move || threads::serve_applies(connection, to_apply, spares, checkpoint, failed)
+            move || {
+                threads::serve_applies(&mut connection, to_apply, spares, checkpoint, failed);
+                // The checkpointer's connection closes first, then this one: SQLite's
+                // unix VFS can deadlock when two connections to one file close at
+                // once on two threads (seen: `paygrid dev --exit` hung on exit).
+                let _ = checkpointing.join();
+                drop(connection);
+            }
         })?;
         let (jobs, queued) = tokio::sync::mpsc::channel(JOBS_QUEUED_MAX);
         let shown = dir.display().to_string();

@@ -148,7 +148,7 @@ pub(super) fn serve_commits(
 /// applies and runs nothing more (their callers get an error): the next open applies the
 /// log again.
 pub(super) fn serve_applies(
-    mut connection: Connection,
+    connection: &mut Connection,
     queued: std::sync::mpsc::Receiver<Apply>,
     spares: std::sync::mpsc::SyncSender<Segment>,
     checkpoint: std::sync::mpsc::SyncSender<()>,
@@ -183,7 +183,7 @@ pub(super) fn serve_applies(
                 }
                 let before = applied.unwrap_or(last - batches.len() as u64);
                 let passes = |every: u64| last / every != before / every;
-                if let Err(error) = apply(&mut connection, &batches, last, passes(TRUNCATE_EVERY)) {
+                if let Err(error) = apply(connection, &batches, last, passes(TRUNCATE_EVERY)) {
                     tracing::error!(%error, last, "applying the commit log failed; the store takes no more commits");
                     let _ =
                         failed.set(format!("applying commit log entries up to {last}: {error}"));
@@ -195,12 +195,12 @@ pub(super) fn serve_applies(
                 }
             }
             Apply::Run(job) => {
-                let run = std::panic::AssertUnwindSafe(|| job(&mut connection));
+                let run = std::panic::AssertUnwindSafe(|| job(connection));
                 if std::panic::catch_unwind(run).is_err() {
                     tracing::error!("a store job panicked; its transaction was rolled back");
                 }
             }
-            Apply::Retire(segment) => match durable(&mut connection) {
+            Apply::Retire(segment) => match durable(connection) {
                 Ok(()) => {
                     // More spares than kept, or the log's thread is gone: its entries
                     // are durable in the database, so the file goes.
