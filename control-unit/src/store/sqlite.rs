@@ -176,7 +176,7 @@ impl SqliteStore {
 
     fn stopped(&self) -> StoreError {
         match self.failed.get() {
-            Some(reason) => StoreError::Join(format!("the store stopped: {reason}")),
+            Some(reason) => threads::stopped(reason),
             None => StoreError::Join("the store's thread has stopped".into()),
         }
     }
@@ -515,16 +515,15 @@ impl Store for SqliteStore {
         let (name, value) = (name.to_owned(), value.to_owned());
         // Outside the log: durable by a commit with `synchronous=FULL`.
         self.with(move |connection| {
-            connection.pragma_update(None, "synchronous", "FULL")?;
-            let stored = connection
-                .execute(
-                    "INSERT INTO settings (name, value, updated_at) VALUES (?1, ?2, strftime('%s','now'))
-                     ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                    params![name, value],
-                )
-                .map(drop);
-            connection.pragma_update(None, "synchronous", "NORMAL")?;
-            stored
+            threads::fully_synced(connection, |connection| {
+                connection
+                    .execute(
+                        "INSERT INTO settings (name, value, updated_at) VALUES (?1, ?2, strftime('%s','now'))
+                         ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                        params![name, value],
+                    )
+                    .map(drop)
+            })
         })
         .await
     }

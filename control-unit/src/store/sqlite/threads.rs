@@ -100,12 +100,15 @@ pub(super) fn serve_commits(
             }
             work = queued.try_recv().ok();
         }
-        if !batches.is_empty() {
-            let appended = match failed.get() {
-                Some(reason) => Err(std::io::Error::other(reason.clone())),
-                None => log.append(&batches),
-            };
-            match appended {
+        if let Some(reason) = failed.get() {
+            // Stopped already (this thread's write or the SQLite thread's apply failed,
+            // and said so once): nothing more is written.
+            batches.clear();
+            for reply in replies.drain(..) {
+                let _ = reply.send(Err(stopped(reason)));
+            }
+        } else if !batches.is_empty() {
+            match log.append(&batches) {
                 Ok(appended) => {
                     for reply in replies.drain(..) {
                         let _ = reply.send(Ok(()));
@@ -245,12 +248,29 @@ pub(super) fn apply(
 /// Makes every transaction applied so far durable: one commit with `synchronous=FULL`
 /// fsyncs the WAL, and with it the commits before it.
 pub(super) fn durable(connection: &mut Connection) -> Result<(), rusqlite::Error> {
+    fully_synced(connection, |connection| {
+        connection
+            .prepare_cached("UPDATE commit_log SET retired = retired + 1")?
+            .execute([])
+            .map(drop)
+    })
+}
+
+/// Runs `write` (its own commits) with `synchronous=FULL`, durable when it returns, then
+/// goes back to `NORMAL`: for the writes that do not go through the log.
+pub(super) fn fully_synced<T>(
+    connection: &mut Connection,
+    write: impl FnOnce(&mut Connection) -> Result<T, rusqlite::Error>,
+) -> Result<T, rusqlite::Error> {
     connection.pragma_update(None, "synchronous", "FULL")?;
-    let marked = connection
-        .prepare_cached("UPDATE commit_log SET retired = retired + 1")
-        .and_then(|mut statement| statement.execute([]));
+    let written = write(connection);
     connection.pragma_update(None, "synchronous", "NORMAL")?;
-    marked.map(drop)
+    written
+}
+
+/// The error of work sent after the store stopped for `reason`.
+pub(super) fn stopped(reason: &str) -> StoreError {
+    StoreError::Join(format!("the store stopped: {reason}"))
 }
 
 /// The checkpointer: copies the WAL's pages into the database file and fsyncs it on its

@@ -339,3 +339,36 @@ fn a_dropped_store_closes_without_hanging() {
 /// Commits per open in [`a_dropped_store_closes_without_hanging`]: enough that the
 /// checkpointer is asked to run as the store closes.
 const CHECKPOINT_EVERY_FOR_TESTS: u64 = crate::store::sqlite::CHECKPOINT_EVERY + 1;
+
+/// A logged batch the database refuses (here two workflows with one idempotency key,
+/// which the actor never commits) stops the store: the read after it and every later
+/// commit fail saying why, and the next open refuses too, naming the constraint, rather
+/// than start without a commit it acknowledged.
+#[tokio::test]
+async fn a_batch_the_database_refuses_stops_the_store() {
+    let dir = dir("refused");
+    let path = dir.join("control.sqlite3");
+    let store = SqliteStore::open(&path).unwrap();
+    let (first, _) = batch(30_000);
+    let (mut second, _) = batch(31_000);
+    second.workflows[0].idempotency_key = first.workflows[0].idempotency_key.clone();
+    store.commit(first).await.unwrap();
+    // Logged, so acknowledged; the SQLite thread's apply fails after.
+    store.commit(second).await.unwrap();
+    let read = store
+        .with(|c| c.query_row("SELECT COUNT(*) FROM workflows", [], |r| r.get::<_, i64>(0)))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        read.contains("the store stopped") && read.contains("UNIQUE"),
+        "{read}"
+    );
+    let (third, _) = batch(32_000);
+    let commit = store.commit(third).await.unwrap_err().to_string();
+    assert!(commit.contains("the store stopped"), "{commit}");
+    drop(store);
+    let reopened = SqliteStore::open(&path).err().unwrap().to_string();
+    assert!(reopened.contains("UNIQUE"), "{reopened}");
+    let _ = std::fs::remove_dir_all(dir);
+}
