@@ -150,6 +150,8 @@ pub struct Frame {
     pub assignments: Vec<Assignment>,
     /// (task, attempt)
     pub cancellations: Vec<(Slot, u32)>,
+    /// The agent's drain is seen: nothing more will be assigned to it.
+    pub drain_acknowledged: bool,
 }
 
 /// The latest health report of one subject, from one reporting execution unit.

@@ -22,6 +22,10 @@ use crate::agent::{Agent, AgentCard, SkillEffect, Task, TaskOutcome};
 use crate::metric_names;
 use crate::peer::Peers;
 
+/// How long a draining session waits for the control unit's acknowledgement (an older
+/// control unit sends none) before it leaves once its tasks have ended.
+const DRAIN_ACK_WAIT: Duration = Duration::from_secs(5);
+
 /// Execution unit settings.
 #[derive(Debug, Clone)]
 pub struct ExecutionUnitConfig {
@@ -326,9 +330,24 @@ impl AgentRunner {
         let heartbeat_ms = u64::from(registration.heartbeat_interval_ms.max(100));
         let mut heartbeat = tokio::time::interval(Duration::from_millis(heartbeat_ms));
         let mut draining = shutdown.is_cancelled();
+        if draining {
+            // Asked to stop while the session opened: the opening frame may not say so.
+            let _ = frames
+                .send(pb::AgentMessage {
+                    draining: true,
+                    ..Default::default()
+                })
+                .await;
+        }
+        // Until the control unit acknowledges the drain, an assignment may still be on
+        // its way: it was sent before the control unit saw the flag, and runs here. A
+        // control unit that does not acknowledge (an older one) is waited for a while.
+        let mut acknowledged = false;
+        let mut unacknowledged_until =
+            draining.then(|| tokio::time::Instant::now() + DRAIN_ACK_WAIT);
         let mut batch = Vec::with_capacity(64);
         loop {
-            if draining && self.running.is_empty() {
+            if draining && acknowledged && self.running.is_empty() {
                 // End our side after every queued frame, then wait (bounded) for the
                 // control unit to end its side: it has then read every result.
                 drop(frames);
@@ -338,7 +357,9 @@ impl AgentRunner {
             }
             tokio::select! {
                 message = inbound.message() => match message {
-                    Ok(Some(message)) => self.on_control(message, draining, &frames).await,
+                    Ok(Some(message)) => {
+                        acknowledged |= self.on_control(message, draining, acknowledged, &frames).await;
+                    }
                     Ok(None) => return Err(SessionError::Closed),
                     Err(status) => return Err(SessionError::Call { call: "session stream", status }),
                 },
@@ -371,8 +392,13 @@ impl AgentRunner {
                     }
                 }
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+                () = wait_until(unacknowledged_until), if !acknowledged => {
+                    tracing::warn!(agent = %self.card.name, "the control unit did not acknowledge the drain; leaving without it");
+                    acknowledged = true;
+                }
                 () = shutdown.cancelled(), if !draining => {
                     draining = true;
+                    unacknowledged_until = Some(tokio::time::Instant::now() + DRAIN_ACK_WAIT);
                     tracing::info!(agent = %self.card.name, running = self.running.len(), "draining");
                     let _ = frames.send(pb::AgentMessage { draining: true, ..Default::default() }).await;
                 }
@@ -433,12 +459,15 @@ impl AgentRunner {
             .collect()
     }
 
+    /// Handles one message from the control unit; true when it acknowledges the drain.
+    /// Once the drain is acknowledged, an assignment is refused (none should come).
     async fn on_control(
         &mut self,
         message: pb::ControlMessage,
         draining: bool,
+        acknowledged: bool,
         frames: &mpsc::Sender<pb::AgentMessage>,
-    ) {
+    ) -> bool {
         for peer in message.peer {
             if peer.in_reply_to.is_empty() {
                 self.serve_peer(peer);
@@ -456,18 +485,19 @@ impl AgentRunner {
                 running.cancel.cancel();
             }
         }
+        let drained = draining && acknowledged;
         let mut refused = Vec::new();
         for assignment in message.assignments {
             let Some(task_ref) = assignment.task.clone() else {
                 continue;
             };
             let over_capacity = self.running.len() as u32 >= self.card.max_concurrency;
-            if draining || over_capacity {
+            if drained || over_capacity {
                 // Not started: not an attempt, and nothing about the gateway's health.
                 refused.push(pb::TaskResult {
                     task: Some(task_ref),
                     outcome: pb::Outcome::Refused.into(),
-                    error_code: if draining { "draining" } else { "no_capacity" }.into(),
+                    error_code: if drained { "draining" } else { "no_capacity" }.into(),
                     error_message: "the agent cannot take this task now".into(),
                     ..Default::default()
                 });
@@ -484,6 +514,7 @@ impl AgentRunner {
                 })
                 .await;
         }
+        message.drain_acknowledged
     }
 
     /// A peer's request, routed by the control unit: runs the read-only skill it asks
@@ -736,4 +767,12 @@ fn outcome_to_pb(task: pb::TaskRef, outcome: Option<TaskOutcome>) -> pb::TaskRes
         None => result.outcome = pb::Outcome::Cancelled.into(),
     }
     result
+}
+
+/// Resolves at `deadline`, never without one.
+async fn wait_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }

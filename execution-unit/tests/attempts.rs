@@ -267,3 +267,84 @@ async fn two_attempts_of_one_task_are_tracked_apart() {
     let _ = tokio::time::timeout(Duration::from_secs(10), running).await;
     server.abort();
 }
+
+/// Draining: an assignment that arrives after the unit said it drains (the control unit
+/// sent it before it saw the flag) runs as part of the drain; the unit leaves only once
+/// the control unit has acknowledged the drain and that task has ended; an assignment
+/// after the acknowledgement is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_draining_unit_runs_what_was_on_the_way_and_leaves_after_the_acknowledgement() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (sessions, mut opened) = mpsc::channel(4);
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AgentHubServer::new(Hub { sessions }))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let (release, gate) = oneshot::channel();
+    let agent = Gated {
+        gates: Mutex::new(HashMap::from([(1, gate)])),
+    };
+    let shutdown = CancellationToken::new();
+    let unit = ExecutionUnit::new(ExecutionUnitConfig::new(
+        "exec-test",
+        format!("http://{address}"),
+    ))
+    .host(Arc::new(agent));
+    let running = tokio::spawn(unit.run(shutdown.clone()));
+
+    let (mut inbound, frames) = opened.recv().await.expect("a session");
+    shutdown.cancel();
+    next_matching(&mut inbound, |frame| frame.draining.then_some(())).await;
+    // Sent before the hub saw the flag.
+    frames
+        .send(Ok(pb::ControlMessage {
+            assignments: vec![assignment(1)],
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    next_matching(&mut inbound, |frame| {
+        assert!(frame.results.is_empty(), "not refused: {frame:?}");
+        (running_attempts(frame) == [1]).then_some(())
+    })
+    .await;
+    frames
+        .send(Ok(pb::ControlMessage {
+            drain_acknowledged: true,
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    // After the acknowledgement nothing should come; what does is refused.
+    frames
+        .send(Ok(pb::ControlMessage {
+            assignments: vec![assignment(2)],
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    let refused = next_matching(&mut inbound, |frame| frame.results.first().cloned()).await;
+    assert_eq!(refused.task.as_ref().map(|t| t.attempt), Some(2));
+    assert_eq!(refused.outcome(), pb::Outcome::Refused);
+    assert_eq!(refused.error_code, "draining");
+    assert!(
+        !running.is_finished(),
+        "the unit stays while attempt 1 runs"
+    );
+
+    release.send(()).unwrap();
+    let result = next_matching(&mut inbound, |frame| frame.results.first().cloned()).await;
+    assert_eq!(result.task.as_ref().map(|t| t.attempt), Some(1));
+    assert_eq!(result.outcome(), pb::Outcome::Succeeded);
+    // The unit ends its side of the session, then leaves once the hub ends its own.
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(Ok(_)) = inbound.next().await {}
+    });
+    ended.await.expect("the unit ends its side after the drain");
+    drop(frames);
+    let left = tokio::time::timeout(Duration::from_secs(20), running).await;
+    assert!(left.is_ok(), "the unit leaves once the drain is over");
+    server.abort();
+}

@@ -646,6 +646,9 @@ impl Actor {
                     records.push((self.sequence, record));
                 }
                 Command::Breaker(transition) => transitions.push(transition),
+                Command::DrainAcknowledged { agent } => {
+                    frames.entry(agent).or_default().drain_acknowledged = true;
+                }
             }
         }
         self.out = out;

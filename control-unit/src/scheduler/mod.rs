@@ -320,6 +320,11 @@ pub enum Command {
     Record(Record),
     /// A gateway's circuit breaker changed state (metrics, a span event, the log).
     Breaker(breaker::Transition),
+    /// The agent said it drains: nothing is assigned to it after this (sent after every
+    /// assignment before it, so the agent knows when none can still be on the way).
+    DrainAcknowledged {
+        agent: AgentId,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -600,6 +605,7 @@ impl Scheduler {
             AgentEvent::Draining { agent } => {
                 if let Some(slot) = self.agents.get_mut(&agent) {
                     slot.draining = true;
+                    out.push(Command::DrainAcknowledged { agent });
                 }
             }
             AgentEvent::Result {

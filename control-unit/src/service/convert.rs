@@ -303,6 +303,7 @@ pub fn frame_to_pb(frame: Frame) -> pb::ControlMessage {
             .map(|(slot, attempt)| task_ref_to_pb(slot, attempt))
             .collect(),
         peer: Vec::new(),
+        drain_acknowledged: frame.drain_acknowledged,
     }
 }
 

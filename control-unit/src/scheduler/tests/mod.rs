@@ -30,6 +30,7 @@ struct Sim {
     agents_joined: Vec<(String, Vec<&'static str>, u32)>,
     crashed_at_record: usize,
     breaker_log: Vec<breaker::Transition>,
+    drains_acknowledged: Vec<AgentId>,
 }
 
 impl Sim {
@@ -50,6 +51,7 @@ impl Sim {
             agents_joined: Vec::new(),
             crashed_at_record: 0,
             breaker_log: Vec::new(),
+            drains_acknowledged: Vec::new(),
         }
     }
 
@@ -172,6 +174,7 @@ impl Sim {
                 } => self.cancels.push((agent, slot, attempt)),
                 Command::Record(record) => self.records.push(record),
                 Command::Breaker(transition) => self.breaker_log.push(transition),
+                Command::DrainAcknowledged { agent } => self.drains_acknowledged.push(agent),
             }
         }
     }
@@ -594,3 +597,29 @@ mod limits;
 mod operations;
 mod restart;
 mod waits;
+
+/// An agent that drains gets an acknowledgement, and nothing is assigned to it after
+/// that: its running task ends there, the next one goes to another agent.
+#[test]
+fn a_draining_agent_is_acknowledged_and_assigned_nothing_more() {
+    let mut sim = Sim::new();
+    sim.join("leaving", &["work"], 4, &[]);
+    let id = sim.submit(&spec(CHAIN), Priority::Normal, serde_json::json!({}));
+    assert_eq!(sim.inflight.len(), 1);
+    sim.event(AgentEvent::Draining {
+        agent: agent("leaving"),
+    });
+    assert_eq!(sim.drains_acknowledged, vec![agent("leaving")]);
+    let dispatched = sim.dispatch_log.len();
+    sim.join("staying", &["work"], 4, &[]);
+    sim.succeed(0);
+    sim.run_to_quiet();
+    assert_eq!(sim.status(id), WorkflowStatus::Succeeded);
+    assert!(sim.dispatch_log.len() > dispatched, "later tasks ran");
+    assert!(
+        sim.dispatch_log[dispatched..]
+            .iter()
+            .all(|(to, _)| *to == agent("staying")),
+        "nothing assigned to the draining agent after its acknowledgement"
+    );
+}
