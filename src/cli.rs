@@ -215,6 +215,14 @@ impl Command {
         }
     }
 
+    /// The async runtime's worker threads, when the command sets them.
+    pub fn worker_threads(&self) -> Option<usize> {
+        match self {
+            Self::Control(args) => args.worker_threads(),
+            _ => None,
+        }
+    }
+
     pub fn default_log_filter(&self) -> &'static str {
         match self {
             Self::Dev(_) => "warn",
