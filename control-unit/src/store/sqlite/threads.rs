@@ -42,6 +42,14 @@ pub(super) const APPLIES_QUEUED_MAX: usize = 256;
 /// Logged batches applied in one transaction at most.
 const APPLY_BATCHES_MAX: usize = 1_024;
 
+/// How long the SQLite thread gathers logged batches before it applies them, unless a
+/// read (or a retired segment) comes first or `APPLY_BATCHES_MAX` are waiting. The
+/// commits are durable in the log already; one transaction over several writes each hot
+/// page of the database once for all of them, which takes CPU and disk writes off the
+/// cores the commits share (docs/benchmarks.md, "Issue 17, seventh step": 10 ms made
+/// transactions long enough to hurt the tail at full load; 2 ms did not).
+const APPLY_GATHER: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// Why the store stopped taking work, once a write failed: later commits fail with it,
 /// and the next open applies the log again.
 pub(super) type Failed = Arc<OnceLock<String>>;
@@ -144,8 +152,8 @@ pub(super) fn serve_commits(
     }
 }
 
-/// The SQLite thread: applies logged batches (every batch waiting, in one transaction that
-/// also records the last one's sequence), runs jobs, and recycles retired segments once
+/// The SQLite thread: applies logged batches (those that arrive within `APPLY_GATHER` of
+/// the first, in one transaction that also records the last one's sequence), runs jobs, and recycles retired segments once
 /// the database holds their entries durably. A job that panics is rolled back with its
 /// transaction and its caller gets an error; the thread goes on. After a failed apply it
 /// applies and runs nothing more (their callers get an error): the next open applies the
@@ -171,8 +179,10 @@ pub(super) fn serve_applies(
         }
         match item {
             Apply::Batches(mut batches, mut last) => {
+                let until = std::time::Instant::now() + APPLY_GATHER;
                 while batches.len() < APPLY_BATCHES_MAX {
-                    match queued.try_recv() {
+                    let wait = until.saturating_duration_since(std::time::Instant::now());
+                    match queued.recv_timeout(wait) {
                         Ok(Apply::Batches(more, more_last)) => {
                             batches.extend(more);
                             last = more_last;
