@@ -218,7 +218,7 @@ impl Command {
     /// The async runtime's worker threads, when the command sets them.
     pub fn worker_threads(&self) -> Option<usize> {
         match self {
-            Self::Control(args) => args.worker_threads(),
+            Self::Control(args) => args.worker_threads.map(|threads| threads.max(1)),
             _ => None,
         }
     }

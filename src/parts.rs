@@ -57,27 +57,12 @@ pub struct ControlArgs {
     pub access: AccessArgs,
     #[command(flatten)]
     pub cluster: ClusterArgs,
-    /// Threads of the async runtime (gRPC, the scheduler). Default: with the embedded
-    /// store, one fewer than the cores available (its commit-log and SQLite threads are
-    /// busy threads of their own), at least one; otherwise one per core
-    /// (docs/benchmarks.md, "Issue 17, seventh step").
+    /// Threads of the async runtime (gRPC, the scheduler). Default: one per core (or
+    /// `TOKIO_WORKER_THREADS`). On a host shared with other busy processes, fewer can
+    /// help: with the embedded store, one fewer than the cores gave seq3 +6 % and card
+    /// −10 % on 2 cores (docs/benchmarks.md, "Issue 17, seventh step").
     #[arg(long, env = "PAYGRID_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
-}
-
-impl ControlArgs {
-    /// The runtime's worker threads, when this control unit should not take tokio's
-    /// default (`TOKIO_WORKER_THREADS`, else one per core).
-    pub fn worker_threads(&self) -> Option<usize> {
-        if let Some(threads) = self.worker_threads {
-            return Some(threads.max(1));
-        }
-        if std::env::var_os("TOKIO_WORKER_THREADS").is_some() || !self.storage.is_embedded() {
-            return None;
-        }
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        Some(cores.saturating_sub(1).max(1))
-    }
 }
 
 /// Several control units on one PostgreSQL (docs/cluster.md).
@@ -267,13 +252,6 @@ pub struct StorageArgs {
 }
 
 impl StorageArgs {
-    /// Whether the store is the embedded one (SQLite in the data dir).
-    pub fn is_embedded(&self) -> bool {
-        self.store
-            .as_deref()
-            .is_none_or(|store| store != "memory" && !store.contains("://"))
-    }
-
     /// The control unit configuration these flags describe, with the store opened.
     pub async fn config(&self) -> anyhow::Result<(ControlConfig, String)> {
         let mut config = ControlConfig::default();

@@ -1,5 +1,6 @@
-//! The control unit's async runtime: how many worker threads it starts (docs/benchmarks.md,
-//! "Issue 17, seventh step"), read from the running process's threads.
+//! The control unit's async runtime: how many worker threads it starts
+//! (`--worker-threads`, docs/benchmarks.md "Issue 17, seventh step"), read from the
+//! running process's threads.
 
 #![allow(clippy::unwrap_used)]
 
@@ -17,26 +18,22 @@ fn threads_named(part: &Part, name: &str) -> usize {
         .count()
 }
 
-/// With the embedded store the runtime leaves a core to the store's commit-log and SQLite
-/// threads; `--worker-threads` overrides that; other stores take one thread per core.
+/// One worker per core unless `--worker-threads` says otherwise; the embedded store's
+/// commit-log thread runs beside them.
 #[test]
-fn the_control_unit_sizes_its_runtime_by_store_and_flag() {
+fn the_control_unit_sizes_its_runtime_by_its_flag() {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let dir = TempDir::new("runtime");
-    let embedded = Part::start(&[
+    let default = Part::start(&[
         "control",
         "--listen",
         "127.0.0.1:0",
         "--data-dir",
-        &dir.path("embedded"),
+        &dir.path("default"),
     ]);
-    assert_eq!(
-        threads_named(&embedded, "tokio-rt-worker"),
-        cores.saturating_sub(1).max(1),
-        "embedded store: one fewer than the {cores} cores"
-    );
-    assert_eq!(threads_named(&embedded, "paygrid-log"), 1);
-    drop(embedded);
+    assert_eq!(threads_named(&default, "tokio-rt-worker"), cores);
+    assert_eq!(threads_named(&default, "paygrid-log"), 1);
+    drop(default);
 
     let flagged = Part::start(&[
         "control",
@@ -48,8 +45,4 @@ fn the_control_unit_sizes_its_runtime_by_store_and_flag() {
         "3",
     ]);
     assert_eq!(threads_named(&flagged, "tokio-rt-worker"), 3);
-    drop(flagged);
-
-    let memory = Part::start(&["control", "--listen", "127.0.0.1:0", "--store", "memory"]);
-    assert_eq!(threads_named(&memory, "tokio-rt-worker"), cores);
 }
