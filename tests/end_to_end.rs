@@ -515,24 +515,11 @@ async fn sigterm_drains_in_flight_work() {
     );
     // Once the control unit has seen the drain, nothing new goes to the unit. (An
     // assignment already on its way when the signal came runs as part of the drain.)
-    let mut agents = fleet.agents().await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let listed = agents
-            .list_agents(pb::ListAgentsRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .agents;
-        if listed.iter().any(|a| a.draining) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the drain never reached the control unit"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    fleet
+        .wait_for_agents("the drain reached the control unit", |agents| {
+            agents.iter().any(|a| a.draining)
+        })
+        .await;
     let second = submit(&mut client, spec, json!({}), pb::Priority::Unspecified).await;
     let workflow = wait_terminal(&mut client, &id).await;
     assert_eq!(

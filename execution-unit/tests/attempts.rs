@@ -198,6 +198,42 @@ async fn next_matching<T>(
         .expect("the expected frame within 20 s")
 }
 
+/// The scripted hub on loopback, a unit hosting `agent` connected to it, and the unit's
+/// first session as the hub sees it.
+struct Started {
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    shutdown: CancellationToken,
+    running: tokio::task::JoinHandle<()>,
+    inbound: Streaming<pb::AgentMessage>,
+    frames: mpsc::Sender<Result<pb::ControlMessage, Status>>,
+}
+
+async fn start(agent: Gated) -> Started {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (sessions, mut opened) = mpsc::channel(4);
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AgentHubServer::new(Hub { sessions }))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let shutdown = CancellationToken::new();
+    let unit = ExecutionUnit::new(ExecutionUnitConfig::new(
+        "exec-test",
+        format!("http://{address}"),
+    ))
+    .host(Arc::new(agent));
+    let running = tokio::spawn(unit.run(shutdown.clone()));
+    let (inbound, frames) = opened.recv().await.expect("a session");
+    Started {
+        server,
+        shutdown,
+        running,
+        inbound,
+        frames,
+    }
+}
+
 fn running_attempts(frame: &pb::AgentMessage) -> Vec<u32> {
     let mut attempts: Vec<u32> = frame.running.iter().map(|r| r.attempt).collect();
     attempts.sort_unstable();
@@ -210,29 +246,18 @@ fn running_attempts(frame: &pb::AgentMessage) -> Vec<u32> {
 /// results name their attempt.
 #[tokio::test(flavor = "multi_thread")]
 async fn two_attempts_of_one_task_are_tracked_apart() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let (sessions, mut opened) = mpsc::channel(4);
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(AgentHubServer::new(Hub { sessions }))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-
     let (release_first, first) = oneshot::channel();
     let (release_second, second) = oneshot::channel();
     let agent = Gated {
         gates: Mutex::new(HashMap::from([(1, first), (2, second)])),
     };
-    let shutdown = CancellationToken::new();
-    let unit = ExecutionUnit::new(ExecutionUnitConfig::new(
-        "exec-test",
-        format!("http://{address}"),
-    ))
-    .host(Arc::new(agent));
-    let running = tokio::spawn(unit.run(shutdown.clone()));
-
-    let (mut inbound, frames) = opened.recv().await.expect("a session");
+    let Started {
+        server,
+        shutdown,
+        running,
+        mut inbound,
+        frames,
+    } = start(agent).await;
     frames
         .send(Ok(pb::ControlMessage {
             assignments: vec![assignment(1), assignment(2)],
@@ -274,27 +299,17 @@ async fn two_attempts_of_one_task_are_tracked_apart() {
 /// after the acknowledgement is refused.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_draining_unit_runs_what_was_on_the_way_and_leaves_after_the_acknowledgement() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let (sessions, mut opened) = mpsc::channel(4);
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(AgentHubServer::new(Hub { sessions }))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
     let (release, gate) = oneshot::channel();
     let agent = Gated {
         gates: Mutex::new(HashMap::from([(1, gate)])),
     };
-    let shutdown = CancellationToken::new();
-    let unit = ExecutionUnit::new(ExecutionUnitConfig::new(
-        "exec-test",
-        format!("http://{address}"),
-    ))
-    .host(Arc::new(agent));
-    let running = tokio::spawn(unit.run(shutdown.clone()));
-
-    let (mut inbound, frames) = opened.recv().await.expect("a session");
+    let Started {
+        server,
+        shutdown,
+        running,
+        mut inbound,
+        frames,
+    } = start(agent).await;
     shutdown.cancel();
     next_matching(&mut inbound, |frame| frame.draining.then_some(())).await;
     // Sent before the hub saw the flag.

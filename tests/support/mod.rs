@@ -357,6 +357,21 @@ impl Fleet {
 
     /// Waits until agents offering every skill are connected.
     pub async fn wait_for_skills(&self, skills: &[&str]) {
+        self.wait_for_agents(&format!("agents for {skills:?} connected"), |agents| {
+            skills.iter().all(|skill| {
+                agents.iter().any(|a| {
+                    a.connected
+                        && a.card
+                            .as_ref()
+                            .is_some_and(|c| c.skills.iter().any(|s| s.name == *skill))
+                })
+            })
+        })
+        .await;
+    }
+
+    /// Polls `ListAgents` until `done` holds for the list (30 s at most).
+    pub async fn wait_for_agents(&self, what: &str, done: impl Fn(&[pb::AgentInfo]) -> bool) {
         let mut client = self.agents().await;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -366,21 +381,10 @@ impl Fleet {
                 .expect("list agents")
                 .into_inner()
                 .agents;
-            let offered = |skill: &&str| {
-                agents.iter().any(|a| {
-                    a.connected
-                        && a.card
-                            .as_ref()
-                            .is_some_and(|c| c.skills.iter().any(|s| s.name == *skill))
-                })
-            };
-            if skills.iter().all(offered) {
+            if done(&agents) {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "agents for {skills:?} never connected"
-            );
+            assert!(Instant::now() < deadline, "never {what}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
