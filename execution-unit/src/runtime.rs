@@ -607,6 +607,11 @@ impl AgentRunner {
                 skill: assignment.skill.clone(),
             },
         );
+        self.config.metrics.gauge(
+            &metric_names::RUNNING_TASKS,
+            &[("agent", self.card.name.as_str())],
+            self.running.len() as i64,
+        );
         let agent = self.agent.clone();
         let results = self.results_sender.clone();
         let peers = self.peers.clone();

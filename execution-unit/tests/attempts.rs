@@ -202,6 +202,7 @@ async fn next_matching<T>(
 /// first session as the hub sees it.
 struct Started {
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    metrics: Arc<paygrid_telemetry::metrics::Registry>,
     shutdown: CancellationToken,
     running: tokio::task::JoinHandle<()>,
     inbound: Streaming<pb::AgentMessage>,
@@ -218,15 +219,14 @@ async fn start(agent: Gated) -> Started {
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
     let shutdown = CancellationToken::new();
-    let unit = ExecutionUnit::new(ExecutionUnitConfig::new(
-        "exec-test",
-        format!("http://{address}"),
-    ))
-    .host(Arc::new(agent));
+    let config = ExecutionUnitConfig::new("exec-test", format!("http://{address}"));
+    let metrics = config.metrics.clone();
+    let unit = ExecutionUnit::new(config).host(Arc::new(agent));
     let running = tokio::spawn(unit.run(shutdown.clone()));
     let (inbound, frames) = opened.recv().await.expect("a session");
     Started {
         server,
+        metrics,
         shutdown,
         running,
         inbound,
@@ -253,6 +253,7 @@ async fn two_attempts_of_one_task_are_tracked_apart() {
     };
     let Started {
         server,
+        metrics,
         shutdown,
         running,
         mut inbound,
@@ -269,6 +270,14 @@ async fn two_attempts_of_one_task_are_tracked_apart() {
         (running_attempts(frame) == [1, 2]).then_some(())
     })
     .await;
+    // The running-tasks gauge says so while they run, not only after one ends.
+    assert!(
+        metrics
+            .render()
+            .contains("paygrid_agent_running_tasks{agent=\"gated\"} 2"),
+        "{}",
+        metrics.render()
+    );
 
     release_first.send(()).unwrap();
     let result = next_matching(&mut inbound, |frame| frame.results.first().cloned()).await;
@@ -309,6 +318,7 @@ async fn a_draining_unit_runs_what_was_on_the_way_and_leaves_after_the_acknowled
         running,
         mut inbound,
         frames,
+        ..
     } = start(agent).await;
     shutdown.cancel();
     next_matching(&mut inbound, |frame| frame.draining.then_some(())).await;
