@@ -8,6 +8,7 @@
 //! - [`hold`]: many workflows waiting: memory, accept time, recovery after a crash.
 //! - [`ceiling`]: the raw gRPC stream ceiling (echo server and client).
 //! - [`store`]: append throughput of a store.
+//! - [`report`]: what a load run measured, and how it is printed.
 
 pub mod allocation;
 pub mod ceiling;
@@ -15,6 +16,7 @@ pub mod follow;
 pub mod hold;
 pub mod load;
 pub mod machine;
+pub mod report;
 pub mod store;
 
 /// The benchmark's own protocol (`paygrid.bench.v1`).
