@@ -58,9 +58,8 @@ pub struct ControlArgs {
     #[command(flatten)]
     pub cluster: ClusterArgs,
     /// Threads of the async runtime (gRPC, the scheduler). Default: one per core (or
-    /// `TOKIO_WORKER_THREADS`). On a host shared with other busy processes, fewer can
-    /// help: with the embedded store, one fewer than the cores gave seq3 +6 % and card
-    /// −10 % on 2 cores (docs/benchmarks.md, "Issue 17, seventh step").
+    /// `TOKIO_WORKER_THREADS`). Fewer can help on a host shared with other busy
+    /// processes; measure (docs/benchmarks.md, "Issue 17, seventh step").
     #[arg(long, env = "PAYGRID_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
 }

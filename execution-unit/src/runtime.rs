@@ -426,11 +426,7 @@ impl AgentRunner {
         let metrics = &self.config.metrics;
         metrics.count(&metric_names::TASKS, &labels, 1);
         metrics.observe(&metric_names::TASK_DURATION, &labels, elapsed.as_secs_f64());
-        metrics.gauge(
-            &metric_names::RUNNING_TASKS,
-            &[("agent", self.card.name.as_str())],
-            self.running.len() as i64,
-        );
+        self.running_changed();
         let gateway = self.card.labels.get("gateway").map(String::as_str);
         let health = &self.config.health;
         health.observe(
@@ -445,6 +441,15 @@ impl AgentRunner {
             gateway,
             self.running.len() as u32,
             self.card.max_concurrency,
+        );
+    }
+
+    /// The running-tasks gauge, after a task started or ended.
+    fn running_changed(&self) {
+        self.config.metrics.gauge(
+            &metric_names::RUNNING_TASKS,
+            &[("agent", self.card.name.as_str())],
+            self.running.len() as i64,
         );
     }
 
@@ -607,11 +612,7 @@ impl AgentRunner {
                 skill: assignment.skill.clone(),
             },
         );
-        self.config.metrics.gauge(
-            &metric_names::RUNNING_TASKS,
-            &[("agent", self.card.name.as_str())],
-            self.running.len() as i64,
-        );
+        self.running_changed();
         let agent = self.agent.clone();
         let results = self.results_sender.clone();
         let peers = self.peers.clone();
