@@ -171,6 +171,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<u8> {
             commit_batch_max: 1024,
             flush_interval_ms: 0,
             retained_max: 100_000,
+            commit_log_nice: paygrid_control_unit::priority::COMMIT_LOG_NICE,
         };
         let (mut config, shown) = storage.config().await?;
         location = shown;

@@ -248,6 +248,11 @@ pub struct StorageArgs {
     /// Terminal workflows kept in memory for Get and List (older ones are read from the store).
     #[arg(long, default_value_t = 100_000)]
     pub retained_max: usize,
+    /// Nice value of the embedded store's commit-log thread (-20..19; 0 leaves it be).
+    /// Below 0 it needs CAP_SYS_NICE or LimitNICE=; without, it runs at 0 and says so
+    /// (docs/durability.md, "The commit log's priority").
+    #[arg(long, env = "PAYGRID_COMMIT_LOG_NICE", default_value_t = paygrid_control_unit::priority::COMMIT_LOG_NICE, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-20..=19))]
+    pub commit_log_nice: i32,
 }
 
 impl StorageArgs {
@@ -266,7 +271,10 @@ impl StorageArgs {
             None => self.data_dir.display().to_string(),
         };
         if location != "memory" {
-            let store = paygrid_control_unit::store::open(&location)
+            let options = paygrid_control_unit::store::StoreOptions {
+                commit_log_nice: self.commit_log_nice,
+            };
+            let store = paygrid_control_unit::store::open_with(&location, &options)
                 .await
                 .with_context(|| format!("open store {location}"))?;
             config.store = Some(store);

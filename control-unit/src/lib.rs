@@ -19,6 +19,7 @@ pub mod cluster;
 pub mod error;
 pub mod metric_names;
 pub mod model;
+pub mod priority;
 pub mod reconciliation;
 pub mod remediation;
 pub mod runtime;

@@ -207,15 +207,42 @@ pub struct ListQuery {
     pub limit: usize,
 }
 
+/// How the embedded store runs its threads (PostgreSQL ignores these).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// The commit log thread's nice value (`crate::priority::COMMIT_LOG_NICE` unless
+    /// set; 0 leaves it as the process started). Without the privilege to lower it the
+    /// store runs as it would at 0, and says so once at `info`.
+    pub commit_log_nice: i32,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            commit_log_nice: crate::priority::COMMIT_LOG_NICE,
+        }
+    }
+}
+
 /// Opens the store a `--store` value names: `postgres://...` or a data directory.
 pub async fn open(location: &str) -> Result<Arc<dyn Store>, StoreError> {
+    open_with(location, &StoreOptions::default()).await
+}
+
+/// [`open`] with `options` for the embedded store.
+pub async fn open_with(
+    location: &str,
+    options: &StoreOptions,
+) -> Result<Arc<dyn Store>, StoreError> {
     if location.starts_with("postgres://") || location.starts_with("postgresql://") {
         Ok(Arc::new(postgres::PostgresStore::connect(location).await?))
     } else if location.contains("://") {
         Err(StoreError::Unsupported(location.to_owned()))
     } else {
         let path = std::path::Path::new(location).join("control.sqlite3");
-        Ok(Arc::new(sqlite::SqliteStore::open(&path)?))
+        Ok(Arc::new(sqlite::SqliteStore::open_with_options(
+            &path, options,
+        )?))
     }
 }
 

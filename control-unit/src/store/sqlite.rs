@@ -29,7 +29,7 @@ use threads::{APPLIES_QUEUED_MAX, Failed, JOBS_QUEUED_MAX, Job, Work};
 
 use super::{
     Batch, ListQuery, Pruned, Recovered, RecoveredWorkflow, RecoveryPage, Store, StoreError,
-    decode_change, decode_snapshot, parse_id, status_name,
+    StoreOptions, decode_change, decode_snapshot, parse_id, status_name,
 };
 use crate::model::WorkflowId;
 use crate::scheduler::restore::Snapshot;
@@ -66,11 +66,20 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Self::open_with(path, journal::SEGMENT_BYTES)
+        Self::open_with_options(path, &StoreOptions::default())
     }
 
-    /// [`SqliteStore::open`] with the commit log's segments of `segment_bytes`.
-    fn open_with(path: &Path, segment_bytes: u64) -> Result<Self, StoreError> {
+    /// [`SqliteStore::open`] with `options` (the commit log thread's priority).
+    pub fn open_with_options(path: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
+        Self::open_with(path, journal::SEGMENT_BYTES, options)
+    }
+
+    /// [`SqliteStore::open_with_options`] with the commit log's segments of `segment_bytes`.
+    fn open_with(
+        path: &Path,
+        segment_bytes: u64,
+        options: &StoreOptions,
+    ) -> Result<Self, StoreError> {
         let wrap = |source| StoreError::Sqlite {
             path: path.display().to_string(),
             source,
@@ -145,9 +154,14 @@ impl SqliteStore {
         })?;
         let (jobs, queued) = tokio::sync::mpsc::channel(JOBS_QUEUED_MAX);
         let shown = dir.display().to_string();
+        let nice = options.commit_log_nice;
         let logger = threads::start("paygrid-log", path, {
             let failed = failed.clone();
-            move || threads::serve_commits(log, queued, applies, failed, shown)
+            move || {
+                // Its wake-up after each fdatasync is on every commit's path.
+                crate::priority::ask_for_thread_nice("paygrid-log", nice);
+                threads::serve_commits(log, queued, applies, failed, shown)
+            }
         })?;
         Ok(Self {
             path: path.to_owned(),

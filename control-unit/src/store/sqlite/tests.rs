@@ -640,3 +640,55 @@ async fn the_checkpointer_copies_the_wal_off_the_writers_path() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The nice values of this process's threads named `name` (Linux).
+#[cfg(target_os = "linux")]
+fn nice_of_threads(name: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // Fields after the command's closing parenthesis start at field 3; nice is 19.
+        let after = &stat[stat.rfind(')').map_or(0, |at| at + 1)..];
+        if let Some(nice) = after.split_whitespace().nth(16) {
+            found.push(nice.parse().unwrap());
+        }
+    }
+    found
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread")]
+async fn the_commit_log_thread_runs_at_the_nice_value_it_was_given_when_the_process_may() {
+    // Whether this process may lower a thread's nice value: tried on a scratch thread.
+    let permitted = std::thread::spawn(|| crate::priority::set_current_thread_nice(-7).is_ok())
+        .join()
+        .unwrap();
+    let dir = dir("nice");
+    // -7: a value no other test's store asks for (they take the default).
+    let options = StoreOptions {
+        commit_log_nice: -7,
+    };
+    let store = SqliteStore::open_with_options(&dir.join("control.sqlite3"), &options).unwrap();
+    // A read passes through the log's thread: it has set its priority by the answer.
+    assert_eq!(store.setting("limits").await.unwrap(), None);
+    let nices = nice_of_threads("paygrid-log");
+    if permitted {
+        assert!(
+            nices.contains(&-7),
+            "commit log threads' nice values: {nices:?}"
+        );
+    } else {
+        // Not permitted: the store runs all the same, at the process's priority.
+        assert!(
+            !nices.contains(&-7),
+            "commit log threads' nice values: {nices:?}"
+        );
+        store.put_setting("limits", "{}").await.unwrap();
+    }
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+}

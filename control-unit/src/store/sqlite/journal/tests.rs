@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use super::*;
 use crate::model::{TaskStatus, WorkflowStatus};
-use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
 use crate::store::sqlite::tests::{dir, snapshot, spec_write, stored, task};
+use crate::store::{Store, StoreOptions};
 
 /// A batch with every part: a spec, a workflow with a snapshot and a key, one without,
 /// changes and an audit record.
@@ -270,7 +270,7 @@ async fn full_segments_are_retired_and_written_again() {
     let dir = dir("segments");
     let path = dir.join("control.sqlite3");
     // Segments of 4 KiB: a few entries each, so commits retire and recycle many.
-    let store = SqliteStore::open_with(&path, 4_096).unwrap();
+    let store = SqliteStore::open_with(&path, 4_096, &StoreOptions::default()).unwrap();
     let mut ids = Vec::new();
     for n in 0..60 {
         let (one, id) = batch(10_000 + n * 10);
@@ -283,7 +283,7 @@ async fn full_segments_are_retired_and_written_again() {
         files.len() <= 1 + SPARES_MAX,
         "retired segments are recycled, not piled up: {files:?}"
     );
-    let store = SqliteStore::open_with(&path, 4_096).unwrap();
+    let store = SqliteStore::open_with(&path, 4_096, &StoreOptions::default()).unwrap();
     let retired: i64 = store
         .with(|c| c.query_row("SELECT retired FROM commit_log", [], |r| r.get(0)))
         .await
