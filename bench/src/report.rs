@@ -23,12 +23,17 @@ pub(crate) struct Overheads {
     result_to_ready_ms: Vec<f64>,
 }
 
+/// Workflows read back for the overheads at most, spread over the run. The hop's p99
+/// over 500 seq3 workflows (1,000 hops) was their 10th largest: it swung by hundreds of
+/// microseconds from run to run on sampling alone.
+const OVERHEAD_WORKFLOWS: usize = 5_000;
+
 pub(crate) async fn hop_overheads(channel: Channel, samples: &[Sample], fanout: bool) -> Overheads {
     let mut client = WorkflowsClient::new(channel);
     let mut hops = Vec::new();
     let mut ready_to_assigned = Vec::new();
     let mut result_to_ready = Vec::new();
-    let step = (samples.len() / 500).max(1);
+    let step = (samples.len() / OVERHEAD_WORKFLOWS).max(1);
     for sample in samples.iter().step_by(step) {
         let Ok(workflow) = client
             .get(pb::GetWorkflowRequest {
