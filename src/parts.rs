@@ -251,7 +251,13 @@ pub struct StorageArgs {
     /// Nice value of the embedded store's commit-log thread (-20..19; 0 leaves it be).
     /// Below 0 it needs CAP_SYS_NICE or LimitNICE=; without, it runs at 0 and says so
     /// (docs/durability.md, "The commit log's priority").
-    #[arg(long, env = "PAYGRID_COMMIT_LOG_NICE", default_value_t = paygrid_control_unit::priority::COMMIT_LOG_NICE, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-20..=19))]
+    #[arg(
+        long,
+        env = "PAYGRID_COMMIT_LOG_NICE",
+        default_value_t = paygrid_control_unit::priority::COMMIT_LOG_NICE,
+        allow_negative_numbers = true,
+        value_parser = clap::value_parser!(i32).range(-20..=19)
+    )]
     pub commit_log_nice: i32,
 }
 

@@ -211,8 +211,8 @@ pub struct ListQuery {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreOptions {
     /// The commit log thread's nice value (`crate::priority::COMMIT_LOG_NICE` unless
-    /// set; 0 leaves it as the process started). Without the privilege to lower it the
-    /// store runs as it would at 0, and says so once at `info`.
+    /// set; 0 leaves it as the process started it). Without the privilege to lower it
+    /// the store runs all the same, and says so once at `info`.
     pub commit_log_nice: i32,
 }
 

@@ -159,7 +159,9 @@ impl SqliteStore {
             let failed = failed.clone();
             move || {
                 // Its wake-up after each fdatasync is on every commit's path.
-                crate::priority::ask_for_thread_nice("paygrid-log", nice);
+                if nice != 0 {
+                    crate::priority::ask_for_thread_nice("paygrid-log", nice);
+                }
                 threads::serve_commits(log, queued, applies, failed, shown)
             }
         })?;
