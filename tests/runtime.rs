@@ -105,7 +105,12 @@ fn the_commit_log_thread_runs_at_the_priority_its_flag_asks_for() {
     let expected = if permitted { -4 } else { own };
     let log = settled(|| nice_of(&part, "paygrid-log"), vec![expected]);
     assert_eq!(log, vec![expected]);
-    assert_eq!(nice_of(&part, "tokio-rt-worker").iter().max(), Some(&own));
+    // Only that thread: the workers keep the process's priority.
+    let workers = nice_of(&part, "tokio-rt-worker");
+    assert!(
+        !workers.is_empty() && workers.iter().all(|nice| *nice == own),
+        "{workers:?}"
+    );
     drop(part);
 
     let refused = paygrid()
