@@ -249,7 +249,7 @@ pub struct StorageArgs {
     #[arg(long, default_value_t = 100_000)]
     pub retained_max: usize,
     /// Nice value of the embedded store's commit-log thread (-20..19; 0 leaves it be).
-    /// Below 0 it needs CAP_SYS_NICE or LimitNICE=; without, it runs at 0 and says so
+    /// Below 0 it needs CAP_SYS_NICE or LimitNICE=; without, it keeps the process's and says so
     /// (docs/durability.md, "The commit log's priority").
     #[arg(
         long,

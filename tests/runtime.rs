@@ -8,14 +8,35 @@ mod support;
 
 use support::*;
 
-/// Threads of the process named `name` (Linux: /proc/PID/task/*/comm).
-fn threads_named(part: &Part, name: &str) -> usize {
+/// The `stat` line of each of the process's threads named `name` (Linux:
+/// /proc/PID/task/*/comm and stat).
+fn threads_stat(part: &Part, name: &str) -> Vec<String> {
     let tasks = format!("/proc/{}/task", part.child.id());
     std::fs::read_dir(tasks)
         .unwrap()
-        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
-        .filter(|comm| comm.trim_end() == name)
-        .count()
+        .filter_map(|task| {
+            let path = task.ok()?.path();
+            let comm = std::fs::read_to_string(path.join("comm")).ok()?;
+            (comm.trim_end() == name).then(|| std::fs::read_to_string(path.join("stat")).ok())?
+        })
+        .collect()
+}
+
+/// How many of the process's threads are named `name`.
+fn threads_named(part: &Part, name: &str) -> usize {
+    threads_stat(part, name).len()
+}
+
+/// Nice values of the process's threads named `name` (field 19 of their stat).
+fn nice_of(part: &Part, name: &str) -> Vec<i32> {
+    threads_stat(part, name)
+        .iter()
+        .filter_map(|stat| {
+            // Fields after the command's closing parenthesis start at field 3.
+            let after = &stat[stat.rfind(')')? + 1..];
+            after.split_whitespace().nth(16)?.parse().ok()
+        })
+        .collect()
 }
 
 /// `read()` once it gives `wanted`, or what it gives after 30 s: a thread the part
@@ -59,24 +80,6 @@ fn the_control_unit_sizes_its_runtime_by_its_flag() {
         "3",
     ]);
     assert_eq!(threads_named(&flagged, "tokio-rt-worker"), 3);
-}
-
-/// Nice values of the process's threads named `name` (field 19 of their stat).
-fn nice_of(part: &Part, name: &str) -> Vec<i32> {
-    let tasks = format!("/proc/{}/task", part.child.id());
-    std::fs::read_dir(tasks)
-        .unwrap()
-        .filter_map(|task| {
-            let path = task.ok()?.path();
-            let comm = std::fs::read_to_string(path.join("comm")).ok()?;
-            if comm.trim_end() != name {
-                return None;
-            }
-            let stat = std::fs::read_to_string(path.join("stat")).ok()?;
-            let after = &stat[stat.rfind(')')? + 1..];
-            after.split_whitespace().nth(16)?.parse().ok()
-        })
-        .collect()
 }
 
 /// The commit log's thread runs at `--commit-log-nice` when the process may lower a

@@ -154,10 +154,10 @@ pub(super) fn serve_commits(
 
 /// The SQLite thread: applies logged batches (those that arrive within `APPLY_GATHER` of
 /// the first, in one transaction that also records the last one's sequence), runs jobs,
-/// and recycles retired segments once the database holds their entries durably. A job that panics is rolled back with its
-/// transaction and its caller gets an error; the thread goes on. After a failed apply it
-/// applies and runs nothing more (their callers get an error): the next open applies the
-/// log again.
+/// and recycles retired segments once the database holds their entries durably. A job
+/// that panics is rolled back with its transaction and its caller gets an error; the
+/// thread goes on. After a failed apply it applies and runs nothing more (their callers
+/// get an error): the next open applies the log again.
 pub(super) fn serve_applies(
     connection: &mut Connection,
     queued: std::sync::mpsc::Receiver<Apply>,
