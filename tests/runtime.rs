@@ -52,8 +52,8 @@ fn settled<T: PartialEq>(read: impl Fn() -> T, wanted: T) -> T {
     }
 }
 
-/// One worker per core unless `--worker-threads` says otherwise; the embedded store's
-/// commit-log thread runs beside them.
+/// One worker per core unless `--worker-threads` says otherwise; the actor's thread and
+/// the embedded store's commit-log thread run beside them, not as workers.
 #[test]
 fn the_control_unit_sizes_its_runtime_by_its_flag() {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
@@ -68,6 +68,7 @@ fn the_control_unit_sizes_its_runtime_by_its_flag() {
     assert_eq!(threads_named(&default, "tokio-rt-worker"), cores);
     // A thread the store started may not have run (and named itself) yet.
     assert_eq!(settled(|| threads_named(&default, "paygrid-log"), 1), 1);
+    assert_eq!(settled(|| threads_named(&default, "paygrid-actor"), 1), 1);
     drop(default);
 
     let flagged = Part::start(&[

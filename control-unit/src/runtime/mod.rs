@@ -336,6 +336,13 @@ impl Handle {
 /// [`Handle`] is dropped or `shutdown` fires, and returns an error (after cancelling
 /// `shutdown`, so the servers stop too) when a commit fails: memory would be ahead of
 /// disk, and the next start recovers from the last good commit.
+///
+/// The actor runs on a thread of its own (`paygrid-actor`, with a single-threaded
+/// runtime for its channels and timers), never on a worker of the caller's runtime: it
+/// decides for every workflow, so it should not queue behind the sessions' streams, and
+/// with the embedded store it writes and syncs the commit log itself
+/// ([`crate::store::CommitHere`]), which would stall a worker. The returned task ends
+/// with it.
 pub async fn start(
     config: RuntimeConfig,
     store: Option<Arc<dyn Store>>,
@@ -346,10 +353,11 @@ pub async fn start(
     let (restarted, restarts) = tokio::sync::watch::channel(0u64);
     let mut actor = actor::Actor::new(config.clone(), store.clone(), catalog.clone());
     actor.recover().await?;
-    let task = tokio::spawn(async move {
+    let serve = async move {
         let mut receiver = receiver;
         let mut actor = actor;
         loop {
+            actor.persistence.commit_here();
             let (stopped, back) = actor.run(receiver, shutdown.clone()).await;
             receiver = back;
             match stopped? {
@@ -363,6 +371,24 @@ pub async fn start(
                 }
             }
         }
+    };
+    // With I/O: a PostgreSQL store connects again from here when its connection broke
+    // mid-commit (the connection's task then runs on this runtime too).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ControlError::Internal(format!("starting the actor's runtime: {e}")))?;
+    let (done, finished) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("paygrid-actor".into())
+        .spawn(move || {
+            let _ = done.send(runtime.block_on(serve));
+        })
+        .map_err(|e| ControlError::Internal(format!("starting the actor's thread: {e}")))?;
+    let task = tokio::spawn(async move {
+        finished
+            .await
+            .unwrap_or_else(|_| Err(ControlError::Internal("the actor's thread panicked".into())))
     });
     Ok((Handle { inputs, restarts }, task))
 }

@@ -18,6 +18,9 @@ pub(super) struct Persistence {
     ownership: Option<Arc<crate::cluster::membership::Ownership>>,
     /// Spec hashes already in the store.
     stored_specs: HashSet<String>,
+    /// The store's committer on the calling thread, once the actor runs on a thread of
+    /// its own ([`Persistence::commit_here`]).
+    here: Option<Arc<dyn crate::store::CommitHere>>,
 }
 
 impl Persistence {
@@ -29,7 +32,14 @@ impl Persistence {
             store,
             ownership,
             stored_specs: HashSet::new(),
+            here: None,
         }
+    }
+
+    /// Commits on the calling thread from now on, where the store can: the caller is a
+    /// thread of its own, which nothing else waits on while it syncs.
+    pub(super) fn commit_here(&mut self) {
+        self.here = self.store.as_ref().and_then(|store| store.committer());
     }
 
     pub(super) fn is_durable(&self) -> bool {
@@ -37,9 +47,10 @@ impl Persistence {
     }
 
     pub(super) async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
-        match &self.store {
-            Some(store) => store.commit(batch).await,
-            None => Ok(()),
+        match (&self.here, &self.store) {
+            (Some(here), _) => here.commit_here(batch),
+            (None, Some(store)) => store.commit(batch).await,
+            (None, None) => Ok(()),
         }
     }
 

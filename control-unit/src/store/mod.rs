@@ -148,6 +148,13 @@ pub const RECOVERY_PAGE: usize = 4_096;
 pub trait Store: Send + Sync + 'static {
     /// Writes a batch in one transaction, durable when this returns.
     async fn commit(&self, batch: Batch) -> Result<(), StoreError>;
+    /// A way to commit on the calling thread, where the store has one (the embedded
+    /// store: the caller writes and syncs the commit log itself); `None` by default
+    /// (PostgreSQL). For a caller with a thread of its own, the actor's: it saves the
+    /// hand-off to the store's thread and the wake-up back on every commit.
+    fn committer(&self) -> Option<Arc<dyn CommitHere>> {
+        None
+    }
     /// Active workflows and up to `terminal_max` recent terminal ones.
     async fn recover(&self, terminal_max: usize) -> Result<Recovered, StoreError>;
     /// What [`Store::recover`] reads, sent through `pages` (specs first, then the
@@ -188,6 +195,13 @@ pub trait Store: Send + Sync + 'static {
         &self,
         query: crate::audit::AuditQuery,
     ) -> Result<Vec<crate::audit::AuditRecord>, StoreError>;
+}
+
+/// Commits on the calling thread, blocking it until the batch is durable (what
+/// [`Store::commit`] does, without a hand-off): only for a thread that nothing else
+/// waits on, never a runtime's worker.
+pub trait CommitHere: Send + Sync {
+    fn commit_here(&self, batch: Batch) -> Result<(), StoreError>;
 }
 
 /// What a prune deleted.

@@ -25,7 +25,7 @@ mod migrations;
 mod threads;
 use migrations::migrate;
 pub use threads::Checkpointed;
-use threads::{APPLIES_QUEUED_MAX, Failed, JOBS_QUEUED_MAX, Job, Work};
+use threads::{APPLIES_QUEUED_MAX, Failed, JOBS_QUEUED_MAX, Job, Log, Work};
 
 use super::{
     Batch, ListQuery, Pruned, Recovered, RecoveredWorkflow, RecoveryPage, Store, StoreError,
@@ -59,6 +59,8 @@ pub struct SqliteStore {
     /// Why the store stopped taking work, once a write failed.
     failed: Failed,
     checkpointed: tokio::sync::watch::Receiver<Checkpointed>,
+    /// The log's writing end: the log's thread's, and a committer's on its own thread.
+    log: std::sync::Arc<Log>,
     /// The log's thread and the SQLite thread, joined on drop: the log's lock and every
     /// applied batch are released before the store is gone.
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -155,14 +157,15 @@ impl SqliteStore {
         let (jobs, queued) = tokio::sync::mpsc::channel(JOBS_QUEUED_MAX);
         let shown = dir.display().to_string();
         let nice = options.commit_log_nice;
+        let log = std::sync::Arc::new(Log::new(log, applies, failed.clone(), shown));
         let logger = threads::start("paygrid-log", path, {
-            let failed = failed.clone();
+            let log = log.clone();
             move || {
                 // Its wake-up after each fdatasync is on every commit's path.
                 if nice != 0 {
                     crate::priority::ask_for_thread_nice("paygrid-log", nice);
                 }
-                threads::serve_commits(log, queued, applies, failed, shown)
+                threads::serve_commits(log, queued)
             }
         })?;
         Ok(Self {
@@ -170,6 +173,7 @@ impl SqliteStore {
             jobs: Some(jobs),
             failed,
             checkpointed,
+            log,
             threads: vec![logger, sqlite],
         })
     }
@@ -220,6 +224,7 @@ impl SqliteStore {
 impl Drop for SqliteStore {
     fn drop(&mut self) {
         self.jobs = None;
+        self.log.close();
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
@@ -352,6 +357,10 @@ impl Store for SqliteStore {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.send(Work::Commit(batch, reply)).await?;
         answer.await.map_err(|_| self.stopped())?
+    }
+
+    fn committer(&self) -> Option<std::sync::Arc<dyn super::CommitHere>> {
+        Some(self.log.clone())
     }
 
     async fn recover(&self, terminal_max: usize) -> Result<Recovered, StoreError> {

@@ -78,17 +78,119 @@ pub(super) fn start(
         })
 }
 
-/// The log's thread: writes each group of waiting commits to the log (one write, one
-/// fdatasync), answers them, and passes the batches, and every other job in between, to
-/// the SQLite thread in the order they came. After a failed write nothing more is
-/// written: what reached the disk is unknown, so the next open reads it again.
-pub(super) fn serve_commits(
-    mut log: journal::Writer,
-    mut queued: tokio::sync::mpsc::Receiver<Work>,
-    applies: std::sync::mpsc::SyncSender<Apply>,
+/// The commit log's writing end and the way to the SQLite thread, shared by the log's
+/// thread and a caller that commits on its own thread ([`Log::commit`]): one lock, so
+/// that the batches reach the SQLite thread in the log's order.
+pub(super) struct Log {
+    state: std::sync::Mutex<Option<LogState>>,
     failed: Failed,
+    /// The log's directory, for errors.
     path: String,
-) {
+}
+
+struct LogState {
+    writer: journal::Writer,
+    applies: std::sync::mpsc::SyncSender<Apply>,
+}
+
+impl Log {
+    pub(super) fn new(
+        writer: journal::Writer,
+        applies: std::sync::mpsc::SyncSender<Apply>,
+        failed: Failed,
+        path: String,
+    ) -> Self {
+        Self {
+            state: std::sync::Mutex::new(Some(LogState { writer, applies })),
+            failed,
+            path,
+        }
+    }
+
+    /// Writes `batches` to the log (one write, one fdatasync; durable when this returns)
+    /// and passes them to the SQLite thread. Blocks the calling thread. After a failed
+    /// write nothing more is written: what reached the disk is unknown, so the next open
+    /// reads it again.
+    pub(super) fn commit(&self, batches: Vec<Batch>) -> Result<(), StoreError> {
+        // A commit that panicked holding the lock left the log in an unknown state.
+        let mut state = self
+            .state
+            .lock()
+            .map_err(|_| StoreError::Join("a commit panicked while writing the log".into()))?;
+        if let Some(reason) = self.failed.get() {
+            // Stopped already (a write or an apply failed, and said so once).
+            return Err(stopped(reason));
+        }
+        let Some(LogState { writer, applies }) = state.as_mut() else {
+            return Err(StoreError::Join("the store is closed".into()));
+        };
+        match writer.append(&batches) {
+            Ok(appended) => {
+                let mut sent = applies.send(Apply::Batches(batches, appended.last));
+                if let Some(segment) = appended.retired {
+                    sent = sent.and_then(|()| applies.send(Apply::Retire(segment)));
+                }
+                if sent.is_err() {
+                    // The SQLite thread stopped (it said why); these are durable in the
+                    // log and applied again on the next open.
+                    *state = None;
+                }
+                Ok(())
+            }
+            Err(error) => {
+                let path = &self.path;
+                let _ = self.failed.set(format!("commit log {path}: {error}"));
+                tracing::error!(%path, %error, "writing the commit log failed; the store takes no more commits");
+                Err(self.io_error(&error))
+            }
+        }
+    }
+
+    /// Passes `job` to the SQLite thread, after every batch logged before it.
+    fn run(&self, job: Job) -> bool {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state
+            .as_ref()
+            .is_some_and(|state| state.applies.send(Apply::Run(job)).is_ok())
+    }
+
+    /// Lets the SQLite thread go: nothing more is written.
+    pub(super) fn close(&self) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn io_error(&self, error: &std::io::Error) -> StoreError {
+        StoreError::Io {
+            path: self.path.clone(),
+            source: std::io::Error::new(error.kind(), error.to_string()),
+        }
+    }
+
+    /// The error to answer a commit with after `error` (each caller gets its own).
+    fn copy_error(&self, error: &StoreError) -> StoreError {
+        match error {
+            StoreError::Io { source, .. } => self.io_error(source),
+            other => match self.failed.get() {
+                Some(reason) => stopped(reason),
+                None => StoreError::Join(other.to_string()),
+            },
+        }
+    }
+}
+
+impl crate::store::CommitHere for Log {
+    fn commit_here(&self, batch: Batch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.commit(vec![batch])
+    }
+}
+
+/// The log's thread: writes each group of waiting commits to the log ([`Log::commit`])
+/// and answers them, and passes every other job to the SQLite thread in the order they
+/// came. Ends when the store is dropped.
+pub(super) fn serve_commits(log: Arc<Log>, mut queued: tokio::sync::mpsc::Receiver<Work>) {
     let mut batches = Vec::new();
     let mut replies = Vec::new();
     let mut next = queued.blocking_recv();
@@ -108,43 +210,22 @@ pub(super) fn serve_commits(
             }
             work = queued.try_recv().ok();
         }
-        if let Some(reason) = failed.get() {
-            // Stopped already (this thread's write or the SQLite thread's apply failed,
-            // and said so once): nothing more is written.
-            batches.clear();
-            for reply in replies.drain(..) {
-                let _ = reply.send(Err(stopped(reason)));
-            }
-        } else if !batches.is_empty() {
-            match log.append(&batches) {
-                Ok(appended) => {
+        if !batches.is_empty() {
+            match log.commit(std::mem::take(&mut batches)) {
+                Ok(()) => {
                     for reply in replies.drain(..) {
                         let _ = reply.send(Ok(()));
                     }
-                    let batches = std::mem::take(&mut batches);
-                    let mut sent = applies.send(Apply::Batches(batches, appended.last));
-                    if let Some(segment) = appended.retired {
-                        sent = sent.and_then(|()| applies.send(Apply::Retire(segment)));
-                    }
-                    if sent.is_err() {
-                        break;
-                    }
                 }
                 Err(error) => {
-                    let _ = failed.set(format!("commit log {path}: {error}"));
-                    tracing::error!(%path, %error, "writing the commit log failed; the store takes no more commits");
-                    batches.clear();
                     for reply in replies.drain(..) {
-                        let _ = reply.send(Err(StoreError::Io {
-                            path: path.clone(),
-                            source: std::io::Error::new(error.kind(), error.to_string()),
-                        }));
+                        let _ = reply.send(Err(log.copy_error(&error)));
                     }
                 }
             }
         }
         if let Some(job) = run
-            && applies.send(Apply::Run(job)).is_err()
+            && !log.run(job)
         {
             break;
         }

@@ -372,3 +372,59 @@ async fn a_batch_the_database_refuses_stops_the_store() {
     assert!(reopened.contains("UNIQUE"), "{reopened}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Commits written on the caller's thread (the actor's, through
+/// [`Store::committer`]) and through the log's thread go into one log in the order they
+/// returned: a read after either sees it, the next open recovers all of them, and once
+/// the store stopped the caller's commit fails saying why, like the other.
+#[test]
+fn commits_on_the_callers_thread_share_the_log_with_the_logs_thread() {
+    let dir = dir("here");
+    let path = dir.join("control.sqlite3");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let store = SqliteStore::open(&path).unwrap();
+    let here = store
+        .committer()
+        .expect("the embedded store commits on the caller's thread");
+    let count =
+        |store: &SqliteStore| {
+            runtime.block_on(store.with(|c| {
+                c.query_row("SELECT COUNT(*) FROM workflows", [], |r| r.get::<_, i64>(0))
+            }))
+        };
+    let mut keys = 0;
+    for n in 0..20u64 {
+        let (one, _) = batch(40_000 + n * 10);
+        if n % 2 == 0 {
+            here.commit_here(one).unwrap();
+        } else {
+            runtime.block_on(store.commit(one)).unwrap();
+        }
+        keys += 1;
+        // Each batch holds two workflows; the read runs after every commit that returned.
+        assert_eq!(count(&store).unwrap(), 2 * keys);
+    }
+    drop(here);
+    drop(store);
+    let store = SqliteStore::open(&path).unwrap();
+    let recovered = runtime.block_on(store.recover(100)).unwrap();
+    assert_eq!(recovered.idempotency.len(), 20);
+    // A batch the database refuses stops the store; the caller's commits fail after it.
+    let here = store.committer().unwrap();
+    let (mut refused, _) = batch(50_000);
+    refused.workflows[0].idempotency_key = Some("key-40000".into());
+    here.commit_here(refused).unwrap();
+    let read = count(&store).unwrap_err().to_string();
+    assert!(read.contains("the store stopped"), "{read}");
+    let (later, _) = batch(51_000);
+    let error = here.commit_here(later).unwrap_err().to_string();
+    assert!(
+        error.contains("the store stopped") && error.contains("UNIQUE"),
+        "{error}"
+    );
+    drop(here);
+    drop(store);
+    let _ = std::fs::remove_dir_all(dir);
+}
