@@ -248,9 +248,10 @@ pub struct StorageArgs {
     /// Terminal workflows kept in memory for Get and List (older ones are read from the store).
     #[arg(long, default_value_t = 100_000)]
     pub retained_max: usize,
-    /// Nice value of the embedded store's commit-log thread (-20..19; 0 leaves it be).
-    /// Below 0 it needs CAP_SYS_NICE or LimitNICE=; without, it keeps the process's and says so
-    /// (docs/durability.md, "The commit log's priority").
+    /// Nice value of the embedded store's commit-log thread (-20..19; 0 leaves it be), which
+    /// orders reads after commits (the actor commits on its own thread). Below 0 it needs
+    /// CAP_SYS_NICE or LimitNICE=; without, it keeps the process's and says so
+    /// (docs/durability.md, "The actor's thread, and the commit log's priority").
     #[arg(
         long,
         env = "PAYGRID_COMMIT_LOG_NICE",

@@ -1,13 +1,14 @@
-//! Thread priority: a thread on the commit's critical path asks the kernel to run it
-//! ahead of the busy threads it shares a core with, so that its wake-up (an `fdatasync`
-//! that finished) is not queued behind their time slices (docs/durability.md, "The
-//! commit log's priority").
+//! Thread priority: a thread that computes little but that others wait on (the commit
+//! log's) asks the kernel to run it ahead of the busy threads it shares a core with, so
+//! that its wake-up is not queued behind their time slices (docs/durability.md, "The
+//! actor's thread, and the commit log's priority").
 
 use std::io;
 
 /// The commit log thread's nice value unless configured otherwise (0 leaves it as the
-/// process started it). Measured on 2 cores at half load: the hop's p99 fell by about a
-/// fifth (docs/benchmarks.md, "Issue 17, eighth step").
+/// process started it). While every commit passed through that thread, this lowered the
+/// half-load hop's p99 by about a fifth on 2 cores (docs/benchmarks.md, "Issue 17,
+/// eighth step"); the actor now commits on its own thread, and reads still wait for it.
 pub const COMMIT_LOG_NICE: i32 = -10;
 
 /// Sets the calling thread's nice value (−20 … 19: lower runs first). Below the

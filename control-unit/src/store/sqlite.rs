@@ -161,7 +161,8 @@ impl SqliteStore {
         let logger = threads::start("paygrid-log", path, {
             let log = log.clone();
             move || {
-                // Its wake-up after each fdatasync is on every commit's path.
+                // Every read waits for its wake-up, and so do commits not written on
+                // the caller's thread.
                 if nice != 0 {
                     crate::priority::ask_for_thread_nice("paygrid-log", nice);
                 }

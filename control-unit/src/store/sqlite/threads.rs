@@ -1,7 +1,8 @@
 //! The embedded store's threads: the log's thread, which makes commits durable in the
-//! commit log (`journal`) and passes everything on in arrival order; the SQLite thread,
-//! which owns the writing connection, applies the logged batches and runs every read; and
-//! the checkpointer, which copies the WAL into the database file beside it.
+//! commit log (`journal`, through [`Log`], which a caller with a thread of its own, the
+//! actor, also writes through) and passes everything on in arrival order; the SQLite
+//! thread, which owns the writing connection, applies the logged batches and runs every
+//! read; and the checkpointer, which copies the WAL into the database file beside it.
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
