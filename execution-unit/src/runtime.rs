@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -118,6 +119,54 @@ impl ExecutionUnit {
 /// an older one that still runs.
 type TaskKey = (String, u32, u32);
 
+/// A task that ended, told to the session loop: its key and outcome for the books, its
+/// result, and the session it sent the result on itself, if it could. The loop sends
+/// the result again when that session has ended since: whether its last frames reached
+/// the control unit is unknown, and the control unit ignores a result it already has.
+struct Finished {
+    key: TaskKey,
+    outcome: pb::Outcome,
+    result: pb::TaskResult,
+    sent_on: Option<u64>,
+}
+
+/// The open session's frames, as a task sees them: a task that ends sends its result
+/// there itself, with the credit its slot frees (none while draining), so that the
+/// result does not wait for the session loop to pass it on.
+#[derive(Clone)]
+struct Outbox {
+    session: u64,
+    frames: mpsc::Sender<pb::AgentMessage>,
+    state: Arc<OutboxState>,
+}
+
+/// What the session loop tells the tasks about the session.
+#[derive(Default)]
+struct OutboxState {
+    /// No credits with results any more.
+    draining: AtomicBool,
+    /// The session ended: its channel may linger unread, so nothing more goes there.
+    closed: AtomicBool,
+}
+
+impl Outbox {
+    /// Sends a copy of `result` now if the session is open and has room; returns the
+    /// session's number if it did.
+    fn try_deliver(&self, result: &pb::TaskResult) -> Option<u64> {
+        if self.state.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        let draining = self.state.draining.load(Ordering::Acquire);
+        let frame = pb::AgentMessage {
+            credits: u32::from(!draining),
+            results: vec![result.clone()],
+            draining,
+            ..Default::default()
+        };
+        self.frames.try_send(frame).ok().map(|()| self.session)
+    }
+}
+
 /// A task running on this agent.
 struct Running {
     cancel: CancellationToken,
@@ -131,8 +180,13 @@ struct AgentRunner {
     config: ExecutionUnitConfig,
     tasks: JoinSet<()>,
     running: HashMap<TaskKey, Running>,
-    results: mpsc::Receiver<pb::TaskResult>,
-    results_sender: mpsc::Sender<pb::TaskResult>,
+    results: mpsc::Receiver<Finished>,
+    results_sender: mpsc::Sender<Finished>,
+    /// The open session's frames, for tasks to send their results on (None between
+    /// sessions: results then wait in `undelivered`).
+    outbox: Option<Outbox>,
+    /// Sessions opened so far (the current one's number).
+    sessions: u64,
     /// Results taken off the channel but not delivered (the session broke).
     undelivered: Vec<pb::TaskResult>,
     /// Slots freed but not yet granted back as credits.
@@ -166,6 +220,8 @@ impl AgentRunner {
             running: HashMap::new(),
             results,
             results_sender,
+            outbox: None,
+            sessions: 0,
             undelivered: Vec::new(),
             credits_owed: 0,
             agent_id: "".into(),
@@ -175,7 +231,12 @@ impl AgentRunner {
     async fn run(mut self, shutdown: CancellationToken) {
         let mut delays = self.backoff();
         loop {
-            match self.session(&shutdown).await {
+            let ended = self.session(&shutdown).await;
+            // Tasks that end from now on pass their results to the loop, for the next session.
+            if let Some(outbox) = self.outbox.take() {
+                outbox.state.closed.store(true, Ordering::Release);
+            }
+            match ended {
                 Ok(()) => return,
                 Err(error) => {
                     let connected = [("agent", self.card.name.as_str())];
@@ -243,29 +304,36 @@ impl AgentRunner {
         Ok((client, registration))
     }
 
-    /// Sends finished tasks' results, with the credits their slots free.
+    /// Books ended tasks, and sends the results they could not send themselves, with
+    /// the credits their slots free.
     async fn deliver(
         &mut self,
-        batch: &mut Vec<pb::TaskResult>,
+        finished: &mut Vec<Finished>,
         draining: bool,
         frames: &mpsc::Sender<pb::AgentMessage>,
     ) -> Result<(), SessionError> {
-        for result in batch.iter() {
-            if let Some(task) = &result.task {
-                let key = (task.workflow_id.clone(), task.task_index, task.attempt);
-                if let Some(done) = self.running.remove(&key) {
-                    self.observe(&done.skill, result.outcome(), done.started.elapsed());
-                }
+        let mut batch = Vec::new();
+        for done in finished.drain(..) {
+            // Sent with its slot's credit on this session: nothing more to send.
+            let sent_here = done.sent_on == Some(self.sessions);
+            let result = self.book(done);
+            if !sent_here {
+                // Its slot was still running when this session opened: the credit is
+                // granted now, with the result (again, if an ended session had it).
+                self.credits_owed += 1;
+                batch.push(result);
             }
         }
-        self.credits_owed += batch.len() as u32;
+        if batch.is_empty() && (draining || self.credits_owed == 0) {
+            return Ok(());
+        }
         let frame = pb::AgentMessage {
             credits: if draining {
                 0
             } else {
                 std::mem::take(&mut self.credits_owed)
             },
-            results: std::mem::take(batch),
+            results: batch,
             draining,
             ..Default::default()
         };
@@ -274,6 +342,38 @@ impl AgentRunner {
             return Err(SessionError::Closed);
         }
         Ok(())
+    }
+
+    /// A session's opening frame: free slots, every result not yet delivered, what still
+    /// runs. Tasks that ended before it are booked first, so that it counts their slots
+    /// free and does not list them as running (the control unit would then wait for
+    /// their leases), and their results go with it, also those a task sent on the
+    /// session that ended: whether they reached the control unit is unknown.
+    fn opening(&mut self, draining: bool) -> pb::AgentMessage {
+        while let Ok(done) = self.results.try_recv() {
+            let result = self.book(done);
+            self.undelivered.push(result);
+        }
+        let free = self
+            .card
+            .max_concurrency
+            .saturating_sub(self.running.len() as u32);
+        self.credits_owed = 0;
+        pb::AgentMessage {
+            credits: if draining { 0 } else { free },
+            results: std::mem::take(&mut self.undelivered),
+            running: self.running_refs(),
+            draining,
+            ..Default::default()
+        }
+    }
+
+    /// Takes an ended task off the books; its result, to send.
+    fn book(&mut self, done: Finished) -> pb::TaskResult {
+        if let Some(running) = self.running.remove(&done.key) {
+            self.observe(&running.skill, done.outcome, running.started.elapsed());
+        }
+        done.result
     }
 
     fn backoff(&self) -> backon::ExponentialBackoff {
@@ -299,20 +399,20 @@ impl AgentRunner {
                 .map_err(|_| SessionError::Metadata(format!("{key} is not ASCII")))?;
             request.metadata_mut().insert(key, value);
         }
-        // The opening frame: free slots, anything not yet delivered, what still runs.
-        let free = self
-            .card
-            .max_concurrency
-            .saturating_sub(self.running.len() as u32);
-        self.credits_owed = 0;
-        let opening = pb::AgentMessage {
-            credits: if shutdown.is_cancelled() { 0 } else { free },
-            results: std::mem::take(&mut self.undelivered),
-            running: self.running_refs(),
-            draining: shutdown.is_cancelled(),
-            ..Default::default()
-        };
+        let opening = self.opening(shutdown.is_cancelled());
         let _ = frames.send(opening).await;
+        let state = Arc::new(OutboxState::default());
+        state
+            .draining
+            .store(shutdown.is_cancelled(), Ordering::Release);
+        self.sessions += 1;
+        let outbox = Outbox {
+            session: self.sessions,
+            frames: frames.clone(),
+            state: state.clone(),
+        };
+        // Until the session ends (`run` takes it back, however it ends).
+        self.outbox = Some(outbox);
         let mut inbound = client
             .session(request)
             .await
@@ -345,11 +445,14 @@ impl AgentRunner {
         let mut acknowledged = false;
         let mut unacknowledged_until =
             draining.then(|| tokio::time::Instant::now() + DRAIN_ACK_WAIT);
-        let mut batch = Vec::with_capacity(64);
+        let mut finished = Vec::with_capacity(64);
         loop {
             if draining && acknowledged && self.running.is_empty() {
                 // End our side after every queued frame, then wait (bounded) for the
                 // control unit to end its side: it has then read every result.
+                if let Some(outbox) = self.outbox.take() {
+                    outbox.state.closed.store(true, Ordering::Release);
+                }
                 drop(frames);
                 let closed = async { while let Ok(Some(_)) = inbound.message().await {} };
                 let _ = tokio::time::timeout(Duration::from_secs(5), closed).await;
@@ -363,11 +466,11 @@ impl AgentRunner {
                     Ok(None) => return Err(SessionError::Closed),
                     Err(status) => return Err(SessionError::Call { call: "session stream", status }),
                 },
-                received = self.results.recv_many(&mut batch, 256) => {
+                received = self.results.recv_many(&mut finished, 256) => {
                     if received == 0 {
                         return Err(SessionError::Closed);
                     }
-                    self.deliver(&mut batch, draining, &frames).await?;
+                    self.deliver(&mut finished, draining, &frames).await?;
                 }
                 _ = heartbeat.tick() => {
                     // Support agents relay the unit's health with every heartbeat.
@@ -398,6 +501,7 @@ impl AgentRunner {
                 }
                 () = shutdown.cancelled(), if !draining => {
                     draining = true;
+                    state.draining.store(true, Ordering::Release);
                     unacknowledged_until = Some(tokio::time::Instant::now() + DRAIN_ACK_WAIT);
                     tracing::info!(agent = %self.card.name, running = self.running.len(), "draining");
                     let _ = frames.send(pb::AgentMessage { draining: true, ..Default::default() }).await;
@@ -600,12 +704,13 @@ impl AgentRunner {
 
     fn start(&mut self, assignment: pb::Assignment, task_ref: pb::TaskRef) {
         let cancel = CancellationToken::new();
+        let key = (
+            task_ref.workflow_id.clone(),
+            task_ref.task_index,
+            task_ref.attempt,
+        );
         self.running.insert(
-            (
-                task_ref.workflow_id.clone(),
-                task_ref.task_index,
-                task_ref.attempt,
-            ),
+            key.clone(),
             Running {
                 cancel: cancel.clone(),
                 started: std::time::Instant::now(),
@@ -615,6 +720,7 @@ impl AgentRunner {
         self.running_changed();
         let agent = self.agent.clone();
         let results = self.results_sender.clone();
+        let outbox = self.outbox.clone();
         let peers = self.peers.clone();
         let span = handling_span(&assignment, &task_ref, &self.agent_id);
         let handling = span.clone();
@@ -658,7 +764,14 @@ impl AgentRunner {
                 }
             };
             record_outcome(&handling, &result);
-            let _ = results.send(result).await;
+            let sent_on = outbox.and_then(|outbox| outbox.try_deliver(&result));
+            let finished = Finished {
+                key,
+                outcome: result.outcome(),
+                result,
+                sent_on,
+            };
+            let _ = results.send(finished).await;
         };
         self.tasks.spawn(work.instrument(span));
     }
@@ -780,5 +893,106 @@ async fn wait_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::agent::{Role, SkillSpec};
+
+    /// An agent whose tasks succeed at once.
+    struct Quick;
+
+    #[async_trait::async_trait]
+    impl Agent for Quick {
+        fn card(&self) -> AgentCard {
+            AgentCard {
+                name: "quick".into(),
+                role: Role::Worker,
+                version: "1".into(),
+                skills: vec![SkillSpec {
+                    name: "test.quick".into(),
+                    description: "succeeds".into(),
+                    input_schema: serde_json::json!({"type": "object"}),
+                    output_schema: serde_json::json!({"type": "object"}),
+                    effect: SkillEffect::State,
+                }],
+                max_concurrency: 4,
+                labels: Default::default(),
+            }
+        }
+
+        async fn handle(&self, _task: Task) -> TaskOutcome {
+            TaskOutcome::Succeeded(serde_json::json!({}))
+        }
+    }
+
+    fn assignment(attempt: u32) -> (pb::Assignment, pb::TaskRef) {
+        let task = pb::TaskRef {
+            workflow_id: "wf-1".into(),
+            task_index: 0,
+            attempt,
+        };
+        let assignment = pb::Assignment {
+            task: Some(task.clone()),
+            task_id: "charge".into(),
+            skill: "test.quick".into(),
+            input_json: bytes::Bytes::from_static(b"{}"),
+            idempotency_key: "wf-1:charge".into(),
+            ..Default::default()
+        };
+        (assignment, task)
+    }
+
+    fn attempts(results: &[pb::TaskResult]) -> Vec<u32> {
+        let mut attempts: Vec<u32> = results
+            .iter()
+            .filter_map(|r| r.task.as_ref().map(|t| t.attempt))
+            .collect();
+        attempts.sort_unstable();
+        attempts
+    }
+
+    /// A task sends its result on the open session itself, with its slot's credit; when
+    /// that session ends before the loop booked the task, the next session's opening
+    /// frame carries the result again (it may have been lost with the session) and does
+    /// not list the task as running, and so does it for a task that ended between
+    /// sessions.
+    #[tokio::test]
+    async fn a_session_opens_with_the_results_of_tasks_that_ended_before_it() {
+        let config = ExecutionUnitConfig::new("test", "http://127.0.0.1:1");
+        let mut runner = AgentRunner::new(Arc::new(Quick), config);
+        let (frames, mut written) = mpsc::channel(4);
+        let state = Arc::new(OutboxState::default());
+        runner.sessions = 1;
+        runner.outbox = Some(Outbox {
+            session: 1,
+            frames,
+            state: state.clone(),
+        });
+        let (first, task) = assignment(1);
+        runner.start(first, task);
+        runner.tasks.join_next().await.unwrap().unwrap();
+        let sent = written.try_recv().unwrap();
+        assert_eq!((attempts(&sent.results), sent.credits), (vec![1], 1));
+
+        // The session ends; a second task ends before the next one opens.
+        state.closed.store(true, Ordering::Release);
+        runner.outbox = None;
+        let (second, task) = assignment(2);
+        runner.start(second, task);
+        runner.tasks.join_next().await.unwrap().unwrap();
+        assert!(
+            written.try_recv().is_err(),
+            "nothing more on the ended session"
+        );
+
+        let opening = runner.opening(false);
+        assert_eq!(attempts(&opening.results), [1, 2]);
+        assert!(opening.running.is_empty(), "{:?}", opening.running);
+        assert_eq!(opening.credits, 4, "every slot is free");
     }
 }
