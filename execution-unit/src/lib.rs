@@ -15,6 +15,7 @@
 pub mod agent;
 pub mod health;
 pub mod metric_names;
+mod outbox;
 pub mod peer;
 pub mod runtime;
 

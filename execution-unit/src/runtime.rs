@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -21,6 +21,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::agent::{Agent, AgentCard, SkillEffect, Task, TaskOutcome};
 use crate::metric_names;
+use crate::outbox::{Finished, Outbox, OutboxState};
 use crate::peer::Peers;
 
 /// How long a draining session waits for the control unit's acknowledgement (an older
@@ -117,55 +118,7 @@ impl ExecutionUnit {
 
 /// Workflow id, wire task index and attempt: a new attempt of a task never overwrites
 /// an older one that still runs.
-type TaskKey = (String, u32, u32);
-
-/// A task that ended, told to the session loop: its key and outcome for the books, its
-/// result, and the session it sent the result on itself, if it could. The loop sends
-/// the result again when that session has ended since: whether its last frames reached
-/// the control unit is unknown, and the control unit ignores a result it already has.
-struct Finished {
-    key: TaskKey,
-    outcome: pb::Outcome,
-    result: pb::TaskResult,
-    sent_on: Option<u64>,
-}
-
-/// The open session's frames, as a task sees them: a task that ends sends its result
-/// there itself, with the credit its slot frees (none while draining), so that the
-/// result does not wait for the session loop to pass it on.
-#[derive(Clone)]
-struct Outbox {
-    session: u64,
-    frames: mpsc::Sender<pb::AgentMessage>,
-    state: Arc<OutboxState>,
-}
-
-/// What the session loop tells the tasks about the session.
-#[derive(Default)]
-struct OutboxState {
-    /// No credits with results any more.
-    draining: AtomicBool,
-    /// The session ended: its channel may linger unread, so nothing more goes there.
-    closed: AtomicBool,
-}
-
-impl Outbox {
-    /// Sends a copy of `result` now if the session is open and has room; returns the
-    /// session's number if it did.
-    fn try_deliver(&self, result: &pb::TaskResult) -> Option<u64> {
-        if self.state.closed.load(Ordering::Acquire) {
-            return None;
-        }
-        let draining = self.state.draining.load(Ordering::Acquire);
-        let frame = pb::AgentMessage {
-            credits: u32::from(!draining),
-            results: vec![result.clone()],
-            draining,
-            ..Default::default()
-        };
-        self.frames.try_send(frame).ok().map(|()| self.session)
-    }
-}
+pub(crate) type TaskKey = (String, u32, u32);
 
 /// A task running on this agent.
 struct Running {
@@ -233,9 +186,7 @@ impl AgentRunner {
         loop {
             let ended = self.session(&shutdown).await;
             // Tasks that end from now on pass their results to the loop, for the next session.
-            if let Some(outbox) = self.outbox.take() {
-                outbox.state.closed.store(true, Ordering::Release);
-            }
+            self.close_outbox();
             match ended {
                 Ok(()) => return,
                 Err(error) => {
@@ -368,6 +319,14 @@ impl AgentRunner {
         }
     }
 
+    /// The session ended (or is ending): tasks that end from now on give their results
+    /// to the loop.
+    fn close_outbox(&mut self) {
+        if let Some(outbox) = self.outbox.take() {
+            outbox.close();
+        }
+    }
+
     /// Takes an ended task off the books; its result, to send.
     fn book(&mut self, done: Finished) -> pb::TaskResult {
         if let Some(running) = self.running.remove(&done.key) {
@@ -450,9 +409,7 @@ impl AgentRunner {
             if draining && acknowledged && self.running.is_empty() {
                 // End our side after every queued frame, then wait (bounded) for the
                 // control unit to end its side: it has then read every result.
-                if let Some(outbox) = self.outbox.take() {
-                    outbox.state.closed.store(true, Ordering::Release);
-                }
+                self.close_outbox();
                 drop(frames);
                 let closed = async { while let Ok(Some(_)) = inbound.message().await {} };
                 let _ = tokio::time::timeout(Duration::from_secs(5), closed).await;
