@@ -80,6 +80,11 @@ pub struct PostgresStore {
     writer: Mutex<Client>,
     reader: Client,
     connections: Vec<tokio::task::JoinHandle<()>>,
+    /// The runtime it was opened on: a new writer connects there, so that its connection
+    /// task runs beside the caller, not on the caller's runtime (the actor's has one
+    /// thread, which would run the task only when the actor waits: a broken connection
+    /// would not yet look closed when the failed commit checks).
+    runtime: tokio::runtime::Handle,
 }
 
 impl Drop for PostgresStore {
@@ -238,6 +243,7 @@ impl PostgresStore {
             writer: Mutex::new(writer),
             reader,
             connections: vec![reader_task],
+            runtime: tokio::runtime::Handle::current(),
         })
     }
 }
@@ -287,11 +293,20 @@ impl Store for PostgresStore {
         }
         let mut writer = self.writer.lock().await;
         let result = write_batch(&mut writer, &batch).await;
-        if result.is_err() && writer.is_closed() {
+        // Whether the server ended the connection: its task may not have seen the end yet
+        // when the error arrives, so a failed commit asks once more on the connection.
+        if result.is_err()
+            && (writer.is_closed() || writer.batch_execute("ROLLBACK").await.is_err())
+        {
             // The server ended the connection mid-commit (a stalled transaction past
             // `idle_in_transaction_session_timeout`, a restart): nothing was written.
             // With a new connection the control unit can start again from the store.
-            if let Ok(fresh) = writer_client(&self.url).await {
+            let url = self.url.clone();
+            let fresh = self
+                .runtime
+                .spawn(async move { writer_client(&url).await })
+                .await;
+            if let Ok(Ok(fresh)) = fresh {
                 *writer = fresh;
                 return Err(StoreError::Interrupted(
                     result.err().map(|e| e.to_string()).unwrap_or_default(),
