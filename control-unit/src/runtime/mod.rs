@@ -372,8 +372,8 @@ pub async fn start(
             }
         }
     };
-    // With I/O: a PostgreSQL store connects again from here when its connection broke
-    // mid-commit (the connection's task then runs on this runtime too).
+    // With I/O, so that nothing the actor awaits needs a runtime it lacks (a PostgreSQL
+    // store's new connection is made on the store's own runtime).
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
