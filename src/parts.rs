@@ -249,7 +249,8 @@ pub struct StorageArgs {
     #[arg(long, default_value_t = 100_000)]
     pub retained_max: usize,
     /// Nice value of the embedded store's commit-log thread (-20..19; 0 leaves it be), which
-    /// orders reads after commits (the actor commits on its own thread). Below 0 it needs
+    /// orders reads after commits (the actor commits on its own thread), and of its
+    /// syncers, which sync the actor's batches while it goes on. Below 0 it needs
     /// CAP_SYS_NICE or LimitNICE=; without, it keeps the process's and says so
     /// (docs/durability.md, "The actor's thread, and the commit log's priority").
     #[arg(

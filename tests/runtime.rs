@@ -69,6 +69,14 @@ fn the_control_unit_sizes_its_runtime_by_its_flag() {
     // A thread the store started may not have run (and named itself) yet.
     assert_eq!(settled(|| threads_named(&default, "paygrid-log"), 1), 1);
     assert_eq!(settled(|| threads_named(&default, "paygrid-actor"), 1), 1);
+    // The log's syncers: a batch written while one syncs is synced by the other.
+    for syncer in ["paygrid-sync-0", "paygrid-sync-1"] {
+        assert_eq!(
+            settled(|| threads_named(&default, syncer), 1),
+            1,
+            "{syncer}"
+        );
+    }
     drop(default);
 
     let flagged = Part::start(&[
@@ -83,7 +91,7 @@ fn the_control_unit_sizes_its_runtime_by_its_flag() {
     assert_eq!(threads_named(&flagged, "tokio-rt-worker"), 3);
 }
 
-/// The commit log's thread runs at `--commit-log-nice` when the process may lower a
+/// The commit log's threads (its thread and its syncers) run at `--commit-log-nice` when the process may lower a
 /// nice value (and at the process's own otherwise); a value out of range is refused.
 #[test]
 fn the_commit_log_thread_runs_at_the_priority_its_flag_asks_for() {
@@ -109,6 +117,11 @@ fn the_commit_log_thread_runs_at_the_priority_its_flag_asks_for() {
     let expected = if permitted { -4 } else { own };
     let log = settled(|| nice_of(&part, "paygrid-log"), vec![expected]);
     assert_eq!(log, vec![expected]);
+    // And the syncers, whose wake-ups every commit waits for.
+    for syncer in ["paygrid-sync-0", "paygrid-sync-1"] {
+        let nice = settled(|| nice_of(&part, syncer), vec![expected]);
+        assert_eq!(nice, vec![expected], "{syncer}");
+    }
     // Only that thread: the workers keep the process's priority.
     let workers = nice_of(&part, "tokio-rt-worker");
     assert!(

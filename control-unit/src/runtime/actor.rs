@@ -52,6 +52,24 @@ pub(super) struct Actor {
     pub(super) spans: crate::traces::SpanRecorder,
     /// Remediation rules and the runs in progress.
     pub(super) remediation: Remediation,
+    /// Batches written and not yet durable, each with what it sends once it is, in the
+    /// order they were written (with the embedded store: [`Actor::flush`]).
+    unreleased: std::collections::VecDeque<(u64, Release)>,
+}
+
+/// What a batch sends once it is durable: assignments and cancellations, answers, and
+/// watchers' events.
+#[derive(Default)]
+struct Release {
+    frames: HashMap<AgentId, Frame>,
+    replies: Vec<Reply>,
+    events: Vec<super::watchers::Outgoing>,
+}
+
+impl Release {
+    fn is_empty(&self) -> bool {
+        self.frames.is_empty() && self.replies.is_empty() && self.events.is_empty()
+    }
 }
 
 /// An answer held until the group commit.
@@ -217,6 +235,7 @@ impl Actor {
             audit_memory: crate::audit::MemoryLog::default(),
             spans: crate::traces::SpanRecorder::default(),
             remediation: Remediation::new(config_rules),
+            unreleased: std::collections::VecDeque::new(),
         }
     }
 
@@ -237,6 +256,7 @@ impl Actor {
         shutdown: CancellationToken,
     ) -> Result<Stopped, ControlError> {
         let mut ownership = self.owned_watch.take();
+        let mut durable = self.persistence.durable_changes();
         let mut batch = Vec::with_capacity(self.config.batch_max);
         // Stale-authorization rules look at the running workflows now and then.
         let mut scan = self.config.remediation.scan_interval().map(|every| {
@@ -279,20 +299,23 @@ impl Actor {
                         self.start_remediation(&start);
                     }
                 }
+                // Batches became durable: what they hold goes out in the flush below.
+                () = durable_changed(&mut durable, !self.unreleased.is_empty()) => {}
                 () = shutdown.cancelled() => break,
                 () = owned_changed(&mut ownership) => {
                     tracing::info!("partitions changed: starting again from the store");
+                    self.settle()?;
                     return Ok(Stopped::Rebalance);
                 }
             }
             // A flush may leave work for another (remediation started after a commit,
             // agents dropped for a full session): commit it now, not at the next input.
-            let mut flushed = self.flush().await;
+            let mut flushed = self.flush(!receiver.is_empty()).await;
             for _ in 0..4 {
                 if flushed.is_err() || self.out.is_empty() {
                     break;
                 }
-                flushed = self.flush().await;
+                flushed = self.flush(!receiver.is_empty()).await;
             }
             if let Err(error) = flushed {
                 if let crate::store::StoreError::Fenced(_)
@@ -314,8 +337,53 @@ impl Actor {
                 return Err(error.into());
             }
         }
+        self.settle()?;
         tracing::info!("scheduler stopped");
         Ok(Stopped::Shutdown)
+    }
+
+    /// Waits for every batch written to be durable and sends what they hold (on the way
+    /// out: nothing more is decided).
+    fn settle(&mut self) -> Result<(), crate::store::StoreError> {
+        if let Some((last, _)) = self.unreleased.back() {
+            self.persistence.wait(*last)?;
+        }
+        self.release_durable()
+    }
+
+    /// Sends what every durable batch holds, in the order they were written.
+    fn release_durable(&mut self) -> Result<(), crate::store::StoreError> {
+        if self.unreleased.is_empty() {
+            return Ok(());
+        }
+        let durable = self.persistence.durable()?;
+        while self
+            .unreleased
+            .front()
+            .is_some_and(|(written, _)| *written <= durable)
+        {
+            if let Some((_, release)) = self.unreleased.pop_front() {
+                self.release(release);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends what a durable batch holds. Agents whose session is full or gone leave:
+    /// their tasks go back to the queue, to be dispatched (after the next commit)
+    /// elsewhere.
+    fn release(&mut self, release: Release) {
+        for reply in release.replies {
+            reply.send();
+        }
+        self.watchers.deliver(release.events);
+        let broken = self.agents.send_frames(release.frames);
+        let mut out = std::mem::take(&mut self.out);
+        for agent in broken {
+            self.core
+                .handle(now_ms(), AgentEvent::Left { agent }, &mut out);
+        }
+        self.out = out;
     }
 
     /// An action and its record: the record takes the action's outcome and goes into the
@@ -613,9 +681,15 @@ impl Actor {
         Page { workflows, next }
     }
 
-    /// Commits what the batch changed (group commit), then sends what the core asked
-    /// for: one frame per agent, events to watchers, the held answers.
-    async fn flush(&mut self) -> Result<(), crate::store::StoreError> {
+    /// Commits what the batch changed (group commit), and sends what the core asked for
+    /// (one frame per agent, events to watchers, the held answers) once it is durable:
+    /// at once with a store that commits before it returns; with the embedded store,
+    /// which writes the batch and syncs it on a syncer's thread, when the syncers say so
+    /// ([`Actor::release_durable`]), while the actor goes on deciding the next batches.
+    /// Batches become durable in the order they were written, and nothing leaves before
+    /// its batch and every batch before it are durable.
+    async fn flush(&mut self, busy: bool) -> Result<(), crate::store::StoreError> {
+        self.release_durable()?;
         let mut out = std::mem::take(&mut self.out);
         self.core.dispatch(now_ms(), &mut out);
         let mut records: Vec<(u64, Record)> = Vec::new();
@@ -652,12 +726,13 @@ impl Actor {
             }
         }
         self.out = out;
+        let mut written = None;
         if self.persistence.is_durable() {
             let mut batch =
                 self.persistence
                     .batch(&self.core, &self.idempotency, &records, self.sequence);
             batch.audit = std::mem::take(&mut self.audit);
-            self.persistence.commit(batch).await?;
+            written = self.persistence.write(batch, busy).await?;
         }
         let exporting = paygrid_telemetry::otel::exporting();
         let mut reconciled = Vec::new();
@@ -684,19 +759,20 @@ impl Actor {
                 self.start_remediation(&start);
             }
         }
-        for reply in self.replies.drain(..) {
-            reply.send();
+        let release = Release {
+            frames,
+            replies: std::mem::take(&mut self.replies),
+            events: self.watchers.take_outbox(),
+        };
+        match written {
+            None if self.unreleased.is_empty() => self.release(release),
+            // Durable already, but after batches that are not yet: it waits for them.
+            None => self.unreleased.push_back((0, release)),
+            Some(_) if release.is_empty() => {}
+            Some(written) => self.unreleased.push_back((written, release)),
         }
-        let broken = self.agents.send_frames(frames);
-        // Agents whose session is full or gone: their tasks go back to the queue, to be
-        // dispatched (after the next commit) elsewhere.
-        let mut out = std::mem::take(&mut self.out);
-        for agent in broken {
-            self.core
-                .handle(now_ms(), AgentEvent::Left { agent }, &mut out);
-        }
-        self.out = out;
-        Ok(())
+        // Durable while the batch was decided (a syncer ended meanwhile).
+        self.release_durable()
     }
 }
 
@@ -750,6 +826,19 @@ impl Actor {
                 tracing::error!(rule = %start.rule, %error, "remediation could not start");
             }
         }
+    }
+}
+
+/// Resolves when batches become durable, while some wait for it (never without a store
+/// that syncs on its own threads).
+async fn durable_changed(changes: &mut Option<tokio::sync::watch::Receiver<u64>>, waiting: bool) {
+    match changes {
+        Some(changes) if waiting => {
+            if changes.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        _ => std::future::pending().await,
     }
 }
 

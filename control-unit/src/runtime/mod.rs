@@ -17,6 +17,8 @@ mod agents;
 mod health;
 mod observe;
 mod persist;
+#[cfg(test)]
+mod tests;
 mod watchers;
 
 pub use watchers::{Followed, Follower};

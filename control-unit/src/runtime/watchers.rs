@@ -1,6 +1,7 @@
 //! `Watch` streams: a snapshot after the commit that follows the watch's start (so a
 //! watcher only sees durable state), then every committed change of the workflow, until
-//! it ends. A watcher that does not keep up is dropped (bounded buffer).
+//! it ends. A watcher that does not keep up is dropped (bounded buffer). Events are held
+//! with the batch that made them and sent once it is durable ([`Watchers::deliver`]).
 //!
 //! `Follow` streams (completion streams): one stream, many workflows, one event per
 //! workflow at its end, sent once the end is durable.
@@ -44,15 +45,16 @@ impl Follower {
         debug_assert!(!matches!(sent, Err(mpsc::error::TrySendError::Full(_))));
     }
 
-    /// `detail` and `at`: the ending change's.
-    fn send_end(
+    /// The workflow's end as this follower sees it; `detail` and `at`: the ending
+    /// change's.
+    fn end(
         &self,
         core: &Scheduler,
         workflow: &Workflow,
         sequence: u64,
         detail: Option<String>,
         at: u64,
-    ) {
+    ) -> Followed {
         let body = if self.snapshot {
             EventBody::Snapshot(Box::new(view(core, workflow)))
         } else {
@@ -61,13 +63,19 @@ impl Follower {
                 detail,
             }
         };
-        self.answer(Followed::Ended(WorkflowEvent {
+        Followed::Ended(WorkflowEvent {
             workflow: workflow.id,
             sequence,
             at,
             body,
-        }));
+        })
     }
+}
+
+/// An event held until the batch it tells of is durable ([`Watchers::deliver`]).
+pub(super) enum Outgoing {
+    Watch(WorkflowId, WatchSender, WorkflowEvent),
+    Follow(Follower, Followed),
 }
 
 pub(super) struct Watchers {
@@ -80,6 +88,8 @@ pub(super) struct Watchers {
     ended: Vec<(WorkflowId, Follower)>,
     /// Watches asked for since the last commit: their snapshots go out after it.
     starting: Vec<(WorkflowId, WatchSender)>,
+    /// Events of the batch being committed, sent once it is durable.
+    outbox: Vec<Outgoing>,
 }
 
 impl Watchers {
@@ -90,6 +100,7 @@ impl Watchers {
             followers: HashMap::new(),
             ended: Vec::new(),
             starting: Vec::new(),
+            outbox: Vec::new(),
         }
     }
 
@@ -121,8 +132,8 @@ impl Watchers {
         }
     }
 
-    /// After a commit: the snapshots of watches started since the last one, and the ends
-    /// of followed workflows that had already ended.
+    /// After a batch: the snapshots of watches started since the last one, and the ends
+    /// of followed workflows that had already ended, held with the batch's events.
     pub(super) fn after_commit(&mut self, core: &Scheduler, sequence: u64) {
         for (id, sender) in std::mem::take(&mut self.starting) {
             // Gone from memory meanwhile: dropping the sender ends the stream.
@@ -135,17 +146,46 @@ impl Watchers {
                 at: super::now_ms(),
                 body: EventBody::Snapshot(Box::new(view(core, workflow))),
             };
-            // An ended workflow's snapshot is the whole story.
-            if sender.try_send(snapshot).is_ok() && !workflow.status.is_terminal() {
+            // An ended workflow's snapshot is the whole story. Later batches' events
+            // follow the snapshot (a watcher whose snapshot does not fit is dropped
+            // when it is sent).
+            if !workflow.status.is_terminal() {
                 let watchers = self.by_workflow.entry(id).or_default();
                 watchers.retain(|w| !w.is_closed());
-                watchers.push(sender);
+                watchers.push(sender.clone());
             }
+            self.outbox.push(Outgoing::Watch(id, sender, snapshot));
         }
         for (id, follower) in self.ended.drain(..) {
             if let Some(workflow) = core.workflow(id) {
                 let detail = workflow.error.clone();
-                follower.send_end(core, workflow, sequence, detail, workflow.updated_at);
+                let end = follower.end(core, workflow, sequence, detail, workflow.updated_at);
+                self.outbox.push(Outgoing::Follow(follower, end));
+            }
+        }
+    }
+
+    /// The events held since the last call: the caller sends them ([`Watchers::deliver`])
+    /// once the batch they tell of is durable.
+    pub(super) fn take_outbox(&mut self) -> Vec<Outgoing> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// Sends a durable batch's events; a watcher that does not keep up is dropped.
+    pub(super) fn deliver(&mut self, events: Vec<Outgoing>) {
+        for event in events {
+            match event {
+                Outgoing::Watch(id, sender, event) => {
+                    if sender.try_send(event).is_err()
+                        && let Some(watchers) = self.by_workflow.get_mut(&id)
+                    {
+                        watchers.retain(|w| !w.same_channel(&sender));
+                        if watchers.is_empty() {
+                            self.by_workflow.remove(&id);
+                        }
+                    }
+                }
+                Outgoing::Follow(follower, answer) => follower.answer(answer),
             }
         }
     }
@@ -172,7 +212,8 @@ impl Watchers {
         Ok(())
     }
 
-    /// Sends a committed change to the workflow's watchers, and its end to its followers.
+    /// Holds a change for the workflow's watchers, and its end for its followers, to be
+    /// sent once the change is durable.
     pub(super) fn notify(&mut self, core: &Scheduler, sequence: u64, record: &Record) {
         let ended = match &record.change {
             Change::Workflow { status, detail } if status.is_terminal() => Some(detail),
@@ -183,8 +224,9 @@ impl Watchers {
             && let Some(followers) = self.followers.remove(&record.workflow)
             && let Some(workflow) = core.workflow(record.workflow)
         {
-            for follower in &followers {
-                follower.send_end(core, workflow, sequence, detail.clone(), record.at);
+            for follower in followers {
+                let end = follower.end(core, workflow, sequence, detail.clone(), record.at);
+                self.outbox.push(Outgoing::Follow(follower, end));
             }
         }
         let Some(watchers) = self.by_workflow.get_mut(&record.workflow) else {
@@ -194,7 +236,12 @@ impl Watchers {
             return;
         };
         if let Some(event) = event(record, workflow, sequence) {
-            watchers.retain(|w| w.try_send(event.clone()).is_ok());
+            watchers.retain(|w| !w.is_closed());
+            for watcher in watchers.iter() {
+                let event = event.clone();
+                self.outbox
+                    .push(Outgoing::Watch(record.workflow, watcher.clone(), event));
+            }
         }
         if done || watchers.is_empty() {
             self.by_workflow.remove(&record.workflow);

@@ -202,6 +202,21 @@ pub trait Store: Send + Sync + 'static {
 /// waits on, never a runtime's worker.
 pub trait CommitHere: Send + Sync {
     fn commit_here(&self, batch: Batch) -> Result<(), StoreError>;
+    /// Writes `batch` and returns its number: it is durable once
+    /// [`CommitHere::durable`] reaches that number, and batches become durable in the
+    /// order they were written. With `sync`, syncs on the calling thread before it
+    /// returns (durable then, with every batch before it); without, leaves the sync to
+    /// the store's own threads and returns at once. An empty batch writes nothing and
+    /// returns the number of the last one written (what an answer that changed nothing
+    /// waits for).
+    fn write_here(&self, batch: Batch, sync: bool) -> Result<u64, StoreError>;
+    /// Through which number every written batch is durable; an error once the ones after
+    /// it never will be (the store failed or closed).
+    fn durable(&self) -> Result<u64, StoreError>;
+    /// Changes when [`CommitHere::durable`] does (or fails).
+    fn durable_changes(&self) -> tokio::sync::watch::Receiver<u64>;
+    /// Blocks until the batch numbered `written` is durable (or never will be).
+    fn wait_here(&self, written: u64) -> Result<(), StoreError>;
 }
 
 /// What a prune deleted.

@@ -169,13 +169,28 @@ impl SqliteStore {
                 threads::serve_commits(log, queued)
             }
         })?;
+        let mut threads = vec![logger, sqlite];
+        for n in 0..threads::SYNCERS {
+            let log = log.clone();
+            threads.push(threads::start(
+                &format!("paygrid-sync-{n}"),
+                path,
+                move || {
+                    // What every commit waits for: woken as soon as the sync it waits on ends.
+                    if nice != 0 {
+                        crate::priority::ask_for_thread_nice("paygrid-sync", nice);
+                    }
+                    threads::serve_syncs(log)
+                },
+            )?);
+        }
         Ok(Self {
             path: path.to_owned(),
             jobs: Some(jobs),
             failed,
             checkpointed,
             log,
-            threads: vec![logger, sqlite],
+            threads,
         })
     }
 

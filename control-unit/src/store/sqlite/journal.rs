@@ -1,6 +1,7 @@
-//! The embedded store's commit log. A commit is durable when its entry is in the log: the
-//! log's thread writes every commit waiting (a group) with one `write` and one
-//! `fdatasync`, answers them, and hands their batches to the SQLite thread, which applies
+//! The embedded store's commit log. A commit is durable when its entry is in the log and
+//! synced: a group of commits is written with one `write` ([`Writer::write`]) and synced
+//! with one `fdatasync` of the segment, on the writer's thread or on a syncer's while the
+//! writer goes on (`threads.rs`), and then answered and handed to the SQLite thread, which applies
 //! them to the database file in transactions as large as its backlog
 //! (`synchronous=NORMAL`, no fsync of their own). The database records the last entry it
 //! applied in the same transaction as the entry's rows, so on open the entries after it
@@ -61,7 +62,8 @@ pub(super) fn directory(database: &Path) -> PathBuf {
 /// A segment file and where its next entry goes.
 pub(super) struct Segment {
     pub path: PathBuf,
-    file: File,
+    /// Shared with the syncers while they sync it.
+    file: std::sync::Arc<File>,
     offset: u64,
     /// The sequence of the last entry written to it.
     pub last: u64,
@@ -73,7 +75,7 @@ impl Segment {
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
         Ok(Self {
             path,
-            file,
+            file: std::sync::Arc::new(file),
             offset: 0,
             last: 0,
         })
@@ -106,8 +108,19 @@ pub(super) struct Writer {
 
 impl Writer {
     /// Appends one entry per batch with one write and one `fdatasync`; durable when it
-    /// returns.
+    /// returns (the tests' way; the store writes and leaves the sync to its syncers).
+    #[cfg(test)]
     pub fn append(&mut self, batches: &[Batch]) -> io::Result<Appended> {
+        let appended = self.write(batches)?;
+        self.segment.file.sync_data()?;
+        Ok(appended)
+    }
+
+    /// Appends one entry per batch with one write, not synced: durable once an
+    /// `fdatasync` of [`Writer::file`] started after it returns. When the group does
+    /// not fit in the segment, the segment is synced first, so that no later segment
+    /// ever holds an entry the one before it may lack.
+    pub fn write(&mut self, batches: &[Batch]) -> io::Result<Appended> {
         self.buffer.clear();
         let first = self.next_sequence;
         for (index, batch) in batches.iter().enumerate() {
@@ -115,6 +128,7 @@ impl Writer {
         }
         let full = self.segment.offset + self.buffer.len() as u64 > self.segment_bytes;
         let retired = if full && self.segment.offset > 0 {
+            self.segment.file.sync_data()?;
             Some(self.rotate()?)
         } else {
             None
@@ -122,7 +136,6 @@ impl Writer {
         self.segment
             .file
             .write_all_at(&self.buffer, self.segment.offset)?;
-        self.segment.file.sync_data()?;
         self.segment.offset += self.buffer.len() as u64;
         self.next_sequence = first + batches.len() as u64;
         self.segment.last = self.next_sequence - 1;
@@ -130,6 +143,16 @@ impl Writer {
             last: self.segment.last,
             retired,
         })
+    }
+
+    /// The segment being written, to sync.
+    pub fn file(&self) -> std::sync::Arc<File> {
+        self.segment.file.clone()
+    }
+
+    /// The sequence of the last entry written.
+    pub fn last(&self) -> u64 {
+        self.next_sequence - 1
     }
 
     fn rotate(&mut self) -> io::Result<Segment> {
@@ -171,7 +194,7 @@ fn create(dir: &Path, number: &mut u64, zeroed: u64) -> io::Result<Segment> {
     File::open(dir)?.sync_all()?;
     Ok(Segment {
         path,
-        file,
+        file: std::sync::Arc::new(file),
         offset: 0,
         last: 0,
     })

@@ -79,11 +79,25 @@ pub(super) fn start(
         })
 }
 
+/// `fdatasync`s of the commit log in flight at once at most, a thread each: the device
+/// overlaps them, so a group written while another syncs starts its own sync at once
+/// instead of waiting for that one to end (docs/benchmarks.md, "Issue 17, eleventh
+/// step").
+pub(super) const SYNCERS: usize = 2;
+
 /// The commit log's writing end and the way to the SQLite thread, shared by the log's
-/// thread and a caller that commits on its own thread ([`Log::commit`]): one lock, so
-/// that the batches reach the SQLite thread in the log's order.
+/// thread, a caller that commits on its own thread ([`Log::write`], the actor) and the
+/// syncers ([`serve_syncs`]): one lock, so that the batches reach the SQLite thread in
+/// the log's order, each once it is durable.
 pub(super) struct Log {
     state: std::sync::Mutex<Option<LogState>>,
+    /// Signalled when an entry is written that no sync covers yet, and on close.
+    written: std::sync::Condvar,
+    /// Signalled when `durable` moves, when a sync fails and on close.
+    synced: std::sync::Condvar,
+    /// The last entry durable in the log: what a caller that does not block (the actor)
+    /// waits on.
+    durable: tokio::sync::watch::Sender<u64>,
     failed: Failed,
     /// The log's directory, for errors.
     path: String,
@@ -92,6 +106,14 @@ pub(super) struct Log {
 struct LogState {
     writer: journal::Writer,
     applies: std::sync::mpsc::SyncSender<Apply>,
+    /// What goes to the SQLite thread once the entry it follows is durable, in log
+    /// order: logged batches, and the jobs and retired segments that come after them.
+    pending: std::collections::VecDeque<(u64, Apply)>,
+    /// The last entry a sync started so far covers.
+    covered: u64,
+    /// A write or a sync failed: what reached the disk is unknown, so nothing more is
+    /// written, and nothing after the last durable entry ever will be.
+    broken: bool,
 }
 
 impl Log {
@@ -101,69 +123,223 @@ impl Log {
         failed: Failed,
         path: String,
     ) -> Self {
+        let last = writer.last();
         Self {
-            state: std::sync::Mutex::new(Some(LogState { writer, applies })),
+            state: std::sync::Mutex::new(Some(LogState {
+                writer,
+                applies,
+                pending: std::collections::VecDeque::new(),
+                covered: last,
+                broken: false,
+            })),
+            written: std::sync::Condvar::new(),
+            synced: std::sync::Condvar::new(),
+            durable: tokio::sync::watch::Sender::new(last),
             failed,
             path,
         }
     }
 
-    /// Writes `batches` to the log (one write, one fdatasync; durable when this returns)
-    /// and passes them to the SQLite thread. Blocks the calling thread. After a failed
-    /// write nothing more is written: what reached the disk is unknown, so the next open
-    /// reads it again.
-    pub(super) fn commit(&self, batches: Vec<Batch>) -> Result<(), StoreError> {
-        // A commit that panicked holding the lock left the log in an unknown state.
-        let mut state = self
-            .state
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Option<LogState>>, StoreError> {
+        // A writer that panicked holding the lock left the log in an unknown state.
+        self.state
             .lock()
-            .map_err(|_| StoreError::Join("a commit panicked while writing the log".into()))?;
+            .map_err(|_| StoreError::Join("a commit panicked while writing the log".into()))
+    }
+
+    /// Writes `batches` to the log (one write, not synced) and returns the last one's
+    /// sequence: durable, and on its way to the SQLite thread, once [`Log::durable`]
+    /// reaches it (a syncer starts its `fdatasync` at once, or as soon as one of the
+    /// syncs in flight ends). Nothing written returns the last sequence written. After
+    /// a failed write nothing more is written: what reached the disk is unknown, so the
+    /// next open reads it again.
+    pub(super) fn write(&self, batches: Vec<Batch>, hand_off: bool) -> Result<u64, StoreError> {
+        let mut guard = self.lock()?;
         if let Some(reason) = self.failed.get() {
             // Stopped already (a write or an apply failed, and said so once).
             return Err(stopped(reason));
         }
-        let Some(LogState { writer, applies }) = state.as_mut() else {
+        let Some(state) = guard.as_mut() else {
             return Err(StoreError::Join("the store is closed".into()));
         };
-        match writer.append(&batches) {
+        if batches.is_empty() {
+            return Ok(state.writer.last());
+        }
+        let count = batches.len() as u64;
+        match state.writer.write(&batches) {
             Ok(appended) => {
-                let mut sent = applies.send(Apply::Batches(batches, appended.last));
+                let last = appended.last;
                 if let Some(segment) = appended.retired {
-                    sent = sent.and_then(|()| applies.send(Apply::Retire(segment)));
+                    // The full segment was synced before the group went to the next one:
+                    // everything before the group is durable, and the segment retires
+                    // after its entries are applied.
+                    let before = last - count;
+                    state.pending.push_back((before, Apply::Retire(segment)));
+                    state.covered = state.covered.max(before);
+                    self.release(&mut guard, before);
                 }
-                if sent.is_err() {
-                    // The SQLite thread stopped (it said why); these are durable in the
-                    // log and applied again on the next open.
-                    *state = None;
+                if let Some(state) = guard.as_mut() {
+                    state
+                        .pending
+                        .push_back((last, Apply::Batches(batches, last)));
                 }
-                Ok(())
+                if hand_off {
+                    self.written.notify_one();
+                }
+                Ok(last)
             }
             Err(error) => {
-                let path = &self.path;
-                let _ = self.failed.set(format!("commit log {path}: {error}"));
-                tracing::error!(%path, %error, "writing the commit log failed; the store takes no more commits");
+                self.fail(state, "writing", &error);
                 Err(self.io_error(&error))
             }
         }
     }
 
-    /// Passes `job` to the SQLite thread, after every batch logged before it.
-    fn run(&self, job: Job) -> bool {
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state
-            .as_ref()
-            .is_some_and(|state| state.applies.send(Apply::Run(job)).is_ok())
+    /// A write or a sync failed: nothing after the last durable entry will be durable,
+    /// nothing more is written (the next open reads again whatever reached the disk),
+    /// and the jobs that waited for the lost batches run now.
+    fn fail(&self, state: &mut LogState, doing: &str, error: &std::io::Error) {
+        state.broken = true;
+        for (_, apply) in std::mem::take(&mut state.pending) {
+            if let Apply::Run(job) = apply {
+                let _ = state.applies.send(Apply::Run(job));
+            }
+        }
+        let path = &self.path;
+        let _ = self.failed.set(format!("commit log {path}: {error}"));
+        tracing::error!(%path, %error, "{doing} the commit log failed; the store takes no more commits");
+        self.synced.notify_all();
+        self.durable.send_modify(|_| ());
     }
 
-    /// Lets the SQLite thread go: nothing more is written.
+    /// Waits until the entry `last` is durable (or never will be).
+    pub(super) fn wait(&self, last: u64) -> Result<(), StoreError> {
+        let mut guard = self.lock()?;
+        loop {
+            if *self.durable.borrow() >= last {
+                return Ok(());
+            }
+            match guard.as_ref() {
+                None => return Err(StoreError::Join("the store is closed".into())),
+                Some(state) if state.broken => return Err(self.broken()),
+                Some(_) => {}
+            }
+            guard = self
+                .synced
+                .wait(guard)
+                .map_err(|_| StoreError::Join("a commit panicked while writing the log".into()))?;
+        }
+    }
+
+    /// Writes `batches` and waits until they are durable (blocks the calling thread).
+    pub(super) fn commit(&self, batches: Vec<Batch>) -> Result<(), StoreError> {
+        let last = self.write(batches, true)?;
+        self.wait(last)
+    }
+
+    /// Syncs what is written on the calling thread (unless a sync in flight covers it
+    /// already: then waits for that one) and releases it; returns the last entry
+    /// written, durable now.
+    pub(super) fn sync(&self) -> Result<u64, StoreError> {
+        let (last, file) = {
+            let mut guard = self.lock()?;
+            let Some(state) = guard.as_mut() else {
+                return Err(StoreError::Join("the store is closed".into()));
+            };
+            let last = state.writer.last();
+            if state.broken {
+                return Err(self.broken());
+            }
+            if last <= state.covered {
+                drop(guard);
+                self.wait(last)?;
+                return Ok(last);
+            }
+            state.covered = last;
+            (last, state.writer.file())
+        };
+        let synced = file.sync_data();
+        drop(file);
+        let mut guard = self.lock()?;
+        match synced {
+            Ok(()) => {
+                self.release(&mut guard, last);
+                Ok(last)
+            }
+            Err(error) => {
+                if let Some(state) = guard.as_mut() {
+                    self.fail(state, "syncing", &error);
+                }
+                Err(self.io_error(&error))
+            }
+        }
+    }
+
+    /// Entries up to `through` are durable: says so, and passes what waited for them to
+    /// the SQLite thread. If that thread stopped (it said why), nothing more is written;
+    /// what is durable in the log is applied again on the next open.
+    fn release(&self, guard: &mut Option<LogState>, through: u64) {
+        let Some(state) = guard.as_mut() else {
+            return;
+        };
+        self.durable.send_if_modified(|durable| {
+            let moved = through > *durable;
+            *durable = (*durable).max(through);
+            moved
+        });
+        let mut gone = false;
+        while state
+            .pending
+            .front()
+            .is_some_and(|(after, _)| *after <= through)
+        {
+            let Some((_, apply)) = state.pending.pop_front() else {
+                break;
+            };
+            if state.applies.send(apply).is_err() {
+                gone = true;
+                break;
+            }
+        }
+        if gone {
+            *guard = None;
+        }
+        self.synced.notify_all();
+    }
+
+    /// Passes `job` to the SQLite thread, after every batch logged before it.
+    fn run(&self, job: Job) -> bool {
+        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(state) = guard.as_mut() else {
+            return false;
+        };
+        if state.pending.is_empty() {
+            return state.applies.send(Apply::Run(job)).is_ok();
+        }
+        let after = state.writer.last();
+        state.pending.push_back((after, Apply::Run(job)));
+        true
+    }
+
+    /// Lets the SQLite thread and the syncers go: nothing more is written.
     pub(super) fn close(&self) {
         *self.state.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.written.notify_all();
+        self.synced.notify_all();
+        self.durable.send_modify(|_| ());
     }
 
     fn io_error(&self, error: &std::io::Error) -> StoreError {
         StoreError::Io {
             path: self.path.clone(),
             source: std::io::Error::new(error.kind(), error.to_string()),
+        }
+    }
+
+    fn broken(&self) -> StoreError {
+        match self.failed.get() {
+            Some(reason) => stopped(reason),
+            None => StoreError::Join(format!("the commit log {} failed", self.path)),
         }
     }
 
@@ -185,6 +361,77 @@ impl crate::store::CommitHere for Log {
             return Ok(());
         }
         self.commit(vec![batch])
+    }
+
+    fn write_here(&self, batch: Batch, sync: bool) -> Result<u64, StoreError> {
+        let batches = if batch.is_empty() {
+            Vec::new()
+        } else {
+            vec![batch]
+        };
+        if sync {
+            self.write(batches, false)?;
+            return self.sync();
+        }
+        self.write(batches, true)
+    }
+
+    fn durable(&self) -> Result<u64, StoreError> {
+        let guard = self.lock()?;
+        match guard.as_ref() {
+            None => Err(StoreError::Join("the store is closed".into())),
+            Some(state) if state.broken => Err(self.broken()),
+            Some(_) => Ok(*self.durable.borrow()),
+        }
+    }
+
+    fn durable_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.durable.subscribe()
+    }
+
+    fn wait_here(&self, written: u64) -> Result<(), StoreError> {
+        self.wait(written)
+    }
+}
+
+/// A syncer: `fdatasync`s the log whenever something is written that no sync in flight
+/// covers, then releases what it covered ([`Log::release`]). [`SYNCERS`] of them run, so
+/// that a group written while one syncs is synced at once by another. Ends when the log
+/// is closed.
+pub(super) fn serve_syncs(log: Arc<Log>) {
+    loop {
+        let (target, file) = {
+            let Ok(mut guard) = log.state.lock() else {
+                return;
+            };
+            loop {
+                let Some(state) = guard.as_mut() else {
+                    return;
+                };
+                let last = state.writer.last();
+                if !state.broken && last > state.covered {
+                    state.covered = last;
+                    break (last, state.writer.file());
+                }
+                let Ok(next) = log.written.wait(guard) else {
+                    return;
+                };
+                guard = next;
+            }
+        };
+        let synced = file.sync_data();
+        drop(file);
+        let Ok(mut guard) = log.state.lock() else {
+            return;
+        };
+        match synced {
+            Ok(()) => log.release(&mut guard, target),
+            Err(error) => {
+                if let Some(state) = guard.as_mut() {
+                    log.fail(state, "syncing", &error);
+                }
+            }
+        }
     }
 }
 

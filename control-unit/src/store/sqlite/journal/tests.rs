@@ -428,3 +428,61 @@ fn commits_on_the_callers_thread_share_the_log_with_the_logs_thread() {
     drop(store);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The actor writes batches without waiting for their syncs (`write_here`), or syncs
+/// some itself while the syncers sync others: they become durable in the order written,
+/// each is applied only once durable (a read after the last wait sees all of them),
+/// writes go on across full segments while syncs are in flight, and the next open
+/// recovers every one.
+#[test]
+fn writes_that_do_not_wait_become_durable_in_order() {
+    let dir = dir("overlap");
+    let path = dir.join("control.sqlite3");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    // Segments of 4 KiB: a few entries each, so the writes cross many.
+    let store = SqliteStore::open_with(&path, 4_096, &StoreOptions::default()).unwrap();
+    let here = store.committer().unwrap();
+    let start = here.durable().unwrap();
+    let mut durable = here.durable_changes();
+    let mut written = Vec::new();
+    for n in 0..60u64 {
+        let (one, _) = batch(60_000 + n * 10);
+        let synced = n % 7 == 3;
+        written.push(here.write_here(one, synced).unwrap());
+        // Durability only ever moves forward, and never past what was written; a batch
+        // synced on the caller's thread is durable when the call returns.
+        let now = *durable.borrow_and_update();
+        assert!(now >= start && now <= *written.last().unwrap(), "{now}");
+        if synced {
+            assert_eq!(here.durable().unwrap(), *written.last().unwrap());
+        }
+    }
+    assert!(
+        written.windows(2).all(|w| w[1] == w[0] + 1),
+        "one entry each, numbered in order: {written:?}"
+    );
+    assert_eq!(
+        here.write_here(Batch::default(), false).unwrap(),
+        *written.last().unwrap(),
+        "an empty batch waits for the last one written"
+    );
+    let last = *written.last().unwrap();
+    here.wait_here(last).unwrap();
+    assert!(here.durable().unwrap() >= last);
+    let count =
+        runtime
+            .block_on(store.with(|c| {
+                c.query_row("SELECT COUNT(*) FROM workflows", [], |r| r.get::<_, i64>(0))
+            }))
+            .unwrap();
+    assert_eq!(count, 120, "a read after the wait sees every batch applied");
+    drop(here);
+    drop(store);
+    let store = SqliteStore::open_with(&path, 4_096, &StoreOptions::default()).unwrap();
+    let recovered = runtime.block_on(store.recover(1_000)).unwrap();
+    assert_eq!(recovered.idempotency.len(), 60);
+    drop(store);
+    let _ = std::fs::remove_dir_all(dir);
+}
