@@ -13,6 +13,11 @@ use super::agents::Agents;
 use super::health::HealthView;
 use super::persist::Persistence;
 use super::watchers::Watchers;
+
+/// Batches written and not yet durable at most before the actor takes no more inputs:
+/// a device that stops syncing holds the inputs back in the bounded channel (the
+/// callers wait), instead of piling up decided work and held answers in memory.
+pub(super) const UNRELEASED_MAX: usize = 16;
 use super::{
     BulkOutcome, IdempotencyIndex, Input, Operated, Operation, RuntimeConfig, Submission,
     Submitted, now_ms,
@@ -270,7 +275,8 @@ impl Actor {
                 .next_deadline()
                 .map(|at| Instant::now() + Duration::from_millis(at.saturating_sub(now_ms())));
             tokio::select! {
-                received = receiver.recv_many(&mut batch, self.config.batch_max) => {
+                received = receiver.recv_many(&mut batch, self.config.batch_max),
+                    if self.unreleased.len() < UNRELEASED_MAX => {
                     if received == 0 {
                         break;
                     }

@@ -113,51 +113,93 @@ fn submission(id: WorkflowId) -> Box<Submission> {
     })
 }
 
+/// An actor on the embedded store whose durability the test holds back.
+struct Rig {
+    dir: std::path::PathBuf,
+    held: Arc<Held>,
+    store: Arc<dyn Store>,
+    shutdown: CancellationToken,
+    handle: Handle,
+    actor: tokio::task::JoinHandle<Result<(), ControlError>>,
+}
+
+impl Rig {
+    async fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "paygrid-release-{}-{}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        let sqlite = SqliteStore::open(&dir.join("control.sqlite3")).unwrap();
+        let held = Arc::new(Held {
+            inner: sqlite.committer().unwrap(),
+            held: Mutex::new(None),
+            changes: tokio::sync::watch::Sender::new(0),
+        });
+        // The actor hears of the log's syncs through the holder.
+        let mut synced = held.inner.durable_changes();
+        let forward = held.clone();
+        tokio::spawn(async move {
+            while synced.changed().await.is_ok() {
+                forward.changes.send_modify(|_| ());
+            }
+        });
+        let store: Arc<dyn Store> = Arc::new(HeldStore {
+            inner: sqlite,
+            held: held.clone(),
+        });
+        let catalog = Arc::new(Catalog::new(SpecLimits::default(), Some(store.clone())));
+        let shutdown = CancellationToken::new();
+        let (handle, actor) = start(
+            RuntimeConfig::default(),
+            Some(store.clone()),
+            catalog,
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        Self {
+            dir,
+            held,
+            store,
+            shutdown,
+            handle,
+            actor,
+        }
+    }
+
+    /// Makes nothing written from now on durable to the actor.
+    fn hold(&self) -> u64 {
+        let before = self.held.inner.durable().unwrap();
+        *self.held.held.lock().unwrap() = Some(before);
+        before
+    }
+
+    fn let_go(&self) {
+        *self.held.held.lock().unwrap() = None;
+        self.held.changes.send_modify(|_| ());
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.actor.await.unwrap().unwrap();
+        drop(self.handle);
+        drop(self.store);
+        let _ = std::fs::remove_dir_all(self.dir);
+    }
+}
+
 /// A submission's answer waits for its batch to be durable, while the actor goes on
 /// answering reads (it does not block in the sync); once the batch is durable the
 /// answer goes out.
 #[tokio::test]
 async fn an_answer_leaves_once_its_batch_is_durable() {
-    let dir = std::env::temp_dir().join(format!(
-        "paygrid-release-{}-{}",
-        std::process::id(),
-        fastrand::u32(..)
-    ));
-    let sqlite = SqliteStore::open(&dir.join("control.sqlite3")).unwrap();
-    let held = Arc::new(Held {
-        inner: sqlite.committer().unwrap(),
-        held: Mutex::new(None),
-        changes: tokio::sync::watch::Sender::new(0),
-    });
-    // The actor hears of the log's syncs through the holder.
-    let mut synced = held.inner.durable_changes();
-    let forward = held.clone();
-    tokio::spawn(async move {
-        while synced.changed().await.is_ok() {
-            forward.changes.send_modify(|_| ());
-        }
-    });
-    let store: Arc<dyn Store> = Arc::new(HeldStore {
-        inner: sqlite,
-        held: held.clone(),
-    });
-    let catalog = Arc::new(Catalog::new(SpecLimits::default(), Some(store.clone())));
-    let shutdown = CancellationToken::new();
-    let (handle, actor) = start(
-        RuntimeConfig::default(),
-        Some(store.clone()),
-        catalog,
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
-
-    let before = held.inner.durable().unwrap();
-    *held.held.lock().unwrap() = Some(before);
-    let mut log = held.inner.durable_changes();
+    let rig = Rig::start().await;
+    let before = rig.hold();
+    let mut log = rig.held.inner.durable_changes();
     let id = WorkflowId(7);
     let (reply, mut answer) = oneshot::channel();
-    handle
+    rig.handle
         .send(Input::Submit {
             submission: submission(id),
             reply,
@@ -165,26 +207,73 @@ async fn an_answer_leaves_once_its_batch_is_durable() {
         .await
         .unwrap();
     // The log has the submission's batch, durable: the actor wrote it and went on.
-    while held.inner.durable().unwrap() <= before {
+    while rig.held.inner.durable().unwrap() <= before {
         log.changed().await.unwrap();
     }
     // A read sent after that is answered by a later batch than the submission's.
-    let view = handle.ask(|reply| Input::Get { id, reply }).await.unwrap();
+    let view = rig
+        .handle
+        .ask(|reply| Input::Get { id, reply })
+        .await
+        .unwrap();
     assert!(view.is_some(), "the actor holds the workflow");
     assert!(
         matches!(answer.try_recv(), Err(oneshot::error::TryRecvError::Empty)),
         "the answer left before its batch was durable"
     );
 
-    *held.held.lock().unwrap() = None;
-    held.changes.send_modify(|_| ());
+    rig.let_go();
     let submitted = answer.await.unwrap().unwrap();
     assert!(submitted.created);
     assert_eq!(submitted.id, id);
+    rig.stop().await;
+}
 
-    shutdown.cancel();
-    actor.await.unwrap().unwrap();
-    drop(handle);
-    drop(store);
-    let _ = std::fs::remove_dir_all(dir);
+/// While [`actor::UNRELEASED_MAX`] batches wait to be durable the actor takes no more
+/// inputs (they wait in the bounded channel); once the batches are durable it goes on,
+/// and every held answer leaves.
+#[tokio::test]
+async fn the_actor_stops_taking_inputs_while_too_many_batches_wait() {
+    let rig = Rig::start().await;
+    rig.hold();
+    let mut log = rig.held.inner.durable_changes();
+    let mut answers = Vec::new();
+    for n in 0..actor::UNRELEASED_MAX as u128 {
+        let before = rig.held.inner.durable().unwrap();
+        let (reply, answer) = oneshot::channel();
+        rig.handle
+            .send(Input::Submit {
+                submission: submission(WorkflowId(100 + n)),
+                reply,
+            })
+            .await
+            .unwrap();
+        answers.push(answer);
+        // Its batch is in the log: the next submission goes in a later batch.
+        while rig.held.inner.durable().unwrap() <= before {
+            log.changed().await.unwrap();
+        }
+    }
+    let (reply, mut read) = oneshot::channel();
+    rig.handle
+        .send(Input::Get {
+            id: WorkflowId(100),
+            reply,
+        })
+        .await
+        .unwrap();
+    // Taken at once if the actor still took inputs; it must not be.
+    let waited = tokio::time::timeout(Duration::from_millis(300), &mut read).await;
+    assert!(
+        waited.is_err(),
+        "the actor took an input with {} batches waiting",
+        actor::UNRELEASED_MAX
+    );
+
+    rig.let_go();
+    assert!(read.await.unwrap().is_some());
+    for answer in answers {
+        assert!(answer.await.unwrap().unwrap().created);
+    }
+    rig.stop().await;
 }
