@@ -91,8 +91,9 @@ fn the_control_unit_sizes_its_runtime_by_its_flag() {
     assert_eq!(threads_named(&flagged, "tokio-rt-worker"), 3);
 }
 
-/// The commit log's threads (its thread and its syncers) run at `--commit-log-nice` when the process may lower a
-/// nice value (and at the process's own otherwise); a value out of range is refused.
+/// The commit log's threads (its thread and its syncers) run at `--commit-log-nice` when
+/// the process may lower a nice value (and at the process's own otherwise); a value out
+/// of range is refused.
 #[test]
 fn the_commit_log_thread_runs_at_the_priority_its_flag_asks_for() {
     // Whether a process of this user may lower a nice value: tried on a scratch thread

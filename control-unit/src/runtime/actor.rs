@@ -13,11 +13,6 @@ use super::agents::Agents;
 use super::health::HealthView;
 use super::persist::Persistence;
 use super::watchers::Watchers;
-
-/// Batches written and not yet durable at most before the actor takes no more inputs:
-/// a device that stops syncing holds the inputs back in the bounded channel (the
-/// callers wait), instead of piling up decided work and held answers in memory.
-pub(super) const UNRELEASED_MAX: usize = 16;
 use super::{
     BulkOutcome, IdempotencyIndex, Input, Operated, Operation, RuntimeConfig, Submission,
     Submitted, now_ms,
@@ -62,9 +57,13 @@ pub(super) struct Actor {
     unreleased: std::collections::VecDeque<(u64, Release)>,
 }
 
+/// Batches written and not yet durable at most before the actor takes no more inputs:
+/// a device that stops syncing holds the inputs back in the bounded channel (the
+/// callers wait), instead of piling up decided work and held answers in memory.
+pub(super) const UNRELEASED_MAX: usize = 16;
+
 /// What a batch sends once it is durable: assignments and cancellations, answers, and
 /// watchers' events.
-#[derive(Default)]
 struct Release {
     frames: HashMap<AgentId, Frame>,
     replies: Vec<Reply>,
@@ -771,9 +770,9 @@ impl Actor {
             events: self.watchers.take_outbox(),
         };
         match written {
-            None if self.unreleased.is_empty() => self.release(release),
-            // Durable already, but after batches that are not yet: it waits for them.
-            None => self.unreleased.push_back((0, release)),
+            // Durable as the commit returned (a store without a committer here: then
+            // every batch is, and none waits in `unreleased`).
+            None => self.release(release),
             Some(_) if release.is_empty() => {}
             Some(written) => self.unreleased.push_back((written, release)),
         }

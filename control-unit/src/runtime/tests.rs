@@ -23,9 +23,6 @@ struct Held {
 }
 
 impl CommitHere for Held {
-    fn commit_here(&self, batch: Batch) -> Result<(), StoreError> {
-        self.inner.commit_here(batch)
-    }
     fn write_here(&self, batch: Batch, sync: bool) -> Result<u64, StoreError> {
         self.inner.write_here(batch, sync)
     }

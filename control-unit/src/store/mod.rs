@@ -197,11 +197,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<crate::audit::AuditRecord>, StoreError>;
 }
 
-/// Commits on the calling thread, blocking it until the batch is durable (what
-/// [`Store::commit`] does, without a hand-off): only for a thread that nothing else
-/// waits on, never a runtime's worker.
+/// Commits on the calling thread (what [`Store::commit`] does, without a hand-off): the
+/// batch is written there, and synced there or by the store's own threads. Only for a
+/// thread that nothing else waits on while it blocks, never a runtime's worker.
 pub trait CommitHere: Send + Sync {
-    fn commit_here(&self, batch: Batch) -> Result<(), StoreError>;
     /// Writes `batch` and returns its number: it is durable once
     /// [`CommitHere::durable`] reaches that number, and batches become durable in the
     /// order they were written. With `sync`, syncs on the calling thread before it

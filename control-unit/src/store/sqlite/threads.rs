@@ -231,10 +231,10 @@ impl Log {
         }
     }
 
-    /// Writes `batches` and waits until they are durable (blocks the calling thread).
+    /// Writes `batches` and syncs them on the calling thread (blocks it).
     pub(super) fn commit(&self, batches: Vec<Batch>) -> Result<(), StoreError> {
-        let last = self.write(batches, true)?;
-        self.wait(last)
+        self.write(batches, false)?;
+        self.sync().map(|_| ())
     }
 
     /// Syncs what is written on the calling thread (unless a sync in flight covers it
@@ -356,13 +356,6 @@ impl Log {
 }
 
 impl crate::store::CommitHere for Log {
-    fn commit_here(&self, batch: Batch) -> Result<(), StoreError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        self.commit(vec![batch])
-    }
-
     fn write_here(&self, batch: Batch, sync: bool) -> Result<u64, StoreError> {
         let batches = if batch.is_empty() {
             Vec::new()

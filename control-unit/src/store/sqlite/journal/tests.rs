@@ -398,7 +398,7 @@ fn commits_on_the_callers_thread_share_the_log_with_the_logs_thread() {
     for n in 0..20u64 {
         let (one, _) = batch(40_000 + n * 10);
         if n % 2 == 0 {
-            here.commit_here(one).unwrap();
+            here.write_here(one, true).unwrap();
         } else {
             runtime.block_on(store.commit(one)).unwrap();
         }
@@ -415,11 +415,11 @@ fn commits_on_the_callers_thread_share_the_log_with_the_logs_thread() {
     let here = store.committer().unwrap();
     let (mut refused, _) = batch(50_000);
     refused.workflows[0].idempotency_key = Some("key-40000".into());
-    here.commit_here(refused).unwrap();
+    here.write_here(refused, true).unwrap();
     let read = count(&store).unwrap_err().to_string();
     assert!(read.contains("the store stopped"), "{read}");
     let (later, _) = batch(51_000);
-    let error = here.commit_here(later).unwrap_err().to_string();
+    let error = here.write_here(later, true).unwrap_err().to_string();
     assert!(
         error.contains("the store stopped") && error.contains("UNIQUE"),
         "{error}"
