@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::agents::Agents;
 use super::health::HealthView;
 use super::persist::Persistence;
+use super::release::{Release, UNRELEASED_MAX, durable_changed};
 use super::watchers::Watchers;
 use super::{
     BulkOutcome, IdempotencyIndex, Input, Operated, Operation, RuntimeConfig, Submission,
@@ -54,26 +55,7 @@ pub(super) struct Actor {
     pub(super) remediation: Remediation,
     /// Batches written and not yet durable, each with what it sends once it is, in the
     /// order they were written (with the embedded store: [`Actor::flush`]).
-    unreleased: std::collections::VecDeque<(u64, Release)>,
-}
-
-/// Batches written and not yet durable at most before the actor takes no more inputs:
-/// a device that stops syncing holds the inputs back in the bounded channel (the
-/// callers wait), instead of piling up decided work and held answers in memory.
-pub(super) const UNRELEASED_MAX: usize = 16;
-
-/// What a batch sends once it is durable: assignments and cancellations, answers, and
-/// watchers' events.
-struct Release {
-    frames: HashMap<AgentId, Frame>,
-    replies: Vec<Reply>,
-    events: Vec<super::watchers::Outgoing>,
-}
-
-impl Release {
-    fn is_empty(&self) -> bool {
-        self.frames.is_empty() && self.replies.is_empty() && self.events.is_empty()
-    }
+    pub(super) unreleased: std::collections::VecDeque<(u64, Release)>,
 }
 
 /// An answer held until the group commit.
@@ -96,7 +78,7 @@ async fn owned_changed(watch: &mut Option<tokio::sync::watch::Receiver<u64>>) {
     }
 }
 
-enum Reply {
+pub(super) enum Reply {
     Submit(
         oneshot::Sender<Result<Submitted, ControlError>>,
         Result<Submitted, ControlError>,
@@ -145,7 +127,7 @@ impl Reply {
         }
     }
 
-    fn send(self) {
+    pub(super) fn send(self) {
         match self {
             Self::Submit(reply, result) => {
                 let _ = reply.send(result);
@@ -345,50 +327,6 @@ impl Actor {
         self.settle()?;
         tracing::info!("scheduler stopped");
         Ok(Stopped::Shutdown)
-    }
-
-    /// Waits for every batch written to be durable and sends what they hold (on the way
-    /// out: nothing more is decided).
-    fn settle(&mut self) -> Result<(), crate::store::StoreError> {
-        if let Some((last, _)) = self.unreleased.back() {
-            self.persistence.wait(*last)?;
-        }
-        self.release_durable()
-    }
-
-    /// Sends what every durable batch holds, in the order they were written.
-    fn release_durable(&mut self) -> Result<(), crate::store::StoreError> {
-        if self.unreleased.is_empty() {
-            return Ok(());
-        }
-        let durable = self.persistence.durable()?;
-        while self
-            .unreleased
-            .front()
-            .is_some_and(|(written, _)| *written <= durable)
-        {
-            if let Some((_, release)) = self.unreleased.pop_front() {
-                self.release(release);
-            }
-        }
-        Ok(())
-    }
-
-    /// Sends what a durable batch holds. Agents whose session is full or gone leave:
-    /// their tasks go back to the queue, to be dispatched (after the next commit)
-    /// elsewhere.
-    fn release(&mut self, release: Release) {
-        for reply in release.replies {
-            reply.send();
-        }
-        self.watchers.deliver(release.events);
-        let broken = self.agents.send_frames(release.frames);
-        let mut out = std::mem::take(&mut self.out);
-        for agent in broken {
-            self.core
-                .handle(now_ms(), AgentEvent::Left { agent }, &mut out);
-        }
-        self.out = out;
     }
 
     /// An action and its record: the record takes the action's outcome and goes into the
@@ -831,19 +769,6 @@ impl Actor {
                 tracing::error!(rule = %start.rule, %error, "remediation could not start");
             }
         }
-    }
-}
-
-/// Resolves when batches become durable, while some wait for it (never without a store
-/// that syncs on its own threads).
-async fn durable_changed(changes: &mut Option<tokio::sync::watch::Receiver<u64>>, waiting: bool) {
-    match changes {
-        Some(changes) if waiting => {
-            if changes.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-        _ => std::future::pending().await,
     }
 }
 

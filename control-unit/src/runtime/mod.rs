@@ -17,6 +17,7 @@ mod agents;
 mod health;
 mod observe;
 mod persist;
+mod release;
 #[cfg(test)]
 mod tests;
 mod watchers;

@@ -226,7 +226,7 @@ async fn an_answer_leaves_once_its_batch_is_durable() {
     rig.stop().await;
 }
 
-/// While [`actor::UNRELEASED_MAX`] batches wait to be durable the actor takes no more
+/// While [`release::UNRELEASED_MAX`] batches wait to be durable the actor takes no more
 /// inputs (they wait in the bounded channel); once the batches are durable it goes on,
 /// and every held answer leaves.
 #[tokio::test]
@@ -235,7 +235,7 @@ async fn the_actor_stops_taking_inputs_while_too_many_batches_wait() {
     rig.hold();
     let mut log = rig.held.inner.durable_changes();
     let mut answers = Vec::new();
-    for n in 0..actor::UNRELEASED_MAX as u128 {
+    for n in 0..release::UNRELEASED_MAX as u128 {
         let before = rig.held.inner.durable().unwrap();
         let (reply, answer) = oneshot::channel();
         rig.handle
@@ -264,7 +264,7 @@ async fn the_actor_stops_taking_inputs_while_too_many_batches_wait() {
     assert!(
         waited.is_err(),
         "the actor took an input with {} batches waiting",
-        actor::UNRELEASED_MAX
+        release::UNRELEASED_MAX
     );
 
     rig.let_go();
