@@ -172,6 +172,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<u8> {
             flush_interval_ms: 0,
             retained_max: 100_000,
             commit_log_nice: paygrid_control_unit::priority::COMMIT_LOG_NICE,
+            commit_log_dir: None,
         };
         let (mut config, shown) = storage.config().await?;
         location = shown;

@@ -261,6 +261,12 @@ pub struct StorageArgs {
         value_parser = clap::value_parser!(i32).range(-20..=19)
     )]
     pub commit_log_nice: i32,
+    /// Directory of the embedded store's commit log, e.g. on a device of its own (default:
+    /// `control.sqlite3-commits` beside the database). The database records which log is
+    /// its own and refuses to start with another, or with none while commits may be
+    /// waiting in it (docs/durability.md, "Where the commit log lives").
+    #[arg(long, env = "PAYGRID_COMMIT_LOG_DIR")]
+    pub commit_log_dir: Option<std::path::PathBuf>,
 }
 
 impl StorageArgs {
@@ -278,9 +284,19 @@ impl StorageArgs {
             Some(store) => store.clone(),
             None => self.data_dir.display().to_string(),
         };
+        if location == "memory"
+            && let Some(dir) = &self.commit_log_dir
+        {
+            return Err(crate::operator::UsageError(format!(
+                "--commit-log-dir {} needs a store that keeps something: the embedded one",
+                dir.display()
+            ))
+            .into());
+        }
         if location != "memory" {
             let options = paygrid_control_unit::store::StoreOptions {
                 commit_log_nice: self.commit_log_nice,
+                commit_log_dir: self.commit_log_dir.clone(),
             };
             let store = paygrid_control_unit::store::open_with(&location, &options)
                 .await

@@ -45,7 +45,7 @@ impl From<ControlError> for Status {
                 | StoreError::Fenced(_)
                 | StoreError::Interrupted(_) => Code::Unavailable,
                 StoreError::Corrupt(_) => Code::DataLoss,
-                StoreError::Unsupported(_) => Code::FailedPrecondition,
+                StoreError::Unsupported(_) | StoreError::Misplaced(_) => Code::FailedPrecondition,
             },
             ControlError::Approval(approval) => match approval {
                 ApprovalError::WorkflowNotFound(_) | ApprovalError::NoSuchTask { .. } => {

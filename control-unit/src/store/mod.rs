@@ -49,6 +49,10 @@ pub enum StoreError {
     Join(String),
     #[error("unsupported store `{0}`: use a directory path (embedded SQLite) or postgres://...")]
     Unsupported(String),
+    /// The embedded store's commit log is not where the start looked, or the directory
+    /// holds another database's (`sqlite/identity.rs`): nothing was opened.
+    #[error("commit log: {0}")]
+    Misplaced(String),
 }
 
 /// A workflow row to insert or update.
@@ -242,12 +246,16 @@ pub struct StoreOptions {
     /// set; 0 leaves it as the process started it). Without the privilege to lower it
     /// the store runs all the same, and says so once at `info`.
     pub commit_log_nice: i32,
+    /// Where the commit log lives (`--commit-log-dir`): a device of its own takes the
+    /// log's `fdatasync` off the database's writes. `None`: beside the database file.
+    pub commit_log_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         Self {
             commit_log_nice: crate::priority::COMMIT_LOG_NICE,
+            commit_log_dir: None,
         }
     }
 }
@@ -263,6 +271,12 @@ pub async fn open_with(
     options: &StoreOptions,
 ) -> Result<Arc<dyn Store>, StoreError> {
     if location.starts_with("postgres://") || location.starts_with("postgresql://") {
+        if let Some(dir) = &options.commit_log_dir {
+            return Err(StoreError::Misplaced(format!(
+                "--commit-log-dir {} is for the embedded store; PostgreSQL keeps its own WAL",
+                dir.display()
+            )));
+        }
         Ok(Arc::new(postgres::PostgresStore::connect(location).await?))
     } else if location.contains("://") {
         Err(StoreError::Unsupported(location.to_owned()))

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+mod identity;
 mod journal;
 mod migrations;
 mod threads;
@@ -64,6 +65,8 @@ pub struct SqliteStore {
     /// The log's thread and the SQLite thread, joined on drop: the log's lock and every
     /// applied batch are released before the store is gone.
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// The lock beside the database file, released last (after a clean stop is recorded).
+    _database_lock: std::fs::File,
 }
 
 impl SqliteStore {
@@ -92,6 +95,7 @@ impl SqliteStore {
                 source,
             })?;
         }
+        let database_lock = identity::lock_database(path)?;
         let mut connection = Connection::open(path).map_err(wrap)?;
         connection
             .execute_batch(
@@ -102,13 +106,16 @@ impl SqliteStore {
         connection
             .pragma_update(None, "wal_autocheckpoint", WAL_BACKSTOP_PAGES)
             .map_err(wrap)?;
-        // The log's entries the database has not applied (a stop before the SQLite
+        // The log the database names (refused if the directory holds none or another),
+        // then its entries the database has not applied (a stop before the SQLite
         // thread caught up), applied now with `synchronous=FULL`, before any read.
-        let dir = journal::directory(path);
+        let beside = journal::directory(path);
+        let dir = options.commit_log_dir.clone().unwrap_or(beside.clone());
+        let log_lock = identity::claim(&connection, &dir, dir == beside)?;
         let applied: i64 = connection
             .query_row("SELECT applied FROM commit_log", [], |r| r.get(0))
             .map_err(wrap)?;
-        let found = journal::read(&dir, applied as u64)?;
+        let found = journal::read_locked(&dir, applied as u64, log_lock)?;
         let mut applied = applied as u64;
         for chunk in found.entries.chunks(REPLAY_CHUNK) {
             let batches = chunk
@@ -191,6 +198,7 @@ impl SqliteStore {
             checkpointed,
             log,
             threads,
+            _database_lock: database_lock,
         })
     }
 
@@ -240,9 +248,12 @@ impl SqliteStore {
 impl Drop for SqliteStore {
     fn drop(&mut self) {
         self.jobs = None;
-        self.log.close();
+        let last = self.log.close();
         for thread in self.threads.drain(..) {
             let _ = thread.join();
+        }
+        if let Some(last) = last.filter(|_| self.failed.get().is_none()) {
+            identity::mark_clean(&self.path, last);
         }
     }
 }

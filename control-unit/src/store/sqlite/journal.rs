@@ -46,10 +46,14 @@ pub(super) const SPARES_MAX: usize = 2;
 /// Length, checksum, sequence.
 const HEADER: usize = 16;
 
+/// The lock file in the log's directory, held while the store is open.
+pub(super) const LOCK: &str = "lock";
+
 /// The payload's first byte: a protobuf [`LoggedBatch`] follows.
 const BATCH_PROTOBUF: u8 = 1;
 
-/// The log's directory beside the database file: `control.sqlite3-commits`.
+/// The log's default directory, beside the database file: `control.sqlite3-commits`
+/// (`--commit-log-dir` puts it elsewhere: `identity`).
 pub(super) fn directory(database: &Path) -> PathBuf {
     let mut name = database
         .file_name()
@@ -208,33 +212,43 @@ pub(super) struct Found {
     lock: File,
 }
 
-/// Locks the log's directory (creating it) and reads every segment: the entries after
-/// `applied` must follow it without a gap, or the log is damaged where an acknowledged
-/// commit was.
-pub(super) fn read(dir: &Path, applied: u64) -> Result<Found, StoreError> {
-    let io = |path: &Path| {
-        let path = path.display().to_string();
-        move |source| StoreError::Io { path, source }
-    };
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let lock_path = dir.join("lock");
+/// Takes an exclusive lock on `path` (creating the file) for as long as the returned
+/// file is open: a second process, or a second open in this one, is refused.
+pub(super) fn lock(path: &Path) -> Result<File, StoreError> {
     let lock = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&lock_path)
-        .map_err(io(&lock_path))?;
+        .open(path)
+        .map_err(|source| StoreError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
     if let Err(error) = lock.try_lock() {
         return Err(StoreError::Io {
-            path: lock_path.display().to_string(),
+            path: path.display().to_string(),
             source: io::Error::other(format!(
                 "the store is open in another process (or twice in this one): {error}"
             )),
         });
     }
+    Ok(lock)
+}
+
+/// The segment files in `dir`, by number (none if `dir` does not exist).
+pub(super) fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+    let io = |source| StoreError::Io {
+        path: dir.display().to_string(),
+        source,
+    };
+    let items = match std::fs::read_dir(dir) {
+        Ok(items) => items,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(io(error)),
+    };
     let mut segments = Vec::new();
-    for item in std::fs::read_dir(dir).map_err(io(dir))? {
-        let path = item.map_err(io(dir))?.path();
+    for item in items {
+        let path = item.map_err(io)?.path();
         let number = path
             .file_name()
             .and_then(|n| n.to_str())
@@ -245,6 +259,28 @@ pub(super) fn read(dir: &Path, applied: u64) -> Result<Found, StoreError> {
         }
     }
     segments.sort();
+    Ok(segments)
+}
+
+/// Creates the log's directory, locks it and reads it ([`read_locked`]): the tests' way.
+#[cfg(test)]
+pub(super) fn read(dir: &Path, applied: u64) -> Result<Found, StoreError> {
+    std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    read_locked(dir, applied, lock(&dir.join(LOCK))?)
+}
+
+/// Reads every segment of the log in `dir`, whose [`LOCK`] the caller holds: the
+/// entries after `applied` must follow it without a gap, or the log is damaged where an
+/// acknowledged commit was.
+pub(super) fn read_locked(dir: &Path, applied: u64, lock: File) -> Result<Found, StoreError> {
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| StoreError::Io { path, source }
+    };
+    let segments = segments(dir)?;
     let mut after: BTreeMap<u64, (Vec<u8>, usize)> = BTreeMap::new();
     for (index, (_, path)) in segments.iter().enumerate() {
         let bytes = std::fs::read(path).map_err(io(path))?;
@@ -580,4 +616,4 @@ struct LoggedAudit {
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

@@ -137,6 +137,11 @@ pub(super) const MIGRATIONS: &[&str] = &[
          retired INTEGER NOT NULL
      );
      INSERT INTO commit_log (id, applied, retired) VALUES (0, 0, 0);",
+    // 9: which log is the database's (`identity`): its id, the directory it was last
+    // in, and whether the store stopped cleanly (every logged commit applied, durable).
+    "ALTER TABLE commit_log ADD COLUMN log_id TEXT;
+     ALTER TABLE commit_log ADD COLUMN log_dir TEXT;
+     ALTER TABLE commit_log ADD COLUMN clean INTEGER NOT NULL DEFAULT 0;",
 ];
 
 pub(super) fn migrate(connection: &mut Connection) -> Result<(), rusqlite::Error> {

@@ -671,6 +671,7 @@ async fn the_commit_log_thread_runs_at_the_nice_value_it_was_given_when_the_proc
     // -7: a value no other test's store asks for (they take the default).
     let options = StoreOptions {
         commit_log_nice: -7,
+        ..StoreOptions::default()
     };
     let store = SqliteStore::open_with_options(&dir.join("control.sqlite3"), &options).unwrap();
     // A read passes through the log's thread: it has set its priority by the answer.

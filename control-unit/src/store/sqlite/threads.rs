@@ -321,12 +321,21 @@ impl Log {
         true
     }
 
-    /// Lets the SQLite thread and the syncers go: nothing more is written.
-    pub(super) fn close(&self) {
-        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    /// Lets the SQLite thread and the syncers go: nothing more is written. Returns the
+    /// log's last entry if every entry written is durable and handed to the SQLite
+    /// thread (nothing failed): a clean stop, once that thread has applied them.
+    pub(super) fn close(&self) -> Option<u64> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let last = state
+            .as_ref()
+            .filter(|state| !state.broken)
+            .map(|state| state.writer.last())
+            .filter(|last| *self.durable.borrow() >= *last);
+        drop(state);
         self.written.notify_all();
         self.synced.notify_all();
         self.durable.send_modify(|_| ());
+        last
     }
 
     fn io_error(&self, error: &std::io::Error) -> StoreError {

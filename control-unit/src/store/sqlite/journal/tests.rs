@@ -12,7 +12,7 @@ use crate::store::{Store, StoreOptions};
 
 /// A batch with every part: a spec, a workflow with a snapshot and a key, one without,
 /// changes and an audit record.
-fn batch(now: u64) -> (Batch, WorkflowId) {
+pub(in crate::store::sqlite) fn batch(now: u64) -> (Batch, WorkflowId) {
     let (id, record, spec) = snapshot(now);
     let other = WorkflowId::generate(now + 1);
     let batch = Batch {
@@ -55,7 +55,10 @@ fn batch(now: u64) -> (Batch, WorkflowId) {
 }
 
 /// A writer on an empty log in `dir`, with segments of `segment_bytes`.
-fn writer(dir: &Path, segment_bytes: u64) -> (Writer, std::sync::mpsc::SyncSender<Segment>) {
+pub(in crate::store::sqlite) fn writer(
+    dir: &Path,
+    segment_bytes: u64,
+) -> (Writer, std::sync::mpsc::SyncSender<Segment>) {
     read(dir, 0).unwrap().writer(dir, 0, segment_bytes).unwrap()
 }
 
