@@ -1,6 +1,7 @@
 //! The embedded store as an operator runs it: the commit log in a directory of its own
 //! (`--commit-log-dir`), a control unit killed with commits in it, a start that forgets
-//! the flag refused (with what to do), and the start with it finding every workflow.
+//! the flag refused (with what to do), the start with it finding every workflow, and
+//! after a clean stop a new log in place of a lost one.
 
 #![allow(clippy::unwrap_used)]
 
@@ -10,7 +11,7 @@ use paygrid_proto::v1 as pb;
 use support::{Part, TempDir, get};
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_control_unit_with_its_log_elsewhere_is_refused_without_it_after_a_kill() {
+async fn a_log_elsewhere_is_required_after_a_kill_and_replaceable_after_a_clean_stop() {
     let dir = TempDir::new("log-dir");
     let data_dir = dir.path("control");
     let log_dir = dir.path("fast/commit-log");
@@ -69,7 +70,7 @@ async fn a_control_unit_with_its_log_elsewhere_is_refused_without_it_after_a_kil
         "the refusal names where the log is and what to pass: {said}"
     );
 
-    let control = Part::start(&[
+    let mut control = Part::start(&[
         "control",
         "--listen",
         "127.0.0.1:0",
@@ -83,5 +84,28 @@ async fn a_control_unit_with_its_log_elsewhere_is_refused_without_it_after_a_kil
         let workflow = get(&mut client, id).await;
         assert_eq!(workflow.workflow_id, *id);
         assert_eq!(workflow.status, pb::WorkflowStatus::Running as i32);
+    }
+
+    // A clean stop (SIGTERM) records that the database holds every commit: with the
+    // log's device lost, a start on a new directory is let through and loses nothing.
+    let stopped = std::process::Command::new("kill")
+        .args(["-TERM", &control.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    assert!(control.child.wait().unwrap().success());
+    std::fs::rename(&log_dir, dir.path("lost")).unwrap();
+    let control = Part::start(&[
+        "control",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &data_dir,
+        "--commit-log-dir",
+        &dir.path("new-log"),
+    ]);
+    let mut client = support::Fleet::client(&control.url).await;
+    for id in &ids {
+        assert_eq!(get(&mut client, id).await.workflow_id, *id);
     }
 }
