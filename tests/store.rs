@@ -10,20 +10,25 @@ mod support;
 use paygrid_proto::v1 as pb;
 use support::{Part, TempDir, get};
 
+/// A control unit on `data_dir` with its commit log in `log_dir`.
+fn start_control(data_dir: &str, log_dir: &str) -> Part {
+    Part::start(&[
+        "control",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data_dir,
+        "--commit-log-dir",
+        log_dir,
+    ])
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_log_elsewhere_is_required_after_a_kill_and_replaceable_after_a_clean_stop() {
     let dir = TempDir::new("log-dir");
     let data_dir = dir.path("control");
     let log_dir = dir.path("fast/commit-log");
-    let mut control = Part::start(&[
-        "control",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        &data_dir,
-        "--commit-log-dir",
-        &log_dir,
-    ]);
+    let mut control = start_control(&data_dir, &log_dir);
     let mut client = support::Fleet::client(&control.url).await;
     let spec = "apiVersion: paygrid/v1\nkind: Workflow\nname: parked\nversion: 1\ntasks:\n  - id: wait\n    skill: nobody.offers\n";
     let mut ids = Vec::new();
@@ -70,15 +75,7 @@ async fn a_log_elsewhere_is_required_after_a_kill_and_replaceable_after_a_clean_
         "the refusal names where the log is and what to pass: {said}"
     );
 
-    let mut control = Part::start(&[
-        "control",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        &data_dir,
-        "--commit-log-dir",
-        &log_dir,
-    ]);
+    let mut control = start_control(&data_dir, &log_dir);
     let mut client = support::Fleet::client(&control.url).await;
     for id in &ids {
         let workflow = get(&mut client, id).await;
@@ -95,15 +92,7 @@ async fn a_log_elsewhere_is_required_after_a_kill_and_replaceable_after_a_clean_
     assert!(stopped.success());
     assert!(control.child.wait().unwrap().success());
     std::fs::rename(&log_dir, dir.path("lost")).unwrap();
-    let control = Part::start(&[
-        "control",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        &data_dir,
-        "--commit-log-dir",
-        &dir.path("new-log"),
-    ]);
+    let control = start_control(&data_dir, &dir.path("new-log"));
     let mut client = support::Fleet::client(&control.url).await;
     for id in &ids {
         assert_eq!(get(&mut client, id).await.workflow_id, *id);

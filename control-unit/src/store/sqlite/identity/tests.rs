@@ -65,6 +65,15 @@ fn stopped_with_commits_waiting(database: &Path, log: &Path) -> [WorkflowId; 2] 
     [one, two]
 }
 
+/// Why opening `database` with its log in `log` is refused.
+fn refused(database: &Path, log: &Path) -> String {
+    misplaced(
+        SqliteStore::open_with_options(database, &elsewhere(log))
+            .err()
+            .unwrap(),
+    )
+}
+
 fn misplaced(error: StoreError) -> String {
     match error {
         StoreError::Misplaced(reason) => reason,
@@ -130,11 +139,7 @@ async fn a_start_without_the_log_holding_unapplied_commits_is_refused() {
     );
     let other = root.join("empty");
     std::fs::create_dir_all(&other).unwrap();
-    misplaced(
-        SqliteStore::open_with_options(&database, &elsewhere(&other))
-            .err()
-            .unwrap(),
-    );
+    refused(&database, &other);
     // Its device lost: refused all the same (only a clean stop lets a new log start).
     let lost = root.join("lost");
     std::fs::rename(&log, &lost).unwrap();
@@ -186,11 +191,7 @@ async fn after_a_clean_stop_a_lost_log_is_replaced_and_refused_when_found() {
     // Found again, the old log is no longer this database's: replaying it would apply
     // old entries again over newer ones.
     std::fs::rename(&lost, &old).unwrap();
-    let error = misplaced(
-        SqliteStore::open_with_options(&database, &elsewhere(&old))
-            .err()
-            .unwrap(),
-    );
+    let error = refused(&database, &old);
     assert!(
         error.contains("another database's commit log") && error.contains(&id_in(&old)),
         "{error}"
@@ -208,19 +209,11 @@ async fn another_databases_log_is_refused() {
     drop(store);
 
     let second = root.join("b/control.sqlite3");
-    let error = misplaced(
-        SqliteStore::open_with_options(&second, &elsewhere(&log))
-            .err()
-            .unwrap(),
-    );
+    let error = refused(&second, &log);
     assert!(error.contains(&id_in(&log)), "{error}");
     // Nor does a directory of segments without an id pass as a new log.
     std::fs::remove_file(log.join(identity::ID)).unwrap();
-    let error = misplaced(
-        SqliteStore::open_with_options(&second, &elsewhere(&log))
-            .err()
-            .unwrap(),
-    );
+    let error = refused(&second, &log);
     assert!(error.contains("no id file"), "{error}");
     let _ = std::fs::remove_dir_all(root);
 }
