@@ -62,10 +62,14 @@ async fn fleet(
         "--limits",
         &limits_arg,
     ];
+    let log_dir = crate::load::log_dir(args, name);
     if args.store == "memory" {
         control_args.extend(["--store", "memory"]);
     } else {
         control_args.extend(["--data-dir", &control_dir]);
+        if let Some(log_dir) = &log_dir {
+            control_args.extend(["--commit-log-dir", log_dir]);
+        }
     }
     let control = Process::start(&control_args)?;
     let mut parts = Vec::new();

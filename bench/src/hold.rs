@@ -22,9 +22,14 @@ const HOLD_SPEC: &str = "apiVersion: paygrid/v1\nkind: Workflow\nname: bench-hol
 /// Submissions in flight while accepting.
 const SUBMITTERS: usize = 64;
 
-/// `store`: the control unit's store arguments (`--data-dir DIR`, or `--store memory`,
-/// which skips the restart).
-pub(crate) async fn hold(dir: &Path, memory: bool, count: usize) -> anyhow::Result<Value> {
+/// `memory`: `--store memory` (which skips the restart) instead of `--data-dir DIR`;
+/// `log_dir`: the embedded store's `--commit-log-dir`.
+pub(crate) async fn hold(
+    dir: &Path,
+    memory: bool,
+    log_dir: Option<&str>,
+    count: usize,
+) -> anyhow::Result<Value> {
     let data_dir = dir.join("hold").display().to_string();
     let active_max = (count + 1_000).to_string();
     let mut args = vec![
@@ -38,6 +43,9 @@ pub(crate) async fn hold(dir: &Path, memory: bool, count: usize) -> anyhow::Resu
         args.extend(["--store", "memory"]);
     } else {
         args.extend(["--data-dir", &data_dir]);
+    }
+    if let Some(log_dir) = log_dir {
+        args.extend(["--commit-log-dir", log_dir]);
     }
     let control = Process::start(&args)?;
     let channel = connect(&control.url).await?;

@@ -75,6 +75,35 @@ pub struct BenchArgs {
     /// Where to write the JSON report (default: target/paygrid-bench/bench-UNIXTIME.json).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Each control unit on the embedded store keeps its commit log in a new directory
+    /// under this one (on the device to measure: docs/durability.md, "Where the commit
+    /// log lives"), removed afterwards; default: beside its database.
+    #[arg(long)]
+    pub commit_log_dir: Option<PathBuf>,
+}
+
+/// The `--commit-log-dir` for the control unit called `name`: a directory of its own
+/// under the benchmark's `--commit-log-dir` (each control unit starts a new database,
+/// and a log directory holding another database's log is refused).
+pub(crate) fn log_dir(args: &BenchArgs, name: &str) -> Option<String> {
+    args.commit_log_dir
+        .as_ref()
+        .map(|root| logs_root(root).join(name).display().to_string())
+}
+
+fn logs_root(root: &std::path::Path) -> PathBuf {
+    root.join(format!("paygrid-bench-{}", std::process::id()))
+}
+
+/// Removes the benchmark's commit log directories when the run ends.
+struct LogsRemoved(Option<PathBuf>);
+
+impl Drop for LogsRemoved {
+    fn drop(&mut self) {
+        if let Some(root) = &self.0 {
+            let _ = std::fs::remove_dir_all(root);
+        }
+    }
 }
 
 /// A part started as its own process, killed on drop.
@@ -93,6 +122,8 @@ impl Process {
             .env("RUST_LOG", "warn")
             .env("PAYGRID_INSECURE", "true")
             .env_remove("PAYGRID_CERTS_DIR")
+            // Each control unit gets its own (`--commit-log-dir` of the benchmark).
+            .env_remove("PAYGRID_COMMIT_LOG_DIR")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -412,11 +443,15 @@ async fn start_parts(args: &BenchArgs) -> anyhow::Result<Parts> {
     } else {
         vec!["--data-dir", &control_dir]
     };
+    let log_dir = log_dir(args, "load").filter(|_| store_args[0] == "--data-dir");
     let mut controls = Vec::new();
     for k in 0..args.control_units.max(1) {
         let name = format!("bench-cu-{k}");
         let mut control_args = vec!["control", "--listen", "127.0.0.1:0"];
         control_args.extend(store_args.iter().copied());
+        if let Some(log_dir) = &log_dir {
+            control_args.extend(["--commit-log-dir", log_dir]);
+        }
         if cluster {
             control_args.extend(["--cluster-member", &name]);
         }
@@ -601,6 +636,7 @@ async fn half_load(peak: f64, args: &BenchArgs, parts: &Parts) -> anyhow::Result
 }
 
 pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
+    let _logs = LogsRemoved(args.commit_log_dir.as_deref().map(logs_root));
     let allocation: Vec<&str> = crate::allocation::SCENARIOS
         .into_iter()
         .filter(|s| args.scenarios.iter().any(|a| a == s))
@@ -648,7 +684,16 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         .inflight
         .unwrap_or(if args.quick { 10_000 } else { 100_000 });
     let memory = if inflight > 0 {
-        Some(crate::hold::hold(&parts.dir, args.store == "memory", inflight).await?)
+        let log_dir = log_dir(&args, "hold").filter(|_| args.store != "memory");
+        Some(
+            crate::hold::hold(
+                &parts.dir,
+                args.store == "memory",
+                log_dir.as_deref(),
+                inflight,
+            )
+            .await?,
+        )
     } else {
         None
     };
