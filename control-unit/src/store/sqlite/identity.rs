@@ -72,7 +72,7 @@ pub(super) fn claim(
     let has_segments = !journal::segments(dir)?.is_empty();
     let shown = dir.display();
     let last_at = recorded.dir.as_deref().unwrap_or("its default directory");
-    let id = match (&recorded.id, found) {
+    let id = match (&recorded.id, found.clone()) {
         (Some(ours), Some(theirs)) if *ours == theirs => theirs,
         (_, Some(theirs)) => {
             return Err(misplaced(format!(
@@ -121,10 +121,18 @@ pub(super) fn claim(
                 path: dir.display().to_string(),
                 source,
             })?;
-            journal::lock(&dir.join(journal::LOCK))?
+            let lock = journal::lock(&dir.join(journal::LOCK))?;
+            // Decided before the directory existed: another store may have made it a
+            // log of its own meanwhile.
+            if read_id(dir)?.is_some() || !journal::segments(dir)?.is_empty() {
+                return Err(misplaced(format!(
+                    "{shown} became another store's commit log while this one opened"
+                )));
+            }
+            lock
         }
     };
-    if read_id(dir)?.as_deref() != Some(id.as_str()) {
+    if found.as_deref() != Some(id.as_str()) {
         write_id(dir, &id)?;
     }
     let at = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
