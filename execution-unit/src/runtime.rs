@@ -10,19 +10,20 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use paygrid_proto::v1 as pb;
 use paygrid_proto::v1::agent_hub_client::AgentHubClient;
 use paygrid_proto::{AGENT_ID_METADATA, SESSION_TOKEN_METADATA};
-use paygrid_telemetry::semconv;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::agent::{Agent, AgentCard, SkillEffect, Task, TaskOutcome};
 use crate::metric_names;
 use crate::outbox::{Finished, Outbox, OutboxState};
 use crate::peer::Peers;
+
+mod spans;
+use spans::{handling_span, peer_span, record_outcome};
 
 /// How long a draining session waits for the control unit's acknowledgement (an older
 /// control unit sends none) before it leaves once its tasks have ended.
@@ -734,28 +735,6 @@ impl AgentRunner {
     }
 }
 
-/// The agent's handling of one attempt: a child of the attempt's span in the control
-/// unit (carried in the assignment). Only built when spans are exported.
-fn handling_span(assignment: &pb::Assignment, task: &pb::TaskRef, agent_id: &str) -> tracing::Span {
-    if !paygrid_telemetry::otel::exporting() {
-        return tracing::Span::none();
-    }
-    let span = tracing::info_span!(
-        target: "paygrid::agent",
-        "handle",
-        otel.name = format!("handle {}", assignment.skill),
-        otel.kind = "server",
-    );
-    paygrid_telemetry::context::set_parent(&span, &assignment.traceparent, &assignment.tracestate);
-    span.set_attribute(semconv::WORKFLOW_ID, task.workflow_id.clone());
-    span.set_attribute(semconv::WORKFLOW_NAME, assignment.workflow_name.clone());
-    span.set_attribute(semconv::TASK_ID, assignment.task_id.clone());
-    span.set_attribute(semconv::TASK_ATTEMPT, i64::from(task.attempt));
-    span.set_attribute(semconv::SKILL, assignment.skill.clone());
-    span.set_attribute(semconv::AGENT_ID, agent_id.to_owned());
-    span
-}
-
 /// The answer to a peer's request: the skill's output, or why there is none.
 fn peer_answer(request: &pb::PeerMessage, data: Result<Value, String>) -> pb::PeerMessage {
     let mut answer = pb::PeerMessage {
@@ -769,50 +748,6 @@ fn peer_answer(request: &pb::PeerMessage, data: Result<Value, String>) -> pb::Pe
         Err(error) => answer.error = error,
     }
     answer
-}
-
-/// The agent's handling of a peer's request: a child of the control unit's `peer` span.
-fn peer_span(request: &pb::PeerMessage, agent_id: &str) -> tracing::Span {
-    if !paygrid_telemetry::otel::exporting() {
-        return tracing::Span::none();
-    }
-    let span = tracing::info_span!(
-        target: "paygrid::agent",
-        "handle peer",
-        otel.name = format!("handle peer {}", request.skill),
-        otel.kind = "server",
-    );
-    paygrid_telemetry::context::set_parent(&span, &request.traceparent, &request.tracestate);
-    span.set_attribute(semconv::SKILL, request.skill.clone());
-    span.set_attribute(semconv::AGENT_ID, agent_id.to_owned());
-    span.set_attribute(semconv::PEER_FROM, request.from_agent.clone());
-    if !request.context_id.is_empty() {
-        span.set_attribute(semconv::WORKFLOW_ID, request.context_id.clone());
-    }
-    span
-}
-
-/// The outcome on the handling span: status, and an event for a failure.
-fn record_outcome(span: &tracing::Span, result: &pb::TaskResult) {
-    if span.is_none() {
-        return;
-    }
-    let outcome = result.outcome();
-    let name = outcome.as_str_name();
-    let name = name
-        .strip_prefix("OUTCOME_")
-        .unwrap_or(name)
-        .to_ascii_lowercase();
-    span.set_attribute(semconv::ATTEMPT_OUTCOME, name);
-    match outcome {
-        pb::Outcome::Succeeded => span.set_status(opentelemetry::trace::Status::Ok),
-        outcome => paygrid_telemetry::context::record_error(
-            span,
-            &result.error_code,
-            &result.error_message,
-            outcome != pb::Outcome::Permanent,
-        ),
-    }
 }
 
 fn outcome_to_pb(task: pb::TaskRef, outcome: Option<TaskOutcome>) -> pb::TaskResult {
@@ -854,102 +789,4 @@ async fn wait_until(deadline: Option<tokio::time::Instant>) {
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use super::*;
-    use crate::agent::{Role, SkillSpec};
-
-    /// An agent whose tasks succeed at once.
-    struct Quick;
-
-    #[async_trait::async_trait]
-    impl Agent for Quick {
-        fn card(&self) -> AgentCard {
-            AgentCard {
-                name: "quick".into(),
-                role: Role::Worker,
-                version: "1".into(),
-                skills: vec![SkillSpec {
-                    name: "test.quick".into(),
-                    description: "succeeds".into(),
-                    input_schema: serde_json::json!({"type": "object"}),
-                    output_schema: serde_json::json!({"type": "object"}),
-                    effect: SkillEffect::State,
-                }],
-                max_concurrency: 4,
-                labels: Default::default(),
-            }
-        }
-
-        async fn handle(&self, _task: Task) -> TaskOutcome {
-            TaskOutcome::Succeeded(serde_json::json!({}))
-        }
-    }
-
-    fn assignment(attempt: u32) -> (pb::Assignment, pb::TaskRef) {
-        let task = pb::TaskRef {
-            workflow_id: "wf-1".into(),
-            task_index: 0,
-            attempt,
-        };
-        let assignment = pb::Assignment {
-            task: Some(task.clone()),
-            task_id: "charge".into(),
-            skill: "test.quick".into(),
-            input_json: bytes::Bytes::from_static(b"{}"),
-            idempotency_key: "wf-1:charge".into(),
-            ..Default::default()
-        };
-        (assignment, task)
-    }
-
-    fn attempts(results: &[pb::TaskResult]) -> Vec<u32> {
-        let mut attempts: Vec<u32> = results
-            .iter()
-            .filter_map(|r| r.task.as_ref().map(|t| t.attempt))
-            .collect();
-        attempts.sort_unstable();
-        attempts
-    }
-
-    /// A task sends its result on the open session itself, with its slot's credit; when
-    /// that session ends before the loop booked the task, the next session's opening
-    /// frame carries the result again (it may have been lost with the session) and does
-    /// not list the task as running, and so does it for a task that ended between
-    /// sessions.
-    #[tokio::test]
-    async fn a_session_opens_with_the_results_of_tasks_that_ended_before_it() {
-        let config = ExecutionUnitConfig::new("test", "http://127.0.0.1:1");
-        let mut runner = AgentRunner::new(Arc::new(Quick), config);
-        let (frames, mut written) = mpsc::channel(4);
-        let state = Arc::new(OutboxState::default());
-        runner.sessions = 1;
-        runner.outbox = Some(Outbox {
-            session: 1,
-            frames,
-            state: state.clone(),
-        });
-        let (first, task) = assignment(1);
-        runner.start(first, task);
-        runner.tasks.join_next().await.unwrap().unwrap();
-        let sent = written.try_recv().unwrap();
-        assert_eq!((attempts(&sent.results), sent.credits), (vec![1], 1));
-
-        // The session ends; a second task ends before the next one opens.
-        state.closed.store(true, Ordering::Release);
-        runner.outbox = None;
-        let (second, task) = assignment(2);
-        runner.start(second, task);
-        runner.tasks.join_next().await.unwrap().unwrap();
-        assert!(
-            written.try_recv().is_err(),
-            "nothing more on the ended session"
-        );
-
-        let opening = runner.opening(false);
-        assert_eq!(attempts(&opening.results), [1, 2]);
-        assert!(opening.running.is_empty(), "{:?}", opening.running);
-        assert_eq!(opening.credits, 4, "every slot is free");
-    }
-}
+mod tests;
