@@ -4,7 +4,9 @@
 //! terminal, every good payment succeeded, a failed one left no capture and no open
 //! authorization at the gateway, authorizations = captures + voids, the ledger balances
 //! with no pending hold, no task made more attempts than its `max_attempts`, and no
-//! attempt was recorded as timed out before its deadline.
+//! attempt was recorded as timed out before its deadline. And the single faults: an
+//! execution unit killed mid-task (redispatched, captured once) and one told to stop
+//! (SIGTERM: it drains what it runs).
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -406,4 +408,141 @@ async fn execution_unit_and_gateway_crashes_with_calls_in_flight() {
         }
     })
     .await;
+}
+
+/// Killing an execution unit (SIGKILL) in the middle of a capture re-dispatches it to
+/// another execution unit, and the gateway still shows exactly one capture.
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_execution_unit_task_is_redispatched_without_double_capture() {
+    // Services in one unit; the gateway agent in two units, one of which is killed.
+    let mut fleet = Fleet::start(&["--capture-latency-ms", "1000"], 0);
+    fleet.add_exec("services", &["--agents", "risk,ledger,verify,notify"]);
+    fleet.add_exec("exec-0", &["--agents", "gateway"]);
+    fleet.add_exec("exec-1", &["--agents", "gateway"]);
+    fleet.wait_for_skills(SHIPPED_SKILLS).await;
+    let mut client = fleet.workflows().await;
+    // Retries generous enough to outlast the in-flight first capture (409 conflicts).
+    let spec = spec("card-payment").replace(
+        "max_attempts: 4, initial: 100ms, max: 5s",
+        "max_attempts: 12, initial: 100ms, max: 1s",
+    );
+    let id = submit(
+        &mut client,
+        &spec,
+        card("tok_visa"),
+        pb::Priority::Unspecified,
+    )
+    .await;
+
+    // Wait until the capture is in flight at the gateway, then kill the unit running it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let agent_id = loop {
+        let workflow = get(&mut client, &id).await;
+        let capture = task(&workflow, "capture");
+        let in_flight = gateway_stats(&fleet.gateway)["requests_in_flight"]
+            .as_u64()
+            .unwrap_or(0);
+        if in_flight > 0 && !capture.agent_id.is_empty() && capture.attempts == 1 {
+            break capture.agent_id.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "capture never went in flight: {workflow:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let agents = fleet
+        .agents()
+        .await
+        .list_agents(pb::ListAgentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .agents;
+    let unit = agents
+        .iter()
+        .find(|a| a.agent_id == agent_id)
+        .expect("capturing agent")
+        .execution_unit
+        .clone();
+    let victim = if unit == "exec-0" { 1 } else { 2 };
+    fleet.execs[victim].kill();
+
+    let workflow = wait_terminal(&mut client, &id).await;
+    assert_eq!(
+        workflow.status,
+        pb::WorkflowStatus::Succeeded as i32,
+        "{workflow:#?}"
+    );
+    let capture = task(&workflow, "capture");
+    assert!(capture.attempts >= 2, "re-dispatched: {capture:#?}");
+    assert_eq!(capture.history[0].outcome, "agent_lost");
+    assert_ne!(
+        capture.agent_id, agent_id,
+        "finished on another execution unit"
+    );
+    let stats = gateway_stats(&fleet.gateway);
+    assert_eq!(stats["captures"], 1, "exactly one capture: {stats}");
+}
+
+/// SIGTERM drains an execution unit: the task it is running finishes and is reported
+/// (no retry, no re-dispatch), no new work is taken, and the process exits cleanly.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_in_flight_work() {
+    let mut fleet = Fleet::start(&[], 0);
+    fleet.add_exec("drainer", &["--agents", "sleep", "--sleep-ms", "800"]);
+    fleet.wait_for_skills(&["bench.sleep"]).await;
+    let mut client = fleet.workflows().await;
+    let spec = "apiVersion: paygrid/v1\nkind: Workflow\nname: slow\nversion: 1\ntasks:\n  - id: slow\n    skill: bench.sleep\n";
+    let id = submit(&mut client, spec, json!({}), pb::Priority::Unspecified).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while task(&get(&mut client, &id).await, "slow").attempts == 0 {
+        assert!(Instant::now() < deadline, "task never dispatched");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pid = fleet.execs[0].child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // Once the control unit has seen the drain, nothing new goes to the unit. (An
+    // assignment already on its way when the signal came runs as part of the drain.)
+    fleet
+        .wait_for_agents("the drain reached the control unit", |agents| {
+            agents.iter().any(|a| a.draining)
+        })
+        .await;
+    let second = submit(&mut client, spec, json!({}), pb::Priority::Unspecified).await;
+    let workflow = wait_terminal(&mut client, &id).await;
+    assert_eq!(
+        workflow.status,
+        pb::WorkflowStatus::Succeeded as i32,
+        "{workflow:#?}"
+    );
+    assert_eq!(
+        task(&workflow, "slow").attempts,
+        1,
+        "finished by the draining unit, not re-dispatched"
+    );
+    let status = tokio::task::spawn_blocking(move || {
+        let child = &mut fleet.execs[0].child;
+        let status = child.wait().unwrap();
+        (status, fleet)
+    })
+    .await
+    .unwrap();
+    assert!(
+        status.0.success(),
+        "the execution unit exits cleanly after draining: {:?}",
+        status.0
+    );
+    let waiting = get(&mut client, &second).await;
+    assert_eq!(
+        task(&waiting, "slow").status,
+        pb::TaskStatus::Ready as i32,
+        "no new work taken while draining"
+    );
 }
