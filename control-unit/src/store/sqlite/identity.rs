@@ -14,8 +14,8 @@
 //!   there if the store last stopped cleanly (every logged commit applied and durable in
 //!   the database, so the lost log held nothing the database lacks); otherwise refused,
 //!   naming where the log was; a new database starts its first log;
-//! - it holds segments but no id: adopted in the default directory (a store from before
-//!   ids), refused elsewhere.
+//! - it holds segments but no id: adopted in the default directory by a database that
+//!   has no log id yet (a store from before ids), refused otherwise.
 //!
 //! A clean stop is recorded after the last applied commit is durable ([`mark_clean`]);
 //! an open records the opposite before the log takes a write.
@@ -72,10 +72,10 @@ pub(super) fn claim(
     let has_segments = !journal::segments(dir)?.is_empty();
     let shown = dir.display();
     let last_at = recorded.dir.as_deref().unwrap_or("its default directory");
-    let id = match (&recorded.id, found.clone()) {
-        (Some(ours), Some(theirs)) if *ours == theirs => theirs,
+    let id = match (&recorded.id, found.as_deref()) {
+        (Some(ours), Some(theirs)) if ours == theirs => ours.clone(),
         (_, Some(theirs)) => {
-            return Err(misplaced(format!(
+            return Err(StoreError::Misplaced(format!(
                 "{shown} holds another database's commit log (id {theirs}); this database's{} was last in {last_at}: start with --commit-log-dir where it is, or give this database a directory of its own",
                 recorded
                     .id
@@ -89,11 +89,16 @@ pub(super) fn claim(
             } else {
                 " (the store did not stop cleanly: it may hold acknowledged commits the database lacks)"
             };
-            return Err(misplaced(format!(
+            return Err(StoreError::Misplaced(format!(
                 "this database's commit log (id {ours}) is in {last_at}, not in {shown}{waiting}: start with --commit-log-dir {last_at}, or move that directory to {shown}"
             )));
         }
-        (Some(_), None) if recorded.clean && !has_segments => {
+        (Some(_), None) if has_segments => {
+            return Err(StoreError::Misplaced(format!(
+                "{shown} holds commit log segments but no id file: not this database's log; start with --commit-log-dir where it is ({last_at})"
+            )));
+        }
+        (Some(_), None) if recorded.clean => {
             tracing::warn!(
                 dir = %shown,
                 was = %last_at,
@@ -102,12 +107,12 @@ pub(super) fn claim(
             new_id()
         }
         (Some(ours), None) => {
-            return Err(misplaced(format!(
+            return Err(StoreError::Misplaced(format!(
                 "this database's commit log (id {ours}) is not in {shown}; it was last in {last_at}, and the store did not stop cleanly, so it may hold acknowledged commits the database lacks: start with --commit-log-dir where it is (or move it to {shown})"
             )));
         }
         (None, None) if has_segments && !default => {
-            return Err(misplaced(format!(
+            return Err(StoreError::Misplaced(format!(
                 "{shown} holds commit log segments but no id file: not a log this database wrote; give this database an empty directory"
             )));
         }
@@ -125,7 +130,7 @@ pub(super) fn claim(
             // Decided before the directory existed: another store may have made it a
             // log of its own meanwhile.
             if read_id(dir)?.is_some() || !journal::segments(dir)?.is_empty() {
-                return Err(misplaced(format!(
+                return Err(StoreError::Misplaced(format!(
                     "{shown} became another store's commit log while this one opened"
                 )));
             }
@@ -178,10 +183,6 @@ fn still_there(recorded: &Recorded, ours: &str) -> bool {
         .is_some_and(|dir| read_id(Path::new(dir)).ok().flatten().as_deref() == Some(ours))
 }
 
-fn misplaced(reason: String) -> StoreError {
-    StoreError::Misplaced(reason)
-}
-
 fn new_id() -> String {
     format!("{:032x}", fastrand::u128(..))
 }
@@ -220,12 +221,7 @@ fn write_id(dir: &Path, id: &str) -> Result<(), StoreError> {
 /// The lock beside the database file (`control.sqlite3-lock`), held while the store is
 /// open: with the log elsewhere, the log's own lock no longer guards the database.
 pub(super) fn lock_database(database: &Path) -> Result<File, StoreError> {
-    let mut name = database
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push("-lock");
-    journal::lock(&database.with_file_name(name))
+    journal::lock(&journal::beside(database, "-lock"))
 }
 
 #[cfg(test)]

@@ -55,11 +55,16 @@ const BATCH_PROTOBUF: u8 = 1;
 /// The log's default directory, beside the database file: `control.sqlite3-commits`
 /// (`--commit-log-dir` puts it elsewhere: `identity`).
 pub(super) fn directory(database: &Path) -> PathBuf {
+    beside(database, "-commits")
+}
+
+/// The path beside the database file named after it: `control.sqlite3{suffix}`.
+pub(super) fn beside(database: &Path, suffix: &str) -> PathBuf {
     let mut name = database
         .file_name()
         .map(|n| n.to_os_string())
         .unwrap_or_default();
-    name.push("-commits");
+    name.push(suffix);
     database.with_file_name(name)
 }
 

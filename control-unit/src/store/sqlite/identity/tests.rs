@@ -276,3 +276,20 @@ async fn postgres_refuses_a_commit_log_dir() {
         "refused before connecting"
     );
 }
+
+/// Even after a clean stop, a directory of segments whose id file is gone is not taken
+/// for a fresh log: it is refused, naming it, instead of being written over.
+#[tokio::test(flavor = "multi_thread")]
+async fn segments_without_an_id_are_refused_after_a_clean_stop() {
+    let root = dir("log-no-id");
+    let database = root.join("control.sqlite3");
+    let log = root.join("log");
+    let store = SqliteStore::open_with_options(&database, &elsewhere(&log)).unwrap();
+    store.commit(batch(5_000).0).await.unwrap();
+    drop(store);
+    assert!(recorded(&database).2, "stopped cleanly");
+    std::fs::remove_file(log.join(identity::ID)).unwrap();
+    let error = refused(&database, &log);
+    assert!(error.contains("no id file"), "{error}");
+    let _ = std::fs::remove_dir_all(root);
+}
